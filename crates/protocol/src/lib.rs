@@ -1,0 +1,17 @@
+//! Wire types of the Centrifugo client protocol v2, JSON encoding.
+//!
+//! No I/O lives here, so the decoder can be fuzzed and unit-tested on its own.
+//!
+//! # Layout
+//! - [`command`]: what a client sends (one JSON object per line, several per frame).
+//! - [`reply`]: what the server sends back: replies to commands and pushes.
+//! - [`codes`]: the error and disconnect codes, one documented table.
+#![warn(missing_docs)]
+
+pub mod codes;
+pub mod command;
+pub mod reply;
+
+pub use codes::{Disconnect, ErrorCode};
+pub use command::{decode_frame, Command, DecodeError, Request};
+pub use reply::*;

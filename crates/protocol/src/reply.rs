@@ -1,0 +1,320 @@
+//! What the server sends: replies (carrying the command's id) and pushes (id 0).
+//!
+//! Publications and client infos are shared domain values (`Arc` inside), so one
+//! value is stored in history and fanned out without copying its payload.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::codes::ErrorCode;
+pub use crate::command::StreamPosition;
+
+/// Shared raw JSON: a payload encoded once, referenced everywhere.
+pub type SharedJson = Arc<RawValue>;
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
+/// Who a publication, join or leave is about.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientInfo {
+    /// User id (`sub` of the token).
+    pub user: Arc<str>,
+    /// Connection id.
+    pub client: Arc<str>,
+    /// Public connection info (the token's `info` claim).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conn_info: Option<SharedJson>,
+    /// Public channel info (the subscription token's `info` claim).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chan_info: Option<SharedJson>,
+}
+
+/// A message published into a channel.
+#[derive(Debug, Clone, Serialize)]
+pub struct Publication {
+    /// Payload.
+    pub data: SharedJson,
+    /// Publisher, when a client published it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<ClientInfo>,
+    /// Position in the channel's stream (0 when the channel keeps no history).
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub offset: u64,
+    /// Free-form string tags set by the publisher.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Arc<BTreeMap<String, String>>>,
+}
+
+/// An error in a reply.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorReply {
+    /// Numeric code (see [`ErrorCode`]).
+    pub code: u32,
+    /// Human-readable message.
+    pub message: String,
+    /// Whether a retry may succeed.
+    #[serde(skip_serializing_if = "is_false")]
+    pub temporary: bool,
+}
+
+impl From<ErrorCode> for ErrorReply {
+    fn from(code: ErrorCode) -> Self {
+        Self {
+            code: code.code(),
+            message: code.message().to_owned(),
+            temporary: code.temporary(),
+        }
+    }
+}
+
+/// Result of `connect`.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ConnectResult {
+    /// Connection id.
+    pub client: String,
+    /// Server version.
+    pub version: String,
+    /// Whether the connection expires (then `ttl` seconds remain).
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    /// Seconds until the connection expires.
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+    /// Server-side subscriptions.
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    pub subs: HashMap<String, SubscribeResult>,
+    /// Server ping interval in seconds.
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ping: u32,
+    /// Whether the server expects a pong to each ping.
+    #[serde(skip_serializing_if = "is_false")]
+    pub pong: bool,
+    /// Node id that accepted the connection.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub node: String,
+}
+
+/// Result of `subscribe` (and of each server-side subscription).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SubscribeResult {
+    /// Whether the subscription expires.
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    /// Seconds until it expires.
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+    /// Whether the channel keeps a stream the client can recover from.
+    #[serde(skip_serializing_if = "is_false")]
+    pub recoverable: bool,
+    /// Stream epoch.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
+    /// Recovered publications.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub publications: Vec<Publication>,
+    /// Whether all missed publications were recovered.
+    #[serde(skip_serializing_if = "is_false")]
+    pub recovered: bool,
+    /// Stream offset at subscription time.
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub offset: u64,
+    /// Whether the stream is positioned.
+    #[serde(skip_serializing_if = "is_false")]
+    pub positioned: bool,
+    /// Whether the client asked to recover.
+    #[serde(skip_serializing_if = "is_false")]
+    pub was_recovering: bool,
+}
+
+/// Result of `presence`.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct PresenceResult {
+    /// Client id to info.
+    pub presence: HashMap<Arc<str>, ClientInfo>,
+}
+
+/// Result of `presence_stats`.
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq, Eq)]
+pub struct PresenceStatsResult {
+    /// Connections in the channel.
+    pub num_clients: u32,
+    /// Distinct users in the channel.
+    pub num_users: u32,
+}
+
+/// Result of `history`.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct HistoryResult {
+    /// Publications.
+    pub publications: Vec<Publication>,
+    /// Stream epoch.
+    pub epoch: String,
+    /// Stream top offset.
+    pub offset: u64,
+}
+
+/// Result of `refresh`.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct RefreshResult {
+    /// Connection id.
+    pub client: String,
+    /// Server version.
+    pub version: String,
+    /// Whether the connection expires.
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    /// Seconds until it expires.
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+}
+
+/// Result of `sub_refresh`.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SubRefreshResult {
+    /// Whether the subscription expires.
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    /// Seconds until it expires.
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+}
+
+/// Result of `rpc`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RpcResult {
+    /// Returned data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<SharedJson>,
+}
+
+/// An empty result object `{}`.
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct Empty {}
+
+/// The body of a reply to a command.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum ReplyBody {
+    Error(ErrorReply),
+    Connect(ConnectResult),
+    Subscribe(SubscribeResult),
+    Unsubscribe(Empty),
+    Publish(Empty),
+    Presence(PresenceResult),
+    PresenceStats(PresenceStatsResult),
+    History(HistoryResult),
+    Ping(Empty),
+    Rpc(RpcResult),
+    Refresh(RefreshResult),
+    SubRefresh(SubRefreshResult),
+}
+
+#[derive(Serialize)]
+struct ReplyWire<'a> {
+    id: u32,
+    #[serde(flatten)]
+    body: &'a ReplyBody,
+}
+
+/// Encodes a reply to command `id`.
+pub fn encode_reply(id: u32, body: &ReplyBody) -> String {
+    serde_json::to_string(&ReplyWire { id, body }).unwrap_or_else(|_| internal_error(id))
+}
+
+fn internal_error(id: u32) -> String {
+    format!("{{\"id\":{id},\"error\":{{\"code\":100,\"message\":\"internal server error\",\"temporary\":true}}}}")
+}
+
+/// The body of an asynchronous push.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum PushBody<'a> {
+    Pub(&'a Publication),
+    Join { info: &'a ClientInfo },
+    Leave { info: &'a ClientInfo },
+    Unsubscribe { code: u32, reason: &'a str },
+    Subscribe(&'a SubscribeResult),
+    Message { data: &'a RawValue },
+    Disconnect { code: u32, reason: &'a str },
+    Refresh { expires: bool, ttl: u32 },
+}
+
+#[derive(Serialize)]
+struct PushInner<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    channel: &'a str,
+    #[serde(flatten)]
+    body: &'a PushBody<'a>,
+}
+
+#[derive(Serialize)]
+struct PushWire<'a> {
+    push: PushInner<'a>,
+}
+
+/// Encodes a push about `channel` (empty for connection-level pushes).
+pub fn encode_push(channel: &str, body: &PushBody<'_>) -> String {
+    serde_json::to_string(&PushWire {
+        push: PushInner { channel, body },
+    })
+    .unwrap_or_else(|_| String::from("{}"))
+}
+
+/// The server's ping: an empty object.
+pub const PING: &str = "{}";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> SharedJson {
+        Arc::from(RawValue::from_string(s.to_owned()).unwrap())
+    }
+
+    #[test]
+    fn reply_shapes() {
+        let s = encode_reply(3, &ReplyBody::Error(ErrorCode::PermissionDenied.into()));
+        assert_eq!(
+            s,
+            r#"{"id":3,"error":{"code":103,"message":"permission denied"}}"#
+        );
+        let s = encode_reply(4, &ReplyBody::Publish(Empty {}));
+        assert_eq!(s, r#"{"id":4,"publish":{}}"#);
+    }
+
+    #[test]
+    fn push_shape() {
+        let p = Publication {
+            data: raw(r#"{"x":1}"#),
+            info: None,
+            offset: 2,
+            tags: None,
+        };
+        let s = encode_push("chat:1", &PushBody::Pub(&p));
+        assert_eq!(
+            s,
+            r#"{"push":{"channel":"chat:1","pub":{"data":{"x":1},"offset":2}}}"#
+        );
+        let s = encode_push(
+            "",
+            &PushBody::Refresh {
+                expires: true,
+                ttl: 5,
+            },
+        );
+        assert_eq!(s, r#"{"push":{"refresh":{"expires":true,"ttl":5}}}"#);
+    }
+}

@@ -1,0 +1,499 @@
+//! Token verification: connection and subscription JWTs (HMAC, RSA, ECDSA, JWKS).
+//!
+//! Pure apart from the JWKS fetch; the result is an [`Identity`] the rules work on.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+use switchboard_protocol::SharedJson;
+
+use crate::config::Config;
+
+/// Who a connection is, as its token says.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// User id (`sub`).
+    pub user: Arc<str>,
+    /// Roles (`roles` claim), used by `{roles}` templates.
+    pub roles: Vec<String>,
+    /// Tenant (`tenant` claim), used by `{tenant}` templates.
+    pub tenant: Option<String>,
+    /// Public info shown in presence and publications (`info` claim).
+    pub info: Option<SharedJson>,
+    /// Channels to subscribe on connect (`channels` claim).
+    pub channels: Vec<String>,
+    /// Expiry as Unix seconds (`exp`), if any.
+    pub expires_at: Option<u64>,
+}
+
+/// What a subscription token grants.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// Channel info shown in presence (`info` claim of the subscription token).
+    pub info: Option<SharedJson>,
+    /// Expiry as Unix seconds.
+    pub expires_at: Option<u64>,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Valid signature, but `exp` has passed.
+    #[error("token expired")]
+    Expired,
+    /// Bad signature, unknown key, malformed or missing claims.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+#[derive(Deserialize)]
+struct ConnectClaims {
+    #[serde(default)]
+    sub: String,
+    exp: Option<u64>,
+    info: Option<Box<RawValue>>,
+    #[serde(default)]
+    channels: Vec<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    roles: Vec<String>,
+    tenant: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SubscriptionClaims {
+    #[serde(default)]
+    sub: String,
+    #[serde(default)]
+    channel: String,
+    exp: Option<u64>,
+    info: Option<Box<RawValue>>,
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<Raw>::deserialize(d)? {
+        None => Vec::new(),
+        Some(Raw::One(s)) => vec![s],
+        Some(Raw::Many(v)) => v,
+    })
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Verifies tokens with the configured keys.
+pub struct Verifier {
+    hmac: Option<DecodingKey>,
+    rsa: Option<DecodingKey>,
+    ec: Option<DecodingKey>,
+    jwks: Option<Jwks>,
+    audience: String,
+    issuer: String,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("hmac", &self.hmac.is_some())
+            .field("rsa", &self.rsa.is_some())
+            .field("ec", &self.ec.is_some())
+            .field("jwks", &self.jwks.is_some())
+            .finish()
+    }
+}
+
+fn pem_text(value: &str) -> Result<Vec<u8>, AuthError> {
+    if value.contains("-----BEGIN") {
+        Ok(value.as_bytes().to_vec())
+    } else {
+        std::fs::read(value).map_err(|e| AuthError::Invalid(format!("reading key {value}: {e}")))
+    }
+}
+
+impl Verifier {
+    /// Builds a verifier from config.
+    ///
+    /// # Errors
+    /// A PEM key that can not be read or parsed.
+    pub fn new(config: &Config) -> Result<Self, AuthError> {
+        let hmac = (!config.token_hmac_secret.is_empty())
+            .then(|| DecodingKey::from_secret(config.token_hmac_secret.as_bytes()));
+        let rsa = if config.token_rsa_public_key.is_empty() {
+            None
+        } else {
+            Some(
+                DecodingKey::from_rsa_pem(&pem_text(&config.token_rsa_public_key)?)
+                    .map_err(|e| AuthError::Invalid(format!("RSA public key: {e}")))?,
+            )
+        };
+        let ec = if config.token_ecdsa_public_key.is_empty() {
+            None
+        } else {
+            Some(
+                DecodingKey::from_ec_pem(&pem_text(&config.token_ecdsa_public_key)?)
+                    .map_err(|e| AuthError::Invalid(format!("ECDSA public key: {e}")))?,
+            )
+        };
+        let jwks = (!config.token_jwks_url.is_empty())
+            .then(|| Jwks::new(config.token_jwks_url.clone(), config.token_jwks_cache_ttl));
+        Ok(Self {
+            hmac,
+            rsa,
+            ec,
+            jwks,
+            audience: config.token_audience.clone(),
+            issuer: config.token_issuer.clone(),
+        })
+    }
+
+    async fn decode<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, AuthError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::Invalid(format!("header: {e}")))?;
+        let alg = header.alg;
+        let jwk_key;
+        let key = match alg {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.as_ref(),
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512
+            | Algorithm::ES256
+            | Algorithm::ES384 => {
+                let static_key = if matches!(alg, Algorithm::ES256 | Algorithm::ES384) {
+                    self.ec.as_ref()
+                } else {
+                    self.rsa.as_ref()
+                };
+                match (&self.jwks, static_key, header.kid.as_deref()) {
+                    (Some(jwks), None, kid) | (Some(jwks), _, kid @ Some(_)) => {
+                        jwk_key = jwks.key(kid).await?;
+                        Some(&*jwk_key)
+                    }
+                    (_, key, _) => key,
+                }
+            }
+            _ => None,
+        }
+        .ok_or_else(|| AuthError::Invalid(format!("no key configured for {alg:?}")))?;
+        let mut validation = Validation::new(alg);
+        validation.required_spec_claims = HashSet::new();
+        // Expiry is checked by the caller so that it maps to its own error code.
+        validation.validate_exp = false;
+        validation.leeway = 0;
+        if self.audience.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&[&self.audience]);
+        }
+        if !self.issuer.is_empty() {
+            validation.set_issuer(&[&self.issuer]);
+        }
+        jsonwebtoken::decode::<T>(token, key, &validation)
+            .map(|d| d.claims)
+            .map_err(|e| AuthError::Invalid(e.to_string()))
+    }
+
+    /// Verifies a connection token.
+    ///
+    /// # Errors
+    /// [`AuthError::Expired`] or [`AuthError::Invalid`].
+    pub async fn verify_connect(&self, token: &str) -> Result<Identity, AuthError> {
+        let c: ConnectClaims = self.decode(token).await?;
+        check_exp(c.exp)?;
+        if c.sub.is_empty() {
+            return Err(AuthError::Invalid("missing sub".into()));
+        }
+        Ok(Identity {
+            user: c.sub.into(),
+            roles: c.roles,
+            tenant: c.tenant.filter(|t| !t.is_empty()),
+            info: c.info.map(Arc::from),
+            channels: c.channels,
+            expires_at: c.exp,
+        })
+    }
+
+    /// Verifies a subscription token for `user` and `channel`.
+    ///
+    /// # Errors
+    /// [`AuthError::Expired`] or [`AuthError::Invalid`] (also when the token is for
+    /// another user or channel).
+    pub async fn verify_subscription(
+        &self,
+        token: &str,
+        user: &str,
+        channel: &str,
+    ) -> Result<Grant, AuthError> {
+        let c: SubscriptionClaims = self.decode(token).await?;
+        check_exp(c.exp)?;
+        if c.sub != user || c.channel != channel {
+            return Err(AuthError::Invalid(
+                "subscription token is for another user or channel".into(),
+            ));
+        }
+        Ok(Grant {
+            info: c.info.map(Arc::from),
+            expires_at: c.exp,
+        })
+    }
+}
+
+fn check_exp(exp: Option<u64>) -> Result<(), AuthError> {
+    match exp {
+        Some(exp) if exp <= now_secs() => Err(AuthError::Expired),
+        _ => Ok(()),
+    }
+}
+
+/// A JWKS endpoint's keys, cached for `ttl` and refetched (at most every 10 s) when a
+/// token names a `kid` not in the cache, so key rotation needs no restart.
+struct Jwks {
+    url: String,
+    ttl: Duration,
+    client: reqwest::Client,
+    /// Held only to read or swap the cache, never across the fetch.
+    cache: std::sync::Mutex<JwksCache>,
+}
+
+#[derive(Default)]
+struct JwksCache {
+    keys: HashMap<String, Arc<DecodingKey>>,
+    fetched: Option<Instant>,
+    last_attempt: Option<Instant>,
+}
+
+impl Jwks {
+    fn new(url: String, ttl: Duration) -> Self {
+        Self {
+            url,
+            ttl,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            cache: std::sync::Mutex::new(JwksCache::default()),
+        }
+    }
+
+    fn cached(&self, kid: &str) -> (Option<Arc<DecodingKey>>, bool) {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = cache.fetched.is_some_and(|t| t.elapsed() < self.ttl);
+        let may_refetch = cache
+            .last_attempt
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+        let key = cache.keys.get(kid).cloned();
+        (key.filter(|_| fresh || !may_refetch), may_refetch)
+    }
+
+    async fn key(&self, kid: Option<&str>) -> Result<Arc<DecodingKey>, AuthError> {
+        let kid = kid.unwrap_or("");
+        let (key, may_refetch) = self.cached(kid);
+        if let Some(key) = key {
+            return Ok(key);
+        }
+        if may_refetch {
+            self.cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .last_attempt = Some(Instant::now());
+            match self.fetch().await {
+                Ok(keys) => {
+                    let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                    cache.keys = keys;
+                    cache.fetched = Some(Instant::now());
+                }
+                Err(e) => tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed"),
+            }
+        }
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .keys
+            .get(kid)
+            .or_else(|| {
+                (cache.keys.len() == 1 && kid.is_empty())
+                    .then(|| cache.keys.values().next())
+                    .flatten()
+            })
+            .cloned()
+            .ok_or_else(|| AuthError::Invalid(format!("no JWKS key with kid {kid:?}")))
+    }
+
+    async fn fetch(&self) -> Result<HashMap<String, Arc<DecodingKey>>, String> {
+        let set: JwkSet = self
+            .client
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .error_for_status()
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(set
+            .keys
+            .iter()
+            .filter_map(|jwk| {
+                let key = DecodingKey::from_jwk(jwk).ok()?;
+                Some((jwk.common.key_id.clone().unwrap_or_default(), Arc::new(key)))
+            })
+            .collect())
+    }
+}
+
+/// Claims of a connection token minted by [`mint_token`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MintClaims {
+    /// User id.
+    pub sub: String,
+    /// Expiry, Unix seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+    /// Roles.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// Tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Public info.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
+    /// Server-side channels.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<String>,
+    /// Channel, for a subscription token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+}
+
+/// Signs claims with an HMAC secret (HS256): for the CLI, `--dev` and tests.
+///
+/// # Errors
+/// Only if the claims can not be serialized.
+pub fn mint_token(secret: &str, claims: &MintClaims) -> Result<String, AuthError> {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| AuthError::Invalid(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verifier(secret: &str) -> Verifier {
+        let c = Config {
+            token_hmac_secret: secret.into(),
+            ..Config::default()
+        };
+        Verifier::new(&c).unwrap()
+    }
+
+    #[tokio::test]
+    async fn hmac_roundtrip_and_errors() {
+        let v = verifier("s3cret");
+        let t = mint_token(
+            "s3cret",
+            &MintClaims {
+                sub: "42".into(),
+                roles: vec!["admin".into()],
+                tenant: Some("acme".into()),
+                exp: Some(now_secs() + 60),
+                info: Some(serde_json::json!({"name": "Ann"})),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let id = v.verify_connect(&t).await.unwrap();
+        assert_eq!(&*id.user, "42");
+        assert_eq!(id.roles, vec!["admin"]);
+        assert_eq!(id.tenant.as_deref(), Some("acme"));
+        assert_eq!(id.info.unwrap().get(), r#"{"name":"Ann"}"#);
+
+        let expired = mint_token(
+            "s3cret",
+            &MintClaims {
+                sub: "42".into(),
+                exp: Some(now_secs() - 1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            v.verify_connect(&expired).await.unwrap_err(),
+            AuthError::Expired
+        );
+        let forged = mint_token(
+            "other",
+            &MintClaims {
+                sub: "42".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            v.verify_connect(&forged).await,
+            Err(AuthError::Invalid(_))
+        ));
+        assert!(matches!(
+            v.verify_connect("garbage").await,
+            Err(AuthError::Invalid(_))
+        ));
+        let no_sub = mint_token("s3cret", &MintClaims::default()).unwrap();
+        assert!(matches!(
+            v.verify_connect(&no_sub).await,
+            Err(AuthError::Invalid(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn subscription_token_binds_user_and_channel() {
+        let v = verifier("k");
+        let t = mint_token(
+            "k",
+            &MintClaims {
+                sub: "7".into(),
+                channel: Some("observation:9".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(v
+            .verify_subscription(&t, "7", "observation:9")
+            .await
+            .is_ok());
+        assert!(v
+            .verify_subscription(&t, "8", "observation:9")
+            .await
+            .is_err());
+        assert!(v
+            .verify_subscription(&t, "7", "observation:10")
+            .await
+            .is_err());
+    }
+
+    #[test]
+    fn roles_claim_may_be_a_string() {
+        let c: ConnectClaims = serde_json::from_str(r#"{"sub":"1","roles":"admin"}"#).unwrap();
+        assert_eq!(c.roles, vec!["admin"]);
+    }
+}

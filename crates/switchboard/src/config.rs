@@ -1,0 +1,352 @@
+//! Configuration: defaults, then a TOML file, then `SWITCHBOARD_*` variables, then flags.
+//!
+//! Every limit lives here with its default, so docs/config.md and
+//! switchboard.example.toml can be checked against one place.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The whole configuration of one switchboard node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub bind: String,
+    /// Name of this node in `info` and logs (defaults to a random id).
+    pub node_name: String,
+    /// HMAC secret for HS256/384/512 tokens.
+    pub token_hmac_secret: String,
+    /// RSA public key (PEM text, or a path to a PEM file) for RS256/384/512 tokens.
+    pub token_rsa_public_key: String,
+    /// ECDSA public key (PEM text, or a path to a PEM file) for ES256/384 tokens.
+    pub token_ecdsa_public_key: String,
+    /// JWKS endpoint; keys are cached and refetched on an unknown `kid`.
+    pub token_jwks_url: String,
+    /// How long JWKS keys are cached.
+    #[serde(with = "duration")]
+    pub token_jwks_cache_ttl: Duration,
+    /// Required `aud` claim, when set.
+    pub token_audience: String,
+    /// Required `iss` claim, when set.
+    pub token_issuer: String,
+    /// Server API key (one).
+    pub api_key: String,
+    /// Server API keys (several, for rotation).
+    pub api_keys: Vec<String>,
+    /// Browser origins allowed to open WebSocket connections; empty allows any.
+    pub allowed_origins: Vec<String>,
+    /// Channels every connection joins on connect, as claim templates.
+    pub auto_subscribe: Vec<String>,
+    /// Heartbeats and connection timing.
+    pub client: ClientConfig,
+    /// Per-connection limits.
+    pub limits: LimitsConfig,
+    /// Channel namespaces: the part of a channel name before the first `:`.
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// Time allowed to drain connections on SIGINT/SIGTERM.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// Log format: `text` or `json`.
+    pub log_format: String,
+}
+
+/// Heartbeats and connection timing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Interval between server pings.
+    #[serde(with = "duration")]
+    pub ping_interval: Duration,
+    /// Time a client has to answer a ping before it is disconnected (3012).
+    #[serde(with = "duration")]
+    pub pong_timeout: Duration,
+    /// Time allowed between opening the socket and the connect command (3502).
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+/// Limits per connection and per user. `0` disables a count limit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest frame a client may send, in bytes (3506).
+    pub max_message_size: usize,
+    /// Channels one connection may hold (error 106, or 3505 on connect).
+    pub max_channels_per_connection: usize,
+    /// Commands per second per connection, sustained (error 111).
+    pub command_rate: u32,
+    /// Commands a connection may burst above the rate.
+    pub command_burst: u32,
+    /// Connections one user may hold at once (3504).
+    pub max_connections_per_user: usize,
+    /// Frames queued for one connection before it is disconnected as slow (3008).
+    pub outbox_size: usize,
+    /// Protocol errors (malformed, unknown, rate-limited commands) before disconnect (3501).
+    pub max_protocol_errors: u32,
+    /// Longest channel name, in bytes.
+    pub max_channel_length: usize,
+}
+
+/// Rules and features of one namespace.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// Who may subscribe: claim templates the channel must equal (`user:{sub}`,
+    /// `tenant:{tenant}`, `role:{roles}`), or `"*"` for any authenticated user.
+    /// A valid subscription token for the channel is always accepted.
+    pub subscribe: Vec<String>,
+    /// Whether subscribers may publish from the client.
+    pub publish: bool,
+    /// Whether presence is kept for the channel.
+    pub presence: bool,
+    /// Whether join and leave pushes are sent to subscribers.
+    pub join_leave: bool,
+    /// Publications kept per channel (0 = no history).
+    pub history_size: usize,
+    /// How long publications are kept.
+    #[serde(with = "duration")]
+    pub history_ttl: Duration,
+    /// Client publications per second per connection in this namespace (0 = unlimited).
+    pub publish_rate: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut namespaces = BTreeMap::new();
+        namespaces.insert(
+            "user".to_owned(),
+            NamespaceConfig {
+                subscribe: vec!["user:{sub}".to_owned()],
+                history_size: 100,
+                history_ttl: Duration::from_secs(24 * 3600),
+                ..NamespaceConfig::default()
+            },
+        );
+        Self {
+            bind: "127.0.0.1:8000".to_owned(),
+            node_name: String::new(),
+            token_hmac_secret: String::new(),
+            token_rsa_public_key: String::new(),
+            token_ecdsa_public_key: String::new(),
+            token_jwks_url: String::new(),
+            token_jwks_cache_ttl: Duration::from_secs(3600),
+            token_audience: String::new(),
+            token_issuer: String::new(),
+            api_key: String::new(),
+            api_keys: Vec::new(),
+            allowed_origins: Vec::new(),
+            auto_subscribe: vec!["user:{sub}".to_owned()],
+            client: ClientConfig::default(),
+            limits: LimitsConfig::default(),
+            namespaces,
+            shutdown_timeout: Duration::from_secs(10),
+            log_format: "text".to_owned(),
+        }
+    }
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(8),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_size: 65536,
+            max_channels_per_connection: 128,
+            command_rate: 100,
+            command_burst: 200,
+            max_connections_per_user: 64,
+            outbox_size: 1024,
+            max_protocol_errors: 20,
+            max_channel_length: 255,
+        }
+    }
+}
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then `SWITCHBOARD_*` variables, then `overrides`.
+    ///
+    /// Nested keys use `__` in variables: `SWITCHBOARD_LIMITS__OUTBOX_SIZE=256`.
+    ///
+    /// # Errors
+    /// An unreadable file, an unknown key or a value of the wrong type.
+    pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!("file {} not found", path.display())));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig.merge(
+            Env::prefixed("SWITCHBOARD_")
+                .split("__")
+                .ignore(&["config", "log", "url"]),
+        );
+        for (key, value) in overrides {
+            fig = fig.merge(Serialized::default(key, value));
+        }
+        let config: Config = fig.extract().map_err(|e| ConfigError(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    ///
+    /// # Errors
+    /// A value that would make the server misbehave.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.limits.outbox_size == 0 {
+            return Err(ConfigError("limits.outbox_size must be at least 1".into()));
+        }
+        if self.limits.max_message_size < 128 {
+            return Err(ConfigError(
+                "limits.max_message_size must be at least 128".into(),
+            ));
+        }
+        if self.client.ping_interval.is_zero() {
+            return Err(ConfigError("client.ping_interval must be positive".into()));
+        }
+        for (name, ns) in &self.namespaces {
+            if name.is_empty() || !name.bytes().all(crate::channel::is_name_byte) {
+                return Err(ConfigError(format!("namespace name {name:?} is invalid")));
+            }
+            if ns.history_size > 0 && ns.history_ttl.is_zero() {
+                return Err(ConfigError(format!(
+                    "namespaces.{name}: history_size needs a positive history_ttl"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// All configured API keys.
+    pub fn api_keys(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.api_key.as_str())
+            .chain(self.api_keys.iter().map(String::as_str))
+            .filter(|k| !k.is_empty())
+    }
+
+    /// Whether any token verification key is configured.
+    pub fn has_token_key(&self) -> bool {
+        !(self.token_hmac_secret.is_empty()
+            && self.token_rsa_public_key.is_empty()
+            && self.token_ecdsa_public_key.is_empty()
+            && self.token_jwks_url.is_empty())
+    }
+}
+
+/// Durations as `"25s"`, `"500ms"`, `"10m"`, `"24h"`, `"7d"` or a number of seconds.
+mod duration {
+    use super::*;
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        if d.subsec_millis() != 0 {
+            s.serialize_str(&format!("{}ms", d.as_millis()))
+        } else {
+            s.serialize_str(&format!("{}s", d.as_secs()))
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(Duration::from_secs(s)),
+            Raw::Text(t) => parse(&t).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {t:?}: use a number with ms, s, m, h or d (\"25s\")"
+                ))
+            }),
+        }
+    }
+
+    pub(super) fn parse(t: &str) -> Option<Duration> {
+        let t = t.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().ok()?;
+        let ms = match unit.trim() {
+            "ms" => n,
+            "" | "s" => n.checked_mul(1000)?,
+            "m" => n.checked_mul(60_000)?,
+            "h" => n.checked_mul(3_600_000)?,
+            "d" => n.checked_mul(86_400_000)?,
+            _ => return None,
+        };
+        Some(Duration::from_millis(ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(duration::parse("25s"), Some(Duration::from_secs(25)));
+        assert_eq!(duration::parse("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(duration::parse("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(duration::parse("7"), Some(Duration::from_secs(7)));
+        assert_eq!(duration::parse("x"), None);
+    }
+
+    #[test]
+    fn defaults_are_valid_and_safe() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.auto_subscribe, vec!["user:{sub}"]);
+        assert_eq!(c.namespaces["user"].subscribe, vec!["user:{sub}"]);
+        assert!(!c.namespaces["user"].publish);
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_keeps_user_namespace() {
+        let dir = std::env::temp_dir().join(format!("sb-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "bind = \"127.0.0.1:9\"\n[limits]\noutbox_size = 7\n[namespaces.chat]\nsubscribe = [\"*\"]\npublish = true\nhistory_size = 10\nhistory_ttl = \"1m\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), &[("bind", "127.0.0.1:10".into())]).unwrap();
+        assert_eq!(c.bind, "127.0.0.1:10");
+        assert_eq!(c.limits.outbox_size, 7);
+        assert_eq!(c.limits.command_rate, 100);
+        assert!(c.namespaces["chat"].publish);
+        assert_eq!(c.namespaces["chat"].history_ttl, Duration::from_secs(60));
+        assert!(c.namespaces.contains_key("user"));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("sb-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "bindd = \"x\"\n").unwrap();
+        let err = Config::load(Some(&path), &[]).unwrap_err();
+        assert!(err.to_string().contains("bindd"), "{err}");
+    }
+}

@@ -1,0 +1,92 @@
+//! The engine: cross-node pub/sub, presence and history behind one narrow trait.
+//!
+//! Local delivery goes through the engine too (it calls the [`EventHandler`], which
+//! is the hub), so one node and many nodes take the same path. The memory engine is
+//! the default; a Redis engine implements the same trait for several nodes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use switchboard_protocol::{
+    ClientInfo, HistoryResult, PresenceStatsResult, Publication, StreamPosition,
+};
+
+use crate::event::ChannelEvent;
+pub use crate::history::{HistoryOptions, HistoryQuery};
+
+pub mod memory;
+
+/// Receives every event of channels this node is subscribed to, from any node.
+pub trait EventHandler: Send + Sync {
+    /// Delivers one event. Must not block: it runs on the engine's delivery path.
+    fn on_event(&self, event: &Arc<ChannelEvent>);
+}
+
+/// Why an engine operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// The backing store is unreachable or failed.
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Cross-node pub/sub, presence and history.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// Publishes into a channel on every node, appending to history when `history`
+    /// is given. Returns the stream position after the publication.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the backing store fails; nothing was published then.
+    async fn publish(
+        &self,
+        channel: &Arc<str>,
+        publication: Publication,
+        history: Option<HistoryOptions>,
+    ) -> Result<StreamPosition, EngineError>;
+
+    /// Tells every node's subscribers that a client joined.
+    async fn publish_join(&self, channel: &Arc<str>, info: ClientInfo) -> Result<(), EngineError>;
+
+    /// Tells every node's subscribers that a client left.
+    async fn publish_leave(&self, channel: &Arc<str>, info: ClientInfo) -> Result<(), EngineError>;
+
+    /// This node has its first subscriber of `channel`: start receiving its events.
+    async fn subscribe(&self, channel: &str) -> Result<(), EngineError>;
+
+    /// This node has no subscriber of `channel` left.
+    async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError>;
+
+    /// Adds (or refreshes) a client's presence in a channel.
+    async fn add_presence(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError>;
+
+    /// Removes a client's presence. Returns whether the user has no client left there.
+    async fn remove_presence(
+        &self,
+        channel: &str,
+        client: &str,
+        user: &str,
+    ) -> Result<bool, EngineError>;
+
+    /// Clients present in a channel.
+    async fn presence(&self, channel: &str) -> Result<HashMap<Arc<str>, ClientInfo>, EngineError>;
+
+    /// Counts of clients and distinct users in a channel.
+    async fn presence_stats(&self, channel: &str) -> Result<PresenceStatsResult, EngineError>;
+
+    /// Reads a channel's history.
+    async fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryResult, EngineError>;
+
+    /// Drops a channel's history (the epoch changes).
+    async fn remove_history(&self, channel: &str) -> Result<(), EngineError>;
+
+    /// Whether the engine can serve requests (for `/ready`).
+    async fn ready(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,98 @@
+//! What flows from the engine to sessions: channel events, encoded at most once per
+//! wire protocol and shared by reference count among all recipients.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::ws::Utf8Bytes;
+use switchboard_protocol::{ClientInfo, Publication, SubscribeResult};
+
+/// A text frame ready to write: cheap to clone (reference-counted bytes).
+pub type TextFrame = Utf8Bytes;
+
+/// The wire protocols that can encode events; each owns one cache slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Centrifugo client protocol v2, JSON.
+    CentrifugeJson = 0,
+}
+
+const PROTOCOLS: usize = 1;
+
+/// What happened in a channel.
+#[derive(Debug)]
+pub enum EventKind {
+    /// A publication.
+    Publication(Publication),
+    /// A client joined (presence).
+    Join(ClientInfo),
+    /// A client left (presence).
+    Leave(ClientInfo),
+}
+
+/// One event in one channel, delivered to every local subscriber.
+#[derive(Debug)]
+pub struct ChannelEvent {
+    /// Channel name.
+    pub channel: Arc<str>,
+    /// The event.
+    pub kind: EventKind,
+    encoded: [OnceLock<TextFrame>; PROTOCOLS],
+}
+
+impl ChannelEvent {
+    /// Wraps an event for fan-out.
+    pub fn new(channel: Arc<str>, kind: EventKind) -> Arc<Self> {
+        Arc::new(Self {
+            channel,
+            kind,
+            encoded: Default::default(),
+        })
+    }
+
+    /// The event encoded for `protocol`, encoding it on first use only.
+    pub fn encoded(&self, protocol: Protocol, encode: impl FnOnce(&Self) -> String) -> TextFrame {
+        self.encoded[protocol as usize]
+            .get_or_init(|| TextFrame::from(encode(self)))
+            .clone()
+    }
+
+    /// The publication offset, 0 for joins and leaves.
+    pub fn offset(&self) -> u64 {
+        match &self.kind {
+            EventKind::Publication(p) => p.offset,
+            _ => 0,
+        }
+    }
+}
+
+/// A push from the core to one session that the transport encodes.
+#[derive(Debug)]
+pub enum Control {
+    /// The server subscribed the session to a channel.
+    Subscribed {
+        /// Channel.
+        channel: Arc<str>,
+        /// Subscription state.
+        result: SubscribeResult,
+    },
+    /// The server unsubscribed the session from a channel.
+    Unsubscribed {
+        /// Channel.
+        channel: Arc<str>,
+        /// Unsubscribe code (2000: by the server).
+        code: u32,
+        /// Reason.
+        reason: &'static str,
+    },
+}
+
+/// One item in a session's outbox.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A channel event.
+    Event(Arc<ChannelEvent>),
+    /// A frame the transport already encoded (a command reply, a ping).
+    Frame(TextFrame),
+    /// A session-level push (boxed: rare, and it keeps every outbox slot small).
+    Control(Box<Control>),
+}

@@ -1,0 +1,258 @@
+//! One channel's stream: an epoch, increasing offsets, and a bounded window of recent
+//! publications (by count and by age) that recovery and the `history` command read.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use switchboard_protocol::{HistoryResult, Publication, StreamPosition};
+use tokio::time::Instant;
+
+/// Limits of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryOptions {
+    /// Publications kept.
+    pub size: usize,
+    /// How long each is kept.
+    pub ttl: Duration,
+}
+
+/// What to read from a stream.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    /// Only publications after this position (its epoch must match to get any).
+    pub since: Option<StreamPosition>,
+    /// At most this many; `None` for all that are kept.
+    pub limit: Option<usize>,
+    /// Newest first.
+    pub reverse: bool,
+    /// Create the stream with these options if it does not exist yet, so its epoch is
+    /// fixed from the first subscriber on and a later recovery can match it.
+    pub ensure: Option<HistoryOptions>,
+}
+
+/// A channel's stream.
+#[derive(Debug)]
+pub struct Stream {
+    epoch: String,
+    top: u64,
+    items: VecDeque<(Publication, Instant)>,
+    /// When the stream was last written; an idle stream is dropped after its TTL.
+    touched: Instant,
+    bytes: usize,
+}
+
+impl Stream {
+    /// A new stream with a fresh random epoch.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            epoch: new_epoch(),
+            top: 0,
+            items: VecDeque::new(),
+            touched: now,
+            bytes: 0,
+        }
+    }
+
+    /// Appends a publication, assigning the next offset, and trims to `opts`.
+    /// Returns the publication's offset.
+    pub fn append(
+        &mut self,
+        mut publication: Publication,
+        opts: HistoryOptions,
+        now: Instant,
+    ) -> u64 {
+        self.expire(now);
+        self.top += 1;
+        publication.offset = self.top;
+        self.touched = now;
+        self.bytes += approx_size(&publication);
+        self.items.push_back((publication, now + opts.ttl));
+        while self.items.len() > opts.size.max(1) {
+            self.pop_front();
+        }
+        self.top
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((p, _)) = self.items.pop_front() {
+            self.bytes = self.bytes.saturating_sub(approx_size(&p));
+        }
+    }
+
+    /// Drops publications older than their TTL.
+    pub fn expire(&mut self, now: Instant) {
+        while self.items.front().is_some_and(|(_, exp)| *exp <= now) {
+            self.pop_front();
+        }
+    }
+
+    /// Drops the oldest publication (memory cap eviction). False if empty.
+    pub fn evict_oldest(&mut self) -> bool {
+        let had = !self.items.is_empty();
+        self.pop_front();
+        had
+    }
+
+    /// Whether the stream saw no write for `ttl` and holds nothing.
+    pub fn idle(&self, ttl: Duration, now: Instant) -> bool {
+        self.items.is_empty() && now.duration_since(self.touched) >= ttl
+    }
+
+    /// Current position.
+    pub fn position(&self) -> StreamPosition {
+        StreamPosition {
+            offset: self.top,
+            epoch: self.epoch.clone(),
+        }
+    }
+
+    /// Approximate bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Offset of the oldest kept publication.
+    pub fn oldest_time(&self) -> Option<Instant> {
+        self.items.front().map(|(_, exp)| *exp)
+    }
+
+    /// Reads publications.
+    pub fn read(&mut self, query: &HistoryQuery, now: Instant) -> HistoryResult {
+        self.expire(now);
+        let after = match &query.since {
+            Some(pos) if pos.epoch == self.epoch => Some(pos.offset),
+            // A position from another epoch says nothing about this stream.
+            Some(_) => None,
+            None => None,
+        };
+        let limit = query.limit.unwrap_or(usize::MAX);
+        let iter = self
+            .items
+            .iter()
+            .map(|(p, _)| p)
+            .filter(|p| after.is_none_or(|a| p.offset > a));
+        let publications: Vec<Publication> = if query.reverse {
+            // With `since` and reverse, Centrifugo pages backwards from the position.
+            match &query.since {
+                Some(pos) if pos.epoch == self.epoch => self
+                    .items
+                    .iter()
+                    .rev()
+                    .map(|(p, _)| p)
+                    .filter(|p| p.offset < pos.offset)
+                    .take(limit)
+                    .cloned()
+                    .collect(),
+                _ => iter.rev().take(limit).cloned().collect(),
+            }
+        } else {
+            iter.take(limit).cloned().collect()
+        };
+        HistoryResult {
+            publications,
+            epoch: self.epoch.clone(),
+            offset: self.top,
+        }
+    }
+}
+
+fn approx_size(p: &Publication) -> usize {
+    // Payload plus the struct and bookkeeping; info and tags are small and shared.
+    p.data.get().len() + 96
+}
+
+/// A random epoch string.
+pub fn new_epoch() -> String {
+    let n: u64 = rand::random();
+    format!("{:08x}", n as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::value::RawValue;
+
+    use super::*;
+
+    fn publication(n: u32) -> Publication {
+        Publication {
+            data: Arc::from(RawValue::from_string(n.to_string()).unwrap()),
+            info: None,
+            offset: 0,
+            tags: None,
+        }
+    }
+
+    const OPTS: HistoryOptions = HistoryOptions {
+        size: 3,
+        ttl: Duration::from_secs(60),
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn window_by_size_and_since() {
+        let now = Instant::now();
+        let mut s = Stream::new(now);
+        for i in 1..=5 {
+            assert_eq!(s.append(publication(i), OPTS, now), u64::from(i));
+        }
+        let epoch = s.position().epoch;
+        let all = s.read(&HistoryQuery::default(), now);
+        assert_eq!(
+            all.publications
+                .iter()
+                .map(|p| p.offset)
+                .collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+        assert_eq!(all.offset, 5);
+        let since = HistoryQuery {
+            since: Some(StreamPosition { offset: 3, epoch }),
+            ..Default::default()
+        };
+        let r = s.read(&since, now);
+        assert_eq!(
+            r.publications.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            vec![4, 5]
+        );
+        let rev = HistoryQuery {
+            limit: Some(2),
+            reverse: true,
+            ..Default::default()
+        };
+        let r = s.read(&rev, now);
+        assert_eq!(
+            r.publications.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            vec![5, 4]
+        );
+        let other_epoch = HistoryQuery {
+            since: Some(StreamPosition {
+                offset: 4,
+                epoch: "nope".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(s.read(&other_epoch, now).publications.len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ttl_expires_publications() {
+        let mut s = Stream::new(Instant::now());
+        s.append(publication(1), OPTS, Instant::now());
+        tokio::time::advance(Duration::from_secs(30)).await;
+        s.append(publication(2), OPTS, Instant::now());
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let r = s.read(&HistoryQuery::default(), Instant::now());
+        assert_eq!(
+            r.publications.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            vec![2]
+        );
+        assert_eq!(r.offset, 2, "offsets survive expiry");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(s
+            .read(&HistoryQuery::default(), Instant::now())
+            .publications
+            .is_empty());
+        assert!(s.idle(OPTS.ttl, Instant::now()));
+    }
+}

@@ -1,0 +1,192 @@
+//! The hub: this node's index of channel -> sessions and user -> sessions.
+//!
+//! Sharded so a hot channel does not lock the world. Delivery never awaits a client:
+//! it pushes into each session's bounded outbox and moves on.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::engine::EventHandler;
+use crate::event::ChannelEvent;
+use crate::session::Session;
+
+const CHANNEL_SHARDS: usize = 128;
+
+type Index = HashMap<Arc<str>, Vec<Arc<Session>>>;
+const USER_SHARDS: usize = 32;
+
+/// Node-local index of sessions.
+pub struct Hub {
+    /// Read-locked per delivery, write-locked per (un)subscribe.
+    channels: Box<[RwLock<Index>]>,
+    /// Short critical sections only.
+    users: Box<[Mutex<Index>]>,
+    hasher: std::collections::hash_map::RandomState,
+    deliveries: AtomicU64,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            channels: (0..CHANNEL_SHARDS).map(|_| RwLock::default()).collect(),
+            users: (0..USER_SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            deliveries: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Hub {
+    fn index(&self, key: &str, n: usize) -> usize {
+        (self.hasher.hash_one(key) as usize) % n
+    }
+
+    /// Adds a subscriber. Returns true when it is the channel's first on this node.
+    pub fn subscribe(&self, channel: &Arc<str>, session: &Arc<Session>) -> bool {
+        let mut shard = self.channels[self.index(channel, CHANNEL_SHARDS)]
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let subs = shard.entry(channel.clone()).or_default();
+        if !subs.iter().any(|s| Arc::ptr_eq(s, session)) {
+            subs.push(session.clone());
+        }
+        subs.len() == 1
+    }
+
+    /// Removes a subscriber. Returns true when the channel has none left on this node.
+    pub fn unsubscribe(&self, channel: &str, session: &Session) -> bool {
+        let mut shard = self.channels[self.index(channel, CHANNEL_SHARDS)]
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(subs) = shard.get_mut(channel) else {
+            return false;
+        };
+        let before = subs.len();
+        subs.retain(|s| !std::ptr::eq(Arc::as_ptr(s), session));
+        let removed = subs.len() < before;
+        if subs.is_empty() {
+            shard.remove(channel);
+            return removed;
+        }
+        false
+    }
+
+    /// Delivers an event to every local subscriber of its channel. Returns how many.
+    pub fn broadcast(&self, event: &Arc<ChannelEvent>) -> usize {
+        let shard = self.channels[self.index(&event.channel, CHANNEL_SHARDS)]
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(subs) = shard.get(&event.channel) else {
+            return 0;
+        };
+        for s in subs {
+            s.deliver(event);
+        }
+        self.deliveries
+            .fetch_add(subs.len() as u64, Ordering::Relaxed);
+        subs.len()
+    }
+
+    /// Number of local subscribers of a channel.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        self.channels[self.index(channel, CHANNEL_SHARDS)]
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(channel)
+            .map_or(0, Vec::len)
+    }
+
+    /// Channels with local subscribers and their counts.
+    pub fn channels(&self) -> Vec<(Arc<str>, usize)> {
+        let mut out = Vec::new();
+        for shard in self.channels.iter() {
+            let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+            out.extend(shard.iter().map(|(k, v)| (k.clone(), v.len())));
+        }
+        out
+    }
+
+    /// Registers an authenticated session under its user unless the user already has
+    /// `limit` sessions (0 = no limit). Returns false when the limit is reached.
+    pub fn add_user_session(&self, user: &Arc<str>, session: &Arc<Session>, limit: usize) -> bool {
+        let mut shard = self.users[self.index(user, USER_SHARDS)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let list = shard.entry(user.clone()).or_default();
+        if limit > 0 && list.len() >= limit {
+            if list.is_empty() {
+                shard.remove(user);
+            }
+            return false;
+        }
+        list.push(session.clone());
+        true
+    }
+
+    /// Unregisters a session. Returns how many sessions the user has left.
+    pub fn remove_user_session(&self, user: &str, session: &Session) -> usize {
+        let mut shard = self.users[self.index(user, USER_SHARDS)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(list) = shard.get_mut(user) else {
+            return 0;
+        };
+        list.retain(|s| !std::ptr::eq(Arc::as_ptr(s), session));
+        let left = list.len();
+        if left == 0 {
+            shard.remove(user);
+        }
+        left
+    }
+
+    /// The sessions of a user on this node.
+    pub fn user_sessions(&self, user: &str) -> Vec<Arc<Session>> {
+        self.users[self.index(user, USER_SHARDS)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(user)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every authenticated session on this node.
+    pub fn all_sessions(&self) -> Vec<Arc<Session>> {
+        let mut out = Vec::new();
+        for shard in self.users.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            out.extend(shard.values().flatten().cloned());
+        }
+        out
+    }
+
+    /// Distinct users and sessions on this node.
+    pub fn counts(&self) -> (usize, usize) {
+        let mut users = 0;
+        let mut clients = 0;
+        for shard in self.users.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            users += shard.len();
+            clients += shard.values().map(Vec::len).sum::<usize>();
+        }
+        (users, clients)
+    }
+
+    /// Total deliveries into outboxes since start.
+    pub fn deliveries(&self) -> u64 {
+        self.deliveries.load(Ordering::Relaxed)
+    }
+}
+
+impl EventHandler for Hub {
+    fn on_event(&self, event: &Arc<ChannelEvent>) {
+        self.broadcast(event);
+    }
+}

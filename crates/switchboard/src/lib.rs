@@ -1,0 +1,37 @@
+//! switchboard: a self-hosted real-time gateway speaking the Centrifugo client protocol.
+//!
+//! # Layout
+//! - [`config`]: defaults, TOML file, `SWITCHBOARD_*` variables, flags.
+//! - [`auth`]: connection and subscription tokens -> [`auth::Identity`].
+//! - [`channel`], [`rules`]: channel names and who may do what in which namespace.
+//! - [`node`]: the public face of the process: publish, presence, history, disconnect.
+//! - [`hub`]: node-local index channel -> sessions, user -> sessions.
+//! - [`session`]: one connection's identity, subscriptions, limits and outbox.
+//! - [`event`]: what flows to sessions, encoded once per wire protocol.
+//! - [`engine`]: cross-node pub/sub, presence and history ([`engine::memory`] by default).
+//! - [`history`], [`presence`]: a channel's stream and presence set.
+//! - [`transport`]: wire protocols ([`transport::centrifuge`]).
+//! - [`server`]: HTTP routes, `run`, graceful shutdown.
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod channel;
+pub mod config;
+pub mod engine;
+pub mod event;
+pub mod history;
+pub mod hub;
+pub mod limiter;
+pub mod metrics;
+pub mod node;
+pub mod presence;
+pub mod rules;
+pub mod server;
+pub mod session;
+pub mod transport;
+
+/// The server version reported to clients.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub use config::Config;
+pub use server::{run, Server};

@@ -1,0 +1,112 @@
+//! The HTTP server: binds, routes, and shuts down gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::node::{Node, StartError};
+use crate::transport;
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The node could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// Binding or serving failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    listener: TcpListener,
+    node: Arc<Node>,
+}
+
+impl Server {
+    /// Builds the node and binds `config.bind`.
+    ///
+    /// # Errors
+    /// [`ServerError`] when keys can not be loaded or the address can not be bound.
+    pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        let listener = TcpListener::bind(&config.bind).await?;
+        let node = Node::new(config)?;
+        Ok(Self { listener, node })
+    }
+
+    /// The bound address (useful with port 0).
+    ///
+    /// # Errors
+    /// When the socket has no local address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The node behind this server.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Serves until `shutdown` completes, then tells every client to reconnect (3001)
+    /// and waits up to `shutdown_timeout` for connections to drain.
+    ///
+    /// # Errors
+    /// An I/O error of the listener.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let node = self.node;
+        let app = router(node.clone());
+        let stop = node.shutdown.clone();
+        let signal_node = node.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing connections");
+            signal_node.begin_shutdown();
+        });
+        let addr = self.listener.local_addr()?;
+        tracing::info!(%addr, node = %node.name, "switchboard listening");
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await?;
+        let timeout = node.config.shutdown_timeout;
+        if tokio::time::timeout(timeout, node.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(?timeout, "connections did not drain in time");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Binds and serves `config` until `shutdown` completes.
+///
+/// # Errors
+/// See [`Server::bind`] and [`Server::run`].
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    Server::bind(config).await?.run(shutdown).await
+}
+
+/// All routes.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/connection/websocket", get(transport::centrifuge::handler))
+        .route("/health", get(health))
+        .with_state(node)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
