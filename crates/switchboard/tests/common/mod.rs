@@ -1,0 +1,358 @@
+//! Shared fixture: the real server on 127.0.0.1:0 and a real WebSocket client.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use switchboard::auth::{mint_token, now_secs, MintClaims};
+use switchboard::config::NamespaceConfig;
+use switchboard::node::Node;
+use switchboard::{Config, Server};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret";
+pub const API_KEY: &str = "test-api-key";
+/// Every receive waits at most this long, so a bug fails fast instead of hanging.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A config with namespaces for every rule the tests exercise.
+pub fn config() -> Config {
+    let mut c = Config {
+        bind: "127.0.0.1:0".into(),
+        token_hmac_secret: SECRET.into(),
+        api_key: API_KEY.into(),
+        ..Config::default()
+    };
+    let ns = |subscribe: &[&str]| NamespaceConfig {
+        subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+        ..NamespaceConfig::default()
+    };
+    c.namespaces.insert(
+        "chat".into(),
+        NamespaceConfig {
+            publish: true,
+            presence: true,
+            join_leave: true,
+            history_size: 100,
+            history_ttl: Duration::from_secs(3600),
+            ..ns(&["*"])
+        },
+    );
+    c.namespaces.insert("news".into(), ns(&["*"]));
+    c.namespaces.insert("role".into(), ns(&["role:{roles}"]));
+    c.namespaces
+        .insert("tenant".into(), ns(&["tenant:{tenant}"]));
+    c.namespaces.insert(
+        "observation".into(),
+        NamespaceConfig {
+            presence: true,
+            ..ns(&[])
+        },
+    );
+    c
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub node: Arc<Node>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/connection/websocket", self.addr)
+    }
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+    /// Graceful shutdown, waiting for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), h).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+pub async fn start(config: Config) -> TestServer {
+    let server = Server::bind(config).await.expect("bind");
+    let addr = server.local_addr().expect("addr");
+    let node = server.node().clone();
+    let (tx, rx) = oneshot::channel();
+    let handle = tokio::spawn(async move {
+        server
+            .run(async move {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server run");
+    });
+    TestServer {
+        addr,
+        node,
+        stop: Some(tx),
+        handle: Some(handle),
+    }
+}
+
+pub async fn start_default() -> TestServer {
+    start(config()).await
+}
+
+pub fn token(user: &str) -> String {
+    token_with(MintClaims {
+        sub: user.into(),
+        ..MintClaims::default()
+    })
+}
+
+pub fn token_with(claims: MintClaims) -> String {
+    mint_token(SECRET, &claims).expect("mint")
+}
+
+pub fn expiring_token(user: &str, secs: u64) -> String {
+    token_with(MintClaims {
+        sub: user.into(),
+        exp: Some(now_secs() + secs),
+        ..MintClaims::default()
+    })
+}
+
+pub fn sub_token(user: &str, channel: &str) -> String {
+    token_with(MintClaims {
+        sub: user.into(),
+        channel: Some(channel.into()),
+        ..MintClaims::default()
+    })
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A raw protocol client: sends JSON commands, reads replies and pushes.
+pub struct Client {
+    ws: Ws,
+    next_id: u32,
+    /// Messages read while waiting for something else.
+    backlog: std::collections::VecDeque<Value>,
+    /// Lines of a multi-line frame not yet returned by `read`.
+    incoming: std::collections::VecDeque<Value>,
+    pub connect_reply: Value,
+}
+
+/// How the server closed a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Closed {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Client {
+    /// Opens a socket without sending connect.
+    pub async fn open(server: &TestServer) -> Client {
+        let (ws, _) =
+            tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(server.ws_url()))
+                .await
+                .expect("open timeout")
+                .expect("open");
+        Client {
+            ws,
+            next_id: 0,
+            backlog: Default::default(),
+            incoming: Default::default(),
+            connect_reply: Value::Null,
+        }
+    }
+
+    /// Opens a socket and connects with `token`; panics unless the connect succeeds.
+    pub async fn connect(server: &TestServer, token: &str) -> Client {
+        let mut c = Client::open(server).await;
+        let reply = c
+            .request(json!({"connect": {"token": token, "name": "test"}}))
+            .await;
+        assert!(reply.get("connect").is_some(), "connect failed: {reply}");
+        c.connect_reply = reply;
+        c
+    }
+
+    pub async fn connect_user(server: &TestServer, user: &str) -> Client {
+        Client::connect(server, &token(user)).await
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text.to_owned()))
+            .await
+            .expect("send");
+    }
+
+    /// Sends a command with a fresh id and returns the reply with that id, keeping
+    /// pushes that arrive meanwhile in the backlog.
+    pub async fn request(&mut self, mut cmd: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        cmd["id"] = json!(id);
+        self.send_text(&cmd.to_string()).await;
+        self.reply_to(id).await
+    }
+
+    pub async fn reply_to(&mut self, id: u32) -> Value {
+        if let Some(pos) = self.backlog.iter().position(|m| m["id"] == json!(id)) {
+            return self.backlog.remove(pos).expect("present");
+        }
+        loop {
+            let m = self
+                .read()
+                .await
+                .unwrap_or_else(|c| panic!("closed waiting for reply {id}: {c:?}"));
+            if m["id"] == json!(id) {
+                return m;
+            }
+            self.backlog.push_back(m);
+        }
+    }
+
+    /// Reads the next message (one line of a frame), or how the socket was closed.
+    pub async fn read(&mut self) -> Result<Value, Closed> {
+        if let Some(v) = self.incoming.pop_front() {
+            return Ok(v);
+        }
+        loop {
+            let msg = tokio::time::timeout(TIMEOUT, self.ws.next())
+                .await
+                .expect("read timeout");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    for l in t.as_str().split('\n').filter(|l| !l.trim().is_empty()) {
+                        self.incoming
+                            .push_back(serde_json::from_str(l).expect("json line"));
+                    }
+                    if let Some(v) = self.incoming.pop_front() {
+                        return Ok(v);
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(frame
+                        .map(|f| Closed {
+                            code: u16::from(f.code),
+                            reason: f.reason.to_string(),
+                        })
+                        .unwrap_or(Closed {
+                            code: u16::from(CloseCode::Status),
+                            reason: String::new(),
+                        }));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => {
+                    return Err(Closed {
+                        code: 0,
+                        reason: e.to_string(),
+                    })
+                }
+                None => {
+                    return Err(Closed {
+                        code: 0,
+                        reason: "eof".into(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Next message that is not a server ping (`{}`), from the backlog first.
+    pub async fn next_message(&mut self) -> Result<Value, Closed> {
+        loop {
+            let m = match self.backlog.pop_front() {
+                Some(m) => m,
+                None => self.read().await?,
+            };
+            if m.as_object().is_some_and(|o| o.is_empty()) {
+                continue;
+            }
+            return Ok(m);
+        }
+    }
+
+    /// Next push (skipping pings and replies).
+    pub async fn next_push(&mut self) -> Value {
+        loop {
+            let m = self
+                .next_message()
+                .await
+                .unwrap_or_else(|c| panic!("closed waiting for push: {c:?}"));
+            if let Some(p) = m.get("push") {
+                return p.clone();
+            }
+        }
+    }
+
+    /// Next publication push's data in `channel`, skipping other pushes.
+    pub async fn next_pub(&mut self, channel: &str) -> Value {
+        loop {
+            let p = self.next_push().await;
+            if p["channel"] == json!(channel) && p.get("pub").is_some() {
+                return p["pub"].clone();
+            }
+        }
+    }
+
+    /// Waits until the server closes the socket; returns the close code and reason.
+    pub async fn closed(&mut self) -> Closed {
+        loop {
+            match self.read().await {
+                Ok(_) => continue,
+                Err(c) => return c,
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, channel: &str) -> Value {
+        self.request(json!({"subscribe": {"channel": channel}}))
+            .await
+    }
+
+    pub async fn publish(&mut self, channel: &str, data: Value) -> Value {
+        self.request(json!({"publish": {"channel": channel, "data": data}}))
+            .await
+    }
+
+    /// Asserts nothing but pings arrives within `wait`.
+    pub async fn assert_quiet(&mut self, wait: Duration) {
+        if let Some(m) = self
+            .backlog
+            .iter()
+            .find(|m| m.as_object().is_some_and(|o| !o.is_empty()))
+        {
+            panic!("unexpected message: {m}");
+        }
+        if let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(wait, self.ws.next()).await {
+            assert_eq!(t.as_str().trim(), "{}", "unexpected message");
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// The error code in a reply, if any.
+pub fn error_code(reply: &Value) -> Option<u64> {
+    reply.get("error").and_then(|e| e["code"].as_u64())
+}
