@@ -49,6 +49,8 @@ pub struct Metrics {
     pub subscriptions: Gauge,
     /// Publications accepted (API and clients).
     pub publications: Counter,
+    /// Deliveries dropped because an outbox was full.
+    pub outbox_drops: Counter,
     /// Connections closed because their outbox was full.
     pub slow_disconnects: Counter,
     /// Connect attempts refused for a bad or expired token.

@@ -202,10 +202,12 @@ impl Session {
             })
     }
 
-    /// Closes the session with `reason` (the first reason wins).
-    pub fn close(&self, reason: Disconnect) {
-        let _ = self.disconnect.set(reason);
+    /// Closes the session with `reason`. The first reason wins; returns whether this
+    /// call was the first.
+    pub fn close(&self, reason: Disconnect) -> bool {
+        let first = self.disconnect.set(reason).is_ok();
         self.cancel.cancel();
+        first
     }
 
     /// The authenticated identity, once connected.
@@ -227,8 +229,10 @@ impl Session {
         match self.outbox.try_send(item) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.node.metrics.slow_disconnects.inc();
-                self.close(Disconnect::SLOW);
+                self.node.metrics.outbox_drops.inc();
+                if self.close(Disconnect::SLOW) {
+                    self.node.metrics.slow_disconnects.inc();
+                }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
@@ -241,7 +245,10 @@ impl Session {
             if let Some(buf) = pending.get_mut(&event.channel) {
                 if buf.len() >= self.node.config.limits.outbox_size {
                     drop(pending);
-                    self.close(Disconnect::SLOW);
+                    self.node.metrics.outbox_drops.inc();
+                    if self.close(Disconnect::SLOW) {
+                        self.node.metrics.slow_disconnects.inc();
+                    }
                     return;
                 }
                 buf.push(event.clone());

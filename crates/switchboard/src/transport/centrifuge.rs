@@ -57,11 +57,17 @@ async fn serve(node: Arc<Node>, socket: WebSocket) {
     node.metrics.connections.inc();
     let (session, outbox) = Session::new(node.clone());
     let (sink, stream) = socket.split();
+    // Presence and subscriptions are released as soon as the session is closed, not
+    // after the close frame got through to a client that may have stopped reading.
+    let cleanup = async {
+        session.closed().cancelled().await;
+        session.cleanup().await;
+    };
     tokio::join!(
         read_loop(stream, &session),
-        write_loop(sink, outbox, &session)
+        write_loop(sink, outbox, &session),
+        cleanup
     );
-    session.cleanup().await;
     node.metrics.connections.dec();
     let reason = session.disconnect_reason();
     tracing::debug!(client = %session.id, user = %session.user(), code = reason.code, reason = reason.reason, "connection closed");
@@ -99,7 +105,7 @@ async fn write_loop(
     session: &Session,
 ) {
     let mut batch = Vec::new();
-    'outer: loop {
+    loop {
         tokio::select! {
             // Cancel-safe: `cancelled()` holds no state.
             () = session.closed().cancelled() => break,
@@ -108,16 +114,20 @@ async fn write_loop(
                 if n == 0 {
                     break;
                 }
-                for item in batch.drain(..) {
-                    if sink.feed(Message::Text(encode(item))).await.is_err() {
-                        session.close(Disconnect::WRITE_ERROR);
-                        break 'outer;
-                    }
-                }
-                if sink.flush().await.is_err() {
-                    session.close(Disconnect::WRITE_ERROR);
-                    break;
-                }
+            }
+        }
+        let write = async {
+            for item in batch.drain(..) {
+                sink.feed(Message::Text(encode(item))).await?;
+            }
+            sink.flush().await
+        };
+        tokio::select! {
+            // A client that stopped reading blocks the write; closing must not wait for it.
+            () = session.closed().cancelled() => break,
+            r = write => if r.is_err() {
+                session.close(Disconnect::WRITE_ERROR);
+                break;
             }
         }
     }

@@ -118,18 +118,18 @@ pub async fn start_default() -> TestServer {
 }
 
 pub fn token(user: &str) -> String {
-    token_with(MintClaims {
+    token_with(&MintClaims {
         sub: user.into(),
         ..MintClaims::default()
     })
 }
 
-pub fn token_with(claims: MintClaims) -> String {
-    mint_token(SECRET, &claims).expect("mint")
+pub fn token_with(claims: &MintClaims) -> String {
+    mint_token(SECRET, claims).expect("mint")
 }
 
 pub fn expiring_token(user: &str, secs: u64) -> String {
-    token_with(MintClaims {
+    token_with(&MintClaims {
         sub: user.into(),
         exp: Some(now_secs() + secs),
         ..MintClaims::default()
@@ -137,7 +137,7 @@ pub fn expiring_token(user: &str, secs: u64) -> String {
 }
 
 pub fn sub_token(user: &str, channel: &str) -> String {
-    token_with(MintClaims {
+    token_with(&MintClaims {
         sub: user.into(),
         channel: Some(channel.into()),
         ..MintClaims::default()
@@ -331,6 +331,14 @@ impl Client {
     pub async fn publish(&mut self, channel: &str, data: Value) -> Value {
         self.request(json!({"publish": {"channel": channel, "data": data}}))
             .await
+    }
+
+    /// Takes everything received but not yet consumed.
+    pub fn take_backlog(&mut self) -> Vec<Value> {
+        self.backlog
+            .drain(..)
+            .chain(self.incoming.drain(..))
+            .collect()
     }
 
     /// Asserts nothing but pings arrives within `wait`.
