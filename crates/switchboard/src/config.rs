@@ -38,6 +38,12 @@ pub struct Config {
     pub api_key: String,
     /// Server API keys (several, for rotation).
     pub api_keys: Vec<String>,
+    /// Largest server API request body, in bytes; larger requests get 413.
+    pub api_max_body_size: usize,
+    /// How long a publish `idempotency_key` is remembered per channel: a retry with
+    /// the same key within this window gets the first result and publishes nothing.
+    #[serde(with = "duration")]
+    pub api_idempotency_window: Duration,
     /// Browser origins allowed to open WebSocket connections; empty allows any.
     pub allowed_origins: Vec<String>,
     /// Channels every connection joins on connect, as claim templates.
@@ -48,6 +54,11 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Channel namespaces: the part of a channel name before the first `:`.
     pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// Memory all channel histories may hold together, in bytes; past it the oldest
+    /// publications are evicted first (see docs/config.md).
+    pub history_max_bytes: usize,
+    /// Online/offline status of users.
+    pub user_status: UserStatusConfig,
     /// Time allowed to drain connections on SIGINT/SIGTERM.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
@@ -68,6 +79,10 @@ pub struct ClientConfig {
     /// Time allowed between opening the socket and the connect command (3502).
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
+    /// Grace after a connection or subscription token's `exp` before closing with 3005
+    /// or 3006: clients refresh right at `ttl`, so closing at `exp` would race them.
+    #[serde(with = "duration")]
+    pub expired_close_delay: Duration,
 }
 
 /// Limits per connection and per user. `0` disables a count limit.
@@ -92,8 +107,37 @@ pub struct LimitsConfig {
     pub max_channel_length: usize,
 }
 
+/// Online/offline status of users: queries, and pushes to `status:<user>` channels.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UserStatusConfig {
+    /// Whether clients may call the `user_status` RPC method.
+    pub query: bool,
+    /// Namespace into which status changes are published as `<namespace>:<user>`
+    /// (only when that namespace is configured, which decides who may watch).
+    pub namespace: String,
+    /// How long a user must stay without connections before going offline, so a page
+    /// reload does not flap offline/online.
+    #[serde(with = "duration")]
+    pub offline_debounce: Duration,
+    /// How long the last-seen time of an offline user is remembered.
+    #[serde(with = "duration")]
+    pub last_seen_ttl: Duration,
+}
+
+impl Default for UserStatusConfig {
+    fn default() -> Self {
+        Self {
+            query: false,
+            namespace: "status".to_owned(),
+            offline_debounce: Duration::from_secs(5),
+            last_seen_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
 /// Rules and features of one namespace.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NamespaceConfig {
     /// Who may subscribe: claim templates the channel must equal (`user:{sub}`,
@@ -113,6 +157,36 @@ pub struct NamespaceConfig {
     pub history_ttl: Duration,
     /// Client publications per second per connection in this namespace (0 = unlimited).
     pub publish_rate: u32,
+    /// Join and leave per user rather than per connection: join when a user's first
+    /// connection subscribes, leave when the last one leaves. Needs `presence`.
+    pub presence_per_user: bool,
+    /// Client publications are typing signals: never stored, forwarded at most once per
+    /// `typing_interval` per user, and ended by the server after `typing_timeout`.
+    pub typing: bool,
+    /// Least time between two forwarded typing signals of one user in one channel.
+    #[serde(with = "duration")]
+    pub typing_interval: Duration,
+    /// Time after the last signal at which the server sends `{"typing":false}`.
+    #[serde(with = "duration")]
+    pub typing_timeout: Duration,
+}
+
+impl Default for NamespaceConfig {
+    fn default() -> Self {
+        Self {
+            subscribe: Vec::new(),
+            publish: false,
+            presence: false,
+            join_leave: false,
+            history_size: 0,
+            history_ttl: Duration::ZERO,
+            publish_rate: 0,
+            presence_per_user: false,
+            typing: false,
+            typing_interval: Duration::from_secs(1),
+            typing_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 impl Default for Config {
@@ -139,11 +213,15 @@ impl Default for Config {
             token_issuer: String::new(),
             api_key: String::new(),
             api_keys: Vec::new(),
+            api_max_body_size: 1024 * 1024,
+            api_idempotency_window: Duration::from_secs(300),
             allowed_origins: Vec::new(),
             auto_subscribe: vec!["user:{sub}".to_owned()],
             client: ClientConfig::default(),
             limits: LimitsConfig::default(),
             namespaces,
+            history_max_bytes: 256 * 1024 * 1024,
+            user_status: UserStatusConfig::default(),
             shutdown_timeout: Duration::from_secs(10),
             log_format: "text".to_owned(),
         }
@@ -156,6 +234,7 @@ impl Default for ClientConfig {
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(8),
             connect_timeout: Duration::from_secs(10),
+            expired_close_delay: Duration::from_secs(25),
         }
     }
 }
@@ -195,11 +274,16 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig.merge(
-            Env::prefixed("SWITCHBOARD_")
-                .split("__")
-                .ignore(&["config", "log", "url"]),
-        );
+        // Only variables naming a config section or key are config; others
+        // (SWITCHBOARD_LOG, SWITCHBOARD_URL, a test's SWITCHBOARD_BIN) are left alone.
+        let known: Vec<String> = match serde_json::to_value(Config::default()) {
+            Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        fig = fig.merge(Env::prefixed("SWITCHBOARD_").split("__").filter(move |k| {
+            let top = k.as_str().split('.').next().unwrap_or_default();
+            known.iter().any(|name| name.eq_ignore_ascii_case(top))
+        }));
         for (key, value) in overrides {
             fig = fig.merge(Serialized::default(key, value));
         }
@@ -221,12 +305,25 @@ impl Config {
                 "limits.max_message_size must be at least 128".into(),
             ));
         }
+        if self.api_max_body_size == 0 {
+            return Err(ConfigError("api_max_body_size must be positive".into()));
+        }
         if self.client.ping_interval.is_zero() {
             return Err(ConfigError("client.ping_interval must be positive".into()));
         }
         for (name, ns) in &self.namespaces {
             if name.is_empty() || !name.bytes().all(crate::channel::is_name_byte) {
                 return Err(ConfigError(format!("namespace name {name:?} is invalid")));
+            }
+            if ns.presence_per_user && !ns.presence {
+                return Err(ConfigError(format!(
+                    "namespaces.{name}: presence_per_user needs presence = true"
+                )));
+            }
+            if ns.typing && ns.typing_timeout.is_zero() {
+                return Err(ConfigError(format!(
+                    "namespaces.{name}: typing needs a positive typing_timeout"
+                )));
             }
             if ns.history_size > 0 && ns.history_ttl.is_zero() {
                 return Err(ConfigError(format!(
@@ -338,6 +435,14 @@ mod tests {
         assert!(c.namespaces["chat"].publish);
         assert_eq!(c.namespaces["chat"].history_ttl, Duration::from_secs(60));
         assert!(c.namespaces.contains_key("user"));
+    }
+
+    #[test]
+    fn example_file_documents_exactly_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../switchboard.example.toml");
+        let example = Config::load(Some(&path), &[]).unwrap();
+        let as_json = |c: &Config| serde_json::to_value(c).unwrap();
+        assert_eq!(as_json(&example), as_json(&Config::default()));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! wire protocol and shared by reference count among all recipients.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
 use switchboard_protocol::{ClientInfo, Publication, SubscribeResult};
@@ -36,6 +37,9 @@ pub struct ChannelEvent {
     pub channel: Arc<str>,
     /// The event.
     pub kind: EventKind,
+    /// When this node created the event (published it, or received it from the engine):
+    /// the start of the publish-to-delivery latency metric.
+    pub published: Instant,
     encoded: [OnceLock<TextFrame>; PROTOCOLS],
 }
 
@@ -45,6 +49,7 @@ impl ChannelEvent {
         Arc::new(Self {
             channel,
             kind,
+            published: Instant::now(),
             encoded: Default::default(),
         })
     }

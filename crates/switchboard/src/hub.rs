@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::engine::EventHandler;
 use crate::event::ChannelEvent;
+use crate::metrics::Metrics;
 use crate::session::Session;
 
 const CHANNEL_SHARDS: usize = 128;
@@ -25,6 +26,8 @@ pub struct Hub {
     users: Box<[Mutex<Index>]>,
     hasher: std::collections::hash_map::RandomState,
     deliveries: AtomicU64,
+    /// Where deliveries are counted per namespace, when the hub belongs to a node.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -40,11 +43,20 @@ impl Default for Hub {
             users: (0..USER_SHARDS).map(|_| Mutex::default()).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             deliveries: AtomicU64::new(0),
+            metrics: None,
         }
     }
 }
 
 impl Hub {
+    /// A hub that counts its deliveries per namespace into `metrics`.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics: Some(metrics),
+            ..Self::default()
+        }
+    }
+
     fn index(&self, key: &str, n: usize) -> usize {
         (self.hasher.hash_one(key) as usize) % n
     }
@@ -92,6 +104,9 @@ impl Hub {
         }
         self.deliveries
             .fetch_add(subs.len() as u64, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.namespaces.delivered(&event.channel, subs.len());
+        }
         subs.len()
     }
 

@@ -10,12 +10,17 @@
 //! - [`event`]: what flows to sessions, encoded once per wire protocol.
 //! - [`engine`]: cross-node pub/sub, presence and history ([`engine::memory`] by default).
 //! - [`history`], [`presence`]: a channel's stream and presence set.
+//! - [`status`], [`typing`]: user online status and typing signals.
 //! - [`transport`]: wire protocols ([`transport::centrifuge`]).
 //! - [`server`]: HTTP routes, `run`, graceful shutdown.
+//! - [`api`]: the Centrifugo-compatible server HTTP API; [`metrics`] at `/metrics`.
+//! - [`cli`]: the operator CLI's client of a running server's API.
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod auth;
 pub mod channel;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod event;
@@ -28,7 +33,9 @@ pub mod presence;
 pub mod rules;
 pub mod server;
 pub mod session;
+pub mod status;
 pub mod transport;
+pub mod typing;
 
 /// The server version reported to clients.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

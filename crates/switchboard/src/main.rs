@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchboard::auth::{mint_token, now_secs, MintClaims};
+use switchboard::cli::ApiClient;
 use switchboard::config::NamespaceConfig;
 use switchboard::Config;
 
@@ -21,6 +22,17 @@ struct Common {
     /// TOML configuration file.
     #[arg(long, short, env = "SWITCHBOARD_CONFIG")]
     config: Option<PathBuf>,
+}
+
+/// How CLI commands reach a running server's API.
+#[derive(clap::Args, Clone)]
+struct ApiTarget {
+    /// Configuration file to read the API key from (else SWITCHBOARD_API_KEY).
+    #[command(flatten)]
+    common: Common,
+    /// Server URL.
+    #[arg(long, env = "SWITCHBOARD_URL", default_value = switchboard::cli::DEFAULT_URL)]
+    url: String,
 }
 
 #[derive(Subcommand)]
@@ -58,6 +70,27 @@ enum Cmd {
         /// Make a subscription token for this channel.
         #[arg(long)]
         channel: Option<String>,
+    },
+    /// Publish JSON data into a channel through a running server's API.
+    Publish {
+        #[command(flatten)]
+        target: ApiTarget,
+        /// Channel, e.g. `user:42`.
+        channel: String,
+        /// Data, as JSON, e.g. '{"text":"hi"}'.
+        data: String,
+    },
+    /// Show a running server's node info.
+    Info {
+        #[command(flatten)]
+        target: ApiTarget,
+    },
+    /// Show the connections present in a channel.
+    Presence {
+        #[command(flatten)]
+        target: ApiTarget,
+        /// Channel.
+        channel: String,
     },
 }
 
@@ -100,7 +133,40 @@ fn main() -> anyhow::Result<()> {
             println!("{}", mint_token(&config.token_hmac_secret, &claims)?);
             Ok(())
         }
+        Cmd::Publish {
+            target,
+            channel,
+            data,
+        } => {
+            let data: serde_json::Value = serde_json::from_str(&data)
+                .context("DATA must be JSON, e.g. '{\"text\":\"hi\"}'")?;
+            api_command(&target, |c| async move { c.publish(&channel, data).await })
+        }
+        Cmd::Info { target } => api_command(&target, |c| async move { c.info().await }),
+        Cmd::Presence { target, channel } => {
+            api_command(&target, |c| async move { c.presence(&channel).await })
+        }
     }
+}
+
+/// Runs one API call against `target` and prints its result as JSON.
+fn api_command<F, Fut>(target: &ApiTarget, call: F) -> anyhow::Result<()>
+where
+    F: FnOnce(ApiClient) -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value, switchboard::cli::CliError>>,
+{
+    let config = Config::load(target.common.config.as_deref(), &[])?;
+    let key = config
+        .api_keys()
+        .next()
+        .context("no API key: set SWITCHBOARD_API_KEY or api_key in the --config file")?;
+    let client = ApiClient::new(&target.url, key);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(call(client))?;
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
 }
 
 fn serve(common: &Common, bind: Option<String>, dev: bool) -> anyhow::Result<()> {
@@ -121,7 +187,7 @@ fn serve(common: &Common, bind: Option<String>, dev: bool) -> anyhow::Result<()>
                 join_leave: true,
                 history_size: 100,
                 history_ttl: Duration::from_secs(3600),
-                publish_rate: 0,
+                ..NamespaceConfig::default()
             });
     }
     if !config.has_token_key() {

@@ -1,6 +1,17 @@
 //! Counters and gauges of one node, cheap to bump on the hot path (relaxed atomics).
+//!
+//! [`prometheus`] renders them at `/metrics`; [`histogram`] holds latency buckets.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::channel;
+
+pub mod histogram;
+pub mod prometheus;
+
+use histogram::Histogram;
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
@@ -59,4 +70,153 @@ pub struct Metrics {
     pub commands: Counter,
     /// Commands answered with an error.
     pub command_errors: Counter,
+    /// Client commands by kind and outcome.
+    pub command_kinds: CommandCounters,
+    /// Publications and deliveries per configured namespace.
+    pub namespaces: NamespaceCounters,
+    /// Time from a publication's arrival on this node to its writer taking it.
+    pub delivery_latency: Histogram,
+    /// Server API calls by method, status and error code.
+    pub api: ApiCounters,
+    /// Server API calls refused for a missing or wrong key.
+    pub api_auth_failures: Counter,
+}
+
+impl Metrics {
+    /// Metrics with one publication and delivery counter per namespace of `namespaces`.
+    pub fn new<'a>(namespaces: impl IntoIterator<Item = &'a str>) -> Self {
+        Self {
+            namespaces: NamespaceCounters::new(namespaces),
+            ..Self::default()
+        }
+    }
+}
+
+/// Client command kinds counted by [`CommandCounters`], as the protocol names them.
+pub const COMMAND_KINDS: [&str; 12] = [
+    "connect",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "presence",
+    "presence_stats",
+    "history",
+    "ping",
+    "send",
+    "rpc",
+    "refresh",
+    "sub_refresh",
+];
+
+/// Client commands by kind ([`COMMAND_KINDS`]) and outcome (ok, error).
+#[derive(Debug, Default)]
+pub struct CommandCounters([[Counter; 2]; COMMAND_KINDS.len()]);
+
+impl CommandCounters {
+    /// Counts one command of `kind` (one of [`COMMAND_KINDS`]; others are ignored).
+    pub fn record(&self, kind: &str, ok: bool) {
+        if let Some(i) = COMMAND_KINDS.iter().position(|k| *k == kind) {
+            self.0[i][usize::from(!ok)].inc();
+        }
+    }
+
+    /// `(kind, ok, error)` for every kind.
+    pub fn snapshot(&self) -> impl Iterator<Item = (&'static str, u64, u64)> + '_ {
+        COMMAND_KINDS
+            .iter()
+            .zip(self.0.iter())
+            .map(|(k, [ok, err])| (*k, ok.get(), err.get()))
+    }
+}
+
+/// Publications and deliveries per namespace. The namespaces are fixed by config, so
+/// counting is a map lookup and an atomic add, never an allocation.
+#[derive(Debug, Default)]
+pub struct NamespaceCounters {
+    index: HashMap<String, usize>,
+    names: Vec<String>,
+    publications: Vec<Counter>,
+    deliveries: Vec<Counter>,
+}
+
+impl NamespaceCounters {
+    fn new<'a>(namespaces: impl IntoIterator<Item = &'a str>) -> Self {
+        let names: Vec<String> = namespaces.into_iter().map(str::to_owned).collect();
+        Self {
+            index: names.iter().cloned().zip(0..).collect(),
+            publications: names.iter().map(|_| Counter::default()).collect(),
+            deliveries: names.iter().map(|_| Counter::default()).collect(),
+            names,
+        }
+    }
+
+    fn slot(&self, channel_name: &str) -> Option<usize> {
+        self.index.get(channel::namespace(channel_name)).copied()
+    }
+
+    /// Counts a publication into `channel_name`.
+    pub fn published(&self, channel_name: &str) {
+        if let Some(i) = self.slot(channel_name) {
+            self.publications[i].inc();
+        }
+    }
+
+    /// Counts `n` deliveries into local outboxes of one event in `channel_name`.
+    pub fn delivered(&self, channel_name: &str, n: usize) {
+        if let Some(i) = self.slot(channel_name) {
+            self.deliveries[i].add(n as u64);
+        }
+    }
+
+    /// `(namespace, publications, deliveries)` for every namespace.
+    pub fn snapshot(&self) -> impl Iterator<Item = (&str, u64, u64)> + '_ {
+        self.names
+            .iter()
+            .zip(self.publications.iter().zip(&self.deliveries))
+            .map(|(n, (p, d))| (n.as_str(), p.get(), d.get()))
+    }
+}
+
+/// Server API calls. Not on the fan-out path (one lock per HTTP request), so a map
+/// under a short-lived std mutex is simpler than a fixed matrix of atomics.
+#[derive(Debug, Default)]
+pub struct ApiCounters {
+    /// `(method, HTTP status)` -> calls. Short critical sections only.
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    /// `(method, error code)` -> calls. Short critical sections only.
+    errors: Mutex<BTreeMap<(&'static str, u32), u64>>,
+    /// Time to answer a call.
+    pub duration: Histogram,
+}
+
+impl ApiCounters {
+    /// Counts one call; `code` is the API error code, if the call failed.
+    pub fn record(&self, method: &'static str, status: u16, code: Option<u32>) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((method, status))
+            .or_default() += 1;
+        if let Some(code) = code {
+            *self
+                .errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry((method, code))
+                .or_default() += 1;
+        }
+    }
+
+    /// `((method, status), calls)`, sorted.
+    pub fn requests(&self) -> Vec<((&'static str, u16), u64)> {
+        let map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    /// `((method, code), calls)`, sorted.
+    pub fn errors(&self) -> Vec<((&'static str, u32), u64)> {
+        let map = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        map.iter().map(|(k, v)| (*k, *v)).collect()
+    }
 }

@@ -20,6 +20,8 @@ use crate::engine::{Engine, EngineError, EventHandler, HistoryOptions, HistoryQu
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::rules::{RuleError, Rules};
+use crate::status::{Change, StatusTracker, UserStatus};
+use crate::typing::{self, Signal, Typing};
 
 /// Why a node operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +68,12 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for them.
     pub tracker: TaskTracker,
-    /// Counters and gauges.
-    pub metrics: Metrics,
+    /// Counters and gauges (shared with the hub, which counts deliveries).
+    pub metrics: Arc<Metrics>,
+    /// Who is typing where.
+    pub typing: Typing,
+    /// Online status of users.
+    pub status: StatusTracker,
 }
 
 impl std::fmt::Debug for Node {
@@ -93,7 +99,10 @@ impl Node {
     /// # Errors
     /// [`StartError`] when token keys can not be loaded.
     pub fn new(config: Config) -> Result<Arc<Self>, StartError> {
-        Self::with_engine(config, |handler| Arc::new(MemoryEngine::new(handler)))
+        let cap = config.history_max_bytes;
+        Self::with_engine(config, move |handler| {
+            Arc::new(MemoryEngine::new(handler, cap))
+        })
     }
 
     /// A node with the engine `make_engine` builds around the hub.
@@ -104,7 +113,8 @@ impl Node {
         config: Config,
         make_engine: impl FnOnce(Arc<dyn EventHandler>) -> Arc<dyn Engine>,
     ) -> Result<Arc<Self>, StartError> {
-        let hub = Arc::new(Hub::default());
+        let metrics = Arc::new(Metrics::new(config.namespaces.keys().map(String::as_str)));
+        let hub = Arc::new(Hub::with_metrics(metrics.clone()));
         let engine = make_engine(hub.clone());
         let name = if config.node_name.is_empty() {
             format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
@@ -121,7 +131,9 @@ impl Node {
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            metrics: Metrics::default(),
+            metrics,
+            typing: Typing::default(),
+            status: StatusTracker::default(),
         }))
     }
 
@@ -188,6 +200,7 @@ impl Node {
             .publish(&Arc::from(channel), publication, history)
             .await?;
         self.metrics.publications.inc();
+        self.metrics.namespaces.published(channel);
         Ok(pos)
     }
 
@@ -293,6 +306,150 @@ impl Node {
             }
         }
         Ok(n)
+    }
+
+    /// A connection of `user` was authenticated: announce them online if they were not.
+    pub fn user_connected(self: &Arc<Self>, user: &Arc<str>) {
+        if self.status.connected(user) == Change::Online {
+            let status = UserStatus {
+                user: user.to_string(),
+                online: true,
+                connections: 1,
+                last_seen: 0,
+            };
+            self.announce_status(&status);
+        }
+    }
+
+    /// A connection of `user` closed: after the debounce, announce them offline unless
+    /// they came back.
+    pub fn user_disconnected(self: &Arc<Self>, user: &str) {
+        if let Change::MaybeOffline(generation) = self.status.disconnected(user) {
+            let node = self.clone();
+            let user = user.to_owned();
+            let debounce = self.config.user_status.offline_debounce;
+            self.tracker.spawn(async move {
+                tokio::select! {
+                    () = tokio::time::sleep(debounce) => {}
+                    () = node.shutdown.cancelled() => return,
+                }
+                if let Some(status) = node.status.settle_offline(&user, generation) {
+                    node.announce_status(&status);
+                }
+            });
+        }
+    }
+
+    fn announce_status(self: &Arc<Self>, status: &UserStatus) {
+        let channel = format!("{}:{}", self.config.user_status.namespace, status.user);
+        if self.rules.namespace(&channel).is_err() {
+            return;
+        }
+        let Ok(raw) = serde_json::value::RawValue::from_string(
+            serde_json::to_string(status).unwrap_or_default(),
+        ) else {
+            return;
+        };
+        let node = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = node
+                .publish(&channel, Arc::from(raw), PublishOptions::default())
+                .await
+            {
+                tracing::warn!(%channel, error = %e, "status announcement failed");
+            }
+        });
+    }
+
+    /// Status of up to `limit` users.
+    pub fn user_status(&self, users: &[String]) -> Vec<UserStatus> {
+        self.status.query(users)
+    }
+
+    /// Handles a client's signal in a typing namespace: forwards it unless throttled,
+    /// and arranges the server's stop signal when it expires.
+    ///
+    /// # Errors
+    /// An engine failure.
+    pub async fn typing_signal(
+        self: &Arc<Self>,
+        channel: &str,
+        ns: &NamespaceConfig,
+        info: ClientInfo,
+        data: SharedJson,
+    ) -> Result<(), NodeError> {
+        let channel: Arc<str> = Arc::from(channel);
+        let stop = typing::is_stop(&data);
+        match self
+            .typing
+            .signal(&channel, &info, stop, ns.typing_interval, ns.typing_timeout)
+        {
+            Signal::Throttled => return Ok(()),
+            Signal::Stop => {}
+            Signal::Forward(deadline) => {
+                let node = self.clone();
+                let (ch, user) = (channel.clone(), info.user.clone());
+                self.tracker.spawn(async move {
+                    let mut deadline = deadline;
+                    loop {
+                        tokio::select! {
+                            () = tokio::time::sleep_until(deadline) => {}
+                            () = node.shutdown.cancelled() => return,
+                        }
+                        match node.typing.expire(&ch, &user) {
+                            Ok(Some(info)) => {
+                                node.publish_typing_stop(&ch, info).await;
+                                return;
+                            }
+                            Ok(None) => return,
+                            Err(later) => deadline = later,
+                        }
+                    }
+                });
+            }
+        }
+        self.engine
+            .publish(
+                &channel,
+                Publication {
+                    data,
+                    info: Some(info),
+                    offset: 0,
+                    tags: None,
+                },
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes the server's "stopped typing" signal for `info.user`.
+    pub async fn publish_typing_stop(&self, channel: &Arc<str>, info: ClientInfo) {
+        let publication = Publication {
+            data: typing::stop_payload(),
+            info: Some(info),
+            offset: 0,
+            tags: None,
+        };
+        if let Err(e) = self.engine.publish(channel, publication, None).await {
+            tracing::warn!(%channel, error = %e, "typing stop failed");
+        }
+    }
+
+    /// Runs periodic housekeeping until shutdown.
+    pub fn spawn_maintenance(self: &Arc<Self>) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = node.shutdown.cancelled() => return,
+                }
+                node.engine.maintain().await;
+                node.status.sweep(node.config.user_status.last_seen_ttl);
+            }
+        });
     }
 
     /// Starts shutdown: every session is told to reconnect elsewhere.

@@ -4,6 +4,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use tokio::net::TcpListener;
@@ -71,6 +73,7 @@ impl Server {
             tracing::info!("shutting down: closing connections");
             signal_node.begin_shutdown();
         });
+        node.spawn_maintenance();
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, node = %node.name, "switchboard listening");
         axum::serve(self.listener, app)
@@ -104,9 +107,25 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/connection/websocket", get(transport::centrifuge::handler))
         .route("/health", get(health))
-        .with_state(node)
+        .route("/ready", get(ready))
+        .route("/metrics", get(crate::metrics::prometheus::handler))
+        .with_state(node.clone())
+        .merge(crate::api::router(node))
 }
 
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness: 200 while the engine can serve requests and the node is not shutting
+/// down, so a load balancer stops sending traffic before connections are closed.
+async fn ready(State(node): State<Arc<Node>>) -> (StatusCode, Json<serde_json::Value>) {
+    if !node.shutdown.is_cancelled() && node.engine.ready().await {
+        (StatusCode::OK, Json(serde_json::json!({"status": "ready"})))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "unavailable"})),
+        )
+    }
 }

@@ -65,6 +65,9 @@ impl From<NodeError> for SessionError {
     }
 }
 
+/// Most users one `user_status` query may ask about.
+pub const MAX_STATUS_USERS: usize = 1000;
+
 /// Result type of session commands.
 pub type SessionResult<T> = Result<T, SessionError>;
 
@@ -309,6 +312,12 @@ impl Session {
         self.state().expires_at
     }
 
+    /// Sets when the connection expires (server API `refresh`); `None`: never. The
+    /// reader notices a new deadline at its next wake-up (at most one ping interval).
+    pub fn set_expires_at(&self, at: Option<u64>) {
+        self.state().expires_at = at;
+    }
+
     /// Whether `connect` succeeded.
     pub fn is_connected(&self) -> bool {
         self.state().identity.is_some()
@@ -346,6 +355,7 @@ impl Session {
             st.identity = Some(identity.clone());
             st.expires_at = identity.expires_at;
         }
+        node.user_connected(&identity.user);
         let channels = node.rules.server_side_channels(&identity);
         if channels.len() > node.config.limits.max_channels_per_connection {
             return Err(SessionError::Disconnect(Disconnect::CHANNEL_LIMIT));
@@ -491,7 +501,7 @@ impl Session {
         let prepared = self
             .prepare_subscription(channel, &ns, first, &info, since)
             .await;
-        let (result, offset) = match prepared {
+        let (mut result, offset) = match prepared {
             Ok(r) => r,
             Err(e) => {
                 if node.hub.unsubscribe(channel, self) {
@@ -501,13 +511,16 @@ impl Session {
                 return Err(e);
             }
         };
+        let expires_at = grant.and_then(|g| g.expires_at);
+        // The client schedules its sub_refresh from these.
+        (result.expires, result.ttl) = ttl_of(expires_at);
         self.state().subs.insert(
             channel.clone(),
             Sub {
                 publish_rate: TokenBucket::new(ns.publish_rate, ns.publish_rate),
                 ns,
                 info,
-                expires_at: grant.and_then(|g| g.expires_at),
+                expires_at,
             },
         );
         let mut activation = activation;
@@ -557,13 +570,15 @@ impl Session {
                 result.publications = h.publications;
             }
         }
-        if ns.presence {
+        let first_of_user = if ns.presence {
             node.engine
                 .add_presence(channel, info.clone())
                 .await
-                .map_err(NodeError::from)?;
-        }
-        if ns.join_leave {
+                .map_err(NodeError::from)?
+        } else {
+            true
+        };
+        if ns.join_leave && (first_of_user || !ns.presence_per_user) {
             node.engine
                 .publish_join(channel, info.clone())
                 .await
@@ -605,16 +620,23 @@ impl Session {
                 tracing::warn!(%channel, error = %e, "engine unsubscribe failed");
             }
         }
+        let mut last_of_user = true;
         if sub.ns.presence {
-            if let Err(e) = node
+            match node
                 .engine
                 .remove_presence(&channel, &self.id, &sub.info.user)
                 .await
             {
-                tracing::warn!(%channel, error = %e, "presence removal failed");
+                Ok(last) => last_of_user = last,
+                Err(e) => tracing::warn!(%channel, error = %e, "presence removal failed"),
             }
         }
-        if sub.ns.join_leave {
+        if sub.ns.typing {
+            if let Some(info) = node.typing.stop(&channel, &sub.info.user) {
+                node.publish_typing_stop(&channel, info).await;
+            }
+        }
+        if sub.ns.join_leave && (last_of_user || !sub.ns.presence_per_user) {
             let _ = node.engine.publish_leave(&channel, sub.info).await;
         }
         Some(channel)
@@ -641,9 +663,13 @@ impl Session {
             }
             (ns, sub.info.clone())
         };
-        self.node
-            .publish_in(channel, &ns, data, Some(info), None)
-            .await?;
+        if ns.typing {
+            self.node.typing_signal(channel, &ns, info, data).await?;
+        } else {
+            self.node
+                .publish_in(channel, &ns, data, Some(info), None)
+                .await?;
+        }
         Ok(())
     }
 
@@ -686,18 +712,43 @@ impl Session {
             .await?)
     }
 
-    /// Calls a server method. None are built in yet.
+    /// Calls a built-in server method: `user_status` (`{"users": [...]}`, at most
+    /// [`MAX_STATUS_USERS`]) when `user_status.query` allows it.
     ///
     /// # Errors
-    /// `MethodNotFound` for any method.
+    /// `MethodNotFound`, `PermissionDenied`, `BadRequest`, `LimitExceeded`.
     pub async fn rpc(
         &self,
         method: &str,
-        _data: Option<SharedJson>,
+        data: Option<SharedJson>,
     ) -> SessionResult<Option<SharedJson>> {
+        #[derive(serde::Deserialize)]
+        struct StatusRequest {
+            users: Vec<String>,
+        }
         self.require_identity()?;
-        tracing::debug!(client = %self.id, method, "unknown rpc method");
-        Err(ErrorCode::MethodNotFound.into())
+        match method {
+            "user_status" => {
+                if !self.node.config.user_status.query {
+                    return Err(ErrorCode::PermissionDenied.into());
+                }
+                let req: StatusRequest = data
+                    .and_then(|d| serde_json::from_str(d.get()).ok())
+                    .ok_or(SessionError::Reply(ErrorCode::BadRequest))?;
+                if req.users.len() > MAX_STATUS_USERS {
+                    return Err(ErrorCode::LimitExceeded.into());
+                }
+                let statuses = self.node.user_status(&req.users);
+                let json = serde_json::json!({ "statuses": statuses }).to_string();
+                let raw = serde_json::value::RawValue::from_string(json)
+                    .map_err(|_| SessionError::Reply(ErrorCode::Internal))?;
+                Ok(Some(SharedJson::from(raw)))
+            }
+            _ => {
+                tracing::debug!(client = %self.id, method, "unknown rpc method");
+                Err(ErrorCode::MethodNotFound.into())
+            }
+        }
     }
 
     /// Replaces the connection token.
@@ -783,6 +834,7 @@ impl Session {
         }
         if let Some(id) = identity {
             self.node.hub.remove_user_session(&id.user, self);
+            self.node.user_disconnected(&id.user);
         }
     }
 }

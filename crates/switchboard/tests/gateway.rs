@@ -293,8 +293,71 @@ async fn refresh_extends_and_wrong_user_is_refused() {
 }
 
 #[tokio::test]
+async fn refresh_at_expiry_is_accepted_within_the_grace_delay() {
+    let mut cfg = config();
+    cfg.client.expired_close_delay = std::time::Duration::from_secs(3);
+    let server = start(cfg).await;
+    let mut c = Client::connect(&server, &expiring_token("ann", 1)).await;
+    // Refresh only after exp passed, as clients that refresh at `ttl` do.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let r = c
+        .request(json!({"refresh": {"token": expiring_token("ann", 600)}}))
+        .await;
+    assert!(r.get("refresh").is_some(), "{r}");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(c.request(json!({"ping": {}})).await.get("ping").is_some());
+}
+
+#[tokio::test]
+async fn subscription_token_expiry_is_announced_and_refreshable() {
+    let mut cfg = config();
+    cfg.client.expired_close_delay = std::time::Duration::ZERO;
+    let server = start(cfg).await;
+    let mut c = Client::connect_user(&server, "7").await;
+    let t = token_with(&MintClaims {
+        sub: "7".into(),
+        channel: Some("observation:1".into()),
+        exp: Some(switchboard::auth::now_secs() + 2),
+        ..MintClaims::default()
+    });
+    let r = c
+        .request(json!({"subscribe": {"channel": "observation:1", "token": t}}))
+        .await;
+    assert_eq!(r["subscribe"]["expires"], json!(true), "{r}");
+    assert!(r["subscribe"]["ttl"].as_u64().unwrap() <= 2);
+    let fresh = token_with(&MintClaims {
+        sub: "7".into(),
+        channel: Some("observation:1".into()),
+        exp: Some(switchboard::auth::now_secs() + 600),
+        ..MintClaims::default()
+    });
+    let r = c
+        .request(json!({"sub_refresh": {"channel": "observation:1", "token": fresh}}))
+        .await;
+    assert!(r["sub_refresh"]["ttl"].as_u64().unwrap() > 500, "{r}");
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(
+        c.request(json!({"ping": {}})).await.get("ping").is_some(),
+        "still connected"
+    );
+    // Without a refresh the connection is closed with 3006.
+    let mut d = Client::connect_user(&server, "7").await;
+    let t = token_with(&MintClaims {
+        sub: "7".into(),
+        channel: Some("observation:2".into()),
+        exp: Some(switchboard::auth::now_secs() + 1),
+        ..MintClaims::default()
+    });
+    d.request(json!({"subscribe": {"channel": "observation:2", "token": t}}))
+        .await;
+    assert_eq!(d.closed().await.code, 3006);
+}
+
+#[tokio::test]
 async fn unrefreshed_connection_expires_with_3005() {
-    let server = start_default().await;
+    let mut cfg = config();
+    cfg.client.expired_close_delay = std::time::Duration::ZERO;
+    let server = start(cfg).await;
     let mut c = Client::connect(&server, &expiring_token("ann", 1)).await;
     let closed = c.closed().await;
     assert_eq!(closed.code, 3005, "{closed:?}");

@@ -23,21 +23,47 @@ const SHARDS: usize = 64;
 struct Shard {
     streams: HashMap<Arc<str>, (Stream, HistoryOptions)>,
     presence: HashMap<Arc<str>, PresenceSet>,
+    /// Bytes held by this shard's streams.
+    bytes: usize,
+}
+
+impl Shard {
+    /// Evicts the shard's oldest publications until it is within `budget`.
+    fn enforce(&mut self, budget: usize) {
+        while self.bytes > budget {
+            let oldest = self
+                .streams
+                .iter_mut()
+                .filter_map(|(_, (s, _))| s.oldest_time().map(|t| (t, s)))
+                .min_by_key(|(t, _)| *t);
+            let Some((_, stream)) = oldest else {
+                break;
+            };
+            let before = stream.bytes();
+            stream.evict_oldest();
+            self.bytes = self.bytes.saturating_sub(before - stream.bytes());
+        }
+    }
 }
 
 /// The default engine for a single node.
+///
+/// History memory is capped: the cap is split evenly over the shards (channels hash to
+/// shards), and a shard over its share evicts its oldest publications first.
 pub struct MemoryEngine {
     handler: Arc<dyn EventHandler>,
+    shard_budget: usize,
     /// Short critical sections only (no await inside), so a std mutex is right.
     shards: Box<[Mutex<Shard>]>,
     hasher: std::collections::hash_map::RandomState,
 }
 
 impl MemoryEngine {
-    /// An engine delivering to `handler`.
-    pub fn new(handler: Arc<dyn EventHandler>) -> Self {
+    /// An engine delivering to `handler`, holding at most `history_max_bytes` of history.
+    pub fn new(handler: Arc<dyn EventHandler>, history_max_bytes: usize) -> Self {
         Self {
             handler,
+            shard_budget: history_max_bytes / SHARDS,
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
         }
@@ -57,6 +83,7 @@ impl MemoryEngine {
                 stream.expire(now);
                 !stream.idle(opts.ttl, now)
             });
+            s.bytes = s.streams.values().map(|(st, _)| st.bytes()).sum();
         }
     }
 }
@@ -78,8 +105,13 @@ impl Engine for MemoryEngine {
                     .entry(channel.clone())
                     .or_insert_with(|| (Stream::new(now), opts));
                 *stored_opts = opts;
+                let before = stream.bytes();
                 publication.offset = stream.append(publication.clone(), opts, now);
-                stream.position()
+                let after = stream.bytes();
+                let position = stream.position();
+                shard.bytes = (shard.bytes + after).saturating_sub(before);
+                shard.enforce(self.shard_budget);
+                position
             }
             None => StreamPosition::default(),
         };
@@ -111,16 +143,15 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
-    async fn add_presence(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError> {
+    async fn add_presence(&self, channel: &str, info: ClientInfo) -> Result<bool, EngineError> {
         let mut shard = self.shard(channel);
         if let Some(set) = shard.presence.get_mut(channel) {
-            set.add(info);
-        } else {
-            let mut set = PresenceSet::default();
-            set.add(info);
-            shard.presence.insert(Arc::from(channel), set);
+            return Ok(set.add(info));
         }
-        Ok(())
+        let mut set = PresenceSet::default();
+        let first = set.add(info);
+        shard.presence.insert(Arc::from(channel), set);
+        Ok(first)
     }
 
     async fn remove_presence(
@@ -180,7 +211,85 @@ impl Engine for MemoryEngine {
     }
 
     async fn remove_history(&self, channel: &str) -> Result<(), EngineError> {
-        self.shard(channel).streams.remove(channel);
+        let mut shard = self.shard(channel);
+        if let Some((stream, _)) = shard.streams.remove(channel) {
+            shard.bytes = shard.bytes.saturating_sub(stream.bytes());
+        }
         Ok(())
+    }
+
+    async fn maintain(&self) {
+        self.sweep();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::value::RawValue;
+
+    use super::*;
+
+    struct Sink;
+    impl EventHandler for Sink {
+        fn on_event(&self, _: &Arc<ChannelEvent>) {}
+    }
+
+    fn publication(bytes: usize) -> Publication {
+        Publication {
+            data: Arc::from(RawValue::from_string(format!("\"{}\"", "x".repeat(bytes))).unwrap()),
+            info: None,
+            offset: 0,
+            tags: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn history_memory_is_capped_and_oldest_goes_first() {
+        let cap = SHARDS * 10_000;
+        let engine = MemoryEngine::new(Arc::new(Sink), cap);
+        let opts = HistoryOptions {
+            size: 1000,
+            ttl: Duration::from_secs(3600),
+        };
+        for i in 0..2000 {
+            let ch: Arc<str> = format!("chat:{}", i % 50).into();
+            engine
+                .publish(&ch, publication(1000), Some(opts))
+                .await
+                .unwrap();
+        }
+        let total: usize = engine.shards.iter().map(|s| s.lock().unwrap().bytes).sum();
+        assert!(total <= cap, "total {total} over cap {cap}");
+        // Each kept stream holds its newest publications, not its oldest.
+        let h = engine
+            .history(
+                "chat:0",
+                HistoryQuery {
+                    limit: None,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(h.offset, 40);
+        assert!(h
+            .publications
+            .iter()
+            .all(|p| p.offset > 40 - h.publications.len() as u64));
+        let accounted: usize = engine
+            .shards
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap();
+                assert_eq!(
+                    s.bytes,
+                    s.streams.values().map(|(st, _)| st.bytes()).sum::<usize>()
+                );
+                s.bytes
+            })
+            .sum();
+        assert_eq!(accounted, total);
     }
 }

@@ -58,8 +58,9 @@ pub trait Engine: Send + Sync + 'static {
     /// This node has no subscriber of `channel` left.
     async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError>;
 
-    /// Adds (or refreshes) a client's presence in a channel.
-    async fn add_presence(&self, channel: &str, info: ClientInfo) -> Result<(), EngineError>;
+    /// Adds (or refreshes) a client's presence in a channel. Returns whether it is the
+    /// user's first client there.
+    async fn add_presence(&self, channel: &str, info: ClientInfo) -> Result<bool, EngineError>;
 
     /// Removes a client's presence. Returns whether the user has no client left there.
     async fn remove_presence(
@@ -84,6 +85,9 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Drops a channel's history (the epoch changes).
     async fn remove_history(&self, channel: &str) -> Result<(), EngineError>;
+
+    /// Periodic housekeeping (expiring idle streams); called about once a minute.
+    async fn maintain(&self) {}
 
     /// Whether the engine can serve requests (for `/ready`).
     async fn ready(&self) -> bool {

@@ -18,6 +18,7 @@ use switchboard_protocol::reply::{
 };
 use switchboard_protocol::{Disconnect, ErrorCode, SharedJson, PING};
 use tokio::time::{sleep_until, Instant};
+use tracing::Instrument;
 
 use crate::auth::now_secs;
 use crate::event::{ChannelEvent, Control, EventKind, Outgoing, Protocol, TextFrame};
@@ -63,14 +64,26 @@ async fn serve(node: Arc<Node>, socket: WebSocket) {
         session.closed().cancelled().await;
         session.cleanup().await;
     };
-    tokio::join!(
-        read_loop(stream, &session),
-        write_loop(sink, outbox, &session),
-        cleanup
-    );
+    // Every log line of this connection carries its client id, and its user once known.
+    let span =
+        tracing::info_span!("connection", client = %session.id, user = tracing::field::Empty);
+    let connection = async {
+        tokio::join!(
+            read_loop(stream, &session),
+            write_loop(sink, outbox, &session),
+            cleanup
+        );
+    };
+    connection.instrument(span.clone()).await;
     node.metrics.connections.dec();
     let reason = session.disconnect_reason();
-    tracing::debug!(client = %session.id, user = %session.user(), code = reason.code, reason = reason.reason, "connection closed");
+    span.in_scope(|| {
+        tracing::debug!(
+            code = reason.code,
+            reason = reason.reason,
+            "connection closed"
+        );
+    });
 }
 
 fn encode_event(ev: &ChannelEvent) -> String {
@@ -116,6 +129,7 @@ async fn write_loop(
                 }
             }
         }
+        observe_latency(session, &batch);
         let write = async {
             for item in batch.drain(..) {
                 sink.feed(Message::Text(encode(item))).await?;
@@ -186,7 +200,7 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, session: &Arc<Session>) {
         }
         let expiry = [session.expires_at(), session.next_sub_expiry()];
         for exp in expiry.into_iter().flatten() {
-            deadline = deadline.min(unix_to_instant(exp));
+            deadline = deadline.min(unix_to_instant(exp) + client.expired_close_delay);
         }
         tokio::select! {
             // Cancel-safe: holds no state.
@@ -260,10 +274,11 @@ fn check_timers(session: &Session, timers: &mut Timers, connected: bool) -> Opti
         timers.next_ping = Some(now + client.ping_interval);
     }
     let unix = now_secs();
-    if session.expires_at().is_some_and(|e| e <= unix) {
+    let grace = session.node().config.client.expired_close_delay.as_secs();
+    if session.expires_at().is_some_and(|e| e + grace <= unix) {
         return Some(Disconnect::EXPIRED);
     }
-    if session.next_sub_expiry().is_some_and(|e| e <= unix) {
+    if session.next_sub_expiry().is_some_and(|e| e + grace <= unix) {
         return Some(Disconnect::SUB_EXPIRED);
     }
     None
@@ -328,16 +343,21 @@ async fn handle_command(session: &Arc<Session>, cmd: Command) -> Option<Disconne
         return None;
     }
     session.node().metrics.commands.inc();
+    let kind = command_kind(&cmd.request);
     let connected = session.is_connected();
     if !connected && !matches!(cmd.request, Request::Connect(_)) {
+        session.node().metrics.command_kinds.record(kind, false);
         return Some(Disconnect::BAD_REQUEST);
     }
     if let Err(e) = session.admit_command() {
+        session.node().metrics.command_kinds.record(kind, false);
         return fail(session, id, e);
     }
     let result: Result<(), SessionError> = match cmd.request {
         Request::Pong => Ok(()),
         Request::Connect(req) => session.connect(req).await.map(|c| {
+            tracing::Span::current().record("user", tracing::field::display(session.user()));
+            tracing::debug!(subs = c.result.subs.len(), "connected");
             let frame = TextFrame::from(encode_reply(id, &ReplyBody::Connect(c.result)));
             c.activation.complete(Some(Outgoing::Frame(frame)));
         }),
@@ -383,9 +403,47 @@ async fn handle_command(session: &Arc<Session>, cmd: Command) -> Option<Disconne
             .await
             .map(|r| reply(session, id, &ReplyBody::SubRefresh(r))),
     };
+    session
+        .node()
+        .metrics
+        .command_kinds
+        .record(kind, result.is_ok());
     match result {
         Ok(()) => None,
         Err(e) => fail(session, id, e),
+    }
+}
+
+/// The command's name in metrics (see [`crate::metrics::COMMAND_KINDS`]).
+fn command_kind(request: &Request) -> &'static str {
+    match request {
+        Request::Connect(_) => "connect",
+        Request::Subscribe(_) => "subscribe",
+        Request::Unsubscribe(_) => "unsubscribe",
+        Request::Publish(_) => "publish",
+        Request::Presence(_) => "presence",
+        Request::PresenceStats(_) => "presence_stats",
+        Request::History(_) => "history",
+        Request::Ping | Request::Pong => "ping",
+        Request::Send(_) => "send",
+        Request::Rpc(_) => "rpc",
+        Request::Refresh(_) => "refresh",
+        Request::SubRefresh(_) => "sub_refresh",
+    }
+}
+
+/// Records how long the publications in `batch` waited between reaching this node and
+/// this writer: one clock read per batch, one histogram update per publication.
+fn observe_latency(session: &Session, batch: &[Outgoing]) {
+    let mut now = None;
+    for item in batch {
+        if let Outgoing::Event(ev) = item {
+            if matches!(ev.kind, EventKind::Publication(_)) {
+                let now = *now.get_or_insert_with(std::time::Instant::now);
+                let waited = now.saturating_duration_since(ev.published);
+                session.node().metrics.delivery_latency.observe(waited);
+            }
+        }
     }
 }
 

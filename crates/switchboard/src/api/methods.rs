@@ -1,0 +1,439 @@
+//! The server API methods: each takes a checked request (see [`super::decode`]), calls
+//! the [`Node`], and shapes the result. The `#[utoipa::path]` on each is its entry in
+//! the OpenAPI document.
+//!
+//! [`Node`]: crate::node::Node
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::value::RawValue;
+use switchboard_protocol::{Disconnect, SharedJson};
+
+use super::error::ApiError;
+use super::pattern::Pattern;
+use super::wire::*;
+use super::Api;
+use crate::auth::now_secs;
+use crate::engine::HistoryQuery;
+use crate::node::PublishOptions;
+use crate::session::Session;
+
+impl Api {
+    /// Runs one command (a request of its own, or an item of a batch).
+    ///
+    /// # Errors
+    /// [`ApiError`] saying why the command failed; first [`Command::validate`].
+    pub async fn execute(&self, command: Command) -> Result<Reply, ApiError> {
+        command.validate()?;
+        Ok(match command {
+            Command::Publish(r) => Reply::Publish(publish(self, r).await?),
+            Command::Broadcast(r) => Reply::Broadcast(broadcast(self, r).await?),
+            Command::Subscribe(r) => Reply::Subscribe(subscribe(self, r).await?),
+            Command::Unsubscribe(r) => Reply::Unsubscribe(unsubscribe(self, r).await?),
+            Command::Disconnect(r) => Reply::Disconnect(disconnect(self, &r)?),
+            Command::Refresh(r) => Reply::Refresh(refresh(self, &r)),
+            Command::Presence(r) => Reply::Presence(presence(self, r).await?),
+            Command::PresenceStats(r) => Reply::PresenceStats(presence_stats(self, r).await?),
+            Command::History(r) => Reply::History(history(self, r).await?),
+            Command::HistoryRemove(r) => Reply::HistoryRemove(history_remove(self, r).await?),
+            Command::Channels(r) => Reply::Channels(channels(self, &r)),
+            Command::Info(r) => Reply::Info(info(self, r)),
+        })
+    }
+}
+
+/// Publish data into a channel.
+#[utoipa::path(post, path = "/api/publish", tag = "publications",
+    request_body = PublishRequest,
+    responses((status = 200, description = "`result`, or an API error (102 unknown channel) in `error`", body = Response<PublishResult>)))]
+pub(super) async fn publish(api: &Api, req: PublishRequest) -> Result<PublishResult, ApiError> {
+    let key = idempotency_key(req.idempotency_key.as_deref());
+    let opts = PublishOptions {
+        tags: req.tags.map(Arc::new),
+        skip_history: req.skip_history,
+    };
+    publish_one(api, &req.channel, payload(req.data), opts, key).await
+}
+
+/// Publish the same data into many channels.
+#[utoipa::path(post, path = "/api/broadcast", tag = "publications",
+    request_body = BroadcastRequest,
+    responses((status = 200, description = "One response per channel (each with `result` or `error`)", body = Response<BroadcastResult>)))]
+pub(super) async fn broadcast(
+    api: &Api,
+    req: BroadcastRequest,
+) -> Result<BroadcastResult, ApiError> {
+    let key = idempotency_key(req.idempotency_key.as_deref());
+    let opts = PublishOptions {
+        tags: req.tags.map(Arc::new),
+        skip_history: req.skip_history,
+    };
+    let data = payload(req.data);
+    let mut responses = Vec::with_capacity(req.channels.len());
+    for channel in &req.channels {
+        let r = publish_one(api, channel, data.clone(), opts.clone(), key).await;
+        responses.push(match r {
+            Ok(r) => Response::ok(r),
+            Err(e) => Response::err(e.classify().1),
+        });
+    }
+    Ok(BroadcastResult { responses })
+}
+
+async fn publish_one(
+    api: &Api,
+    channel: &str,
+    data: SharedJson,
+    opts: PublishOptions,
+    key: Option<&str>,
+) -> Result<PublishResult, ApiError> {
+    required("channel", channel)?;
+    let publish = || async {
+        let pos = api.node.publish(channel, data, opts).await?;
+        Ok(PublishResult {
+            offset: pos.offset,
+            epoch: pos.epoch,
+        })
+    };
+    match key {
+        Some(key) => api.idempotency.run(channel, key, publish).await,
+        None => publish().await,
+    }
+}
+
+/// Subscribe a user's connections to a channel.
+#[utoipa::path(post, path = "/api/subscribe", tag = "connections",
+    request_body = SubscribeRequest,
+    responses((status = 200, description = "`{}` (also when the user has no connection here), or `error`", body = Response<Empty>)))]
+pub(super) async fn subscribe(api: &Api, req: SubscribeRequest) -> Result<Empty, ApiError> {
+    api.node
+        .subscribe_user(&req.user, &req.channel, client(&req.client))
+        .await?;
+    Ok(Empty {})
+}
+
+/// Unsubscribe a user's connections from a channel.
+#[utoipa::path(post, path = "/api/unsubscribe", tag = "connections",
+    request_body = UnsubscribeRequest,
+    responses((status = 200, description = "`{}`, or `error`", body = Response<Empty>)))]
+pub(super) async fn unsubscribe(api: &Api, req: UnsubscribeRequest) -> Result<Empty, ApiError> {
+    api.node
+        .unsubscribe_user(&req.user, &req.channel, client(&req.client))
+        .await?;
+    Ok(Empty {})
+}
+
+/// Close a user's connections.
+#[utoipa::path(post, path = "/api/disconnect", tag = "connections",
+    request_body = DisconnectRequest,
+    responses((status = 200, description = "`{}`", body = Response<Empty>)))]
+pub(super) fn disconnect(api: &Api, req: &DisconnectRequest) -> Result<Empty, ApiError> {
+    let reason = match &req.disconnect {
+        Some(d) => custom_disconnect(d)?,
+        None => Disconnect::FORCE_NO_RECONNECT,
+    };
+    for s in sessions(api, &req.user, client(&req.client)) {
+        if !req.whitelist.iter().any(|keep| **keep == *s.id) {
+            s.close(reason);
+        }
+    }
+    Ok(Empty {})
+}
+
+/// Change when a user's connections expire, or expire them now.
+#[utoipa::path(post, path = "/api/refresh", tag = "connections",
+    request_body = RefreshRequest,
+    responses((status = 200, description = "`{}`", body = Response<Empty>)))]
+pub(super) fn refresh(api: &Api, req: &RefreshRequest) -> Empty {
+    let now = i64::try_from(now_secs()).unwrap_or(i64::MAX);
+    let expire_now = req.expired || (req.expire_at != 0 && req.expire_at <= now);
+    for s in sessions(api, &req.user, client(&req.client)) {
+        if expire_now {
+            s.close(Disconnect::EXPIRED);
+        } else {
+            s.set_expires_at(u64::try_from(req.expire_at).ok().filter(|t| *t > 0));
+        }
+    }
+    Empty {}
+}
+
+/// Clients present in a channel.
+#[utoipa::path(post, path = "/api/presence", tag = "channels",
+    request_body = ChannelRequest,
+    responses((status = 200, description = "`result`, or `error` (102 unknown channel, 108 presence off)", body = Response<PresenceResult>)))]
+pub(super) async fn presence(api: &Api, req: ChannelRequest) -> Result<PresenceResult, ApiError> {
+    let r = api.node.presence(&req.channel).await?;
+    Ok(PresenceResult {
+        presence: r
+            .presence
+            .into_iter()
+            .map(|(client, info)| (client.to_string(), info.into()))
+            .collect(),
+    })
+}
+
+/// Connection and user counts of a channel.
+#[utoipa::path(post, path = "/api/presence_stats", tag = "channels",
+    request_body = ChannelRequest,
+    responses((status = 200, description = "`result`, or `error` (102, 108)", body = Response<PresenceStatsResult>)))]
+pub(super) async fn presence_stats(
+    api: &Api,
+    req: ChannelRequest,
+) -> Result<PresenceStatsResult, ApiError> {
+    let r = api.node.presence_stats(&req.channel).await?;
+    Ok(PresenceStatsResult {
+        num_clients: r.num_clients,
+        num_users: r.num_users,
+    })
+}
+
+/// A channel's recent publications.
+#[utoipa::path(post, path = "/api/history", tag = "channels",
+    request_body = HistoryRequest,
+    responses((status = 200, description = "`result`, or `error` (102, 108 history off, 112 unrecoverable position)", body = Response<HistoryResult>)))]
+pub(super) async fn history(api: &Api, req: HistoryRequest) -> Result<HistoryResult, ApiError> {
+    let query = HistoryQuery {
+        since: req
+            .since
+            .clone()
+            .map(|s| switchboard_protocol::StreamPosition {
+                offset: s.offset,
+                epoch: s.epoch,
+            }),
+        limit: match req.limit {
+            None | Some(0) => Some(0),
+            Some(n) => usize::try_from(n).ok(),
+        },
+        reverse: req.reverse,
+        ensure: None,
+    };
+    let h = api.node.history(&req.channel, query).await?;
+    if req
+        .since
+        .as_ref()
+        .is_some_and(|s| !s.epoch.is_empty() && s.epoch != h.epoch)
+    {
+        return Err(ApiError::UnrecoverablePosition);
+    }
+    Ok(HistoryResult {
+        publications: h.publications.into_iter().map(Into::into).collect(),
+        offset: h.offset,
+        epoch: h.epoch,
+    })
+}
+
+/// Drop a channel's history.
+#[utoipa::path(post, path = "/api/history_remove", tag = "channels",
+    request_body = ChannelRequest,
+    responses((status = 200, description = "`{}`, or `error` (102)", body = Response<Empty>)))]
+pub(super) async fn history_remove(api: &Api, req: ChannelRequest) -> Result<Empty, ApiError> {
+    api.node.remove_history(&req.channel).await?;
+    Ok(Empty {})
+}
+
+/// Channels with subscribers on this node.
+#[utoipa::path(post, path = "/api/channels", tag = "channels",
+    request_body = ChannelsRequest,
+    responses((status = 200, description = "`result`", body = Response<ChannelsResult>)))]
+pub(super) fn channels(api: &Api, req: &ChannelsRequest) -> ChannelsResult {
+    let pattern = req
+        .pattern
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .map(Pattern::new);
+    let channels = api
+        .node
+        .hub
+        .channels()
+        .into_iter()
+        .filter(|(name, _)| pattern.as_ref().is_none_or(|p| p.matches(name)))
+        .map(|(name, n)| {
+            let info = ChannelInfo {
+                num_clients: saturate(n),
+            };
+            (name.to_string(), info)
+        })
+        .collect();
+    ChannelsResult { channels }
+}
+
+/// This node's counts.
+#[utoipa::path(post, path = "/api/info", tag = "nodes",
+    request_body = InfoRequest,
+    responses((status = 200, description = "`result`", body = Response<InfoResult>)))]
+pub(super) fn info(api: &Api, _req: InfoRequest) -> InfoResult {
+    let node = &api.node;
+    let (users, clients) = node.hub.counts();
+    let subs = usize::try_from(node.metrics.subscriptions.get()).unwrap_or(0);
+    InfoResult {
+        nodes: vec![NodeInfo {
+            uid: api.uid.clone(),
+            name: node.name.clone(),
+            version: crate::VERSION.to_owned(),
+            num_clients: saturate(clients),
+            num_users: saturate(users),
+            num_channels: saturate(node.hub.channels().len()),
+            num_subs: saturate(subs),
+            uptime: u32::try_from(node.started.elapsed().as_secs()).unwrap_or(u32::MAX),
+        }],
+    }
+}
+
+/// Several commands in one request.
+#[utoipa::path(post, path = "/api/batch", tag = "batch",
+    request_body = BatchRequest,
+    responses((status = 200, description = "One reply per command, in order: `{\"<method>\": result}` or `{\"error\": ...}`", body = BatchResult)))]
+pub(super) async fn batch(api: &Api, req: BatchRequest) -> BatchResult {
+    let mut replies = Vec::with_capacity(req.commands.len());
+    for command in req.commands {
+        replies.push(match api.execute(command).await {
+            Ok(reply) => reply,
+            Err(e) => Reply::Error(e.classify().1),
+        });
+    }
+    BatchResult { replies }
+}
+
+fn required(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.is_empty() {
+        return Err(ApiError::BadRequest(format!("{field} must not be empty")));
+    }
+    Ok(())
+}
+
+/// An empty `client` means "any connection", as Centrifugo's protobuf defaults have it.
+fn client(client: &Option<String>) -> Option<&str> {
+    client.as_deref().filter(|c| !c.is_empty())
+}
+
+/// An empty key means no key.
+fn idempotency_key(key: Option<&str>) -> Option<&str> {
+    key.filter(|k| !k.is_empty())
+}
+
+fn sessions<'a>(
+    api: &Api,
+    user: &str,
+    client: Option<&'a str>,
+) -> impl Iterator<Item = Arc<Session>> + 'a {
+    api.node
+        .hub
+        .user_sessions(user)
+        .into_iter()
+        .filter(move |s| client.is_none_or(|c| *s.id == *c))
+}
+
+fn saturate(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The payload to publish. Structural newlines are removed: clients read
+/// newline-delimited frames, so a pretty-printed payload would split in two.
+fn payload(data: RawJson) -> SharedJson {
+    if data.get().contains(['\n', '\r']) {
+        if let Ok(compact) = RawValue::from_string(minify(data.get())) {
+            return compact.into();
+        }
+    }
+    data.into()
+}
+
+/// Drops whitespace outside strings (newlines can only be whitespace there: inside a
+/// JSON string they are escaped).
+fn minify(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if !c.is_ascii_whitespace() {
+            in_string = c == '"';
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Most distinct custom disconnect reasons kept for the life of the process.
+const MAX_REASONS: usize = 256;
+
+/// Custom reasons seen so far. A [`Disconnect`] carries a `&'static str` (it is `Copy`
+/// and travels through every layer), so each distinct reason is leaked once; the cap
+/// keeps callers from growing this without bound. Short critical sections only.
+static REASONS: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+
+/// The close code and reason a `disconnect` call asks for.
+fn custom_disconnect(d: &DisconnectCode) -> Result<Disconnect, ApiError> {
+    let code = u16::try_from(d.code)
+        .ok()
+        .filter(|c| (4000..=4999).contains(c))
+        .ok_or_else(|| ApiError::BadRequest("disconnect.code must be in 4000..=4999".into()))?;
+    // A close frame's reason holds at most 123 bytes.
+    let mut end = d.reason.len().min(123);
+    while !d.reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Ok(Disconnect {
+        code,
+        reason: intern(&d.reason[..end]),
+    })
+}
+
+fn intern(reason: &str) -> &'static str {
+    if reason.is_empty() {
+        return "";
+    }
+    let mut seen = REASONS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = seen.iter().find(|r| **r == reason) {
+        return r;
+    }
+    if seen.len() >= MAX_REASONS {
+        return "disconnect";
+    }
+    let leaked: &'static str = Box::leak(reason.to_owned().into_boxed_str());
+    seen.push(leaked);
+    leaked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minify_keeps_strings_intact() {
+        let pretty = "{\n  \"a\": \"x y\\n\\\" }\",\n  \"b\": [1, 2]\n}";
+        assert_eq!(minify(pretty), r#"{"a":"x y\n\" }","b":[1,2]}"#);
+        let raw = RawValue::from_string(pretty.to_owned()).unwrap();
+        assert_eq!(payload(raw).get(), r#"{"a":"x y\n\" }","b":[1,2]}"#);
+        let one_line = RawValue::from_string(r#"{"a": 1}"#.to_owned()).unwrap();
+        assert_eq!(payload(one_line).get(), r#"{"a": 1}"#, "untouched");
+    }
+
+    #[test]
+    fn custom_disconnect_codes_and_reasons() {
+        let d = |code, reason: &str| DisconnectCode {
+            code,
+            reason: reason.to_owned(),
+        };
+        let ok = custom_disconnect(&d(4001, "kicked")).unwrap();
+        assert_eq!((ok.code, ok.reason), (4001, "kicked"));
+        assert!(std::ptr::eq(
+            custom_disconnect(&d(4002, "kicked")).unwrap().reason,
+            ok.reason
+        ));
+        assert!(custom_disconnect(&d(3999, "x")).is_err());
+        assert!(custom_disconnect(&d(5000, "x")).is_err());
+        assert!(custom_disconnect(&d(70000, "x")).is_err());
+        let long = custom_disconnect(&d(4500, &"é".repeat(100))).unwrap();
+        assert!(long.reason.len() <= 123 && long.reason.starts_with('é'));
+        let cut = custom_disconnect(&d(4500, &"a".repeat(130))).unwrap();
+        assert_eq!(cut.reason.len(), 123);
+    }
+}
