@@ -1,0 +1,415 @@
+//! A session: one connection's identity, subscriptions, limits and bounded outbox.
+//!
+//! It never knows the wire protocol: transports call its methods with decoded
+//! requests and encode what comes back.
+//!
+//! - [`subscription`]: subscribe/unsubscribe, recovery, and the pending phase that puts
+//!   a subscribe reply before the channel's events.
+//! - [`commands`]: publish, presence, history and RPC on behalf of the client.
+
+mod commands;
+mod subscription;
+
+pub use subscription::{Activation, Subscribed};
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use switchboard_protocol::command::{ConnectRequest, HistoryRequest, SubscribeRequest};
+use switchboard_protocol::{
+    ClientInfo, ConnectResult, Disconnect, ErrorCode, HistoryResult, PresenceResult,
+    PresenceStatsResult, RefreshResult, SharedJson, StreamPosition, SubRefreshResult,
+    SubscribeResult,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{now_secs, AuthError, Identity};
+use crate::config::NamespaceConfig;
+use crate::engine::HistoryQuery;
+use crate::event::{ChannelEvent, Control, Outgoing};
+use crate::limiter::TokenBucket;
+use crate::node::{Node, NodeError};
+use crate::rules::RuleError;
+
+/// What a failed command turns into for the client: an error reply, or a disconnect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionError {
+    /// Reply with this error; the connection stays.
+    Reply(ErrorCode),
+    /// Close the connection with this code.
+    Disconnect(Disconnect),
+}
+
+impl From<ErrorCode> for SessionError {
+    fn from(c: ErrorCode) -> Self {
+        Self::Reply(c)
+    }
+}
+
+impl From<RuleError> for SessionError {
+    fn from(e: RuleError) -> Self {
+        Self::Reply(match e {
+            RuleError::InvalidName | RuleError::UnknownChannel => ErrorCode::UnknownChannel,
+            RuleError::PermissionDenied => ErrorCode::PermissionDenied,
+        })
+    }
+}
+
+impl From<NodeError> for SessionError {
+    /// The one place internal errors become what a client sees; details stay in logs.
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::Channel(r) => r.into(),
+            NodeError::NotAvailable => Self::Reply(ErrorCode::NotAvailable),
+            NodeError::BadRequest(_) => Self::Reply(ErrorCode::BadRequest),
+            NodeError::Engine(err) => {
+                tracing::error!(error = %err, "engine error");
+                Self::Reply(ErrorCode::Internal)
+            }
+        }
+    }
+}
+
+/// Most users one `user_status` query may ask about.
+pub const MAX_STATUS_USERS: usize = 1000;
+
+/// Result type of session commands.
+pub type SessionResult<T> = Result<T, SessionError>;
+
+struct Sub {
+    ns: Arc<NamespaceConfig>,
+    info: ClientInfo,
+    expires_at: Option<u64>,
+    publish_rate: TokenBucket,
+}
+
+#[derive(Default)]
+struct State {
+    identity: Option<Arc<Identity>>,
+    expires_at: Option<u64>,
+    subs: HashMap<Arc<str>, Sub>,
+    cleaned: bool,
+}
+
+struct Abuse {
+    commands: TokenBucket,
+    errors: u32,
+}
+
+/// One connection, shared between its transport tasks, the hub and the node.
+pub struct Session {
+    /// Connection id (sent to the client as `client`).
+    pub id: Arc<str>,
+    node: Arc<Node>,
+    outbox: mpsc::Sender<Outgoing>,
+    cancel: CancellationToken,
+    disconnect: OnceLock<Disconnect>,
+    pending_count: AtomicUsize,
+    /// Events of channels whose subscribe reply is not queued yet. Short sections only.
+    pending: Mutex<HashMap<Arc<str>, Vec<Arc<ChannelEvent>>>>,
+    /// Short sections only; never held across an await.
+    state: Mutex<State>,
+    /// Per-command rate and error accounting. Short sections only.
+    abuse: Mutex<Abuse>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("id", &self.id).finish()
+    }
+}
+
+/// Outcome of a successful connect.
+pub struct Connected {
+    /// The reply.
+    pub result: ConnectResult,
+    /// Server-side subscriptions to activate once the reply is queued.
+    pub activation: Activation,
+}
+
+impl Session {
+    /// A new, unauthenticated session with an outbox of `limits.outbox_size`.
+    pub fn new(node: Arc<Node>) -> (Arc<Self>, mpsc::Receiver<Outgoing>) {
+        let limits = &node.config.limits;
+        let (tx, rx) = mpsc::channel(limits.outbox_size);
+        let abuse = Abuse {
+            commands: TokenBucket::new(limits.command_rate, limits.command_burst),
+            errors: 0,
+        };
+        let session = Arc::new(Self {
+            id: uuid::Uuid::new_v4().to_string().into(),
+            cancel: node.shutdown.child_token(),
+            node,
+            outbox: tx,
+            disconnect: OnceLock::new(),
+            pending_count: AtomicUsize::new(0),
+            pending: Mutex::default(),
+            state: Mutex::default(),
+            abuse: Mutex::new(abuse),
+        });
+        (session, rx)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The node this session belongs to.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Cancelled when the session must close (disconnect or shutdown).
+    pub fn closed(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Why the session closed: the first disconnect asked for, or shutdown.
+    pub fn disconnect_reason(&self) -> Disconnect {
+        self.disconnect
+            .get()
+            .copied()
+            .unwrap_or(if self.node.shutdown.is_cancelled() {
+                Disconnect::SHUTDOWN
+            } else {
+                Disconnect::CONNECTION_CLOSED
+            })
+    }
+
+    /// Closes the session with `reason`. The first reason wins; returns whether this
+    /// call was the first.
+    pub fn close(&self, reason: Disconnect) -> bool {
+        let first = self.disconnect.set(reason).is_ok();
+        self.cancel.cancel();
+        first
+    }
+
+    /// The authenticated identity, once connected.
+    pub fn identity(&self) -> Option<Arc<Identity>> {
+        self.state().identity.clone()
+    }
+
+    /// The user id, empty before connect.
+    pub fn user(&self) -> Arc<str> {
+        self.state()
+            .identity
+            .as_ref()
+            .map(|i| i.user.clone())
+            .unwrap_or_else(|| Arc::from(""))
+    }
+
+    /// Queues an item. A full outbox means a slow client: it is disconnected.
+    pub fn enqueue(&self, item: Outgoing) {
+        match self.outbox.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.node.metrics.outbox_drops.inc();
+                if self.close(Disconnect::SLOW) {
+                    self.node.metrics.slow_disconnects.inc();
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Counts one command against the rate limit.
+    ///
+    /// # Errors
+    /// `TooManyRequests`, or a disconnect once the client persists.
+    pub fn admit_command(&self) -> SessionResult<()> {
+        let mut abuse = self.abuse.lock().unwrap_or_else(|e| e.into_inner());
+        if abuse.commands.try_take() {
+            return Ok(());
+        }
+        abuse.errors += 1;
+        if abuse.errors > self.node.config.limits.max_protocol_errors {
+            return Err(SessionError::Disconnect(Disconnect::TOO_MANY_REQUESTS));
+        }
+        Err(SessionError::Reply(ErrorCode::TooManyRequests))
+    }
+
+    /// Counts a protocol error (malformed or unknown command). Returns the disconnect
+    /// to apply once the client has made too many.
+    pub fn protocol_error(&self) -> Option<Disconnect> {
+        let mut abuse = self.abuse.lock().unwrap_or_else(|e| e.into_inner());
+        abuse.errors += 1;
+        (abuse.errors > self.node.config.limits.max_protocol_errors)
+            .then_some(Disconnect::BAD_REQUEST)
+    }
+
+    /// Unix time at which the connection expires unless refreshed.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.state().expires_at
+    }
+
+    /// Sets when the connection expires (server API `refresh`); `None`: never. The
+    /// reader notices a new deadline at its next wake-up (at most one ping interval).
+    pub fn set_expires_at(&self, at: Option<u64>) {
+        self.state().expires_at = at;
+    }
+
+    /// Whether `connect` succeeded.
+    pub fn is_connected(&self) -> bool {
+        self.state().identity.is_some()
+    }
+
+    /// Authenticates the session and makes its server-side subscriptions.
+    ///
+    /// # Errors
+    /// Error replies for an expired token; disconnects for an invalid token, a second
+    /// connect, the per-user connection limit or too many server-side channels.
+    pub async fn connect(self: &Arc<Self>, req: ConnectRequest) -> SessionResult<Connected> {
+        if self.is_connected() {
+            return Err(SessionError::Disconnect(Disconnect::BAD_REQUEST));
+        }
+        let node = self.node.clone();
+        let identity = match node.verifier.verify_connect(&req.token).await {
+            Ok(id) => Arc::new(id),
+            Err(AuthError::Expired) => {
+                node.metrics.auth_failures.inc();
+                return Err(ErrorCode::TokenExpired.into());
+            }
+            Err(AuthError::Invalid(why)) => {
+                node.metrics.auth_failures.inc();
+                tracing::info!(client = %self.id, reason = %why, "connect refused: invalid token");
+                return Err(SessionError::Disconnect(Disconnect::INVALID_TOKEN));
+            }
+        };
+        let limit = node.config.limits.max_connections_per_user;
+        if !node.hub.add_user_session(&identity.user, self, limit) {
+            tracing::info!(client = %self.id, user = %identity.user, "connect refused: connection limit");
+            return Err(SessionError::Disconnect(Disconnect::CONNECTION_LIMIT));
+        }
+        {
+            let mut st = self.state();
+            st.identity = Some(identity.clone());
+            st.expires_at = identity.expires_at;
+        }
+        node.user_connected(&identity.user);
+        let channels = node.rules.server_side_channels(&identity);
+        if channels.len() > node.config.limits.max_channels_per_connection {
+            return Err(SessionError::Disconnect(Disconnect::CHANNEL_LIMIT));
+        }
+        let mut activation = Activation {
+            session: self.clone(),
+            channels: Vec::new(),
+        };
+        let mut subs = HashMap::new();
+        let mut recover = req.subs;
+        for channel in channels {
+            let ns = node.rules.namespace(&channel)?.clone();
+            let since = recover
+                .remove(&channel)
+                .filter(|r| r.recover)
+                .map(|r| StreamPosition {
+                    offset: r.offset,
+                    epoch: r.epoch,
+                });
+            let channel: Arc<str> = channel.into();
+            match self.subscribe_inner(&channel, ns, None, since).await {
+                Ok(mut s) => {
+                    activation.channels.append(&mut s.activation.channels);
+                    subs.insert(channel.to_string(), s.result);
+                }
+                Err(e) => {
+                    tracing::warn!(client = %self.id, %channel, error = ?e, "server-side subscription failed");
+                }
+            }
+        }
+        tracing::debug!(client = %self.id, user = %identity.user, subs = subs.len(), "connected");
+        let (expires, ttl) = ttl_of(identity.expires_at);
+        Ok(Connected {
+            result: ConnectResult {
+                client: self.id.to_string(),
+                version: crate::VERSION.to_owned(),
+                expires,
+                ttl,
+                subs,
+                ping: u32::try_from(node.config.client.ping_interval.as_secs()).unwrap_or(25),
+                pong: true,
+                node: node.name.clone(),
+            },
+            activation,
+        })
+    }
+
+    fn require_identity(&self) -> SessionResult<Arc<Identity>> {
+        self.identity()
+            .ok_or(SessionError::Disconnect(Disconnect::BAD_REQUEST))
+    }
+
+    /// Replaces the connection token.
+    ///
+    /// # Errors
+    /// Token expired; an invalid token or another user's token disconnects.
+    pub async fn refresh(&self, token: &str) -> SessionResult<RefreshResult> {
+        let identity = self.require_identity()?;
+        let fresh = match self.node.verifier.verify_connect(token).await {
+            Ok(id) => id,
+            Err(AuthError::Expired) => return Err(ErrorCode::TokenExpired.into()),
+            Err(AuthError::Invalid(_)) => {
+                return Err(SessionError::Disconnect(Disconnect::INVALID_TOKEN))
+            }
+        };
+        if fresh.user != identity.user {
+            return Err(SessionError::Disconnect(Disconnect::INVALID_TOKEN));
+        }
+        self.state().expires_at = fresh.expires_at;
+        let (expires, ttl) = ttl_of(fresh.expires_at);
+        Ok(RefreshResult {
+            client: self.id.to_string(),
+            version: crate::VERSION.to_owned(),
+            expires,
+            ttl,
+        })
+    }
+
+    /// The earliest subscription expiry, if any subscription token expires.
+    pub fn next_sub_expiry(&self) -> Option<u64> {
+        self.state()
+            .subs
+            .values()
+            .filter_map(|s| s.expires_at)
+            .min()
+    }
+
+    /// Channels this session is subscribed to.
+    pub fn channels(&self) -> Vec<Arc<str>> {
+        self.state().subs.keys().cloned().collect()
+    }
+
+    /// Releases everything the session holds: subscriptions, presence, user index.
+    /// Idempotent; called by the transport once its connection ends.
+    pub async fn cleanup(&self) {
+        let (channels, identity) = {
+            let mut st = self.state();
+            if st.cleaned {
+                return;
+            }
+            st.cleaned = true;
+            (
+                st.subs.keys().cloned().collect::<Vec<_>>(),
+                st.identity.clone(),
+            )
+        };
+        for ch in channels {
+            self.remove_subscription(&ch).await;
+        }
+        if let Some(id) = identity {
+            self.node.hub.remove_user_session(&id.user, self);
+            self.node.user_disconnected(&id.user);
+        }
+    }
+}
+
+fn ttl_of(expires_at: Option<u64>) -> (bool, u32) {
+    match expires_at {
+        Some(exp) => (
+            true,
+            u32::try_from(exp.saturating_sub(now_secs())).unwrap_or(u32::MAX),
+        ),
+        None => (false, 0),
+    }
+}

@@ -1,0 +1,351 @@
+//! Subscriptions of a session: subscribe, unsubscribe, recovery, and the pending phase
+//! that queues a subscribe reply before the channel's events, with no gap and no
+//! duplicate between recovered publications and live ones.
+
+use super::*;
+
+/// Marks subscriptions whose reply is on its way; completing it queues the reply
+/// first, then the events that arrived meanwhile (skipping those already covered).
+#[must_use = "complete() queues the reply and releases buffered events"]
+pub struct Activation {
+    pub(super) session: Arc<Session>,
+    pub(super) channels: Vec<(Arc<str>, u64)>,
+}
+
+impl Activation {
+    /// Queues `first` (the reply or push announcing the subscriptions), then releases
+    /// buffered events.
+    pub fn complete(mut self, first: Option<Outgoing>) {
+        self.session
+            .activate(first, std::mem::take(&mut self.channels));
+    }
+}
+
+impl Drop for Activation {
+    fn drop(&mut self) {
+        if !self.channels.is_empty() {
+            self.session
+                .activate(None, std::mem::take(&mut self.channels));
+        }
+    }
+}
+
+/// Outcome of a successful subscribe.
+pub struct Subscribed {
+    /// The reply.
+    pub result: SubscribeResult,
+    /// Activate once the reply is queued.
+    pub activation: Activation,
+}
+
+impl Session {
+    /// Delivers a channel event (called by the hub; never blocks).
+    pub fn deliver(&self, event: &Arc<ChannelEvent>) {
+        if self.pending_count.load(Ordering::Acquire) > 0 {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(buf) = pending.get_mut(&event.channel) {
+                if buf.len() >= self.node.config.limits.outbox_size {
+                    drop(pending);
+                    self.node.metrics.outbox_drops.inc();
+                    if self.close(Disconnect::SLOW) {
+                        self.node.metrics.slow_disconnects.inc();
+                    }
+                    return;
+                }
+                buf.push(event.clone());
+                return;
+            }
+            // Queue under the lock so an activation can not overtake this event.
+            self.enqueue(Outgoing::Event(event.clone()));
+            return;
+        }
+        self.enqueue(Outgoing::Event(event.clone()));
+    }
+
+    fn activate(&self, first: Option<Outgoing>, channels: Vec<(Arc<str>, u64)>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(first) = first {
+            self.enqueue(first);
+        }
+        for (channel, offset) in channels {
+            if let Some(buf) = pending.remove(&channel) {
+                self.pending_count.fetch_sub(1, Ordering::AcqRel);
+                for ev in buf {
+                    let o = ev.offset();
+                    if o == 0 || o > offset {
+                        self.enqueue(Outgoing::Event(ev));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Subscribes to a channel on the client's request.
+    ///
+    /// # Errors
+    /// Unknown channel, permission denied, already subscribed, limit exceeded, token
+    /// expired; an invalid subscription token is `PermissionDenied`.
+    pub async fn subscribe(self: &Arc<Self>, req: SubscribeRequest) -> SessionResult<Subscribed> {
+        let identity = self.require_identity()?;
+        let node = self.node.clone();
+        // Validate the name before verifying any token.
+        node.rules.namespace(&req.channel)?;
+        let grant = if req.token.is_empty() {
+            None
+        } else {
+            match node
+                .verifier
+                .verify_subscription(&req.token, &identity.user, &req.channel)
+                .await
+            {
+                Ok(g) => Some(g),
+                Err(AuthError::Expired) => return Err(ErrorCode::TokenExpired.into()),
+                Err(AuthError::Invalid(why)) => {
+                    tracing::info!(client = %self.id, channel = %req.channel, reason = %why, "subscription token refused");
+                    return Err(ErrorCode::PermissionDenied.into());
+                }
+            }
+        };
+        let ns = node
+            .rules
+            .check_subscribe(&identity, &req.channel, grant.is_some())?
+            .clone();
+        let since = req.recover.then(|| StreamPosition {
+            offset: req.offset,
+            epoch: req.epoch.clone(),
+        });
+        let channel: Arc<str> = req.channel.into();
+        self.subscribe_inner(&channel, ns, grant, since).await
+    }
+
+    /// Subscribes on the server's initiative (server API), pushing `subscribe` to the client.
+    ///
+    /// # Errors
+    /// As for [`Session::subscribe`], without permission checks.
+    pub async fn server_subscribe(self: &Arc<Self>, channel: &str) -> SessionResult<()> {
+        let ns = self.node.rules.namespace(channel)?.clone();
+        let channel: Arc<str> = channel.into();
+        let s = self.subscribe_inner(&channel, ns, None, None).await?;
+        s.activation
+            .complete(Some(Outgoing::Control(Box::new(Control::Subscribed {
+                channel,
+                result: s.result,
+            }))));
+        Ok(())
+    }
+
+    pub(super) async fn subscribe_inner(
+        self: &Arc<Self>,
+        channel: &Arc<str>,
+        ns: Arc<NamespaceConfig>,
+        grant: Option<crate::auth::Grant>,
+        since: Option<StreamPosition>,
+    ) -> SessionResult<Subscribed> {
+        let identity = self.require_identity()?;
+        let node = self.node.clone();
+        {
+            let st = self.state();
+            if st.subs.contains_key(channel) {
+                return Err(ErrorCode::AlreadySubscribed.into());
+            }
+            if st.subs.len() >= node.config.limits.max_channels_per_connection {
+                return Err(ErrorCode::LimitExceeded.into());
+            }
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if pending.contains_key(channel) {
+                return Err(ErrorCode::AlreadySubscribed.into());
+            }
+            pending.insert(channel.clone(), Vec::new());
+            self.pending_count.fetch_add(1, Ordering::AcqRel);
+        }
+        // From here on, failure must undo the pending mark and the hub entry.
+        let activation = Activation {
+            session: self.clone(),
+            channels: vec![(channel.clone(), u64::MAX)],
+        };
+        let first = node.hub.subscribe(channel, self);
+        let info = ClientInfo {
+            user: identity.user.clone(),
+            client: self.id.clone(),
+            conn_info: identity.info.clone(),
+            chan_info: grant.as_ref().and_then(|g| g.info.clone()),
+        };
+        let prepared = self
+            .prepare_subscription(channel, &ns, first, &info, since)
+            .await;
+        let (mut result, offset) = match prepared {
+            Ok(r) => r,
+            Err(e) => {
+                if node.hub.unsubscribe(channel, self) {
+                    let _ = node.engine.unsubscribe(channel).await;
+                }
+                drop(activation);
+                return Err(e);
+            }
+        };
+        let expires_at = grant.and_then(|g| g.expires_at);
+        // The client schedules its sub_refresh from these.
+        (result.expires, result.ttl) = ttl_of(expires_at);
+        self.state().subs.insert(
+            channel.clone(),
+            Sub {
+                publish_rate: TokenBucket::new(ns.publish_rate, ns.publish_rate),
+                ns,
+                info,
+                expires_at,
+            },
+        );
+        let mut activation = activation;
+        activation.channels[0].1 = offset;
+        node.metrics.subscriptions.inc();
+        Ok(Subscribed { result, activation })
+    }
+
+    async fn prepare_subscription(
+        &self,
+        channel: &Arc<str>,
+        ns: &NamespaceConfig,
+        first_on_node: bool,
+        info: &ClientInfo,
+        since: Option<StreamPosition>,
+    ) -> SessionResult<(SubscribeResult, u64)> {
+        let node = &self.node;
+        if first_on_node {
+            node.engine
+                .subscribe(channel)
+                .await
+                .map_err(NodeError::from)?;
+        }
+        let mut result = SubscribeResult::default();
+        let mut offset = 0;
+        if let Some(opts) = node.history_options(ns) {
+            let recovering = since.is_some();
+            let query = HistoryQuery {
+                since: since.clone(),
+                limit: if recovering { None } else { Some(0) },
+                reverse: false,
+                ensure: Some(opts),
+            };
+            let h = node
+                .engine
+                .history(channel, query)
+                .await
+                .map_err(NodeError::from)?;
+            offset = h.offset;
+            result.recoverable = true;
+            result.positioned = true;
+            result.epoch = h.epoch.clone();
+            result.offset = h.offset;
+            if let Some(since) = since {
+                result.was_recovering = true;
+                result.recovered = recovered(&since, &h);
+                result.publications = h.publications;
+            }
+        }
+        let first_of_user = if ns.presence {
+            node.engine
+                .add_presence(channel, info.clone())
+                .await
+                .map_err(NodeError::from)?
+        } else {
+            true
+        };
+        if ns.join_leave && (first_of_user || !ns.presence_per_user) {
+            node.engine
+                .publish_join(channel, info.clone())
+                .await
+                .map_err(NodeError::from)?;
+        }
+        Ok((result, offset))
+    }
+
+    /// Unsubscribes on the client's request.
+    ///
+    /// # Errors
+    /// None today; kept for symmetry with the protocol.
+    pub async fn unsubscribe(&self, channel: &str) -> SessionResult<()> {
+        self.require_identity()?;
+        self.remove_subscription(channel).await;
+        Ok(())
+    }
+
+    /// Unsubscribes on the server's initiative, pushing `unsubscribe` to the client.
+    /// Returns whether the session was subscribed.
+    pub async fn server_unsubscribe(&self, channel: &str) -> bool {
+        let Some(channel) = self.remove_subscription(channel).await else {
+            return false;
+        };
+        self.enqueue(Outgoing::Control(Box::new(Control::Unsubscribed {
+            channel,
+            code: 2000,
+            reason: "server unsubscribe",
+        })));
+        true
+    }
+
+    pub(super) async fn remove_subscription(&self, channel: &str) -> Option<Arc<str>> {
+        let (channel, sub) = self.state().subs.remove_entry(channel)?;
+        let node = &self.node;
+        node.metrics.subscriptions.dec();
+        if node.hub.unsubscribe(&channel, self) {
+            if let Err(e) = node.engine.unsubscribe(&channel).await {
+                tracing::warn!(%channel, error = %e, "engine unsubscribe failed");
+            }
+        }
+        let mut last_of_user = true;
+        if sub.ns.presence {
+            match node
+                .engine
+                .remove_presence(&channel, &self.id, &sub.info.user)
+                .await
+            {
+                Ok(last) => last_of_user = last,
+                Err(e) => tracing::warn!(%channel, error = %e, "presence removal failed"),
+            }
+        }
+        if sub.ns.typing {
+            if let Some(info) = node.typing.stop(&channel, &sub.info.user) {
+                node.publish_typing_stop(&channel, info).await;
+            }
+        }
+        if sub.ns.join_leave && (last_of_user || !sub.ns.presence_per_user) {
+            let _ = node.engine.publish_leave(&channel, sub.info).await;
+        }
+        Some(channel)
+    }
+
+    /// Replaces a subscription token.
+    ///
+    /// # Errors
+    /// Not subscribed, token expired, or an invalid token (permission denied).
+    pub async fn sub_refresh(&self, channel: &str, token: &str) -> SessionResult<SubRefreshResult> {
+        let identity = self.require_identity()?;
+        self.subscribed_ns(channel)?;
+        let grant = match self
+            .node
+            .verifier
+            .verify_subscription(token, &identity.user, channel)
+            .await
+        {
+            Ok(g) => g,
+            Err(AuthError::Expired) => return Err(ErrorCode::TokenExpired.into()),
+            Err(AuthError::Invalid(_)) => return Err(ErrorCode::PermissionDenied.into()),
+        };
+        if let Some(sub) = self.state().subs.get_mut(channel) {
+            sub.expires_at = grant.expires_at;
+        }
+        let (expires, ttl) = ttl_of(grant.expires_at);
+        Ok(SubRefreshResult { expires, ttl })
+    }
+}
+
+/// Whether `h` (read after `since`) holds every publication the client missed.
+fn recovered(since: &StreamPosition, h: &HistoryResult) -> bool {
+    if since.epoch != h.epoch {
+        return false;
+    }
+    match h.publications.first() {
+        Some(p) => p.offset == since.offset + 1,
+        None => h.offset == since.offset,
+    }
+}
