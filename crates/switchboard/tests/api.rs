@@ -622,6 +622,34 @@ async fn presence_and_presence_stats() {
 }
 
 #[tokio::test]
+async fn user_status_of_online_and_unknown_users() {
+    let server = start_default().await;
+    let _a = Client::connect_user(&server, "ann").await;
+    let _b = Client::connect_user(&server, "ann").await;
+    let a = call(&server, "user_status", json!({"users": ["ann", "ghost"]})).await;
+    let st = a.result()["statuses"].as_array().unwrap().clone();
+    assert_eq!(st[0]["user"], json!("ann"));
+    assert_eq!(st[0]["online"], json!(true));
+    assert_eq!(st[0]["connections"], json!(2));
+    assert!(st[0]["last_seen"].as_u64().unwrap() > 0);
+    assert_eq!(
+        st[1],
+        json!({"user": "ghost", "online": false, "connections": 0, "last_seen": 0})
+    );
+    let many: Vec<String> = (0..1001).map(|i| i.to_string()).collect();
+    assert_eq!(
+        call(&server, "user_status", json!({"users": many}))
+            .await
+            .error(400),
+        107
+    );
+    assert_eq!(
+        call(&server, "user_status", json!({})).await.error(400),
+        107
+    );
+}
+
+#[tokio::test]
 async fn history_pages_and_history_remove() {
     let server = start_default().await;
     for n in 1..=3 {

@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::wire::*;
 
 /// Every method of `POST /api/<method>` except `batch`, as the path names it.
-pub const METHODS: [&str; 12] = [
+pub const METHODS: [&str; 13] = [
     "publish",
     "broadcast",
     "subscribe",
@@ -24,6 +24,7 @@ pub const METHODS: [&str; 12] = [
     "history_remove",
     "channels",
     "info",
+    "user_status",
 ];
 
 impl Command {
@@ -83,6 +84,12 @@ impl Command {
                 Ok(())
             }
             Self::Info(_) => Ok(()),
+            Self::UserStatus(r) => {
+                if r.users.len() > crate::session::MAX_STATUS_USERS {
+                    return Err(bad("users holds more than 1000 ids"));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -105,6 +112,7 @@ impl Command {
             "history_remove" => Self::HistoryRemove(decode(body)?),
             "channels" => Self::Channels(decode(body)?),
             "info" => Self::Info(decode(body)?),
+            "user_status" => Self::UserStatus(decode(body)?),
             _ => return Err(ApiError::MethodNotFound),
         };
         Ok(command)

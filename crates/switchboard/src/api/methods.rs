@@ -38,6 +38,7 @@ impl Api {
             Command::HistoryRemove(r) => Reply::HistoryRemove(history_remove(self, r).await?),
             Command::Channels(r) => Reply::Channels(channels(self, &r)),
             Command::Info(r) => Reply::Info(info(self, r)),
+            Command::UserStatus(r) => Reply::UserStatus(user_status(self, &r)),
         })
     }
 }
@@ -170,6 +171,26 @@ pub(super) async fn presence(api: &Api, req: ChannelRequest) -> Result<PresenceR
             .map(|(client, info)| (client.to_string(), info.into()))
             .collect(),
     })
+}
+
+/// Online state, connection count and last-seen time of users.
+#[utoipa::path(post, path = "/api/user_status", tag = "users",
+    request_body = UserStatusRequest,
+    responses((status = 200, description = "`result`", body = Response<UserStatusResult>)))]
+pub(super) fn user_status(api: &Api, req: &UserStatusRequest) -> UserStatusResult {
+    UserStatusResult {
+        statuses: api
+            .node
+            .user_status(&req.users)
+            .into_iter()
+            .map(|s| UserStatusView {
+                user: s.user,
+                online: s.online,
+                connections: s.connections,
+                last_seen: s.last_seen,
+            })
+            .collect(),
+    }
 }
 
 /// Connection and user counts of a channel.

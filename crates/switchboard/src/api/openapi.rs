@@ -40,6 +40,7 @@ use super::wire::*;
         methods::history_remove,
         methods::channels,
         methods::info,
+        methods::user_status,
         methods::batch,
     ),
     components(schemas(ErrorResponse, Command, Reply)),

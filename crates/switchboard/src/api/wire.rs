@@ -221,6 +221,37 @@ pub enum Command {
     Channels(ChannelsRequest),
     /// See `POST /api/info`.
     Info(InfoRequest),
+    /// See `POST /api/user_status`.
+    UserStatus(UserStatusRequest),
+}
+
+/// `user_status`: online state, connections and last-seen time of up to 1000 users.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UserStatusRequest {
+    /// User ids (at most 1000).
+    #[schema(max_items = 1000)]
+    pub users: Vec<String>,
+}
+
+/// One user's status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserStatusView {
+    /// User id.
+    pub user: String,
+    /// Whether the user is online (a connection, or the last one closed within the
+    /// offline debounce).
+    pub online: bool,
+    /// Open connections.
+    pub connections: u32,
+    /// Unix milliseconds of the last connect or disconnect; 0 if never seen.
+    pub last_seen: u64,
+}
+
+/// Result of `user_status`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserStatusResult {
+    /// One status per requested user, in order.
+    pub statuses: Vec<UserStatusView>,
 }
 
 /// An API error as callers see it.
@@ -444,6 +475,8 @@ pub enum Reply {
     Channels(ChannelsResult),
     /// See `info`.
     Info(InfoResult),
+    /// See `user_status`.
+    UserStatus(UserStatusResult),
 }
 
 impl Reply {
@@ -466,6 +499,7 @@ impl Reply {
             Self::History(r) => ok(r),
             Self::Channels(r) => ok(r),
             Self::Info(r) => ok(r),
+            Self::UserStatus(r) => ok(r),
         };
         // Serializing these plain structs (strings, numbers, valid raw JSON) can not fail.
         encoded.unwrap_or_else(|_| {
