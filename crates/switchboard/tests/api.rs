@@ -588,6 +588,25 @@ async fn refresh_expires_connections_or_moves_their_deadline() {
         .await
         .result();
     assert_eq!(bob.closed().await.code, 3005, "a deadline in the past");
+
+    // A deadline moved into the near future applies at once, not at the next ping.
+    let mut cfg = config();
+    cfg.client.expired_close_delay = std::time::Duration::ZERO;
+    let server = start(cfg).await;
+    let mut cid = Client::connect_user(&server, "cid").await;
+    let soon = switchboard::auth::now_secs() + 1;
+    call(
+        &server,
+        "refresh",
+        json!({"user": "cid", "expire_at": soon}),
+    )
+    .await
+    .result();
+    assert_eq!(
+        cid.closed().await.code,
+        3005,
+        "closed within the read timeout"
+    );
 }
 
 #[tokio::test]

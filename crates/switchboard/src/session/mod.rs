@@ -113,6 +113,8 @@ pub struct Session {
     state: Mutex<State>,
     /// Per-command rate and error accounting. Short sections only.
     abuse: Mutex<Abuse>,
+    /// Wakes the transport's timers when a deadline moves (server API `refresh`).
+    timers_changed: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Session {
@@ -148,6 +150,7 @@ impl Session {
             pending: Mutex::default(),
             state: Mutex::default(),
             abuse: Mutex::new(abuse),
+            timers_changed: tokio::sync::Notify::new(),
         });
         (session, rx)
     }
@@ -244,10 +247,19 @@ impl Session {
         self.state().expires_at
     }
 
-    /// Sets when the connection expires (server API `refresh`); `None`: never. The
-    /// reader notices a new deadline at its next wake-up (at most one ping interval).
+    /// Sets when the connection expires (server API `refresh`); `None`: never.
     pub fn set_expires_at(&self, at: Option<u64>) {
         self.state().expires_at = at;
+        self.timers_changed.notify_one();
+    }
+
+    /// Completes when a deadline of this session moved; the transport then recomputes
+    /// its timers.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a notification that arrives while nobody waits is kept.
+    pub async fn timers_changed(&self) {
+        self.timers_changed.notified().await;
     }
 
     /// Whether `connect` succeeded.

@@ -205,6 +205,8 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, session: &Arc<Session>) {
         tokio::select! {
             // Cancel-safe: holds no state.
             () = session.closed().cancelled() => return,
+            // Cancel-safe (see `timers_changed`): loop to recompute the deadline.
+            () = session.timers_changed() => {}
             // Cancel-safe: a timer.
             () = sleep_until(deadline) => {
                 if let Some(d) = check_timers(session, &mut timers, connected) {
