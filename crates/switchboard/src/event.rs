@@ -80,6 +80,13 @@ pub enum Control {
         /// Subscription state.
         result: SubscribeResult,
     },
+    /// The server changed when the connection expires.
+    Refresh {
+        /// Whether it expires at all.
+        expires: bool,
+        /// Seconds left.
+        ttl: u32,
+    },
     /// The server unsubscribed the session from a channel.
     Unsubscribed {
         /// Channel.

@@ -572,6 +572,9 @@ async fn refresh_expires_connections_or_moves_their_deadline() {
     .result();
     let sessions = server.node.hub.user_sessions("ann");
     assert_eq!(sessions[0].expires_at(), Some(later));
+    let push = ann.next_push().await;
+    assert_eq!(push["refresh"]["expires"], json!(true), "{push}");
+    assert!(push["refresh"]["ttl"].as_u64().unwrap() > 3500, "{push}");
     call(&server, "refresh", json!({"user": "ann", "expire_at": 0}))
         .await
         .result();

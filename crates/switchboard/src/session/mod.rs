@@ -251,6 +251,12 @@ impl Session {
     pub fn set_expires_at(&self, at: Option<u64>) {
         self.state().expires_at = at;
         self.timers_changed.notify_one();
+        // Tell the client, so its SDK reschedules (or stops) its own token refresh.
+        let (expires, ttl) = ttl_of(at);
+        self.enqueue(Outgoing::Control(Box::new(Control::Refresh {
+            expires,
+            ttl,
+        })));
     }
 
     /// Completes when a deadline of this session moved; the transport then recomputes

@@ -103,6 +103,9 @@ fn encode(item: Outgoing) -> TextFrame {
             Control::Subscribed { channel, result } => {
                 encode_push(&channel, &PushBody::Subscribe(&result))
             }
+            Control::Refresh { expires, ttl } => {
+                encode_push("", &PushBody::Refresh { expires, ttl })
+            }
             Control::Unsubscribed {
                 channel,
                 code,
