@@ -18,3 +18,20 @@ cargo build -p switchboard --locked --quiet
 echo "== python tests (cent and schemathesis against the real binary)"
 cargo build -p switchboard --locked --quiet
 SWITCHBOARD_BIN="$PWD/target/debug/switchboard" bash tests/python/run.sh
+
+echo "== browser test (centrifuge-js browser bundle in headless Chromium; API publishes)"
+# Debian's Chromium, driven by playwright-core (which downloads no browser). Installed once.
+if [ ! -x /usr/bin/chromium ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+  apt_log="$(mktemp)"
+  if ! { $sudo apt-get update -qq &&
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } >"$apt_log" 2>&1; then
+    cat "$apt_log" >&2
+    exit 1
+  fi
+  rm -f "$apt_log"
+fi
+# Reuses target/debug/switchboard built above.
+bin="$PWD/target/debug/switchboard"
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && SWITCHBOARD_BIN="$bin" npm test --silent)

@@ -1,0 +1,73 @@
+'use strict';
+// The browser client of the end-to-end test, written as an app would: the centrifuge-js
+// browser bundle (global `Centrifuge`), a connection token, one room subscription.
+// Parameters come in the URL fragment, so the token never reaches a server log:
+//   index.html#ws=ws://127.0.0.1:8000/connection/websocket&token=<JWT>&room=room:lobby
+(function () {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const room = params.get('room') || 'room:lobby';
+  const $ = (id) => document.getElementById(id);
+
+  // One <li data-channel="..."> per publication, its text the data as JSON.
+  function show(ctx) {
+    const li = document.createElement('li');
+    li.dataset.channel = ctx.channel;
+    li.textContent = JSON.stringify(ctx.data);
+    $('publications').appendChild(li);
+  }
+  function showError(where, err) {
+    $('errors').textContent += `${where}: ${JSON.stringify(err)}\n`;
+  }
+
+  const token = params.get('token');
+  // For display only: the token's `sub` claim (the server checks the signature).
+  try {
+    const claims = JSON.parse(atob(token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/')));
+    $('user').textContent = `${claims.sub} (roles: ${(claims.roles || []).join(', ') || 'none'})`;
+  } catch (err) {
+    showError('token', String(err));
+  }
+
+  const client = new Centrifuge(params.get('ws'), {
+    token,
+    minReconnectDelay: 100,
+    maxReconnectDelay: 1000,
+  });
+  const serverSubs = new Set();
+  const renderServerSubs = () => {
+    $('server-subs').textContent = [...serverSubs].sort().join(' ') || '-';
+  };
+
+  client.on('state', (ctx) => {
+    $('state').textContent = ctx.newState;
+  });
+  client.on('connected', (ctx) => {
+    $('client').textContent = ctx.client;
+  });
+  client.on('error', (ctx) => showError('client', ctx.error));
+  client.on('disconnected', (ctx) => showError('disconnected', ctx));
+  // Server-side subscriptions (auto_subscribe: user:{sub}, role:{roles}) arrive on the
+  // Centrifuge instance itself, not on a Subscription object.
+  client.on('subscribed', (ctx) => {
+    serverSubs.add(ctx.channel);
+    renderServerSubs();
+  });
+  client.on('unsubscribed', (ctx) => {
+    serverSubs.delete(ctx.channel);
+    renderServerSubs();
+  });
+  client.on('publication', show);
+
+  // A client-side subscription to the room.
+  $('room-label').textContent = room;
+  const sub = client.newSubscription(room);
+  sub.on('state', (ctx) => {
+    $('room-state').textContent = ctx.newState;
+  });
+  sub.on('publication', show);
+  sub.on('error', (ctx) => showError(room, ctx.error));
+  sub.subscribe();
+  client.connect();
+
+  window.switchboardTest = { client, sub };
+})();

@@ -1,0 +1,234 @@
+'use strict';
+// A backend publishes through the server HTTP API to a user, a role and a room, and the
+// messages show up in a real browser: the centrifuge-js browser bundle in headless
+// Chromium (Debian's /usr/bin/chromium, driven by playwright-core), against the real
+// switchboard binary.
+
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const http = require('node:http');
+const os = require('node:os');
+const path = require('node:path');
+const { after, before, test } = require('node:test');
+
+const { chromium } = require('playwright-core');
+const { REPO, mintToken, startServer } = require('../lib/switchboard');
+
+const SECRET = 'switchboard-browser-test-secret';
+const API_KEY = 'switchboard-browser-test-api-key';
+const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+/** How long a locator waits for something to appear in a page. */
+const WAIT = 10000;
+/** Screenshots for debugging (target/ is not committed): the first user's page, then others'. */
+const SCREENSHOT = path.join(REPO, 'target', 'browser-test.png');
+const screenshotPath = (user) => (user === 'alice' ? SCREENSHOT : path.join(REPO, 'target', `browser-test-${user}.png`));
+
+const CONFIG = `
+token_hmac_secret = "${SECRET}"
+api_key = "${API_KEY}"
+shutdown_timeout = "2s"
+auto_subscribe = ["user:{sub}", "role:{roles}"]
+
+[namespaces.role]
+subscribe = ["role:{roles}"]
+
+[namespaces.room]
+subscribe = ["*"]
+presence = true
+join_leave = true
+`;
+
+const PAGE_DIR = path.join(__dirname, '..', 'page');
+// The IIFE build of the SDK (esbuild of src/browser.ts): sets globalThis.Centrifuge.
+const BUNDLE = path.join(__dirname, '..', 'node_modules', 'centrifuge', 'dist', 'centrifuge.js');
+const STATIC = {
+  '/': ['index.html', 'text/html; charset=utf-8'],
+  '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
+  '/centrifuge.js': [BUNDLE, 'text/javascript; charset=utf-8'],
+};
+
+/** Serves the test page and the SDK bundle on 127.0.0.1:<free port>. */
+function startStatic() {
+  const srv = http.createServer((req, res) => {
+    const entry = STATIC[new URL(req.url, 'http://x').pathname];
+    if (req.method !== 'GET' || !entry) {
+      res.writeHead(404).end();
+      return;
+    }
+    const [file, type] = entry;
+    const body = fs.readFileSync(path.resolve(PAGE_DIR, file));
+    res.writeHead(200, { 'Content-Type': type, 'Cache-Control': 'no-store' }).end(body);
+  });
+  return new Promise((resolve, reject) => {
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => resolve(srv));
+  });
+}
+
+function connectionToken(sub, roles) {
+  const claims = { sub, exp: Math.floor(Date.now() / 1000) + 3600 };
+  if (roles) claims.roles = roles;
+  return mintToken(claims, SECRET);
+}
+
+let server;
+let staticServer;
+let context;
+let userDataDir;
+/** Browser console lines and page errors, shown when an assertion fails. */
+const browserLog = [];
+
+before(async () => {
+  assert.ok(
+    fs.existsSync(CHROMIUM),
+    `${CHROMIUM} not found: install Debian's chromium (apt-get install chromium) or set CHROMIUM_PATH`,
+  );
+  assert.ok(fs.existsSync(BUNDLE), `${BUNDLE} not found: run npm ci in tests/browser`);
+  server = await startServer({ config: CONFIG, apiKey: API_KEY });
+  staticServer = await startStatic();
+  // A fresh profile each run. The switches keep Chromium off the network except for the
+  // test's own 127.0.0.1 servers (this machine refuses everything else).
+  userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'switchboard-chromium-'));
+  context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    timeout: 60000,
+    viewport: { width: 900, height: 600 },
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+});
+
+after(async () => {
+  if (context) await context.close().catch(() => {});
+  if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
+  if (staticServer) await new Promise((resolve) => staticServer.close(resolve));
+  if (server) await server.stop();
+});
+
+/** Opens the test page for one user (token in the URL fragment) and waits until it is live. */
+async function openClient(user, roles) {
+  const page = await context.newPage();
+  page.user = user;
+  page.on('console', (msg) => browserLog.push(`[${user}] console.${msg.type()}: ${msg.text()}`));
+  page.on('pageerror', (err) => browserLog.push(`[${user}] page error: ${err.message}`));
+  const { port } = staticServer.address();
+  const fragment = new URLSearchParams({ ws: server.wsUrl, token: connectionToken(user, roles), room: 'room:lobby' });
+  await page.goto(`http://127.0.0.1:${port}/#${fragment}`);
+  await expectText(page, '#state', 'connected', `${user} connected`);
+  await expectText(page, '#room-state', 'subscribed', `${user} subscribed to room:lobby`);
+  return page;
+}
+
+/** Waits until the element at `selector` has exactly `text`. */
+async function expectText(page, selector, text, label) {
+  try {
+    await page.waitForFunction(
+      ([sel, want]) => document.querySelector(sel)?.textContent === want,
+      [selector, text],
+      { timeout: WAIT },
+    );
+  } catch (err) {
+    const got = await page.locator(selector).textContent().catch(() => '?');
+    throw new Error(`${label}: ${selector} is ${JSON.stringify(got)}, want ${JSON.stringify(text)}${await diagnostics(page)}`, {
+      cause: err,
+    });
+  }
+}
+
+/** Waits until `locator` in `page` is visible; fails with the page, browser and server state. */
+async function waitVisible(page, locator, label) {
+  try {
+    await locator.waitFor({ state: 'visible', timeout: WAIT });
+  } catch (err) {
+    throw new Error(`${label}: not shown within ${WAIT} ms${await diagnostics(page)}`, { cause: err });
+  }
+}
+
+/** Waits for exactly one <li> of `channel` in `page` and checks its JSON against `data`. */
+async function expectPublication(page, channel, data) {
+  const items = page.locator(`#publications li[data-channel="${channel}"]`);
+  await waitVisible(page, items.first(), `a publication on ${channel} in ${page.user}'s page`);
+  assert.equal(await items.count(), 1, `exactly one publication on ${channel}`);
+  assert.deepEqual(JSON.parse(await items.textContent()), data, `data shown for ${channel}`);
+}
+
+/** The channels of all publications shown in `page`, in order. */
+function shownChannels(page) {
+  return page.locator('#publications li').evaluateAll((lis) => lis.map((li) => li.dataset.channel));
+}
+
+async function diagnostics(page) {
+  const body = await page
+    .locator('body')
+    .innerText({ timeout: 1000 })
+    .catch(() => '(page unreadable)');
+  const items = await page
+    .locator('#publications li')
+    .evaluateAll((lis) => lis.map((li) => `${li.dataset.channel} ${li.textContent}`).join('\n'))
+    .catch(() => '(unreadable)');
+  const shot = screenshotPath(page.user);
+  await page.screenshot({ path: shot }).catch(() => {});
+  return (
+    `\n--- ${page.user}'s page ---\n${body}` +
+    `\n--- publications shown (channel data) ---\n${items || '(none)'}` +
+    `\n--- browser console ---\n${browserLog.join('\n') || '(empty)'}` +
+    `\n--- last lines of switchboard log ---\n${server.logTail()}` +
+    `\n(screenshot: ${shot})`
+  );
+}
+
+test('API publishes to a user, a role and a room reach the right browser pages', async () => {
+  const alice = await openClient('alice', ['admin']);
+  const bob = await openClient('bob', ['viewer']);
+
+  // The server-side subscriptions from auto_subscribe, as the browsers saw them.
+  await expectText(alice, '#server-subs', 'role:admin user:alice', 'alice server-side channels');
+  await expectText(bob, '#server-subs', 'role:viewer user:bob', 'bob server-side channels');
+  // The backend sees both browsers in the room.
+  assert.deepEqual(await server.api('presence_stats', { channel: 'room:lobby' }), { num_clients: 2, num_users: 2 });
+
+  // What a backend's emitToUser / emitToRole / emitToRoom become (docs/api.md).
+  const toAlice = { event: 'notification', data: { text: 'Your order shipped', order: 7 } };
+  const toAdmins = { event: 'admin:alert', data: { text: 'Disk almost full', level: 'warn' } };
+  const toLobby = { event: 'message:new', data: { text: 'Hello, lobby', from: 'backend' } };
+  await server.api('publish', { channel: 'user:alice', data: toAlice });
+  await server.api('publish', { channel: 'role:admin', data: toAdmins });
+  await server.api('publish', { channel: 'room:lobby', data: toLobby });
+
+  await expectPublication(alice, 'user:alice', toAlice);
+  await expectPublication(alice, 'role:admin', toAdmins);
+  await expectPublication(alice, 'room:lobby', toLobby);
+  await expectPublication(bob, 'room:lobby', toLobby);
+
+  // A last publication to each user: their connection delivers in order, so once it is
+  // shown, anything else meant for them would have been shown before it.
+  const last = { event: 'last', data: {} };
+  await server.api('broadcast', { channels: ['user:alice', 'user:bob'], data: last });
+  await waitVisible(alice, alice.locator('#publications li[data-channel="user:alice"]').nth(1), 'the last publication to alice');
+  await expectPublication(bob, 'user:bob', last);
+
+  assert.deepEqual(
+    await shownChannels(bob),
+    ['room:lobby', 'user:bob'],
+    'bob (no admin role) sees the room, not alice nor the admins',
+  );
+  assert.deepEqual(
+    (await shownChannels(alice)).sort(),
+    ['role:admin', 'room:lobby', 'user:alice', 'user:alice'],
+    'alice sees her own messages, the admins and the room, not bob',
+  );
+  assert.equal(await alice.locator('#errors').textContent(), '', 'no client errors in alice page');
+  assert.equal(await bob.locator('#errors').textContent(), '', 'no client errors in bob page');
+
+  await alice.screenshot({ path: screenshotPath('alice') });
+  await bob.screenshot({ path: screenshotPath('bob') });
+});
