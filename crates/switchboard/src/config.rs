@@ -17,6 +17,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Config {
     /// Address to listen on.
     pub bind: String,
+    /// Length of the TCP listen queue (the kernel caps it at `net.core.somaxconn`).
+    pub listen_backlog: u32,
     /// Name of this node in `info` and logs (defaults to a random id).
     pub node_name: String,
     /// HMAC secret for HS256/384/512 tokens.
@@ -203,6 +205,7 @@ impl Default for Config {
         );
         Self {
             bind: "127.0.0.1:8000".to_owned(),
+            listen_backlog: 4096,
             node_name: String::new(),
             token_hmac_secret: String::new(),
             token_rsa_public_key: String::new(),

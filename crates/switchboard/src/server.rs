@@ -37,7 +37,7 @@ impl Server {
     /// # Errors
     /// [`ServerError`] when keys can not be loaded or the address can not be bound.
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
-        let listener = TcpListener::bind(&config.bind).await?;
+        let listener = listen(&config.bind, config.listen_backlog).await?;
         let node = Node::new(config)?;
         Ok(Self { listener, node })
     }
@@ -89,6 +89,25 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Binds the first address `bind` resolves to, with a listen queue of `backlog`: a connect
+/// storm overflowing a short queue makes clients wait a whole SYN retry (1 s).
+async fn listen(bind: &str, backlog: u32) -> std::io::Result<TcpListener> {
+    let mut last = std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address");
+    for addr in tokio::net::lookup_host(bind).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(backlog)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Binds and serves `config` until `shutdown` completes.

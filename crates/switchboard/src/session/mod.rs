@@ -141,7 +141,11 @@ impl Session {
             errors: 0,
         };
         let session = Arc::new(Self {
-            id: uuid::Uuid::new_v4().to_string().into(),
+            // A v4 UUID from the thread-local generator: no getrandom syscall per connect.
+            id: uuid::Builder::from_random_bytes(rand::random())
+                .into_uuid()
+                .to_string()
+                .into(),
             cancel: node.shutdown.child_token(),
             node,
             outbox: tx,
