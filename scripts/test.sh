@@ -15,6 +15,14 @@ echo "== js tests (centrifuge-js against the real binary)"
 cargo build -p switchboard --locked --quiet
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error && npm test --silent)
 
+echo "== bench smoke (switchboard-bench --quick against switchboard; no timing thresholds)"
+# Checks only that the benchmark tool runs every scenario end to end and writes its JSON.
+cargo build -p switchboard -p switchboard-bench --locked --quiet
+bench_out="$(mktemp -d)"
+target/debug/switchboard-bench run --quick --strict --targets switchboard --out "$bench_out" >/dev/null
+test -s "$bench_out/report.json" && test -s "$bench_out/summary.json"
+echo "bench smoke: report written to $bench_out/report.json"
+
 echo "== python tests (cent and schemathesis against the real binary)"
 cargo build -p switchboard --locked --quiet
 SWITCHBOARD_BIN="$PWD/target/debug/switchboard" bash tests/python/run.sh

@@ -1,0 +1,328 @@
+//! The load clients' wire protocols: switchboard's Centrifugo JSON, a minimal Socket.IO v5
+//! (Engine.IO v4, WebSocket only) and the floor's bare text protocol.
+//!
+//! Clients only do what the scenarios need: authenticate, subscribe, answer pings, and
+//! spot publications and their send timestamp without parsing the whole frame.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// A client WebSocket over plain TCP.
+pub(crate) type Ws = WebSocketStream<TcpStream>;
+
+/// A wire protocol the load clients speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Proto {
+    /// Centrifugo client protocol v2, JSON, at `/connection/websocket`.
+    Centrifuge,
+    /// Socket.IO v5 over Engine.IO v4, WebSocket transport only.
+    SocketIo,
+    /// The floor server's text protocol: `subscribe ROOM`, then raw payloads.
+    Floor,
+}
+
+impl Proto {
+    /// The path of the WebSocket endpoint.
+    pub(crate) fn path(self) -> &'static str {
+        match self {
+            Proto::Centrifuge => "/connection/websocket",
+            Proto::SocketIo => "/socket.io/?EIO=4&transport=websocket",
+            Proto::Floor => "/",
+        }
+    }
+}
+
+/// What one incoming message (or line of a multi-line frame) means to a load client.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Incoming {
+    /// A server ping that must be answered with [`pong`].
+    Ping,
+    /// A publication, with the send time (Unix µs) found in its payload.
+    Publication(Option<u64>),
+    /// The answer to a subscribe request.
+    SubscribeReply { ok: bool },
+    /// Anything else.
+    Other,
+}
+
+/// Client buffers as small as the servers': the clients hold thousands of sockets too.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(1 << 20))
+        .max_frame_size(Some(1 << 20))
+}
+
+/// Opens a WebSocket to `server` from source address `source` (bound before connecting,
+/// so connections spread over several loopback addresses and their port ranges).
+pub(crate) async fn open(server: SocketAddr, source: Ipv4Addr, proto: Proto) -> anyhow::Result<Ws> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(SocketAddr::new(source.into(), 0))
+        .with_context(|| format!("bind {source}"))?;
+    let stream = socket.connect(server).await.context("tcp connect")?;
+    stream.set_nodelay(true)?;
+    let request = format!("ws://{server}{}", proto.path()).into_client_request()?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
+        .await
+        .context("websocket handshake")?;
+    Ok(ws)
+}
+
+/// Reads the next text message, answering pings meanwhile.
+async fn next_text(ws: &mut Ws, proto: Proto) -> anyhow::Result<String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                let t = t.as_str();
+                if classify_one(proto, t) == Incoming::Ping {
+                    ws.send(Message::text(pong(proto))).await?;
+                    continue;
+                }
+                return Ok(t.to_owned());
+            }
+            Some(Ok(Message::Close(f))) => bail!("closed: {f:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("closed"),
+        }
+    }
+}
+
+/// Authenticates a freshly opened socket (`token` is an HS256 JWT, when the target
+/// checks one).
+pub(crate) async fn handshake(
+    ws: &mut Ws,
+    proto: Proto,
+    token: Option<&str>,
+) -> anyhow::Result<()> {
+    match proto {
+        Proto::Centrifuge => {
+            let token = token.unwrap_or("");
+            ws.send(Message::text(format!(
+                r#"{{"id":1,"connect":{{"token":"{token}"}}}}"#
+            )))
+            .await?;
+            loop {
+                let text = next_text(ws, proto).await?;
+                for line in text.lines() {
+                    if line.starts_with(r#"{"id":1,"#) {
+                        if line.contains(r#""connect":"#) {
+                            return Ok(());
+                        }
+                        bail!("connect refused: {line}");
+                    }
+                }
+            }
+        }
+        Proto::SocketIo => {
+            let open = next_text(ws, proto).await?;
+            if !open.starts_with('0') {
+                bail!("expected an Engine.IO open packet, got {open}");
+            }
+            let connect = match token {
+                Some(t) => format!(r#"40{{"token":"{t}"}}"#),
+                None => "40".to_owned(),
+            };
+            ws.send(Message::text(connect)).await?;
+            loop {
+                let text = next_text(ws, proto).await?;
+                if text.starts_with("40") {
+                    return Ok(());
+                }
+                if text.starts_with("44") {
+                    bail!("connect refused: {text}");
+                }
+            }
+        }
+        Proto::Floor => Ok(()),
+    }
+}
+
+/// The frames that subscribe to `channels`; each is answered by one
+/// [`Incoming::SubscribeReply`].
+pub(crate) fn subscribe_frames(proto: Proto, channels: &[String]) -> Vec<String> {
+    match proto {
+        // One frame of newline-delimited commands; ids after the connect's 1.
+        Proto::Centrifuge => vec![channels
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!(r#"{{"id":{},"subscribe":{{"channel":"{c}"}}}}"#, i + 2))
+            .collect::<Vec<_>>()
+            .join("\n")],
+        // An event with an acknowledgement id.
+        Proto::SocketIo => channels
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!(r#"42{i}["subscribe","{c}"]"#))
+            .collect(),
+        Proto::Floor => channels.iter().map(|c| format!("subscribe {c}")).collect(),
+    }
+}
+
+/// The answer to a server ping.
+pub(crate) fn pong(proto: Proto) -> &'static str {
+    match proto {
+        Proto::Centrifuge => "{}",
+        Proto::SocketIo => "3",
+        Proto::Floor => "",
+    }
+}
+
+/// Calls `f` for each message in a text frame (Centrifugo frames may hold several lines).
+pub(crate) fn classify(proto: Proto, frame: &str, mut f: impl FnMut(Incoming)) {
+    if proto == Proto::Centrifuge && frame.contains('\n') {
+        for line in frame.split('\n').filter(|l| !l.is_empty()) {
+            f(classify_one(proto, line));
+        }
+    } else {
+        f(classify_one(proto, frame));
+    }
+}
+
+fn classify_one(proto: Proto, m: &str) -> Incoming {
+    match proto {
+        Proto::Centrifuge => {
+            if m == "{}" {
+                Incoming::Ping
+            } else if m.starts_with(r#"{"push":"#) {
+                if m.contains(r#""pub":{"#) {
+                    Incoming::Publication(sent_at(m))
+                } else {
+                    Incoming::Other
+                }
+            } else if m.starts_with(r#"{"id":"#) {
+                Incoming::SubscribeReply {
+                    ok: m.contains(r#""subscribe":"#),
+                }
+            } else {
+                Incoming::Other
+            }
+        }
+        Proto::SocketIo => {
+            if m == "2" {
+                Incoming::Ping
+            } else if m.starts_with(r#"42["pub","#) {
+                Incoming::Publication(sent_at(m))
+            } else if m.starts_with("43") {
+                Incoming::SubscribeReply { ok: true }
+            } else {
+                Incoming::Other
+            }
+        }
+        Proto::Floor => {
+            if m == "subscribed" {
+                Incoming::SubscribeReply { ok: true }
+            } else if m.starts_with('{') {
+                Incoming::Publication(sent_at(m))
+            } else {
+                Incoming::Other
+            }
+        }
+    }
+}
+
+/// The `"t":<micros>` field of a bench payload, found without parsing the JSON.
+fn sent_at(m: &str) -> Option<u64> {
+    let i = m.find(r#""t":"#)? + 4;
+    let digits = m[i..].bytes().take_while(u8::is_ascii_digit).count();
+    m[i..i + digits].parse().ok()
+}
+
+/// A bench payload of about `size` bytes: `{"t":<send µs>,"s":<seq>,"p":"xxx…"}`.
+pub(crate) fn payload(sent_us: u64, seq: u64, size: usize) -> String {
+    let mut p = format!(r#"{{"t":{sent_us},"s":{seq},"p":""#);
+    let pad = size.saturating_sub(p.len() + 2);
+    p.extend(std::iter::repeat_n('x', pad));
+    p.push_str("\"}");
+    p
+}
+
+/// Microseconds since the Unix epoch (the clock every process on the machine shares).
+pub(crate) fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Claims of the connection tokens the load clients present (what `switchboard token`
+/// mints: a `sub` and an expiry).
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: u64,
+}
+
+/// An HS256 connection token for user `sub`, valid for an hour.
+pub(crate) fn token(secret: &str, sub: &str) -> anyhow::Result<String> {
+    let claims = Claims {
+        sub,
+        exp: now_us() / 1_000_000 + 3600,
+    };
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )?)
+}
+
+/// How long a connect (socket, WebSocket and protocol handshake) may take.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_has_the_size_and_timestamp() {
+        let p = payload(1_700_000_000_000_000, 42, 100);
+        assert_eq!(p.len(), 100);
+        serde_json::from_str::<serde_json::Value>(&p).unwrap();
+        assert_eq!(sent_at(&p), Some(1_700_000_000_000_000));
+    }
+
+    #[test]
+    fn classifies_each_protocol() {
+        let mut seen = Vec::new();
+        let frame = "{}\n{\"push\":{\"channel\":\"b\",\"pub\":{\"data\":{\"t\":5,\"s\":1},\"offset\":1}}}\n{\"id\":2,\"subscribe\":{}}\n{\"id\":3,\"error\":{\"code\":103}}";
+        classify(Proto::Centrifuge, frame, |i| seen.push(i));
+        assert_eq!(
+            seen,
+            vec![
+                Incoming::Ping,
+                Incoming::Publication(Some(5)),
+                Incoming::SubscribeReply { ok: true },
+                Incoming::SubscribeReply { ok: false },
+            ]
+        );
+        assert_eq!(classify_one(Proto::SocketIo, "2"), Incoming::Ping);
+        assert_eq!(
+            classify_one(Proto::SocketIo, r#"42["pub",{"t":7,"s":1}]"#),
+            Incoming::Publication(Some(7))
+        );
+        assert_eq!(
+            classify_one(Proto::SocketIo, "430[true]"),
+            Incoming::SubscribeReply { ok: true }
+        );
+        assert_eq!(
+            classify_one(Proto::Floor, r#"{"t":9}"#),
+            Incoming::Publication(Some(9))
+        );
+        assert_eq!(
+            subscribe_frames(Proto::Centrifuge, &["a".into(), "b".into()]),
+            vec!["{\"id\":2,\"subscribe\":{\"channel\":\"a\"}}\n{\"id\":3,\"subscribe\":{\"channel\":\"b\"}}"]
+        );
+    }
+}

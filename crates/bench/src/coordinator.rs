@@ -1,0 +1,452 @@
+//! The coordinator: for each target, scenario and run it starts the server, spreads the
+//! connections over worker processes, walks them through connect, subscribe and measure,
+//! drives publications, and reads the server's memory and CPU from /proc.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::client::Proto;
+use crate::histogram::Histogram;
+use crate::procfs;
+use crate::publisher::{Drive, Publisher};
+use crate::scenario::{room_channel, Plan, ScenarioKind, Sizes, BROADCAST_CHANNEL};
+use crate::target::{Programs, ServerProcess, Target, SECRET};
+use crate::worker::{WorkerEvent, WorkerSpec, Workers};
+
+/// How a run is set up, beyond the scenario sizes.
+#[derive(Debug, Clone)]
+pub(crate) struct Setup {
+    pub(crate) sizes: Sizes,
+    /// Minimum number of worker processes (more are used past 9,000 connections each).
+    pub(crate) workers: usize,
+    /// Source addresses 127.0.0.1 ..= 127.0.0.N.
+    pub(crate) sources: u8,
+    /// Connects in flight per worker.
+    pub(crate) connect_concurrency: usize,
+    pub(crate) programs: Programs,
+    /// Where server logs go.
+    pub(crate) log_dir: PathBuf,
+}
+
+/// The most connections one worker holds (a process may open 20,000 files here).
+const MAX_PER_WORKER: usize = 9_000;
+
+/// What one run of one scenario against one target measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct RunResult {
+    pub(crate) target: String,
+    pub(crate) scenario: String,
+    pub(crate) run: usize,
+    pub(crate) connections: usize,
+    pub(crate) workers: usize,
+    pub(crate) publisher: Option<String>,
+    pub(crate) error: Option<String>,
+    pub(crate) connect: ConnectStats,
+    pub(crate) subscribe: Option<SubscribeStats>,
+    pub(crate) memory: MemoryStats,
+    pub(crate) measure: Option<Measure>,
+    /// Connections the server closed during the run.
+    pub(crate) closed: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct ConnectStats {
+    pub(crate) ok: usize,
+    pub(crate) failed: usize,
+    /// From the first connect to the last one answered.
+    pub(crate) seconds: f64,
+    pub(crate) per_second: f64,
+    pub(crate) latency_ms: Latency,
+    pub(crate) first_error: Option<String>,
+    /// Connections the kernel dropped from a full listen queue meanwhile (each retried
+    /// by the client after 1 s).
+    pub(crate) listen_overflows: u64,
+    /// Server CPU during the connects, in cores.
+    pub(crate) server_cores: f64,
+    /// The whole machine's busy CPU during the connects, in cores (other tenants
+    /// included): a run near 2.0 competed for the cores.
+    pub(crate) machine_busy_cores: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct SubscribeStats {
+    pub(crate) ok: usize,
+    pub(crate) failed: usize,
+    pub(crate) seconds: f64,
+}
+
+/// Server resident memory (VmRSS).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct MemoryStats {
+    pub(crate) base_bytes: u64,
+    pub(crate) connected_bytes: u64,
+    pub(crate) subscribed_bytes: Option<u64>,
+    pub(crate) end_bytes: u64,
+    /// (connected - base) / connections.
+    pub(crate) per_connection_bytes: f64,
+    /// (subscribed - base) / connections.
+    pub(crate) per_connection_subscribed_bytes: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Latency {
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
+    pub(crate) p999: f64,
+    pub(crate) max: f64,
+    pub(crate) samples: u64,
+}
+
+impl Latency {
+    fn from_us(h: &Histogram) -> Self {
+        let ms = |v: u64| (v as f64 / 1000.0 * 1000.0).round() / 1000.0;
+        Self {
+            p50: ms(h.quantile(0.5)),
+            p99: ms(h.quantile(0.99)),
+            p999: ms(h.quantile(0.999)),
+            max: ms(h.max()),
+            samples: h.len(),
+        }
+    }
+}
+
+/// The measured window of idle, broadcast and chat.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Measure {
+    pub(crate) seconds: f64,
+    pub(crate) published: u64,
+    pub(crate) publish_errors: u64,
+    pub(crate) delivered: u64,
+    pub(crate) deliveries_per_second: f64,
+    pub(crate) latency_ms: Latency,
+    pub(crate) server_cpu_seconds: f64,
+    /// Server CPU (user + system, all threads) per delivery, µs.
+    pub(crate) server_cpu_us_per_delivery: Option<f64>,
+    /// Server CPU in cores (1.0 = one core busy all the time).
+    pub(crate) server_cores: f64,
+    /// The load clients' and the coordinator's CPU, in cores.
+    pub(crate) clients_cores: f64,
+    /// The whole machine's busy CPU, in cores (the rest is other tenants).
+    pub(crate) machine_busy_cores: f64,
+}
+
+fn bar(len: u64, msg: String) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg:40} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(msg);
+    pb
+}
+
+/// CPU counters at one instant.
+struct CpuMark {
+    at: Instant,
+    server: f64,
+    clients: f64,
+    machine_busy: f64,
+}
+
+impl CpuMark {
+    fn take(server_pid: u32, workers: &Workers) -> Self {
+        Self {
+            at: Instant::now(),
+            server: procfs::cpu_seconds(server_pid),
+            clients: workers.cpu_seconds(),
+            machine_busy: procfs::machine_cpu().0,
+        }
+    }
+}
+
+/// Runs one scenario once against one target.
+pub(crate) async fn run_once(
+    target: Target,
+    kind: ScenarioKind,
+    run: usize,
+    setup: &Setup,
+) -> RunResult {
+    let mut result = RunResult {
+        target: target.name.to_owned(),
+        scenario: kind.name().to_owned(),
+        run,
+        connections: setup.sizes.connections(kind),
+        ..RunResult::default()
+    };
+    if let Err(e) = run_inner(target, kind, run, setup, &mut result).await {
+        result.error = Some(format!("{e:#}"));
+    }
+    result
+}
+
+async fn run_inner(
+    target: Target,
+    kind: ScenarioKind,
+    run: usize,
+    setup: &Setup,
+    r: &mut RunResult,
+) -> anyhow::Result<()> {
+    let sizes = &setup.sizes;
+    let label = format!("{} {} #{run}", target.name, kind.name());
+    let log = setup
+        .log_dir
+        .join(format!("{}-{}-{run}.log", target.name, kind.name()));
+    let mut server = ServerProcess::start(target.server, &setup.programs, &log).await?;
+    let pid = server.pid;
+    tokio::time::sleep(sizes.settle).await;
+    r.memory.base_bytes = procfs::rss_bytes(pid);
+
+    let n = r.connections;
+    let plan = sizes.plan(kind);
+    let nworkers = setup.workers.max(n.div_ceil(MAX_PER_WORKER)).min(n.max(1));
+    r.workers = nworkers;
+    let secret = (target.proto != Proto::Floor).then(|| SECRET.to_owned());
+    let specs: Vec<WorkerSpec> = (0..nworkers)
+        .map(|w| {
+            let first = n * w / nworkers;
+            let last = n * (w + 1) / nworkers;
+            WorkerSpec {
+                proto: target.proto,
+                server: server.addr,
+                first,
+                count: last - first,
+                sources: setup.sources,
+                secret: secret.clone(),
+                plan,
+                connect_concurrency: setup.connect_concurrency,
+            }
+        })
+        .collect();
+    let mut workers = Workers::spawn(specs).await?;
+    let outcome = drive(&mut server, &mut workers, target, kind, &label, setup, r).await;
+    workers.shutdown().await;
+    server.stop().await;
+    outcome
+}
+
+async fn drive(
+    server: &mut ServerProcess,
+    workers: &mut Workers,
+    target: Target,
+    kind: ScenarioKind,
+    label: &str,
+    setup: &Setup,
+    r: &mut RunResult,
+) -> anyhow::Result<()> {
+    let sizes = &setup.sizes;
+    let pid = server.pid;
+    let n = r.connections;
+    let plan = sizes.plan(kind);
+    workers
+        .collect(
+            "ready",
+            Duration::from_secs(60),
+            |ev| matches!(ev, WorkerEvent::Ready).then_some(()),
+            |_| {},
+        )
+        .await?;
+
+    // Connect.
+    let pb = bar(n as u64, format!("{label}: connect"));
+    let overflows = procfs::listen_overflows();
+    let cpu_before = CpuMark::take(pid, workers);
+    let started = Instant::now();
+    workers.send("connect").await?;
+    let connected = workers
+        .collect(
+            "connects",
+            Duration::from_secs(300),
+            |ev| match ev {
+                WorkerEvent::Connected {
+                    ok,
+                    failed,
+                    hist,
+                    first_error,
+                } => Some((ok, failed, hist, first_error)),
+                _ => None,
+            },
+            |w| pb.set_position(w.connected() as u64),
+        )
+        .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    r.connect.listen_overflows = procfs::listen_overflows().saturating_sub(overflows);
+    let cpu_after = CpuMark::take(pid, workers);
+    r.connect.server_cores = (cpu_after.server - cpu_before.server) / seconds.max(1e-9);
+    r.connect.machine_busy_cores =
+        (cpu_after.machine_busy - cpu_before.machine_busy) / seconds.max(1e-9);
+    pb.finish_and_clear();
+    let mut hist = Histogram::default();
+    for (ok, failed, h, err) in connected {
+        r.connect.ok += ok;
+        r.connect.failed += failed;
+        hist.merge(&h);
+        if r.connect.first_error.is_none() {
+            r.connect.first_error = err;
+        }
+    }
+    r.connect.seconds = seconds;
+    r.connect.per_second = r.connect.ok as f64 / seconds.max(1e-9);
+    r.connect.latency_ms = Latency::from_us(&hist);
+    if r.connect.ok == 0 {
+        bail!(
+            "no connection succeeded: {}",
+            r.connect.first_error.clone().unwrap_or_default()
+        );
+    }
+    tokio::time::sleep(sizes.settle).await;
+    r.memory.connected_bytes = procfs::rss_bytes(pid);
+    r.memory.per_connection_bytes =
+        per_conn(r.memory.connected_bytes, r.memory.base_bytes, r.connect.ok);
+
+    // Subscribe.
+    if !matches!(plan, Plan::None) {
+        let pb = bar(r.connect.ok as u64, format!("{label}: subscribe"));
+        let started = Instant::now();
+        workers.send("subscribe").await?;
+        let subs = workers
+            .collect(
+                "subscriptions",
+                Duration::from_secs(300),
+                |ev| match ev {
+                    WorkerEvent::Subscribed { ok, failed } => Some((ok, failed)),
+                    _ => None,
+                },
+                |_| pb.tick(),
+            )
+            .await?;
+        pb.finish_and_clear();
+        let mut s = SubscribeStats {
+            seconds: started.elapsed().as_secs_f64(),
+            ..SubscribeStats::default()
+        };
+        for (ok, failed) in subs {
+            s.ok += ok;
+            s.failed += failed;
+        }
+        r.subscribe = Some(s);
+        tokio::time::sleep(sizes.settle).await;
+        let rss = procfs::rss_bytes(pid);
+        r.memory.subscribed_bytes = Some(rss);
+        r.memory.per_connection_subscribed_bytes =
+            Some(per_conn(rss, r.memory.base_bytes, r.connect.ok));
+    }
+
+    // Measure.
+    match kind {
+        ScenarioKind::Connect => {}
+        ScenarioKind::Idle => {
+            let pb = bar(sizes.duration.as_millis() as u64, format!("{label}: hold"));
+            workers.send("measure").await?;
+            let before = CpuMark::take(pid, workers);
+            while before.at.elapsed() < sizes.duration {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                pb.set_position(before.at.elapsed().as_millis() as u64);
+            }
+            pb.finish_and_clear();
+            let after = CpuMark::take(pid, workers);
+            r.measure = Some(measure(&before, &after, 0, 0, 0, &Histogram::default()));
+        }
+        ScenarioKind::Broadcast | ScenarioKind::Chat => {
+            let channels: Vec<String> = match kind {
+                ScenarioKind::Chat => (0..sizes.chat_rooms).map(room_channel).collect(),
+                _ => vec![BROADCAST_CHANNEL.to_owned()],
+            };
+            let publisher = Publisher::new(target.server, server.addr, &channels).await?;
+            r.publisher = Some(publisher.via().to_owned());
+            let mut drive = Drive::new(
+                publisher,
+                kind,
+                sizes,
+                r.subscribe.as_ref().map_or(0, |s| s.ok),
+            );
+            let pb = bar(sizes.warmup.as_millis() as u64, format!("{label}: warm up"));
+            drive.run(workers, sizes.warmup, &pb).await?;
+            pb.finish_and_clear();
+            workers.send("measure").await?;
+            let before = CpuMark::take(pid, workers);
+            let published_before = drive.published.load(Ordering::Relaxed);
+            let pb = bar(
+                sizes.duration.as_millis() as u64,
+                format!("{label}: measure"),
+            );
+            drive.run(workers, sizes.duration, &pb).await?;
+            workers.send("stop").await?;
+            let after = CpuMark::take(pid, workers);
+            pb.finish_and_clear();
+            let results = workers
+                .collect(
+                    "results",
+                    Duration::from_secs(60),
+                    |ev| match ev {
+                        WorkerEvent::Result {
+                            delivered,
+                            hist,
+                            closed,
+                        } => Some((delivered, hist, closed)),
+                        _ => None,
+                    },
+                    |_| {},
+                )
+                .await?;
+            let mut hist = Histogram::default();
+            let mut delivered = 0;
+            for (d, h, closed) in results {
+                delivered += d;
+                hist.merge(&h);
+                r.closed += closed;
+            }
+            let published = drive.published.load(Ordering::Relaxed) - published_before;
+            let errors = drive.errors.load(Ordering::Relaxed) + drive.publisher.errors();
+            if delivered == 0 {
+                bail!(
+                    "no publication was delivered ({published} published, {errors} publish errors)"
+                );
+            }
+            r.measure = Some(measure(
+                &before, &after, published, errors, delivered, &hist,
+            ));
+        }
+    }
+    r.closed = r.closed.max(workers.closed());
+    r.memory.end_bytes = procfs::rss_bytes(pid);
+    if !server.running() {
+        bail!("the server exited during the run");
+    }
+    Ok(())
+}
+
+fn per_conn(rss: u64, base: u64, n: usize) -> f64 {
+    (rss.saturating_sub(base) as f64 / n.max(1) as f64).round()
+}
+
+fn measure(
+    before: &CpuMark,
+    after: &CpuMark,
+    published: u64,
+    publish_errors: u64,
+    delivered: u64,
+    hist: &Histogram,
+) -> Measure {
+    let seconds = after.at.duration_since(before.at).as_secs_f64().max(1e-9);
+    let server_cpu = after.server - before.server;
+    Measure {
+        seconds,
+        published,
+        publish_errors,
+        delivered,
+        deliveries_per_second: (delivered as f64 / seconds).round(),
+        latency_ms: Latency::from_us(hist),
+        server_cpu_seconds: server_cpu,
+        server_cpu_us_per_delivery: (delivered > 0)
+            .then(|| (server_cpu * 1e6 / delivered as f64 * 1000.0).round() / 1000.0),
+        server_cores: server_cpu / seconds,
+        clients_cores: (after.clients - before.clients) / seconds,
+        machine_busy_cores: (after.machine_busy - before.machine_busy) / seconds,
+    }
+}

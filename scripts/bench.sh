@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Measures switchboard beside its peers (bench-floor, socket.io 4.8) in one run: builds in
+# release, installs the socket.io peer, runs every scenario against every target (medians
+# of 3 runs), writes bench-results/*.json, the table and machine block of
+# docs/benchmarks.md, the charts docs/bench/*.svg and a copy of the raw report in
+# docs/bench/report.json.
+#
+# Extra flags go to `switchboard-bench run`, e.g.:
+#   scripts/bench.sh --quick                      # a few seconds, 200 connections
+#   scripts/bench.sh --scale 0.5 --runs 1         # half size, one run
+#   scripts/bench.sh --targets switchboard,floor --scenarios broadcast
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release --locked -p switchboard -p switchboard-bench
+if command -v node >/dev/null && command -v npm >/dev/null; then
+    (cd bench/node && npm ci --no-audit --no-fund --loglevel=error)
+else
+    echo "node/npm not found: the socketio target will fail (pass --targets switchboard,floor)" >&2
+fi
+
+target/release/switchboard-bench run \
+    --out bench-results \
+    --doc docs/benchmarks.md \
+    --charts docs/bench \
+    "$@"
+# bench-results/ is not committed; keep the raw report behind the documented table.
+cp bench-results/report.json docs/bench/report.json
