@@ -40,6 +40,19 @@ async fn channels_per_connection_limit_gives_106() {
     c.request(json!({"unsubscribe": {"channel": "chat:1"}}))
         .await;
     assert!(c.subscribe("chat:3").await.get("subscribe").is_some());
+
+    // 0 disables the limit, as for every count limit.
+    let mut cfg = config();
+    cfg.limits.max_channels_per_connection = 0;
+    let server = start(cfg).await;
+    let mut c = Client::connect_user(&server, "ann").await;
+    for i in 0..150 {
+        assert!(c
+            .subscribe(&format!("chat:{i}"))
+            .await
+            .get("subscribe")
+            .is_some());
+    }
 }
 
 #[tokio::test]

@@ -311,7 +311,8 @@ impl Session {
         }
         node.user_connected(&identity.user);
         let channels = node.rules.server_side_channels(&identity);
-        if channels.len() > node.config.limits.max_channels_per_connection {
+        let max_channels = node.config.limits.max_channels_per_connection;
+        if max_channels > 0 && channels.len() > max_channels {
             return Err(SessionError::Disconnect(Disconnect::CHANNEL_LIMIT));
         }
         let mut activation = Activation {

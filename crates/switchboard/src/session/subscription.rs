@@ -148,7 +148,8 @@ impl Session {
             if st.subs.contains_key(channel) {
                 return Err(ErrorCode::AlreadySubscribed.into());
             }
-            if st.subs.len() >= node.config.limits.max_channels_per_connection {
+            let max_channels = node.config.limits.max_channels_per_connection;
+            if max_channels > 0 && st.subs.len() >= max_channels {
                 return Err(ErrorCode::LimitExceeded.into());
             }
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
