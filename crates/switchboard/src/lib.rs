@@ -6,7 +6,7 @@
 //! - [`channel`], [`rules`]: channel names and who may do what in which namespace.
 //! - [`node`]: the public face of the process: publish, presence, history, disconnect.
 //! - [`hub`]: node-local index channel -> sessions, user -> sessions.
-//! - [`session`]: one connection's identity, subscriptions, limits and outbox.
+//! - [`session`]: one connection's identity, subscriptions, limits and [`outbox`].
 //! - [`event`]: what flows to sessions, encoded once per wire protocol.
 //! - [`engine`]: cross-node pub/sub, presence and history ([`engine::memory`] by default).
 //! - [`history`], [`presence`]: a channel's stream and presence set.
@@ -29,6 +29,7 @@ pub mod hub;
 pub mod limiter;
 pub mod metrics;
 pub mod node;
+pub mod outbox;
 pub mod presence;
 pub mod rules;
 pub mod server;

@@ -22,7 +22,6 @@ use switchboard_protocol::{
     PresenceStatsResult, RefreshResult, SharedJson, StreamPosition, SubRefreshResult,
     SubscribeResult,
 };
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{now_secs, AuthError, Identity};
@@ -31,6 +30,7 @@ use crate::engine::HistoryQuery;
 use crate::event::{ChannelEvent, Control, Outgoing};
 use crate::limiter::TokenBucket;
 use crate::node::{Node, NodeError};
+use crate::outbox::Outbox;
 use crate::rules::RuleError;
 
 /// What a failed command turns into for the client: an error reply, or a disconnect.
@@ -103,7 +103,7 @@ pub struct Session {
     /// Connection id (sent to the client as `client`).
     pub id: Arc<str>,
     node: Arc<Node>,
-    outbox: mpsc::Sender<Outgoing>,
+    outbox: Outbox,
     cancel: CancellationToken,
     disconnect: OnceLock<Disconnect>,
     pending_count: AtomicUsize,
@@ -133,30 +133,28 @@ pub struct Connected {
 
 impl Session {
     /// A new, unauthenticated session with an outbox of `limits.outbox_size`.
-    pub fn new(node: Arc<Node>) -> (Arc<Self>, mpsc::Receiver<Outgoing>) {
+    pub fn new(node: Arc<Node>) -> Arc<Self> {
         let limits = &node.config.limits;
-        let (tx, rx) = mpsc::channel(limits.outbox_size);
         let abuse = Abuse {
             commands: TokenBucket::new(limits.command_rate, limits.command_burst),
             errors: 0,
         };
-        let session = Arc::new(Self {
+        Arc::new(Self {
             // A v4 UUID from the thread-local generator: no getrandom syscall per connect.
             id: uuid::Builder::from_random_bytes(rand::random())
                 .into_uuid()
                 .to_string()
                 .into(),
             cancel: node.shutdown.child_token(),
+            outbox: Outbox::new(limits.outbox_size),
             node,
-            outbox: tx,
             disconnect: OnceLock::new(),
             pending_count: AtomicUsize::new(0),
             pending: Mutex::default(),
             state: Mutex::default(),
             abuse: Mutex::new(abuse),
             timers_changed: tokio::sync::Notify::new(),
-        });
-        (session, rx)
+        })
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -166,6 +164,11 @@ impl Session {
     /// The node this session belongs to.
     pub fn node(&self) -> &Arc<Node> {
         &self.node
+    }
+
+    /// What is queued for the client; drained by the transport's writer.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
     }
 
     /// Cancelled when the session must close (disconnect or shutdown).
@@ -209,15 +212,11 @@ impl Session {
 
     /// Queues an item. A full outbox means a slow client: it is disconnected.
     pub fn enqueue(&self, item: Outgoing) {
-        match self.outbox.try_send(item) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.node.metrics.outbox_drops.inc();
-                if self.close(Disconnect::SLOW) {
-                    self.node.metrics.slow_disconnects.inc();
-                }
+        if self.outbox.push(item).is_err() {
+            self.node.metrics.outbox_drops.inc();
+            if self.close(Disconnect::SLOW) {
+                self.node.metrics.slow_disconnects.inc();
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 

@@ -27,6 +27,8 @@ use crate::session::{Session, SessionError};
 
 /// Read and write buffer per connection: small, since a gateway holds tens of thousands.
 const BUFFER_SIZE: usize = 4096;
+/// Batch capacity a writer keeps between bursts.
+const KEEP_BATCH: usize = 32;
 /// Most outbox items written before one flush.
 const BATCH: usize = 256;
 
@@ -56,7 +58,7 @@ pub async fn handler(
 
 async fn serve(node: Arc<Node>, socket: WebSocket) {
     node.metrics.connections.inc();
-    let (session, outbox) = Session::new(node.clone());
+    let session = Session::new(node.clone());
     let (sink, stream) = socket.split();
     // Presence and subscriptions are released as soon as the session is closed, not
     // after the close frame got through to a client that may have stopped reading.
@@ -64,25 +66,20 @@ async fn serve(node: Arc<Node>, socket: WebSocket) {
         session.closed().cancelled().await;
         Box::pin(session.cleanup()).await;
     };
-    // Log lines about this connection carry its client id, and its user once known. The
-    // span is entered only around command handling: entering it on every wake-up of the
-    // writer would cost more than the delivery itself.
-    let span =
-        tracing::info_span!("connection", client = %session.id, user = tracing::field::Empty);
     tokio::join!(
-        read_loop(stream, &session, &span),
-        write_loop(sink, outbox, &session),
+        read_loop(stream, &session),
+        write_loop(sink, &session),
         cleanup
     );
     node.metrics.connections.dec();
     let reason = session.disconnect_reason();
-    span.in_scope(|| {
-        tracing::debug!(
-            code = reason.code,
-            reason = reason.reason,
-            "connection closed"
-        );
-    });
+    tracing::debug!(
+        client = %session.id,
+        user = %session.user(),
+        code = reason.code,
+        reason = reason.reason,
+        "connection closed"
+    );
 }
 
 fn encode_event(ev: &ChannelEvent) -> String {
@@ -114,11 +111,7 @@ fn encode(item: Outgoing) -> TextFrame {
     }
 }
 
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut outbox: tokio::sync::mpsc::Receiver<Outgoing>,
-    session: &Session,
-) {
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, session: &Session) {
     let mut batch = Vec::new();
     // Registered once: a fresh `cancelled()` per batch would lock the token's waiter list
     // on every wake-up.
@@ -130,11 +123,7 @@ async fn write_loop(
             // Cancel-safe: polling by reference keeps the registration.
             () = &mut cancelled => break,
             // Cancel-safe: `recv_many` loses nothing when dropped.
-            n = outbox.recv_many(&mut batch, BATCH) => {
-                if n == 0 {
-                    break;
-                }
-            }
+            _ = session.outbox().recv_many(&mut batch, BATCH) => {}
         }
         observe_latency(session, &batch);
         let write = async {
@@ -152,6 +141,10 @@ async fn write_loop(
                 break;
             }
         }
+        // Give a burst's memory back: idle connections are the common case.
+        if batch.capacity() > KEEP_BATCH {
+            batch = Vec::new();
+        }
     }
     let reason = session.disconnect_reason();
     // What was queued before the close (an error reply, say) still goes out, unless the
@@ -159,7 +152,7 @@ async fn write_loop(
     let flush_rest = async {
         if reason != Disconnect::SLOW && reason != Disconnect::WRITE_ERROR {
             batch.clear();
-            while let Ok(item) = outbox.try_recv() {
+            while let Some(item) = session.outbox().try_recv() {
                 if sink.feed(Message::Text(encode(item))).await.is_err() {
                     return;
                 }
@@ -186,11 +179,7 @@ fn unix_to_instant(unix: u64) -> Instant {
     Instant::now() + Duration::from_secs(unix.saturating_sub(now_secs()))
 }
 
-async fn read_loop(
-    mut stream: SplitStream<WebSocket>,
-    session: &Arc<Session>,
-    span: &tracing::Span,
-) {
+async fn read_loop(mut stream: SplitStream<WebSocket>, session: &Arc<Session>) {
     let client = &session.node().config.client;
     let far = Duration::from_secs(86_400 * 365);
     let mut timers = Timers {
@@ -239,7 +228,11 @@ async fn read_loop(
                         timers.pong_deadline = None;
                         // Boxed: command handling is deep and rare next to idling, so it must not
                         // inflate every idle connection's task.
-                        let handled = handle_frame(session, text.as_str()).instrument(span.clone());
+                        // Log lines about commands carry the client id and user. The span
+                        // lives only while a frame is handled: a span per idle connection
+                        // would cost memory, and entering it on every writer wake-up time.
+                        let span = tracing::info_span!("connection", client = %session.id, user = %session.user());
+                        let handled = handle_frame(session, text.as_str()).instrument(span);
                         if let Some(d) = Box::pin(handled).await {
                             session.close(d);
                             return;
@@ -375,8 +368,7 @@ async fn handle_command(session: &Arc<Session>, cmd: Command) -> Option<Disconne
     let result: Result<(), SessionError> = match cmd.request {
         Request::Pong => Ok(()),
         Request::Connect(req) => session.connect(req).await.map(|c| {
-            tracing::Span::current().record("user", tracing::field::display(session.user()));
-            tracing::debug!(subs = c.result.subs.len(), "connected");
+            tracing::debug!(user = %session.user(), subs = c.result.subs.len(), "connected");
             let frame = TextFrame::from(encode_reply(id, &ReplyBody::Connect(c.result)));
             c.activation.complete(Some(Outgoing::Frame(frame)));
         }),
