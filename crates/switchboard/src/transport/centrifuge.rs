@@ -25,8 +25,11 @@ use crate::event::{ChannelEvent, Control, EventKind, Outgoing, Protocol, TextFra
 use crate::node::Node;
 use crate::session::{Session, SessionError};
 
-/// Read and write buffer per connection: small, since a gateway holds tens of thousands.
-const BUFFER_SIZE: usize = 4096;
+/// Read buffer per connection. Clients send small commands, and the buffer is held for
+/// the connection's whole life, so it is small; a larger frame is read in several steps.
+const READ_BUFFER_SIZE: usize = 1024;
+/// Bytes of frames gathered before a write: one syscall carries many small pushes.
+const WRITE_BUFFER_SIZE: usize = 4096;
 /// Batch capacity a writer keeps between bursts.
 const KEEP_BATCH: usize = 32;
 /// Most outbox items written before one flush.
@@ -45,8 +48,8 @@ pub async fn handler(
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
     let max = node.config.limits.max_message_size;
-    ws.read_buffer_size(BUFFER_SIZE)
-        .write_buffer_size(BUFFER_SIZE)
+    ws.read_buffer_size(READ_BUFFER_SIZE)
+        .write_buffer_size(WRITE_BUFFER_SIZE)
         .max_write_buffer_size(usize::MAX)
         .max_message_size(max)
         .max_frame_size(max)
