@@ -19,6 +19,16 @@ pub enum Protocol {
 
 const PROTOCOLS: usize = 1;
 
+/// How a transport encodes channel events. A session carries its transport's codec, so
+/// the hub hands it an encoded frame (encoded once per protocol, shared by all).
+#[derive(Debug, Clone, Copy)]
+pub struct Codec {
+    /// The cache slot of this protocol.
+    pub protocol: Protocol,
+    /// Encodes one event.
+    pub encode_event: fn(&ChannelEvent) -> String,
+}
+
 /// What happened in a channel.
 #[derive(Debug)]
 pub enum EventKind {
@@ -54,10 +64,10 @@ impl ChannelEvent {
         })
     }
 
-    /// The event encoded for `protocol`, encoding it on first use only.
-    pub fn encoded(&self, protocol: Protocol, encode: impl FnOnce(&Self) -> String) -> TextFrame {
-        self.encoded[protocol as usize]
-            .get_or_init(|| TextFrame::from(encode(self)))
+    /// The event encoded with `codec`, encoding it on first use only.
+    pub fn encoded(&self, codec: Codec) -> TextFrame {
+        self.encoded[codec.protocol as usize]
+            .get_or_init(|| TextFrame::from((codec.encode_event)(self)))
             .clone()
     }
 
@@ -101,10 +111,15 @@ pub enum Control {
 /// One item in a session's outbox.
 #[derive(Debug)]
 pub enum Outgoing {
-    /// A channel event.
-    Event(Arc<ChannelEvent>),
+    /// A channel event, encoded for the session's protocol.
+    Event {
+        /// The shared encoded frame.
+        frame: TextFrame,
+        /// When this node created the event, for the latency metric.
+        published: Instant,
+    },
     /// A frame the transport already encoded (a command reply, a ping).
     Frame(TextFrame),
-    /// A session-level push (boxed: rare, and it keeps every outbox slot small).
+    /// A session-level push (boxed: rare, and it keeps outbox slots small).
     Control(Box<Control>),
 }

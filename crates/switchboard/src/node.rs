@@ -20,6 +20,7 @@ use crate::engine::{Engine, EngineError, EventHandler, HistoryOptions, HistoryQu
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::rules::{RuleError, Rules};
+use crate::session::Session;
 use crate::status::{Change, StatusTracker, UserStatus};
 use crate::typing::{self, Signal, Typing};
 
@@ -256,14 +257,18 @@ impl Node {
     /// Disconnects a user's sessions on this node (one of them if `client` is given).
     /// Returns how many were closed.
     pub fn disconnect_user(&self, user: &str, client: Option<&str>, reason: Disconnect) -> usize {
-        let mut n = 0;
-        for s in self.hub.user_sessions(user) {
-            if client.is_none_or(|c| *s.id == *c) {
-                s.close(reason);
-                n += 1;
-            }
+        let sessions = self.user_sessions(user, client);
+        for s in &sessions {
+            s.close(reason);
         }
-        n
+        sessions.len()
+    }
+
+    /// A user's sessions on this node, or only the one with id `client` when given.
+    pub fn user_sessions(&self, user: &str, client: Option<&str>) -> Vec<Arc<Session>> {
+        let mut sessions = self.hub.user_sessions(user);
+        sessions.retain(|s| client.is_none_or(|c| *s.id == *c));
+        sessions
     }
 
     /// Subscribes a user's sessions on this node to `channel` (server-side).
@@ -279,8 +284,8 @@ impl Node {
     ) -> Result<usize, NodeError> {
         self.rules.namespace(channel)?;
         let mut n = 0;
-        for s in self.hub.user_sessions(user) {
-            if client.is_none_or(|c| *s.id == *c) && s.server_subscribe(channel).await.is_ok() {
+        for s in self.user_sessions(user, client) {
+            if s.server_subscribe(channel).await.is_ok() {
                 n += 1;
             }
         }
@@ -300,8 +305,8 @@ impl Node {
     ) -> Result<usize, NodeError> {
         self.rules.namespace(channel)?;
         let mut n = 0;
-        for s in self.hub.user_sessions(user) {
-            if client.is_none_or(|c| *s.id == *c) && s.server_unsubscribe(channel).await {
+        for s in self.user_sessions(user, client) {
+            if s.server_unsubscribe(channel).await {
                 n += 1;
             }
         }

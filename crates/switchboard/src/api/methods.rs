@@ -16,7 +16,6 @@ use super::Api;
 use crate::auth::now_secs;
 use crate::engine::HistoryQuery;
 use crate::node::PublishOptions;
-use crate::session::Session;
 
 impl Api {
     /// Runs one command (a request of its own, or an item of a batch).
@@ -133,7 +132,7 @@ pub(super) fn disconnect(api: &Api, req: &DisconnectRequest) -> Result<Empty, Ap
         Some(d) => custom_disconnect(d)?,
         None => Disconnect::FORCE_NO_RECONNECT,
     };
-    for s in sessions(api, &req.user, client(&req.client)) {
+    for s in api.node.user_sessions(&req.user, client(&req.client)) {
         if !req.whitelist.iter().any(|keep| **keep == *s.id) {
             s.close(reason);
         }
@@ -148,7 +147,7 @@ pub(super) fn disconnect(api: &Api, req: &DisconnectRequest) -> Result<Empty, Ap
 pub(super) fn refresh(api: &Api, req: &RefreshRequest) -> Empty {
     let now = i64::try_from(now_secs()).unwrap_or(i64::MAX);
     let expire_now = req.expired || (req.expire_at != 0 && req.expire_at <= now);
-    for s in sessions(api, &req.user, client(&req.client)) {
+    for s in api.node.user_sessions(&req.user, client(&req.client)) {
         if expire_now {
             s.close(Disconnect::EXPIRED);
         } else {
@@ -330,18 +329,6 @@ fn client(client: &Option<String>) -> Option<&str> {
 /// An empty key means no key.
 fn idempotency_key(key: Option<&str>) -> Option<&str> {
     key.filter(|k| !k.is_empty())
-}
-
-fn sessions<'a>(
-    api: &Api,
-    user: &str,
-    client: Option<&'a str>,
-) -> impl Iterator<Item = Arc<Session>> + 'a {
-    api.node
-        .hub
-        .user_sessions(user)
-        .into_iter()
-        .filter(move |s| client.is_none_or(|c| *s.id == *c))
 }
 
 fn saturate(n: usize) -> u32 {

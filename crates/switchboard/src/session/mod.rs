@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{now_secs, AuthError, Identity};
 use crate::config::NamespaceConfig;
 use crate::engine::HistoryQuery;
-use crate::event::{ChannelEvent, Control, Outgoing};
+use crate::event::{ChannelEvent, Codec, Control, Outgoing};
 use crate::limiter::TokenBucket;
 use crate::node::{Node, NodeError};
 use crate::outbox::Outbox;
@@ -104,6 +104,8 @@ pub struct Session {
     pub id: Arc<str>,
     node: Arc<Node>,
     outbox: Outbox,
+    /// How this session's transport encodes channel events.
+    codec: Codec,
     cancel: CancellationToken,
     disconnect: OnceLock<Disconnect>,
     pending_count: AtomicUsize,
@@ -133,7 +135,7 @@ pub struct Connected {
 
 impl Session {
     /// A new, unauthenticated session with an outbox of `limits.outbox_size`.
-    pub fn new(node: Arc<Node>) -> Arc<Self> {
+    pub fn new(node: Arc<Node>, codec: Codec) -> Arc<Self> {
         let limits = &node.config.limits;
         let abuse = Abuse {
             commands: TokenBucket::new(limits.command_rate, limits.command_burst),
@@ -147,6 +149,7 @@ impl Session {
                 .into(),
             cancel: node.shutdown.child_token(),
             outbox: Outbox::new(limits.outbox_size),
+            codec,
             node,
             disconnect: OnceLock::new(),
             pending_count: AtomicUsize::new(0),

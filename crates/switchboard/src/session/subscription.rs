@@ -56,10 +56,18 @@ impl Session {
                 return;
             }
             // Queue under the lock so an activation can not overtake this event.
-            self.enqueue(Outgoing::Event(event.clone()));
+            self.enqueue(self.encode(event));
             return;
         }
-        self.enqueue(Outgoing::Event(event.clone()));
+        self.enqueue(self.encode(event));
+    }
+
+    /// An event as an outbox item: one reference-count increment on the shared frame.
+    fn encode(&self, event: &ChannelEvent) -> Outgoing {
+        Outgoing::Event {
+            frame: event.encoded(self.codec),
+            published: event.published,
+        }
     }
 
     fn activate(&self, first: Option<Outgoing>, channels: Vec<(Arc<str>, u64)>) {
@@ -73,7 +81,7 @@ impl Session {
                 for ev in buf {
                     let o = ev.offset();
                     if o == 0 || o > offset {
-                        self.enqueue(Outgoing::Event(ev));
+                        self.enqueue(self.encode(&ev));
                     }
                 }
             }

@@ -21,7 +21,7 @@ use tokio::time::{sleep_until, Instant};
 use tracing::Instrument;
 
 use crate::auth::now_secs;
-use crate::event::{ChannelEvent, Control, EventKind, Outgoing, Protocol, TextFrame};
+use crate::event::{ChannelEvent, Codec, Control, EventKind, Outgoing, Protocol, TextFrame};
 use crate::node::Node;
 use crate::session::{Session, SessionError};
 
@@ -61,7 +61,7 @@ pub async fn handler(
 
 async fn serve(node: Arc<Node>, socket: WebSocket) {
     node.metrics.connections.inc();
-    let session = Session::new(node.clone());
+    let session = Session::new(node.clone(), CODEC);
     let (sink, stream) = socket.split();
     // Presence and subscriptions are released as soon as the session is closed, not
     // after the close frame got through to a client that may have stopped reading.
@@ -69,11 +69,11 @@ async fn serve(node: Arc<Node>, socket: WebSocket) {
         session.closed().cancelled().await;
         Box::pin(session.cleanup()).await;
     };
-    tokio::join!(
-        read_loop(stream, &session),
-        write_loop(sink, &session),
-        cleanup
-    );
+    // The writer is a task of its own, so a delivery wakes only the writer, not the
+    // reader's timers and cancellation futures as well.
+    let writer = tokio::spawn(write_loop(sink, session.clone()));
+    tokio::join!(read_loop(stream, &session), cleanup);
+    let _ = writer.await;
     node.metrics.connections.dec();
     let reason = session.disconnect_reason();
     tracing::debug!(
@@ -84,6 +84,12 @@ async fn serve(node: Arc<Node>, socket: WebSocket) {
         "connection closed"
     );
 }
+
+/// How this transport encodes channel events.
+const CODEC: Codec = Codec {
+    protocol: Protocol::CentrifugeJson,
+    encode_event,
+};
 
 fn encode_event(ev: &ChannelEvent) -> String {
     let body = match &ev.kind {
@@ -96,7 +102,7 @@ fn encode_event(ev: &ChannelEvent) -> String {
 
 fn encode(item: Outgoing) -> TextFrame {
     match item {
-        Outgoing::Event(ev) => ev.encoded(Protocol::CentrifugeJson, encode_event),
+        Outgoing::Event { frame, .. } => frame,
         Outgoing::Frame(f) => f,
         Outgoing::Control(c) => TextFrame::from(match *c {
             Control::Subscribed { channel, result } => {
@@ -114,19 +120,23 @@ fn encode(item: Outgoing) -> TextFrame {
     }
 }
 
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, session: &Session) {
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, session: Arc<Session>) {
+    let session = &*session;
     let mut batch = Vec::new();
     // Registered once: a fresh `cancelled()` per batch would lock the token's waiter list
-    // on every wake-up.
+    // on every wake-up. Polled last: while there is work, a cheap flag check suffices.
     let cancelled = session.closed().cancelled();
     tokio::pin!(cancelled);
     loop {
+        if session.closed().is_cancelled() {
+            break;
+        }
         tokio::select! {
             biased;
-            // Cancel-safe: polling by reference keeps the registration.
-            () = &mut cancelled => break,
             // Cancel-safe: `recv_many` loses nothing when dropped.
             _ = session.outbox().recv_many(&mut batch, BATCH) => {}
+            // Cancel-safe: polling by reference keeps the registration.
+            () = &mut cancelled => break,
         }
         observe_latency(session, &batch);
         let write = async {
@@ -137,12 +147,12 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, session: &Session) 
         };
         tokio::select! {
             biased;
-            // A client that stopped reading blocks the write; closing must not wait for it.
-            () = &mut cancelled => break,
             r = write => if r.is_err() {
                 session.close(Disconnect::WRITE_ERROR);
                 break;
-            }
+            },
+            // A client that stopped reading blocks the write; closing must not wait for it.
+            () = &mut cancelled => break,
         }
         // Give a burst's memory back: idle connections are the common case.
         if batch.capacity() > KEEP_BATCH {
@@ -446,13 +456,11 @@ fn command_kind(request: &Request) -> &'static str {
     }
 }
 
-/// Records how long the publications in `batch` waited between reaching this node and
-/// this writer: one clock read per batch, one histogram update per publication.
-/// Records publish-to-write latency once per batch, for its oldest publication: one
+/// Records publish-to-write latency once per batch, for its oldest channel event: one
 /// sample per write instead of three shared atomic updates per delivery.
 fn observe_latency(session: &Session, batch: &[Outgoing]) {
     let oldest = batch.iter().find_map(|item| match item {
-        Outgoing::Event(ev) if matches!(ev.kind, EventKind::Publication(_)) => Some(ev.published),
+        Outgoing::Event { published, .. } => Some(*published),
         _ => None,
     });
     if let Some(published) = oldest {
