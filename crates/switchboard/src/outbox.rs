@@ -7,8 +7,9 @@
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
+use std::task::Poll;
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 use crate::event::Outgoing;
 
@@ -21,7 +22,8 @@ pub struct Outbox {
     /// Held only to push or drain, never across an await.
     queue: Mutex<VecDeque<Outgoing>>,
     capacity: usize,
-    ready: Notify,
+    /// The one consumer's waker: waking it takes no lock, unlike a `Notify`.
+    consumer: AtomicWaker,
 }
 
 impl Outbox {
@@ -30,7 +32,7 @@ impl Outbox {
         Self {
             queue: Mutex::new(VecDeque::new()),
             capacity,
-            ready: Notify::new(),
+            consumer: AtomicWaker::new(),
         }
     }
 
@@ -52,7 +54,7 @@ impl Outbox {
         drop(queue);
         // Only the first item needs a wake-up: the consumer drains all it finds.
         if was_empty {
-            self.ready.notify_one();
+            self.consumer.wake();
         }
         Ok(())
     }
@@ -61,23 +63,34 @@ impl Outbox {
     /// Returns how many were moved.
     ///
     /// # Cancel safety
-    /// Cancel-safe: nothing is taken out before it is returned, and a wake-up that
-    /// arrives while nobody waits is kept for the next call.
+    /// Cancel-safe: nothing is taken out before it is returned. Only one task may
+    /// receive (the connection's writer).
     pub async fn recv_many(&self, buf: &mut Vec<Outgoing>, max: usize) -> usize {
-        loop {
-            {
-                let mut queue = self.queue();
-                if !queue.is_empty() {
-                    let n = queue.len().min(max);
-                    buf.extend(queue.drain(..n));
-                    if queue.is_empty() && queue.capacity() > KEEP {
-                        queue.shrink_to(KEEP);
-                    }
-                    return n;
-                }
+        std::future::poll_fn(|cx| {
+            if let Some(n) = self.take(buf, max) {
+                return Poll::Ready(n);
             }
-            self.ready.notified().await;
+            self.consumer.register(cx.waker());
+            // A push between the check and the registration found no waker: look again.
+            match self.take(buf, max) {
+                Some(n) => Poll::Ready(n),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    fn take(&self, buf: &mut Vec<Outgoing>, max: usize) -> Option<usize> {
+        let mut queue = self.queue();
+        if queue.is_empty() {
+            return None;
         }
+        let n = queue.len().min(max);
+        buf.extend(queue.drain(..n));
+        if queue.is_empty() && queue.capacity() > KEEP {
+            queue.shrink_to(KEEP);
+        }
+        Some(n)
     }
 
     /// Takes one item if any is queued.
