@@ -232,8 +232,11 @@ fn init_tracing(config: &Config, dev: bool) {
     };
     let filter =
         EnvFilter::try_from_env("SWITCHBOARD_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // Colours only on a terminal: logs piped to a file or collector stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     if config.log_format == "json" {
         builder.json().init();
