@@ -111,7 +111,7 @@ impl Stream {
         self.bytes
     }
 
-    /// Offset of the oldest kept publication.
+    /// Expiry of the oldest kept publication: the eviction order under the memory cap.
     pub fn oldest_time(&self) -> Option<Instant> {
         self.items.front().map(|(_, exp)| *exp)
     }

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::engine::EventHandler;
@@ -25,7 +24,6 @@ pub struct Hub {
     /// Short critical sections only.
     users: Box<[Mutex<Index>]>,
     hasher: std::collections::hash_map::RandomState,
-    deliveries: AtomicU64,
     /// Where deliveries are counted per namespace, when the hub belongs to a node.
     metrics: Option<Arc<Metrics>>,
 }
@@ -42,7 +40,6 @@ impl Default for Hub {
             channels: (0..CHANNEL_SHARDS).map(|_| RwLock::default()).collect(),
             users: (0..USER_SHARDS).map(|_| Mutex::default()).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
-            deliveries: AtomicU64::new(0),
             metrics: None,
         }
     }
@@ -102,21 +99,10 @@ impl Hub {
         for s in subs {
             s.deliver(event);
         }
-        self.deliveries
-            .fetch_add(subs.len() as u64, Ordering::Relaxed);
         if let Some(m) = &self.metrics {
             m.namespaces.delivered(&event.channel, subs.len());
         }
         subs.len()
-    }
-
-    /// Number of local subscribers of a channel.
-    pub fn subscriber_count(&self, channel: &str) -> usize {
-        self.channels[self.index(channel, CHANNEL_SHARDS)]
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(channel)
-            .map_or(0, Vec::len)
     }
 
     /// Channels with local subscribers and their counts.
@@ -172,16 +158,6 @@ impl Hub {
             .unwrap_or_default()
     }
 
-    /// Every authenticated session on this node.
-    pub fn all_sessions(&self) -> Vec<Arc<Session>> {
-        let mut out = Vec::new();
-        for shard in self.users.iter() {
-            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-            out.extend(shard.values().flatten().cloned());
-        }
-        out
-    }
-
     /// Distinct users and sessions on this node.
     pub fn counts(&self) -> (usize, usize) {
         let mut users = 0;
@@ -192,11 +168,6 @@ impl Hub {
             clients += shard.values().map(Vec::len).sum::<usize>();
         }
         (users, clients)
-    }
-
-    /// Total deliveries into outboxes since start.
-    pub fn deliveries(&self) -> u64 {
-        self.deliveries.load(Ordering::Relaxed)
     }
 }
 

@@ -98,11 +98,6 @@ impl Outbox {
         self.queue().pop_front()
     }
 
-    /// Items queued.
-    pub fn len(&self) -> usize {
-        self.queue().len()
-    }
-
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.queue().is_empty()

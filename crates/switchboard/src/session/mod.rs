@@ -400,11 +400,6 @@ impl Session {
             .min()
     }
 
-    /// Channels this session is subscribed to.
-    pub fn channels(&self) -> Vec<Arc<str>> {
-        self.state().subs.keys().cloned().collect()
-    }
-
     /// Releases everything the session holds: subscriptions, presence, user index.
     /// Idempotent; called by the transport once its connection ends.
     pub async fn cleanup(&self) {
