@@ -252,6 +252,48 @@ impl Command {
     }
 }
 
+impl Request {
+    /// Decodes a request given by name and JSON body, as transports other than
+    /// Centrifugo's carry them (a Socket.IO event `["subscribe", {...}]`, say). A bare
+    /// JSON string stands for `{"channel": ...}` in requests that name a channel.
+    ///
+    /// `connect` and the pong are not requests of this form.
+    ///
+    /// # Errors
+    /// `UnknownMethod` for an unknown name, `Malformed` for a body of the wrong shape.
+    pub fn decode_named(method: &str, body: Option<&str>) -> Result<Self, DecodeError> {
+        fn parse<T: serde::de::DeserializeOwned>(body: Option<&str>) -> Result<T, DecodeError> {
+            let body = body.unwrap_or("{}");
+            let owned;
+            let body = match serde_json::from_str::<String>(body) {
+                Ok(channel) => {
+                    owned = serde_json::json!({ "channel": channel }).to_string();
+                    owned.as_str()
+                }
+                Err(_) => body,
+            };
+            serde_json::from_str(body).map_err(|e| DecodeError::Malformed {
+                id: 0,
+                detail: e.to_string(),
+            })
+        }
+        Ok(match method {
+            "subscribe" => Self::Subscribe(parse(body)?),
+            "unsubscribe" => Self::Unsubscribe(parse(body)?),
+            "publish" => Self::Publish(parse(body)?),
+            "presence" => Self::Presence(parse(body)?),
+            "presence_stats" => Self::PresenceStats(parse(body)?),
+            "history" => Self::History(parse(body)?),
+            "ping" => Self::Ping,
+            "send" => Self::Send(parse(body)?),
+            "rpc" => Self::Rpc(parse(body)?),
+            "refresh" => Self::Refresh(parse(body)?),
+            "sub_refresh" => Self::SubRefresh(parse(body)?),
+            _ => return Err(DecodeError::UnknownMethod { id: 0 }),
+        })
+    }
+}
+
 fn is_empty_object(line: &str) -> bool {
     serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(line)
         .map(|m| m.is_empty())
@@ -292,6 +334,27 @@ mod tests {
         assert!(matches!(err, DecodeError::Malformed { id: 7, .. }));
         let err = Command::decode("not json").unwrap_err();
         assert!(matches!(err, DecodeError::Malformed { id: 0, .. }));
+    }
+
+    #[test]
+    fn named_requests() {
+        let r = Request::decode_named("subscribe", Some("\"chat:1\"")).unwrap();
+        assert!(matches!(r, Request::Subscribe(s) if s.channel == "chat:1"));
+        let r =
+            Request::decode_named("history", Some("{\"channel\":\"a:b\",\"limit\":5}")).unwrap();
+        assert!(matches!(r, Request::History(h) if h.limit == 5));
+        assert!(matches!(
+            Request::decode_named("frobnicate", None),
+            Err(DecodeError::UnknownMethod { .. })
+        ));
+        assert!(matches!(
+            Request::decode_named("publish", Some("[1]")),
+            Err(DecodeError::Malformed { .. })
+        ));
+        assert!(matches!(
+            Request::decode_named("history", Some("{\"limit\":\"x\"}")),
+            Err(DecodeError::Malformed { .. })
+        ));
     }
 
     #[test]

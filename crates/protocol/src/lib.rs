@@ -6,11 +6,13 @@
 //! - [`command`]: what a client sends (one JSON object per line, several per frame).
 //! - [`reply`]: what the server sends back: replies to commands and pushes.
 //! - [`codes`]: the error and disconnect codes, one documented table.
+//! - [`socketio`]: Engine.IO v4 / Socket.IO v5 packets, for the Socket.IO transport.
 #![warn(missing_docs)]
 
 pub mod codes;
 pub mod command;
 pub mod reply;
+pub mod socketio;
 
 pub use codes::{Disconnect, ErrorCode};
 pub use command::{decode_frame, Command, DecodeError, Request};

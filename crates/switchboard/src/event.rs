@@ -15,9 +15,11 @@ pub type TextFrame = Utf8Bytes;
 pub enum Protocol {
     /// Centrifugo client protocol v2, JSON.
     CentrifugeJson = 0,
+    /// Socket.IO v5 over Engine.IO v4.
+    SocketIo = 1,
 }
 
-const PROTOCOLS: usize = 1;
+const PROTOCOLS: usize = 2;
 
 /// How a transport encodes channel events. A session carries its transport's codec, so
 /// the hub hands it an encoded frame (encoded once per protocol, shared by all).

@@ -129,6 +129,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(crate::metrics::prometheus::handler))
         .with_state(node.clone())
+        .merge(transport::socketio::router(node.clone()))
         .merge(crate::api::router(node))
 }
 

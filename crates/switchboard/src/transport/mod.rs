@@ -4,6 +4,10 @@
 //! [`Session`]: crate::session::Session
 
 pub mod centrifuge;
+mod command;
+mod heartbeat;
+pub mod socketio;
+mod websocket;
 
 use axum::http::HeaderMap;
 

@@ -1,0 +1,102 @@
+//! Runs a decoded client request against its session, whatever the wire protocol:
+//! rate limits and command metrics in one place, replies as protocol-neutral
+//! [`ReplyBody`] values that each transport encodes its own way.
+
+use std::sync::Arc;
+
+use switchboard_protocol::command::Request;
+use switchboard_protocol::reply::{Empty, ReplyBody, RpcResult};
+use switchboard_protocol::SharedJson;
+
+use crate::session::{Session, SessionError, Subscribed};
+
+/// What a request produced.
+pub(crate) enum Executed {
+    /// A reply to send.
+    Reply(ReplyBody),
+    /// A subscribe reply: queue it through [`Subscribed::activation`], so it precedes
+    /// the channel's events.
+    Subscribed(Subscribed),
+    /// Nothing to send (`send`, the pong).
+    Nothing,
+}
+
+/// Runs `request` (anything but `connect`) for a connected session.
+///
+/// # Errors
+/// What the session refused, or a disconnect for a session that is not connected.
+pub(crate) async fn execute(
+    session: &Arc<Session>,
+    request: Request,
+) -> Result<Executed, SessionError> {
+    if matches!(request, Request::Pong) {
+        return Ok(Executed::Nothing);
+    }
+    let metrics = &session.node().metrics;
+    metrics.commands.inc();
+    let kind = command_kind(&request);
+    let result = run(session, request).await;
+    metrics.command_kinds.record(kind, result.is_ok());
+    if matches!(result, Err(SessionError::Reply(_))) {
+        metrics.command_errors.inc();
+    }
+    result
+}
+
+async fn run(session: &Arc<Session>, request: Request) -> Result<Executed, SessionError> {
+    use switchboard_protocol::Disconnect;
+    if !session.is_connected() || matches!(request, Request::Connect(_)) {
+        return Err(SessionError::Disconnect(Disconnect::BAD_REQUEST));
+    }
+    session.admit_command()?;
+    let reply = match request {
+        Request::Pong | Request::Send(_) => return Ok(Executed::Nothing),
+        Request::Connect(_) => return Err(SessionError::Disconnect(Disconnect::BAD_REQUEST)),
+        Request::Subscribe(req) => return Ok(Executed::Subscribed(session.subscribe(req).await?)),
+        Request::Unsubscribe(req) => {
+            session.unsubscribe(&req.channel).await?;
+            ReplyBody::Unsubscribe(Empty {})
+        }
+        Request::Publish(req) => {
+            session
+                .publish(&req.channel, req.data.map(SharedJson::from))
+                .await?;
+            ReplyBody::Publish(Empty {})
+        }
+        Request::Presence(req) => ReplyBody::Presence(session.presence(&req.channel).await?),
+        Request::PresenceStats(req) => {
+            ReplyBody::PresenceStats(session.presence_stats(&req.channel).await?)
+        }
+        Request::History(req) => ReplyBody::History(session.history(req).await?),
+        Request::Ping => ReplyBody::Ping(Empty {}),
+        Request::Rpc(req) => {
+            let data = session
+                .rpc(&req.method, req.data.map(SharedJson::from))
+                .await?;
+            ReplyBody::Rpc(RpcResult { data })
+        }
+        Request::Refresh(req) => ReplyBody::Refresh(session.refresh(&req.token).await?),
+        Request::SubRefresh(req) => {
+            ReplyBody::SubRefresh(session.sub_refresh(&req.channel, &req.token).await?)
+        }
+    };
+    Ok(Executed::Reply(reply))
+}
+
+/// The command's name in metrics (see [`crate::metrics::COMMAND_KINDS`]).
+pub(crate) fn command_kind(request: &Request) -> &'static str {
+    match request {
+        Request::Connect(_) => "connect",
+        Request::Subscribe(_) => "subscribe",
+        Request::Unsubscribe(_) => "unsubscribe",
+        Request::Publish(_) => "publish",
+        Request::Presence(_) => "presence",
+        Request::PresenceStats(_) => "presence_stats",
+        Request::History(_) => "history",
+        Request::Ping | Request::Pong => "ping",
+        Request::Send(_) => "send",
+        Request::Rpc(_) => "rpc",
+        Request::Refresh(_) => "refresh",
+        Request::SubRefresh(_) => "sub_refresh",
+    }
+}

@@ -1,0 +1,354 @@
+//! Socket.IO v5 over Engine.IO v4 at `/socket.io/`: HTTP long-polling with the upgrade
+//! to WebSocket, or WebSocket directly; the main namespace `/`; JSON, no binary.
+//!
+//! The client authenticates in its `CONNECT` packet (`io(url, {auth: {token}})`), then
+//! emits the protocol's commands as events with acknowledgements
+//! (`socket.emitWithAck("subscribe", "chat:1")`) and receives channel events as Socket.IO
+//! events. The mapping is documented in `docs/socketio.md`.
+//!
+//! - [`packets`]: Engine.IO and Socket.IO packets from the client, as session calls.
+//! - [`polling`]: the HTTP long-polling transport and the connection driver.
+//! - [`websocket`]: WebSocket, direct or upgraded from polling.
+
+mod packets;
+mod polling;
+mod websocket;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Serialize;
+use switchboard_protocol::socketio::{encode_event, encode_event2, Handshake, DISCONNECT};
+use switchboard_protocol::{ClientInfo, Disconnect, SharedJson, SubscribeResult};
+use tokio::sync::Notify;
+
+use crate::event::{ChannelEvent, Codec, Control, EventKind, Outgoing, Protocol, TextFrame};
+use crate::node::Node;
+use crate::session::Session;
+
+/// Event names `socket.io-client` keeps for itself: a publication tagged with one of
+/// them is delivered as a plain `publication` event.
+const RESERVED_EVENTS: &[&str] = &[
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+
+/// The publication tag that names the Socket.IO event a publication is delivered as.
+pub const EVENT_TAG: &str = "event";
+
+/// Engine.IO connections by session id; only polling connections are looked up.
+#[derive(Clone)]
+struct SocketIo {
+    node: Arc<Node>,
+    /// Short sections only: insert, look up, remove.
+    conns: Arc<Mutex<HashMap<Arc<str>, Arc<Conn>>>>,
+}
+
+impl SocketIo {
+    fn find(&self, sid: &str) -> Option<Arc<Conn>> {
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sid)
+            .cloned()
+    }
+
+    fn remove(&self, sid: &str) {
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(sid);
+    }
+}
+
+/// Transport states of an Engine.IO connection.
+const POLLING: u8 = 0;
+const UPGRADING: u8 = 1;
+const WEBSOCKET: u8 = 2;
+
+/// One Engine.IO connection: a session and the state of its transport.
+struct Conn {
+    sid: Arc<str>,
+    session: Arc<Session>,
+    transport: AtomicU8,
+    /// A long-poll is pending (the protocol allows one at a time).
+    polling: AtomicBool,
+    /// Releases the pending long-poll with a `noop` while the client upgrades.
+    release_poll: Notify,
+    /// The client answered a ping.
+    pong: Notify,
+    /// The last long-poll carried the close packet.
+    flushed: Notify,
+}
+
+impl Conn {
+    fn new(node: &Arc<Node>, transport: u8) -> Arc<Self> {
+        Arc::new(Self {
+            sid: uuid::Builder::from_random_bytes(rand::random())
+                .into_uuid()
+                .simple()
+                .to_string()
+                .into(),
+            session: Session::new(node.clone(), CODEC),
+            transport: AtomicU8::new(transport),
+            polling: AtomicBool::new(false),
+            release_poll: Notify::new(),
+            pong: Notify::new(),
+            flushed: Notify::new(),
+        })
+    }
+
+    fn transport(&self) -> u8 {
+        self.transport.load(Ordering::Acquire)
+    }
+
+    fn handshake(&self, upgrades: &[&str]) -> String {
+        let config = &self.session.node().config;
+        Handshake {
+            sid: &self.sid,
+            upgrades,
+            ping_interval: millis(config.client.ping_interval),
+            ping_timeout: millis(config.client.pong_timeout),
+            max_payload: config.limits.max_message_size,
+        }
+        .encode()
+    }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The routes of this transport.
+pub fn router(node: Arc<Node>) -> Router {
+    let state = SocketIo {
+        node,
+        conns: Arc::default(),
+    };
+    let route = get(polling::get)
+        .post(polling::post)
+        .options(polling::preflight);
+    Router::new()
+        .route("/socket.io/", route.clone())
+        .route("/socket.io", route)
+        .with_state(state)
+}
+
+/// Engine.IO's error codes, answered as `{"code": n, "message": "..."}` with status 400
+/// (403 for `Forbidden`).
+#[derive(Debug, Clone, Copy)]
+enum EngineError {
+    UnknownTransport = 0,
+    UnknownSid = 1,
+    BadHandshakeMethod = 2,
+    BadRequest = 3,
+    Forbidden = 4,
+    UnsupportedVersion = 5,
+}
+
+impl EngineError {
+    fn message(self) -> &'static str {
+        match self {
+            Self::UnknownTransport => "Transport unknown",
+            Self::UnknownSid => "Session ID unknown",
+            Self::BadHandshakeMethod => "Bad handshake method",
+            Self::BadRequest => "Bad request",
+            Self::Forbidden => "Forbidden",
+            Self::UnsupportedVersion => "Unsupported protocol version",
+        }
+    }
+}
+
+impl IntoResponse for EngineError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let body = serde_json::json!({ "code": self as u8, "message": self.message() });
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+/// Lets browsers on allowed origins poll across origins.
+fn with_cors(headers: &HeaderMap, mut response: Response) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let h = response.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    response
+}
+
+/// How this transport encodes channel events.
+const CODEC: Codec = Codec {
+    protocol: Protocol::SocketIo,
+    encode_event: encode_channel_event,
+};
+
+/// What a `publication` event carries; a tagged publication's second argument, without
+/// `data`.
+#[derive(Serialize)]
+struct PublicationPush<'a> {
+    channel: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a SharedJson>,
+    #[serde(skip_serializing_if = "is_zero")]
+    offset: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    info: Option<&'a ClientInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tags: Option<&'a std::collections::BTreeMap<String, String>>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+#[derive(Serialize)]
+struct PresencePush<'a> {
+    channel: &'a str,
+    info: &'a ClientInfo,
+}
+
+#[derive(Serialize)]
+struct SubscribePush<'a> {
+    channel: &'a str,
+    #[serde(flatten)]
+    result: &'a SubscribeResult,
+}
+
+#[derive(Serialize)]
+struct UnsubscribePush<'a> {
+    channel: &'a str,
+    code: u32,
+    reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct RefreshPush {
+    expires: bool,
+    ttl: u32,
+}
+
+#[derive(Serialize)]
+struct DisconnectPush {
+    code: u16,
+    reason: &'static str,
+    reconnect: bool,
+}
+
+fn encode_channel_event(ev: &ChannelEvent) -> String {
+    match &ev.kind {
+        EventKind::Publication(p) => {
+            let tags = p.tags.as_deref();
+            let event = tags
+                .and_then(|t| t.get(EVENT_TAG))
+                .filter(|e| !e.is_empty() && !RESERVED_EVENTS.contains(&e.as_str()));
+            let mut push = PublicationPush {
+                channel: &ev.channel,
+                data: Some(&p.data),
+                offset: p.offset,
+                info: p.info.as_ref(),
+                tags,
+            };
+            match event {
+                // The app's own event name, data first: `socket.on("message:new", m => …)`.
+                Some(name) => {
+                    push.data = None;
+                    encode_event2(name, &p.data, &push)
+                }
+                None => encode_event("publication", &push),
+            }
+        }
+        EventKind::Join(info) => encode_event(
+            "join",
+            &PresencePush {
+                channel: &ev.channel,
+                info,
+            },
+        ),
+        EventKind::Leave(info) => encode_event(
+            "leave",
+            &PresencePush {
+                channel: &ev.channel,
+                info,
+            },
+        ),
+    }
+}
+
+fn encode(item: Outgoing) -> TextFrame {
+    match item {
+        Outgoing::Event { frame, .. } | Outgoing::Frame(frame) => frame,
+        Outgoing::Control(c) => TextFrame::from(match *c {
+            Control::Subscribed { channel, result } => encode_event(
+                "subscribe",
+                &SubscribePush {
+                    channel: &channel,
+                    result: &result,
+                },
+            ),
+            Control::Refresh { expires, ttl } => {
+                encode_event("refresh", &RefreshPush { expires, ttl })
+            }
+            Control::Unsubscribed {
+                channel,
+                code,
+                reason,
+            } => encode_event(
+                "unsubscribe",
+                &UnsubscribePush {
+                    channel: &channel,
+                    code,
+                    reason,
+                },
+            ),
+        }),
+    }
+}
+
+/// Before the transport closes: a `server_disconnect` event with the code, then, when
+/// the client should not reconnect, the namespace `DISCONNECT` (which stops
+/// `socket.io-client` from reconnecting). A reconnectable close is a plain transport
+/// close, after which the client reconnects by itself.
+fn farewell(session: &Session, reason: Disconnect) -> Vec<TextFrame> {
+    if !session.is_connected() {
+        return Vec::new();
+    }
+    let push = DisconnectPush {
+        code: reason.code,
+        reason: reason.reason,
+        reconnect: reason.reconnect(),
+    };
+    let mut frames = vec![TextFrame::from(encode_event("server_disconnect", &push))];
+    if !reason.reconnect() {
+        frames.push(TextFrame::from_static(DISCONNECT));
+    }
+    frames
+}
+
+/// Logs the end of a connection.
+fn log_closed(session: &Session) {
+    let reason = session.disconnect_reason();
+    tracing::debug!(
+        client = %session.id,
+        user = %session.user(),
+        code = reason.code,
+        reason = reason.reason,
+        "socket.io connection closed"
+    );
+}

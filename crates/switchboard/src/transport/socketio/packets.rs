@@ -1,0 +1,221 @@
+//! Packets from a Socket.IO client, whatever carried them, turned into session calls:
+//! `CONNECT` authenticates, events run commands, replies go out as acknowledgements.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use switchboard_protocol::command::{ConnectRequest, DecodeError, Request};
+use switchboard_protocol::reply::{ErrorReply, ReplyBody};
+use switchboard_protocol::socketio::{
+    encode_ack, encode_connect, encode_connect_error, encode_event, AckReply, EioPacket, SioKind,
+    SioPacket,
+};
+use switchboard_protocol::{Disconnect, ErrorCode};
+use tracing::Instrument;
+
+use super::Conn;
+use crate::event::{Outgoing, TextFrame};
+use crate::session::{Session, SessionError};
+use crate::transport::command::{self, Executed};
+
+/// Handles one Engine.IO packet. Returns the disconnect to apply.
+pub(super) async fn handle(conn: &Conn, text: &str) -> Option<Disconnect> {
+    match EioPacket::decode(text) {
+        Err(e) => {
+            tracing::debug!(client = %conn.session.id, error = %e, "bad engine.io packet");
+            Some(Disconnect::BAD_REQUEST)
+        }
+        Ok(EioPacket::Pong) => {
+            conn.pong.notify_one();
+            None
+        }
+        Ok(EioPacket::Close) => Some(Disconnect::CONNECTION_CLOSED),
+        Ok(EioPacket::Ping(_) | EioPacket::Upgrade | EioPacket::Noop) => None,
+        Ok(EioPacket::Message(m)) => {
+            let session = &conn.session;
+            // The span lives only while a packet is handled (see the Centrifugo transport).
+            let span =
+                tracing::info_span!("connection", client = %session.id, user = %session.user());
+            Box::pin(socketio_packet(session, m).instrument(span)).await
+        }
+    }
+}
+
+async fn socketio_packet(session: &Arc<Session>, text: &str) -> Option<Disconnect> {
+    let packet = match SioPacket::decode(text) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(error = %e, "bad socket.io packet");
+            return Some(Disconnect::BAD_REQUEST);
+        }
+    };
+    if packet.namespace != "/" {
+        if packet.kind == SioKind::Connect {
+            let body = serde_json::json!({ "message": "Invalid namespace" });
+            let frame = format!("44{},{body}", packet.namespace);
+            session.enqueue(Outgoing::Frame(TextFrame::from(frame)));
+        }
+        return None;
+    }
+    match packet.kind {
+        SioKind::Connect => connect(session, packet.data).await,
+        SioKind::Disconnect => Some(Disconnect::CONNECTION_CLOSED),
+        // The server asks for no acknowledgements.
+        SioKind::Ack => None,
+        SioKind::Event => event(session, &packet).await,
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Auth {
+    token: String,
+}
+
+async fn connect(session: &Arc<Session>, data: &str) -> Option<Disconnect> {
+    if session.is_connected() {
+        return Some(Disconnect::BAD_REQUEST);
+    }
+    let metrics = &session.node().metrics;
+    metrics.commands.inc();
+    let auth = if data.is_empty() {
+        Ok(Auth::default())
+    } else {
+        serde_json::from_str::<Auth>(data).map_err(|_| ErrorCode::BadRequest.into())
+    };
+    let result = match auth {
+        Ok(auth) => match session.admit_command() {
+            Ok(()) => {
+                let req = ConnectRequest {
+                    token: auth.token,
+                    ..ConnectRequest::default()
+                };
+                session.connect(req).await
+            }
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    metrics.command_kinds.record("connect", result.is_ok());
+    match result {
+        Ok(c) => {
+            tracing::debug!(user = %session.user(), subs = c.result.subs.len(), "connected");
+            let connected = TextFrame::from(encode_connect(&session.id));
+            session.enqueue(Outgoing::Frame(connected));
+            // What Centrifugo's connect reply says (server-side subscriptions and their
+            // recovery state, expiry), right after the namespace is joined.
+            let result = encode_event("connected", &c.result);
+            c.activation
+                .complete(Some(Outgoing::Frame(TextFrame::from(result))));
+            None
+        }
+        // `socket.io-client` emits `connect_error` with `err.message` and `err.data`;
+        // the client may retry on the same connection (with a fresh token, say).
+        Err(SessionError::Reply(code)) => {
+            let frame = encode_connect_error(code.message(), &ErrorReply::from(code));
+            session.enqueue(Outgoing::Frame(TextFrame::from(frame)));
+            None
+        }
+        Err(SessionError::Disconnect(d)) => {
+            let data = serde_json::json!({ "code": d.code, "message": d.reason });
+            let frame = encode_connect_error(d.reason, &data);
+            session.enqueue(Outgoing::Frame(TextFrame::from(frame)));
+            Some(d)
+        }
+    }
+}
+
+async fn event(session: &Arc<Session>, packet: &SioPacket<'_>) -> Option<Disconnect> {
+    if !session.is_connected() {
+        return Some(Disconnect::BAD_REQUEST);
+    }
+    let ack = packet.ack;
+    let (name, args) = match packet.event() {
+        Ok(e) => e,
+        Err(e) => return protocol_error(session, ack, "", ErrorCode::BadRequest, e.0),
+    };
+    let body = args.first().map(|a| a.get());
+    let request = match Request::decode_named(&name, body) {
+        Ok(r) => r,
+        Err(DecodeError::UnknownMethod { .. }) => {
+            return protocol_error(
+                session,
+                ack,
+                &name,
+                ErrorCode::MethodNotFound,
+                "unknown event",
+            );
+        }
+        Err(DecodeError::Malformed { detail, .. }) => {
+            let message = format!("bad request: {detail}");
+            return protocol_error(session, ack, &name, ErrorCode::BadRequest, &message);
+        }
+    };
+    match command::execute(session, request).await {
+        Ok(Executed::Reply(body)) => {
+            if let Some(id) = ack {
+                acknowledge(session, id, &body);
+            }
+            None
+        }
+        Ok(Executed::Subscribed(s)) => {
+            let first = ack.map(|id| {
+                let frame = encode_ack(id, &AckReply(&ReplyBody::Subscribe(s.result)));
+                Outgoing::Frame(TextFrame::from(frame))
+            });
+            s.activation.complete(first);
+            None
+        }
+        Ok(Executed::Nothing) => {
+            if let Some(id) = ack {
+                acknowledge(session, id, &ReplyBody::Ping(Default::default()));
+            }
+            None
+        }
+        Err(SessionError::Reply(code)) => {
+            reply_error(session, ack, &name, code, code.message());
+            None
+        }
+        Err(SessionError::Disconnect(d)) => Some(d),
+    }
+}
+
+fn acknowledge(session: &Session, id: u64, body: &ReplyBody) {
+    let frame = encode_ack(id, &AckReply(body));
+    session.enqueue(Outgoing::Frame(TextFrame::from(frame)));
+}
+
+/// Answers a failed event: in its acknowledgement, or as an `error` event when the
+/// client asked for none.
+fn reply_error(session: &Session, ack: Option<u64>, event: &str, code: ErrorCode, message: &str) {
+    let mut e = ErrorReply::from(code);
+    message.clone_into(&mut e.message);
+    match ack {
+        Some(id) => acknowledge(session, id, &ReplyBody::Error(e)),
+        None => {
+            #[derive(serde::Serialize)]
+            struct ErrorPush<'a> {
+                #[serde(flatten)]
+                error: ErrorReply,
+                event: &'a str,
+            }
+            let push = ErrorPush { error: e, event };
+            let frame = encode_event("error", &push);
+            session.enqueue(Outgoing::Frame(TextFrame::from(frame)));
+        }
+    }
+}
+
+/// A malformed or unknown event: an error reply, and a disconnect once the client
+/// persists.
+fn protocol_error(
+    session: &Session,
+    ack: Option<u64>,
+    event: &str,
+    code: ErrorCode,
+    message: &str,
+) -> Option<Disconnect> {
+    session.node().metrics.command_errors.inc();
+    reply_error(session, ack, event, code, message);
+    session.protocol_error()
+}

@@ -1,0 +1,130 @@
+//! Socket.IO over WebSocket: a connection opened directly on WebSocket, or one that
+//! upgrades from long-polling (`2probe`, `3probe`, then `5`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::stream::SplitStream;
+use futures_util::{SinkExt, StreamExt};
+use switchboard_protocol::socketio::PROBE_PONG;
+use switchboard_protocol::Disconnect;
+
+use super::polling::{drive, refuse_when_closing};
+use super::{encode, farewell, packets, Conn, EngineError, SocketIo};
+use super::{POLLING, UPGRADING, WEBSOCKET};
+use crate::event::TextFrame;
+use crate::transport::websocket::{self, Wire};
+
+const WIRE: Wire = Wire { encode, farewell };
+
+/// Upgrades to WebSocket: a new connection (`conn` is `None`), or the upgrade of a
+/// polling one.
+pub(super) fn upgrade(
+    sio: &SocketIo,
+    ws: WebSocketUpgrade,
+    conn: Option<Arc<Conn>>,
+) -> Result<Response, EngineError> {
+    let ws = websocket::configure(ws, &sio.node.config);
+    let tracker = sio.node.tracker.clone();
+    let sio = sio.clone();
+    match conn {
+        Some(conn) => {
+            if conn.transport() != POLLING {
+                return Err(EngineError::BadRequest);
+            }
+            Ok(ws.on_upgrade(move |socket| tracker.track_future(upgrade_polling(conn, socket))))
+        }
+        None => {
+            if let Some(r) = refuse_when_closing(&sio) {
+                return Ok(r);
+            }
+            Ok(ws.on_upgrade(move |socket| tracker.track_future(serve_new(sio, socket))))
+        }
+    }
+}
+
+async fn serve_new(sio: SocketIo, mut socket: WebSocket) {
+    let conn = Conn::new(&sio.node, WEBSOCKET);
+    let open = conn.handshake(&[]);
+    if socket.send(Message::Text(open.into())).await.is_err() {
+        return;
+    }
+    let (sink, stream) = socket.split();
+    let writer = {
+        let conn = conn.clone();
+        tokio::spawn(async move { websocket::write_loop(sink, &conn.session, WIRE).await })
+    };
+    tokio::join!(read_loop(&conn, stream), drive(sio, conn.clone()));
+    let _ = writer.await;
+}
+
+/// Waits for the next text message, at most a pong timeout.
+async fn next_text(conn: &Conn, stream: &mut SplitStream<WebSocket>) -> Option<String> {
+    let wait = conn.session.node().config.client.pong_timeout;
+    match tokio::time::timeout(wait, stream.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => Some(t.to_string()),
+        _ => None,
+    }
+}
+
+async fn upgrade_polling(conn: Arc<Conn>, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    if next_text(&conn, &mut stream).await.as_deref() != Some("2probe") {
+        return;
+    }
+    if sink
+        .send(Message::Text(TextFrame::from_static(PROBE_PONG)))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    if conn
+        .transport
+        .compare_exchange(POLLING, UPGRADING, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return;
+    }
+    // The client waits for its pending poll to return before it sends `5`.
+    conn.release_poll.notify_one();
+    if next_text(&conn, &mut stream).await.as_deref() != Some("5") {
+        // The client stays on polling.
+        conn.transport.store(POLLING, Ordering::Release);
+        return;
+    }
+    conn.transport.store(WEBSOCKET, Ordering::Release);
+    let writer = {
+        let conn = conn.clone();
+        tokio::spawn(async move { websocket::write_loop(sink, &conn.session, WIRE).await })
+    };
+    read_loop(&conn, stream).await;
+    let _ = writer.await;
+}
+
+async fn read_loop(conn: &Conn, mut stream: SplitStream<WebSocket>) {
+    let session = &conn.session;
+    loop {
+        tokio::select! {
+            biased;
+            // Cancel-safe: holds no state.
+            () = session.closed().cancelled() => return,
+            // Cancel-safe: `next()` holds no state of its own.
+            msg = stream.next() => {
+                let disconnect = match msg {
+                    None | Some(Ok(Message::Close(_))) => Some(Disconnect::CONNECTION_CLOSED),
+                    Some(Ok(Message::Text(text))) => packets::handle(conn, text.as_str()).await,
+                    Some(Ok(Message::Binary(_))) => Some(Disconnect::BAD_REQUEST),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                    Some(Err(e)) => Some(websocket::read_error(e)),
+                };
+                if let Some(d) = disconnect {
+                    session.close(d);
+                    return;
+                }
+            }
+        }
+    }
+}

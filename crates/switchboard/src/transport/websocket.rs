@@ -1,0 +1,140 @@
+//! What every WebSocket transport shares: buffer sizes, the writer that drains a
+//! session's outbox and flushes once per batch, and how read errors become disconnects.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use futures_util::stream::SplitSink;
+use futures_util::SinkExt;
+use switchboard_protocol::Disconnect;
+
+use crate::config::Config;
+use crate::event::{Outgoing, TextFrame};
+use crate::session::Session;
+
+/// Read buffer per connection. Clients send small commands, and the buffer is held for
+/// the connection's whole life, so it is small; a larger frame is read in several steps.
+const READ_BUFFER_SIZE: usize = 1024;
+/// Bytes of frames gathered before a write: one syscall carries many small pushes.
+const WRITE_BUFFER_SIZE: usize = 4096;
+/// Batch capacity a writer keeps between bursts.
+const KEEP_BATCH: usize = 32;
+/// Most outbox items written before one flush.
+pub(crate) const BATCH: usize = 256;
+
+/// Applies switchboard's buffer sizes and the configured message size limit.
+pub(crate) fn configure(ws: WebSocketUpgrade, config: &Config) -> WebSocketUpgrade {
+    let max = config.limits.max_message_size;
+    ws.read_buffer_size(READ_BUFFER_SIZE)
+        .write_buffer_size(WRITE_BUFFER_SIZE)
+        .max_write_buffer_size(usize::MAX)
+        .max_message_size(max)
+        .max_frame_size(max)
+}
+
+/// How a transport turns outbox items into frames, and what it says before closing.
+#[derive(Clone, Copy)]
+pub(crate) struct Wire {
+    /// Encodes one outbox item.
+    pub(crate) encode: fn(Outgoing) -> TextFrame,
+    /// Frames sent before the close frame (the protocol's own disconnect message).
+    pub(crate) farewell: fn(&Session, Disconnect) -> Vec<TextFrame>,
+}
+
+/// Writes the session's outbox to the socket until the session closes, then what was
+/// still queued, the farewell and a close frame with the disconnect code.
+pub(crate) async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    session: &Session,
+    wire: Wire,
+) {
+    let encode = wire.encode;
+    let mut batch = Vec::new();
+    // Registered once: a fresh `cancelled()` per batch would lock the token's waiter list
+    // on every wake-up. Polled last: while there is work, a cheap flag check suffices.
+    let cancelled = session.closed().cancelled();
+    tokio::pin!(cancelled);
+    loop {
+        if session.closed().is_cancelled() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            // Cancel-safe: `recv_many` loses nothing when dropped.
+            _ = session.outbox().recv_many(&mut batch, BATCH) => {}
+            // Cancel-safe: polling by reference keeps the registration.
+            () = &mut cancelled => break,
+        }
+        observe_latency(session, &batch);
+        let write = async {
+            for item in batch.drain(..) {
+                sink.feed(Message::Text(encode(item))).await?;
+            }
+            sink.flush().await
+        };
+        tokio::select! {
+            biased;
+            r = write => if r.is_err() {
+                session.close(Disconnect::WRITE_ERROR);
+                break;
+            },
+            // A client that stopped reading blocks the write; closing must not wait for it.
+            () = &mut cancelled => break,
+        }
+        // Give a burst's memory back: idle connections are the common case.
+        if batch.capacity() > KEEP_BATCH {
+            batch = Vec::new();
+        }
+    }
+    let reason = session.disconnect_reason();
+    // What was queued before the close (an error reply, say) still goes out, unless the
+    // client is closed for being slow: then it would not read it anyway.
+    let flush_rest = async {
+        if reason != Disconnect::SLOW && reason != Disconnect::WRITE_ERROR {
+            batch.clear();
+            while let Some(item) = session.outbox().try_recv() {
+                if sink.feed(Message::Text(encode(item))).await.is_err() {
+                    return;
+                }
+            }
+            for frame in (wire.farewell)(session, reason) {
+                if sink.feed(Message::Text(frame)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let frame = CloseFrame {
+            code: reason.code,
+            reason: reason.reason.into(),
+        };
+        let _ = sink.send(Message::Close(Some(frame))).await;
+        let _ = sink.close().await;
+    };
+    // Boxed: only closing connections pay for this state.
+    let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), flush_rest)).await;
+}
+
+/// Records publish-to-write latency once per batch, for its oldest channel event: one
+/// sample per write instead of three shared atomic updates per delivery.
+pub(crate) fn observe_latency(session: &Session, batch: &[Outgoing]) {
+    let oldest = batch.iter().find_map(|item| match item {
+        Outgoing::Event { published, .. } => Some(*published),
+        _ => None,
+    });
+    if let Some(published) = oldest {
+        let waited = std::time::Instant::now().saturating_duration_since(published);
+        session.node().metrics.delivery_latency.observe(waited);
+    }
+}
+
+/// The disconnect a failed read stands for.
+pub(crate) fn read_error(e: axum::Error) -> Disconnect {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => Disconnect::MESSAGE_TOO_LARGE,
+        Some(tungstenite::Error::Utf8(_) | tungstenite::Error::Protocol(_)) => {
+            Disconnect::BAD_REQUEST
+        }
+        _ => Disconnect::CONNECTION_CLOSED,
+    }
+}
