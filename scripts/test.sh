@@ -19,7 +19,7 @@ echo "== bench smoke (switchboard-bench --quick against switchboard; no timing t
 # Checks only that the benchmark tool runs every scenario end to end and writes its JSON.
 cargo build -p switchboard -p switchboard-bench --locked --quiet
 bench_out="$(mktemp -d)"
-target/debug/switchboard-bench run --quick --strict --targets switchboard --out "$bench_out" >/dev/null
+target/debug/switchboard-bench run --quick --strict --targets switchboard,switchboard-sio --out "$bench_out" >/dev/null
 test -s "$bench_out/report.json" && test -s "$bench_out/summary.json"
 echo "bench smoke: report written to $bench_out/report.json"
 

@@ -214,10 +214,13 @@ fn classify_one(proto: Proto, m: &str) -> Incoming {
         Proto::SocketIo => {
             if m == "2" {
                 Incoming::Ping
-            } else if m.starts_with(r#"42["pub","#) {
+            } else if m.starts_with(r#"42["pub","#) || m.starts_with(r#"42["publication","#) {
                 Incoming::Publication(sent_at(m))
             } else if m.starts_with("43") {
-                Incoming::SubscribeReply { ok: true }
+                // socket.io's peer acks `true`; switchboard acks `{"result":…}` or `{"error":…}`.
+                Incoming::SubscribeReply {
+                    ok: !m.contains(r#"[{"error":"#),
+                }
             } else {
                 Incoming::Other
             }

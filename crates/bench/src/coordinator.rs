@@ -91,6 +91,12 @@ pub(crate) struct MemoryStats {
     pub(crate) per_connection_bytes: f64,
     /// (subscribed - base) / connections.
     pub(crate) per_connection_subscribed_bytes: Option<f64>,
+    /// The highest RSS of the server process (VmHWM) at the end of the run.
+    #[serde(default)]
+    pub(crate) peak_bytes: u64,
+    /// peak / subscribed: how much fan-out grows memory over the subscribed idle state.
+    #[serde(default)]
+    pub(crate) peak_over_subscribed: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -415,6 +421,12 @@ async fn drive(
     }
     r.closed = r.closed.max(workers.closed());
     r.memory.end_bytes = procfs::rss_bytes(pid);
+    r.memory.peak_bytes = procfs::peak_rss_bytes(pid);
+    r.memory.peak_over_subscribed = r
+        .memory
+        .subscribed_bytes
+        .filter(|&b| b > 0)
+        .map(|b| (r.memory.peak_bytes as f64 / b as f64 * 100.0).round() / 100.0);
     if !server.running() {
         bail!("the server exited during the run");
     }

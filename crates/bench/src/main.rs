@@ -79,11 +79,11 @@ struct Outputs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Targets, comma-separated (known: switchboard, floor, socketio).
+    /// Targets, comma-separated (known: switchboard, switchboard-sio, floor, socketio).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "switchboard,floor,socketio"
+        default_value = "switchboard,switchboard-sio,floor,socketio"
     )]
     targets: Vec<String>,
     /// Scenarios, comma-separated.

@@ -5,12 +5,21 @@ const TICKS_PER_SECOND: f64 = 100.0;
 
 /// Resident set size of `pid` in bytes (VmRSS), or 0 if the process is gone.
 pub(crate) fn rss_bytes(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The highest resident set size `pid` ever had, in bytes (VmHWM), or 0 if gone.
+pub(crate) fn peak_rss_bytes(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return 0;
     };
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kib| kib * 1024)
 }

@@ -101,6 +101,7 @@ enum Unit {
     Seconds,
     Cores,
     Count,
+    Ratio,
 }
 
 fn fmt_value(v: f64, unit: Unit) -> String {
@@ -118,6 +119,7 @@ fn fmt_value(v: f64, unit: Unit) -> String {
         Unit::Seconds => format!("{v:.2} s"),
         Unit::Cores => format!("{v:.2}"),
         Unit::Count => thousands(v),
+        Unit::Ratio => format!("{v:.2}×"),
     }
 }
 
@@ -177,6 +179,14 @@ const ROWS: &[Row] = &[
         unit: Unit::Us,
         goal: "≤ 1.4 µs",
         check: Some(|get, _| Some(get(SUBJECT)? <= 1.4)),
+    },
+    Row {
+        scenario: "broadcast",
+        metric: "peak RSS ÷ RSS before fan-out",
+        path: "memory.peak_over_subscribed",
+        unit: Unit::Ratio,
+        goal: "≤ 1.5×",
+        check: Some(|get, _| Some(get(SUBJECT)? <= 1.5)),
     },
     Row {
         scenario: "broadcast",

@@ -38,8 +38,11 @@ pub(crate) const TARGETS: &[Target] = &[
         server: ServerKind::Switchboard,
         proto: Proto::Centrifuge,
     },
-    // When switchboard serves Socket.IO, measure it with one more line:
-    // Target { name: "switchboard-sio", server: ServerKind::Switchboard, proto: Proto::SocketIo },
+    Target {
+        name: "switchboard-sio",
+        server: ServerKind::Switchboard,
+        proto: Proto::SocketIo,
+    },
     Target {
         name: "floor",
         server: ServerKind::Floor,

@@ -1,4 +1,5 @@
-//! switchboard: a self-hosted real-time gateway speaking the Centrifugo client protocol.
+//! switchboard: a self-hosted real-time gateway speaking the Centrifugo client protocol
+//! and Socket.IO.
 //!
 //! # Layout
 //! - [`config`]: defaults, TOML file, `SWITCHBOARD_*` variables, flags.
@@ -11,7 +12,7 @@
 //! - [`engine`]: cross-node pub/sub, presence and history ([`engine::memory`] by default).
 //! - [`history`], [`presence`]: a channel's stream and presence set.
 //! - [`status`], [`typing`]: user online status and typing signals.
-//! - [`transport`]: wire protocols ([`transport::centrifuge`]).
+//! - [`transport`]: wire protocols ([`transport::centrifuge`], [`transport::socketio`]).
 //! - [`server`]: HTTP routes, `run`, graceful shutdown.
 //! - [`api`]: the Centrifugo-compatible server HTTP API; [`metrics`] at `/metrics`.
 //! - [`cli`]: the operator CLI's client of a running server's API.

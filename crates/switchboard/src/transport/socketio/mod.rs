@@ -31,8 +31,9 @@ use crate::event::{ChannelEvent, Codec, Control, EventKind, Outgoing, Protocol, 
 use crate::node::Node;
 use crate::session::Session;
 
-/// Event names `socket.io-client` keeps for itself: a publication tagged with one of
-/// them is delivered as a plain `publication` event.
+/// Event names `socket.io-client` keeps for itself, and those of switchboard's own
+/// events: a publication tagged with one of them is delivered as a plain `publication`
+/// event, so the backend can not fake a disconnect or a connect result.
 const RESERVED_EVENTS: &[&str] = &[
     "connect",
     "connect_error",
@@ -40,6 +41,14 @@ const RESERVED_EVENTS: &[&str] = &[
     "disconnecting",
     "newListener",
     "removeListener",
+    "connected",
+    "join",
+    "leave",
+    "subscribe",
+    "unsubscribe",
+    "refresh",
+    "error",
+    "server_disconnect",
 ];
 
 /// The publication tag that names the Socket.IO event a publication is delivered as.
@@ -326,7 +335,8 @@ fn encode(item: Outgoing) -> TextFrame {
 /// `socket.io-client` from reconnecting). A reconnectable close is a plain transport
 /// close, after which the client reconnects by itself.
 fn farewell(session: &Session, reason: Disconnect) -> Vec<TextFrame> {
-    if !session.is_connected() {
+    // Nothing to say to a client that never joined, or that left by itself.
+    if !session.is_connected() || reason == Disconnect::CONNECTION_CLOSED {
         return Vec::new();
     }
     let push = DisconnectPush {

@@ -17,9 +17,13 @@ use switchboard_protocol::Disconnect;
 use tokio::time::sleep_until;
 
 use super::{encode, farewell, log_closed, packets, with_cors, Conn, EngineError, SocketIo};
-use super::{POLLING, UPGRADING};
+use super::{POLLING, UPGRADING, WEBSOCKET};
 use crate::transport::heartbeat::Heartbeat;
 use crate::transport::websocket::{observe_latency, BATCH};
+
+/// How long a closed polling connection waits for the poll that collects its close
+/// packet (it also bounds how long shutdown waits for it).
+const FINAL_POLL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The query every Engine.IO request carries (others, such as the cache buster `t`,
 /// are ignored).
@@ -134,8 +138,12 @@ fn push_packet(body: &mut String, packet: &str) {
 
 /// A long-poll: waits for packets, then answers with all that are queued.
 async fn poll(conn: &Conn) -> Result<Response, EngineError> {
-    if conn.transport() != POLLING {
-        return Err(EngineError::BadRequest);
+    match conn.transport() {
+        POLLING => {}
+        // A poll the client sent just before it saw `3probe`: it waits for this one to
+        // end before it completes the upgrade.
+        UPGRADING => return Ok(text(NOOP.to_owned())),
+        _ => return Err(EngineError::BadRequest),
     }
     let session = &conn.session;
     if conn.polling.swap(true, Ordering::AcqRel) {
@@ -203,6 +211,9 @@ async fn receive(
     }
     let sid = q.sid.as_deref().ok_or(EngineError::BadHandshakeMethod)?;
     let conn = sio.find(sid).ok_or(EngineError::UnknownSid)?;
+    if conn.transport() == WEBSOCKET {
+        return Err(EngineError::BadRequest);
+    }
     let session = &conn.session;
     if body.len() > sio.node.config.limits.max_message_size {
         session.close(Disconnect::MESSAGE_TOO_LARGE);
@@ -268,9 +279,9 @@ pub(super) async fn drive(sio: SocketIo, conn: Arc<Conn>) {
     }
     Box::pin(session.cleanup()).await;
     if matches!(conn.transport(), POLLING | UPGRADING) {
-        // The client collects the close packet with its next poll, if it still polls.
-        let linger = node.config.client.pong_timeout;
-        let _ = tokio::time::timeout(linger, conn.flushed.notified()).await;
+        // A polling client has a poll pending nearly all the time, so the close packet
+        // goes out at once; if it closed between two polls, the next one collects it.
+        let _ = tokio::time::timeout(FINAL_POLL_WAIT, conn.flushed.notified()).await;
     }
     sio.remove(&conn.sid);
     node.metrics.connections.dec();

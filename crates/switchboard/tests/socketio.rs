@@ -1,0 +1,1358 @@
+//! The Socket.IO transport (Engine.IO v4, Socket.IO v5) at `/socket.io/` over real HTTP
+//! long-polling and real WebSockets: handshakes, the upgrade, `CONNECT` and its errors,
+//! events with acknowledgements, pushes, disconnects, Engine.IO error codes and CORS.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use switchboard::auth::{now_secs, MintClaims};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const RS: char = '\x1e';
+
+// ---------------------------------------------------------------------------------------
+// Packets
+
+/// Name and arguments of the event `42["name",arg,...]` (an ack id after `42` is skipped).
+fn event_of(packet: &str) -> Option<(String, Vec<Value>)> {
+    let rest = packet.strip_prefix("42")?;
+    let rest = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+    let mut items: Vec<Value> = serde_json::from_str(rest).ok()?;
+    if items.is_empty() {
+        return None;
+    }
+    let name = items.remove(0).as_str()?.to_owned();
+    Some((name, items))
+}
+
+/// The argument of the acknowledgement `43<id>[arg]`.
+fn ack_of(packet: &str, id: u64) -> Option<Value> {
+    let rest = packet.strip_prefix(&format!("43{id}["))?;
+    let items: Vec<Value> = serde_json::from_str(&format!("[{rest}")).ok()?;
+    assert_eq!(items.len(), 1, "one ack argument: {packet}");
+    items.into_iter().next()
+}
+
+/// The JSON after a packet's type prefix (`0{...}`, `40{...}`, `44{...}`).
+fn body_of(packet: &str, prefix: &str) -> Value {
+    let rest = packet
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("expected {prefix}…, got {packet}"));
+    serde_json::from_str(rest).unwrap_or_else(|e| panic!("bad JSON in {packet}: {e}"))
+}
+
+fn is_event(packet: &str, name: &str) -> bool {
+    event_of(packet).is_some_and(|(n, _)| n == name)
+}
+
+/// The error code of an ack argument `{"error":{"code":..}}`.
+fn ack_error(ack: &Value) -> u64 {
+    ack["error"]["code"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("expected an error ack: {ack}"))
+}
+
+fn connect_packet(token: &str) -> String {
+    format!("40{}", json!({ "token": token }))
+}
+
+// ---------------------------------------------------------------------------------------
+// A Socket.IO client over WebSocket
+
+/// A raw Socket.IO client on a WebSocket: one Engine.IO packet per text message.
+struct SioWs {
+    ws: Ws,
+    /// The Engine.IO handshake (`0{...}`), `Null` for a connection upgraded from polling.
+    handshake: Value,
+    /// Packets read while waiting for something else.
+    backlog: VecDeque<String>,
+    /// Answer the server's pings (`2`) with `3` and hide them.
+    auto_pong: bool,
+    next_ack: u64,
+}
+
+fn ws_url(server: &TestServer, sid: Option<&str>) -> String {
+    let mut url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+    if let Some(sid) = sid {
+        url.push_str("&sid=");
+        url.push_str(sid);
+    }
+    url
+}
+
+/// The HTTP status of a refused WebSocket handshake to `url`, sent from `origin`.
+async fn ws_refused(url: &str, origin: Option<&str>) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error;
+    let mut req = url.into_client_request().expect("request");
+    if let Some(origin) = origin {
+        req.headers_mut()
+            .insert("Origin", origin.parse().expect("origin"));
+    }
+    let connect = tokio_tungstenite::connect_async(req);
+    match tokio::time::timeout(TIMEOUT, connect)
+        .await
+        .expect("timeout")
+    {
+        Err(Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("unexpected: {e}"),
+        Ok(_) => panic!("not refused: {url}"),
+    }
+}
+
+async fn ws_open(url: &str) -> Ws {
+    tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("open timeout")
+        .expect("open")
+        .0
+}
+
+impl SioWs {
+    fn wrap(ws: Ws, handshake: Value) -> SioWs {
+        SioWs {
+            ws,
+            handshake,
+            backlog: VecDeque::new(),
+            auto_pong: true,
+            next_ack: 0,
+        }
+    }
+
+    /// Opens a WebSocket directly (no polling first) and reads the handshake.
+    async fn open(server: &TestServer) -> SioWs {
+        let ws = ws_open(&ws_url(server, None)).await;
+        let mut c = SioWs::wrap(ws, Value::Null);
+        let open = c.packet().await;
+        c.handshake = body_of(&open, "0");
+        c
+    }
+
+    /// Opens the WebSocket that upgrades the polling session `sid` (no handshake on it).
+    async fn upgrading(server: &TestServer, sid: &str) -> SioWs {
+        SioWs::wrap(ws_open(&ws_url(server, Some(sid))).await, Value::Null)
+    }
+
+    /// Opens a WebSocket and joins the main namespace with `token`; panics unless
+    /// that succeeds. Returns the client and the `connected` event's argument.
+    async fn connect(server: &TestServer, token: &str) -> (SioWs, Value) {
+        let mut c = SioWs::open(server).await;
+        let connected = c.join(token).await;
+        (c, connected)
+    }
+
+    /// Sends `CONNECT` with `token`, expects `40{"sid"}` and the `connected` event.
+    async fn join(&mut self, token: &str) -> Value {
+        self.send(&connect_packet(token)).await;
+        let ok = self.packet().await;
+        let sid = body_of(&ok, "40")["sid"].clone();
+        let connected = self.event("connected").await.remove(0);
+        assert_eq!(
+            connected["client"], sid,
+            "sid is the client id: {connected}"
+        );
+        connected
+    }
+
+    async fn send(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text.to_owned()))
+            .await
+            .expect("send");
+    }
+
+    /// The next packet off the socket, or how the socket was closed.
+    async fn read(&mut self) -> Result<String, Closed> {
+        loop {
+            let msg = tokio::time::timeout(TIMEOUT, self.ws.next())
+                .await
+                .expect("read timeout");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    if self.auto_pong && t.as_str() == "2" {
+                        self.send("3").await;
+                        continue;
+                    }
+                    return Ok(t.as_str().to_owned());
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(frame.map_or(
+                        Closed {
+                            code: 1005,
+                            reason: String::new(),
+                        },
+                        |f| Closed {
+                            code: u16::from(f.code),
+                            reason: f.reason.to_string(),
+                        },
+                    ));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => {
+                    return Err(Closed {
+                        code: 0,
+                        reason: e.to_string(),
+                    })
+                }
+                None => {
+                    return Err(Closed {
+                        code: 0,
+                        reason: "eof".into(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// The next packet, from the backlog first; panics if the socket closes.
+    async fn packet(&mut self) -> String {
+        if let Some(p) = self.backlog.pop_front() {
+            return p;
+        }
+        self.read()
+            .await
+            .unwrap_or_else(|c| panic!("closed waiting for a packet: {c:?}"))
+    }
+
+    /// Waits for a packet matching `pred`, keeping the others in the backlog.
+    async fn wait_for(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        if let Some(pos) = self.backlog.iter().position(|p| pred(p)) {
+            return self.backlog.remove(pos).expect("present");
+        }
+        loop {
+            let p = self.read().await.unwrap_or_else(|c| {
+                panic!("closed waiting for {what}: {c:?}; got {:?}", self.backlog)
+            });
+            if pred(&p) {
+                return p;
+            }
+            self.backlog.push_back(p);
+        }
+    }
+
+    /// The arguments of the next event `name`, keeping other packets in the backlog.
+    async fn event(&mut self, name: &str) -> Vec<Value> {
+        let p = self.wait_for(name, |p| is_event(p, name)).await;
+        event_of(&p).expect("event").1
+    }
+
+    /// Emits `event` with `arg` and an ack id; returns the acknowledgement's argument.
+    async fn emit(&mut self, event: &str, arg: Value) -> Value {
+        self.next_ack += 1;
+        let id = self.next_ack;
+        self.send(&format!("42{id}{}", json!([event, arg]))).await;
+        self.ack(id).await
+    }
+
+    /// The argument of the acknowledgement `id`.
+    async fn ack(&mut self, id: u64) -> Value {
+        let p = self
+            .wait_for(&format!("ack {id}"), |p| ack_of(p, id).is_some())
+            .await;
+        ack_of(&p, id).expect("ack")
+    }
+
+    /// Everything left (backlog first) until the server closes the socket.
+    async fn until_closed(&mut self) -> (Vec<String>, Closed) {
+        let mut seen: Vec<String> = self.backlog.drain(..).collect();
+        loop {
+            match self.read().await {
+                Ok(p) => seen.push(p),
+                Err(c) => return (seen, c),
+            }
+        }
+    }
+
+    /// Asserts no packet (other than pings) arrives within `wait`.
+    async fn assert_quiet(&mut self, wait: Duration) {
+        assert!(self.backlog.is_empty(), "unexpected: {:?}", self.backlog);
+        if let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(wait, self.ws.next()).await {
+            assert_eq!(t.as_str(), "2", "unexpected packet");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A Socket.IO client over HTTP long-polling
+
+#[derive(Clone)]
+struct Polling {
+    http: reqwest::Client,
+    /// `http://…/socket.io/?EIO=4&transport=polling&sid=…`
+    url: String,
+    sid: String,
+    handshake: Value,
+}
+
+fn polling_url(server: &TestServer) -> String {
+    server.http_url("/socket.io/?EIO=4&transport=polling")
+}
+
+/// `(status, body)` of a response.
+async fn answer(resp: reqwest::Response) -> (u16, String) {
+    let status = resp.status().as_u16();
+    (status, resp.text().await.expect("body"))
+}
+
+/// Status and Engine.IO error code of an error response.
+fn engine_error((status, body): (u16, String)) -> (u16, u64) {
+    let v: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    (status, v["code"].as_u64().expect("code"))
+}
+
+async fn http_get(url: &str) -> (u16, String) {
+    let resp = reqwest::Client::new()
+        .get(url)
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .expect("http");
+    answer(resp).await
+}
+
+async fn http_post(url: &str, body: &str) -> (u16, String) {
+    let resp = reqwest::Client::new()
+        .post(url)
+        .timeout(TIMEOUT)
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("http");
+    answer(resp).await
+}
+
+impl Polling {
+    /// The polling handshake.
+    async fn open(server: &TestServer) -> Polling {
+        let (status, body) = http_get(&polling_url(server)).await;
+        assert_eq!(status, 200, "{body}");
+        let handshake = body_of(&body, "0");
+        let sid = handshake["sid"].as_str().expect("sid").to_owned();
+        Polling {
+            http: reqwest::Client::new(),
+            url: format!("{}&sid={sid}", polling_url(server)),
+            sid,
+            handshake,
+        }
+    }
+
+    /// Handshake, then `CONNECT` with `token`; panics unless that succeeds. Returns the
+    /// client and the `connected` event's argument.
+    async fn connect(server: &TestServer, token: &str) -> (Polling, Value) {
+        let p = Polling::open(server).await;
+        p.send(&[&connect_packet(token)]).await;
+        let packets = p.until(|p| is_event(p, "connected")).await;
+        assert!(packets[0].starts_with("40{\"sid\":"), "{packets:?}");
+        let connected = event_of(packets.last().expect("connected"))
+            .expect("event")
+            .1;
+        (p, connected[0].clone())
+    }
+
+    /// POSTs packets joined by the record separator.
+    async fn post(&self, packets: &[&str]) -> (u16, String) {
+        let body = packets.join(&RS.to_string());
+        let resp = self
+            .http
+            .post(&self.url)
+            .timeout(TIMEOUT)
+            .body(body)
+            .send()
+            .await
+            .expect("post");
+        answer(resp).await
+    }
+
+    /// POSTs packets; asserts the server takes them.
+    async fn send(&self, packets: &[&str]) {
+        let (status, body) = self.post(packets).await;
+        assert_eq!((status, body.as_str()), (200, "ok"));
+    }
+
+    /// One long-poll.
+    async fn poll(&self) -> (u16, String) {
+        let resp = self
+            .http
+            .get(&self.url)
+            .timeout(TIMEOUT)
+            .send()
+            .await
+            .expect("poll (timed out?)");
+        answer(resp).await
+    }
+
+    /// One successful long-poll, split into packets.
+    async fn packets(&self) -> Vec<String> {
+        let (status, body) = self.poll().await;
+        assert_eq!(status, 200, "{body}");
+        body.split(RS).map(str::to_owned).collect()
+    }
+
+    /// Polls until a packet matches `pred`; returns everything received up to it.
+    async fn until(&self, pred: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let got = self.packets().await;
+            let done = got.iter().any(|p| pred(p));
+            seen.extend(got);
+            if done {
+                return seen;
+            }
+            assert!(!seen.iter().any(|p| p == "1"), "closed: {seen:?}");
+        }
+    }
+
+    /// Emits `event` with ack `id`; returns the acknowledgement's argument.
+    async fn emit(&self, id: u64, event: &str, arg: Value) -> Value {
+        self.send(&[&format!("42{id}{}", json!([event, arg]))])
+            .await;
+        let packets = self.until(|p| ack_of(p, id).is_some()).await;
+        packets.iter().find_map(|p| ack_of(p, id)).expect("ack")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The server API
+
+async fn api(server: &TestServer, method: &str, params: Value) -> Value {
+    let resp = reqwest::Client::new()
+        .post(server.http_url(&format!("/api/{method}")))
+        .header("X-API-Key", API_KEY)
+        .timeout(TIMEOUT)
+        .body(params.to_string())
+        .send()
+        .await
+        .expect("api");
+    let (status, body) = answer(resp).await;
+    let v: Value = serde_json::from_str(&body).expect("api json");
+    assert_eq!(status, 200, "{v}");
+    assert!(v.get("error").is_none(), "{v}");
+    v["result"].clone()
+}
+
+// ---------------------------------------------------------------------------------------
+// Long-polling
+
+#[tokio::test]
+async fn polling_handshake_connect_subscribe_and_publications_arrive_by_long_poll() {
+    let server = start_default().await;
+    let p = Polling::open(&server).await;
+    assert!(!p.sid.is_empty());
+    assert_eq!(p.handshake["upgrades"], json!(["websocket"]));
+    assert_eq!(p.handshake["pingInterval"], json!(25_000));
+    assert_eq!(p.handshake["pingTimeout"], json!(8_000));
+    assert_eq!(p.handshake["maxPayload"], json!(65_536));
+
+    p.send(&[&connect_packet(&token("ann"))]).await;
+    let packets = p.until(|p| is_event(p, "connected")).await;
+    let sid = body_of(&packets[0], "40")["sid"].clone();
+    let connected = &event_of(&packets[1]).expect("connected").1[0];
+    assert_eq!(connected["client"], sid);
+    assert!(connected["subs"]["user:ann"].is_object(), "{connected}");
+
+    let ack = p.emit(1, "subscribe", json!("chat:1")).await;
+    assert!(ack["result"].is_object(), "{ack}");
+    assert!(ack.get("error").is_none(), "{ack}");
+
+    // The long-poll waits until there is something to deliver.
+    let pending = tokio::spawn({
+        let p = p.clone();
+        async move { p.packets().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!pending.is_finished(), "a poll with nothing to send waits");
+    api(
+        &server,
+        "publish",
+        json!({"channel": "chat:1", "data": {"text": "hi"}}),
+    )
+    .await;
+    let got = pending.await.expect("poll task");
+    assert_eq!(got.len(), 1, "{got:?}");
+    let (name, args) = event_of(&got[0]).expect("event");
+    assert_eq!(name, "publication");
+    assert_eq!(
+        args,
+        vec![json!({"channel": "chat:1", "data": {"text": "hi"}, "offset": 1})]
+    );
+
+    // Several packets in one POST; the answers come back joined in one poll.
+    p.send(&[
+        &format!(
+            "422{}",
+            json!(["publish", {"channel": "chat:1", "data": 2}])
+        ),
+        &format!("423{}", json!(["presence_stats", "chat:1"])),
+    ])
+    .await;
+    let mut got = p.until(|p| ack_of(p, 3).is_some()).await;
+    if !got.iter().any(|p| is_event(p, "publication")) {
+        got.extend(p.until(|p| is_event(p, "publication")).await);
+    }
+    let publish = got.iter().find_map(|p| ack_of(p, 2)).expect("ack 2");
+    assert_eq!(publish, json!({"result": {}}));
+    let stats = got.iter().find_map(|p| ack_of(p, 3)).expect("ack 3");
+    assert_eq!(stats, json!({"result": {"num_clients": 1, "num_users": 1}}));
+    let own = got.iter().find(|p| is_event(p, "publication")).unwrap();
+    let publication = &event_of(own).expect("event").1[0];
+    assert_eq!(publication["data"], json!(2));
+    assert_eq!(publication["info"]["user"], json!("ann"));
+}
+
+#[tokio::test]
+async fn polling_upgrades_to_websocket_and_events_queued_meanwhile_follow() {
+    let server = start_default().await;
+    let (p, _) = Polling::connect(&server, &token("ann")).await;
+    assert!(p.emit(1, "subscribe", json!("chat:1")).await["result"].is_object());
+
+    // socket.io-client keeps a long-poll pending while it probes the WebSocket.
+    let pending = tokio::spawn({
+        let p = p.clone();
+        async move { p.poll().await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ws = SioWs::upgrading(&server, &p.sid).await;
+    ws.send("2probe").await;
+    assert_eq!(ws.packet().await, "3probe");
+    let released = pending.await.expect("poll task");
+    assert_eq!(
+        released,
+        (200, "6".to_owned()),
+        "the pending poll ends with noop"
+    );
+
+    // Published between the probe and the upgrade: delivered over the WebSocket.
+    api(
+        &server,
+        "publish",
+        json!({"channel": "chat:1", "data": "queued"}),
+    )
+    .await;
+    ws.send("5").await;
+    let publication = ws.event("publication").await;
+    assert_eq!(publication[0]["data"], json!("queued"));
+
+    // From now on everything flows over the WebSocket.
+    let ack = ws
+        .emit("publish", json!({"channel": "chat:1", "data": "ws"}))
+        .await;
+    assert_eq!(ack, json!({"result": {}}));
+    assert_eq!(ws.event("publication").await[0]["data"], json!("ws"));
+    assert_eq!(
+        engine_error(p.poll().await),
+        (400, 3),
+        "no polling after the upgrade"
+    );
+    // The connection survived the refused poll.
+    assert_eq!(ws.emit("ping", json!({})).await, json!({"result": {}}));
+}
+
+// engine.io-client may have sent a poll just before `3probe` reached it, and waits for
+// that poll to end before it sends `5`: the server answers it with a noop, not an error.
+#[tokio::test]
+async fn a_poll_in_flight_during_the_upgrade_is_answered_with_noop() {
+    let server = start_default().await;
+    let (p, _) = Polling::connect(&server, &token("ann")).await;
+    let mut ws = SioWs::upgrading(&server, &p.sid).await;
+    ws.send("2probe").await;
+    assert_eq!(ws.packet().await, "3probe");
+    // The poll the client sent just before it saw `3probe`.
+    assert_eq!(p.poll().await, (200, "6".to_owned()));
+    ws.send("5").await;
+    assert_eq!(ws.emit("ping", json!({})).await, json!({"result": {}}));
+}
+
+// ---------------------------------------------------------------------------------------
+// WebSocket
+
+#[tokio::test]
+async fn websocket_without_polling_gets_a_handshake_and_connects() {
+    let server = start_default().await;
+    let mut c = SioWs::open(&server).await;
+    let hs = &c.handshake;
+    assert!(hs["sid"].as_str().is_some_and(|s| !s.is_empty()), "{hs}");
+    assert_eq!(hs["upgrades"], json!([]));
+    assert_eq!(hs["pingInterval"], json!(25_000));
+    assert_eq!(hs["pingTimeout"], json!(8_000));
+
+    let connected = c.join(&token("ann")).await;
+    assert!(connected["client"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(connected["subs"]["user:ann"].is_object(), "{connected}");
+    assert!(connected.get("expires").is_none(), "{connected}");
+
+    // The personal channel is live right away.
+    api(
+        &server,
+        "publish",
+        json!({"channel": "user:ann", "data": 7}),
+    )
+    .await;
+    let p = c.event("publication").await;
+    assert_eq!(
+        p,
+        vec![json!({"channel": "user:ann", "data": 7, "offset": 1})]
+    );
+    assert_eq!(c.emit("ping", json!({})).await, json!({"result": {}}));
+}
+
+#[tokio::test]
+async fn connect_result_reports_expiry_of_an_expiring_token() {
+    let server = start_default().await;
+    let (_c, connected) = SioWs::connect(&server, &expiring_token("ann", 600)).await;
+    assert_eq!(connected["expires"], json!(true), "{connected}");
+    let ttl = connected["ttl"].as_u64().expect("ttl");
+    assert!((590..=600).contains(&ttl), "{connected}");
+}
+
+// ---------------------------------------------------------------------------------------
+// CONNECT errors
+
+#[tokio::test]
+async fn invalid_token_gets_connect_error_then_close_3500() {
+    let server = start_default().await;
+    let mut c = SioWs::open(&server).await;
+    c.send(&connect_packet("not-a-jwt")).await;
+    let (packets, closed) = c.until_closed().await;
+    assert_eq!(packets.len(), 1, "{packets:?}");
+    assert_eq!(
+        body_of(&packets[0], "44"),
+        json!({"message": "invalid token", "data": {"code": 3500, "message": "invalid token"}})
+    );
+    assert_eq!(closed.code, 3500, "{closed:?}");
+
+    // Over polling: the error, then the Engine.IO close packet.
+    let p = Polling::open(&server).await;
+    p.send(&[&connect_packet("not-a-jwt")]).await;
+    let packets = p.until(|p| p == "1").await;
+    assert_eq!(packets.len(), 2, "{packets:?}");
+    assert_eq!(body_of(&packets[0], "44")["data"]["code"], json!(3500));
+}
+
+#[tokio::test]
+async fn expired_token_gets_connect_error_and_a_fresh_token_succeeds_on_the_same_connection() {
+    let server = start_default().await;
+    let expired = token_with(&MintClaims {
+        sub: "ann".into(),
+        exp: Some(now_secs() - 5),
+        ..MintClaims::default()
+    });
+    let mut c = SioWs::open(&server).await;
+    c.send(&connect_packet(&expired)).await;
+    let refused = body_of(&c.packet().await, "44");
+    assert_eq!(refused["message"], json!("token expired"));
+    assert_eq!(refused["data"]["code"], json!(109), "{refused}");
+    assert_eq!(refused["data"]["message"], json!("token expired"));
+
+    let connected = c.join(&token("ann")).await;
+    assert!(connected["subs"]["user:ann"].is_object(), "{connected}");
+}
+
+#[tokio::test]
+async fn other_namespaces_are_refused_and_the_main_one_still_works() {
+    let server = start_default().await;
+    let mut c = SioWs::open(&server).await;
+    c.send(&format!("40/admin,{}", json!({"token": token("ann")})))
+        .await;
+    assert_eq!(
+        c.packet().await,
+        r#"44/admin,{"message":"Invalid namespace"}"#
+    );
+    c.join(&token("ann")).await;
+    // Events addressed to another namespace are ignored.
+    c.send(r#"42/admin,1["ping"]"#).await;
+    c.assert_quiet(Duration::from_millis(200)).await;
+    assert_eq!(c.emit("ping", json!({})).await, json!({"result": {}}));
+}
+
+#[tokio::test]
+async fn an_event_before_connect_closes_with_3501() {
+    let server = start_default().await;
+    let mut c = SioWs::open(&server).await;
+    c.send(r#"421["ping"]"#).await;
+    let (packets, closed) = c.until_closed().await;
+    assert!(packets.is_empty(), "{packets:?}");
+    assert_eq!(closed.code, 3501);
+}
+
+// ---------------------------------------------------------------------------------------
+// Events and acknowledgements
+
+#[tokio::test]
+async fn forbidden_and_unknown_channels_get_error_acks_and_the_connection_survives() {
+    let server = start_default().await;
+    let (mut c, _) = SioWs::connect(&server, &token("ann")).await;
+    let denied = c.emit("subscribe", json!("observation:1")).await;
+    assert_eq!(
+        denied,
+        json!({"error": {"code": 103, "message": "permission denied"}})
+    );
+    let ack = c.emit("subscribe", json!({"channel": "nope:1"})).await;
+    assert_eq!(ack_error(&ack), 102);
+    // Publishing into a namespace without `publish` is forbidden too.
+    let ack = c
+        .emit("publish", json!({"channel": "news:1", "data": 1}))
+        .await;
+    assert_eq!(ack_error(&ack), 103);
+    assert!(c.emit("subscribe", json!("chat:1")).await["result"].is_object());
+    let again = c.emit("subscribe", json!("chat:1")).await;
+    assert_eq!(ack_error(&again), 105, "already subscribed");
+}
+
+#[tokio::test]
+async fn unknown_events_and_malformed_arguments_get_error_acks() {
+    let server = start_default().await;
+    let (mut c, _) = SioWs::connect(&server, &token("ann")).await;
+    assert_eq!(
+        c.emit("frobnicate", json!({})).await,
+        json!({"error": {"code": 104, "message": "unknown event"}})
+    );
+    let ack = c.emit("publish", json!([1])).await;
+    assert_eq!(ack_error(&ack), 107);
+    assert!(
+        ack["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("bad request")),
+        "{ack}"
+    );
+    let ack = c
+        .emit("history", json!({"channel": "chat:1", "limit": "x"}))
+        .await;
+    assert_eq!(ack_error(&ack), 107);
+    // An event that is not a JSON array still gets its ack.
+    c.send("4277{}").await;
+    assert_eq!(ack_error(&c.ack(77).await), 107);
+    c.send("4278[1]").await;
+    assert_eq!(ack_error(&c.ack(78).await), 107);
+    assert_eq!(c.emit("ping", json!({})).await, json!({"result": {}}));
+}
+
+#[tokio::test]
+async fn errors_without_an_ack_arrive_as_error_events() {
+    let server = start_default().await;
+    let (mut c, _) = SioWs::connect(&server, &token("ann")).await;
+    c.send(&format!("42{}", json!(["subscribe", "observation:1"])))
+        .await;
+    assert_eq!(
+        c.event("error").await,
+        vec![json!({"code": 103, "message": "permission denied", "event": "subscribe"})]
+    );
+    c.send(r#"42["frobnicate",{}]"#).await;
+    assert_eq!(
+        c.event("error").await,
+        vec![json!({"code": 104, "message": "unknown event", "event": "frobnicate"})]
+    );
+    c.send(r#"42["publish",5]"#).await;
+    let e = c.event("error").await.remove(0);
+    assert_eq!(
+        (e["code"].clone(), e["event"].clone()),
+        (json!(107), json!("publish"))
+    );
+    // Successful events without an ack get no answer (only the effect: here, the own join).
+    c.send(r#"42["subscribe","chat:1"]"#).await;
+    let join = c.event("join").await.remove(0);
+    assert_eq!(join["info"]["user"], json!("ann"), "{join}");
+    c.assert_quiet(Duration::from_millis(200)).await;
+    c.send(&format!(
+        "42{}",
+        json!(["publish", {"channel": "chat:1", "data": 1}])
+    ))
+    .await;
+    assert_eq!(c.event("publication").await[0]["data"], json!(1));
+}
+
+#[tokio::test]
+async fn too_many_protocol_errors_disconnect_with_3501() {
+    let mut cfg = config();
+    cfg.limits.max_protocol_errors = 2;
+    let server = start(cfg).await;
+    let (mut c, _) = SioWs::connect(&server, &token("ann")).await;
+    for _ in 0..2 {
+        assert_eq!(ack_error(&c.emit("frobnicate", json!({})).await), 104);
+    }
+    // Ordinary refusals (permission denied) are not protocol errors.
+    assert_eq!(
+        ack_error(&c.emit("subscribe", json!("observation:1")).await),
+        103
+    );
+    c.send(r#"429["frobnicate"]"#).await;
+    let (packets, closed) = c.until_closed().await;
+    assert_eq!(packets.len(), 3, "{packets:?}");
+    assert_eq!(ack_error(&ack_of(&packets[0], 9).expect("ack")), 104);
+    assert_eq!(
+        event_of(&packets[1]).expect("event"),
+        (
+            "server_disconnect".to_owned(),
+            vec![json!({"code": 3501, "reason": "bad request", "reconnect": false})]
+        )
+    );
+    assert_eq!(packets[2], "41");
+    assert_eq!(closed.code, 3501);
+}
+
+#[tokio::test]
+async fn channel_commands_as_events_with_recovery() {
+    let server = start_default().await;
+    let (mut c, _) = SioWs::connect(&server, &token("ann")).await;
+    let sub = c.emit("subscribe", json!("chat:r")).await;
+    let epoch = sub["result"]["epoch"].as_str().expect("epoch").to_owned();
+    assert_eq!(sub["result"]["recoverable"], json!(true), "{sub}");
+    for i in 1..=3 {
+        api(&server, "publish", json!({"channel": "chat:r", "data": i})).await;
+        assert_eq!(c.event("publication").await[0]["data"], json!(i));
+    }
+    let history = c
+        .emit(
+            "history",
+            json!({"channel": "chat:r", "limit": 2, "reverse": true}),
+        )
+        .await;
+    let data: Vec<_> = history["result"]["publications"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{history}"))
+        .iter()
+        .map(|p| p["data"].clone())
+        .collect();
+    assert_eq!(data, vec![json!(3), json!(2)], "{history}");
+    assert_eq!(history["result"]["offset"], json!(3));
+    assert_eq!(history["result"]["epoch"], json!(epoch));
+
+    // Missed while unsubscribed, recovered on the next subscribe.
+    assert_eq!(
+        c.emit("unsubscribe", json!("chat:r")).await,
+        json!({"result": {}})
+    );
+    for i in 4..=5 {
+        api(&server, "publish", json!({"channel": "chat:r", "data": i})).await;
+    }
+    let sub = c
+        .emit(
+            "subscribe",
+            json!({"channel": "chat:r", "recover": true, "offset": 3, "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(sub["result"]["recovered"], json!(true), "{sub}");
+    let recovered: Vec<_> = sub["result"]["publications"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{sub}"))
+        .iter()
+        .map(|p| p["data"].clone())
+        .collect();
+    assert_eq!(recovered, vec![json!(4), json!(5)]);
+
+    let presence = c.emit("presence", json!("chat:r")).await;
+    let clients = presence["result"]["presence"]
+        .as_object()
+        .expect("presence");
+    assert_eq!(clients.len(), 1, "{presence}");
+    assert_eq!(clients.values().next().unwrap()["user"], json!("ann"));
+    let refreshed = c
+        .emit("refresh", json!({"token": expiring_token("ann", 600)}))
+        .await;
+    assert_eq!(refreshed["result"]["expires"], json!(true), "{refreshed}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Pushes
+
+#[tokio::test]
+async fn a_publication_tagged_with_an_event_arrives_as_that_event() {
+    let server = start_default().await;
+    let (mut c, _) = SioWs::connect(&server, &token("ann")).await;
+    assert!(c.emit("subscribe", json!("chat:1")).await["result"].is_object());
+    api(
+        &server,
+        "publish",
+        json!({"channel": "chat:1", "data": {"text": "hi"}, "tags": {"event": "message:new", "k": "v"}}),
+    )
+    .await;
+    let args = c.event("message:new").await;
+    assert_eq!(
+        args,
+        vec![
+            json!({"text": "hi"}),
+            json!({"channel": "chat:1", "offset": 1, "tags": {"event": "message:new", "k": "v"}}),
+        ]
+    );
+
+    // Names socket.io-client keeps for itself fall back to `publication`.
+    api(
+        &server,
+        "publish",
+        json!({"channel": "chat:1", "data": 2, "tags": {"event": "disconnect"}}),
+    )
+    .await;
+    assert_eq!(
+        c.event("publication").await,
+        vec![json!({"channel": "chat:1", "data": 2, "offset": 2, "tags": {"event": "disconnect"}})]
+    );
+    // So do switchboard's own event names: a publication can not pass for a disconnect.
+    api(
+        &server,
+        "publish",
+        json!({"channel": "chat:1", "data": 3, "tags": {"event": "server_disconnect"}}),
+    )
+    .await;
+    assert_eq!(
+        c.event("publication").await,
+        vec![
+            json!({"channel": "chat:1", "data": 3, "offset": 3, "tags": {"event": "server_disconnect"}})
+        ]
+    );
+}
+
+#[tokio::test]
+async fn server_side_subscribe_unsubscribe_and_refresh_arrive_as_events() {
+    let server = start_default().await;
+    let (mut c, _) = SioWs::connect(&server, &token("ann")).await;
+    api(
+        &server,
+        "subscribe",
+        json!({"user": "ann", "channel": "news:1"}),
+    )
+    .await;
+    let sub = c.event("subscribe").await.remove(0);
+    assert_eq!(sub["channel"], json!("news:1"), "{sub}");
+    api(
+        &server,
+        "publish",
+        json!({"channel": "news:1", "data": "n"}),
+    )
+    .await;
+    assert_eq!(c.event("publication").await[0]["data"], json!("n"));
+
+    api(
+        &server,
+        "unsubscribe",
+        json!({"user": "ann", "channel": "news:1"}),
+    )
+    .await;
+    let unsub = c.event("unsubscribe").await.remove(0);
+    assert_eq!(unsub["channel"], json!("news:1"), "{unsub}");
+    assert!(unsub["code"].as_u64().is_some(), "{unsub}");
+    assert!(unsub["reason"].as_str().is_some(), "{unsub}");
+
+    api(
+        &server,
+        "refresh",
+        json!({"user": "ann", "expire_at": now_secs() + 3600}),
+    )
+    .await;
+    let refresh = c.event("refresh").await.remove(0);
+    assert_eq!(refresh["expires"], json!(true), "{refresh}");
+    assert!(refresh["ttl"].as_u64().unwrap() > 3500, "{refresh}");
+}
+
+#[tokio::test]
+async fn centrifugo_and_socketio_clients_see_each_others_publications_and_presence() {
+    let server = start_default().await;
+    let (mut sio, _) = SioWs::connect(&server, &token("ann")).await;
+    assert!(sio.emit("subscribe", json!("chat:1")).await["result"].is_object());
+    let mut bob = Client::connect_user(&server, "bob").await;
+    assert!(bob.subscribe("chat:1").await.get("subscribe").is_some());
+
+    let join = sio
+        .wait_for("bob's join", |p| {
+            is_event(p, "join") && event_of(p).unwrap().1[0]["info"]["user"] == json!("bob")
+        })
+        .await;
+    assert_eq!(event_of(&join).unwrap().1[0]["channel"], json!("chat:1"));
+
+    let ack = sio
+        .emit(
+            "publish",
+            json!({"channel": "chat:1", "data": {"from": "sio"}}),
+        )
+        .await;
+    assert_eq!(ack, json!({"result": {}}));
+    let p = bob.next_pub("chat:1").await;
+    assert_eq!(p["data"], json!({"from": "sio"}));
+    assert_eq!(p["info"]["user"], json!("ann"));
+    assert_eq!(
+        sio.event("publication").await[0]["data"],
+        json!({"from": "sio"})
+    );
+
+    bob.publish("chat:1", json!({"from": "centrifugo"})).await;
+    let p = sio.event("publication").await.remove(0);
+    assert_eq!(p["data"], json!({"from": "centrifugo"}));
+    assert_eq!(p["info"]["user"], json!("bob"));
+
+    let presence = sio.emit("presence", json!("chat:1")).await;
+    let mut users: Vec<_> = presence["result"]["presence"]
+        .as_object()
+        .expect("presence")
+        .values()
+        .map(|i| i["user"].as_str().unwrap().to_owned())
+        .collect();
+    users.sort();
+    assert_eq!(users, ["ann", "bob"]);
+    let r = bob
+        .request(json!({"presence_stats": {"channel": "chat:1"}}))
+        .await;
+    assert_eq!(r["presence_stats"]["num_users"], json!(2), "{r}");
+
+    bob.close().await;
+    let leave = sio.event("leave").await.remove(0);
+    assert_eq!(leave["info"]["user"], json!("bob"), "{leave}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Disconnects and heartbeats
+
+#[tokio::test]
+async fn api_disconnect_sends_server_disconnect_then_41_then_closes_with_3503() {
+    let server = start_default().await;
+    let (mut c, _) = SioWs::connect(&server, &token("ann")).await;
+    api(&server, "disconnect", json!({"user": "ann"})).await;
+    let (packets, closed) = c.until_closed().await;
+    assert_eq!(
+        packets,
+        vec![
+            format!(
+                "42{}",
+                json!(["server_disconnect", {"code": 3503, "reason": "force disconnect", "reconnect": false}])
+            ),
+            "41".to_owned(),
+        ]
+    );
+    assert_eq!(
+        (closed.code, closed.reason.as_str()),
+        (3503, "force disconnect")
+    );
+
+    // A reconnectable code: no `41`, so socket.io-client reconnects by itself.
+    let (mut c, _) = SioWs::connect(&server, &token("bob")).await;
+    api(
+        &server,
+        "disconnect",
+        json!({"user": "bob", "disconnect": {"code": 4001, "reason": "moved"}}),
+    )
+    .await;
+    let (packets, closed) = c.until_closed().await;
+    assert_eq!(packets.len(), 1, "{packets:?}");
+    assert_eq!(
+        event_of(&packets[0]).expect("event").1,
+        vec![json!({"code": 4001, "reason": "moved", "reconnect": true})]
+    );
+    assert_eq!(closed.code, 4001);
+
+    // Over polling the last poll carries the farewell and the Engine.IO close packet.
+    let (p, _) = Polling::connect(&server, &token("cy")).await;
+    api(&server, "disconnect", json!({"user": "cy"})).await;
+    let packets = p.until(|p| p == "1").await;
+    assert_eq!(packets.len(), 3, "{packets:?}");
+    assert!(is_event(&packets[0], "server_disconnect"), "{packets:?}");
+    assert_eq!(event_of(&packets[0]).unwrap().1[0]["code"], json!(3503));
+    assert_eq!(packets[1], "41");
+    assert_eq!(packets[2], "1");
+}
+
+#[tokio::test]
+async fn shutdown_sends_a_reconnectable_server_disconnect_and_closes_with_3001() {
+    let server = start_default().await;
+    let (mut c, _) = SioWs::connect(&server, &token("ann")).await;
+    let stopping = tokio::spawn(server.stop());
+    let (packets, closed) = c.until_closed().await;
+    assert_eq!(
+        packets,
+        vec![format!(
+            "42{}",
+            json!(["server_disconnect", {"code": 3001, "reason": "shutdown", "reconnect": true}])
+        )],
+        "no 41: the client reconnects"
+    );
+    assert_eq!(closed.code, 3001);
+    stopping.await.expect("stop");
+
+    // Over polling, the pending poll carries the farewell and the close packet.
+    let server = start_default().await;
+    let (p, _) = Polling::connect(&server, &token("ann")).await;
+    let pending = tokio::spawn({
+        let p = p.clone();
+        async move { p.packets().await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = tokio::spawn(server.stop());
+    assert_eq!(
+        pending.await.expect("poll task"),
+        [
+            format!(
+                "42{}",
+                json!(["server_disconnect", {"code": 3001, "reason": "shutdown", "reconnect": true}])
+            ),
+            "1".to_owned(),
+        ]
+    );
+    stopping.await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_missing_pong_closes_with_3012_and_answered_pings_keep_the_connection() {
+    let mut cfg = config();
+    cfg.client.ping_interval = Duration::from_millis(300);
+    cfg.client.pong_timeout = Duration::from_millis(300);
+    let server = start(cfg).await;
+    // A client that keeps reading answers every ping and stays.
+    let (mut alive, _) = SioWs::connect(&server, &token("ann")).await;
+    for _ in 0..10 {
+        assert_eq!(alive.emit("ping", json!({})).await, json!({"result": {}}));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(alive);
+
+    let (mut silent, _) = SioWs::connect(&server, &token("bob")).await;
+    silent.auto_pong = false;
+    assert_eq!(silent.packet().await, "2", "the Engine.IO ping");
+    let (packets, closed) = silent.until_closed().await;
+    assert_eq!(closed.code, 3012, "{closed:?} after {packets:?}");
+    assert_eq!(
+        packets,
+        vec![format!(
+            "42{}",
+            json!(["server_disconnect", {"code": 3012, "reason": "no pong", "reconnect": true}])
+        )]
+    );
+}
+
+#[tokio::test]
+async fn polling_clients_answer_pings_by_post_or_are_closed_with_3012() {
+    let mut cfg = config();
+    cfg.client.ping_interval = Duration::from_millis(300);
+    cfg.client.pong_timeout = Duration::from_millis(300);
+    let server = start(cfg).await;
+    let (p, _) = Polling::connect(&server, &token("ann")).await;
+    for _ in 0..3 {
+        assert_eq!(p.packets().await, ["2"]);
+        p.send(&["3"]).await;
+    }
+    assert_eq!(p.emit(1, "ping", json!({})).await, json!({"result": {}}));
+
+    // No pong: the next poll carries the farewell and the close packet.
+    assert_eq!(p.packets().await, ["2"]);
+    let packets = p.until(|p| p == "1").await;
+    assert_eq!(
+        packets,
+        [
+            format!(
+                "42{}",
+                json!(["server_disconnect", {"code": 3012, "reason": "no pong", "reconnect": true}])
+            ),
+            "1".to_owned(),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_never_connects_is_closed_as_stale_with_3502() {
+    let mut cfg = config();
+    cfg.client.connect_timeout = Duration::from_millis(300);
+    let server = start(cfg).await;
+    let mut c = SioWs::open(&server).await;
+    let (packets, closed) = c.until_closed().await;
+    assert!(packets.is_empty(), "{packets:?}");
+    assert_eq!(closed.code, 3502);
+
+    let p = Polling::open(&server).await;
+    assert_eq!(p.packets().await, ["1"]);
+}
+
+#[tokio::test]
+async fn binary_and_garbage_packets_close_with_3501() {
+    let server = start_default().await;
+    let (mut c, _) = SioWs::connect(&server, &token("ann")).await;
+    c.ws.send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .expect("send");
+    let (_, closed) = c.until_closed().await;
+    assert_eq!(closed.code, 3501, "binary frame");
+
+    let bad = [
+        "bAQID",                                      // Engine.IO base64 binary
+        r#"451-["x",{"_placeholder":true,"num":0}]"#, // Socket.IO binary event
+        "4x",                                         // unknown Socket.IO type
+        "9",                                          // unknown Engine.IO type
+        "",                                           // empty packet
+    ];
+    for packet in bad {
+        let (mut c, _) = SioWs::connect(&server, &token("ann")).await;
+        c.send(packet).await;
+        let (packets, closed) = c.until_closed().await;
+        assert_eq!(closed.code, 3501, "{packet:?}: {packets:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Engine.IO request errors
+
+#[tokio::test]
+async fn unsupported_engine_io_versions_and_transports_are_refused() {
+    let server = start_default().await;
+    for query in [
+        "EIO=3&transport=polling",
+        "transport=polling",
+        "EIO=5&transport=websocket",
+    ] {
+        let r = http_get(&server.http_url(&format!("/socket.io/?{query}"))).await;
+        assert_eq!(engine_error(r), (400, 5), "{query}");
+    }
+    for query in ["EIO=4&transport=flash", "EIO=4"] {
+        let r = http_get(&server.http_url(&format!("/socket.io/?{query}"))).await;
+        assert_eq!(engine_error(r), (400, 0), "{query}");
+    }
+    // `transport=websocket` without a WebSocket upgrade.
+    let r = http_get(&server.http_url("/socket.io/?EIO=4&transport=websocket")).await;
+    assert_eq!(engine_error(r), (400, 3));
+    // The path without its trailing slash works too.
+    let (status, body) = http_get(&server.http_url("/socket.io?EIO=4&transport=polling")).await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("0{"), "{body}");
+}
+
+#[tokio::test]
+async fn unknown_session_ids_are_refused_with_code_1() {
+    let server = start_default().await;
+    let url = format!("{}&sid=nope", polling_url(&server));
+    assert_eq!(engine_error(http_get(&url).await), (400, 1));
+    assert_eq!(engine_error(http_post(&url, "40").await), (400, 1));
+    assert_eq!(ws_refused(&ws_url(&server, Some("nope")), None).await, 400);
+}
+
+#[tokio::test]
+async fn a_second_concurrent_poll_is_refused_and_closes_the_session() {
+    let server = start_default().await;
+    let (p, _) = Polling::connect(&server, &token("ann")).await;
+    let first = tokio::spawn({
+        let p = p.clone();
+        async move { p.poll().await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(engine_error(p.poll().await), (400, 3));
+    let (status, body) = first.await.expect("poll task");
+    assert_eq!(status, 200);
+    let packets: Vec<_> = body.split(RS).collect();
+    assert_eq!(packets.len(), 3, "{packets:?}");
+    assert_eq!(
+        event_of(packets[0]).expect("event").1[0]["code"],
+        json!(3501)
+    );
+    assert_eq!(&packets[1..], ["41", "1"]);
+
+    // The session is gone.
+    let mut status = (0, 0);
+    for _ in 0..20 {
+        status = engine_error(p.post(&["3"]).await);
+        if status == (400, 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, (400, 1));
+}
+
+#[tokio::test]
+async fn an_oversized_post_is_refused_and_closes_the_session_with_3506() {
+    let mut cfg = config();
+    cfg.limits.max_message_size = 1024;
+    let server = start(cfg).await;
+    let (p, _) = Polling::connect(&server, &token("ann")).await;
+    assert_eq!(p.handshake["maxPayload"], json!(1024));
+    let big = format!(
+        "42{}",
+        json!(["publish", {"channel": "chat:1", "data": "x".repeat(2000)}])
+    );
+    assert_eq!(engine_error(p.post(&[&big]).await), (400, 3));
+    let packets = p.until(|p| p == "1").await;
+    assert_eq!(packets.len(), 3, "{packets:?}");
+    assert_eq!(
+        event_of(&packets[0]).expect("event").1,
+        vec![json!({"code": 3506, "reason": "message size limit exceeded", "reconnect": false})]
+    );
+    assert_eq!(packets[1], "41");
+
+    // Over WebSocket, the frame limit applies.
+    let (mut c, _) = SioWs::connect(&server, &token("bob")).await;
+    c.send(&big).await;
+    let (_, closed) = c.until_closed().await;
+    assert_eq!(closed.code, 3506);
+}
+
+// ---------------------------------------------------------------------------------------
+// CORS
+
+#[tokio::test]
+async fn cors_preflight_and_origin_headers() {
+    let server = start_default().await;
+    let http = reqwest::Client::new();
+    let url = polling_url(&server);
+    let resp = http
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("Origin", "https://app.example")
+        .header("Access-Control-Request-Method", "POST")
+        .header("Access-Control-Request-Headers", "content-type")
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .expect("options");
+    assert_eq!(resp.status().as_u16(), 204);
+    let h = resp.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://app.example");
+    assert_eq!(h["access-control-allow-credentials"], "true");
+    assert_eq!(h["access-control-allow-headers"], "content-type");
+    let methods = h["access-control-allow-methods"].to_str().unwrap();
+    assert!(
+        methods.contains("GET") && methods.contains("POST"),
+        "{methods}"
+    );
+
+    let resp = http
+        .get(&url)
+        .header("Origin", "https://app.example")
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    // Without an Origin, no CORS headers.
+    let resp = http.get(&url).timeout(TIMEOUT).send().await.expect("get");
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+
+    // With allowed origins configured, others are forbidden (code 4).
+    let mut cfg = config();
+    cfg.allowed_origins = vec!["https://app.example".into()];
+    let server = start(cfg).await;
+    let url = polling_url(&server);
+    let get_from = |origin: &'static str| {
+        http.get(&url)
+            .header("Origin", origin)
+            .timeout(TIMEOUT)
+            .send()
+    };
+    let resp = get_from("https://evil.example").await.expect("get");
+    assert_eq!(engine_error(answer(resp).await), (403, 4));
+    let resp = get_from("https://app.example").await.expect("get");
+    assert_eq!(resp.status().as_u16(), 200);
+    let resp = http
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("Origin", "https://evil.example")
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .expect("options");
+    assert_eq!(resp.status().as_u16(), 403);
+    let forbidden = ws_refused(&ws_url(&server, None), Some("https://evil.example")).await;
+    assert_eq!(forbidden, 403);
+}
