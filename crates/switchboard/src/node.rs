@@ -36,6 +36,9 @@ pub enum NodeError {
     /// The request is malformed.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// `since` names a position in another epoch of the stream: it no longer exists.
+    #[error("unrecoverable position")]
+    UnrecoverablePosition,
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -242,7 +245,14 @@ impl Node {
         if self.history_options(ns).is_none() {
             return Err(NodeError::NotAvailable);
         }
-        Ok(self.engine.history(channel, query).await?)
+        let since_epoch = query.since.as_ref().map(|s| s.epoch.clone());
+        let h = self.engine.history(channel, query).await?;
+        // Offsets of another epoch say nothing about this stream: paging from one would
+        // silently skip or repeat publications.
+        if since_epoch.is_some_and(|e| !e.is_empty() && e != h.epoch) {
+            return Err(NodeError::UnrecoverablePosition);
+        }
+        Ok(h)
     }
 
     /// Drops a channel's history.

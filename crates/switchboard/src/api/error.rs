@@ -22,9 +22,6 @@ pub enum ApiError {
     /// The body is not JSON, has fields of the wrong type, or misses required ones.
     #[error("bad request: {0}")]
     BadRequest(String),
-    /// `since` names a stream position that no longer exists (another epoch).
-    #[error("unrecoverable position")]
-    UnrecoverablePosition,
     /// The node refused or failed the operation.
     #[error(transparent)]
     Node(#[from] NodeError),
@@ -51,7 +48,6 @@ impl ApiError {
                 ErrorCode::BadRequest,
                 Some(format!("bad request: {why}")),
             ),
-            Self::UnrecoverablePosition => (StatusCode::OK, ErrorCode::UnrecoverablePosition, None),
             Self::Node(e) => match e {
                 NodeError::Channel(RuleError::InvalidName | RuleError::UnknownChannel) => {
                     (StatusCode::OK, ErrorCode::UnknownChannel, None)
@@ -60,6 +56,9 @@ impl ApiError {
                     (StatusCode::OK, ErrorCode::PermissionDenied, None)
                 }
                 NodeError::NotAvailable => (StatusCode::OK, ErrorCode::NotAvailable, None),
+                NodeError::UnrecoverablePosition => {
+                    (StatusCode::OK, ErrorCode::UnrecoverablePosition, None)
+                }
                 NodeError::BadRequest(why) => (
                     StatusCode::BAD_REQUEST,
                     ErrorCode::BadRequest,
@@ -97,7 +96,7 @@ mod tests {
             (ApiError::MethodNotFound, 404, 104),
             (ApiError::TooLarge, 413, 107),
             (ApiError::BadRequest("x".into()), 400, 107),
-            (ApiError::UnrecoverablePosition, 200, 112),
+            (NodeError::UnrecoverablePosition.into(), 200, 112),
             (RuleError::UnknownChannel.into(), 200, 102),
             (RuleError::InvalidName.into(), 200, 102),
             (NodeError::NotAvailable.into(), 200, 108),

@@ -228,13 +228,6 @@ pub(super) async fn history(api: &Api, req: HistoryRequest) -> Result<HistoryRes
         ensure: None,
     };
     let h = api.node.history(&req.channel, query).await?;
-    if req
-        .since
-        .as_ref()
-        .is_some_and(|s| !s.epoch.is_empty() && s.epoch != h.epoch)
-    {
-        return Err(ApiError::UnrecoverablePosition);
-    }
     Ok(HistoryResult {
         publications: h.publications.into_iter().map(Into::into).collect(),
         offset: h.offset,

@@ -63,6 +63,7 @@ impl From<NodeError> for SessionError {
         match e {
             NodeError::Channel(r) => r.into(),
             NodeError::NotAvailable => Self::Reply(ErrorCode::NotAvailable),
+            NodeError::UnrecoverablePosition => Self::Reply(ErrorCode::UnrecoverablePosition),
             NodeError::BadRequest(_) => Self::Reply(ErrorCode::BadRequest),
             NodeError::Engine(err) => {
                 tracing::error!(error = %err, "engine error");

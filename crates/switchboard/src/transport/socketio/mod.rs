@@ -95,6 +95,8 @@ struct Conn {
     release_poll: Notify,
     /// The client answered a ping.
     pong: Notify,
+    /// A long-poll carried what was queued at the close, and the farewell.
+    farewell_sent: AtomicBool,
     /// The last long-poll carried the close packet.
     flushed: Notify,
 }
@@ -112,6 +114,7 @@ impl Conn {
             polling: AtomicBool::new(false),
             release_poll: Notify::new(),
             pong: Notify::new(),
+            farewell_sent: AtomicBool::new(false),
             flushed: Notify::new(),
         })
     }

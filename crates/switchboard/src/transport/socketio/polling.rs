@@ -169,7 +169,7 @@ async fn poll(conn: &Conn) -> Result<Response, EngineError> {
     for item in batch {
         push_packet(&mut body, &encode(item));
     }
-    if session.closed().is_cancelled() {
+    if session.closed().is_cancelled() && !conn.farewell_sent.swap(true, Ordering::AcqRel) {
         let reason = session.disconnect_reason();
         if reason != Disconnect::SLOW {
             while let Some(item) = session.outbox().try_recv() {
@@ -179,6 +179,14 @@ async fn poll(conn: &Conn) -> Result<Response, EngineError> {
                 push_packet(&mut body, &frame);
             }
         }
+        if !body.is_empty() {
+            // The close packet goes in the next poll: `engine.io-client` acts on it at
+            // once, before `socket.io-client` has handled the packets before it (a
+            // `connect_error`, `server_disconnect`, `41`).
+            return Ok(text(body));
+        }
+    }
+    if session.closed().is_cancelled() {
         push_packet(&mut body, CLOSE);
         conn.flushed.notify_one();
     }
