@@ -46,19 +46,17 @@ async fn serve(node: Arc<Node>, socket: WebSocket) {
     node.metrics.connections.inc();
     let session = Session::new(node.clone(), CODEC);
     let (sink, stream) = socket.split();
-    // Presence and subscriptions are released as soon as the session is closed, not
-    // after the close frame got through to a client that may have stopped reading.
-    let cleanup = async {
-        session.closed().cancelled().await;
-        Box::pin(session.cleanup()).await;
-    };
     // The writer is a task of its own, so a delivery wakes only the writer, not the
     // reader's timers and cancellation futures as well.
     let writer = {
         let session = session.clone();
         tokio::spawn(async move { websocket::write_loop(sink, &session, WIRE).await })
     };
-    tokio::join!(read_loop(stream, &session), cleanup);
+    // The reader returns as soon as the session closes, so presence and subscriptions
+    // are released then, not after the close frame got through to a client that may
+    // have stopped reading.
+    read_loop(stream, &session).await;
+    Box::pin(session.cleanup()).await;
     let _ = writer.await;
     node.metrics.connections.dec();
     let reason = session.disconnect_reason();

@@ -12,9 +12,10 @@ use crate::config::Config;
 use crate::event::{Outgoing, TextFrame};
 use crate::session::Session;
 
-/// Read buffer per connection. Clients send small commands, and the buffer is held for
-/// the connection's whole life, so it is small; a larger frame is read in several steps.
-const READ_BUFFER_SIZE: usize = 1024;
+/// Bytes read per read call, and the read buffer a connection starts with. Clients send
+/// small commands and the buffer is held for the connection's whole life (it grows to
+/// the largest frame received), so it starts small; a larger frame takes several reads.
+const READ_BUFFER_SIZE: usize = 256;
 /// Bytes of frames gathered before a write: one syscall carries many small pushes.
 const WRITE_BUFFER_SIZE: usize = 4096;
 /// Batch capacity a writer keeps between bursts.
