@@ -86,6 +86,7 @@ fn encode_event(ev: &ChannelEvent) -> String {
 
 const WIRE: Wire = Wire {
     encode,
+    join: Some('\n'),
     // The close frame carries the code and reason.
     farewell: |_, _| Vec::new(),
 };

@@ -33,11 +33,17 @@ pub(crate) fn configure(ws: WebSocketUpgrade, config: &Config) -> WebSocketUpgra
         .max_frame_size(max)
 }
 
+/// Largest WebSocket message made of several joined frames.
+const MAX_JOINED: usize = 16 * 1024;
+
 /// How a transport turns outbox items into frames, and what it says before closing.
 #[derive(Clone, Copy)]
 pub(crate) struct Wire {
     /// Encodes one outbox item.
     pub(crate) encode: fn(Outgoing) -> TextFrame,
+    /// When the protocol allows several frames in one WebSocket message, what separates
+    /// them (a newline for Centrifugo's JSON protocol).
+    pub(crate) join: Option<char>,
     /// Frames sent before the close frame (the protocol's own disconnect message).
     pub(crate) farewell: fn(&Session, Disconnect) -> Vec<TextFrame>,
 }
@@ -68,8 +74,32 @@ pub(crate) async fn write_loop(
         }
         observe_latency(session, &batch);
         let write = async {
-            for item in batch.drain(..) {
-                sink.feed(Message::Text(encode(item))).await?;
+            match wire.join {
+                // Several queued frames in one message: one frame header, and one message
+                // for the client to take apart, instead of one per push. Only what is
+                // already queued is joined; nothing waits for company.
+                Some(sep) if batch.len() > 1 => {
+                    let mut joined = String::new();
+                    for item in batch.drain(..) {
+                        let frame = encode(item);
+                        if !joined.is_empty() && joined.len() + frame.len() >= MAX_JOINED {
+                            let full = std::mem::take(&mut joined);
+                            sink.feed(Message::Text(full.into())).await?;
+                        }
+                        if joined.is_empty() {
+                            joined.reserve(MAX_JOINED.min(frame.len() * 8));
+                        } else {
+                            joined.push(sep);
+                        }
+                        joined.push_str(&frame);
+                    }
+                    sink.feed(Message::Text(joined.into())).await?;
+                }
+                _ => {
+                    for item in batch.drain(..) {
+                        sink.feed(Message::Text(encode(item))).await?;
+                    }
+                }
             }
             sink.flush().await
         };

@@ -17,7 +17,12 @@ use super::{POLLING, UPGRADING, WEBSOCKET};
 use crate::event::TextFrame;
 use crate::transport::websocket::{self, Wire};
 
-const WIRE: Wire = Wire { encode, farewell };
+/// One Engine.IO packet per WebSocket message: the protocol has no separator there.
+const WIRE: Wire = Wire {
+    encode,
+    join: None,
+    farewell,
+};
 
 /// Upgrades to WebSocket: a new connection (`conn` is `None`), or the upgrade of a
 /// polling one.
