@@ -20,8 +20,9 @@ const READ_BUFFER_SIZE: usize = 256;
 const WRITE_BUFFER_SIZE: usize = 4096;
 /// Batch capacity a writer keeps between bursts.
 const KEEP_BATCH: usize = 32;
-/// Most outbox items written before one flush.
-pub(crate) const BATCH: usize = 256;
+/// Most outbox items taken for one write: enough to fill the write buffer several times
+/// over, few enough that the batch stays small under fan-out.
+pub(crate) const BATCH: usize = 64;
 
 /// Applies switchboard's buffer sizes and the configured message size limit.
 pub(crate) fn configure(ws: WebSocketUpgrade, config: &Config) -> WebSocketUpgrade {
@@ -33,8 +34,10 @@ pub(crate) fn configure(ws: WebSocketUpgrade, config: &Config) -> WebSocketUpgra
         .max_frame_size(max)
 }
 
-/// Largest WebSocket message made of several joined frames.
-const MAX_JOINED: usize = 16 * 1024;
+/// Largest WebSocket message made of several joined frames: the write buffer's size,
+/// so joining adds no memory beyond it under fan-out (tungstenite keeps its write
+/// buffer's capacity, sized by the largest message written).
+const MAX_JOINED: usize = WRITE_BUFFER_SIZE;
 
 /// How a transport turns outbox items into frames, and what it says before closing.
 #[derive(Clone, Copy)]
