@@ -59,14 +59,7 @@ async fn serve(node: Arc<Node>, socket: WebSocket) {
     Box::pin(session.cleanup()).await;
     let _ = writer.await;
     node.metrics.connections.dec();
-    let reason = session.disconnect_reason();
-    tracing::debug!(
-        client = %session.id,
-        user = %session.user(),
-        code = reason.code,
-        reason = reason.reason,
-        "connection closed"
-    );
+    super::log_closed(&session, "centrifuge");
 }
 
 /// How this transport encodes channel events.

@@ -29,3 +29,16 @@ pub fn origin_allowed(config: &Config, headers: &HeaderMap) -> bool {
         .iter()
         .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
 }
+
+/// Logs the end of a connection, with why it ended.
+pub(crate) fn log_closed(session: &crate::session::Session, transport: &'static str) {
+    let reason = session.disconnect_reason();
+    tracing::debug!(
+        client = %session.id,
+        user = %session.user(),
+        transport,
+        code = reason.code,
+        reason = reason.reason,
+        "connection closed"
+    );
+}

@@ -353,15 +353,3 @@ fn farewell(session: &Session, reason: Disconnect) -> Vec<TextFrame> {
     }
     frames
 }
-
-/// Logs the end of a connection.
-fn log_closed(session: &Session) {
-    let reason = session.disconnect_reason();
-    tracing::debug!(
-        client = %session.id,
-        user = %session.user(),
-        code = reason.code,
-        reason = reason.reason,
-        "socket.io connection closed"
-    );
-}

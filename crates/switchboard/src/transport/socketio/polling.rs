@@ -16,7 +16,7 @@ use switchboard_protocol::socketio::{split_payload, CLOSE, NOOP, PING, RECORD_SE
 use switchboard_protocol::Disconnect;
 use tokio::time::sleep_until;
 
-use super::{encode, farewell, log_closed, packets, with_cors, Conn, EngineError, SocketIo};
+use super::{encode, farewell, packets, with_cors, Conn, EngineError, SocketIo};
 use super::{POLLING, UPGRADING, WEBSOCKET};
 use crate::transport::heartbeat::Heartbeat;
 use crate::transport::websocket::{observe_latency, BATCH};
@@ -293,5 +293,5 @@ pub(super) async fn drive(sio: SocketIo, conn: Arc<Conn>) {
     }
     sio.remove(&conn.sid);
     node.metrics.connections.dec();
-    log_closed(session);
+    crate::transport::log_closed(session, "socket.io");
 }
