@@ -27,7 +27,7 @@ echo "== python tests (cent and schemathesis against the real binary)"
 cargo build -p switchboard --locked --quiet
 SWITCHBOARD_BIN="$PWD/target/debug/switchboard" bash tests/python/run.sh
 
-echo "== browser test (centrifuge-js browser bundle in headless Chromium; API publishes)"
+echo "== browser tests (centrifuge-js and socket.io-client browser bundles in headless Chromium)"
 # Debian's Chromium, driven by playwright-core (which downloads no browser). Installed once.
 if [ ! -x /usr/bin/chromium ]; then
   sudo=""

@@ -237,6 +237,9 @@ fn init_tracing(config: &Config, dev: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
+        // A failed log write must not be reported on stderr again: with stderr gone (its
+        // reader died), that report panics the task that logged.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     if config.log_format == "json" {
         builder.json().init();

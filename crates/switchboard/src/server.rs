@@ -70,8 +70,10 @@ impl Server {
         let signal_node = node.clone();
         tokio::spawn(async move {
             shutdown.await;
-            tracing::info!("shutting down: closing connections");
+            // First shut down, then say so: a log write can fail (stderr gone) and must
+            // not keep the node running.
             signal_node.begin_shutdown();
+            tracing::info!("shutting down: closing connections");
         });
         node.spawn_maintenance();
         let addr = self.listener.local_addr()?;

@@ -8,10 +8,12 @@
   const room = params.get('room') || 'room:lobby';
   const $ = (id) => document.getElementById(id);
 
-  // One <li data-channel="..."> per publication, its text the data as JSON.
+  // One <li data-channel="..."> per publication, its text the data as JSON; data-user is
+  // the publishing user for client publications (the server's `info`).
   function show(ctx) {
     const li = document.createElement('li');
     li.dataset.channel = ctx.channel;
+    if (ctx.info) li.dataset.user = ctx.info.user;
     li.textContent = JSON.stringify(ctx.data);
     $('publications').appendChild(li);
   }
@@ -20,9 +22,10 @@
   }
 
   const token = params.get('token');
+  let claims = {};
   // For display only: the token's `sub` claim (the server checks the signature).
   try {
-    const claims = JSON.parse(atob(token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/')));
+    claims = JSON.parse(atob(token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/')));
     $('user').textContent = `${claims.sub} (roles: ${(claims.roles || []).join(', ') || 'none'})`;
   } catch (err) {
     showError('token', String(err));
@@ -68,6 +71,23 @@
   sub.on('error', (ctx) => showError(room, ctx.error));
   sub.subscribe();
   client.connect();
+
+  // The form publishes `{text, from}` into the room (the namespace must allow publish).
+  $('send').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const text = $('text').value;
+    $('send-state').textContent = 'sending';
+    sub.publish({ text, from: claims.sub }).then(
+      () => {
+        $('send-state').textContent = `sent: ${text}`;
+        $('text').value = '';
+      },
+      (err) => {
+        $('send-state').textContent = 'failed';
+        showError('publish', err);
+      },
+    );
+  });
 
   window.switchboardTest = { client, sub };
 })();

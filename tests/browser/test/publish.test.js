@@ -5,20 +5,14 @@
 // switchboard binary.
 
 const assert = require('node:assert/strict');
-const fs = require('node:fs');
-const http = require('node:http');
-const os = require('node:os');
 const path = require('node:path');
 const { after, before, test } = require('node:test');
 
-const { chromium } = require('playwright-core');
+const { NODE_MODULES, launchChromium, pageWaits, startStatic } = require('../lib/browser');
 const { REPO, mintToken, startServer } = require('../lib/switchboard');
 
 const SECRET = 'switchboard-browser-test-secret';
 const API_KEY = 'switchboard-browser-test-api-key';
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
-/** How long a locator waits for something to appear in a page. */
-const WAIT = 10000;
 /** Screenshots for debugging (target/ is not committed): the first user's page, then others'. */
 const SCREENSHOT = path.join(REPO, 'target', 'browser-test.png');
 const screenshotPath = (user) => (user === 'alice' ? SCREENSHOT : path.join(REPO, 'target', `browser-test-${user}.png`));
@@ -38,32 +32,14 @@ presence = true
 join_leave = true
 `;
 
-const PAGE_DIR = path.join(__dirname, '..', 'page');
 // The IIFE build of the SDK (esbuild of src/browser.ts): sets globalThis.Centrifuge.
-const BUNDLE = path.join(__dirname, '..', 'node_modules', 'centrifuge', 'dist', 'centrifuge.js');
+const BUNDLE = path.join(NODE_MODULES, 'centrifuge', 'dist', 'centrifuge.js');
+/** The test page and the SDK bundle. */
 const STATIC = {
   '/': ['index.html', 'text/html; charset=utf-8'],
   '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
   '/centrifuge.js': [BUNDLE, 'text/javascript; charset=utf-8'],
 };
-
-/** Serves the test page and the SDK bundle on 127.0.0.1:<free port>. */
-function startStatic() {
-  const srv = http.createServer((req, res) => {
-    const entry = STATIC[new URL(req.url, 'http://x').pathname];
-    if (req.method !== 'GET' || !entry) {
-      res.writeHead(404).end();
-      return;
-    }
-    const [file, type] = entry;
-    const body = fs.readFileSync(path.resolve(PAGE_DIR, file));
-    res.writeHead(200, { 'Content-Type': type, 'Cache-Control': 'no-store' }).end(body);
-  });
-  return new Promise((resolve, reject) => {
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => resolve(srv));
-  });
-}
 
 function connectionToken(sub, roles) {
   const claims = { sub, exp: Math.floor(Date.now() / 1000) + 3600 };
@@ -73,50 +49,26 @@ function connectionToken(sub, roles) {
 
 let server;
 let staticServer;
-let context;
-let userDataDir;
+let browser;
 /** Browser console lines and page errors, shown when an assertion fails. */
 const browserLog = [];
+const { expectText, waitVisible } = pageWaits(diagnostics);
 
 before(async () => {
-  assert.ok(
-    fs.existsSync(CHROMIUM),
-    `${CHROMIUM} not found: install Debian's chromium (apt-get install chromium) or set CHROMIUM_PATH`,
-  );
-  assert.ok(fs.existsSync(BUNDLE), `${BUNDLE} not found: run npm ci in tests/browser`);
+  staticServer = await startStatic(STATIC);
   server = await startServer({ config: CONFIG, apiKey: API_KEY });
-  staticServer = await startStatic();
-  // A fresh profile each run. The switches keep Chromium off the network except for the
-  // test's own 127.0.0.1 servers (this machine refuses everything else).
-  userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'switchboard-chromium-'));
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: 60000,
-    viewport: { width: 900, height: 600 },
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {
-  if (context) await context.close().catch(() => {});
-  if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
+  if (browser) await browser.close();
   if (staticServer) await new Promise((resolve) => staticServer.close(resolve));
   if (server) await server.stop();
 });
 
 /** Opens the test page for one user (token in the URL fragment) and waits until it is live. */
 async function openClient(user, roles) {
-  const page = await context.newPage();
+  const page = await browser.context.newPage();
   page.user = user;
   page.on('console', (msg) => browserLog.push(`[${user}] console.${msg.type()}: ${msg.text()}`));
   page.on('pageerror', (err) => browserLog.push(`[${user}] page error: ${err.message}`));
@@ -126,31 +78,6 @@ async function openClient(user, roles) {
   await expectText(page, '#state', 'connected', `${user} connected`);
   await expectText(page, '#room-state', 'subscribed', `${user} subscribed to room:lobby`);
   return page;
-}
-
-/** Waits until the element at `selector` has exactly `text`. */
-async function expectText(page, selector, text, label) {
-  try {
-    await page.waitForFunction(
-      ([sel, want]) => document.querySelector(sel)?.textContent === want,
-      [selector, text],
-      { timeout: WAIT },
-    );
-  } catch (err) {
-    const got = await page.locator(selector).textContent().catch(() => '?');
-    throw new Error(`${label}: ${selector} is ${JSON.stringify(got)}, want ${JSON.stringify(text)}${await diagnostics(page)}`, {
-      cause: err,
-    });
-  }
-}
-
-/** Waits until `locator` in `page` is visible; fails with the page, browser and server state. */
-async function waitVisible(page, locator, label) {
-  try {
-    await locator.waitFor({ state: 'visible', timeout: WAIT });
-  } catch (err) {
-    throw new Error(`${label}: not shown within ${WAIT} ms${await diagnostics(page)}`, { cause: err });
-  }
 }
 
 /** Waits for exactly one <li> of `channel` in `page` and checks its JSON against `data`. */
