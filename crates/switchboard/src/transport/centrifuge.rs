@@ -244,15 +244,7 @@ async fn connect(
     id: u32,
     req: ConnectRequest,
 ) -> Result<Executed, SessionError> {
-    let metrics = &session.node().metrics;
-    metrics.commands.inc();
-    let result = match session.admit_command() {
-        Ok(()) => session.connect(req).await,
-        Err(e) => Err(e),
-    };
-    metrics.command_kinds.record("connect", result.is_ok());
-    let c = result?;
-    tracing::debug!(user = %session.user(), subs = c.result.subs.len(), "connected");
+    let c = command::connect(session, Ok(req)).await?;
     let frame = TextFrame::from(encode_reply(id, &ReplyBody::Connect(c.result)));
     c.activation.complete(Some(Outgoing::Frame(frame)));
     Ok(Executed::Nothing)

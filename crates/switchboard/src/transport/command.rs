@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use switchboard_protocol::command::Request;
+use switchboard_protocol::command::{ConnectRequest, Request};
 use switchboard_protocol::reply::{Empty, ReplyBody, RpcResult};
 use switchboard_protocol::SharedJson;
 
-use crate::session::{Session, SessionError, Subscribed};
+use crate::session::{Connected, Session, SessionError, Subscribed};
 
 /// What a request produced.
 pub(crate) enum Executed {
@@ -39,6 +39,30 @@ pub(crate) async fn execute(
     metrics.command_kinds.record(kind, result.is_ok());
     if matches!(result, Err(SessionError::Reply(_))) {
         metrics.command_errors.inc();
+    }
+    result
+}
+
+/// Runs `connect`, with its rate limit and command metrics. `req` is the decoded request,
+/// or why the transport could not decode it (counted as a failed connect all the same).
+///
+/// # Errors
+/// What the session refused: an error reply, or a disconnect.
+pub(crate) async fn connect(
+    session: &Arc<Session>,
+    req: Result<ConnectRequest, SessionError>,
+) -> Result<Connected, SessionError> {
+    let metrics = &session.node().metrics;
+    metrics.commands.inc();
+    let result = async {
+        let req = req?;
+        session.admit_command()?;
+        session.connect(req).await
+    }
+    .await;
+    metrics.command_kinds.record("connect", result.is_ok());
+    if let Ok(c) = &result {
+        tracing::debug!(user = %session.user(), subs = c.result.subs.len(), "connected");
     }
     result
 }

@@ -76,30 +76,17 @@ async fn connect(session: &Arc<Session>, data: &str) -> Option<Disconnect> {
     if session.is_connected() {
         return Some(Disconnect::BAD_REQUEST);
     }
-    let metrics = &session.node().metrics;
-    metrics.commands.inc();
     let auth = if data.is_empty() {
         Ok(Auth::default())
     } else {
         serde_json::from_str::<Auth>(data).map_err(|_| ErrorCode::BadRequest.into())
     };
-    let result = match auth {
-        Ok(auth) => match session.admit_command() {
-            Ok(()) => {
-                let req = ConnectRequest {
-                    token: auth.token,
-                    ..ConnectRequest::default()
-                };
-                session.connect(req).await
-            }
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
-    };
-    metrics.command_kinds.record("connect", result.is_ok());
-    match result {
+    let req = auth.map(|auth| ConnectRequest {
+        token: auth.token,
+        ..ConnectRequest::default()
+    });
+    match command::connect(session, req).await {
         Ok(c) => {
-            tracing::debug!(user = %session.user(), subs = c.result.subs.len(), "connected");
             let connected = TextFrame::from(encode_connect(&session.id));
             session.enqueue(Outgoing::Frame(connected));
             // What Centrifugo's connect reply says (server-side subscriptions and their
