@@ -173,43 +173,12 @@ impl SioWs {
     /// The next packet off the socket, or how the socket was closed.
     async fn read(&mut self) -> Result<String, Closed> {
         loop {
-            let msg = tokio::time::timeout(TIMEOUT, self.ws.next())
-                .await
-                .expect("read timeout");
-            match msg {
-                Some(Ok(Message::Text(t))) => {
-                    if self.auto_pong && t.as_str() == "2" {
-                        self.send("3").await;
-                        continue;
-                    }
-                    return Ok(t.as_str().to_owned());
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    return Err(frame.map_or(
-                        Closed {
-                            code: 1005,
-                            reason: String::new(),
-                        },
-                        |f| Closed {
-                            code: u16::from(f.code),
-                            reason: f.reason.to_string(),
-                        },
-                    ));
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => {
-                    return Err(Closed {
-                        code: 0,
-                        reason: e.to_string(),
-                    })
-                }
-                None => {
-                    return Err(Closed {
-                        code: 0,
-                        reason: "eof".into(),
-                    })
-                }
+            let text = next_text(&mut self.ws).await?;
+            if self.auto_pong && text == "2" {
+                self.send("3").await;
+                continue;
             }
+            return Ok(text);
         }
     }
 

@@ -235,43 +235,13 @@ impl Client {
             return Ok(v);
         }
         loop {
-            let msg = tokio::time::timeout(TIMEOUT, self.ws.next())
-                .await
-                .expect("read timeout");
-            match msg {
-                Some(Ok(Message::Text(t))) => {
-                    for l in t.as_str().split('\n').filter(|l| !l.trim().is_empty()) {
-                        self.incoming
-                            .push_back(serde_json::from_str(l).expect("json line"));
-                    }
-                    if let Some(v) = self.incoming.pop_front() {
-                        return Ok(v);
-                    }
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    return Err(frame
-                        .map(|f| Closed {
-                            code: u16::from(f.code),
-                            reason: f.reason.to_string(),
-                        })
-                        .unwrap_or(Closed {
-                            code: u16::from(CloseCode::Status),
-                            reason: String::new(),
-                        }));
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => {
-                    return Err(Closed {
-                        code: 0,
-                        reason: e.to_string(),
-                    })
-                }
-                None => {
-                    return Err(Closed {
-                        code: 0,
-                        reason: "eof".into(),
-                    })
-                }
+            let text = next_text(&mut self.ws).await?;
+            for l in text.split('\n').filter(|l| !l.trim().is_empty()) {
+                self.incoming
+                    .push_back(serde_json::from_str(l).expect("json line"));
+            }
+            if let Some(v) = self.incoming.pop_front() {
+                return Ok(v);
             }
         }
     }
@@ -363,4 +333,43 @@ impl Client {
 /// The error code in a reply, if any.
 pub fn error_code(reply: &Value) -> Option<u64> {
     reply.get("error").and_then(|e| e["code"].as_u64())
+}
+
+/// The next text message off `ws` (other frames are skipped), or how the socket closed.
+/// Waits at most [`TIMEOUT`].
+pub async fn next_text(
+    ws: &mut WebSocketStream<MaybeTlsStream<TcpStream>>,
+) -> Result<String, Closed> {
+    loop {
+        let msg = tokio::time::timeout(TIMEOUT, ws.next())
+            .await
+            .expect("read timeout");
+        match msg {
+            Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
+            Some(Ok(Message::Close(frame))) => {
+                return Err(frame
+                    .map(|f| Closed {
+                        code: u16::from(f.code),
+                        reason: f.reason.to_string(),
+                    })
+                    .unwrap_or(Closed {
+                        code: u16::from(CloseCode::Status),
+                        reason: String::new(),
+                    }));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                return Err(Closed {
+                    code: 0,
+                    reason: e.to_string(),
+                })
+            }
+            None => {
+                return Err(Closed {
+                    code: 0,
+                    reason: "eof".into(),
+                })
+            }
+        }
+    }
 }
