@@ -56,6 +56,7 @@ struct ConnectClaims {
     #[serde(default)]
     sub: String,
     exp: Option<u64>,
+    iat: Option<u64>,
     info: Option<Box<RawValue>>,
     #[serde(default)]
     channels: Vec<String>,
@@ -71,7 +72,32 @@ struct SubscriptionClaims {
     #[serde(default)]
     channel: String,
     exp: Option<u64>,
+    iat: Option<u64>,
     info: Option<Box<RawValue>>,
+}
+
+/// The time claims every kind of token is checked for (`nbf` is checked by the decoder).
+trait Timing {
+    fn exp(&self) -> Option<u64>;
+    fn iat(&self) -> Option<u64>;
+}
+
+impl Timing for ConnectClaims {
+    fn exp(&self) -> Option<u64> {
+        self.exp
+    }
+    fn iat(&self) -> Option<u64> {
+        self.iat
+    }
+}
+
+impl Timing for SubscriptionClaims {
+    fn exp(&self) -> Option<u64> {
+        self.exp
+    }
+    fn iat(&self) -> Option<u64> {
+        self.iat
+    }
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -104,6 +130,8 @@ pub struct Verifier {
     jwks: Option<Jwks>,
     audience: String,
     issuer: String,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
+    leeway: u64,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -158,10 +186,14 @@ impl Verifier {
             jwks,
             audience: config.token_audience.clone(),
             issuer: config.token_issuer.clone(),
+            leeway: config.token_leeway.as_secs(),
         })
     }
 
-    async fn decode<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, AuthError> {
+    async fn decode<T: serde::de::DeserializeOwned + Timing>(
+        &self,
+        token: &str,
+    ) -> Result<T, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::Invalid(format!("header: {e}")))?;
         let alg = header.alg;
@@ -196,18 +228,38 @@ impl Verifier {
         validation.required_spec_claims = HashSet::new();
         // Expiry is checked by the caller so that it maps to its own error code.
         validation.validate_exp = false;
-        validation.leeway = 0;
+        validation.validate_nbf = true;
+        validation.leeway = self.leeway;
         if self.audience.is_empty() {
             validation.validate_aud = false;
         } else {
             validation.set_audience(&[&self.audience]);
+            // Without this a token that simply omits `aud` would pass.
+            validation.required_spec_claims.insert("aud".to_owned());
         }
         if !self.issuer.is_empty() {
             validation.set_issuer(&[&self.issuer]);
+            validation.required_spec_claims.insert("iss".to_owned());
         }
-        jsonwebtoken::decode::<T>(token, key, &validation)
-            .map(|d| d.claims)
-            .map_err(|e| AuthError::Invalid(e.to_string()))
+        let claims = jsonwebtoken::decode::<T>(token, key, &validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?
+            .claims;
+        let now = now_secs();
+        if claims
+            .iat()
+            .is_some_and(|iat| iat > now.saturating_add(self.leeway))
+        {
+            return Err(AuthError::Invalid(
+                "token issued in the future (iat)".into(),
+            ));
+        }
+        if claims
+            .exp()
+            .is_some_and(|exp| exp.saturating_add(self.leeway) <= now)
+        {
+            return Err(AuthError::Expired);
+        }
+        Ok(claims)
     }
 
     /// Verifies a connection token.
@@ -216,7 +268,6 @@ impl Verifier {
     /// [`AuthError::Expired`] or [`AuthError::Invalid`].
     pub async fn verify_connect(&self, token: &str) -> Result<Identity, AuthError> {
         let c: ConnectClaims = self.decode(token).await?;
-        check_exp(c.exp)?;
         if c.sub.is_empty() {
             return Err(AuthError::Invalid("missing sub".into()));
         }
@@ -242,7 +293,6 @@ impl Verifier {
         channel: &str,
     ) -> Result<Grant, AuthError> {
         let c: SubscriptionClaims = self.decode(token).await?;
-        check_exp(c.exp)?;
         if c.sub != user || c.channel != channel {
             return Err(AuthError::Invalid(
                 "subscription token is for another user or channel".into(),
@@ -252,13 +302,6 @@ impl Verifier {
             info: c.info.map(Arc::from),
             expires_at: c.exp,
         })
-    }
-}
-
-fn check_exp(exp: Option<u64>) -> Result<(), AuthError> {
-    match exp {
-        Some(exp) if exp <= now_secs() => Err(AuthError::Expired),
-        _ => Ok(()),
     }
 }
 
@@ -433,7 +476,7 @@ mod tests {
             "s3cret",
             &MintClaims {
                 sub: "42".into(),
-                exp: Some(now_secs() - 1),
+                exp: Some(now_secs() - 3600),
                 ..Default::default()
             },
         )
@@ -489,6 +532,80 @@ mod tests {
             .verify_subscription(&t, "7", "observation:10")
             .await
             .is_err());
+    }
+
+    fn sign(claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(b"k"),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn configured_audience_and_issuer_are_required() {
+        let v = Verifier::new(&Config {
+            token_hmac_secret: "k".into(),
+            token_audience: "app".into(),
+            token_issuer: "auth".into(),
+            ..Config::default()
+        })
+        .unwrap();
+        let ok = serde_json::json!({"sub": "1", "aud": "app", "iss": "auth"});
+        assert!(v.verify_connect(&sign(&ok)).await.is_ok());
+        for missing in ["aud", "iss"] {
+            let mut claims = ok.clone();
+            claims.as_object_mut().unwrap().remove(missing);
+            let err = v.verify_connect(&sign(&claims)).await.unwrap_err();
+            assert!(
+                matches!(&err, AuthError::Invalid(m) if m.contains(missing)),
+                "{err}"
+            );
+        }
+        let wrong = serde_json::json!({"sub": "1", "aud": "other", "iss": "auth"});
+        assert!(v.verify_connect(&sign(&wrong)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn time_claims_are_checked_with_the_leeway() {
+        let v = Verifier::new(&Config {
+            token_hmac_secret: "k".into(),
+            token_leeway: Duration::from_secs(60),
+            ..Config::default()
+        })
+        .unwrap();
+        let now = now_secs();
+        let check = |claims: serde_json::Value| {
+            let v = &v;
+            async move { v.verify_connect(&sign(&claims)).await.map(|_| ()) }
+        };
+        // Within the leeway: accepted, wherever in the second the test runs.
+        assert_eq!(
+            check(serde_json::json!({"sub": "1", "nbf": now + 30})).await,
+            Ok(())
+        );
+        assert_eq!(
+            check(serde_json::json!({"sub": "1", "iat": now + 30})).await,
+            Ok(())
+        );
+        assert_eq!(
+            check(serde_json::json!({"sub": "1", "exp": now - 30})).await,
+            Ok(())
+        );
+        // Beyond it: refused.
+        assert!(matches!(
+            check(serde_json::json!({"sub": "1", "nbf": now + 600})).await,
+            Err(AuthError::Invalid(_))
+        ));
+        assert!(matches!(
+            check(serde_json::json!({"sub": "1", "iat": now + 600})).await,
+            Err(AuthError::Invalid(_))
+        ));
+        assert_eq!(
+            check(serde_json::json!({"sub": "1", "exp": now - 600})).await,
+            Err(AuthError::Expired)
+        );
     }
 
     #[test]

@@ -36,6 +36,11 @@ pub struct Config {
     pub token_audience: String,
     /// Required `iss` claim, when set.
     pub token_issuer: String,
+    /// Clock skew tolerated when checking a token's `exp`, `nbf` and `iat`: a backend
+    /// whose clock runs a few milliseconds ahead stamps whole-second `iat`/`nbf` one
+    /// second in this node's future near every second boundary.
+    #[serde(with = "duration")]
+    pub token_leeway: Duration,
     /// Server API key (one).
     pub api_key: String,
     /// Server API keys (several, for rotation).
@@ -214,6 +219,7 @@ impl Default for Config {
             token_jwks_cache_ttl: Duration::from_secs(3600),
             token_audience: String::new(),
             token_issuer: String::new(),
+            token_leeway: Duration::from_secs(5),
             api_key: String::new(),
             api_keys: Vec::new(),
             api_max_body_size: 1024 * 1024,

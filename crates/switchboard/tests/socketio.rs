@@ -612,7 +612,7 @@ async fn expired_token_gets_connect_error_and_a_fresh_token_succeeds_on_the_same
     let server = start_default().await;
     let expired = token_with(&MintClaims {
         sub: "ann".into(),
-        exp: Some(now_secs() - 5),
+        exp: Some(now_secs() - 3600),
         ..MintClaims::default()
     });
     let mut c = SioWs::open(&server).await;
