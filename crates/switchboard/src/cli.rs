@@ -1,12 +1,27 @@
 //! The operator CLI's side of the server API: `switchboard publish`, `info`,
 //! `presence` call a running server over HTTP, as any backend would.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-/// Where the CLI finds the server when neither `--url` nor `SWITCHBOARD_URL` is given.
-pub const DEFAULT_URL: &str = "http://127.0.0.1:8000";
+/// The URL at which a server listening on `bind` is reached from this host: an
+/// unspecified address (`0.0.0.0`, `[::]`) is reached on loopback.
+pub fn url_of_bind(bind: &str) -> String {
+    match bind.parse::<SocketAddr>() {
+        Ok(mut addr) => {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr.ip() {
+                    IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                    IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            format!("http://{addr}")
+        }
+        Err(_) => format!("http://{bind}"),
+    }
+}
 
 /// Why a CLI call failed.
 #[derive(Debug, thiserror::Error)]
@@ -121,5 +136,18 @@ impl ApiClient {
     /// See [`ApiClient::call`].
     pub async fn presence(&self, channel: &str) -> Result<Value, CliError> {
         self.call("presence", &json!({"channel": channel})).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_addresses_become_urls_reachable_here() {
+        assert_eq!(url_of_bind("127.0.0.1:8000"), "http://127.0.0.1:8000");
+        assert_eq!(url_of_bind("0.0.0.0:9000"), "http://127.0.0.1:9000");
+        assert_eq!(url_of_bind("[::]:9000"), "http://[::1]:9000");
+        assert_eq!(url_of_bind("gateway:80"), "http://gateway:80");
     }
 }

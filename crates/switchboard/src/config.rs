@@ -11,6 +11,24 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod diagnose;
+
+/// `SWITCHBOARD_*` variables that are not configuration keys: read by the CLI's flags
+/// (`SWITCHBOARD_CONFIG`, `SWITCHBOARD_URL`), the log filter (`SWITCHBOARD_LOG`) and the
+/// test harnesses (`SWITCHBOARD_BIN`, `SWITCHBOARD_KEEP_LOGS`, `SWITCHBOARD_TEST_LOGS`).
+/// Every other one must name a key, or loading fails.
+pub const NOT_CONFIG_VARIABLES: &[&str] = &[
+    "SWITCHBOARD_CONFIG",
+    "SWITCHBOARD_URL",
+    "SWITCHBOARD_LOG",
+    "SWITCHBOARD_BIN",
+    "SWITCHBOARD_KEEP_LOGS",
+    "SWITCHBOARD_TEST_LOGS",
+];
+
+/// What `check-config` prints instead of a secret.
+pub const REDACTED: &str = "<redacted>";
+
 /// The whole configuration of one switchboard node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -69,8 +87,18 @@ pub struct Config {
     /// Time allowed to drain connections on SIGINT/SIGTERM.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
-    /// Log format: `text` or `json`.
-    pub log_format: String,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// Heartbeats and connection timing.
@@ -232,7 +260,7 @@ impl Default for Config {
             history_max_bytes: 256 * 1024 * 1024,
             user_status: UserStatusConfig::default(),
             shutdown_timeout: Duration::from_secs(10),
-            log_format: "text".to_owned(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -283,22 +311,38 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        // Only variables naming a config section or key are config; others
-        // (SWITCHBOARD_LOG, SWITCHBOARD_URL, a test's SWITCHBOARD_BIN) are left alone.
-        let known: Vec<String> = match serde_json::to_value(Config::default()) {
-            Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
-            _ => Vec::new(),
-        };
-        fig = fig.merge(Env::prefixed("SWITCHBOARD_").split("__").filter(move |k| {
-            let top = k.as_str().split('.').next().unwrap_or_default();
-            known.iter().any(|name| name.eq_ignore_ascii_case(top))
+        // Every SWITCHBOARD_* variable but a few is configuration; an unknown one fails
+        // through the structs' deny_unknown_fields (a typo must not pass silently).
+        fig = fig.merge(Env::prefixed("SWITCHBOARD_").split("__").filter(|k| {
+            !NOT_CONFIG_VARIABLES
+                .iter()
+                .any(|v| k.as_str().eq_ignore_ascii_case(&v["SWITCHBOARD_".len()..]))
         }));
         for (key, value) in overrides {
             fig = fig.merge(Serialized::default(key, value));
         }
-        let config: Config = fig.extract().map_err(|e| ConfigError(e.to_string()))?;
+        let config: Config = fig
+            .extract()
+            .map_err(|e| ConfigError(diagnose::describe(e)))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// A copy with every secret replaced by [`REDACTED`], fit to print.
+    pub fn redacted(&self) -> Config {
+        let hide = |s: &str| {
+            if s.is_empty() {
+                String::new()
+            } else {
+                REDACTED.to_owned()
+            }
+        };
+        Config {
+            token_hmac_secret: hide(&self.token_hmac_secret),
+            api_key: hide(&self.api_key),
+            api_keys: self.api_keys.iter().map(|k| hide(k)).collect(),
+            ..self.clone()
+        }
     }
 
     /// Checks what types alone cannot.
@@ -306,41 +350,77 @@ impl Config {
     /// # Errors
     /// A value that would make the server misbehave.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
         if self.limits.outbox_size == 0 {
-            return Err(ConfigError("limits.outbox_size must be at least 1".into()));
+            errors.push("limits.outbox_size must be at least 1".to_owned());
         }
         if self.limits.max_message_size < 128 {
-            return Err(ConfigError(
-                "limits.max_message_size must be at least 128".into(),
-            ));
+            errors.push("limits.max_message_size must be at least 128".to_owned());
         }
         if self.api_max_body_size == 0 {
-            return Err(ConfigError("api_max_body_size must be positive".into()));
+            errors.push("api_max_body_size must be positive".to_owned());
         }
         if self.client.ping_interval.is_zero() {
-            return Err(ConfigError("client.ping_interval must be positive".into()));
+            errors.push("client.ping_interval must be positive".to_owned());
         }
         for (name, ns) in &self.namespaces {
             if name.is_empty() || !name.bytes().all(crate::channel::is_name_byte) {
-                return Err(ConfigError(format!("namespace name {name:?} is invalid")));
+                errors.push(format!("namespace name {name:?} is invalid"));
             }
             if ns.presence_per_user && !ns.presence {
-                return Err(ConfigError(format!(
+                errors.push(format!(
                     "namespaces.{name}: presence_per_user needs presence = true"
-                )));
+                ));
             }
             if ns.typing && ns.typing_timeout.is_zero() {
-                return Err(ConfigError(format!(
+                errors.push(format!(
                     "namespaces.{name}: typing needs a positive typing_timeout"
-                )));
+                ));
             }
             if ns.history_size > 0 && ns.history_ttl.is_zero() {
-                return Err(ConfigError(format!(
+                errors.push(format!(
                     "namespaces.{name}: history_size needs a positive history_ttl"
-                )));
+                ));
+            }
+            for t in ns.subscribe.iter().filter(|t| t.as_str() != "*") {
+                let key = format!("namespaces.{name}.subscribe");
+                errors.extend(self.template_error(&key, t, Some(name)));
             }
         }
-        Ok(())
+        for t in &self.auto_subscribe {
+            errors.extend(self.template_error("auto_subscribe", t, None));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(errors.join("\n")))
+        }
+    }
+
+    /// Why the channel template `t` under `key` can never match what its author meant:
+    /// an unknown claim, or a namespace that is not configured (or, in a namespace's
+    /// `subscribe`, another namespace than `within`).
+    fn template_error(&self, key: &str, t: &str, within: Option<&str>) -> Option<String> {
+        if let Err(e) = crate::rules::check_template(t) {
+            return Some(format!("{key}: {t:?}: {e}"));
+        }
+        let ns = crate::channel::namespace(t);
+        if ns.contains('{') {
+            return None;
+        }
+        match within {
+            Some(within) if ns != within => Some(format!(
+                "{key}: {t:?} is in namespace {ns:?}, so it never allows a {within:?} channel"
+            )),
+            _ if !self.namespaces.contains_key(ns) => {
+                let known: Vec<&str> = self.namespaces.keys().map(String::as_str).collect();
+                Some(format!(
+                    "{key}: {t:?} is in namespace {ns:?}, which is not configured (configured: {})",
+                    known.join(", ")
+                ))
+            }
+            _ => None,
+        }
     }
 
     /// All configured API keys.
@@ -454,6 +534,65 @@ mod tests {
         assert_eq!(as_json(&example), as_json(&Config::default()));
     }
 
+    fn load_toml(name: &str, text: &str) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("sb-cfg-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path), &[])
+    }
+
+    #[test]
+    fn a_bad_log_format_lists_the_valid_ones() {
+        let err = load_toml("fmt", "log_format = \"jsn\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`log_format`"), "{err}");
+        assert!(err.contains("\"text\", \"json\""), "{err}");
+        assert!(err.contains("did you mean \"json\""), "{err}");
+    }
+
+    #[test]
+    fn templates_naming_unknown_claims_or_namespaces_are_errors() {
+        let err = load_toml("auto", "auto_subscribe = [\"nope:{sub}\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auto_subscribe"), "{err}");
+        assert!(err.contains("\"nope\""), "{err}");
+        let err = load_toml(
+            "claim",
+            "[namespaces.chat]\nsubscribe = [\"chat:{bogus}\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("namespaces.chat.subscribe"), "{err}");
+        assert!(err.contains("{bogus}"), "{err}");
+        let err = load_toml("other", "[namespaces.chat]\nsubscribe = [\"user:{sub}\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("namespaces.chat.subscribe"), "{err}");
+        load_toml(
+            "fine",
+            "auto_subscribe = [\"user:{sub}\", \"role:{roles}\"]\n[namespaces.role]\nsubscribe = [\"role:{roles}\"]\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn redacted_hides_every_secret() {
+        let c = Config {
+            token_hmac_secret: "s".into(),
+            api_key: "k".into(),
+            api_keys: vec!["k2".into()],
+            ..Config::default()
+        }
+        .redacted();
+        assert_eq!(c.token_hmac_secret, REDACTED);
+        assert_eq!(c.api_key, REDACTED);
+        assert_eq!(c.api_keys, vec![REDACTED]);
+        assert_eq!(Config::default().redacted().api_key, "");
+    }
+
     #[test]
     fn unknown_key_is_an_error() {
         let dir = std::env::temp_dir().join(format!("sb-cfg2-{}", std::process::id()));
@@ -461,6 +600,7 @@ mod tests {
         let path = dir.join("c.toml");
         std::fs::write(&path, "bindd = \"x\"\n").unwrap();
         let err = Config::load(Some(&path), &[]).unwrap_err();
-        assert!(err.to_string().contains("bindd"), "{err}");
+        assert!(err.to_string().contains("`bindd`"), "{err}");
+        assert!(err.to_string().contains("did you mean `bind`?"), "{err}");
     }
 }

@@ -1,5 +1,6 @@
 //! The `switchboard` binary: parse flags, set up logs, run the server or a CLI command.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchboard::auth::{mint_token, now_secs, MintClaims};
 use switchboard::cli::ApiClient;
-use switchboard::config::NamespaceConfig;
+use switchboard::config::{LogFormat, NamespaceConfig};
 use switchboard::Config;
 
 #[derive(Parser)]
@@ -27,12 +28,12 @@ struct Common {
 /// How CLI commands reach a running server's API.
 #[derive(clap::Args, Clone)]
 struct ApiTarget {
-    /// Configuration file to read the API key from (else SWITCHBOARD_API_KEY).
+    /// Configuration file to read the API key and `bind` from (else SWITCHBOARD_* variables).
     #[command(flatten)]
     common: Common,
-    /// Server URL.
-    #[arg(long, env = "SWITCHBOARD_URL", default_value = switchboard::cli::DEFAULT_URL)]
-    url: String,
+    /// Server URL [default: http:// and the configured `bind`].
+    #[arg(long, env = "SWITCHBOARD_URL")]
+    url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -92,6 +93,12 @@ enum Cmd {
         /// Channel.
         channel: String,
     },
+    /// Check the configuration (file, SWITCHBOARD_* variables): print the effective
+    /// configuration with secrets redacted, or every error and exit non-zero.
+    CheckConfig {
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -130,8 +137,7 @@ fn main() -> anyhow::Result<()> {
                 channel,
                 ..MintClaims::default()
             };
-            println!("{}", mint_token(&config.token_hmac_secret, &claims)?);
-            Ok(())
+            print_stdout(&mint_token(&config.token_hmac_secret, &claims)?)
         }
         Cmd::Publish {
             target,
@@ -146,6 +152,21 @@ fn main() -> anyhow::Result<()> {
         Cmd::Presence { target, channel } => {
             api_command(&target, |c| async move { c.presence(&channel).await })
         }
+        Cmd::CheckConfig { common } => {
+            let config = Config::load(common.config.as_deref(), &[])?;
+            let text = toml::to_string(&config.redacted()).context("printing the configuration")?;
+            print_stdout(text.trim_end())
+        }
+    }
+}
+
+/// Prints `text` and a newline on stdout. A reader that went away (`| head -c1`) ends
+/// the output quietly: Rust ignores SIGPIPE, so `println!` would panic on EPIPE.
+fn print_stdout(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => result.context("writing to stdout"),
     }
 }
 
@@ -160,13 +181,16 @@ where
         .api_keys()
         .next()
         .context("no API key: set SWITCHBOARD_API_KEY or api_key in the --config file")?;
-    let client = ApiClient::new(&target.url, key);
+    let url = target
+        .url
+        .clone()
+        .unwrap_or_else(|| switchboard::cli::url_of_bind(&config.bind));
+    let client = ApiClient::new(&url, key);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let result = runtime.block_on(call(client))?;
-    println!("{}", serde_json::to_string_pretty(&result)?);
-    Ok(())
+    print_stdout(&serde_json::to_string_pretty(&result)?)
 }
 
 fn serve(common: &Common, bind: Option<String>, dev: bool) -> anyhow::Result<()> {
@@ -214,7 +238,8 @@ fn print_dev_token(config: &Config, user: &str) {
         ..MintClaims::default()
     };
     if let Ok(t) = mint_token(&config.token_hmac_secret, &claims) {
-        eprintln!("token for user {user:?} (24h): {t}");
+        // Not eprintln!: it panics when stderr is gone.
+        let _ = writeln!(std::io::stderr(), "token for user {user:?} (24h): {t}");
     }
 }
 
@@ -241,7 +266,7 @@ fn init_tracing(config: &Config, dev: bool) {
         // reader died), that report panics the task that logged.
         .log_internal_errors(false)
         .with_writer(std::io::stderr);
-    if config.log_format == "json" {
+    if config.log_format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();

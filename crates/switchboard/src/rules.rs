@@ -113,6 +113,40 @@ fn template_allows(template: &str, channel: &str, id: &Identity) -> bool {
     template == "*" || expand(template, id).iter().any(|c| c == channel)
 }
 
+/// The claims a template may name: `{sub}` (alias `{user}`), `{tenant}`, `{roles}`
+/// (alias `{role}`).
+pub const TEMPLATE_CLAIMS: &[&str] = &["sub", "user", "tenant", "roles", "role"];
+
+/// Why a channel template can never expand the way its author meant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// A `{placeholder}` that is not one of [`TEMPLATE_CLAIMS`].
+    #[error("{{{0}}} is not a claim (known: {{sub}}, {{user}}, {{tenant}}, {{roles}}, {{role}})")]
+    UnknownClaim(String),
+    /// A `{` without its `}`.
+    #[error("unclosed {{")]
+    Unclosed,
+}
+
+/// Checks that every placeholder in `template` names a known claim.
+///
+/// # Errors
+/// The first placeholder that [`expand`] would silently turn into no channel at all.
+pub fn check_template(template: &str) -> Result<(), TemplateError> {
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        let Some(len) = rest[start..].find('}') else {
+            return Err(TemplateError::Unclosed);
+        };
+        let claim = &rest[start + 1..start + len];
+        if !TEMPLATE_CLAIMS.contains(&claim) {
+            return Err(TemplateError::UnknownClaim(claim.to_owned()));
+        }
+        rest = &rest[start + len + 1..];
+    }
+    Ok(())
+}
+
 /// Expands `{sub}`, `{tenant}` and `{roles}` (one channel per role) in a template.
 /// A placeholder whose claim is missing yields no channel at all.
 pub fn expand(template: &str, id: &Identity) -> Vec<String> {
@@ -180,6 +214,18 @@ mod tests {
         assert_eq!(expand("tenant:{tenant}:role:{roles}", &i).len(), 2);
         assert!(expand("tenant:{tenant}", &id("1", &[], None)).is_empty());
         assert!(expand("x:{unknown}", &i).is_empty());
+    }
+
+    #[test]
+    fn templates_naming_unknown_claims_are_refused() {
+        assert_eq!(check_template("user:{sub}"), Ok(()));
+        assert_eq!(check_template("t:{tenant}:r:{roles}"), Ok(()));
+        assert_eq!(check_template("*"), Ok(()));
+        assert_eq!(
+            check_template("x:{bogus}"),
+            Err(TemplateError::UnknownClaim("bogus".into()))
+        );
+        assert_eq!(check_template("x:{sub"), Err(TemplateError::Unclosed));
     }
 
     #[test]
