@@ -67,7 +67,10 @@ async fn user_status_query_and_watch_with_debounce() {
 
     // Devices go offline one by one: still online after the first.
     ann1.close().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually("ann's first connection released", || {
+        server.node.hub.user_sessions("ann").len() == 1
+    })
+    .await;
     let q = watcher
         .request(json!({"rpc": {"method": "user_status", "data": {"users": ["ann"]}}}))
         .await;

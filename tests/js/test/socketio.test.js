@@ -880,7 +880,9 @@ test('refresh: a new token extends the connection; the API refresh arrives as an
 });
 
 test('heartbeats: with a 300 ms ping interval polling and websocket connections stay up', { timeout: 20000 }, async () => {
-  const srv = await h.startServer({ config: `${CONFIG}\n[client]\nping_interval = "300ms"\npong_timeout = "300ms"\n` });
+  // The pong window is wider than the interval: a loaded machine must not turn a late pong
+  // into a disconnect this test would read as a heartbeat bug.
+  const srv = await h.startServer({ config: `${CONFIG}\n[client]\nping_interval = "300ms"\npong_timeout = "2s"\n` });
   try {
     const pings = { websocket: 0, polling: 0 };
     const seen = {};
@@ -890,9 +892,7 @@ test('heartbeats: with a 300 ms ping interval polling and websocket connections 
       socket.io.on('ping', () => pings[t]++);
       seen[t] = { socket, events: lifecycle(socket) };
     }
-    await h.sleep(2500);
-    assert.ok(pings.websocket >= 5, `websocket pings: ${pings.websocket}`);
-    assert.ok(pings.polling >= 5, `polling pings: ${pings.polling}`);
+    await until(() => pings.websocket >= 5 && pings.polling >= 5, 'five pings on each transport');
     for (const t of ['websocket', 'polling']) {
       assert.deepEqual(seen[t].events, [], `${t}: no disconnect`);
       assert.equal(seen[t].socket.connected, true);

@@ -330,6 +330,20 @@ impl Client {
     }
 }
 
+/// Waits until `done` holds, checking every 10 ms, for at most [`TIMEOUT`]: for effects
+/// the server applies after the client's part is over (a closed connection released),
+/// where a fixed sleep would race a loaded machine.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The error code in a reply, if any.
 pub fn error_code(reply: &Value) -> Option<u64> {
     reply.get("error").and_then(|e| e["code"].as_u64())
