@@ -10,10 +10,47 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== rust tests"
 cargo test --workspace --locked
 
+echo "== the README's run command, as written"
+# The first line of README.md's first sh block, so the two cannot drift apart. Its release
+# build is the binary the JS, Python and browser suites below then run against.
+readme_run="$(awk '/^```sh$/ { block = 1; next } block { print; exit }' README.md | sed 's/[[:space:]]*#.*$//')"
+[ "$readme_run" = "cargo run --release -- serve" ] || {
+  echo "README's run command changed to '$readme_run': check what this step runs" >&2
+  exit 1
+}
+bin="$PWD/target/release/switchboard"
+readme_log="$(mktemp)"
+# Port 0: a fixed 8000 may be taken on a CI machine; the address is read from the log.
+SWITCHBOARD_BIND=127.0.0.1:0 bash -c "exec $readme_run" >"$readme_log" 2>&1 &
+readme_pid=$!
+readme_addr=""
+for _ in $(seq 1 1800); do # the release build runs first: up to 15 minutes on 2 cores
+  readme_addr="$(grep -o 'switchboard listening addr=[0-9.:]*' "$readme_log" | head -n1 | cut -d= -f2 || true)"
+  [ -n "$readme_addr" ] && break
+  kill -0 "$readme_pid" 2>/dev/null || break
+  sleep 0.5
+done
+if [ -z "$readme_addr" ] || ! curl -fsS --max-time 10 "http://$readme_addr/health"; then
+  echo "'$readme_run' did not answer /health:" >&2
+  cat "$readme_log" >&2
+  kill "$readme_pid" 2>/dev/null || true
+  exit 1
+fi
+echo
+# cargo run exec()s the binary, so this is the server's SIGTERM: a graceful stop, status 0.
+kill -TERM "$readme_pid"
+wait "$readme_pid"
+grep -q 'token for user "demo"' "$readme_log" || {
+  echo "zero-config run printed no demo token:" >&2
+  cat "$readme_log" >&2
+  exit 1
+}
+rm -f "$readme_log"
+echo "'$readme_run' served /health at $readme_addr and stopped cleanly"
+
 echo "== js tests (centrifuge-js against the real binary)"
-# The tests start target/debug/switchboard (override with SWITCHBOARD_BIN).
-cargo build -p switchboard --locked --quiet
-(cd tests/js && npm ci --no-audit --no-fund --loglevel=error && npm test --silent)
+# The tests start SWITCHBOARD_BIN: the release binary the README's command built.
+(cd tests/js && npm ci --no-audit --no-fund --loglevel=error && SWITCHBOARD_BIN="$bin" npm test --silent)
 
 echo "== bench smoke (switchboard-bench --quick against switchboard; no timing thresholds)"
 # Checks only that the benchmark tool runs every scenario end to end and writes its JSON.
@@ -24,8 +61,7 @@ test -s "$bench_out/report.json" && test -s "$bench_out/summary.json"
 echo "bench smoke: report written to $bench_out/report.json"
 
 echo "== python tests (cent and schemathesis against the real binary)"
-cargo build -p switchboard --locked --quiet
-SWITCHBOARD_BIN="$PWD/target/debug/switchboard" bash tests/python/run.sh
+SWITCHBOARD_BIN="$bin" bash tests/python/run.sh
 
 echo "== browser tests (centrifuge-js and socket.io-client browser bundles in headless Chromium)"
 # Debian's Chromium, driven by playwright-core (which downloads no browser). Installed once.
@@ -40,6 +76,5 @@ if [ ! -x /usr/bin/chromium ]; then
   fi
   rm -f "$apt_log"
 fi
-# Reuses target/debug/switchboard built above.
-bin="$PWD/target/debug/switchboard"
+# Reuses the release binary built by the README's command above.
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && SWITCHBOARD_BIN="$bin" npm test --silent)
