@@ -23,6 +23,9 @@ pub enum ServerError {
     /// Binding or serving failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The configuration is invalid (checked here too, for configs built in code).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// A bound, not yet running server.
@@ -35,8 +38,10 @@ impl Server {
     /// Builds the node and binds `config.bind`.
     ///
     /// # Errors
-    /// [`ServerError`] when keys can not be loaded or the address can not be bound.
+    /// [`ServerError`] when the configuration is invalid, keys can not be loaded or the
+    /// address can not be bound.
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        config.validate()?;
         let listener = listen(&config.bind, config.listen_backlog).await?;
         let node = Node::new(config)?;
         Ok(Self { listener, node })

@@ -156,3 +156,11 @@ async fn commands_writing_into_a_closed_pipe_do_not_panic() {
         assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     }
 }
+
+#[tokio::test]
+async fn a_config_built_in_code_is_checked_too() {
+    let mut cfg = config();
+    cfg.auto_subscribe = vec!["nope:{sub}".into()];
+    let err = switchboard::Server::bind(cfg).await.err().expect("refused");
+    assert!(err.to_string().contains("auto_subscribe"), "{err}");
+}
