@@ -226,7 +226,7 @@ impl Verifier {
         .ok_or_else(|| AuthError::Invalid(format!("no key configured for {alg:?}")))?;
         let mut validation = Validation::new(alg);
         validation.required_spec_claims = HashSet::new();
-        // Expiry is checked by the caller so that it maps to its own error code.
+        // Expiry is checked below, so that it maps to its own error code (109).
         validation.validate_exp = false;
         validation.validate_nbf = true;
         validation.leeway = self.leeway;
