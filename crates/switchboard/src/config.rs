@@ -15,7 +15,8 @@ mod diagnose;
 
 /// `SWITCHBOARD_*` variables that are not configuration keys: read by the CLI's flags
 /// (`SWITCHBOARD_CONFIG`, `SWITCHBOARD_URL`), the log filter (`SWITCHBOARD_LOG`) and the
-/// test harnesses (`SWITCHBOARD_BIN`, `SWITCHBOARD_KEEP_LOGS`, `SWITCHBOARD_TEST_LOGS`).
+/// test harnesses (`SWITCHBOARD_BIN`, `SWITCHBOARD_KEEP_LOGS`, `SWITCHBOARD_TEST_LOGS`,
+/// `SWITCHBOARD_TEST_REDIS_PORTS`).
 /// Every other one must name a key, or loading fails.
 pub const NOT_CONFIG_VARIABLES: &[&str] = &[
     "SWITCHBOARD_CONFIG",
@@ -24,6 +25,7 @@ pub const NOT_CONFIG_VARIABLES: &[&str] = &[
     "SWITCHBOARD_BIN",
     "SWITCHBOARD_KEEP_LOGS",
     "SWITCHBOARD_TEST_LOGS",
+    "SWITCHBOARD_TEST_REDIS_PORTS",
 ];
 
 /// What `check-config` prints instead of a secret.
