@@ -166,9 +166,12 @@ pub(crate) fn read_error(e: axum::Error) -> Disconnect {
     let inner = e.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Capacity(_)) => Disconnect::MESSAGE_TOO_LARGE,
-        Some(tungstenite::Error::Utf8(_) | tungstenite::Error::Protocol(_)) => {
-            Disconnect::BAD_REQUEST
-        }
+        Some(tungstenite::Error::Utf8(_)) => Disconnect::INVALID_PAYLOAD,
+        // The client went away without a close frame: there is no one to tell.
+        Some(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )) => Disconnect::CONNECTION_CLOSED,
+        Some(tungstenite::Error::Protocol(_)) => Disconnect::PROTOCOL_ERROR,
         _ => Disconnect::CONNECTION_CLOSED,
     }
 }
