@@ -426,3 +426,76 @@ async fn tokenless_socketio_sessions_are_capped_until_they_join() {
     let (s4, _) = open(url.clone()).await;
     assert_eq!(s4, 200);
 }
+
+/// The server binary under a low open-files limit, with the connection cap set above
+/// it, so that accept runs out of descriptors.
+struct LowFdServer {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Drop for LowFdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn low_fd_server(nofile: u32) -> LowFdServer {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let child = std::process::Command::new("prlimit")
+        .arg(format!("--nofile={nofile}:{nofile}"))
+        .arg(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("serve")
+        .env("SWITCHBOARD_BIND", addr.to_string())
+        .env("SWITCHBOARD_TOKEN_HMAC_SECRET", SECRET)
+        .env("SWITCHBOARD_NETWORK__MAX_CONNECTIONS", "100000")
+        .env("SWITCHBOARD_NETWORK__HEADER_READ_TIMEOUT", "60s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prlimit (util-linux) runs the server");
+    let server = LowFdServer { child, addr };
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while reqwest::get(format!("http://{addr}/health")).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server
+}
+
+#[tokio::test]
+async fn out_of_descriptors_clients_are_refused_not_left_waiting() {
+    let server = low_fd_server(40).await;
+    // Idle connections hold descriptors for the whole (60 s) header timeout.
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        held.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    // Those past the limit are answered 503 promptly, not after the header timeout.
+    let mut refused = 0;
+    for tcp in &mut held {
+        let mut buf = [0u8; 64];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(100), tcp.read(&mut buf)).await
+        {
+            if buf[..n].starts_with(b"HTTP/1.1 503") {
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused >= 1, "no connection was refused");
+    // Once descriptors are free again, the server serves as before.
+    drop(held);
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let health = reqwest::get(format!("http://{}/health", server.addr)).await;
+        if health.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not serving again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
