@@ -10,6 +10,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== rust tests"
 cargo test --workspace --locked
 
+echo "== autobahn (Autobahn|Testsuite against /connection/websocket, about 30 s)"
+# Needs Python 2.7 (pyenv 2.7.18) or $WSTEST; skips with a warning without either.
+bash scripts/autobahn.sh
+
 echo "== js tests (centrifuge-js against the real binary)"
 # The tests start target/debug/switchboard (override with SWITCHBOARD_BIN).
 cargo build -p switchboard --locked --quiet
