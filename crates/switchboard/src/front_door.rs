@@ -208,6 +208,8 @@ pub(crate) async fn serve(
             }
         }
     }
+    // New clients are refused by the kernel from now on, not left in the listen queue.
+    drop(listener);
     connections.close();
     if tokio::time::timeout(drain, connections.wait())
         .await

@@ -461,7 +461,10 @@ async fn low_fd_server(nofile: u32) -> LowFdServer {
     let server = LowFdServer { child, addr };
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     while reqwest::get(format!("http://{addr}/health")).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "server did not start");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server did not start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     server
@@ -479,7 +482,8 @@ async fn out_of_descriptors_clients_are_refused_not_left_waiting() {
     let mut refused = 0;
     for tcp in &mut held {
         let mut buf = [0u8; 64];
-        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(100), tcp.read(&mut buf)).await
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(100), tcp.read(&mut buf)).await
         {
             if buf[..n].starts_with(b"HTTP/1.1 503") {
                 refused += 1;
