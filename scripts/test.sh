@@ -48,6 +48,10 @@ grep -q 'token for user "demo"' "$readme_log" || {
 rm -f "$readme_log"
 echo "'$readme_run' served /health at $readme_addr and stopped cleanly"
 
+echo "== autobahn (Autobahn|Testsuite against /connection/websocket, about 30 s)"
+# Needs Python 2.7 (pyenv 2.7.18) or $WSTEST; skips with a warning without either.
+bash scripts/autobahn.sh
+
 echo "== js tests (centrifuge-js against the real binary)"
 # The tests start SWITCHBOARD_BIN: the release binary the README's command built.
 (cd tests/js && npm ci --no-audit --no-fund --loglevel=error && SWITCHBOARD_BIN="$bin" npm test --silent)

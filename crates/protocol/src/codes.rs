@@ -2,6 +2,7 @@
 //!
 //! The numbers are Centrifugo's, so official clients react to them correctly: a
 //! disconnect code below 3500 (or 4000..4499) makes them reconnect, 3500..3999 does not.
+//! WebSocket-level violations close with RFC 6455's own codes (1002, 1007).
 
 use serde::Serialize;
 
@@ -91,6 +92,11 @@ pub struct Disconnect {
 }
 
 impl Disconnect {
+    /// 1002 (RFC 6455): a WebSocket protocol violation (reserved bits set, an unmasked or
+    /// fragmented control frame, a bad close frame, an unexpected continuation).
+    pub const PROTOCOL_ERROR: Self = Self::new(1002, "protocol error");
+    /// 1007 (RFC 6455): a text message that is not valid UTF-8.
+    pub const INVALID_PAYLOAD: Self = Self::new(1007, "invalid payload data");
     /// 3000: closed without advice from the server.
     pub const CONNECTION_CLOSED: Self = Self::new(3000, "connection closed");
     /// 3001: the server is shutting down; reconnect (to another node).

@@ -79,6 +79,8 @@ pub struct Config {
     pub client: ClientConfig,
     /// Per-connection limits.
     pub limits: LimitsConfig,
+    /// The TCP and HTTP front door: timeouts, connection caps and rates.
+    pub network: NetworkConfig,
     /// Channel namespaces: the part of a channel name before the first `:`.
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// Memory all channel histories may hold together, in bytes; past it the oldest
@@ -138,10 +140,70 @@ pub struct LimitsConfig {
     pub max_connections_per_user: usize,
     /// Frames queued for one connection before it is disconnected as slow (3008).
     pub outbox_size: usize,
+    /// Bytes queued for one connection before it is disconnected as slow (3008). One
+    /// item is always accepted into an empty outbox, whatever its size.
+    pub outbox_max_bytes: usize,
+    /// Bytes queued for all connections together; past it, a connection holding more
+    /// than 1/16 of `outbox_max_bytes` that is sent more is disconnected (3008), so the
+    /// largest backlogs go first and memory stays bounded (0 = no global budget).
+    pub outbox_total_bytes: usize,
     /// Protocol errors (malformed, unknown, rate-limited commands) before disconnect (3501).
     pub max_protocol_errors: u32,
     /// Longest channel name, in bytes.
     pub max_channel_length: usize,
+}
+
+/// The TCP and HTTP front door. `0` disables a count or rate limit.
+///
+/// Per-IP limits see the proxy's address behind a reverse proxy, so they are off by
+/// default; enable them when clients connect directly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Time allowed for a request's headers, counted from when the server starts
+    /// waiting for them: it also closes an idle TCP connection that sends no request,
+    /// and a keep-alive connection idle between requests.
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Time allowed for a request's body after its headers (an API call whose body
+    /// stalls is cut).
+    #[serde(with = "duration")]
+    pub body_read_timeout: Duration,
+    /// How long a socket the server closes keeps reading and discarding input, so a
+    /// client still sending gets the close frame or response instead of a reset.
+    #[serde(with = "duration")]
+    pub close_linger: Duration,
+    /// Open TCP connections at most (lingering ones included); more are answered
+    /// `503` with `Retry-After` and closed. `0`: the open-files limit minus 64.
+    pub max_connections: usize,
+    /// New TCP connections per second from one IP address, sustained (0 = unlimited).
+    pub connection_rate_per_ip: u32,
+    /// New TCP connections one IP address may open at once above the rate.
+    pub connection_burst_per_ip: u32,
+    /// New WebSocket connections and Socket.IO handshakes per second from one IP
+    /// address, sustained (0 = unlimited); more get `503` with `Retry-After`.
+    pub handshake_rate_per_ip: u32,
+    /// Handshakes one IP address may make at once above the rate.
+    pub handshake_burst_per_ip: u32,
+    /// Socket.IO sessions that have not joined the namespace with a token yet, at
+    /// most, node-wide; more handshakes get `503` (0 = unlimited).
+    pub max_pending_sessions: usize,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            close_linger: Duration::from_secs(2),
+            max_connections: 0,
+            connection_rate_per_ip: 0,
+            connection_burst_per_ip: 0,
+            handshake_rate_per_ip: 0,
+            handshake_burst_per_ip: 0,
+            max_pending_sessions: 10_000,
+        }
+    }
 }
 
 /// Online/offline status of users: queries, and pushes to `status:<user>` channels.
@@ -258,6 +320,7 @@ impl Default for Config {
             auto_subscribe: vec!["user:{sub}".to_owned()],
             client: ClientConfig::default(),
             limits: LimitsConfig::default(),
+            network: NetworkConfig::default(),
             namespaces,
             history_max_bytes: 256 * 1024 * 1024,
             user_status: UserStatusConfig::default(),
@@ -287,6 +350,8 @@ impl Default for LimitsConfig {
             command_burst: 200,
             max_connections_per_user: 64,
             outbox_size: 1024,
+            outbox_max_bytes: 4 * 1024 * 1024,
+            outbox_total_bytes: 512 * 1024 * 1024,
             max_protocol_errors: 20,
             max_channel_length: 255,
         }
@@ -358,6 +423,11 @@ impl Config {
         }
         if self.limits.max_message_size < 128 {
             errors.push("limits.max_message_size must be at least 128".to_owned());
+        }
+        if self.network.header_read_timeout.is_zero() || self.network.body_read_timeout.is_zero() {
+            return Err(ConfigError(
+                "network.header_read_timeout and network.body_read_timeout must be positive".into(),
+            ));
         }
         if self.api_max_body_size == 0 {
             errors.push("api_max_body_size must be positive".to_owned());

@@ -14,6 +14,7 @@
 //! - [`status`], [`typing`]: user online status and typing signals.
 //! - [`transport`]: wire protocols ([`transport::centrifuge`], [`transport::socketio`]).
 //! - [`server`]: HTTP routes, `run`, graceful shutdown.
+//! - [`front_door`]: accepting TCP connections: caps, rates, timeouts, lingering close.
 //! - [`api`]: the Centrifugo-compatible server HTTP API; [`metrics`] at `/metrics`.
 //! - [`cli`]: the operator CLI's client of a running server's API.
 #![warn(missing_docs)]
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod event;
+pub mod front_door;
 pub mod history;
 pub mod hub;
 pub mod limiter;

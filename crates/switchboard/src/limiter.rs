@@ -1,4 +1,9 @@
-//! A token bucket: `rate` per second sustained, `burst` at once.
+//! A token bucket: `rate` per second sustained, `burst` at once; and one per client
+//! address.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
 
 use tokio::time::Instant;
 
@@ -41,6 +46,45 @@ impl TokenBucket {
     }
 }
 
+/// Addresses tracked at most: past this, the table is cleared (a full bucket and a
+/// forgotten one behave alike, so only a client mid-burst gains a fresh burst).
+const MAX_ADDRESSES: usize = 65_536;
+
+/// A token bucket per client address.
+#[derive(Debug)]
+pub struct PerIpRate {
+    rate: u32,
+    burst: u32,
+    /// Short sections only: one look-up and one take.
+    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
+}
+
+impl PerIpRate {
+    /// `rate` per second per address, `burst` at once; a `rate` of 0 means unlimited.
+    pub fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            rate,
+            burst,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Takes one token of `ip`'s bucket; false when none is left.
+    pub fn admit(&self, ip: IpAddr) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= MAX_ADDRESSES && !buckets.contains_key(&ip) {
+            buckets.clear();
+        }
+        buckets
+            .entry(ip)
+            .or_insert_with(|| TokenBucket::new(self.rate, self.burst))
+            .try_take()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -55,5 +99,16 @@ mod tests {
         assert_eq!((0..30).filter(|_| b.try_take()).count(), 5);
         let mut unlimited = TokenBucket::new(0, 0);
         assert!((0..10_000).all(|_| unlimited.try_take()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_ip_buckets_are_separate() {
+        let r = PerIpRate::new(1, 2);
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let b: IpAddr = [127, 0, 0, 2].into();
+        assert_eq!((0..5).filter(|_| r.admit(a)).count(), 2);
+        assert!(r.admit(b));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(r.admit(a));
     }
 }

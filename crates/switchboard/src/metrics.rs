@@ -45,6 +45,10 @@ impl Gauge {
     pub fn dec(&self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+    /// Adds `n` (negative to subtract).
+    pub fn add(&self, n: i64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
     /// Current value.
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
@@ -64,6 +68,10 @@ pub struct Metrics {
     pub outbox_drops: Counter,
     /// Connections closed because their outbox was full.
     pub slow_disconnects: Counter,
+    /// Connections and handshakes refused over a cap or rate (see [`crate::front_door`]).
+    pub connections_refused: Counter,
+    /// Bytes queued in all outboxes (the budget of `limits.outbox_total_bytes`).
+    pub outbox_bytes: Gauge,
     /// Connect attempts refused for a bad or expired token.
     pub auth_failures: Counter,
     /// Commands received.

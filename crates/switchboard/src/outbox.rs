@@ -4,54 +4,99 @@
 //! An empty outbox owns no allocation (a channel allocates its first block up front),
 //! which matters for tens of thousands of idle connections; the queue grows with a
 //! burst and gives the memory back once drained.
+//!
+//! It is bounded in items and in bytes, and all outboxes of a node share a byte budget
+//! (`limits.outbox_total_bytes`), so slow readers of large messages can not grow the
+//! process without bound.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
 
+use crate::config::LimitsConfig;
 use crate::event::Outgoing;
+use crate::metrics::Metrics;
 
 /// Capacity kept by an emptied queue; a larger one is released.
 const KEEP: usize = 64;
+/// Bytes counted for a control push (its frame is encoded by the writer).
+const CONTROL_BYTES: usize = 128;
+
+/// The queue and the bytes it holds.
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Outgoing>,
+    bytes: usize,
+}
 
 /// A bounded multi-producer queue with one consumer.
 #[derive(Debug)]
 pub struct Outbox {
     /// Held only to push or drain, never across an await.
-    queue: Mutex<VecDeque<Outgoing>>,
+    queue: Mutex<Queue>,
     capacity: usize,
+    max_bytes: usize,
+    total_max: usize,
+    /// Holds the node-wide count of queued bytes (`outbox_bytes`).
+    metrics: Arc<Metrics>,
     /// The one consumer's waker: waking it takes no lock, unlike a `Notify`.
     consumer: AtomicWaker,
 }
 
+/// Bytes an item pins while queued. A channel event's frame is shared by all its
+/// recipients, yet each queue keeps it alive on its own, so each counts it whole.
+fn size_of(item: &Outgoing) -> usize {
+    match item {
+        Outgoing::Event { frame, .. } | Outgoing::Frame(frame) => frame.len(),
+        Outgoing::Control(_) => CONTROL_BYTES,
+    }
+}
+
 impl Outbox {
-    /// An outbox holding at most `capacity` items.
-    pub fn new(capacity: usize) -> Self {
+    /// An outbox with the limits of `limits` (`outbox_size` items, `outbox_max_bytes`,
+    /// and the node-wide `outbox_total_bytes` counted in `metrics`).
+    pub fn new(limits: &LimitsConfig, metrics: Arc<Metrics>) -> Self {
         Self {
-            queue: Mutex::new(VecDeque::new()),
-            capacity,
+            queue: Mutex::default(),
+            capacity: limits.outbox_size,
+            max_bytes: limits.outbox_max_bytes,
+            total_max: limits.outbox_total_bytes,
+            metrics,
             consumer: AtomicWaker::new(),
         }
     }
 
-    fn queue(&self) -> MutexGuard<'_, VecDeque<Outgoing>> {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues an item without waiting.
     ///
     /// # Errors
-    /// Gives the item back when the outbox is full.
+    /// Gives the item back when the outbox is full: `outbox_size` items, or
+    /// `outbox_max_bytes` (an empty outbox takes one item of any size), or, while all
+    /// outboxes together hold over `outbox_total_bytes`, when this one holds more than
+    /// 1/16 of `outbox_max_bytes`: the largest backlogs are refused first.
     pub fn push(&self, item: Outgoing) -> Result<(), Outgoing> {
+        let size = size_of(&item);
         let mut queue = self.queue();
-        if queue.len() >= self.capacity {
+        let was_empty = queue.items.is_empty();
+        let bytes = queue.bytes + size;
+        if queue.items.len() >= self.capacity || (!was_empty && bytes > self.max_bytes) {
             return Err(item);
         }
-        let was_empty = queue.is_empty();
-        queue.push_back(item);
+        if self.total_max != 0 && bytes > self.max_bytes / 16 {
+            let total = usize::try_from(self.metrics.outbox_bytes.get()).unwrap_or(0);
+            if total + size > self.total_max {
+                return Err(item);
+            }
+        }
+        queue.items.push_back(item);
+        queue.bytes = bytes;
         drop(queue);
+        self.metrics.outbox_bytes.add(signed(size));
         // Only the first item needs a wake-up: the consumer drains all it finds.
         if was_empty {
             self.consumer.wake();
@@ -82,26 +127,55 @@ impl Outbox {
 
     fn take(&self, buf: &mut Vec<Outgoing>, max: usize) -> Option<usize> {
         let mut queue = self.queue();
-        if queue.is_empty() {
+        if queue.items.is_empty() {
             return None;
         }
-        let n = queue.len().min(max);
-        buf.extend(queue.drain(..n));
-        if queue.is_empty() && queue.capacity() > KEEP {
-            queue.shrink_to(KEEP);
+        let n = queue.items.len().min(max);
+        let mut taken = 0;
+        for item in queue.items.drain(..n) {
+            taken += size_of(&item);
+            buf.push(item);
         }
+        queue.bytes -= taken;
+        if queue.items.is_empty() && queue.items.capacity() > KEEP {
+            queue.items.shrink_to(KEEP);
+        }
+        drop(queue);
+        self.metrics.outbox_bytes.add(-signed(taken));
         Some(n)
     }
 
     /// Takes one item if any is queued.
     pub fn try_recv(&self) -> Option<Outgoing> {
-        self.queue().pop_front()
+        let mut queue = self.queue();
+        let item = queue.items.pop_front()?;
+        let size = size_of(&item);
+        queue.bytes -= size;
+        drop(queue);
+        self.metrics.outbox_bytes.add(-signed(size));
+        Some(item)
     }
 
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.queue().is_empty()
+        self.queue().items.is_empty()
     }
+
+    /// Bytes queued.
+    pub fn bytes(&self) -> usize {
+        self.queue().bytes
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let bytes = self.queue().bytes;
+        self.metrics.outbox_bytes.add(-signed(bytes));
+    }
+}
+
+fn signed(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -113,9 +187,54 @@ mod tests {
         Outgoing::Frame(TextFrame::from_static(s))
     }
 
+    fn outbox(items: usize, bytes: usize, total: usize, metrics: &Arc<Metrics>) -> Outbox {
+        let limits = LimitsConfig {
+            outbox_size: items,
+            outbox_max_bytes: bytes,
+            outbox_total_bytes: total,
+            ..LimitsConfig::default()
+        };
+        Outbox::new(&limits, metrics.clone())
+    }
+
+    fn sized(n: usize) -> Outgoing {
+        Outgoing::Frame(TextFrame::from("x".repeat(n)))
+    }
+
+    #[test]
+    fn bounded_in_bytes_alone_and_together() {
+        let metrics = Arc::new(Metrics::default());
+        let a = outbox(100, 1000, 2000, &metrics);
+        // An empty outbox takes one item of any size; then the byte limit holds.
+        assert!(a.push(sized(1500)).is_ok());
+        assert!(a.push(sized(1)).is_err());
+        let mut buf = Vec::new();
+        while a.try_recv().is_some() {}
+        assert_eq!(metrics.outbox_bytes.get(), 0);
+        assert!(a.push(sized(600)).is_ok());
+        assert!(a.push(sized(300)).is_ok());
+        assert!(a.push(sized(200)).is_err(), "over outbox_max_bytes");
+        // Over the shared budget, a small outbox still gets its item, a large one not.
+        let b = outbox(100, 1000, 2000, &metrics);
+        assert!(b.push(sized(900)).is_ok());
+        assert!(b.push(sized(50)).is_ok());
+        assert_eq!(metrics.outbox_bytes.get(), 1850);
+        let small = outbox(100, 1000, 2000, &metrics);
+        assert!(small.push(sized(50)).is_ok(), "under 1/16 of the limit");
+        assert!(b.push(sized(80)).is_err(), "over the shared budget");
+        // Taking and dropping give the bytes back.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(a.recv_many(&mut buf, 10));
+        drop(b);
+        drop(small);
+        assert_eq!(metrics.outbox_bytes.get(), 0);
+    }
+
     #[tokio::test]
     async fn bounded_ordered_and_wakes_the_consumer() {
-        let outbox = std::sync::Arc::new(Outbox::new(3));
+        let outbox = std::sync::Arc::new(outbox(3, usize::MAX, 0, &Arc::default()));
         assert!(outbox.push(frame("a")).is_ok());
         assert!(outbox.push(frame("b")).is_ok());
         assert!(outbox.push(frame("c")).is_ok());
@@ -145,7 +264,7 @@ mod tests {
 
     #[test]
     fn releases_memory_after_a_burst() {
-        let outbox = Outbox::new(10_000);
+        let outbox = outbox(10_000, usize::MAX, 0, &Arc::default());
         for _ in 0..5000 {
             outbox.push(frame("x")).unwrap();
         }
@@ -156,6 +275,6 @@ mod tests {
         while !outbox.is_empty() {
             rt.block_on(outbox.recv_many(&mut buf, 256));
         }
-        assert!(outbox.queue().capacity() <= KEEP);
+        assert!(outbox.queue().items.capacity() <= KEEP);
     }
 }

@@ -83,9 +83,9 @@ impl Server {
         node.spawn_maintenance();
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, node = %node.name, "switchboard listening");
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await?;
+        let door = crate::front_door::Door::new(&node.config.network, node.metrics.clone());
+        crate::front_door::serve(self.listener, app, door, stop, node.config.shutdown_timeout)
+            .await;
         let timeout = node.config.shutdown_timeout;
         if tokio::time::timeout(timeout, node.tracker.wait())
             .await

@@ -1331,3 +1331,53 @@ async fn cors_preflight_and_origin_headers() {
     let forbidden = ws_refused(&ws_url(&server, None), Some("https://evil.example")).await;
     assert_eq!(forbidden, 403);
 }
+
+/// Sends `packet` over and over while reading, until the server closes; returns the
+/// packets read and how the socket closed.
+async fn keep_sending_until_closed(c: SioWs, packet: &str) -> (Vec<String>, Closed) {
+    let (mut sink, mut stream) = c.ws.split();
+    let frame = Message::text(packet.to_owned());
+    let sender = tokio::spawn(async move { while sink.send(frame.clone()).await.is_ok() {} });
+    let mut got = Vec::new();
+    let closed = loop {
+        match next_text(&mut stream).await {
+            Ok(p) => got.push(p),
+            Err(c) => break c,
+        }
+    };
+    tokio::time::timeout(TIMEOUT, sender)
+        .await
+        .expect("sender stops after the close")
+        .expect("sender task");
+    (got, closed)
+}
+
+#[tokio::test]
+async fn a_flooding_client_still_gets_server_disconnect_and_the_close_code() {
+    let mut cfg = config();
+    cfg.limits.command_rate = 5;
+    cfg.limits.command_burst = 5;
+    cfg.limits.max_protocol_errors = 3;
+    cfg.limits.max_message_size = 1024;
+    let server = start(cfg).await;
+    // Pongs (`3`) are metered: a flood of them is a flood (3013, reconnect: no `41`).
+    let (c, _) = SioWs::connect(&server, &token("ann")).await;
+    let (got, closed) = keep_sending_until_closed(c, "3").await;
+    assert_eq!(closed.code, 3013, "{closed:?}");
+    let farewell = got
+        .iter()
+        .find(|p| is_event(p, "server_disconnect"))
+        .unwrap_or_else(|| panic!("no server_disconnect in {got:?}"));
+    assert_eq!(event_of(farewell).unwrap().1[0]["code"], json!(3013));
+    // Oversized messages, over and over: 3506 says not to reconnect, so the namespace
+    // DISCONNECT (`41`) comes too.
+    let (c, _) = SioWs::connect(&server, &token("bob")).await;
+    let big = format!("42[\"publish\",\"{}\"]", "x".repeat(4000));
+    let (got, closed) = keep_sending_until_closed(c, &big).await;
+    assert_eq!(closed.code, 3506, "{closed:?}");
+    assert!(
+        got.iter().any(|p| is_event(p, "server_disconnect")),
+        "{got:?}"
+    );
+    assert_eq!(got.last().map(String::as_str), Some("41"), "{got:?}");
+}

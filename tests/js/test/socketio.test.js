@@ -829,6 +829,29 @@ test('limits: connections per user, channels per connection, message size, unkno
   }
 });
 
+// A client that keeps sending after the server decided to close still gets the
+// farewell: the server reads and discards its input until it closes (`close_linger`),
+// so the socket is not reset under the namespace DISCONNECT and the close frame.
+test('a client that keeps emitting oversized frames gets server_disconnect 3506 and "io server disconnect"', { timeout: 30000 }, async () => {
+  const srv = await h.startServer({ config: `${CONFIG}\n[limits]\nmax_message_size = 2048\n` });
+  try {
+    for (let run = 0; run < 3; run++) {
+      const { socket } = await connectSocket(`flood${run}`, { srv });
+      const seen = lifecycle(socket);
+      const reason = h.waitEvent(socket, 'disconnect', { label: 'disconnect after 3506' });
+      const blob = 'x'.repeat(8192);
+      // Emitted back to back, not waiting for anything: the socket buffers them all.
+      for (let i = 0; i < 200; i++) socket.emit('publish', { channel: 'chat:b', data: { blob, i } });
+      assert.equal(await reason, 'io server disconnect');
+      assert.deepEqual(seen, ['server_disconnect: 3506', 'disconnect: io server disconnect']);
+      assert.equal(socket.active, false, 'no automatic reconnect');
+    }
+  } finally {
+    for (const s of sockets.splice(0)) s.disconnect();
+    await srv.stop();
+  }
+});
+
 test('user_status rpc and typing signals', { timeout: 20000 }, async () => {
   const { socket: ann } = await connectSocket('ann');
   await connectSocket('bob');

@@ -127,6 +127,22 @@ pub fn render(node: &Node) -> String {
         m.slow_disconnects.get(),
     );
     out.family(
+        "switchboard_connections_refused_total",
+        "counter",
+        "Connections and handshakes refused over a cap or rate (503).",
+    );
+    out.sample(
+        "switchboard_connections_refused_total",
+        &[],
+        m.connections_refused.get(),
+    );
+    out.family(
+        "switchboard_outbox_bytes",
+        "gauge",
+        "Bytes queued in all connections' outboxes.",
+    );
+    out.sample("switchboard_outbox_bytes", &[], m.outbox_bytes.get());
+    out.family(
         "switchboard_auth_failures_total",
         "counter",
         "Refused credentials: connection tokens (connect) and server API keys (api).",

@@ -135,7 +135,7 @@ pub struct Connected {
 }
 
 impl Session {
-    /// A new, unauthenticated session with an outbox of `limits.outbox_size`.
+    /// A new, unauthenticated session with an outbox bounded by `limits`.
     pub fn new(node: Arc<Node>, codec: Codec) -> Arc<Self> {
         let limits = &node.config.limits;
         let abuse = Abuse {
@@ -149,7 +149,7 @@ impl Session {
                 .to_string()
                 .into(),
             cancel: node.shutdown.child_token(),
-            outbox: Outbox::new(limits.outbox_size),
+            outbox: Outbox::new(limits, node.metrics.clone()),
             codec,
             node,
             disconnect: OnceLock::new(),

@@ -21,6 +21,7 @@ use super::command::{self, Executed};
 use super::heartbeat::Heartbeat;
 use super::websocket::{self, Wire};
 use crate::event::{ChannelEvent, Codec, Control, EventKind, Outgoing, Protocol, TextFrame};
+use crate::front_door::Peer;
 use crate::node::Node;
 use crate::session::{Session, SessionError};
 
@@ -28,6 +29,7 @@ use crate::session::{Session, SessionError};
 pub async fn handler(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
+    peer: Peer,
     ws: WebSocketUpgrade,
 ) -> Response {
     if !super::origin_allowed(&node.config, &headers) {
@@ -35,6 +37,9 @@ pub async fn handler(
     }
     if node.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    if let Err(busy) = peer.admit_handshake() {
+        return busy.into_response();
     }
     websocket::configure(ws, &node.config).on_upgrade(move |socket| {
         let tracker = node.tracker.clone();
@@ -153,7 +158,12 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, session: &Arc<Session>) {
                         session.close(Disconnect::CONNECTION_CLOSED);
                         return;
                     }
-                    Ok(Message::Ping(_) | Message::Pong(_)) => {}
+                    Ok(Message::Ping(_) | Message::Pong(_)) => {
+                        if let Some(d) = command::meter_control(session) {
+                            session.close(d);
+                            return;
+                        }
+                    }
                     Err(e) => {
                         session.close(websocket::read_error(e));
                         return;

@@ -30,6 +30,9 @@ pub(crate) async fn execute(
     request: Request,
 ) -> Result<Executed, SessionError> {
     if matches!(request, Request::Pong) {
+        // Metered like any command: a client spamming `{}` is flooding, and is closed
+        // with 3013 like one.
+        session.admit_command()?;
         return Ok(Executed::Nothing);
     }
     let metrics = &session.node().metrics;
@@ -105,6 +108,15 @@ async fn run(session: &Arc<Session>, request: Request) -> Result<Executed, Sessi
         }
     };
     Ok(Executed::Reply(reply))
+}
+
+/// Counts a frame that carries no command (a WebSocket ping or pong, an Engine.IO
+/// pong) against the command rate. Returns the disconnect for a client that persists.
+pub(crate) fn meter_control(session: &Session) -> Option<switchboard_protocol::Disconnect> {
+    match session.admit_command() {
+        Err(SessionError::Disconnect(d)) => Some(d),
+        _ => None,
+    }
 }
 
 /// The command's name in metrics (see [`crate::metrics::COMMAND_KINDS`]).

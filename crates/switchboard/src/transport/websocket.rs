@@ -1,8 +1,6 @@
 //! What every WebSocket transport shares: buffer sizes, the writer that drains a
 //! session's outbox and flushes once per batch, and how read errors become disconnects.
 
-use std::time::Duration;
-
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
@@ -144,8 +142,10 @@ pub(crate) async fn write_loop(
         let _ = sink.send(Message::Close(Some(frame))).await;
         let _ = sink.close().await;
     };
-    // Boxed: only closing connections pay for this state.
-    let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), flush_rest)).await;
+    // Boxed: only closing connections pay for this state. Bounded like the lingering
+    // close that follows: a client that does not read never gets the close frame.
+    let linger = session.node().config.network.close_linger;
+    let _ = Box::pin(tokio::time::timeout(linger, flush_rest)).await;
 }
 
 /// Records publish-to-write latency once per batch, for its oldest channel event: one
@@ -166,9 +166,12 @@ pub(crate) fn read_error(e: axum::Error) -> Disconnect {
     let inner = e.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Capacity(_)) => Disconnect::MESSAGE_TOO_LARGE,
-        Some(tungstenite::Error::Utf8(_) | tungstenite::Error::Protocol(_)) => {
-            Disconnect::BAD_REQUEST
-        }
+        Some(tungstenite::Error::Utf8(_)) => Disconnect::INVALID_PAYLOAD,
+        // The client went away without a close frame: there is no one to tell.
+        Some(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )) => Disconnect::CONNECTION_CLOSED,
+        Some(tungstenite::Error::Protocol(_)) => Disconnect::PROTOCOL_ERROR,
         _ => Disconnect::CONNECTION_CLOSED,
     }
 }

@@ -203,6 +203,10 @@ impl Client {
             .expect("send");
     }
 
+    pub async fn send_message(&mut self, msg: Message) {
+        self.ws.send(msg).await.expect("send");
+    }
+
     /// Sends a command with a fresh id and returns the reply with that id, keeping
     /// pushes that arrive meanwhile in the backlog.
     pub async fn request(&mut self, mut cmd: Value) -> Value {
@@ -325,11 +329,33 @@ impl Client {
         }
     }
 
+    /// Keeps sending `frame` (as fast as the socket takes it) while reading, until the
+    /// server closes the connection; returns how.
+    pub async fn keep_sending_until_closed(self, frame: Message) -> Closed {
+        self.start_sending(frame).until_closed().await
+    }
+
+    /// Starts sending `frame` over and over, reading nothing until
+    /// [`Sending::until_closed`]. The sending stops only when the client has seen the
+    /// server's close frame (or the socket failed).
+    pub fn start_sending(self, frame: Message) -> Sending {
+        let (mut sink, stream) = self.ws.split();
+        let sender = tokio::spawn(async move {
+            let mut sent = 0u64;
+            while sink.send(frame.clone()).await.is_ok() {
+                sent += 1;
+            }
+            sent
+        });
+        Sending { stream, sender }
+    }
+
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
 }
 
+<<<<<<< HEAD
 /// Waits until `done` holds, checking every 10 ms, for at most [`TIMEOUT`]: for effects
 /// the server applies after the client's part is over (a closed connection released),
 /// where a fixed sleep would race a loaded machine.
@@ -341,6 +367,36 @@ pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+=======
+/// A client sending all the time (see [`Client::start_sending`]).
+pub struct Sending {
+    stream: futures_util::stream::SplitStream<Ws>,
+    sender: tokio::task::JoinHandle<u64>,
+}
+
+impl Sending {
+    /// Reads until the server closes the connection; returns how.
+    pub async fn until_closed(self) -> Closed {
+        self.until_closed_slowly(Duration::ZERO).await
+    }
+
+    /// Reads until the server closes the connection, pausing `pause` after each
+    /// message, as a client on a slow link would; returns how.
+    pub async fn until_closed_slowly(mut self, pause: Duration) -> Closed {
+        let closed = loop {
+            match next_text(&mut self.stream).await {
+                Ok(_) if pause.is_zero() => continue,
+                Ok(_) => tokio::time::sleep(pause).await,
+                Err(c) => break c,
+            }
+        };
+        let sent = tokio::time::timeout(TIMEOUT, self.sender)
+            .await
+            .expect("sender stops after the close")
+            .expect("sender task");
+        assert!(sent > 0, "nothing was sent");
+        closed
+>>>>>>> harden-b
     }
 }
 
@@ -351,9 +407,10 @@ pub fn error_code(reply: &Value) -> Option<u64> {
 
 /// The next text message off `ws` (other frames are skipped), or how the socket closed.
 /// Waits at most [`TIMEOUT`].
-pub async fn next_text(
-    ws: &mut WebSocketStream<MaybeTlsStream<TcpStream>>,
-) -> Result<String, Closed> {
+pub async fn next_text<S>(ws: &mut S) -> Result<String, Closed>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
     loop {
         let msg = tokio::time::timeout(TIMEOUT, ws.next())
             .await

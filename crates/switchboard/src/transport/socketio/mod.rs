@@ -15,7 +15,7 @@ mod polling;
 mod websocket;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -28,6 +28,7 @@ use switchboard_protocol::{ClientInfo, Disconnect, SharedJson, SubscribeResult};
 use tokio::sync::Notify;
 
 use crate::event::{ChannelEvent, Codec, Control, EventKind, Outgoing, Protocol, TextFrame};
+use crate::front_door::Peer;
 use crate::node::Node;
 use crate::session::Session;
 
@@ -60,6 +61,8 @@ struct SocketIo {
     node: Arc<Node>,
     /// Short sections only: insert, look up, remove.
     conns: Arc<Mutex<HashMap<Arc<str>, Arc<Conn>>>>,
+    /// Sessions that have not joined the namespace with a token yet.
+    pending: Arc<AtomicUsize>,
 }
 
 impl SocketIo {
@@ -69,6 +72,26 @@ impl SocketIo {
             .unwrap_or_else(|e| e.into_inner())
             .get(sid)
             .cloned()
+    }
+
+    /// Admits a new Engine.IO session: refused while shutting down, over the client
+    /// address's handshake rate, or when `network.max_pending_sessions` sessions
+    /// have not joined yet (a handshake needs no token, so this bounds the work
+    /// anyone can make the server hold).
+    /// Returns the refusal to answer with, if any.
+    fn refusal(&self, peer: &Peer) -> Option<Response> {
+        if let Some(r) = polling::refuse_when_closing(self) {
+            return Some(r);
+        }
+        if let Err(busy) = peer.admit_handshake() {
+            return Some(busy.into_response());
+        }
+        let max = self.node.config.network.max_pending_sessions;
+        if max != 0 && self.pending.load(Ordering::Acquire) >= max {
+            self.node.metrics.connections_refused.inc();
+            return Some(crate::front_door::Busy.into_response());
+        }
+        None
     }
 
     fn remove(&self, sid: &str) {
@@ -99,10 +122,15 @@ struct Conn {
     farewell_sent: AtomicBool,
     /// The last long-poll carried the close packet.
     flushed: Notify,
+    /// Counted in [`SocketIo::pending`] until it joins or closes.
+    pending: AtomicBool,
+    pending_count: Arc<AtomicUsize>,
 }
 
 impl Conn {
-    fn new(node: &Arc<Node>, transport: u8) -> Arc<Self> {
+    fn new(sio: &SocketIo, transport: u8) -> Arc<Self> {
+        let node = &sio.node;
+        sio.pending.fetch_add(1, Ordering::AcqRel);
         Arc::new(Self {
             sid: uuid::Builder::from_random_bytes(rand::random())
                 .into_uuid()
@@ -116,7 +144,16 @@ impl Conn {
             pong: Notify::new(),
             farewell_sent: AtomicBool::new(false),
             flushed: Notify::new(),
+            pending: AtomicBool::new(true),
+            pending_count: sio.pending.clone(),
         })
+    }
+
+    /// No longer counted as pending: it joined the namespace, or closed.
+    fn not_pending(&self) {
+        if self.pending.swap(false, Ordering::AcqRel) {
+            self.pending_count.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     fn transport(&self) -> u8 {
@@ -145,6 +182,7 @@ pub fn router(node: Arc<Node>) -> Router {
     let state = SocketIo {
         node,
         conns: Arc::default(),
+        pending: Arc::default(),
     };
     let route = get(polling::get)
         .post(polling::post)

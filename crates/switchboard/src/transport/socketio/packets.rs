@@ -27,21 +27,24 @@ pub(super) async fn handle(conn: &Conn, text: &str) -> Option<Disconnect> {
         }
         Ok(EioPacket::Pong) => {
             conn.pong.notify_one();
-            None
+            command::meter_control(&conn.session)
         }
         Ok(EioPacket::Close) => Some(Disconnect::CONNECTION_CLOSED),
-        Ok(EioPacket::Ping(_) | EioPacket::Upgrade | EioPacket::Noop) => None,
+        Ok(EioPacket::Ping(_) | EioPacket::Upgrade | EioPacket::Noop) => {
+            command::meter_control(&conn.session)
+        }
         Ok(EioPacket::Message(m)) => {
             let session = &conn.session;
             // The span lives only while a packet is handled (see the Centrifugo transport).
             let span =
                 tracing::info_span!("connection", client = %session.id, user = %session.user());
-            Box::pin(socketio_packet(session, m).instrument(span)).await
+            Box::pin(socketio_packet(conn, m).instrument(span)).await
         }
     }
 }
 
-async fn socketio_packet(session: &Arc<Session>, text: &str) -> Option<Disconnect> {
+async fn socketio_packet(conn: &Conn, text: &str) -> Option<Disconnect> {
+    let session = &conn.session;
     let packet = match SioPacket::decode(text) {
         Ok(p) => p,
         Err(e) => {
@@ -58,7 +61,13 @@ async fn socketio_packet(session: &Arc<Session>, text: &str) -> Option<Disconnec
         return None;
     }
     match packet.kind {
-        SioKind::Connect => connect(session, packet.data).await,
+        SioKind::Connect => {
+            let d = connect(session, packet.data).await;
+            if session.is_connected() {
+                conn.not_pending();
+            }
+            d
+        }
         SioKind::Disconnect => Some(Disconnect::CONNECTION_CLOSED),
         // The server asks for no acknowledgements.
         SioKind::Ack => None,

@@ -18,6 +18,7 @@ use tokio::time::sleep_until;
 
 use super::{encode, farewell, packets, with_cors, Conn, EngineError, SocketIo};
 use super::{POLLING, UPGRADING, WEBSOCKET};
+use crate::front_door::Peer;
 use crate::transport::heartbeat::Heartbeat;
 use crate::transport::websocket::{observe_latency, BATCH};
 
@@ -63,9 +64,10 @@ pub(super) async fn get(
     State(sio): State<SocketIo>,
     Query(q): Query<EngineQuery>,
     headers: HeaderMap,
+    peer: Peer,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let response = match route_get(&sio, &q, &headers, ws).await {
+    let response = match route_get(&sio, &q, &headers, &peer, ws).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
@@ -76,11 +78,12 @@ async fn route_get(
     sio: &SocketIo,
     q: &EngineQuery,
     headers: &HeaderMap,
+    peer: &Peer,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, EngineError> {
     q.check(sio, headers)?;
     match (q.transport.as_deref(), q.sid.as_deref()) {
-        (Some("polling"), None) => handshake(sio),
+        (Some("polling"), None) => handshake(sio, peer),
         (Some("polling"), Some(sid)) => {
             let conn = sio.find(sid).ok_or(EngineError::UnknownSid)?;
             poll(&conn).await
@@ -91,7 +94,7 @@ async fn route_get(
                 Some(sid) => Some(sio.find(sid).ok_or(EngineError::UnknownSid)?),
                 None => None,
             };
-            super::websocket::upgrade(sio, ws, conn)
+            super::websocket::upgrade(sio, ws, conn, peer)
         }
         _ => Err(EngineError::UnknownTransport),
     }
@@ -105,11 +108,11 @@ pub(super) fn refuse_when_closing(sio: &SocketIo) -> Option<Response> {
         .then(|| (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response())
 }
 
-fn handshake(sio: &SocketIo) -> Result<Response, EngineError> {
-    if let Some(r) = refuse_when_closing(sio) {
+fn handshake(sio: &SocketIo, peer: &Peer) -> Result<Response, EngineError> {
+    if let Some(r) = sio.refusal(peer) {
         return Ok(r);
     }
-    let conn = Conn::new(&sio.node, POLLING);
+    let conn = Conn::new(sio, POLLING);
     sio.conns
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -285,6 +288,7 @@ pub(super) async fn drive(sio: SocketIo, conn: Arc<Conn>) {
             }
         }
     }
+    conn.not_pending();
     Box::pin(session.cleanup()).await;
     if matches!(conn.transport(), POLLING | UPGRADING) {
         // A polling client has a poll pending nearly all the time, so the close packet

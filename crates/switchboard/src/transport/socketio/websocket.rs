@@ -11,10 +11,11 @@ use futures_util::{SinkExt, StreamExt};
 use switchboard_protocol::socketio::PROBE_PONG;
 use switchboard_protocol::Disconnect;
 
-use super::polling::{drive, refuse_when_closing};
+use super::polling::drive;
 use super::{encode, farewell, packets, Conn, EngineError, SocketIo};
 use super::{POLLING, UPGRADING, WEBSOCKET};
 use crate::event::TextFrame;
+use crate::front_door::Peer;
 use crate::transport::websocket::{self, Wire};
 
 /// One Engine.IO packet per WebSocket message: the protocol has no separator there.
@@ -30,6 +31,7 @@ pub(super) fn upgrade(
     sio: &SocketIo,
     ws: WebSocketUpgrade,
     conn: Option<Arc<Conn>>,
+    peer: &Peer,
 ) -> Result<Response, EngineError> {
     let ws = websocket::configure(ws, &sio.node.config);
     let tracker = sio.node.tracker.clone();
@@ -42,7 +44,7 @@ pub(super) fn upgrade(
             Ok(ws.on_upgrade(move |socket| tracker.track_future(upgrade_polling(conn, socket))))
         }
         None => {
-            if let Some(r) = refuse_when_closing(&sio) {
+            if let Some(r) = sio.refusal(peer) {
                 return Ok(r);
             }
             Ok(ws.on_upgrade(move |socket| tracker.track_future(serve_new(sio, socket))))
@@ -51,7 +53,7 @@ pub(super) fn upgrade(
 }
 
 async fn serve_new(sio: SocketIo, mut socket: WebSocket) {
-    let conn = Conn::new(&sio.node, WEBSOCKET);
+    let conn = Conn::new(&sio, WEBSOCKET);
     let open = conn.handshake(&[]);
     if socket.send(Message::Text(open.into())).await.is_err() {
         return;
@@ -122,7 +124,9 @@ async fn read_loop(conn: &Conn, mut stream: SplitStream<WebSocket>) {
                     None | Some(Ok(Message::Close(_))) => Some(Disconnect::CONNECTION_CLOSED),
                     Some(Ok(Message::Text(text))) => packets::handle(conn, text.as_str()).await,
                     Some(Ok(Message::Binary(_))) => Some(Disconnect::BAD_REQUEST),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                        crate::transport::command::meter_control(session)
+                    }
                     Some(Err(e)) => Some(websocket::read_error(e)),
                 };
                 if let Some(d) = disconnect {
