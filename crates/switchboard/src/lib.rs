@@ -14,6 +14,7 @@
 //! - [`status`], [`typing`]: user online status and typing signals.
 //! - [`transport`]: wire protocols ([`transport::centrifuge`], [`transport::socketio`]).
 //! - [`server`]: HTTP routes, `run`, graceful shutdown.
+//! - [`proxy`]: HTTP calls to the app backend (connect, refresh, subscribe, publish, rpc).
 //! - [`api`]: the Centrifugo-compatible server HTTP API; [`metrics`] at `/metrics`.
 //! - [`cli`]: the operator CLI's client of a running server's API.
 #![warn(missing_docs)]
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod presence;
+pub mod proxy;
 pub mod rules;
 pub mod server;
 pub mod session;

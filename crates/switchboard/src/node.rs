@@ -78,6 +78,8 @@ pub struct Node {
     pub typing: Typing,
     /// Online status of users.
     pub status: StatusTracker,
+    /// Proxies to the app backend.
+    pub proxies: crate::proxy::Proxies,
 }
 
 impl std::fmt::Debug for Node {
@@ -125,6 +127,7 @@ impl Node {
         } else {
             config.node_name.clone()
         };
+        let proxies = crate::proxy::Proxies::new(&config, metrics.clone());
         Ok(Arc::new(Self {
             rules: Rules::new(&config),
             verifier: Verifier::new(&config)?,
@@ -138,6 +141,7 @@ impl Node {
             metrics,
             typing: Typing::default(),
             status: StatusTracker::default(),
+            proxies,
         }))
     }
 
@@ -182,6 +186,29 @@ impl Node {
         tags: Option<Arc<BTreeMap<String, String>>>,
     ) -> Result<StreamPosition, NodeError> {
         self.publish_with(channel, self.history_options(ns), data, info, tags)
+            .await
+    }
+
+    /// Publishes a client publication as the publish proxy shaped it: with its tags,
+    /// and kept out of history when `skip_history`.
+    ///
+    /// # Errors
+    /// An engine failure.
+    pub async fn publish_shaped(
+        &self,
+        channel: &str,
+        ns: &NamespaceConfig,
+        data: SharedJson,
+        info: ClientInfo,
+        tags: Option<Arc<BTreeMap<String, String>>>,
+        skip_history: bool,
+    ) -> Result<StreamPosition, NodeError> {
+        let history = if skip_history {
+            None
+        } else {
+            self.history_options(ns)
+        };
+        self.publish_with(channel, history, data, Some(info), tags)
             .await
     }
 

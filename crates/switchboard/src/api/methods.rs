@@ -387,7 +387,9 @@ fn custom_disconnect(d: &DisconnectCode) -> Result<Disconnect, ApiError> {
     })
 }
 
-fn intern(reason: &str) -> &'static str {
+/// `reason` as a `'static` close reason: each distinct reason is leaked once, up to
+/// `MAX_REASONS`, after which `"disconnect"` stands in.
+pub(crate) fn intern(reason: &str) -> &'static str {
     if reason.is_empty() {
         return "";
     }
