@@ -29,6 +29,8 @@ pub struct Identity {
     pub channels: Vec<String>,
     /// Expiry as Unix seconds (`exp`), if any.
     pub expires_at: Option<u64>,
+    /// Private data the connect proxy attached, sent with every later proxy request.
+    pub meta: Option<SharedJson>,
 }
 
 /// What a subscription token grants.
@@ -227,6 +229,7 @@ impl Verifier {
             info: c.info.map(Arc::from),
             channels: c.channels,
             expires_at: c.exp,
+            meta: None,
         })
     }
 

@@ -66,7 +66,9 @@ impl Rules {
         granted: bool,
     ) -> Result<&Arc<NamespaceConfig>, RuleError> {
         let ns = self.namespace(channel)?;
-        if granted || ns.subscribe.iter().any(|t| template_allows(t, channel, id)) {
+        let role_admitted = ns.subscribe_roles.iter().any(|r| id.roles.contains(r));
+        if granted || role_admitted || ns.subscribe.iter().any(|t| template_allows(t, channel, id))
+        {
             Ok(ns)
         } else {
             Err(RuleError::PermissionDenied)

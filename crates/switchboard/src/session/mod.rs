@@ -8,8 +8,10 @@
 //! - [`commands`]: publish, presence, history and RPC on behalf of the client.
 
 mod commands;
+mod proxied;
 mod subscription;
 
+pub use proxied::UNSUBSCRIBE_EXPIRED;
 pub use subscription::{Activation, Subscribed};
 
 use std::collections::HashMap;
@@ -17,6 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use switchboard_protocol::command::{ConnectRequest, HistoryRequest, SubscribeRequest};
+use switchboard_protocol::reply::ErrorReply;
 use switchboard_protocol::{
     ClientInfo, ConnectResult, Disconnect, ErrorCode, HistoryResult, PresenceResult,
     PresenceStatsResult, RefreshResult, SharedJson, StreamPosition, SubRefreshResult,
@@ -34,12 +37,25 @@ use crate::outbox::Outbox;
 use crate::rules::RuleError;
 
 /// What a failed command turns into for the client: an error reply, or a disconnect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum SessionError {
     /// Reply with this error; the connection stays.
     Reply(ErrorCode),
+    /// Reply with the app backend's own error (a proxy refused); the connection stays.
+    Rejected(Box<ErrorReply>),
     /// Close the connection with this code.
     Disconnect(Disconnect),
+}
+
+impl SessionError {
+    /// The error reply the client receives, unless this is a disconnect.
+    pub fn reply(&self) -> Option<ErrorReply> {
+        match self {
+            Self::Reply(code) => Some(ErrorReply::from(*code)),
+            Self::Rejected(e) => Some((**e).clone()),
+            Self::Disconnect(_) => None,
+        }
+    }
 }
 
 impl From<ErrorCode> for SessionError {
@@ -84,6 +100,8 @@ struct Sub {
     info: ClientInfo,
     expires_at: Option<u64>,
     publish_rate: TokenBucket,
+    /// Stops the sub_refresh proxy's checks when the subscription goes.
+    _proxy_checks: Option<tokio_util::sync::DropGuard>,
 }
 
 #[derive(Default)]
@@ -118,6 +136,8 @@ pub struct Session {
     abuse: Mutex<Abuse>,
     /// Wakes the transport's timers when a deadline moves (server API `refresh`).
     timers_changed: tokio::sync::Notify,
+    /// What the client's HTTP request said, for proxies; set once by the transport.
+    origin: OnceLock<crate::proxy::ClientOrigin>,
 }
 
 impl std::fmt::Debug for Session {
@@ -158,6 +178,7 @@ impl Session {
             state: Mutex::default(),
             abuse: Mutex::new(abuse),
             timers_changed: tokio::sync::Notify::new(),
+            origin: OnceLock::new(),
         })
     }
 
@@ -290,20 +311,19 @@ impl Session {
             return Err(SessionError::Disconnect(Disconnect::BAD_REQUEST));
         }
         let node = self.node.clone();
-        let identity = match node.verifier.verify_connect(&req.token).await {
-            Ok(id) => Arc::new(id),
-            Err(AuthError::Expired) => {
-                node.metrics.auth_failures.inc();
-                return Err(ErrorCode::TokenExpired.into());
-            }
-            Err(AuthError::Invalid(why)) => {
-                node.metrics.auth_failures.inc();
-                tracing::info!(client = %self.id, reason = %why, "connect refused: invalid token");
-                return Err(SessionError::Disconnect(Disconnect::INVALID_TOKEN));
-            }
+        let mut proxy_expiry = None;
+        let identity = if req.token.is_empty() && node.proxies.connect().is_some() {
+            let (identity, expiry) = self.connect_via_proxy(&req).await?;
+            proxy_expiry = expiry;
+            Arc::new(identity)
+        } else {
+            self.verify_token(&req.token).await?
         };
         let limit = node.config.limits.max_connections_per_user;
-        if !node.hub.add_user_session(&identity.user, self, limit) {
+        // Anonymous connections (a connect proxy's empty user) are nobody's: no user
+        // index, no per-user limit, no online status.
+        let anonymous = identity.user.is_empty();
+        if !anonymous && !node.hub.add_user_session(&identity.user, self, limit) {
             tracing::info!(client = %self.id, user = %identity.user, "connect refused: connection limit");
             return Err(SessionError::Disconnect(Disconnect::CONNECTION_LIMIT));
         }
@@ -312,7 +332,9 @@ impl Session {
             st.identity = Some(identity.clone());
             st.expires_at = identity.expires_at;
         }
-        node.user_connected(&identity.user);
+        if !anonymous {
+            node.user_connected(&identity.user);
+        }
         let channels = node.rules.server_side_channels(&identity);
         let max_channels = node.config.limits.max_channels_per_connection;
         if max_channels > 0 && channels.len() > max_channels {
@@ -344,6 +366,9 @@ impl Session {
                 }
             }
         }
+        if let Some(expire_at) = proxy_expiry {
+            self.spawn_proxy_refresh(expire_at);
+        }
         tracing::debug!(client = %self.id, user = %identity.user, subs = subs.len(), "connected");
         let (expires, ttl) = ttl_of(identity.expires_at);
         Ok(Connected {
@@ -359,6 +384,23 @@ impl Session {
             },
             activation,
         })
+    }
+
+    /// Verifies a connection token.
+    async fn verify_token(&self, token: &str) -> SessionResult<Arc<Identity>> {
+        let node = &self.node;
+        match node.verifier.verify_connect(token).await {
+            Ok(id) => Ok(Arc::new(id)),
+            Err(AuthError::Expired) => {
+                node.metrics.auth_failures.inc();
+                Err(ErrorCode::TokenExpired.into())
+            }
+            Err(AuthError::Invalid(why)) => {
+                node.metrics.auth_failures.inc();
+                tracing::info!(client = %self.id, reason = %why, "connect refused: invalid token");
+                Err(SessionError::Disconnect(Disconnect::INVALID_TOKEN))
+            }
+        }
     }
 
     fn require_identity(&self) -> SessionResult<Arc<Identity>> {
@@ -418,7 +460,7 @@ impl Session {
         for ch in channels {
             self.remove_subscription(&ch).await;
         }
-        if let Some(id) = identity {
+        if let Some(id) = identity.filter(|id| !id.user.is_empty()) {
             self.node.hub.remove_user_session(&id.user, self);
             self.node.user_disconnected(&id.user);
         }

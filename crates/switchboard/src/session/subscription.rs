@@ -114,16 +114,47 @@ impl Session {
                 }
             }
         };
-        let ns = node
+        let mut grant = grant;
+        let mut proxied = false;
+        let ns = match node
             .rules
-            .check_subscribe(&identity, &req.channel, grant.is_some())?
-            .clone();
+            .check_subscribe(&identity, &req.channel, grant.is_some())
+        {
+            Ok(ns) => ns.clone(),
+            // The rules alone do not admit the client: the app backend may.
+            Err(RuleError::PermissionDenied) => {
+                let ns = node.rules.namespace(&req.channel)?.clone();
+                if ns.subscribe_proxy.is_empty() {
+                    return Err(ErrorCode::PermissionDenied.into());
+                }
+                grant = Some(self.subscribe_via_proxy(&identity, &ns, &req).await?);
+                proxied = true;
+                ns
+            }
+            Err(e) => return Err(e.into()),
+        };
         let since = req.recover.then(|| StreamPosition {
             offset: req.offset,
             epoch: req.epoch.clone(),
         });
         let channel: Arc<str> = req.channel.into();
-        self.subscribe_inner(&channel, ns, grant, since).await
+        // A proxied subscription's expiry is the sub_refresh proxy's business, not the
+        // token timer's.
+        let proxy_expiry = grant
+            .as_mut()
+            .filter(|_| proxied)
+            .and_then(|g| g.expires_at.take());
+        let subscribed = self
+            .subscribe_inner(&channel, ns.clone(), grant, since)
+            .await?;
+        if proxied {
+            if let Some(guard) = self.spawn_sub_refresh(channel.clone(), &ns, proxy_expiry) {
+                if let Some(sub) = self.state().subs.get_mut(&channel) {
+                    sub._proxy_checks = Some(guard);
+                }
+            }
+        }
+        Ok(subscribed)
     }
 
     /// Subscribes on the server's initiative (server API), pushing `subscribe` to the client.
@@ -202,6 +233,7 @@ impl Session {
                 ns,
                 info,
                 expires_at,
+                _proxy_checks: None,
             },
         );
         let mut activation = activation;
@@ -281,13 +313,25 @@ impl Session {
     /// Unsubscribes on the server's initiative, pushing `unsubscribe` to the client.
     /// Returns whether the session was subscribed.
     pub async fn server_unsubscribe(&self, channel: &str) -> bool {
+        self.unsubscribe_with(channel, 2000, "server unsubscribe")
+            .await
+    }
+
+    /// Unsubscribes, pushing `unsubscribe` with `code` and `reason` to the client.
+    /// Returns whether the session was subscribed.
+    pub(super) async fn unsubscribe_with(
+        &self,
+        channel: &str,
+        code: u32,
+        reason: &'static str,
+    ) -> bool {
         let Some(channel) = self.remove_subscription(channel).await else {
             return false;
         };
         self.enqueue(Outgoing::Control(Box::new(Control::Unsubscribed {
             channel,
-            code: 2000,
-            reason: "server unsubscribe",
+            code,
+            reason,
         })));
         true
     }

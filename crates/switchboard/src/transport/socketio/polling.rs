@@ -80,7 +80,7 @@ async fn route_get(
 ) -> Result<Response, EngineError> {
     q.check(sio, headers)?;
     match (q.transport.as_deref(), q.sid.as_deref()) {
-        (Some("polling"), None) => handshake(sio),
+        (Some("polling"), None) => handshake(sio, headers),
         (Some("polling"), Some(sid)) => {
             let conn = sio.find(sid).ok_or(EngineError::UnknownSid)?;
             poll(&conn).await
@@ -91,7 +91,7 @@ async fn route_get(
                 Some(sid) => Some(sio.find(sid).ok_or(EngineError::UnknownSid)?),
                 None => None,
             };
-            super::websocket::upgrade(sio, ws, conn)
+            super::websocket::upgrade(sio, ws, conn, headers)
         }
         _ => Err(EngineError::UnknownTransport),
     }
@@ -105,11 +105,11 @@ pub(super) fn refuse_when_closing(sio: &SocketIo) -> Option<Response> {
         .then(|| (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response())
 }
 
-fn handshake(sio: &SocketIo) -> Result<Response, EngineError> {
+fn handshake(sio: &SocketIo, headers: &HeaderMap) -> Result<Response, EngineError> {
     if let Some(r) = refuse_when_closing(sio) {
         return Ok(r);
     }
-    let conn = Conn::new(&sio.node, POLLING);
+    let conn = Conn::new(&sio.node, POLLING, headers);
     sio.conns
         .lock()
         .unwrap_or_else(|e| e.into_inner())
