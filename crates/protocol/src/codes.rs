@@ -115,6 +115,9 @@ impl Disconnect {
     pub const TOO_MANY_REQUESTS: Self = Self::new(3013, "too many requests");
     /// 3500: the connection token is invalid; do not reconnect with it.
     pub const INVALID_TOKEN: Self = Self::new(3500, "invalid token");
+    /// 3500: the connection token was revoked (server API `revoke_token` or
+    /// `invalidate_user_tokens`); do not reconnect with it.
+    pub const TOKEN_REVOKED: Self = Self::new(3500, "token revoked");
     /// 3501: malformed frames, wrong command order or persistent protocol errors.
     pub const BAD_REQUEST: Self = Self::new(3501, "bad request");
     /// 3502: no connect command within the allowed time.

@@ -31,6 +31,18 @@ pub struct Identity {
     pub expires_at: Option<u64>,
     /// Private data the connect proxy attached, sent with every later proxy request.
     pub meta: Option<SharedJson>,
+    /// The connection token's id and issue time, for revocation; `None` for a
+    /// connection the connect proxy authenticated.
+    pub token: Option<TokenStamp>,
+}
+
+/// What revocation needs to know of a verified token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenStamp {
+    /// `jti` claim.
+    pub id: Option<String>,
+    /// `iat` claim, Unix seconds.
+    pub issued_at: Option<u64>,
 }
 
 /// What a subscription token grants.
@@ -40,6 +52,9 @@ pub struct Grant {
     pub info: Option<SharedJson>,
     /// Expiry as Unix seconds.
     pub expires_at: Option<u64>,
+    /// The subscription token's id and issue time, for revocation; `None` when no
+    /// token granted the channel.
+    pub token: Option<TokenStamp>,
 }
 
 /// Why a token was refused.
@@ -64,6 +79,8 @@ struct ConnectClaims {
     #[serde(default, deserialize_with = "one_or_many")]
     roles: Vec<String>,
     tenant: Option<String>,
+    jti: Option<String>,
+    iat: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -74,6 +91,8 @@ struct SubscriptionClaims {
     channel: String,
     exp: Option<u64>,
     info: Option<Box<RawValue>>,
+    jti: Option<String>,
+    iat: Option<u64>,
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -230,6 +249,10 @@ impl Verifier {
             channels: c.channels,
             expires_at: c.exp,
             meta: None,
+            token: Some(TokenStamp {
+                id: c.jti,
+                issued_at: c.iat,
+            }),
         })
     }
 
@@ -246,7 +269,7 @@ impl Verifier {
     ) -> Result<Grant, AuthError> {
         let c: SubscriptionClaims = self.decode(token).await?;
         check_exp(c.exp)?;
-        if c.sub != user || c.channel != channel {
+        if c.sub != user || !channel_matches(&c.channel, channel) {
             return Err(AuthError::Invalid(
                 "subscription token is for another user or channel".into(),
             ));
@@ -254,7 +277,22 @@ impl Verifier {
         Ok(Grant {
             info: c.info.map(Arc::from),
             expires_at: c.exp,
+            token: Some(TokenStamp {
+                id: c.jti,
+                issued_at: c.iat,
+            }),
         })
+    }
+}
+
+/// Whether a token's channel claim covers `channel`: the same name, or a pattern
+/// ending in `*` that `channel` starts with (`device:acme.*` covers `device:acme.7`).
+/// The pattern must name its namespace (contain `:` before the `*`), so no token
+/// grants channels across namespaces.
+pub fn channel_matches(claim: &str, channel: &str) -> bool {
+    match claim.strip_suffix('*') {
+        Some(prefix) => prefix.contains(':') && channel.starts_with(prefix),
+        None => claim == channel,
     }
 }
 
@@ -384,6 +422,12 @@ pub struct MintClaims {
     /// Channel, for a subscription token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
+    /// Token id, for revocation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// Issue time, Unix seconds, for revocation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
 }
 
 /// Signs claims with an HMAC secret (HS256): for the CLI, `--dev` and tests.
@@ -492,6 +536,40 @@ mod tests {
             .verify_subscription(&t, "7", "observation:10")
             .await
             .is_err());
+    }
+
+    #[tokio::test]
+    async fn subscription_token_patterns_grant_a_set_of_channels() {
+        let v = verifier("k");
+        let t = mint_token(
+            "k",
+            &MintClaims {
+                sub: "7".into(),
+                channel: Some("device:acme.*".into()),
+                jti: Some("t1".into()),
+                iat: Some(5),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let g = v
+            .verify_subscription(&t, "7", "device:acme.42")
+            .await
+            .unwrap();
+        assert_eq!(g.token.unwrap().id.as_deref(), Some("t1"));
+        assert!(v.verify_subscription(&t, "7", "device:acme.").await.is_ok());
+        assert!(v
+            .verify_subscription(&t, "7", "device:other.1")
+            .await
+            .is_err());
+        assert!(channel_matches("device:acme.*", "device:acme.x"));
+        assert!(!channel_matches("device:acme.*", "device:acmeX"));
+        assert!(
+            !channel_matches("*", "user:1"),
+            "a pattern names its namespace"
+        );
+        assert!(!channel_matches("dev*", "device:1"));
+        assert!(channel_matches("chat:1", "chat:1"));
     }
 
     #[test]

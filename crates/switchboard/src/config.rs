@@ -36,6 +36,10 @@ pub struct Config {
     pub token_audience: String,
     /// Required `iss` claim, when set.
     pub token_issuer: String,
+    /// How long a revocation (`revoke_token`, `invalidate_user_tokens`) given no
+    /// `expire_at` is remembered.
+    #[serde(with = "duration")]
+    pub token_revocation_ttl: Duration,
     /// Server API key (one).
     pub api_key: String,
     /// Server API keys (several, for rotation).
@@ -315,6 +319,7 @@ impl Default for Config {
             token_jwks_cache_ttl: Duration::from_secs(3600),
             token_audience: String::new(),
             token_issuer: String::new(),
+            token_revocation_ttl: Duration::from_secs(7 * 24 * 3600),
             api_key: String::new(),
             api_keys: Vec::new(),
             api_max_body_size: 1024 * 1024,

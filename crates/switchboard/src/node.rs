@@ -80,6 +80,8 @@ pub struct Node {
     pub status: StatusTracker,
     /// Proxies to the app backend.
     pub proxies: crate::proxy::Proxies,
+    /// Revoked tokens and invalidated users.
+    pub revocations: Arc<dyn crate::revocation::RevocationStore>,
 }
 
 impl std::fmt::Debug for Node {
@@ -142,6 +144,7 @@ impl Node {
             typing: Typing::default(),
             status: StatusTracker::default(),
             proxies,
+            revocations: Arc::new(crate::revocation::MemoryRevocations::default()),
         }))
     }
 
@@ -348,6 +351,22 @@ impl Node {
             }
         }
         Ok(n)
+    }
+
+    /// Applies the revocation records to every session on this node: a revoked
+    /// connection token closes its connection, a revoked subscription token ends its
+    /// subscription.
+    pub async fn apply_revocations(&self) {
+        for s in self.hub.sessions() {
+            s.apply_revocations().await;
+        }
+    }
+
+    /// [`Node::apply_revocations`] for one user's sessions.
+    pub async fn apply_user_revocations(&self, user: &str) {
+        for s in self.hub.user_sessions(user) {
+            s.apply_revocations().await;
+        }
     }
 
     /// A connection of `user` was authenticated: announce them online if they were not.

@@ -102,6 +102,8 @@ struct Sub {
     publish_rate: TokenBucket,
     /// Stops the sub_refresh proxy's checks when the subscription goes.
     _proxy_checks: Option<tokio_util::sync::DropGuard>,
+    /// The subscription token that granted the channel, for revocation.
+    token: Option<crate::auth::TokenStamp>,
 }
 
 #[derive(Default)]
@@ -390,7 +392,13 @@ impl Session {
     async fn verify_token(&self, token: &str) -> SessionResult<Arc<Identity>> {
         let node = &self.node;
         match node.verifier.verify_connect(token).await {
-            Ok(id) => Ok(Arc::new(id)),
+            Ok(id) => {
+                if let Err(e) = self.check_revoked(&id.user, None, id.token.as_ref()).await {
+                    node.metrics.auth_failures.inc();
+                    return Err(e);
+                }
+                Ok(Arc::new(id))
+            }
             Err(AuthError::Expired) => {
                 node.metrics.auth_failures.inc();
                 Err(ErrorCode::TokenExpired.into())
@@ -399,6 +407,63 @@ impl Session {
                 node.metrics.auth_failures.inc();
                 tracing::info!(client = %self.id, reason = %why, "connect refused: invalid token");
                 Err(SessionError::Disconnect(Disconnect::INVALID_TOKEN))
+            }
+        }
+    }
+
+    /// Refuses a revoked token: a connection token with a disconnect (3500 "token
+    /// revoked"), a subscription token (`channel` given) with `PermissionDenied`.
+    async fn check_revoked(
+        &self,
+        user: &str,
+        channel: Option<&str>,
+        token: Option<&crate::auth::TokenStamp>,
+    ) -> SessionResult<()> {
+        let Some(token) = token else {
+            return Ok(());
+        };
+        match self.node.revocations.is_revoked(user, channel, token).await {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                tracing::info!(client = %self.id, user, channel, "revoked token refused");
+                Err(match channel {
+                    None => SessionError::Disconnect(Disconnect::TOKEN_REVOKED),
+                    Some(_) => SessionError::Reply(ErrorCode::PermissionDenied),
+                })
+            }
+            Err(e) => Err(NodeError::from(e).into()),
+        }
+    }
+
+    /// Ends what revocation records now refuse: the connection, when its token is
+    /// revoked (3500 "token revoked"); else each subscription whose token is (an
+    /// `unsubscribe` push with code 2000, reason "token revoked").
+    pub async fn apply_revocations(&self) {
+        let Some(identity) = self.identity() else {
+            return;
+        };
+        if self
+            .check_revoked(&identity.user, None, identity.token.as_ref())
+            .await
+            .is_err()
+        {
+            if self.close(Disconnect::TOKEN_REVOKED) {
+                self.node.metrics.revoked_disconnects.inc();
+            }
+            return;
+        }
+        let tokens: Vec<(Arc<str>, crate::auth::TokenStamp)> = self
+            .state()
+            .subs
+            .iter()
+            .filter_map(|(ch, sub)| Some((ch.clone(), sub.token.clone()?)))
+            .collect();
+        for (channel, token) in tokens {
+            let refused = self
+                .check_revoked(&identity.user, Some(&channel), Some(&token))
+                .await;
+            if refused.is_err() {
+                self.unsubscribe_with(&channel, 2000, "token revoked").await;
             }
         }
     }
@@ -424,6 +489,8 @@ impl Session {
         if fresh.user != identity.user {
             return Err(SessionError::Disconnect(Disconnect::INVALID_TOKEN));
         }
+        self.check_revoked(&fresh.user, None, fresh.token.as_ref())
+            .await?;
         self.state().expires_at = fresh.expires_at;
         let (expires, ttl) = ttl_of(fresh.expires_at);
         Ok(RefreshResult {

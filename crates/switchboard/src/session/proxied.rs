@@ -170,6 +170,7 @@ impl Session {
                 return Ok(Grant {
                     info: hit.info,
                     expires_at: None,
+                    token: None,
                 });
             }
         }
@@ -195,6 +196,7 @@ impl Session {
         Ok(Grant {
             info,
             expires_at: (result.expire_at > 0).then_some(result.expire_at),
+            token: None,
         })
     }
 

@@ -106,7 +106,11 @@ impl Session {
                 .verify_subscription(&req.token, &identity.user, &req.channel)
                 .await
             {
-                Ok(g) => Some(g),
+                Ok(g) => {
+                    self.check_revoked(&identity.user, Some(&req.channel), g.token.as_ref())
+                        .await?;
+                    Some(g)
+                }
                 Err(AuthError::Expired) => return Err(ErrorCode::TokenExpired.into()),
                 Err(AuthError::Invalid(why)) => {
                     tracing::info!(client = %self.id, channel = %req.channel, reason = %why, "subscription token refused");
@@ -223,6 +227,7 @@ impl Session {
                 return Err(e);
             }
         };
+        let token = grant.as_ref().and_then(|g| g.token.clone());
         let expires_at = grant.and_then(|g| g.expires_at);
         // The client schedules its sub_refresh from these.
         (result.expires, result.ttl) = ttl_of(expires_at);
@@ -234,6 +239,7 @@ impl Session {
                 info,
                 expires_at,
                 _proxy_checks: None,
+                token,
             },
         );
         let mut activation = activation;
@@ -384,8 +390,11 @@ impl Session {
             Err(AuthError::Expired) => return Err(ErrorCode::TokenExpired.into()),
             Err(AuthError::Invalid(_)) => return Err(ErrorCode::PermissionDenied.into()),
         };
+        self.check_revoked(&identity.user, Some(channel), grant.token.as_ref())
+            .await?;
         if let Some(sub) = self.state().subs.get_mut(channel) {
             sub.expires_at = grant.expires_at;
+            sub.token = grant.token;
         }
         let (expires, ttl) = ttl_of(grant.expires_at);
         Ok(SubRefreshResult { expires, ttl })
