@@ -590,6 +590,42 @@ mod tests {
     }
 
     #[test]
+    fn proxies_must_exist_and_be_http() {
+        let mut c = Config::default();
+        c.namespaces.get_mut("user").unwrap().subscribe_proxy = "missing".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("subscribe_proxy") && err.contains("missing"),
+            "{err}"
+        );
+
+        let mut c = Config::default();
+        c.rpc_proxies.insert("x:*".into(), "missing".into());
+        assert!(c.validate().is_err());
+
+        let mut c = Config::default();
+        c.proxy.connect.url = "ftp://app".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("proxy.connect.url"));
+
+        let mut c = Config::default();
+        c.proxies.insert("app".into(), ProxyConfig::default());
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("proxies.app.url"));
+        c.proxies.get_mut("app").unwrap().url = "http://127.0.0.1:1/x".into();
+        c.namespaces.get_mut("user").unwrap().subscribe_proxy = "app".into();
+        c.validate().unwrap();
+        c.proxies.get_mut("app").unwrap().timeout = Duration::ZERO;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
     fn unknown_key_is_an_error() {
         let dir = std::env::temp_dir().join(format!("sb-cfg2-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -313,7 +313,12 @@ async fn connect_proxy_refusal_is_an_error_reply_and_its_disconnect_closes() {
 
 #[tokio::test]
 async fn a_token_still_connects_and_anonymous_only_when_the_backend_says_so() {
-    let (app, server) = setup().await;
+    let app = Arc::new(App::default());
+    let addr = start_app(app.clone()).await;
+    let mut config = proxied_config(addr);
+    // Anonymous connections are nobody's: the per-user limit does not count them.
+    config.limits.max_connections_per_user = 1;
+    let server = start(config).await;
     let _jwt = Client::connect(&server, &token("carol")).await;
     assert!(app.calls("connect").is_empty(), "a token needs no backend");
 
@@ -371,6 +376,18 @@ async fn socketio_handshake_cookie_and_auth_object_reach_the_connect_proxy() {
         ack[0]["result"]["data"],
         json!({"read": 9, "user": "alice"})
     );
+    // Without a session the backend's error arrives as `connect_error`.
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+    let (mut ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("open timeout")
+        .expect("open");
+    assert!(next_text(&mut ws).await.unwrap().starts_with('0'));
+    ws.send(Message::text("40")).await.unwrap();
+    let refused = next_text(&mut ws).await.unwrap();
+    let refused: Value = serde_json::from_str(refused.strip_prefix("44").expect("44")).unwrap();
+    assert_eq!(refused["message"], "log in first");
+    assert_eq!(refused["data"]["code"], 401);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -477,6 +494,92 @@ async fn a_member_removed_in_the_app_loses_the_subscription_at_the_next_sub_refr
         app.calls("sub_refresh")[0].body["channel"],
         "conversation:1"
     );
+}
+
+#[tokio::test]
+async fn a_failing_sub_refresh_keeps_the_subscription_and_a_refusal_ends_it() {
+    let app = Arc::new(App::default());
+    let addr = start_app(app.clone()).await;
+    let mut config = proxied_config(addr);
+    config
+        .proxies
+        .insert("sub_refresh".into(), endpoint(addr, "failing"));
+    let server = start(config).await;
+    app.admit("alice", "conversation:1");
+    let mut alice = Client::connect_user(&server, "alice").await;
+    assert!(alice
+        .subscribe("conversation:1")
+        .await
+        .get("subscribe")
+        .is_some());
+    let failed = r#"switchboard_proxy_requests_total{proxy="sub_refresh",result="bad_status"}"#;
+    for _ in 0..50 {
+        if metric(&server, failed).await >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(&server, failed).await >= 2, "checked twice");
+    // Still subscribed: an API publication arrives.
+    api_call(
+        &server,
+        "publish",
+        json!({"channel": "conversation:1", "data": {"n": 1}}),
+    )
+    .await;
+    assert_eq!(
+        alice.next_pub("conversation:1").await["data"],
+        json!({"n": 1})
+    );
+    alice.assert_quiet(Duration::from_millis(100)).await;
+
+    // A backend answering sub_refresh with an error ends the subscription.
+    let app = Arc::new(App::default());
+    let addr = start_app(app.clone()).await;
+    let mut config = proxied_config(addr);
+    config
+        .proxies
+        .insert("sub_refresh".into(), endpoint(addr, "subscribe"));
+    let server = start(config).await;
+    app.admit("bob", "conversation:2");
+    let mut bob = Client::connect_user(&server, "bob").await;
+    assert!(bob
+        .subscribe("conversation:2")
+        .await
+        .get("subscribe")
+        .is_some());
+    app.remove("bob", "conversation:2");
+    let push = loop {
+        let p = bob.next_push().await;
+        if p.get("unsubscribe").is_some() {
+            break p;
+        }
+    };
+    assert_eq!(push["unsubscribe"]["code"], 2501);
+}
+
+#[tokio::test]
+async fn a_failing_refresh_proxy_keeps_the_connection_and_asks_again() {
+    let app = Arc::new(App::default());
+    let addr = start_app(app.clone()).await;
+    let mut config = proxied_config(addr);
+    config.proxy.refresh = endpoint(addr, "failing");
+    config.proxy.refresh_retry_interval = Duration::from_secs(1);
+    let server = start(config).await;
+    let (mut eve, reply) = connect_with_cookie(&server, "session=expiring").await;
+    assert!(reply.get("connect").is_some(), "{reply}");
+    let failed = r#"switchboard_proxy_requests_total{proxy="refresh",result="bad_status"}"#;
+    for _ in 0..60 {
+        if metric(&server, failed).await >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        metric(&server, failed).await >= 2,
+        "asked again after a failure"
+    );
+    assert!(eve.request(json!({"ping": {}})).await.get("ping").is_some());
 }
 
 // ---------------------------------------------------------------------------------------
