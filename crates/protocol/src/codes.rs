@@ -81,6 +81,35 @@ impl ErrorCode {
     }
 }
 
+/// Why the server ended a subscription: the code and reason of an `unsubscribe` push.
+/// Official clients resubscribe after codes from 2500, and stay unsubscribed below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Unsubscribe {
+    /// The code.
+    pub code: u32,
+    /// A short human-readable reason.
+    pub reason: &'static str,
+}
+
+impl Unsubscribe {
+    /// 2000: the server API unsubscribed the user.
+    pub const SERVER: Self = Self {
+        code: 2000,
+        reason: "server unsubscribe",
+    };
+    /// 2000: the subscription token was revoked (server API `revoke_token`,
+    /// `invalidate_user_tokens`).
+    pub const TOKEN_REVOKED: Self = Self {
+        code: 2000,
+        reason: "token revoked",
+    };
+    /// 2501: the app backend's sub_refresh proxy ended the subscription.
+    pub const EXPIRED: Self = Self {
+        code: 2501,
+        reason: "subscription expired",
+    };
+}
+
 /// Why the server closes a connection: the WebSocket close code and reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Disconnect {

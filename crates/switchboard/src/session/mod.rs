@@ -11,7 +11,6 @@ mod commands;
 mod proxied;
 mod subscription;
 
-pub use proxied::UNSUBSCRIBE_EXPIRED;
 pub use subscription::{Activation, Subscribed};
 
 use std::collections::HashMap;
@@ -23,7 +22,7 @@ use switchboard_protocol::reply::ErrorReply;
 use switchboard_protocol::{
     ClientInfo, ConnectResult, Disconnect, ErrorCode, HistoryResult, PresenceResult,
     PresenceStatsResult, RefreshResult, SharedJson, StreamPosition, SubRefreshResult,
-    SubscribeResult,
+    SubscribeResult, Unsubscribe,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -463,7 +462,8 @@ impl Session {
                 .check_revoked(&identity.user, Some(&channel), Some(&token))
                 .await;
             if refused.is_err() {
-                self.unsubscribe_with(&channel, 2000, "token revoked").await;
+                self.unsubscribe_with(&channel, Unsubscribe::TOKEN_REVOKED)
+                    .await;
             }
         }
     }

@@ -11,9 +11,6 @@ use super::*;
 use crate::auth::Grant;
 use crate::proxy::{wire, ClientOrigin, ProxyError, ProxyKind};
 
-/// Unsubscribe push code when the sub_refresh proxy ends a subscription.
-pub const UNSUBSCRIBE_EXPIRED: u32 = 2501;
-
 impl From<ProxyError> for SessionError {
     /// What a client sees of a proxy call: the backend's own error or disconnect, or
     /// a temporary internal error (100) when the backend failed.
@@ -202,7 +199,7 @@ impl Session {
 
     /// Asks the namespace's sub_refresh proxy every `sub_refresh_interval` (or at the
     /// backend's `expire_at`, if sooner) whether the subscription goes on; ends it with
-    /// an unsubscribe push ([`UNSUBSCRIBE_EXPIRED`]) when the backend says `expired`
+    /// an unsubscribe push ([`Unsubscribe::EXPIRED`]) when the backend says `expired`
     /// or refuses. A failing backend leaves the subscription as it is until the next
     /// check. Returns the guard that stops the checks when the subscription goes.
     pub(super) fn spawn_sub_refresh(
@@ -255,7 +252,7 @@ impl Session {
                     }
                     Ok(_) | Err(ProxyError::Refused(_)) => {
                         session
-                            .unsubscribe_with(&channel, UNSUBSCRIBE_EXPIRED, "subscription expired")
+                            .unsubscribe_with(&channel, Unsubscribe::EXPIRED)
                             .await;
                         return;
                     }

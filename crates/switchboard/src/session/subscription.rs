@@ -319,25 +319,19 @@ impl Session {
     /// Unsubscribes on the server's initiative, pushing `unsubscribe` to the client.
     /// Returns whether the session was subscribed.
     pub async fn server_unsubscribe(&self, channel: &str) -> bool {
-        self.unsubscribe_with(channel, 2000, "server unsubscribe")
-            .await
+        self.unsubscribe_with(channel, Unsubscribe::SERVER).await
     }
 
-    /// Unsubscribes, pushing `unsubscribe` with `code` and `reason` to the client.
+    /// Unsubscribes, pushing `unsubscribe` with `why`'s code and reason to the client.
     /// Returns whether the session was subscribed.
-    pub(super) async fn unsubscribe_with(
-        &self,
-        channel: &str,
-        code: u32,
-        reason: &'static str,
-    ) -> bool {
+    pub(super) async fn unsubscribe_with(&self, channel: &str, why: Unsubscribe) -> bool {
         let Some(channel) = self.remove_subscription(channel).await else {
             return false;
         };
         self.enqueue(Outgoing::Control(Box::new(Control::Unsubscribed {
             channel,
-            code,
-            reason,
+            code: why.code,
+            reason: why.reason,
         })));
         true
     }
