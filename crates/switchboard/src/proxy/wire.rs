@@ -135,6 +135,11 @@ pub struct ConnectResult {
     pub channels: Vec<String>,
     /// Private data sent with every later proxy request of this connection.
     pub meta: Option<RawJson>,
+    /// Roles, as the token's `roles` claim (a switchboard extension): for `{roles}`
+    /// templates and `subscribe_roles`.
+    pub roles: Vec<String>,
+    /// Tenant, as the token's `tenant` claim (a switchboard extension).
+    pub tenant: Option<String>,
 }
 
 /// `result` of a refresh or sub_refresh answer.

@@ -87,6 +87,8 @@ impl Session {
             info: raw(result.info),
             channels: result.channels,
             meta: raw(result.meta),
+            roles: result.roles,
+            tenant: result.tenant.filter(|t| !t.is_empty()),
             ..Identity::default()
         };
         Ok((identity, (result.expire_at > 0).then_some(result.expire_at)))
