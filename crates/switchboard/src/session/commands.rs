@@ -8,7 +8,9 @@ impl Session {
     ///
     /// # Errors
     /// Permission denied unless the namespace allows publishing and the client is
-    /// subscribed; `TooManyRequests` over the namespace's publish rate.
+    /// subscribed, or the namespace's publish proxy accepts; `TooManyRequests` over the
+    /// namespace's publish rate; the proxy's own error or disconnect, or `Internal`
+    /// when it fails.
     pub async fn publish(&self, channel: &str, data: Option<SharedJson>) -> SessionResult<()> {
         let identity = self.require_identity()?;
         let data = data.ok_or(SessionError::Reply(ErrorCode::BadRequest))?;
@@ -103,7 +105,8 @@ impl Session {
     }
 
     /// Calls a built-in server method: `user_status` (`{"users": [...]}`, at most
-    /// [`MAX_STATUS_USERS`]) when `user_status.query` allows it.
+    /// [`MAX_STATUS_USERS`]) when `user_status.query` allows it; other methods go to the
+    /// proxy `rpc_proxies` maps them to, if any.
     ///
     /// # Errors
     /// `MethodNotFound`, `PermissionDenied`, `BadRequest`, `LimitExceeded`.

@@ -6,6 +6,8 @@
 //! - [`subscription`]: subscribe/unsubscribe, recovery, and the pending phase that puts
 //!   a subscribe reply before the channel's events.
 //! - [`commands`]: publish, presence, history and RPC on behalf of the client.
+//! - [`proxied`]: what the session asks the app backend through proxies, and the
+//!   timers that ask again (refresh, sub_refresh).
 
 mod commands;
 mod proxied;
@@ -302,7 +304,8 @@ impl Session {
         self.state().identity.is_some()
     }
 
-    /// Authenticates the session and makes its server-side subscriptions.
+    /// Authenticates the session (its token, or without one the connect proxy) and
+    /// makes its server-side subscriptions.
     ///
     /// # Errors
     /// Error replies for an expired token; disconnects for an invalid token, a second
