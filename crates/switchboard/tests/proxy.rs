@@ -390,6 +390,38 @@ async fn socketio_handshake_cookie_and_auth_object_reach_the_connect_proxy() {
     assert_eq!(refused["data"]["code"], 401);
 }
 
+#[tokio::test]
+async fn socketio_polling_handshake_headers_reach_the_connect_proxy() {
+    let (app, server) = setup().await;
+    let http = reqwest::Client::builder().timeout(TIMEOUT).build().unwrap();
+    let base = format!("http://{}/socket.io/?EIO=4&transport=polling", server.addr);
+    let open = http
+        .get(&base)
+        .header("Cookie", "session=alice")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let handshake: Value = serde_json::from_str(open.strip_prefix('0').expect("open")).unwrap();
+    let url = format!("{base}&sid={}", handshake["sid"].as_str().unwrap());
+    // Later requests of the session carry no cookie: the handshake's is what counts.
+    let posted = http.post(&url).body("40").send().await.unwrap();
+    assert_eq!(posted.status(), 200);
+    let mut polled = String::new();
+    for _ in 0..10 {
+        polled.push_str(&http.get(&url).send().await.unwrap().text().await.unwrap());
+        if polled.contains("connected") {
+            break;
+        }
+    }
+    assert!(polled.contains("news:alice"), "{polled}");
+    let call = &app.calls("connect")[0];
+    assert_eq!(call.cookie.as_deref(), Some("session=alice"));
+    assert_eq!(call.body["transport"], "socketio");
+}
+
 // ---------------------------------------------------------------------------------------
 // refresh
 
