@@ -285,6 +285,23 @@ mod tests {
     }
 
     #[test]
+    fn large_integral_floats_are_read_exactly() {
+        // Found by schemathesis: without serde_json's float_roundtrip this parsed as
+        // ...584.8 and was refused as "not an integer".
+        let c = Command::decode(
+            "revoke_token",
+            br#"{"uid":"t","expire_at":1988602809952585.0}"#,
+        );
+        assert!(matches!(c, Ok(Command::RevokeToken(r)) if r.expire_at == 1_988_602_809_952_585));
+        let c = Command::decode("invalidate_user_tokens", br#"{"user":"u","channel":""}"#)
+            .and_then(|c| c.validate());
+        assert!(
+            c.is_err(),
+            "an empty channel is refused, not read as every channel"
+        );
+    }
+
+    #[test]
     fn bodies_must_be_objects_and_nested_objects_too() {
         assert!(history("[]").is_err());
         assert!(history(" \t").is_err());

@@ -161,6 +161,7 @@ pub struct InvalidateUserTokensRequest {
     pub expire_at: i64,
     /// Only the subscription tokens for this channel.
     #[serde(default)]
+    #[schema(min_length = 1)]
     pub channel: Option<String>,
 }
 
