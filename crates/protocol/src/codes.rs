@@ -82,6 +82,35 @@ impl ErrorCode {
     }
 }
 
+/// Why the server ended a subscription: the code and reason of an `unsubscribe` push.
+/// Official clients resubscribe after codes from 2500, and stay unsubscribed below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Unsubscribe {
+    /// The code.
+    pub code: u32,
+    /// A short human-readable reason.
+    pub reason: &'static str,
+}
+
+impl Unsubscribe {
+    /// 2000: the server API unsubscribed the user.
+    pub const SERVER: Self = Self {
+        code: 2000,
+        reason: "server unsubscribe",
+    };
+    /// 2000: the subscription token was revoked (server API `revoke_token`,
+    /// `invalidate_user_tokens`).
+    pub const TOKEN_REVOKED: Self = Self {
+        code: 2000,
+        reason: "token revoked",
+    };
+    /// 2501: the app backend's sub_refresh proxy ended the subscription.
+    pub const EXPIRED: Self = Self {
+        code: 2501,
+        reason: "subscription expired",
+    };
+}
+
 /// Why the server closes a connection: the WebSocket close code and reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Disconnect {
@@ -121,6 +150,9 @@ impl Disconnect {
     pub const TOO_MANY_REQUESTS: Self = Self::new(3013, "too many requests");
     /// 3500: the connection token is invalid; do not reconnect with it.
     pub const INVALID_TOKEN: Self = Self::new(3500, "invalid token");
+    /// 3500: the connection token was revoked (server API `revoke_token` or
+    /// `invalidate_user_tokens`); do not reconnect with it.
+    pub const TOKEN_REVOKED: Self = Self::new(3500, "token revoked");
     /// 3501: malformed frames, wrong command order or persistent protocol errors.
     pub const BAD_REQUEST: Self = Self::new(3501, "bad request");
     /// 3502: no connect command within the allowed time.

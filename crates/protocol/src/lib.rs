@@ -14,6 +14,6 @@ pub mod command;
 pub mod reply;
 pub mod socketio;
 
-pub use codes::{Disconnect, ErrorCode};
+pub use codes::{Disconnect, ErrorCode, Unsubscribe};
 pub use command::{decode_frame, Command, DecodeError, Request};
 pub use reply::*;

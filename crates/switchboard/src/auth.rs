@@ -29,6 +29,20 @@ pub struct Identity {
     pub channels: Vec<String>,
     /// Expiry as Unix seconds (`exp`), if any.
     pub expires_at: Option<u64>,
+    /// Private data the connect proxy attached, sent with every later proxy request.
+    pub meta: Option<SharedJson>,
+    /// The connection token's id and issue time, for revocation; `None` for a
+    /// connection the connect proxy authenticated.
+    pub token: Option<TokenStamp>,
+}
+
+/// What revocation needs to know of a verified token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenStamp {
+    /// `jti` claim.
+    pub id: Option<String>,
+    /// `iat` claim, Unix seconds.
+    pub issued_at: Option<u64>,
 }
 
 /// What a subscription token grants.
@@ -38,6 +52,9 @@ pub struct Grant {
     pub info: Option<SharedJson>,
     /// Expiry as Unix seconds.
     pub expires_at: Option<u64>,
+    /// The subscription token's id and issue time, for revocation; `None` when no
+    /// token granted the channel.
+    pub token: Option<TokenStamp>,
 }
 
 /// Why a token was refused.
@@ -63,6 +80,7 @@ struct ConnectClaims {
     #[serde(default, deserialize_with = "one_or_many")]
     roles: Vec<String>,
     tenant: Option<String>,
+    jti: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -74,6 +92,7 @@ struct SubscriptionClaims {
     exp: Option<u64>,
     iat: Option<u64>,
     info: Option<Box<RawValue>>,
+    jti: Option<String>,
 }
 
 /// The time claims every kind of token is checked for (`nbf` is checked by the decoder).
@@ -278,6 +297,11 @@ impl Verifier {
             info: c.info.map(Arc::from),
             channels: c.channels,
             expires_at: c.exp,
+            meta: None,
+            token: Some(TokenStamp {
+                id: c.jti,
+                issued_at: c.iat,
+            }),
         })
     }
 
@@ -293,7 +317,7 @@ impl Verifier {
         channel: &str,
     ) -> Result<Grant, AuthError> {
         let c: SubscriptionClaims = self.decode(token).await?;
-        if c.sub != user || c.channel != channel {
+        if c.sub != user || !channel_matches(&c.channel, channel) {
             return Err(AuthError::Invalid(
                 "subscription token is for another user or channel".into(),
             ));
@@ -301,7 +325,22 @@ impl Verifier {
         Ok(Grant {
             info: c.info.map(Arc::from),
             expires_at: c.exp,
+            token: Some(TokenStamp {
+                id: c.jti,
+                issued_at: c.iat,
+            }),
         })
+    }
+}
+
+/// Whether a token's channel claim covers `channel`: the same name, or a pattern
+/// ending in `*` that `channel` starts with (`device:acme.*` covers `device:acme.7`).
+/// The pattern must name its namespace (contain `:` before the `*`), so no token
+/// grants channels across namespaces.
+pub fn channel_matches(claim: &str, channel: &str) -> bool {
+    match claim.strip_suffix('*') {
+        Some(prefix) => prefix.contains(':') && channel.starts_with(prefix),
+        None => claim == channel,
     }
 }
 
@@ -424,6 +463,12 @@ pub struct MintClaims {
     /// Channel, for a subscription token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
+    /// Token id, for revocation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// Issue time, Unix seconds, for revocation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
 }
 
 /// Signs claims with an HMAC secret (HS256): for the CLI, `--dev` and tests.
@@ -606,6 +651,40 @@ mod tests {
             check(serde_json::json!({"sub": "1", "exp": now - 600})).await,
             Err(AuthError::Expired)
         );
+    }
+
+    #[tokio::test]
+    async fn subscription_token_patterns_grant_a_set_of_channels() {
+        let v = verifier("k");
+        let t = mint_token(
+            "k",
+            &MintClaims {
+                sub: "7".into(),
+                channel: Some("device:acme.*".into()),
+                jti: Some("t1".into()),
+                iat: Some(5),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let g = v
+            .verify_subscription(&t, "7", "device:acme.42")
+            .await
+            .unwrap();
+        assert_eq!(g.token.unwrap().id.as_deref(), Some("t1"));
+        assert!(v.verify_subscription(&t, "7", "device:acme.").await.is_ok());
+        assert!(v
+            .verify_subscription(&t, "7", "device:other.1")
+            .await
+            .is_err());
+        assert!(channel_matches("device:acme.*", "device:acme.x"));
+        assert!(!channel_matches("device:acme.*", "device:acmeX"));
+        assert!(
+            !channel_matches("*", "user:1"),
+            "a pattern names its namespace"
+        );
+        assert!(!channel_matches("dev*", "device:1"));
+        assert!(channel_matches("chat:1", "chat:1"));
     }
 
     #[test]

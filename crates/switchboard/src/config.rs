@@ -61,6 +61,10 @@ pub struct Config {
     /// second in this node's future near every second boundary.
     #[serde(with = "duration")]
     pub token_leeway: Duration,
+    /// How long a revocation (`revoke_token`, `invalidate_user_tokens`) given no
+    /// `expire_at` is remembered.
+    #[serde(with = "duration")]
+    pub token_revocation_ttl: Duration,
     /// Server API key (one).
     pub api_key: String,
     /// Server API keys (several, for rotation).
@@ -88,6 +92,14 @@ pub struct Config {
     pub history_max_bytes: usize,
     /// Online/offline status of users.
     pub user_status: UserStatusConfig,
+    /// Proxies of a connection to the app backend: `connect` and `refresh`.
+    pub proxy: ConnectionProxies,
+    /// Named proxies to the app backend, referred to by namespaces
+    /// (`subscribe_proxy`, `sub_refresh_proxy`, `publish_proxy`) and by `rpc_proxies`.
+    pub proxies: BTreeMap<String, ProxyConfig>,
+    /// RPC methods forwarded to a named proxy: an exact method name, or a prefix
+    /// ending in `*` (`"conversation:*"`, `"*"`). The longest match wins.
+    pub rpc_proxies: BTreeMap<String, String>,
     /// Time allowed to drain connections on SIGINT/SIGTERM.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
@@ -235,6 +247,76 @@ impl Default for UserStatusConfig {
     }
 }
 
+/// The connection-wide proxies; an empty `url` leaves one off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionProxies {
+    /// Authenticates a client that connects without a token.
+    pub connect: ProxyConfig,
+    /// Extends (or ends) a connection the connect proxy gave an `expire_at`.
+    pub refresh: ProxyConfig,
+    /// When the refresh proxy fails, how long until it is asked again (the
+    /// connection stays meanwhile).
+    #[serde(with = "duration")]
+    pub refresh_retry_interval: Duration,
+}
+
+impl Default for ConnectionProxies {
+    fn default() -> Self {
+        Self {
+            connect: ProxyConfig::default(),
+            refresh: ProxyConfig::default(),
+            refresh_retry_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One HTTP endpoint of the app backend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// `http://` or `https://` URL the request is POSTed to; empty: off.
+    pub url: String,
+    /// Longest wait for the whole answer; past it the client gets error 100.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Headers of the client's HTTP request (WebSocket upgrade or Socket.IO
+    /// handshake) copied into the proxy request, by name (`Cookie`, `Authorization`).
+    pub headers: Vec<String>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            timeout: Duration::from_secs(1),
+            headers: Vec::new(),
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// Whether this proxy is configured.
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    fn validate(&self, what: &str) -> Result<(), ConfigError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(ConfigError(format!(
+                "{what}.url must be an http:// or https:// URL"
+            )));
+        }
+        if self.timeout.is_zero() {
+            return Err(ConfigError(format!("{what}.timeout must be positive")));
+        }
+        Ok(())
+    }
+}
+
 /// Rules and features of one namespace.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -268,6 +350,23 @@ pub struct NamespaceConfig {
     /// Time after the last signal at which the server sends `{"typing":false}`.
     #[serde(with = "duration")]
     pub typing_timeout: Duration,
+    /// Roles (`roles` claim) admitted to every channel of the namespace.
+    pub subscribe_roles: Vec<String>,
+    /// Named proxy (`[proxies.NAME]`) asked whether a client may subscribe, when
+    /// neither a subscription token nor `subscribe`/`subscribe_roles` admits it.
+    pub subscribe_proxy: String,
+    /// How long a positive subscribe-proxy answer is reused for the same user and
+    /// channel (0: ask every time).
+    #[serde(with = "duration")]
+    pub subscribe_proxy_cache_ttl: Duration,
+    /// Named proxy asked every `sub_refresh_interval` whether a subscription made
+    /// through `subscribe_proxy` may go on.
+    pub sub_refresh_proxy: String,
+    /// Interval of the sub-refresh proxy's checks.
+    #[serde(with = "duration")]
+    pub sub_refresh_interval: Duration,
+    /// Named proxy every client publication goes through first.
+    pub publish_proxy: String,
 }
 
 impl Default for NamespaceConfig {
@@ -284,6 +383,12 @@ impl Default for NamespaceConfig {
             typing: false,
             typing_interval: Duration::from_secs(1),
             typing_timeout: Duration::from_secs(5),
+            subscribe_roles: Vec::new(),
+            subscribe_proxy: String::new(),
+            subscribe_proxy_cache_ttl: Duration::ZERO,
+            sub_refresh_proxy: String::new(),
+            sub_refresh_interval: Duration::from_secs(60),
+            publish_proxy: String::new(),
         }
     }
 }
@@ -312,6 +417,7 @@ impl Default for Config {
             token_audience: String::new(),
             token_issuer: String::new(),
             token_leeway: Duration::from_secs(5),
+            token_revocation_ttl: Duration::from_secs(7 * 24 * 3600),
             api_key: String::new(),
             api_keys: Vec::new(),
             api_max_body_size: 1024 * 1024,
@@ -324,6 +430,9 @@ impl Default for Config {
             namespaces,
             history_max_bytes: 256 * 1024 * 1024,
             user_status: UserStatusConfig::default(),
+            proxy: ConnectionProxies::default(),
+            proxies: BTreeMap::new(),
+            rpc_proxies: BTreeMap::new(),
             shutdown_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
         }
@@ -457,6 +566,44 @@ impl Config {
             for t in ns.subscribe.iter().filter(|t| t.as_str() != "*") {
                 let key = format!("namespaces.{name}.subscribe");
                 errors.extend(self.template_error(&key, t, Some(name)));
+            }
+            let named = [
+                ("subscribe_proxy", &ns.subscribe_proxy),
+                ("sub_refresh_proxy", &ns.sub_refresh_proxy),
+                ("publish_proxy", &ns.publish_proxy),
+            ];
+            for (key, proxy) in named {
+                if !proxy.is_empty() && !self.proxies.contains_key(proxy) {
+                    errors.push(format!(
+                        "namespaces.{name}.{key}: no proxy {proxy:?} in [proxies]"
+                    ));
+                }
+            }
+            if !ns.sub_refresh_proxy.is_empty() && ns.sub_refresh_interval.is_zero() {
+                errors.push(format!(
+                    "namespaces.{name}: sub_refresh_proxy needs a positive sub_refresh_interval"
+                ));
+            }
+        }
+        if let Err(e) = self.proxy.connect.validate("proxy.connect") {
+            errors.push(e.0);
+        }
+        if let Err(e) = self.proxy.refresh.validate("proxy.refresh") {
+            errors.push(e.0);
+        }
+        for (name, proxy) in &self.proxies {
+            if !proxy.enabled() {
+                errors.push(format!("proxies.{name}.url is required"));
+            }
+            if let Err(e) = proxy.validate(&format!("proxies.{name}")) {
+                errors.push(e.0);
+            }
+        }
+        for (method, proxy) in &self.rpc_proxies {
+            if !self.proxies.contains_key(proxy) {
+                errors.push(format!(
+                    "rpc_proxies.{method:?}: no proxy {proxy:?} in [proxies]"
+                ));
             }
         }
         for t in &self.auto_subscribe {
@@ -663,6 +810,42 @@ mod tests {
         assert_eq!(c.api_key, REDACTED);
         assert_eq!(c.api_keys, vec![REDACTED]);
         assert_eq!(Config::default().redacted().api_key, "");
+    }
+
+    #[test]
+    fn proxies_must_exist_and_be_http() {
+        let mut c = Config::default();
+        c.namespaces.get_mut("user").unwrap().subscribe_proxy = "missing".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("subscribe_proxy") && err.contains("missing"),
+            "{err}"
+        );
+
+        let mut c = Config::default();
+        c.rpc_proxies.insert("x:*".into(), "missing".into());
+        assert!(c.validate().is_err());
+
+        let mut c = Config::default();
+        c.proxy.connect.url = "ftp://app".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("proxy.connect.url"));
+
+        let mut c = Config::default();
+        c.proxies.insert("app".into(), ProxyConfig::default());
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("proxies.app.url"));
+        c.proxies.get_mut("app").unwrap().url = "http://127.0.0.1:1/x".into();
+        c.namespaces.get_mut("user").unwrap().subscribe_proxy = "app".into();
+        c.validate().unwrap();
+        c.proxies.get_mut("app").unwrap().timeout = Duration::ZERO;
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -158,6 +158,16 @@ impl Hub {
             .unwrap_or_default()
     }
 
+    /// Every authenticated session on this node (anonymous ones excepted).
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        let mut out = Vec::new();
+        for shard in self.users.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            out.extend(shard.values().flatten().cloned());
+        }
+        out
+    }
+
     /// Distinct users and sessions on this node.
     pub fn counts(&self) -> (usize, usize) {
         let mut users = 0;

@@ -15,6 +15,8 @@
 //! - [`transport`]: wire protocols ([`transport::centrifuge`], [`transport::socketio`]).
 //! - [`server`]: HTTP routes, `run`, graceful shutdown.
 //! - [`front_door`]: accepting TCP connections: caps, rates, timeouts, lingering close.
+//! - [`proxy`]: HTTP calls to the app backend (connect, refresh, subscribe, publish, rpc).
+//! - [`revocation`]: revoked tokens and invalidated users, behind a store trait.
 //! - [`api`]: the Centrifugo-compatible server HTTP API; [`metrics`] at `/metrics`.
 //! - [`cli`]: the operator CLI's client of a running server's API.
 #![warn(missing_docs)]
@@ -34,6 +36,8 @@ pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod presence;
+pub mod proxy;
+pub mod revocation;
 pub mod rules;
 pub mod server;
 pub mod session;

@@ -88,6 +88,10 @@ pub struct Metrics {
     pub api: ApiCounters,
     /// Server API calls refused for a missing or wrong key.
     pub api_auth_failures: Counter,
+    /// Proxy calls to the app backend by kind and outcome.
+    pub proxy: ProxyCounters,
+    /// Connections closed because their token was revoked.
+    pub revoked_disconnects: Counter,
 }
 
 impl Metrics {
@@ -226,5 +230,49 @@ impl ApiCounters {
     pub fn errors(&self) -> Vec<((&'static str, u32), u64)> {
         let map = self.errors.lock().unwrap_or_else(|e| e.into_inner());
         map.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+}
+
+/// Outcomes of a proxy call counted by [`ProxyCounters`]: a `result`, the backend's
+/// `error` or `disconnect`, or a failure (timeout, unreachable, non-200, bad JSON).
+pub const PROXY_OUTCOMES: [&str; 7] = [
+    "ok",
+    "refused",
+    "disconnect",
+    "timeout",
+    "unreachable",
+    "bad_status",
+    "bad_answer",
+];
+
+/// Proxy calls by kind ([`crate::proxy::ProxyKind`]) and outcome ([`PROXY_OUTCOMES`]).
+#[derive(Debug, Default)]
+pub struct ProxyCounters([[Counter; PROXY_OUTCOMES.len()]; 6]);
+
+impl ProxyCounters {
+    /// Counts one call of `kind` that ended with `outcome` (others are ignored).
+    pub fn record(&self, kind: crate::proxy::ProxyKind, outcome: &str) {
+        if let Some(i) = PROXY_OUTCOMES.iter().position(|o| *o == outcome) {
+            self.0[kind.index()][i].inc();
+        }
+    }
+
+    /// Calls of `kind` that ended with `outcome`.
+    pub fn get(&self, kind: crate::proxy::ProxyKind, outcome: &str) -> u64 {
+        PROXY_OUTCOMES
+            .iter()
+            .position(|o| *o == outcome)
+            .map_or(0, |i| self.0[kind.index()][i].get())
+    }
+
+    /// `(kind, outcome, calls)` for every kind and outcome.
+    pub fn snapshot(&self) -> impl Iterator<Item = (&'static str, &'static str, u64)> + '_ {
+        crate::proxy::ProxyKind::ALL
+            .into_iter()
+            .flat_map(move |kind| {
+                PROXY_OUTCOMES
+                    .iter()
+                    .map(move |o| (kind.name(), *o, self.get(kind, o)))
+            })
     }
 }

@@ -78,6 +78,10 @@ pub struct Node {
     pub typing: Typing,
     /// Online status of users.
     pub status: StatusTracker,
+    /// Proxies to the app backend.
+    pub proxies: crate::proxy::Proxies,
+    /// Revoked tokens and invalidated users.
+    pub revocations: Arc<dyn crate::revocation::RevocationStore>,
 }
 
 impl std::fmt::Debug for Node {
@@ -125,6 +129,7 @@ impl Node {
         } else {
             config.node_name.clone()
         };
+        let proxies = crate::proxy::Proxies::new(&config, metrics.clone());
         Ok(Arc::new(Self {
             rules: Rules::new(&config),
             verifier: Verifier::new(&config)?,
@@ -138,6 +143,8 @@ impl Node {
             metrics,
             typing: Typing::default(),
             status: StatusTracker::default(),
+            proxies,
+            revocations: Arc::new(crate::revocation::MemoryRevocations::default()),
         }))
     }
 
@@ -182,6 +189,29 @@ impl Node {
         tags: Option<Arc<BTreeMap<String, String>>>,
     ) -> Result<StreamPosition, NodeError> {
         self.publish_with(channel, self.history_options(ns), data, info, tags)
+            .await
+    }
+
+    /// Publishes a client publication as the publish proxy shaped it: with its tags,
+    /// and kept out of history when `skip_history`.
+    ///
+    /// # Errors
+    /// An engine failure.
+    pub async fn publish_shaped(
+        &self,
+        channel: &str,
+        ns: &NamespaceConfig,
+        data: SharedJson,
+        info: ClientInfo,
+        tags: Option<Arc<BTreeMap<String, String>>>,
+        skip_history: bool,
+    ) -> Result<StreamPosition, NodeError> {
+        let history = if skip_history {
+            None
+        } else {
+            self.history_options(ns)
+        };
+        self.publish_with(channel, history, data, Some(info), tags)
             .await
     }
 
@@ -321,6 +351,22 @@ impl Node {
             }
         }
         Ok(n)
+    }
+
+    /// Applies the revocation records to every session on this node: a revoked
+    /// connection token closes its connection, a revoked subscription token ends its
+    /// subscription.
+    pub async fn apply_revocations(&self) {
+        for s in self.hub.sessions() {
+            s.apply_revocations().await;
+        }
+    }
+
+    /// [`Node::apply_revocations`] for one user's sessions.
+    pub async fn apply_user_revocations(&self, user: &str) {
+        for s in self.hub.user_sessions(user) {
+            s.apply_revocations().await;
+        }
     }
 
     /// A connection of `user` was authenticated: announce them online if they were not.

@@ -66,7 +66,17 @@ impl Rules {
         granted: bool,
     ) -> Result<&Arc<NamespaceConfig>, RuleError> {
         let ns = self.namespace(channel)?;
-        if granted || ns.subscribe.iter().any(|t| template_allows(t, channel, id)) {
+        let role_admitted = ns.subscribe_roles.iter().any(|r| id.roles.contains(r));
+        // A pattern in the token's `channels` claim grants every channel it covers.
+        let pattern_granted = id
+            .channels
+            .iter()
+            .any(|c| c.ends_with('*') && crate::auth::channel_matches(c, channel));
+        if granted
+            || role_admitted
+            || pattern_granted
+            || ns.subscribe.iter().any(|t| template_allows(t, channel, id))
+        {
             Ok(ns)
         } else {
             Err(RuleError::PermissionDenied)
@@ -99,7 +109,8 @@ impl Rules {
             .auto_subscribe
             .iter()
             .flat_map(|t| expand(t, id))
-            .chain(id.channels.iter().cloned());
+            // Patterns (`device:acme.*`) are grants, not channels to join.
+            .chain(id.channels.iter().filter(|c| !c.ends_with('*')).cloned());
         for ch in candidates {
             if self.namespace(&ch).is_ok() && !out.contains(&ch) {
                 out.push(ch);
@@ -204,6 +215,46 @@ mod tests {
         }
         c.auto_subscribe = auto.iter().map(|s| s.to_string()).collect();
         Rules::new(&c)
+    }
+
+    #[test]
+    fn a_role_rule_admits_every_channel_of_its_namespace() {
+        let mut c = Config::default();
+        c.namespaces.insert(
+            "observation".into(),
+            NamespaceConfig {
+                subscribe_roles: vec!["admin".into()],
+                ..NamespaceConfig::default()
+            },
+        );
+        let r = Rules::new(&c);
+        let admin = id("1", &["admin"], None);
+        assert!(r.check_subscribe(&admin, "observation:9", false).is_ok());
+        assert!(r
+            .check_subscribe(&admin, "observation:any.thing", false)
+            .is_ok());
+        let tech = id("2", &["tech"], None);
+        assert_eq!(
+            r.check_subscribe(&tech, "observation:9", false)
+                .unwrap_err(),
+            RuleError::PermissionDenied
+        );
+        // Only in its own namespace.
+        assert!(r.check_subscribe(&admin, "user:2", false).is_err());
+    }
+
+    #[test]
+    fn channel_patterns_in_the_token_grant_and_are_not_joined() {
+        let r = rules(&[("device", &[])], &["user:{sub}"]);
+        let mut i = id("7", &[], None);
+        i.channels = vec!["device:acme.*".into(), "device:solo".into()];
+        assert!(r.check_subscribe(&i, "device:acme.3", false).is_ok());
+        assert!(r.check_subscribe(&i, "device:other.3", false).is_err());
+        assert!(
+            r.check_subscribe(&i, "device:solo", false).is_err(),
+            "a plain channel in the claim is joined on connect, not a grant"
+        );
+        assert_eq!(r.server_side_channels(&i), vec!["user:7", "device:solo"]);
     }
 
     #[test]

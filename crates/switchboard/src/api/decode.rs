@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::wire::*;
 
 /// Every method of `POST /api/<method>` except `batch`, as the path names it.
-pub const METHODS: [&str; 13] = [
+pub const METHODS: [&str; 15] = [
     "publish",
     "broadcast",
     "subscribe",
@@ -25,6 +25,8 @@ pub const METHODS: [&str; 13] = [
     "channels",
     "info",
     "user_status",
+    "revoke_token",
+    "invalidate_user_tokens",
 ];
 
 impl Command {
@@ -84,6 +86,14 @@ impl Command {
                 Ok(())
             }
             Self::Info(_) => Ok(()),
+            Self::RevokeToken(r) => non_empty("uid", &r.uid),
+            Self::InvalidateUserTokens(r) => {
+                non_empty("user", &r.user)?;
+                match &r.channel {
+                    Some(c) => non_empty("channel", c),
+                    None => Ok(()),
+                }
+            }
             Self::UserStatus(r) => {
                 if r.users.len() > crate::session::MAX_STATUS_USERS {
                     return Err(bad("users holds more than 1000 ids"));
@@ -113,6 +123,8 @@ impl Command {
             "channels" => Self::Channels(decode(body)?),
             "info" => Self::Info(decode(body)?),
             "user_status" => Self::UserStatus(decode(body)?),
+            "revoke_token" => Self::RevokeToken(decode(body)?),
+            "invalidate_user_tokens" => Self::InvalidateUserTokens(decode(body)?),
             _ => return Err(ApiError::MethodNotFound),
         };
         Ok(command)
@@ -270,6 +282,23 @@ mod tests {
         assert!(limit(r#"{"channel":"c","limit":2.5}"#).is_err());
         assert!(limit(r#"{"channel":"c","limit":4294967296}"#).is_err());
         assert!(limit(r#"{"channel":"c","limit":"2"}"#).is_err());
+    }
+
+    #[test]
+    fn large_integral_floats_are_read_exactly() {
+        // Found by schemathesis: without serde_json's float_roundtrip this parsed as
+        // ...584.8 and was refused as "not an integer".
+        let c = Command::decode(
+            "revoke_token",
+            br#"{"uid":"t","expire_at":1988602809952585.0}"#,
+        );
+        assert!(matches!(c, Ok(Command::RevokeToken(r)) if r.expire_at == 1_988_602_809_952_585));
+        let c = Command::decode("invalidate_user_tokens", br#"{"user":"u","channel":""}"#)
+            .and_then(|c| c.validate());
+        assert!(
+            c.is_err(),
+            "an empty channel is refused, not read as every channel"
+        );
     }
 
     #[test]

@@ -38,6 +38,10 @@ impl Api {
             Command::Channels(r) => Reply::Channels(channels(self, &r)),
             Command::Info(r) => Reply::Info(info(self, r)),
             Command::UserStatus(r) => Reply::UserStatus(user_status(self, &r)),
+            Command::RevokeToken(r) => Reply::RevokeToken(revoke_token(self, &r).await?),
+            Command::InvalidateUserTokens(r) => {
+                Reply::InvalidateUserTokens(invalidate_user_tokens(self, &r).await?)
+            }
         })
     }
 }
@@ -155,6 +159,55 @@ pub(super) fn refresh(api: &Api, req: &RefreshRequest) -> Empty {
         }
     }
     Empty {}
+}
+
+/// A record's expiry: `expire_at` when given, else `token_revocation_ttl` from now.
+fn record_expiry(api: &Api, expire_at: i64) -> u64 {
+    u64::try_from(expire_at)
+        .ok()
+        .filter(|t| *t > 0)
+        .unwrap_or_else(|| now_secs() + api.node.config.token_revocation_ttl.as_secs())
+}
+
+/// Revoke one token by its id (`jti`).
+#[utoipa::path(post, path = "/api/revoke_token", tag = "connections",
+    request_body = RevokeTokenRequest,
+    responses((status = 200, description = "`{}`", body = Response<Empty>)))]
+pub(super) async fn revoke_token(api: &Api, req: &RevokeTokenRequest) -> Result<Empty, ApiError> {
+    let node = &api.node;
+    node.revocations
+        .revoke_token(&req.uid, record_expiry(api, req.expire_at))
+        .await
+        .map_err(crate::node::NodeError::from)?;
+    node.apply_revocations().await;
+    Ok(Empty {})
+}
+
+/// Invalidate a user's tokens issued before a time.
+#[utoipa::path(post, path = "/api/invalidate_user_tokens", tag = "connections",
+    request_body = InvalidateUserTokensRequest,
+    responses((status = 200, description = "`{}`", body = Response<Empty>)))]
+pub(super) async fn invalidate_user_tokens(
+    api: &Api,
+    req: &InvalidateUserTokensRequest,
+) -> Result<Empty, ApiError> {
+    let node = &api.node;
+    let before = u64::try_from(req.issued_before)
+        .ok()
+        .filter(|t| *t > 0)
+        .unwrap_or_else(now_secs);
+    node.revocations
+        .invalidate_user_tokens(
+            &req.user,
+            req.channel.as_deref(),
+            before,
+            record_expiry(api, req.expire_at),
+        )
+        .await
+        .map_err(crate::node::NodeError::from)?;
+    node.proxies.cache().forget_user(&req.user);
+    node.apply_user_revocations(&req.user).await;
+    Ok(Empty {})
 }
 
 /// Clients present in a channel.
@@ -387,7 +440,9 @@ fn custom_disconnect(d: &DisconnectCode) -> Result<Disconnect, ApiError> {
     })
 }
 
-fn intern(reason: &str) -> &'static str {
+/// `reason` as a `'static` close reason: each distinct reason is leaked once, up to
+/// `MAX_REASONS`, after which `"disconnect"` stands in.
+pub(crate) fn intern(reason: &str) -> &'static str {
     if reason.is_empty() {
         return "";
     }

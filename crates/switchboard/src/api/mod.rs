@@ -37,6 +37,7 @@ use decode::METHODS;
 pub use error::ApiError;
 use idempotency::IdempotencyCache;
 use key::ApiKeys;
+pub(crate) use methods::intern as intern_reason;
 use wire::{BatchRequest, Command, ErrorResponse, RawJson};
 
 /// State shared by API calls.

@@ -41,6 +41,8 @@ use super::wire::*;
         methods::channels,
         methods::info,
         methods::user_status,
+        methods::revoke_token,
+        methods::invalidate_user_tokens,
         methods::batch,
     ),
     components(schemas(ErrorResponse, Command, Reply)),

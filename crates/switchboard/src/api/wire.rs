@@ -131,6 +131,40 @@ pub struct RefreshRequest {
     pub expire_at: i64,
 }
 
+/// `revoke_token`: no connection or subscription token with this `jti` is accepted
+/// any more; connections holding one are closed (3500 "token revoked").
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RevokeTokenRequest {
+    /// The token's id (`jti` claim).
+    #[schema(min_length = 1)]
+    pub uid: String,
+    /// Unix seconds until which the revocation is remembered (the token's own `exp`
+    /// is enough); 0 or absent: `token_revocation_ttl` from now.
+    #[serde(default, deserialize_with = "super::decode::integer")]
+    pub expire_at: i64,
+}
+
+/// `invalidate_user_tokens`: tokens of a user issued (`iat`) before a time are no
+/// longer accepted; live connections and subscriptions holding one end at once.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct InvalidateUserTokensRequest {
+    /// User whose tokens to invalidate.
+    #[schema(min_length = 1)]
+    pub user: String,
+    /// Unix seconds: tokens issued before are invalid (a token without `iat` too);
+    /// 0 or absent: now.
+    #[serde(default, deserialize_with = "super::decode::integer")]
+    pub issued_before: i64,
+    /// Unix seconds until which the record is remembered; 0 or absent:
+    /// `token_revocation_ttl` from now.
+    #[serde(default, deserialize_with = "super::decode::integer")]
+    pub expire_at: i64,
+    /// Only the subscription tokens for this channel.
+    #[serde(default)]
+    #[schema(min_length = 1)]
+    pub channel: Option<String>,
+}
+
 /// A request naming one channel (`presence`, `presence_stats`, `history_remove`).
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChannelRequest {
@@ -223,6 +257,10 @@ pub enum Command {
     Info(InfoRequest),
     /// See `POST /api/user_status`.
     UserStatus(UserStatusRequest),
+    /// See `POST /api/revoke_token`.
+    RevokeToken(RevokeTokenRequest),
+    /// See `POST /api/invalidate_user_tokens`.
+    InvalidateUserTokens(InvalidateUserTokensRequest),
 }
 
 /// `user_status`: online state, connections and last-seen time of up to 1000 users.
@@ -477,6 +515,10 @@ pub enum Reply {
     Info(InfoResult),
     /// See `user_status`.
     UserStatus(UserStatusResult),
+    /// See `revoke_token`.
+    RevokeToken(Empty),
+    /// See `invalidate_user_tokens`.
+    InvalidateUserTokens(Empty),
 }
 
 impl Reply {
@@ -493,7 +535,9 @@ impl Reply {
             | Self::Unsubscribe(r)
             | Self::Disconnect(r)
             | Self::Refresh(r)
-            | Self::HistoryRemove(r) => ok(r),
+            | Self::HistoryRemove(r)
+            | Self::RevokeToken(r)
+            | Self::InvalidateUserTokens(r) => ok(r),
             Self::Presence(r) => ok(r),
             Self::PresenceStats(r) => ok(r),
             Self::History(r) => ok(r),

@@ -81,6 +81,26 @@ pub fn render(node: &Node) -> String {
     }
 
     out.family(
+        "switchboard_proxy_requests_total",
+        "counter",
+        "Proxy calls to the app backend by kind and outcome.",
+    );
+    for (kind, outcome, n) in m.proxy.snapshot() {
+        let name = "switchboard_proxy_requests_total";
+        out.sample(name, &[("proxy", kind), ("result", outcome)], n);
+    }
+    out.family(
+        "switchboard_revoked_disconnects_total",
+        "counter",
+        "Connections closed because their token was revoked.",
+    );
+    out.sample(
+        "switchboard_revoked_disconnects_total",
+        &[],
+        m.revoked_disconnects.get(),
+    );
+
+    out.family(
         "switchboard_publications_total",
         "counter",
         "Publications accepted, from clients and the server API, by namespace.",

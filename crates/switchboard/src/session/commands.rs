@@ -8,28 +8,58 @@ impl Session {
     ///
     /// # Errors
     /// Permission denied unless the namespace allows publishing and the client is
-    /// subscribed; `TooManyRequests` over the namespace's publish rate.
+    /// subscribed, or the namespace's publish proxy accepts; `TooManyRequests` over the
+    /// namespace's publish rate; the proxy's own error or disconnect, or `Internal`
+    /// when it fails.
     pub async fn publish(&self, channel: &str, data: Option<SharedJson>) -> SessionResult<()> {
-        self.require_identity()?;
+        let identity = self.require_identity()?;
         let data = data.ok_or(SessionError::Reply(ErrorCode::BadRequest))?;
         let (ns, info) = {
             let mut st = self.state();
             let sub = st.subs.get_mut(channel);
             let subscribed = sub.is_some();
-            let ns = self.node.rules.check_publish(channel, subscribed)?.clone();
-            let Some(sub) = sub else {
-                return Err(ErrorCode::PermissionDenied.into());
-            };
-            if !sub.publish_rate.try_take() {
-                return Err(ErrorCode::TooManyRequests.into());
+            let ns = self.node.rules.namespace(channel)?;
+            // With a publish proxy the backend decides, subscribed or not.
+            let ns = if ns.publish_proxy.is_empty() {
+                self.node.rules.check_publish(channel, subscribed)?
+            } else {
+                ns
             }
-            (ns, sub.info.clone())
+            .clone();
+            let info = match sub {
+                Some(sub) => {
+                    if !sub.publish_rate.try_take() {
+                        return Err(ErrorCode::TooManyRequests.into());
+                    }
+                    sub.info.clone()
+                }
+                None if !ns.publish_proxy.is_empty() => ClientInfo {
+                    user: identity.user.clone(),
+                    client: self.id.clone(),
+                    conn_info: identity.info.clone(),
+                    chan_info: None,
+                },
+                None => return Err(ErrorCode::PermissionDenied.into()),
+            };
+            (ns, info)
+        };
+        let (data, tags, skip_history) = if ns.publish_proxy.is_empty() {
+            (data, None, false)
+        } else {
+            let shaped = self
+                .publish_via_proxy(&ns.publish_proxy, channel, data.clone())
+                .await?;
+            (
+                shaped.data.map_or(data, SharedJson::from),
+                shaped.tags.map(Arc::new),
+                shaped.skip_history,
+            )
         };
         if ns.typing {
             self.node.typing_signal(channel, &ns, info, data).await?;
         } else {
             self.node
-                .publish_in(channel, &ns, data, Some(info), None)
+                .publish_shaped(channel, &ns, data, info, tags, skip_history)
                 .await?;
         }
         Ok(())
@@ -75,7 +105,8 @@ impl Session {
     }
 
     /// Calls a built-in server method: `user_status` (`{"users": [...]}`, at most
-    /// [`MAX_STATUS_USERS`]) when `user_status.query` allows it.
+    /// [`MAX_STATUS_USERS`]) when `user_status.query` allows it; other methods go to the
+    /// proxy `rpc_proxies` maps them to, if any.
     ///
     /// # Errors
     /// `MethodNotFound`, `PermissionDenied`, `BadRequest`, `LimitExceeded`.
@@ -107,6 +138,9 @@ impl Session {
                 Ok(Some(SharedJson::from(raw)))
             }
             _ => {
+                if let Some(answer) = self.rpc_via_proxy(method, data).await {
+                    return answer;
+                }
                 tracing::debug!(client = %self.id, method, "unknown rpc method");
                 Err(ErrorCode::MethodNotFound.into())
             }

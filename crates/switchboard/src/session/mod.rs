@@ -6,8 +6,11 @@
 //! - [`subscription`]: subscribe/unsubscribe, recovery, and the pending phase that puts
 //!   a subscribe reply before the channel's events.
 //! - [`commands`]: publish, presence, history and RPC on behalf of the client.
+//! - [`proxied`]: what the session asks the app backend through proxies, and the
+//!   timers that ask again (refresh, sub_refresh).
 
 mod commands;
+mod proxied;
 mod subscription;
 
 pub use subscription::{Activation, Subscribed};
@@ -17,10 +20,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use switchboard_protocol::command::{ConnectRequest, HistoryRequest, SubscribeRequest};
+use switchboard_protocol::reply::ErrorReply;
 use switchboard_protocol::{
     ClientInfo, ConnectResult, Disconnect, ErrorCode, HistoryResult, PresenceResult,
     PresenceStatsResult, RefreshResult, SharedJson, StreamPosition, SubRefreshResult,
-    SubscribeResult,
+    SubscribeResult, Unsubscribe,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -34,12 +38,25 @@ use crate::outbox::Outbox;
 use crate::rules::RuleError;
 
 /// What a failed command turns into for the client: an error reply, or a disconnect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum SessionError {
     /// Reply with this error; the connection stays.
     Reply(ErrorCode),
+    /// Reply with the app backend's own error (a proxy refused); the connection stays.
+    Rejected(Box<ErrorReply>),
     /// Close the connection with this code.
     Disconnect(Disconnect),
+}
+
+impl SessionError {
+    /// The error reply the client receives, unless this is a disconnect.
+    pub fn reply(&self) -> Option<ErrorReply> {
+        match self {
+            Self::Reply(code) => Some(ErrorReply::from(*code)),
+            Self::Rejected(e) => Some((**e).clone()),
+            Self::Disconnect(_) => None,
+        }
+    }
 }
 
 impl From<ErrorCode> for SessionError {
@@ -84,6 +101,10 @@ struct Sub {
     info: ClientInfo,
     expires_at: Option<u64>,
     publish_rate: TokenBucket,
+    /// Stops the sub_refresh proxy's checks when the subscription goes.
+    _proxy_checks: Option<tokio_util::sync::DropGuard>,
+    /// The subscription token that granted the channel, for revocation.
+    token: Option<crate::auth::TokenStamp>,
 }
 
 #[derive(Default)]
@@ -118,6 +139,8 @@ pub struct Session {
     abuse: Mutex<Abuse>,
     /// Wakes the transport's timers when a deadline moves (server API `refresh`).
     timers_changed: tokio::sync::Notify,
+    /// What the client's HTTP request said, for proxies; set once by the transport.
+    origin: OnceLock<crate::proxy::ClientOrigin>,
 }
 
 impl std::fmt::Debug for Session {
@@ -158,6 +181,7 @@ impl Session {
             state: Mutex::default(),
             abuse: Mutex::new(abuse),
             timers_changed: tokio::sync::Notify::new(),
+            origin: OnceLock::new(),
         })
     }
 
@@ -280,7 +304,8 @@ impl Session {
         self.state().identity.is_some()
     }
 
-    /// Authenticates the session and makes its server-side subscriptions.
+    /// Authenticates the session (its token, or without one the connect proxy) and
+    /// makes its server-side subscriptions.
     ///
     /// # Errors
     /// Error replies for an expired token; disconnects for an invalid token, a second
@@ -290,20 +315,19 @@ impl Session {
             return Err(SessionError::Disconnect(Disconnect::BAD_REQUEST));
         }
         let node = self.node.clone();
-        let identity = match node.verifier.verify_connect(&req.token).await {
-            Ok(id) => Arc::new(id),
-            Err(AuthError::Expired) => {
-                node.metrics.auth_failures.inc();
-                return Err(ErrorCode::TokenExpired.into());
-            }
-            Err(AuthError::Invalid(why)) => {
-                node.metrics.auth_failures.inc();
-                tracing::info!(client = %self.id, reason = %why, "connect refused: invalid token");
-                return Err(SessionError::Disconnect(Disconnect::INVALID_TOKEN));
-            }
+        let mut proxy_expiry = None;
+        let identity = if req.token.is_empty() && node.proxies.connect().is_some() {
+            let (identity, expiry) = self.connect_via_proxy(&req).await?;
+            proxy_expiry = expiry;
+            Arc::new(identity)
+        } else {
+            self.verify_token(&req.token).await?
         };
         let limit = node.config.limits.max_connections_per_user;
-        if !node.hub.add_user_session(&identity.user, self, limit) {
+        // Anonymous connections (a connect proxy's empty user) are nobody's: no user
+        // index, no per-user limit, no online status.
+        let anonymous = identity.user.is_empty();
+        if !anonymous && !node.hub.add_user_session(&identity.user, self, limit) {
             tracing::info!(client = %self.id, user = %identity.user, "connect refused: connection limit");
             return Err(SessionError::Disconnect(Disconnect::CONNECTION_LIMIT));
         }
@@ -312,7 +336,9 @@ impl Session {
             st.identity = Some(identity.clone());
             st.expires_at = identity.expires_at;
         }
-        node.user_connected(&identity.user);
+        if !anonymous {
+            node.user_connected(&identity.user);
+        }
         let channels = node.rules.server_side_channels(&identity);
         let max_channels = node.config.limits.max_channels_per_connection;
         if max_channels > 0 && channels.len() > max_channels {
@@ -344,6 +370,9 @@ impl Session {
                 }
             }
         }
+        if let Some(expire_at) = proxy_expiry {
+            self.spawn_proxy_refresh(expire_at);
+        }
         tracing::debug!(client = %self.id, user = %identity.user, subs = subs.len(), "connected");
         let (expires, ttl) = ttl_of(identity.expires_at);
         Ok(Connected {
@@ -359,6 +388,87 @@ impl Session {
             },
             activation,
         })
+    }
+
+    /// Verifies a connection token.
+    async fn verify_token(&self, token: &str) -> SessionResult<Arc<Identity>> {
+        let node = &self.node;
+        match node.verifier.verify_connect(token).await {
+            Ok(id) => {
+                if let Err(e) = self.check_revoked(&id.user, None, id.token.as_ref()).await {
+                    node.metrics.auth_failures.inc();
+                    return Err(e);
+                }
+                Ok(Arc::new(id))
+            }
+            Err(AuthError::Expired) => {
+                node.metrics.auth_failures.inc();
+                Err(ErrorCode::TokenExpired.into())
+            }
+            Err(AuthError::Invalid(why)) => {
+                node.metrics.auth_failures.inc();
+                tracing::info!(client = %self.id, reason = %why, "connect refused: invalid token");
+                Err(SessionError::Disconnect(Disconnect::INVALID_TOKEN))
+            }
+        }
+    }
+
+    /// Refuses a revoked token: a connection token with a disconnect (3500 "token
+    /// revoked"), a subscription token (`channel` given) with `PermissionDenied`.
+    async fn check_revoked(
+        &self,
+        user: &str,
+        channel: Option<&str>,
+        token: Option<&crate::auth::TokenStamp>,
+    ) -> SessionResult<()> {
+        let Some(token) = token else {
+            return Ok(());
+        };
+        match self.node.revocations.is_revoked(user, channel, token).await {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                tracing::info!(client = %self.id, user, channel, "revoked token refused");
+                Err(match channel {
+                    None => SessionError::Disconnect(Disconnect::TOKEN_REVOKED),
+                    Some(_) => SessionError::Reply(ErrorCode::PermissionDenied),
+                })
+            }
+            Err(e) => Err(NodeError::from(e).into()),
+        }
+    }
+
+    /// Ends what revocation records now refuse: the connection, when its token is
+    /// revoked (3500 "token revoked"); else each subscription whose token is (an
+    /// `unsubscribe` push with code 2000, reason "token revoked").
+    pub async fn apply_revocations(&self) {
+        let Some(identity) = self.identity() else {
+            return;
+        };
+        if self
+            .check_revoked(&identity.user, None, identity.token.as_ref())
+            .await
+            .is_err()
+        {
+            if self.close(Disconnect::TOKEN_REVOKED) {
+                self.node.metrics.revoked_disconnects.inc();
+            }
+            return;
+        }
+        let tokens: Vec<(Arc<str>, crate::auth::TokenStamp)> = self
+            .state()
+            .subs
+            .iter()
+            .filter_map(|(ch, sub)| Some((ch.clone(), sub.token.clone()?)))
+            .collect();
+        for (channel, token) in tokens {
+            let refused = self
+                .check_revoked(&identity.user, Some(&channel), Some(&token))
+                .await;
+            if refused.is_err() {
+                self.unsubscribe_with(&channel, Unsubscribe::TOKEN_REVOKED)
+                    .await;
+            }
+        }
     }
 
     fn require_identity(&self) -> SessionResult<Arc<Identity>> {
@@ -382,6 +492,8 @@ impl Session {
         if fresh.user != identity.user {
             return Err(SessionError::Disconnect(Disconnect::INVALID_TOKEN));
         }
+        self.check_revoked(&fresh.user, None, fresh.token.as_ref())
+            .await?;
         self.state().expires_at = fresh.expires_at;
         let (expires, ttl) = ttl_of(fresh.expires_at);
         Ok(RefreshResult {
@@ -418,7 +530,7 @@ impl Session {
         for ch in channels {
             self.remove_subscription(&ch).await;
         }
-        if let Some(id) = identity {
+        if let Some(id) = identity.filter(|id| !id.user.is_empty()) {
             self.node.hub.remove_user_session(&id.user, self);
             self.node.user_disconnected(&id.user);
         }

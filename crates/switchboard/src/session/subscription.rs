@@ -106,7 +106,11 @@ impl Session {
                 .verify_subscription(&req.token, &identity.user, &req.channel)
                 .await
             {
-                Ok(g) => Some(g),
+                Ok(g) => {
+                    self.check_revoked(&identity.user, Some(&req.channel), g.token.as_ref())
+                        .await?;
+                    Some(g)
+                }
                 Err(AuthError::Expired) => return Err(ErrorCode::TokenExpired.into()),
                 Err(AuthError::Invalid(why)) => {
                     tracing::info!(client = %self.id, channel = %req.channel, reason = %why, "subscription token refused");
@@ -114,16 +118,47 @@ impl Session {
                 }
             }
         };
-        let ns = node
+        let mut grant = grant;
+        let mut proxied = false;
+        let ns = match node
             .rules
-            .check_subscribe(&identity, &req.channel, grant.is_some())?
-            .clone();
+            .check_subscribe(&identity, &req.channel, grant.is_some())
+        {
+            Ok(ns) => ns.clone(),
+            // The rules alone do not admit the client: the app backend may.
+            Err(RuleError::PermissionDenied) => {
+                let ns = node.rules.namespace(&req.channel)?.clone();
+                if ns.subscribe_proxy.is_empty() {
+                    return Err(ErrorCode::PermissionDenied.into());
+                }
+                grant = Some(self.subscribe_via_proxy(&identity, &ns, &req).await?);
+                proxied = true;
+                ns
+            }
+            Err(e) => return Err(e.into()),
+        };
         let since = req.recover.then(|| StreamPosition {
             offset: req.offset,
             epoch: req.epoch.clone(),
         });
         let channel: Arc<str> = req.channel.into();
-        self.subscribe_inner(&channel, ns, grant, since).await
+        // A proxied subscription's expiry is the sub_refresh proxy's business, not the
+        // token timer's.
+        let proxy_expiry = grant
+            .as_mut()
+            .filter(|_| proxied)
+            .and_then(|g| g.expires_at.take());
+        let subscribed = self
+            .subscribe_inner(&channel, ns.clone(), grant, since)
+            .await?;
+        if proxied {
+            if let Some(guard) = self.spawn_sub_refresh(channel.clone(), &ns, proxy_expiry) {
+                if let Some(sub) = self.state().subs.get_mut(&channel) {
+                    sub._proxy_checks = Some(guard);
+                }
+            }
+        }
+        Ok(subscribed)
     }
 
     /// Subscribes on the server's initiative (server API), pushing `subscribe` to the client.
@@ -192,6 +227,7 @@ impl Session {
                 return Err(e);
             }
         };
+        let token = grant.as_ref().and_then(|g| g.token.clone());
         let expires_at = grant.and_then(|g| g.expires_at);
         // The client schedules its sub_refresh from these.
         (result.expires, result.ttl) = ttl_of(expires_at);
@@ -202,6 +238,8 @@ impl Session {
                 ns,
                 info,
                 expires_at,
+                _proxy_checks: None,
+                token,
             },
         );
         let mut activation = activation;
@@ -281,13 +319,19 @@ impl Session {
     /// Unsubscribes on the server's initiative, pushing `unsubscribe` to the client.
     /// Returns whether the session was subscribed.
     pub async fn server_unsubscribe(&self, channel: &str) -> bool {
+        self.unsubscribe_with(channel, Unsubscribe::SERVER).await
+    }
+
+    /// Unsubscribes, pushing `unsubscribe` with `why`'s code and reason to the client.
+    /// Returns whether the session was subscribed.
+    pub(super) async fn unsubscribe_with(&self, channel: &str, why: Unsubscribe) -> bool {
         let Some(channel) = self.remove_subscription(channel).await else {
             return false;
         };
         self.enqueue(Outgoing::Control(Box::new(Control::Unsubscribed {
             channel,
-            code: 2000,
-            reason: "server unsubscribe",
+            code: why.code,
+            reason: why.reason,
         })));
         true
     }
@@ -340,8 +384,11 @@ impl Session {
             Err(AuthError::Expired) => return Err(ErrorCode::TokenExpired.into()),
             Err(AuthError::Invalid(_)) => return Err(ErrorCode::PermissionDenied.into()),
         };
+        self.check_revoked(&identity.user, Some(channel), grant.token.as_ref())
+            .await?;
         if let Some(sub) = self.state().subs.get_mut(channel) {
             sub.expires_at = grant.expires_at;
+            sub.token = grant.token;
         }
         let (expires, ttl) = ttl_of(grant.expires_at);
         Ok(SubRefreshResult { expires, ttl })

@@ -41,15 +41,17 @@ pub async fn handler(
     if let Err(busy) = peer.admit_handshake() {
         return busy.into_response();
     }
+    let origin = node.proxies.origin("websocket", &headers);
     websocket::configure(ws, &node.config).on_upgrade(move |socket| {
         let tracker = node.tracker.clone();
-        tracker.track_future(serve(node, socket))
+        tracker.track_future(serve(node, socket, origin))
     })
 }
 
-async fn serve(node: Arc<Node>, socket: WebSocket) {
+async fn serve(node: Arc<Node>, socket: WebSocket, origin: crate::proxy::ClientOrigin) {
     node.metrics.connections.inc();
     let session = Session::new(node.clone(), CODEC);
+    session.set_origin(origin);
     let (sink, stream) = socket.split();
     // The writer is a task of its own, so a delivery wakes only the writer, not the
     // reader's timers and cancellation futures as well.
@@ -264,6 +266,10 @@ fn fail(session: &Session, id: u32, e: SessionError) -> Option<Disconnect> {
     match e {
         SessionError::Reply(code) => {
             reply_error(session, id, code, None);
+            None
+        }
+        SessionError::Rejected(e) => {
+            reply(session, id, &ReplyBody::Error(*e));
             None
         }
         SessionError::Disconnect(d) => Some(d),

@@ -181,6 +181,31 @@ impl Client {
         }
     }
 
+    /// Opens a socket whose upgrade request carries `headers` (a `Cookie`, say),
+    /// without sending connect.
+    pub async fn open_with_headers(server: &TestServer, headers: &[(&str, &str)]) -> Client {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = server.ws_url().into_client_request().expect("request");
+        for (name, value) in headers {
+            let name =
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .expect("header name");
+            req.headers_mut()
+                .insert(name, value.parse().expect("header value"));
+        }
+        let (ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("open timeout")
+            .expect("open");
+        Client {
+            ws,
+            next_id: 0,
+            backlog: Default::default(),
+            incoming: Default::default(),
+            connect_reply: Value::Null,
+        }
+    }
+
     /// Opens a socket and connects with `token`; panics unless the connect succeeds.
     pub async fn connect(server: &TestServer, token: &str) -> Client {
         let mut c = Client::open(server).await;
@@ -443,4 +468,39 @@ where
             }
         }
     }
+}
+
+/// Calls the server API method `method` and returns the whole answer.
+pub async fn api_call(server: &TestServer, method: &str, params: Value) -> Value {
+    let resp = reqwest::Client::new()
+        .post(server.http_url(&format!("/api/{method}")))
+        .header("X-API-Key", API_KEY)
+        .timeout(TIMEOUT)
+        .body(params.to_string())
+        .send()
+        .await
+        .expect("api");
+    resp.json().await.expect("api json")
+}
+
+/// The value of the Prometheus sample `name{labels}` at `/metrics` (0 when absent).
+pub async fn metric(server: &TestServer, sample: &str) -> u64 {
+    let text = reqwest::Client::new()
+        .get(server.http_url("/metrics"))
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }

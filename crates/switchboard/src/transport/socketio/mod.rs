@@ -128,16 +128,19 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(sio: &SocketIo, transport: u8) -> Arc<Self> {
+    /// A new connection; `headers` are its first HTTP request's, for the proxies.
+    fn new(sio: &SocketIo, transport: u8, headers: &HeaderMap) -> Arc<Self> {
         let node = &sio.node;
         sio.pending.fetch_add(1, Ordering::AcqRel);
+        let session = Session::new(node.clone(), CODEC);
+        session.set_origin(node.proxies.origin("socketio", headers));
         Arc::new(Self {
             sid: uuid::Builder::from_random_bytes(rand::random())
                 .into_uuid()
                 .simple()
                 .to_string()
                 .into(),
-            session: Session::new(node.clone(), CODEC),
+            session,
             transport: AtomicU8::new(transport),
             polling: AtomicBool::new(false),
             release_poll: Notify::new(),

@@ -85,13 +85,17 @@ async fn connect(session: &Arc<Session>, data: &str) -> Option<Disconnect> {
     if session.is_connected() {
         return Some(Disconnect::BAD_REQUEST);
     }
+    // The whole `auth` object also goes to the connect proxy as `data`.
     let auth = if data.is_empty() {
-        Ok(Auth::default())
+        Ok((Auth::default(), None))
     } else {
-        serde_json::from_str::<Auth>(data).map_err(|_| ErrorCode::BadRequest.into())
+        serde_json::from_str::<Box<serde_json::value::RawValue>>(data)
+            .and_then(|raw| Ok((serde_json::from_str::<Auth>(raw.get())?, Some(raw))))
+            .map_err(|_| ErrorCode::BadRequest.into())
     };
-    let req = auth.map(|auth| ConnectRequest {
+    let req = auth.map(|(auth, raw)| ConnectRequest {
         token: auth.token,
+        data: raw,
         ..ConnectRequest::default()
     });
     match command::connect(session, req).await {
@@ -109,6 +113,11 @@ async fn connect(session: &Arc<Session>, data: &str) -> Option<Disconnect> {
         // the client may retry on the same connection (with a fresh token, say).
         Err(SessionError::Reply(code)) => {
             let frame = encode_connect_error(code.message(), &ErrorReply::from(code));
+            session.enqueue(Outgoing::Frame(TextFrame::from(frame)));
+            None
+        }
+        Err(SessionError::Rejected(e)) => {
+            let frame = encode_connect_error(&e.message, &*e);
             session.enqueue(Outgoing::Frame(TextFrame::from(frame)));
             None
         }
@@ -172,6 +181,10 @@ async fn event(session: &Arc<Session>, packet: &SioPacket<'_>) -> Option<Disconn
             reply_error(session, ack, &name, code, code.message());
             None
         }
+        Err(SessionError::Rejected(e)) => {
+            send_error(session, ack, &name, *e);
+            None
+        }
         Err(SessionError::Disconnect(d)) => Some(d),
     }
 }
@@ -186,6 +199,10 @@ fn acknowledge(session: &Session, id: u64, body: &ReplyBody) {
 fn reply_error(session: &Session, ack: Option<u64>, event: &str, code: ErrorCode, message: &str) {
     let mut e = ErrorReply::from(code);
     message.clone_into(&mut e.message);
+    send_error(session, ack, event, e);
+}
+
+fn send_error(session: &Session, ack: Option<u64>, event: &str, e: ErrorReply) {
     match ack {
         Some(id) => acknowledge(session, id, &ReplyBody::Error(e)),
         None => {

@@ -83,7 +83,7 @@ async fn route_get(
 ) -> Result<Response, EngineError> {
     q.check(sio, headers)?;
     match (q.transport.as_deref(), q.sid.as_deref()) {
-        (Some("polling"), None) => handshake(sio, peer),
+        (Some("polling"), None) => handshake(sio, peer, headers),
         (Some("polling"), Some(sid)) => {
             let conn = sio.find(sid).ok_or(EngineError::UnknownSid)?;
             poll(&conn).await
@@ -94,7 +94,7 @@ async fn route_get(
                 Some(sid) => Some(sio.find(sid).ok_or(EngineError::UnknownSid)?),
                 None => None,
             };
-            super::websocket::upgrade(sio, ws, conn, peer)
+            super::websocket::upgrade(sio, ws, conn, peer, headers)
         }
         _ => Err(EngineError::UnknownTransport),
     }
@@ -108,11 +108,11 @@ pub(super) fn refuse_when_closing(sio: &SocketIo) -> Option<Response> {
         .then(|| (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response())
 }
 
-fn handshake(sio: &SocketIo, peer: &Peer) -> Result<Response, EngineError> {
+fn handshake(sio: &SocketIo, peer: &Peer, headers: &HeaderMap) -> Result<Response, EngineError> {
     if let Some(r) = sio.refusal(peer) {
         return Ok(r);
     }
-    let conn = Conn::new(sio, POLLING);
+    let conn = Conn::new(sio, POLLING, headers);
     sio.conns
         .lock()
         .unwrap_or_else(|e| e.into_inner())

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::stream::SplitStream;
 use futures_util::{SinkExt, StreamExt};
@@ -32,6 +33,7 @@ pub(super) fn upgrade(
     ws: WebSocketUpgrade,
     conn: Option<Arc<Conn>>,
     peer: &Peer,
+    headers: &HeaderMap,
 ) -> Result<Response, EngineError> {
     let ws = websocket::configure(ws, &sio.node.config);
     let tracker = sio.node.tracker.clone();
@@ -47,13 +49,13 @@ pub(super) fn upgrade(
             if let Some(r) = sio.refusal(peer) {
                 return Ok(r);
             }
-            Ok(ws.on_upgrade(move |socket| tracker.track_future(serve_new(sio, socket))))
+            let conn = Conn::new(&sio, WEBSOCKET, headers);
+            Ok(ws.on_upgrade(move |socket| tracker.track_future(serve_new(sio, conn, socket))))
         }
     }
 }
 
-async fn serve_new(sio: SocketIo, mut socket: WebSocket) {
-    let conn = Conn::new(&sio, WEBSOCKET);
+async fn serve_new(sio: SocketIo, conn: Arc<Conn>, mut socket: WebSocket) {
     let open = conn.handshake(&[]);
     if socket.send(Message::Text(open.into())).await.is_err() {
         return;

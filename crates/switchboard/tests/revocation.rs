@@ -1,0 +1,151 @@
+//! Token revocation through the server API (`revoke_token`, `invalidate_user_tokens`):
+//! live connections and subscriptions end at once, and the tokens are refused later.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use switchboard::auth::MintClaims;
+
+fn stamped(user: &str, jti: &str, iat: u64) -> String {
+    token_with(&MintClaims {
+        sub: user.into(),
+        jti: Some(jti.into()),
+        iat: Some(iat),
+        ..MintClaims::default()
+    })
+}
+
+fn stamped_sub(user: &str, channel: &str, jti: &str, iat: u64) -> String {
+    token_with(&MintClaims {
+        sub: user.into(),
+        channel: Some(channel.into()),
+        jti: Some(jti.into()),
+        iat: Some(iat),
+        ..MintClaims::default()
+    })
+}
+
+async fn connect_refused(server: &TestServer, token: &str) -> Closed {
+    let mut c = Client::open(server).await;
+    c.send_text(&json!({"id": 1, "connect": {"token": token}}).to_string())
+        .await;
+    c.closed().await
+}
+
+#[tokio::test]
+async fn revoke_token_closes_its_connection_and_refuses_it_later() {
+    let server = start_default().await;
+    let mut revoked = Client::connect(&server, &stamped("42", "t-1", 1000)).await;
+    let mut other = Client::connect(&server, &stamped("42", "t-2", 1000)).await;
+
+    let answer = api_call(&server, "revoke_token", json!({"uid": "t-1"})).await;
+    assert_eq!(answer, json!({"result": {}}));
+    let closed = revoked.closed().await;
+    assert_eq!(
+        (closed.code, closed.reason.as_str()),
+        (3500, "token revoked")
+    );
+    // The user's other token is untouched.
+    assert!(other
+        .request(json!({"ping": {}}))
+        .await
+        .get("ping")
+        .is_some());
+
+    let closed = connect_refused(&server, &stamped("42", "t-1", 1000)).await;
+    assert_eq!(
+        (closed.code, closed.reason.as_str()),
+        (3500, "token revoked")
+    );
+    assert_eq!(
+        metric(&server, "switchboard_revoked_disconnects_total").await,
+        1
+    );
+
+    // A record whose expiry has passed no longer refuses the token.
+    api_call(
+        &server,
+        "revoke_token",
+        json!({"uid": "t-3", "expire_at": 1}),
+    )
+    .await;
+    Client::connect(&server, &stamped("42", "t-3", 1000)).await;
+}
+
+#[tokio::test]
+async fn invalidate_user_tokens_ends_older_tokens_and_accepts_newer_ones() {
+    let server = start_default().await;
+    let mut old = Client::connect(&server, &stamped("42", "a", 1000)).await;
+    let mut new = Client::connect(&server, &stamped("42", "b", 3000)).await;
+    let mut someone_else = Client::connect(&server, &stamped("7", "c", 1000)).await;
+
+    let answer = api_call(
+        &server,
+        "invalidate_user_tokens",
+        json!({"user": "42", "issued_before": 2000}),
+    )
+    .await;
+    assert_eq!(answer, json!({"result": {}}));
+    assert_eq!(old.closed().await.code, 3500);
+    assert!(new.request(json!({"ping": {}})).await.get("ping").is_some());
+    assert!(someone_else
+        .request(json!({"ping": {}}))
+        .await
+        .get("ping")
+        .is_some());
+
+    assert_eq!(
+        connect_refused(&server, &stamped("42", "d", 1999))
+            .await
+            .code,
+        3500
+    );
+    // A token without `iat` can not show it is newer.
+    assert_eq!(connect_refused(&server, &token("42")).await.code, 3500);
+    Client::connect(&server, &stamped("42", "e", 2000)).await;
+}
+
+#[tokio::test]
+async fn revoked_subscription_tokens_end_their_subscriptions() {
+    let server = start_default().await;
+    let mut c = Client::connect(&server, &token("42")).await;
+    for (channel, jti) in [("observation:1", "s-1"), ("observation:2", "s-2")] {
+        let reply = c
+            .request(json!({"subscribe": {"channel": channel, "token": stamped_sub("42", channel, jti, 1000)}}))
+            .await;
+        assert!(reply.get("subscribe").is_some(), "{reply}");
+    }
+
+    api_call(&server, "revoke_token", json!({"uid": "s-1"})).await;
+    let push = c.next_push().await;
+    assert_eq!(push["channel"], "observation:1");
+    assert_eq!(
+        push["unsubscribe"],
+        json!({"code": 2000, "reason": "token revoked"})
+    );
+    let again = c
+        .request(json!({"subscribe": {"channel": "observation:1", "token": stamped_sub("42", "observation:1", "s-1", 1000)}}))
+        .await;
+    assert_eq!(error_code(&again), Some(103));
+
+    // Invalidation for one channel leaves the connection and other channels alone.
+    api_call(
+        &server,
+        "invalidate_user_tokens",
+        json!({"user": "42", "channel": "observation:2", "issued_before": 2000}),
+    )
+    .await;
+    let push = c.next_push().await;
+    assert_eq!(push["channel"], "observation:2");
+    assert!(c.request(json!({"ping": {}})).await.get("ping").is_some());
+}
+
+#[tokio::test]
+async fn revocation_requests_are_checked() {
+    let server = start_default().await;
+    let missing = api_call(&server, "revoke_token", json!({"uid": ""})).await;
+    assert_eq!(missing["error"]["code"], 107, "{missing}");
+    let missing = api_call(&server, "invalidate_user_tokens", json!({})).await;
+    assert!(missing.get("error").is_some(), "{missing}");
+}
