@@ -6,10 +6,12 @@
 //! - [`auth`]: connection and subscription tokens -> [`auth::Identity`].
 //! - [`channel`], [`rules`]: channel names and who may do what in which namespace.
 //! - [`node`]: the public face of the process: publish, presence, history, disconnect.
-//! - [`hub`]: node-local index channel -> sessions, user -> sessions.
+//! - [`hub`]: node-local index channel -> sessions, user -> sessions; `upstream` keeps
+//!   each channel's engine subscription in step with it.
 //! - [`session`]: one connection's identity, subscriptions, limits and [`outbox`].
 //! - [`event`]: what flows to sessions, encoded once per wire protocol.
-//! - [`engine`]: cross-node pub/sub, presence and history ([`engine::memory`] by default).
+//! - [`engine`]: cross-node pub/sub, presence and history ([`engine::memory`] by default,
+//!   a Redis engine for several nodes).
 //! - [`history`], [`presence`]: a channel's stream and presence set.
 //! - [`status`], [`typing`]: user online status and typing signals.
 //! - [`transport`]: wire protocols ([`transport::centrifuge`], [`transport::socketio`]).
@@ -38,6 +40,7 @@ pub mod session;
 pub mod status;
 pub mod transport;
 pub mod typing;
+mod upstream;
 
 /// The server version reported to clients.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

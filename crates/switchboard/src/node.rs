@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthError, Verifier};
-use crate::config::{Config, NamespaceConfig};
+use crate::config::{Config, EngineKind, NamespaceConfig};
 use crate::engine::memory::MemoryEngine;
 use crate::engine::{Engine, EngineError, EventHandler, HistoryOptions, HistoryQuery};
 use crate::hub::Hub;
@@ -23,6 +23,7 @@ use crate::rules::{RuleError, Rules};
 use crate::session::Session;
 use crate::status::{Change, StatusTracker, UserStatus};
 use crate::typing::{self, Signal, Typing};
+use crate::upstream::Upstream;
 
 /// Why a node operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,9 @@ pub enum StartError {
     /// Token keys could not be loaded.
     #[error("token keys: {0}")]
     Auth(#[from] AuthError),
+    /// The engine could not be set up (a malformed Redis URL).
+    #[error("engine: {0}")]
+    Engine(#[from] EngineError),
 }
 
 /// One gateway process.
@@ -60,10 +64,12 @@ pub struct Node {
     pub rules: Rules,
     /// Token verification.
     pub verifier: Verifier,
-    /// Local index of sessions.
-    pub hub: Arc<Hub>,
+    /// Local index of sessions; sessions reach it through the node's methods.
+    hub: Arc<Hub>,
     /// Pub/sub, presence and history.
-    pub engine: Arc<dyn Engine>,
+    engine: Arc<dyn Engine>,
+    /// Keeps each channel's upstream subscription in step with the hub.
+    upstream: Upstream,
     /// Node name.
     pub name: String,
     /// Start time, for uptime.
@@ -75,9 +81,9 @@ pub struct Node {
     /// Counters and gauges (shared with the hub, which counts deliveries).
     pub metrics: Arc<Metrics>,
     /// Who is typing where.
-    pub typing: Typing,
+    typing: Typing,
     /// Online status of users.
-    pub status: StatusTracker,
+    status: StatusTracker,
 }
 
 impl std::fmt::Debug for Node {
@@ -98,28 +104,42 @@ pub struct PublishOptions {
 }
 
 impl Node {
-    /// A node with the in-memory engine.
+    /// A node with the engine its configuration names. Must run inside a Tokio runtime
+    /// (the Redis engine starts its pub/sub task).
     ///
     /// # Errors
-    /// [`StartError`] when token keys can not be loaded.
+    /// [`StartError`] when token keys can not be loaded or the engine is misconfigured.
     pub fn new(config: Config) -> Result<Arc<Self>, StartError> {
         let cap = config.history_max_bytes;
-        Self::with_engine(config, move |handler| {
-            Arc::new(MemoryEngine::new(handler, cap))
-        })
+        let lease = config.presence_lease;
+        match config.engine {
+            EngineKind::Memory => Self::with_engine(config, move |handler, _| {
+                Ok(Arc::new(
+                    MemoryEngine::new(handler, cap).with_presence_lease(lease),
+                ))
+            }),
+            EngineKind::Redis => Err(StartError::Engine(EngineError::Unavailable(
+                "the Redis engine is not built in yet".into(),
+            ))),
+        }
     }
 
-    /// A node with the engine `make_engine` builds around the hub.
+    /// A node with the engine `make_engine` builds around the hub; the engine may stop
+    /// its background work when the node's shutdown token is cancelled.
     ///
     /// # Errors
-    /// [`StartError`] when token keys can not be loaded.
+    /// [`StartError`] when token keys can not be loaded or the engine fails.
     pub fn with_engine(
         config: Config,
-        make_engine: impl FnOnce(Arc<dyn EventHandler>) -> Arc<dyn Engine>,
+        make_engine: impl FnOnce(
+            Arc<dyn EventHandler>,
+            &CancellationToken,
+        ) -> Result<Arc<dyn Engine>, StartError>,
     ) -> Result<Arc<Self>, StartError> {
         let metrics = Arc::new(Metrics::new(config.namespaces.keys().map(String::as_str)));
         let hub = Arc::new(Hub::with_metrics(metrics.clone()));
-        let engine = make_engine(hub.clone());
+        let shutdown = CancellationToken::new();
+        let engine = make_engine(hub.clone(), &shutdown)?;
         let name = if config.node_name.is_empty() {
             format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
         } else {
@@ -131,9 +151,10 @@ impl Node {
             config: Arc::new(config),
             hub,
             engine,
+            upstream: Upstream::new(),
             name,
             started: Instant::now(),
-            shutdown: CancellationToken::new(),
+            shutdown,
             tracker: TaskTracker::new(),
             metrics,
             typing: Typing::default(),
@@ -451,20 +472,183 @@ impl Node {
         }
     }
 
-    /// Runs periodic housekeeping until shutdown.
+    /// Runs periodic housekeeping until shutdown: engine upkeep and status sweeps once
+    /// a minute, presence leases refreshed every third of the lease and swept every
+    /// quarter of it.
     pub fn spawn_maintenance(self: &Arc<Self>) {
         let node = self.clone();
         tokio::spawn(async move {
+            let lease = node.config.presence_lease;
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            let mut refresh = tokio::time::interval(lease / 3);
+            let mut sweep = tokio::time::interval(lease / 4);
+            for t in [&mut tick, &mut refresh, &mut sweep] {
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
             loop {
+                // Every arm is cancel-safe (interval ticks and a cancellation).
                 tokio::select! {
-                    _ = tick.tick() => {}
+                    _ = tick.tick() => {
+                        node.engine.maintain().await;
+                        node.status.sweep(node.config.user_status.last_seen_ttl);
+                    }
+                    _ = refresh.tick() => node.refresh_presence().await,
+                    _ = sweep.tick() => node.sweep_presence().await,
                     () = node.shutdown.cancelled() => return,
                 }
-                node.engine.maintain().await;
-                node.status.sweep(node.config.user_status.last_seen_ttl);
             }
         });
+    }
+
+    /// Extends the leases of this node's presence entries.
+    async fn refresh_presence(&self) {
+        let entries: Vec<(Arc<str>, ClientInfo)> = self
+            .hub
+            .sessions()
+            .iter()
+            .flat_map(|s| s.presence_entries())
+            .collect();
+        if entries.is_empty() {
+            return;
+        }
+        if let Err(e) = self.engine.refresh_presence(&entries).await {
+            tracing::warn!(error = %e, "presence refresh failed");
+        }
+    }
+
+    /// Removes expired presence entries (of dead nodes) in the channels this node
+    /// serves, and tells the local and remote subscribers they left.
+    async fn sweep_presence(&self) {
+        for (channel, _) in self.hub.channels() {
+            let Ok(ns) = self.rules.namespace(&channel) else {
+                continue;
+            };
+            if !ns.presence {
+                continue;
+            }
+            let ns = ns.clone();
+            let gone = match self.engine.expire_presence(&channel).await {
+                Ok(gone) => gone,
+                Err(e) => {
+                    tracing::warn!(%channel, error = %e, "presence sweep failed");
+                    return;
+                }
+            };
+            for (info, last_of_user) in gone {
+                tracing::info!(%channel, client = %info.client, "presence lease expired");
+                if ns.join_leave && (last_of_user || !ns.presence_per_user) {
+                    let _ = self.engine.publish_leave(&channel, info).await;
+                }
+            }
+        }
+    }
+
+    /// Adds `session` to a channel's local subscribers; the channel's first local
+    /// subscriber subscribes the node upstream.
+    ///
+    /// # Errors
+    /// The engine could not subscribe; the session was not added.
+    pub async fn subscribe_session(
+        &self,
+        channel: &Arc<str>,
+        session: &Arc<Session>,
+    ) -> Result<(), NodeError> {
+        Ok(self
+            .upstream
+            .subscribe(&self.hub, &*self.engine, channel, session)
+            .await?)
+    }
+
+    /// Removes `session` from a channel's local subscribers; the last one unsubscribes
+    /// the node upstream.
+    pub async fn unsubscribe_session(&self, channel: &str, session: &Session) {
+        self.upstream
+            .unsubscribe(&self.hub, &*self.engine, channel, session)
+            .await;
+    }
+
+    /// Reads a channel's stream without namespace checks (subscribe and recovery have
+    /// checked already).
+    ///
+    /// # Errors
+    /// An engine failure.
+    pub async fn read_stream(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryResult, NodeError> {
+        Ok(self.engine.history(channel, query).await?)
+    }
+
+    /// A client joined a channel: presence (when kept) and the join push (when sent).
+    ///
+    /// # Errors
+    /// An engine failure.
+    pub async fn join(
+        &self,
+        channel: &Arc<str>,
+        ns: &NamespaceConfig,
+        info: &ClientInfo,
+    ) -> Result<(), NodeError> {
+        let first_of_user = if ns.presence {
+            self.engine.add_presence(channel, info.clone()).await?
+        } else {
+            true
+        };
+        if ns.join_leave && (first_of_user || !ns.presence_per_user) {
+            self.engine.publish_join(channel, info.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// A client left a channel: presence, typing and the leave push. Failures are
+    /// logged; the lease removes a presence entry that could not be removed now.
+    pub async fn leave(&self, channel: &Arc<str>, ns: &NamespaceConfig, info: ClientInfo) {
+        let mut last_of_user = true;
+        if ns.presence {
+            match self
+                .engine
+                .remove_presence(channel, &info.client, &info.user)
+                .await
+            {
+                Ok(last) => last_of_user = last,
+                Err(e) => tracing::warn!(%channel, error = %e, "presence removal failed"),
+            }
+        }
+        if ns.typing {
+            if let Some(typing) = self.typing.stop(channel, &info.user) {
+                self.publish_typing_stop(channel, typing).await;
+            }
+        }
+        if ns.join_leave && (last_of_user || !ns.presence_per_user) {
+            let _ = self.engine.publish_leave(channel, info).await;
+        }
+    }
+
+    /// Registers an authenticated session under its user unless the user already has
+    /// `limit` sessions here (0 = no limit). Returns false at the limit.
+    pub fn register_session(&self, user: &Arc<str>, session: &Arc<Session>, limit: usize) -> bool {
+        self.hub.add_user_session(user, session, limit)
+    }
+
+    /// Unregisters a session from its user.
+    pub fn unregister_session(&self, user: &str, session: &Session) {
+        self.hub.remove_user_session(user, session);
+    }
+
+    /// Channels with subscribers on this node, with their local counts.
+    pub fn local_channels(&self) -> Vec<(Arc<str>, usize)> {
+        self.hub.channels()
+    }
+
+    /// Distinct users and sessions on this node.
+    pub fn local_counts(&self) -> (usize, usize) {
+        self.hub.counts()
+    }
+
+    /// Whether the engine can serve requests.
+    pub async fn ready(&self) -> bool {
+        self.engine.ready().await
     }
 
     /// Starts shutdown: every session is told to reconnect elsewhere.

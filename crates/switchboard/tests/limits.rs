@@ -179,13 +179,13 @@ async fn slow_consumer_is_disconnected_without_blocking_others() {
         "slow client not disconnected"
     );
     for _ in 0..50 {
-        if server.node.hub.user_sessions("slow").is_empty() {
+        if server.node.user_sessions("slow", None).is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        server.node.hub.user_sessions("slow").len(),
+        server.node.user_sessions("slow", None).len(),
         0,
         "slow session released"
     );

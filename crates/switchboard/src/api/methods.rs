@@ -256,8 +256,7 @@ pub(super) fn channels(api: &Api, req: &ChannelsRequest) -> ChannelsResult {
         .map(Pattern::new);
     let channels = api
         .node
-        .hub
-        .channels()
+        .local_channels()
         .into_iter()
         .filter(|(name, _)| pattern.as_ref().is_none_or(|p| p.matches(name)))
         .map(|(name, n)| {
@@ -276,7 +275,7 @@ pub(super) fn channels(api: &Api, req: &ChannelsRequest) -> ChannelsResult {
     responses((status = 200, description = "`result`", body = Response<InfoResult>)))]
 pub(super) fn info(api: &Api, _req: InfoRequest) -> InfoResult {
     let node = &api.node;
-    let (users, clients) = node.hub.counts();
+    let (users, clients) = node.local_counts();
     let subs = usize::try_from(node.metrics.subscriptions.get()).unwrap_or(0);
     InfoResult {
         nodes: vec![NodeInfo {
@@ -285,7 +284,7 @@ pub(super) fn info(api: &Api, _req: InfoRequest) -> InfoResult {
             version: crate::VERSION.to_owned(),
             num_clients: saturate(clients),
             num_users: saturate(users),
-            num_channels: saturate(node.hub.channels().len()),
+            num_channels: saturate(node.local_channels().len()),
             num_subs: saturate(subs),
             uptime: u32::try_from(node.started.elapsed().as_secs()).unwrap_or(u32::MAX),
         }],

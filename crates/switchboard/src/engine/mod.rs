@@ -12,15 +12,22 @@ use switchboard_protocol::{
     ClientInfo, HistoryResult, PresenceStatsResult, Publication, StreamPosition,
 };
 
-use crate::event::ChannelEvent;
+use crate::event::EventKind;
 pub use crate::history::{HistoryOptions, HistoryQuery};
 
 pub mod memory;
 
 /// Receives every event of channels this node is subscribed to, from any node.
+///
+/// Engines hand over domain values only; encoding for a wire protocol happens behind
+/// the handler, once per protocol.
 pub trait EventHandler: Send + Sync {
     /// Delivers one event. Must not block: it runs on the engine's delivery path.
-    fn on_event(&self, event: &Arc<ChannelEvent>);
+    fn on_event(&self, channel: &Arc<str>, kind: EventKind);
+
+    /// This node missed events of `channel` (its link to the other nodes broke, or the
+    /// stream's epoch changed under it): local subscribers must resynchronize.
+    fn on_lost(&self, _channel: &Arc<str>) {}
 }
 
 /// Why an engine operation failed.
@@ -32,6 +39,9 @@ pub enum EngineError {
 }
 
 /// Cross-node pub/sub, presence and history.
+///
+/// Errors are [`EngineError::Unavailable`] whenever the backing store can not be
+/// reached: the caller refuses the operation (never a silent loss).
 #[async_trait]
 pub trait Engine: Send + Sync + 'static {
     /// Publishes into a channel on every node, appending to history when `history`
@@ -58,9 +68,32 @@ pub trait Engine: Send + Sync + 'static {
     /// This node has no subscriber of `channel` left.
     async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError>;
 
-    /// Adds (or refreshes) a client's presence in a channel. Returns whether it is the
-    /// user's first client there.
+    /// Adds (or refreshes) a client's presence in a channel for one presence lease.
+    /// Returns whether it is the user's first client there.
     async fn add_presence(&self, channel: &str, info: ClientInfo) -> Result<bool, EngineError>;
+
+    /// Extends the lease of this node's presence entries (called every third of the
+    /// lease), re-adding any the store lost.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the backing store fails.
+    async fn refresh_presence(
+        &self,
+        entries: &[(Arc<str>, ClientInfo)],
+    ) -> Result<(), EngineError> {
+        for (channel, info) in entries {
+            self.add_presence(channel, info.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes a channel's entries whose lease ran out (their node died), returning
+    /// each with whether it was its user's last client there. Each expired entry is
+    /// returned to one caller only, so one node sends its leave push.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the backing store fails.
+    async fn expire_presence(&self, channel: &str) -> Result<Vec<(ClientInfo, bool)>, EngineError>;
 
     /// Removes a client's presence. Returns whether the user has no client left there.
     async fn remove_presence(
