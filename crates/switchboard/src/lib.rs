@@ -11,7 +11,7 @@
 //! - [`session`]: one connection's identity, subscriptions, limits and [`outbox`].
 //! - [`event`]: what flows to sessions, encoded once per wire protocol.
 //! - [`engine`]: cross-node pub/sub, presence and history ([`engine::memory`] by default,
-//!   a Redis engine for several nodes).
+//!   [`engine::redis`] for several nodes).
 //! - [`history`], [`presence`]: a channel's stream and presence set.
 //! - [`status`], [`typing`]: user online status and typing signals.
 //! - [`transport`]: wire protocols ([`transport::centrifuge`], [`transport::socketio`]).

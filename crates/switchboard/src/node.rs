@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{AuthError, Verifier};
 use crate::config::{Config, EngineKind, NamespaceConfig};
 use crate::engine::memory::MemoryEngine;
+use crate::engine::redis::RedisEngine;
 use crate::engine::{Engine, EngineError, EventHandler, HistoryOptions, HistoryQuery};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -118,9 +119,17 @@ impl Node {
                     MemoryEngine::new(handler, cap).with_presence_lease(lease),
                 ))
             }),
-            EngineKind::Redis => Err(StartError::Engine(EngineError::Unavailable(
-                "the Redis engine is not built in yet".into(),
-            ))),
+            EngineKind::Redis => {
+                let redis = config.redis.clone();
+                Self::with_engine(config, move |handler, shutdown| {
+                    Ok(RedisEngine::connect(
+                        handler,
+                        &redis,
+                        lease,
+                        shutdown.clone(),
+                    )?)
+                })
+            }
         }
     }
 

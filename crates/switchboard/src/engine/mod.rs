@@ -16,6 +16,7 @@ use crate::event::EventKind;
 pub use crate::history::{HistoryOptions, HistoryQuery};
 
 pub mod memory;
+pub mod redis;
 
 /// Receives every event of channels this node is subscribed to, from any node.
 ///
