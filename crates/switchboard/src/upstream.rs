@@ -76,3 +76,112 @@ impl Upstream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, HashSet};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use switchboard_protocol::{
+        ClientInfo, HistoryResult, PresenceStatsResult, Publication, StreamPosition,
+    };
+
+    use super::*;
+    use crate::engine::{HistoryOptions, HistoryQuery};
+    use crate::event::{Codec, Protocol};
+    use crate::node::Node;
+
+    /// Tracks what the node is subscribed to upstream; unsubscribing takes a while,
+    /// as a Redis round trip does, which opens the window a racing subscribe hits.
+    #[derive(Default)]
+    struct SlowUpstream {
+        subscribed: std::sync::Mutex<HashSet<String>>,
+    }
+
+    #[async_trait]
+    impl Engine for SlowUpstream {
+        async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
+            self.subscribed.lock().unwrap().insert(channel.to_owned());
+            Ok(())
+        }
+        async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError> {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.subscribed.lock().unwrap().remove(channel);
+            Ok(())
+        }
+        async fn publish(
+            &self,
+            _: &Arc<str>,
+            _: Publication,
+            _: Option<HistoryOptions>,
+        ) -> Result<StreamPosition, EngineError> {
+            Ok(StreamPosition::default())
+        }
+        async fn publish_join(&self, _: &Arc<str>, _: ClientInfo) -> Result<(), EngineError> {
+            Ok(())
+        }
+        async fn publish_leave(&self, _: &Arc<str>, _: ClientInfo) -> Result<(), EngineError> {
+            Ok(())
+        }
+        async fn add_presence(&self, _: &str, _: ClientInfo) -> Result<bool, EngineError> {
+            Ok(true)
+        }
+        async fn expire_presence(&self, _: &str) -> Result<Vec<(ClientInfo, bool)>, EngineError> {
+            Ok(Vec::new())
+        }
+        async fn remove_presence(&self, _: &str, _: &str, _: &str) -> Result<bool, EngineError> {
+            Ok(true)
+        }
+        async fn presence(&self, _: &str) -> Result<HashMap<Arc<str>, ClientInfo>, EngineError> {
+            Ok(HashMap::new())
+        }
+        async fn presence_stats(&self, _: &str) -> Result<PresenceStatsResult, EngineError> {
+            Ok(PresenceStatsResult::default())
+        }
+        async fn history(&self, _: &str, _: HistoryQuery) -> Result<HistoryResult, EngineError> {
+            Ok(HistoryResult::default())
+        }
+        async fn remove_history(&self, _: &str) -> Result<(), EngineError> {
+            Ok(())
+        }
+    }
+
+    fn codec() -> Codec {
+        Codec {
+            protocol: Protocol::CentrifugeJson,
+            encode_event: |_| String::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_subscribe_racing_the_last_unsubscribe_stays_subscribed_upstream() {
+        let engine = Arc::new(SlowUpstream::default());
+        let e = engine.clone();
+        let node = Node::with_engine(crate::Config::default(), move |_, _| Ok(e)).unwrap();
+        let hub = Hub::default();
+        let upstream = Upstream::new();
+        let channel: Arc<str> = "news:1".into();
+        let (leaver, joiner) = (
+            Session::new(node.clone(), codec()),
+            Session::new(node.clone(), codec()),
+        );
+        upstream
+            .subscribe(&hub, &*engine, &channel, &leaver)
+            .await
+            .unwrap();
+        // The leaver's unsubscribe is on its way to the engine when the joiner comes.
+        let leave = upstream.unsubscribe(&hub, &*engine, &channel, &leaver);
+        let join = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            upstream.subscribe(&hub, &*engine, &channel, &joiner).await
+        };
+        let ((), joined) = tokio::join!(leave, join);
+        joined.unwrap();
+        assert_eq!(hub.channels().len(), 1, "the joiner listens locally");
+        assert!(
+            engine.subscribed.lock().unwrap().contains("news:1"),
+            "so the node must still be subscribed upstream"
+        );
+    }
+}
