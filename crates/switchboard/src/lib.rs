@@ -13,6 +13,7 @@
 //! - [`engine`]: cross-node pub/sub, presence and history ([`engine::memory`] by default,
 //!   [`engine::redis`] for several nodes).
 //! - [`history`], [`presence`]: a channel's stream and presence set.
+//! - [`cluster`]: commands between nodes, and each node's status for `info`/`channels`.
 //! - [`status`], [`typing`]: user online status and typing signals.
 //! - [`transport`]: wire protocols ([`transport::centrifuge`], [`transport::socketio`]).
 //! - [`server`]: HTTP routes, `run`, graceful shutdown.
@@ -24,6 +25,7 @@ pub mod api;
 pub mod auth;
 pub mod channel;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod event;

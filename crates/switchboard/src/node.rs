@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthError, Verifier};
+use crate::cluster::{disconnect_of, Dispatch, Envelope, NodeStatus, UserCommand};
 use crate::config::{Config, EngineKind, NamespaceConfig};
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::RedisEngine;
@@ -73,6 +74,8 @@ pub struct Node {
     upstream: Upstream,
     /// Node name.
     pub name: String,
+    /// Unique id of this process, in `info` and between nodes.
+    pub uid: String,
     /// Start time, for uptime.
     pub started: Instant,
     /// Cancelled on shutdown; every session's token is a child.
@@ -148,13 +151,14 @@ impl Node {
         let metrics = Arc::new(Metrics::new(config.namespaces.keys().map(String::as_str)));
         let hub = Arc::new(Hub::with_metrics(metrics.clone()));
         let shutdown = CancellationToken::new();
-        let engine = make_engine(hub.clone(), &shutdown)?;
+        let dispatch = Arc::new(Dispatch::new(hub.clone()));
+        let engine = make_engine(dispatch.clone(), &shutdown)?;
         let name = if config.node_name.is_empty() {
             format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
         } else {
             config.node_name.clone()
         };
-        Ok(Arc::new(Self {
+        let node = Arc::new(Self {
             rules: Rules::new(&config),
             verifier: Verifier::new(&config)?,
             config: Arc::new(config),
@@ -168,7 +172,10 @@ impl Node {
             metrics,
             typing: Typing::default(),
             status: StatusTracker::default(),
-        }))
+            uid: uuid::Uuid::new_v4().to_string(),
+        });
+        dispatch.link(&node);
+        Ok(node)
     }
 
     /// History options of a namespace, if it keeps history.
@@ -501,12 +508,133 @@ impl Node {
                         node.engine.maintain().await;
                         node.status.sweep(node.config.user_status.last_seen_ttl);
                     }
-                    _ = refresh.tick() => node.refresh_presence().await,
+                    _ = refresh.tick() => {
+                        node.refresh_presence().await;
+                        node.heartbeat().await;
+                    }
                     _ = sweep.tick() => node.sweep_presence().await,
                     () = node.shutdown.cancelled() => return,
                 }
             }
         });
+    }
+
+    /// This node's status, as `info` shows it and the other nodes see it.
+    pub fn local_status(&self) -> NodeStatus {
+        let (users, clients) = self.hub.counts();
+        let saturate = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        NodeStatus {
+            uid: self.uid.clone(),
+            name: self.name.clone(),
+            version: crate::VERSION.to_owned(),
+            num_clients: saturate(clients),
+            num_users: saturate(users),
+            num_subs: saturate(usize::try_from(self.metrics.subscriptions.get()).unwrap_or(0)),
+            uptime: u32::try_from(self.started.elapsed().as_secs()).unwrap_or(u32::MAX),
+            channels: self
+                .hub
+                .channels()
+                .into_iter()
+                .map(|(c, n)| (c.to_string(), saturate(n)))
+                .collect(),
+        }
+    }
+
+    async fn heartbeat(&self) {
+        let Ok(status) = serde_json::to_string(&self.local_status()) else {
+            return;
+        };
+        if let Err(e) = self.engine.heartbeat(&self.uid, status).await {
+            tracing::warn!(error = %e, "node heartbeat failed");
+        }
+    }
+
+    /// Every live node's status: this node's as of now, the others' as of their last
+    /// heartbeat (at most a third of `presence_lease` old).
+    ///
+    /// # Errors
+    /// An engine failure.
+    pub async fn cluster_status(&self) -> Result<Vec<NodeStatus>, NodeError> {
+        let mut out = vec![self.local_status()];
+        for record in self.engine.nodes().await? {
+            match serde_json::from_str::<NodeStatus>(&record) {
+                Ok(s) if s.uid != self.uid => out.push(s),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "undecodable node status"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs a user command here and on every other node.
+    ///
+    /// # Errors
+    /// The command is invalid (unknown channel), or the engine could not reach the
+    /// other nodes (it ran here all the same).
+    pub async fn run_everywhere(&self, command: UserCommand) -> Result<(), NodeError> {
+        if let UserCommand::Subscribe { channel, .. } | UserCommand::Unsubscribe { channel, .. } =
+            &command
+        {
+            self.rules.namespace(channel)?;
+        }
+        self.apply(&command).await;
+        let envelope = Envelope {
+            from: self.uid.clone(),
+            command,
+        };
+        let payload =
+            serde_json::to_string(&envelope).map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        Ok(self.engine.publish_control(payload).await?)
+    }
+
+    /// Runs a user command on this node's sessions.
+    pub async fn apply(&self, command: &UserCommand) {
+        match command {
+            UserCommand::Disconnect {
+                user,
+                client,
+                whitelist,
+                code,
+                reason,
+            } => {
+                let reason = disconnect_of(*code, reason);
+                for s in self.user_sessions(user, client.as_deref()) {
+                    if !whitelist.iter().any(|keep| **keep == *s.id) {
+                        s.close(reason);
+                    }
+                }
+            }
+            UserCommand::Subscribe {
+                user,
+                channel,
+                client,
+            } => {
+                let _ = self.subscribe_user(user, channel, client.as_deref()).await;
+            }
+            UserCommand::Unsubscribe {
+                user,
+                channel,
+                client,
+            } => {
+                let _ = self
+                    .unsubscribe_user(user, channel, client.as_deref())
+                    .await;
+            }
+            UserCommand::Refresh {
+                user,
+                client,
+                expire_now,
+                expire_at,
+            } => {
+                for s in self.user_sessions(user, client.as_deref()) {
+                    if *expire_now {
+                        s.close(Disconnect::EXPIRED);
+                    } else {
+                        s.set_expires_at(*expire_at);
+                    }
+                }
+            }
+        }
     }
 
     /// Extends the leases of this node's presence entries.

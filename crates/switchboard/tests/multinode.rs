@@ -306,3 +306,74 @@ async fn a_redis_outage_refuses_publishes_and_a_restart_is_detected_by_clients()
     publish(&node, "chat:o", json!("live")).await;
     assert_eq!(c.next_pub("chat:o").await["data"], json!("live"));
 }
+
+#[tokio::test]
+async fn server_api_commands_reach_the_user_on_any_node() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = nodes(&redis, 2).await;
+    let a = nodes[0].http_url("");
+    let mut ann = Client::connect_user(&nodes[1], "ann").await;
+
+    let r = api_at(
+        &a,
+        "subscribe",
+        json!({"user": "ann", "channel": "news:pushed"}),
+    )
+    .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let push = ann.next_push().await;
+    assert_eq!(push["channel"], json!("news:pushed"), "{push}");
+    assert!(push.get("subscribe").is_some(), "{push}");
+
+    let r = api_at(
+        &a,
+        "unsubscribe",
+        json!({"user": "ann", "channel": "news:pushed"}),
+    )
+    .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let push = ann.next_push().await;
+    assert!(push.get("unsubscribe").is_some(), "{push}");
+
+    let r = api_at(
+        &a,
+        "disconnect",
+        json!({"user": "ann", "disconnect": {"code": 4001, "reason": "kicked"}}),
+    )
+    .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let closed = ann.closed().await;
+    assert_eq!((closed.code, closed.reason.as_str()), (4001, "kicked"));
+}
+
+#[tokio::test]
+async fn info_and_channels_cover_every_node() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = nodes(&redis, 2).await;
+    let mut bob = Client::connect_user(&nodes[1], "bob").await;
+    bob.subscribe("news:elsewhere").await;
+    let a = nodes[0].http_url("");
+    // Node 1's record is refreshed every third of the lease (200 ms here).
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let info = api_at(&a, "info", json!({})).await;
+        let channels = api_at(&a, "channels", json!({})).await;
+        let names: Vec<_> = info["result"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].clone())
+            .collect();
+        let seen = channels["result"]["channels"]["news:elsewhere"]["num_clients"] == json!(1);
+        if names.len() == 2 && seen {
+            assert!(names.contains(&json!("node-0")) && names.contains(&json!("node-1")));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{info} {channels}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

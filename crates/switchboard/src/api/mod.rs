@@ -39,14 +39,14 @@ use idempotency::IdempotencyCache;
 use key::ApiKeys;
 use wire::{BatchRequest, Command, ErrorResponse, RawJson};
 
+pub(crate) use methods::intern as intern_reason;
+
 /// State shared by API calls.
 #[derive(Debug)]
 pub struct Api {
     node: Arc<Node>,
     keys: ApiKeys,
     idempotency: IdempotencyCache,
-    /// Unique id of this process in `info`.
-    uid: String,
 }
 
 impl Api {
@@ -59,7 +59,6 @@ impl Api {
                 config.api_idempotency_window,
                 idempotency::CAPACITY,
             ),
-            uid: uuid::Uuid::new_v4().to_string(),
             node,
         }
     }

@@ -29,6 +29,9 @@ pub trait EventHandler: Send + Sync {
     /// This node missed events of `channel` (its link to the other nodes broke, or the
     /// stream's epoch changed under it): local subscribers must resynchronize.
     fn on_lost(&self, _channel: &Arc<str>) {}
+
+    /// A command another node sent to every node (see [`crate::cluster`]).
+    fn on_control(&self, _payload: &[u8]) {}
 }
 
 /// Why an engine operation failed.
@@ -119,6 +122,32 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Drops a channel's history (the epoch changes).
     async fn remove_history(&self, channel: &str) -> Result<(), EngineError>;
+
+    /// Sends a command to every other node's [`EventHandler::on_control`]. With one
+    /// node there is nobody to tell.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the backing store fails.
+    async fn publish_control(&self, _payload: String) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// Records this node's status (JSON) under `uid` for one presence lease.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the backing store fails.
+    async fn heartbeat(&self, _uid: &str, _status: String) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// The status records of every live node (this one included once it sent a
+    /// heartbeat); empty when the engine has no view beyond this node.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the backing store fails.
+    async fn nodes(&self) -> Result<Vec<String>, EngineError> {
+        Ok(Vec::new())
+    }
 
     /// Periodic housekeeping (expiring idle streams); called about once a minute.
     async fn maintain(&self) {}

@@ -56,6 +56,19 @@ impl Keys {
             .strip_suffix("}:c")
     }
 
+    /// The pub/sub channel of commands between nodes.
+    pub(crate) fn control(&self) -> String {
+        format!("{}:control", self.prefix)
+    }
+
+    /// Node status records and their lease deadlines.
+    fn nodes(&self) -> [String; 2] {
+        [
+            format!("{}:{{nodes}}:n", self.prefix),
+            format!("{}:{{nodes}}:z", self.prefix),
+        ]
+    }
+
     fn presence(&self, channel: &str) -> [String; 3] {
         [
             self.key(channel, 'p'),
@@ -163,11 +176,12 @@ impl RedisEngine {
     }
 
     async fn publish_raw(&self, channel: &str, payload: String) -> Result<(), EngineError> {
+        self.publish_to(self.keys.pubsub(channel), payload).await
+    }
+
+    async fn publish_to(&self, pubsub: String, payload: String) -> Result<(), EngineError> {
         let mut conn = self.conn.clone();
-        let cmd = redis::cmd("PUBLISH")
-            .arg(self.keys.pubsub(channel))
-            .arg(payload)
-            .to_owned();
+        let cmd = redis::cmd("PUBLISH").arg(pubsub).arg(payload).to_owned();
         match tokio::time::timeout(self.timeout, cmd.query_async::<i64>(&mut conn)).await {
             Ok(r) => r.map(drop).map_err(|e| unavailable(&e)),
             Err(_) => Err(EngineError::Unavailable("redis command timed out".into())),
@@ -344,6 +358,24 @@ impl Engine for RedisEngine {
             Ok(r) => r.map(drop).map_err(|e| unavailable(&e)),
             Err(_) => Err(EngineError::Unavailable("redis command timed out".into())),
         }
+    }
+
+    async fn publish_control(&self, payload: String) -> Result<(), EngineError> {
+        self.publish_to(self.keys.control(), payload).await
+    }
+
+    async fn heartbeat(&self, uid: &str, status: String) -> Result<(), EngineError> {
+        let [n, z] = self.keys.nodes();
+        let mut inv = self.scripts.heartbeat.key(n);
+        inv.key(z).arg(uid).arg(status).arg(millis(self.lease));
+        self.run::<i64>(&inv).await.map(drop)
+    }
+
+    async fn nodes(&self) -> Result<Vec<String>, EngineError> {
+        let [n, z] = self.keys.nodes();
+        let mut inv = self.scripts.presence.key(n);
+        inv.key(z);
+        self.run(&inv).await
     }
 
     async fn ready(&self) -> bool {

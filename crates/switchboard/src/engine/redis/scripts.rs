@@ -28,6 +28,9 @@ pub(super) struct Scripts {
     pub(super) expire_presence: Script,
     /// KEYS: presence hash, lease zset. Returns the infos of entries within their lease.
     pub(super) presence: Script,
+    /// KEYS: node status hash, lease zset. ARGV: uid, status JSON, lease ms. Records
+    /// one node's status and drops those of nodes whose lease ran out.
+    pub(super) heartbeat: Script,
 }
 
 impl Scripts {
@@ -118,6 +121,19 @@ for i = 1, #all, 2 do
   end
 end
 return out"
+            )),
+            heartbeat: Script::new(&format!(
+                "{NOW}
+local lease = tonumber(ARGV[3])
+for _, uid in ipairs(redis.call('zrangebyscore', KEYS[2], '-inf', string.format('%d', now))) do
+  redis.call('zrem', KEYS[2], uid)
+  redis.call('hdel', KEYS[1], uid)
+end
+redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
+redis.call('zadd', KEYS[2], string.format('%d', now + lease), ARGV[1])
+redis.call('pexpire', KEYS[1], lease)
+redis.call('pexpire', KEYS[2], lease)
+return 1"
             )),
         }
     }

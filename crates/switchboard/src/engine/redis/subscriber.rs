@@ -158,27 +158,24 @@ impl Subscriber {
                 }
             };
             let (mut sink, mut stream) = pubsub.split();
-            let wanted: Vec<String> = self
-                .channels()
-                .keys()
-                .map(|c| self.keys.pubsub(c))
+            let control = self.keys.control();
+            let wanted: Vec<String> = std::iter::once(control.clone())
+                .chain(self.channels().keys().map(|c| self.keys.pubsub(c)))
                 .collect();
-            if !wanted.is_empty() {
-                let resubscribe = tokio::time::timeout(self.timeout, sink.subscribe(&wanted));
-                if !matches!(resubscribe.await, Ok(Ok(()))) {
-                    tracing::warn!("redis pub/sub: resubscribe failed");
-                    if sleep_or_stop(backoff, &shutdown).await {
-                        return;
-                    }
-                    continue;
+            let resubscribe = tokio::time::timeout(self.timeout, sink.subscribe(&wanted));
+            if !matches!(resubscribe.await, Ok(Ok(()))) {
+                tracing::warn!("redis pub/sub: resubscribe failed");
+                if sleep_or_stop(backoff, &shutdown).await {
+                    return;
                 }
+                continue;
             }
             // Subscribe calls from now on go to this connection; one that raced the
             // snapshot above is simply sent twice (Redis ignores the repeat).
             self.set_sink(Some(sink));
             backoff = MIN_BACKOFF;
             if lost_connection {
-                tracing::info!(channels = wanted.len(), "redis pub/sub: reconnected");
+                tracing::info!(channels = wanted.len() - 1, "redis pub/sub: reconnected");
             }
             loop {
                 // Both arms are cancel-safe (a stream's next item, a cancellation).
@@ -187,6 +184,10 @@ impl Subscriber {
                     () = shutdown.cancelled() => return,
                 };
                 let Some(msg) = msg else { break };
+                if msg.get_channel_name() == control {
+                    handler.on_control(msg.get_payload_bytes());
+                    continue;
+                }
                 let Some(channel) = self.keys.channel_of(msg.get_channel_name()) else {
                     continue;
                 };
