@@ -287,6 +287,11 @@ async fn a_redis_outage_refuses_publishes_and_a_restart_is_detected_by_clients()
     wait_status(&base, 503).await;
     let r = publish(&node, "chat:o", json!("lost?")).await;
     assert_eq!(r["error"]["code"], json!(100), "never a silent loss: {r}");
+    let r = c.publish("chat:o", json!("lost?")).await;
+    assert_eq!(error_code(&r), Some(100), "{r}");
+    assert_eq!(r["error"]["temporary"], json!(true), "{r}");
+    let r = c.subscribe("chat:other").await;
+    assert_eq!(error_code(&r), Some(100), "{r}");
 
     // Redis comes back empty: the stream's epoch changes. The node resubscribes, and
     // the next publication tells the subscriber it missed state (3010, reconnect).
