@@ -18,7 +18,7 @@ use crate::cluster::{disconnect_of, Dispatch, Envelope, NodeStatus, UserCommand}
 use crate::config::{Config, EngineKind, NamespaceConfig};
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::RedisEngine;
-use crate::engine::{Engine, EngineError, EventHandler, HistoryOptions, HistoryQuery};
+use crate::engine::{Claim, Engine, EngineError, EventHandler, HistoryOptions, HistoryQuery};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::rules::{RuleError, Rules};
@@ -243,6 +243,51 @@ impl Node {
         self.metrics.publications.inc();
         self.metrics.namespaces.published(channel);
         Ok(pos)
+    }
+
+    /// Publishes once per `key` of `channel` within `window` across every node: a
+    /// retry (through any node) gets the first result. `publish` runs only when this
+    /// call is first.
+    ///
+    /// # Errors
+    /// What `publish` returns, or an engine failure.
+    pub async fn publish_idempotent<F, Fut>(
+        &self,
+        channel: &str,
+        key: &str,
+        window: std::time::Duration,
+        publish: F,
+    ) -> Result<StreamPosition, NodeError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<StreamPosition, NodeError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.config.redis.command_timeout;
+        loop {
+            match self.engine.claim_idempotent(channel, key, window).await? {
+                Claim::First => break,
+                Claim::Done(pos) => return Ok(pos),
+                // The first publish is under way on another node: wait for its result.
+                Claim::Pending if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Claim::Pending => {
+                    return Err(EngineError::Unavailable(
+                        "an earlier publish with this idempotency key is still running".into(),
+                    )
+                    .into())
+                }
+            }
+        }
+        let result = publish().await;
+        if let Err(e) = self
+            .engine
+            .settle_idempotent(channel, key, result.as_ref().ok(), window)
+            .await
+        {
+            tracing::warn!(%channel, error = %e, "idempotency record failed");
+        }
+        result
     }
 
     /// Clients present in a channel.

@@ -382,3 +382,23 @@ async fn info_and_channels_cover_every_node() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_publish_retried_through_another_node_publishes_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = nodes(&redis, 2).await;
+    let mut ann = Client::connect_user(&nodes[0], "ann").await;
+    ann.subscribe("chat:idem").await;
+    let req = json!({"channel": "chat:idem", "data": "once", "idempotency_key": "k1"});
+    let first = api_at(&nodes[0].http_url(""), "publish", req.clone()).await;
+    let retry = api_at(&nodes[1].http_url(""), "publish", req).await;
+    assert_eq!(first["result"]["offset"], json!(1), "{first}");
+    assert_eq!(retry["result"], first["result"]);
+    let other = json!({"channel": "chat:idem", "data": "next", "idempotency_key": "k2"});
+    let r = api_at(&nodes[1].http_url(""), "publish", other).await;
+    assert_eq!(r["result"]["offset"], json!(2), "{r}");
+    assert_eq!(ann.next_pub("chat:idem").await["data"], json!("once"));
+    assert_eq!(ann.next_pub("chat:idem").await["data"], json!("next"));
+}

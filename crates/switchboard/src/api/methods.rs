@@ -90,16 +90,28 @@ async fn publish_one(
     key: Option<&str>,
 ) -> Result<PublishResult, ApiError> {
     required("channel", channel)?;
-    let publish = || async {
-        let pos = api.node.publish(channel, data, opts).await?;
-        Ok(PublishResult {
-            offset: pos.offset,
-            epoch: pos.epoch,
-        })
+    let result = |pos: switchboard_protocol::StreamPosition| PublishResult {
+        offset: pos.offset,
+        epoch: pos.epoch,
     };
     match key {
-        Some(key) => api.idempotency.run(channel, key, publish).await,
-        None => publish().await,
+        // The local cache joins concurrent retries on this node; the node's claim covers
+        // retries through other nodes.
+        Some(key) => {
+            let window = api.node.config.api_idempotency_window;
+            api.idempotency
+                .run(channel, key, || async {
+                    let pos = api
+                        .node
+                        .publish_idempotent(channel, key, window, || {
+                            api.node.publish(channel, data, opts)
+                        })
+                        .await?;
+                    Ok(result(pos))
+                })
+                .await
+        }
+        None => Ok(result(api.node.publish(channel, data, opts).await?)),
     }
 }
 

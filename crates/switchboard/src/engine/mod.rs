@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use switchboard_protocol::{
@@ -32,6 +33,17 @@ pub trait EventHandler: Send + Sync {
 
     /// A command another node sent to every node (see [`crate::cluster`]).
     fn on_control(&self, _payload: &[u8]) {}
+}
+
+/// What claiming an idempotency key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Nobody used the key: publish, then settle.
+    First,
+    /// A publish with this key is under way on some node.
+    Pending,
+    /// A publish with this key succeeded at this position.
+    Done(StreamPosition),
 }
 
 /// Why an engine operation failed.
@@ -147,6 +159,35 @@ pub trait Engine: Send + Sync + 'static {
     /// [`EngineError`] when the backing store fails.
     async fn nodes(&self) -> Result<Vec<String>, EngineError> {
         Ok(Vec::new())
+    }
+
+    /// Claims a publish `idempotency_key` of `channel` for `window` across nodes.
+    /// With one node the API's own cache is enough: every claim is first.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the backing store fails.
+    async fn claim_idempotent(
+        &self,
+        _channel: &str,
+        _key: &str,
+        _window: Duration,
+    ) -> Result<Claim, EngineError> {
+        Ok(Claim::First)
+    }
+
+    /// Records the result of a claimed publish (`None`: it failed, release the key so
+    /// a retry publishes).
+    ///
+    /// # Errors
+    /// [`EngineError`] when the backing store fails.
+    async fn settle_idempotent(
+        &self,
+        _channel: &str,
+        _key: &str,
+        _result: Option<&StreamPosition>,
+        _window: Duration,
+    ) -> Result<(), EngineError> {
+        Ok(())
     }
 
     /// Periodic housekeeping (expiring idle streams); called about once a minute.

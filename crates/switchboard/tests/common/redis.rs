@@ -13,6 +13,9 @@ use switchboard::Config;
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// Holds the port while the server is down, so a parallel test's server can not
+    /// take it (and the nodes reconnect to a stranger).
+    hold: Option<TcpListener>,
 }
 
 /// Whether redis-server is installed; says loudly when it is not.
@@ -75,7 +78,11 @@ impl RedisServer {
         }
         for _ in 0..5 {
             let port = free_port();
-            let mut server = RedisServer { port, child: None };
+            let mut server = RedisServer {
+                port,
+                child: None,
+                hold: None,
+            };
             if server.spawn() {
                 return Some(server);
             }
@@ -128,17 +135,21 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Kills the server (SIGKILL): every key is lost.
+    /// Kills the server (SIGKILL): every key is lost. The port stays reserved.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if self.hold.is_none() {
+            self.hold = TcpListener::bind(("127.0.0.1", self.port)).ok();
         }
     }
 
     /// Starts it again on the same port, empty.
     pub fn restart(&mut self) {
         self.kill();
+        self.hold = None;
         assert!(self.spawn(), "redis-server did not restart");
     }
 }

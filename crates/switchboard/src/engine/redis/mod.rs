@@ -22,7 +22,7 @@ use switchboard_protocol::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{Engine, EngineError, EventHandler, HistoryOptions, HistoryQuery};
+use super::{Claim, Engine, EngineError, EventHandler, HistoryOptions, HistoryQuery};
 use crate::config::RedisConfig;
 use crate::history::{new_epoch, window};
 
@@ -54,6 +54,11 @@ impl Keys {
             .strip_prefix(self.prefix.as_str())?
             .strip_prefix(":{")?
             .strip_suffix("}:c")
+    }
+
+    /// The record of a publish `idempotency_key`.
+    fn idempotency(&self, channel: &str, key: &str) -> String {
+        format!("{}:{{{channel}}}:i:{key}", self.prefix)
     }
 
     /// The pub/sub channel of commands between nodes.
@@ -376,6 +381,67 @@ impl Engine for RedisEngine {
         let mut inv = self.scripts.presence.key(n);
         inv.key(z);
         self.run(&inv).await
+    }
+
+    async fn claim_idempotent(
+        &self,
+        channel: &str,
+        key: &str,
+        window: Duration,
+    ) -> Result<Claim, EngineError> {
+        let mut conn = self.conn.clone();
+        let k = self.keys.idempotency(channel, key);
+        // SET NX marks the key pending; otherwise read what the first publish left.
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(&k)
+            .arg("")
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(window))
+            .cmd("GET")
+            .arg(&k);
+        let (set, value): (Option<String>, Option<String>) =
+            match tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await {
+                Ok(r) => r.map_err(|e| unavailable(&e))?,
+                Err(_) => return Err(EngineError::Unavailable("redis command timed out".into())),
+            };
+        if set.is_some() {
+            return Ok(Claim::First);
+        }
+        let value = value.unwrap_or_default();
+        let Some((offset, epoch)) = value.split_once(' ') else {
+            return Ok(Claim::Pending);
+        };
+        let offset = offset.parse().map_err(|_| corrupt("idempotency record"))?;
+        Ok(Claim::Done(StreamPosition {
+            offset,
+            epoch: epoch.to_owned(),
+        }))
+    }
+
+    async fn settle_idempotent(
+        &self,
+        channel: &str,
+        key: &str,
+        result: Option<&StreamPosition>,
+        window: Duration,
+    ) -> Result<(), EngineError> {
+        let mut conn = self.conn.clone();
+        let k = self.keys.idempotency(channel, key);
+        let cmd = match result {
+            Some(pos) => redis::cmd("SET")
+                .arg(&k)
+                .arg(format!("{} {}", pos.offset, pos.epoch))
+                .arg("PX")
+                .arg(millis(window))
+                .to_owned(),
+            None => redis::cmd("DEL").arg(&k).to_owned(),
+        };
+        match tokio::time::timeout(self.timeout, cmd.query_async::<redis::Value>(&mut conn)).await {
+            Ok(r) => r.map(drop).map_err(|e| unavailable(&e)),
+            Err(_) => Err(EngineError::Unavailable("redis command timed out".into())),
+        }
     }
 
     async fn ready(&self) -> bool {
