@@ -194,6 +194,13 @@ impl RedisEngine {
     }
 }
 
+/// How long a stream's epoch and offset outlive its last publication: longer than the
+/// publications themselves, so a client returning to an idle channel still finds its
+/// position (and is told nothing was missed) instead of a new epoch.
+fn meta_ttl(history_ttl: Duration) -> Duration {
+    history_ttl.max(Duration::from_secs(7 * 24 * 3600))
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -231,7 +238,8 @@ impl Engine for RedisEngine {
             .arg(json)
             .arg(opts.size.max(1))
             .arg(millis(opts.ttl))
-            .arg(new_epoch());
+            .arg(new_epoch())
+            .arg(millis(meta_ttl(opts.ttl)));
         let (offset, epoch): (u64, String) = self.run(&inv).await?;
         Ok(StreamPosition { offset, epoch })
     }
@@ -338,7 +346,7 @@ impl Engine for RedisEngine {
     ) -> Result<HistoryResult, EngineError> {
         let mut inv = self.scripts.history.key(self.keys.key(channel, 'h'));
         inv.key(self.keys.key(channel, 'm'))
-            .arg(query.ensure.map_or(0, |o| millis(o.ttl)))
+            .arg(query.ensure.map_or(0, |o| millis(meta_ttl(o.ttl))))
             .arg(new_epoch());
         let (epoch, top, now, entries): (String, u64, u64, Vec<Vec<u8>>) = self.run(&inv).await?;
         let mut items = Vec::with_capacity(entries.len());

@@ -12,7 +12,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 /// The engine's scripts, hashed once.
 pub(super) struct Scripts {
     /// KEYS: list, meta. ARGV: pub/sub channel, publication JSON, size, ttl ms, epoch
-    /// if new. Appends (bounded, with TTL), assigns the next offset and publishes
+    /// if new, meta ttl ms. Appends (bounded, with TTL), assigns the next offset and publishes
     /// `p <offset> <epoch> <json>`. Returns `{offset, epoch}`.
     pub(super) publish: Script,
     /// KEYS: list, meta. ARGV: ttl ms to create the stream with (0: do not create),
@@ -48,7 +48,7 @@ local ttl = tonumber(ARGV[4])
 redis.call('rpush', KEYS[1], string.format('%d %d ', top, now + ttl) .. ARGV[2])
 redis.call('ltrim', KEYS[1], -tonumber(ARGV[3]), -1)
 redis.call('pexpire', KEYS[1], ttl)
-redis.call('pexpire', KEYS[2], ttl)
+redis.call('pexpire', KEYS[2], ARGV[6])
 redis.call('publish', ARGV[1], string.format('p %d ', top) .. epoch .. ' ' .. ARGV[2])
 return {{top, epoch}}"
             )),
