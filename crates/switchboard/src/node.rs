@@ -684,17 +684,29 @@ impl Node {
 
     /// Extends the leases of this node's presence entries.
     async fn refresh_presence(&self) {
-        let entries: Vec<(Arc<str>, ClientInfo)> = self
-            .hub
-            .sessions()
-            .iter()
-            .flat_map(|s| s.presence_entries())
-            .collect();
+        let mut owners = Vec::new();
+        let mut entries = Vec::new();
+        for session in self.hub.sessions() {
+            for entry in session.presence_entries() {
+                owners.push(session.clone());
+                entries.push(entry);
+            }
+        }
         if entries.is_empty() {
             return;
         }
         if let Err(e) = self.engine.refresh_presence(&entries).await {
             tracing::warn!(error = %e, "presence refresh failed");
+        }
+        // A session that left a channel while the refresh was under way had its entry
+        // put back by it: take it out again, or it would linger for a lease.
+        for (session, (channel, info)) in owners.iter().zip(&entries) {
+            if !session.is_subscribed(channel) {
+                let _ = self
+                    .engine
+                    .remove_presence(channel, &info.client, &info.user)
+                    .await;
+            }
         }
     }
 

@@ -276,6 +276,11 @@ impl Session {
         Some(channel)
     }
 
+    /// Whether the session holds a subscription to `channel`.
+    pub fn is_subscribed(&self, channel: &str) -> bool {
+        self.state().subs.contains_key(channel)
+    }
+
     /// This session's presence entries (channel and info), for the lease refresh.
     pub fn presence_entries(&self) -> Vec<(Arc<str>, ClientInfo)> {
         self.state()
