@@ -268,6 +268,22 @@ async fn a_killed_nodes_clients_leave_presence_within_the_lease() {
         .map(|i| i["user"].clone())
         .collect();
     assert_eq!(present, vec![json!("ann")]);
+    // And bob, connected only to the dead node, goes offline once its lease ends.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let s = api_at(
+            &survivor.http_url(""),
+            "user_status",
+            json!({"users": ["bob"]}),
+        )
+        .await;
+        if s["result"]["statuses"][0]["connections"] == json!(0) {
+            assert_eq!(s["result"]["statuses"][0]["online"], json!(false), "{s}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -401,4 +417,53 @@ async fn a_publish_retried_through_another_node_publishes_once() {
     assert_eq!(r["result"]["offset"], json!(2), "{r}");
     assert_eq!(ann.next_pub("chat:idem").await["data"], json!("once"));
     assert_eq!(ann.next_pub("chat:idem").await["data"], json!("next"));
+}
+
+#[tokio::test]
+async fn connection_limit_and_user_status_count_every_node() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let mut c = fixture::config(&redis);
+        c.node_name = format!("node-{i}");
+        c.limits.max_connections_per_user = 2;
+        let server = start(c).await;
+        wait_ready(&server.http_url("")).await;
+        nodes.push(server);
+    }
+    let ann1 = Client::connect_user(&nodes[0], "ann").await;
+    let _ann2 = Client::connect_user(&nodes[1], "ann").await;
+    // Asked on node 1: ann has two connections, one on each node.
+    let s = api_at(
+        &nodes[1].http_url(""),
+        "user_status",
+        json!({"users": ["ann", "bob"]}),
+    )
+    .await;
+    let statuses = &s["result"]["statuses"];
+    assert_eq!(statuses[0]["online"], json!(true), "{s}");
+    assert_eq!(statuses[0]["connections"], json!(2), "{s}");
+    assert_eq!(statuses[1]["online"], json!(false), "{s}");
+    // A third connection, on either node, is over the user's limit of 2.
+    let mut third = Client::open(&nodes[0]).await;
+    third
+        .send_text(&json!({"id": 1, "connect": {"token": token("ann")}}).to_string())
+        .await;
+    assert_eq!(third.closed().await.code, 3504);
+    // Once one leaves, there is room again.
+    ann1.close().await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let mut c = Client::open(&nodes[1]).await;
+        c.send_text(&json!({"id": 1, "connect": {"token": token("ann")}}).to_string())
+            .await;
+        let r = c.read().await;
+        if r.as_ref().is_ok_and(|r| r.get("connect").is_some()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{r:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

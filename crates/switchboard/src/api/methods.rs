@@ -39,7 +39,7 @@ impl Api {
             Command::HistoryRemove(r) => Reply::HistoryRemove(history_remove(self, r).await?),
             Command::Channels(r) => Reply::Channels(channels(self, &r).await?),
             Command::Info(r) => Reply::Info(info(self, r).await?),
-            Command::UserStatus(r) => Reply::UserStatus(user_status(self, &r)),
+            Command::UserStatus(r) => Reply::UserStatus(user_status(self, &r).await),
         })
     }
 }
@@ -203,11 +203,12 @@ pub(super) async fn presence(api: &Api, req: ChannelRequest) -> Result<PresenceR
 #[utoipa::path(post, path = "/api/user_status", tag = "users",
     request_body = UserStatusRequest,
     responses((status = 200, description = "`result`", body = Response<UserStatusResult>)))]
-pub(super) fn user_status(api: &Api, req: &UserStatusRequest) -> UserStatusResult {
+pub(super) async fn user_status(api: &Api, req: &UserStatusRequest) -> UserStatusResult {
     UserStatusResult {
         statuses: api
             .node
             .user_status(&req.users)
+            .await
             .into_iter()
             .map(|s| UserStatusView {
                 user: s.user,

@@ -161,6 +161,38 @@ pub trait Engine: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Counts a connection of `user` on node `node` unless the user already holds
+    /// `limit` connections (0: no limit) on live nodes. Returns whether it was counted.
+    /// With one node the hub's own count is enough.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the backing store fails.
+    async fn count_connection(
+        &self,
+        _user: &str,
+        _node: &str,
+        _limit: usize,
+    ) -> Result<bool, EngineError> {
+        Ok(true)
+    }
+
+    /// Uncounts a connection counted by [`Engine::count_connection`].
+    ///
+    /// # Errors
+    /// [`EngineError`] when the backing store fails.
+    async fn uncount_connection(&self, _user: &str, _node: &str) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// Connections of each user on every live node; `None` when the engine sees no
+    /// node but this one.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the backing store fails.
+    async fn connection_counts(&self, _users: &[String]) -> Result<Option<Vec<u32>>, EngineError> {
+        Ok(None)
+    }
+
     /// Claims a publish `idempotency_key` of `channel` for `window` across nodes.
     /// With one node the API's own cache is enough: every claim is first.
     ///

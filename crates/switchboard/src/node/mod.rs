@@ -405,7 +405,11 @@ impl Node {
             return;
         };
         let node = self.clone();
+        let status = status.clone();
         tokio::spawn(async move {
+            if !node.status_changed(&status).await {
+                return;
+            }
             if let Err(e) = node
                 .publish(&channel, Arc::from(raw), PublishOptions::default())
                 .await
@@ -416,8 +420,39 @@ impl Node {
     }
 
     /// Status of up to `limit` users.
-    pub fn user_status(&self, users: &[String]) -> Vec<UserStatus> {
-        self.status.query(users)
+    ///
+    /// With a shared engine, `connections` counts every live node and a user connected
+    /// on any node is online.
+    pub async fn user_status(&self, users: &[String]) -> Vec<UserStatus> {
+        let mut statuses = self.status.query(users);
+        match self.engine.connection_counts(users).await {
+            Ok(Some(counts)) => {
+                for (s, n) in statuses.iter_mut().zip(counts) {
+                    s.online |= n > 0;
+                    s.connections = n;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "user status of other nodes unknown"),
+        }
+        statuses
+    }
+
+    /// Whether `user`'s status change should be announced: with a shared engine, a user
+    /// still (or already) connected on another node did not change.
+    async fn status_changed(&self, status: &UserStatus) -> bool {
+        let users = [status.user.clone()];
+        match self.engine.connection_counts(&users).await {
+            Ok(Some(counts)) => {
+                let n = counts.first().copied().unwrap_or(0);
+                if status.online {
+                    n <= 1
+                } else {
+                    n == 0
+                }
+            }
+            _ => true,
+        }
     }
 
     /// Handles a client's signal in a typing namespace: forwards it unless throttled,
@@ -573,14 +608,37 @@ impl Node {
     }
 
     /// Registers an authenticated session under its user unless the user already has
-    /// `limit` sessions here (0 = no limit). Returns false at the limit.
-    pub fn register_session(&self, user: &Arc<str>, session: &Arc<Session>, limit: usize) -> bool {
-        self.hub.add_user_session(user, session, limit)
+    /// `limit` connections (0 = no limit), on this node or, with a shared engine, on
+    /// any node. Returns false at the limit. If the engine can not count, the session
+    /// is let in (counted here only): availability over the limit.
+    pub async fn register_session(
+        &self,
+        user: &Arc<str>,
+        session: &Arc<Session>,
+        limit: usize,
+    ) -> bool {
+        if !self.hub.add_user_session(user, session, limit) {
+            return false;
+        }
+        match self.engine.count_connection(user, &self.uid, limit).await {
+            Ok(true) => true,
+            Ok(false) => {
+                self.hub.remove_user_session(user, session);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(%user, error = %e, "connection not counted across nodes");
+                true
+            }
+        }
     }
 
     /// Unregisters a session from its user.
-    pub fn unregister_session(&self, user: &str, session: &Session) {
+    pub async fn unregister_session(&self, user: &str, session: &Session) {
         self.hub.remove_user_session(user, session);
+        if let Err(e) = self.engine.uncount_connection(user, &self.uid).await {
+            tracing::warn!(%user, error = %e, "connection not uncounted across nodes");
+        }
     }
 
     /// Channels with subscribers on this node, with their local counts.

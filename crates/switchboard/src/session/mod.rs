@@ -303,7 +303,7 @@ impl Session {
             }
         };
         let limit = node.config.limits.max_connections_per_user;
-        if !node.register_session(&identity.user, self, limit) {
+        if !node.register_session(&identity.user, self, limit).await {
             tracing::info!(client = %self.id, user = %identity.user, "connect refused: connection limit");
             return Err(SessionError::Disconnect(Disconnect::CONNECTION_LIMIT));
         }
@@ -419,7 +419,7 @@ impl Session {
             self.remove_subscription(&ch).await;
         }
         if let Some(id) = identity {
-            self.node.unregister_session(&id.user, self);
+            self.node.unregister_session(&id.user, self).await;
             self.node.user_disconnected(&id.user);
         }
     }

@@ -56,6 +56,11 @@ impl Keys {
             .strip_suffix("}:c")
     }
 
+    /// A user's connection counts per node.
+    fn connections(&self, user: &str) -> String {
+        format!("{}:{{u:{user}}}:conns", self.prefix)
+    }
+
     /// The record of a publish `idempotency_key`.
     fn idempotency(&self, channel: &str, key: &str) -> String {
         format!("{}:{{{channel}}}:i:{key}", self.prefix)
@@ -66,11 +71,12 @@ impl Keys {
         format!("{}:control", self.prefix)
     }
 
-    /// Node status records and their lease deadlines.
+    /// Node status records and their lease deadlines. Suffixes of more than one letter
+    /// never meet a channel's keys (whose suffixes are single letters).
     fn nodes(&self) -> [String; 2] {
         [
-            format!("{}:{{nodes}}:n", self.prefix),
-            format!("{}:{{nodes}}:z", self.prefix),
+            format!("{}:{{nodes}}:status", self.prefix),
+            format!("{}:{{nodes}}:lease", self.prefix),
         ]
     }
 
@@ -389,6 +395,40 @@ impl Engine for RedisEngine {
         let mut inv = self.scripts.presence.key(n);
         inv.key(z);
         self.run(&inv).await
+    }
+
+    async fn count_connection(
+        &self,
+        user: &str,
+        node: &str,
+        limit: usize,
+    ) -> Result<bool, EngineError> {
+        let [_, z] = self.keys.nodes();
+        let mut inv = self
+            .scripts
+            .count_connection
+            .key(self.keys.connections(user));
+        inv.key(z).arg(node).arg(limit);
+        Ok(self.run::<i64>(&inv).await? == 1)
+    }
+
+    async fn uncount_connection(&self, user: &str, node: &str) -> Result<(), EngineError> {
+        let mut inv = self
+            .scripts
+            .uncount_connection
+            .key(self.keys.connections(user));
+        inv.arg(node);
+        self.run::<i64>(&inv).await.map(drop)
+    }
+
+    async fn connection_counts(&self, users: &[String]) -> Result<Option<Vec<u32>>, EngineError> {
+        let [_, z] = self.keys.nodes();
+        let mut inv = self.scripts.connection_counts.key(z);
+        for u in users {
+            inv.key(self.keys.connections(u));
+        }
+        let counts: Vec<u32> = self.run(&inv).await?;
+        Ok(Some(counts))
     }
 
     async fn claim_idempotent(

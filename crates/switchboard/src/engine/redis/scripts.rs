@@ -31,6 +31,15 @@ pub(super) struct Scripts {
     /// KEYS: node status hash, lease zset. ARGV: uid, status JSON, lease ms. Records
     /// one node's status and drops those of nodes whose lease ran out.
     pub(super) heartbeat: Script,
+    /// KEYS: a user's connection counts (node uid -> count), node lease zset. ARGV:
+    /// node uid, limit. Counts one more connection unless the live nodes hold `limit`;
+    /// drops the counts of dead nodes. Returns 1 when counted.
+    pub(super) count_connection: Script,
+    /// KEYS: a user's connection counts. ARGV: node uid.
+    pub(super) uncount_connection: Script,
+    /// KEYS: node lease zset, then users' connection counts. Returns each user's total
+    /// on live nodes.
+    pub(super) connection_counts: Script,
 }
 
 impl Scripts {
@@ -135,6 +144,54 @@ redis.call('pexpire', KEYS[1], lease)
 redis.call('pexpire', KEYS[2], lease)
 return 1"
             )),
+            count_connection: Script::new(&format!(
+                "{NOW}
+{ALIVE}
+local total = 0
+local f = redis.call('hgetall', KEYS[1])
+for i = 1, #f, 2 do
+  if f[i] == ARGV[1] or alive(KEYS[2], f[i]) then
+    total = total + tonumber(f[i + 1])
+  else
+    redis.call('hdel', KEYS[1], f[i])
+  end
+end
+local limit = tonumber(ARGV[2])
+if limit > 0 and total >= limit then
+  return 0
+end
+redis.call('hincrby', KEYS[1], ARGV[1], 1)
+redis.call('pexpire', KEYS[1], 604800000)
+return 1"
+            )),
+            uncount_connection: Script::new(
+                "if redis.call('hincrby', KEYS[1], ARGV[1], -1) <= 0 then
+  redis.call('hdel', KEYS[1], ARGV[1])
+end
+return 1",
+            ),
+            connection_counts: Script::new(&format!(
+                "{NOW}
+{ALIVE}
+local out = {{}}
+for k = 2, #KEYS do
+  local total = 0
+  local f = redis.call('hgetall', KEYS[k])
+  for i = 1, #f, 2 do
+    if alive(KEYS[1], f[i]) then
+      total = total + math.max(0, tonumber(f[i + 1]))
+    end
+  end
+  table.insert(out, total)
+end
+return out"
+            )),
         }
     }
 }
+
+/// Whether node `uid`'s lease in zset `z` is still running (needs `now`).
+const ALIVE: &str = "local function alive(z, uid)
+  local s = redis.call('zscore', z, uid)
+  return s and tonumber(s) > now
+end";
