@@ -3,6 +3,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian packages some tests need, installed once: sudo -n when not root.
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+  local apt_log
+  apt_log="$(mktemp)"
+  if ! { $sudo apt-get update -qq &&
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"; } >"$apt_log" 2>&1; then
+    cat "$apt_log" >&2
+    exit 1
+  fi
+  rm -f "$apt_log"
+}
+
+# The Redis engine's tests start their own redis-server processes on free ports; without
+# it they would skip (loudly), so CI installs it.
+if ! command -v redis-server >/dev/null; then
+  apt_install redis-server
+  # Debian's package starts a system instance on 6379; the tests do not use it.
+fi
+
 echo "== lint"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -70,15 +91,7 @@ SWITCHBOARD_BIN="$bin" bash tests/python/run.sh
 echo "== browser tests (centrifuge-js and socket.io-client browser bundles in headless Chromium)"
 # Debian's Chromium, driven by playwright-core (which downloads no browser). Installed once.
 if [ ! -x /usr/bin/chromium ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
-  apt_log="$(mktemp)"
-  if ! { $sudo apt-get update -qq &&
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } >"$apt_log" 2>&1; then
-    cat "$apt_log" >&2
-    exit 1
-  fi
-  rm -f "$apt_log"
+  apt_install chromium
 fi
 # Reuses the release binary built by the README's command above.
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && SWITCHBOARD_BIN="$bin" npm test --silent)

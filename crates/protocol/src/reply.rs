@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::codes::ErrorCode;
@@ -25,8 +25,9 @@ fn is_false(v: &bool) -> bool {
     !*v
 }
 
-/// Who a publication, join or leave is about.
-#[derive(Debug, Clone, Serialize)]
+/// Who a publication, join or leave is about. Deserializable so an engine can carry it
+/// between nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClientInfo {
     /// User id (`sub` of the token).
     pub user: Arc<str>,
@@ -40,8 +41,9 @@ pub struct ClientInfo {
     pub chan_info: Option<SharedJson>,
 }
 
-/// A message published into a channel.
-#[derive(Debug, Clone, Serialize)]
+/// A message published into a channel. Deserializable so an engine can carry it between
+/// nodes and keep it in a shared history.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Publication {
     /// Payload.
     pub data: SharedJson,
@@ -49,7 +51,7 @@ pub struct Publication {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub info: Option<ClientInfo>,
     /// Position in the channel's stream (0 when the channel keeps no history).
-    #[serde(skip_serializing_if = "is_zero_u64")]
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub offset: u64,
     /// Free-form string tags set by the publisher.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -316,5 +318,25 @@ mod tests {
             },
         );
         assert_eq!(s, r#"{"push":{"refresh":{"expires":true,"ttl":5}}}"#);
+    }
+
+    #[test]
+    fn publication_round_trips_through_json() {
+        let p = Publication {
+            data: raw(r#"{"x":[1,2]}"#),
+            info: Some(ClientInfo {
+                user: "ann".into(),
+                client: "c1".into(),
+                conn_info: Some(raw(r#"{"n":"Ann"}"#)),
+                chan_info: None,
+            }),
+            offset: 7,
+            tags: Some(Arc::new(BTreeMap::from([("k".into(), "v".into())]))),
+        };
+        let text = serde_json::to_string(&p).unwrap();
+        let back: Publication = serde_json::from_str(&text).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), text);
+        let bare: Publication = serde_json::from_str(r#"{"data":1}"#).unwrap();
+        assert_eq!((bare.offset, bare.info.is_none()), (0, true));
     }
 }

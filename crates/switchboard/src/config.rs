@@ -100,6 +100,15 @@ pub struct Config {
     /// RPC methods forwarded to a named proxy: an exact method name, or a prefix
     /// ending in `*` (`"conversation:*"`, `"*"`). The longest match wins.
     pub rpc_proxies: BTreeMap<String, String>,
+    /// Where channels, history and presence live: `memory` (one node) or `redis`
+    /// (several nodes sharing one Redis; see docs/scaling.md).
+    pub engine: EngineKind,
+    /// The Redis engine's connection and keys (used when `engine = "redis"`).
+    pub redis: RedisConfig,
+    /// How long a presence entry lives unless its node refreshes it: after a node dies,
+    /// its clients leave presence within this lease (plus one sweep, a quarter of it).
+    #[serde(with = "duration")]
+    pub presence_lease: Duration,
     /// Time allowed to drain connections on SIGINT/SIGTERM.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
@@ -115,6 +124,45 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log collectors.
     Json,
+}
+
+/// Which engine carries channels, history and presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// In this process: one node.
+    #[default]
+    Memory,
+    /// In Redis: every node on the same Redis and prefix is one gateway.
+    Redis,
+}
+
+/// The Redis engine's connection and keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Redis URL: `redis://[:password@]host:port[/db]`, or `rediss://` for TLS.
+    pub url: String,
+    /// Prefix of every key and pub/sub channel, so several apps can share one Redis.
+    pub prefix: String,
+    /// Time allowed to open a connection to Redis.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Time allowed for one Redis command; past it the operation fails as
+    /// "engine unavailable".
+    #[serde(with = "duration")]
+    pub command_timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".to_owned(),
+            prefix: "switchboard".to_owned(),
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 /// Heartbeats and connection timing.
@@ -433,6 +481,9 @@ impl Default for Config {
             proxy: ConnectionProxies::default(),
             proxies: BTreeMap::new(),
             rpc_proxies: BTreeMap::new(),
+            engine: EngineKind::Memory,
+            redis: RedisConfig::default(),
+            presence_lease: Duration::from_secs(20),
             shutdown_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
         }
@@ -489,11 +540,24 @@ impl Config {
         }
         // Every SWITCHBOARD_* variable but a few is configuration; an unknown one fails
         // through the structs' deny_unknown_fields (a typo must not pass silently).
+        // `SWITCHBOARD_REDIS_<KEY>` is left to the `[redis]` provider below, whose
+        // deny_unknown_fields refuses a typo there.
         fig = fig.merge(Env::prefixed("SWITCHBOARD_").split("__").filter(|k| {
-            !NOT_CONFIG_VARIABLES
-                .iter()
-                .any(|v| k.as_str().eq_ignore_ascii_case(&v["SWITCHBOARD_".len()..]))
+            let key = k.as_str();
+            let redis_alias =
+                key.len() > "redis_".len() && key[.."redis_".len()].eq_ignore_ascii_case("redis_");
+            !redis_alias
+                && !NOT_CONFIG_VARIABLES
+                    .iter()
+                    .any(|v| key.eq_ignore_ascii_case(&v["SWITCHBOARD_".len()..]))
         }));
+        // `SWITCHBOARD_REDIS_URL` reads more naturally than `SWITCHBOARD_REDIS__URL`
+        // (both work): one underscore after `REDIS` names a key of `[redis]`.
+        fig = fig.merge(
+            Env::prefixed("SWITCHBOARD_REDIS_")
+                .filter(|k| !k.as_str().starts_with('_'))
+                .map(|k| format!("redis.{k}").into()),
+        );
         for (key, value) in overrides {
             fig = fig.merge(Serialized::default(key, value));
         }
@@ -540,6 +604,12 @@ impl Config {
         }
         if self.api_max_body_size == 0 {
             errors.push("api_max_body_size must be positive".to_owned());
+        }
+        if self.presence_lease < Duration::from_millis(100) {
+            return Err(ConfigError("presence_lease must be at least 100ms".into()));
+        }
+        if self.engine == EngineKind::Redis && self.redis.prefix.is_empty() {
+            return Err(ConfigError("redis.prefix must not be empty".into()));
         }
         if self.client.ping_interval.is_zero() {
             errors.push("client.ping_interval must be positive".to_owned());
@@ -708,6 +778,14 @@ mod duration {
 mod tests {
     use super::*;
 
+    /// Held by every test that loads configuration, since one of them sets
+    /// `SWITCHBOARD_*` variables that the others would otherwise read.
+    static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn env_lock() -> std::sync::MutexGuard<'static, ()> {
+        ENV.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     #[test]
     fn parses_durations() {
         assert_eq!(duration::parse("25s"), Some(Duration::from_secs(25)));
@@ -736,6 +814,7 @@ mod tests {
             "bind = \"127.0.0.1:9\"\n[limits]\noutbox_size = 7\n[namespaces.chat]\nsubscribe = [\"*\"]\npublish = true\nhistory_size = 10\nhistory_ttl = \"1m\"\n",
         )
         .unwrap();
+        let _env = env_lock();
         let c = Config::load(Some(&path), &[("bind", "127.0.0.1:10".into())]).unwrap();
         assert_eq!(c.bind, "127.0.0.1:10");
         assert_eq!(c.limits.outbox_size, 7);
@@ -748,6 +827,7 @@ mod tests {
     #[test]
     fn example_file_documents_exactly_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../switchboard.example.toml");
+        let _env = env_lock();
         let example = Config::load(Some(&path), &[]).unwrap();
         let as_json = |c: &Config| serde_json::to_value(c).unwrap();
         assert_eq!(as_json(&example), as_json(&Config::default()));
@@ -849,11 +929,31 @@ mod tests {
     }
 
     #[test]
+    fn engine_and_redis_url_from_the_environment() {
+        // The variables users and outside checks set.
+        let _env = env_lock();
+        std::env::set_var("SWITCHBOARD_ENGINE", "redis");
+        std::env::set_var("SWITCHBOARD_REDIS_URL", "redis://10.0.0.1:6380");
+        std::env::set_var("SWITCHBOARD_REDIS__PREFIX", "app1");
+        let c = Config::load(None, &[]);
+        std::env::remove_var("SWITCHBOARD_ENGINE");
+        std::env::remove_var("SWITCHBOARD_REDIS_URL");
+        std::env::remove_var("SWITCHBOARD_REDIS__PREFIX");
+        let c = c.unwrap();
+        assert_eq!(c.engine, EngineKind::Redis);
+        assert_eq!(c.redis.url, "redis://10.0.0.1:6380");
+        assert_eq!(c.redis.prefix, "app1");
+        let err = Config::load(None, &[("engine", "redis2".into())]).unwrap_err();
+        assert!(err.to_string().contains("redis2"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_is_an_error() {
         let dir = std::env::temp_dir().join(format!("sb-cfg2-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
         std::fs::write(&path, "bindd = \"x\"\n").unwrap();
+        let _env = env_lock();
         let err = Config::load(Some(&path), &[]).unwrap_err();
         assert!(err.to_string().contains("`bindd`"), "{err}");
         assert!(err.to_string().contains("did you mean `bind`?"), "{err}");

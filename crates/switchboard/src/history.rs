@@ -119,40 +119,47 @@ impl Stream {
     /// Reads publications.
     pub fn read(&mut self, query: &HistoryQuery, now: Instant) -> HistoryResult {
         self.expire(now);
-        let after = match &query.since {
-            Some(pos) if pos.epoch == self.epoch => Some(pos.offset),
-            // A position from another epoch says nothing about this stream.
-            Some(_) => None,
-            None => None,
-        };
-        let limit = query.limit.unwrap_or(usize::MAX);
-        let iter = self
-            .items
-            .iter()
-            .map(|(p, _)| p)
-            .filter(|p| after.is_none_or(|a| p.offset > a));
-        let publications: Vec<Publication> = if query.reverse {
-            // With `since` and reverse, Centrifugo pages backwards from the position.
-            match &query.since {
-                Some(pos) if pos.epoch == self.epoch => self
-                    .items
-                    .iter()
-                    .rev()
-                    .map(|(p, _)| p)
-                    .filter(|p| p.offset < pos.offset)
-                    .take(limit)
-                    .cloned()
-                    .collect(),
-                _ => iter.rev().take(limit).cloned().collect(),
-            }
-        } else {
-            iter.take(limit).cloned().collect()
-        };
-        HistoryResult {
-            publications,
-            epoch: self.epoch.clone(),
-            offset: self.top,
+        window(
+            self.items.iter().map(|(p, _)| p),
+            &self.epoch,
+            self.top,
+            query,
+        )
+    }
+}
+
+/// Selects what `query` asks for from a stream's kept publications (oldest first), at
+/// position `epoch`/`top`: the one reading rule of every engine.
+pub fn window<'a, I>(items: I, epoch: &str, top: u64, query: &HistoryQuery) -> HistoryResult
+where
+    I: DoubleEndedIterator<Item = &'a Publication> + Clone,
+{
+    let after = match &query.since {
+        Some(pos) if pos.epoch == epoch => Some(pos.offset),
+        // A position from another epoch says nothing about this stream.
+        Some(_) => None,
+        None => None,
+    };
+    let limit = query.limit.unwrap_or(usize::MAX);
+    let iter = items.clone().filter(|p| after.is_none_or(|a| p.offset > a));
+    let publications: Vec<Publication> = if query.reverse {
+        // With `since` and reverse, Centrifugo pages backwards from the position.
+        match &query.since {
+            Some(pos) if pos.epoch == epoch => items
+                .rev()
+                .filter(|p| p.offset < pos.offset)
+                .take(limit)
+                .cloned()
+                .collect(),
+            _ => iter.rev().take(limit).cloned().collect(),
         }
+    } else {
+        iter.take(limit).cloned().collect()
+    };
+    HistoryResult {
+        publications,
+        epoch: epoch.to_owned(),
+        offset: top,
     }
 }
 

@@ -7,8 +7,10 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, RwLock};
 
+use switchboard_protocol::Disconnect;
+
 use crate::engine::EventHandler;
-use crate::event::ChannelEvent;
+use crate::event::{ChannelEvent, EventKind};
 use crate::metrics::Metrics;
 use crate::session::Session;
 
@@ -182,7 +184,24 @@ impl Hub {
 }
 
 impl EventHandler for Hub {
-    fn on_event(&self, event: &Arc<ChannelEvent>) {
-        self.broadcast(event);
+    fn on_event(&self, channel: &Arc<str>, kind: EventKind) {
+        self.broadcast(&ChannelEvent::new(channel.clone(), kind));
+    }
+
+    fn on_lost(&self, channel: &Arc<str>) {
+        let subs = self.channels[self.index(channel, CHANNEL_SHARDS)]
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(channel)
+            .cloned()
+            .unwrap_or_default();
+        if !subs.is_empty() {
+            tracing::warn!(%channel, sessions = subs.len(), "missed events: subscribers reconnect to recover");
+        }
+        // Reconnecting, each client recovers from history what it missed (or learns
+        // it can not), instead of silently skipping it.
+        for s in subs {
+            s.close(Disconnect::INSUFFICIENT_STATE);
+        }
     }
 }

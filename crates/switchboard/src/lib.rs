@@ -6,11 +6,14 @@
 //! - [`auth`]: connection and subscription tokens -> [`auth::Identity`].
 //! - [`channel`], [`rules`]: channel names and who may do what in which namespace.
 //! - [`node`]: the public face of the process: publish, presence, history, disconnect.
-//! - [`hub`]: node-local index channel -> sessions, user -> sessions.
+//! - [`hub`]: node-local index channel -> sessions, user -> sessions; `upstream` keeps
+//!   each channel's engine subscription in step with it.
 //! - [`session`]: one connection's identity, subscriptions, limits and [`outbox`].
 //! - [`event`]: what flows to sessions, encoded once per wire protocol.
-//! - [`engine`]: cross-node pub/sub, presence and history ([`engine::memory`] by default).
+//! - [`engine`]: cross-node pub/sub, presence and history ([`engine::memory`] by default,
+//!   [`engine::redis`] for several nodes).
 //! - [`history`], [`presence`]: a channel's stream and presence set.
+//! - [`cluster`]: commands between nodes, and each node's status for `info`/`channels`.
 //! - [`status`], [`typing`]: user online status and typing signals.
 //! - [`transport`]: wire protocols ([`transport::centrifuge`], [`transport::socketio`]).
 //! - [`server`]: HTTP routes, `run`, graceful shutdown.
@@ -25,6 +28,7 @@ pub mod api;
 pub mod auth;
 pub mod channel;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod event;
@@ -44,6 +48,7 @@ pub mod session;
 pub mod status;
 pub mod transport;
 pub mod typing;
+mod upstream;
 
 /// The server version reported to clients.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,23 +1,26 @@
-//! Presence of one channel: clients with their info, and distinct users counted as
-//! they come and go so that stats are O(1) (a user with three tabs is one user).
+//! Presence of one channel: clients with their info and lease, and distinct users
+//! counted as they come and go so that stats are O(1) (a user with three tabs is one
+//! user). An entry whose lease ran out (its node stopped refreshing it) is swept.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use switchboard_protocol::{ClientInfo, PresenceStatsResult};
+use tokio::time::Instant;
 
 /// Who is in one channel.
 #[derive(Debug, Default)]
 pub struct PresenceSet {
-    clients: HashMap<Arc<str>, ClientInfo>,
+    clients: HashMap<Arc<str>, (ClientInfo, Instant)>,
     users: HashMap<Arc<str>, u32>,
 }
 
 impl PresenceSet {
-    /// Adds or replaces a client. Returns true when it is the user's first client here.
-    pub fn add(&mut self, info: ClientInfo) -> bool {
+    /// Adds or refreshes a client until `expires`. Returns true when it is the user's
+    /// first client here.
+    pub fn add(&mut self, info: ClientInfo, expires: Instant) -> bool {
         let user = info.user.clone();
-        if let Some(old) = self.clients.insert(info.client.clone(), info) {
+        if let Some((old, _)) = self.clients.insert(info.client.clone(), (info, expires)) {
             // Replaced an entry of the same client: the user count is unchanged.
             debug_assert_eq!(old.user, user);
             return false;
@@ -29,7 +32,7 @@ impl PresenceSet {
 
     /// Removes a client. Returns its info and whether it was the user's last client here.
     pub fn remove(&mut self, client: &str) -> Option<(ClientInfo, bool)> {
-        let info = self.clients.remove(client)?;
+        let (info, _) = self.clients.remove(client)?;
         let last = match self.users.get_mut(&info.user) {
             Some(n) if *n > 1 => {
                 *n -= 1;
@@ -43,9 +46,24 @@ impl PresenceSet {
         Some((info, last))
     }
 
+    /// Removes the clients whose lease ended before `now`, with whether each was its
+    /// user's last client here.
+    pub fn expire(&mut self, now: Instant) -> Vec<(ClientInfo, bool)> {
+        let gone: Vec<Arc<str>> = self
+            .clients
+            .iter()
+            .filter(|(_, (_, exp))| *exp <= now)
+            .map(|(c, _)| c.clone())
+            .collect();
+        gone.iter().filter_map(|c| self.remove(c)).collect()
+    }
+
     /// All clients.
-    pub fn clients(&self) -> &HashMap<Arc<str>, ClientInfo> {
-        &self.clients
+    pub fn clients(&self) -> HashMap<Arc<str>, ClientInfo> {
+        self.clients
+            .iter()
+            .map(|(c, (info, _))| (c.clone(), info.clone()))
+            .collect()
     }
 
     /// Number of clients and of distinct users.
@@ -78,10 +96,11 @@ mod tests {
     #[test]
     fn counts_users_once_across_tabs() {
         let mut p = PresenceSet::default();
-        assert!(p.add(info("ann", "c1")));
-        assert!(!p.add(info("ann", "c2")));
-        assert!(!p.add(info("ann", "c3")));
-        assert!(p.add(info("bob", "c4")));
+        let exp = Instant::now() + std::time::Duration::from_secs(60);
+        assert!(p.add(info("ann", "c1"), exp));
+        assert!(!p.add(info("ann", "c2"), exp));
+        assert!(!p.add(info("ann", "c3"), exp));
+        assert!(p.add(info("bob", "c4"), exp));
         assert_eq!(
             p.stats(),
             PresenceStatsResult {
@@ -90,7 +109,7 @@ mod tests {
             }
         );
         assert!(
-            !p.add(info("ann", "c1")),
+            !p.add(info("ann", "c1"), exp),
             "re-adding a client is not a join"
         );
         assert_eq!(p.stats().num_clients, 4);
@@ -105,5 +124,34 @@ mod tests {
                 num_users: 1
             }
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unrefreshed_entries_expire_with_the_users_last_client() {
+        let mut p = PresenceSet::default();
+        let now = Instant::now();
+        let lease = std::time::Duration::from_secs(10);
+        p.add(info("ann", "c1"), now + lease);
+        p.add(info("ann", "c2"), now + lease);
+        p.add(info("bob", "c3"), now + lease);
+        tokio::time::advance(lease / 2).await;
+        // c1 and c3 are refreshed by their node; c2's node died.
+        p.add(info("ann", "c1"), Instant::now() + lease);
+        p.add(info("bob", "c3"), Instant::now() + lease);
+        assert!(p.expire(Instant::now()).is_empty());
+        tokio::time::advance(lease / 2).await;
+        let gone = p.expire(Instant::now());
+        assert_eq!(gone.len(), 1);
+        assert_eq!((&*gone[0].0.client, gone[0].1), ("c2", false));
+        assert_eq!(p.stats().num_users, 2);
+        tokio::time::advance(lease).await;
+        let mut gone: Vec<_> = p
+            .expire(Instant::now())
+            .into_iter()
+            .map(|(i, last)| (i.client, last))
+            .collect();
+        gone.sort();
+        assert_eq!(gone, vec![("c1".into(), true), ("c3".into(), true)]);
+        assert!(p.is_empty());
     }
 }

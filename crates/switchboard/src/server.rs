@@ -147,7 +147,7 @@ async fn health() -> Json<serde_json::Value> {
 /// Readiness: 200 while the engine can serve requests and the node is not shutting
 /// down, so a load balancer stops sending traffic before connections are closed.
 async fn ready(State(node): State<Arc<Node>>) -> (StatusCode, Json<serde_json::Value>) {
-    if !node.shutdown.is_cancelled() && node.engine.ready().await {
+    if !node.shutdown.is_cancelled() && node.ready().await {
         (StatusCode::OK, Json(serde_json::json!({"status": "ready"})))
     } else {
         (

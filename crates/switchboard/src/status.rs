@@ -20,7 +20,7 @@ pub struct UserStatus {
     pub user: String,
     /// Whether the user has a connection (or lost the last one within the debounce).
     pub online: bool,
-    /// Open connections on this node.
+    /// Open connections (on every node, with a shared engine).
     pub connections: u32,
     /// Unix milliseconds of the last connect or disconnect; 0 if never seen.
     pub last_seen: u64,

@@ -570,7 +570,7 @@ async fn refresh_expires_connections_or_moves_their_deadline() {
     )
     .await
     .result();
-    let sessions = server.node.hub.user_sessions("ann");
+    let sessions = server.node.user_sessions("ann", None);
     assert_eq!(sessions[0].expires_at(), Some(later));
     let push = ann.next_push().await;
     assert_eq!(push["refresh"]["expires"], json!(true), "{push}");

@@ -36,10 +36,28 @@ fn config_file(name: &str, text: &str) -> PathBuf {
 
 #[test]
 fn unknown_variables_are_errors_that_name_them() {
-    let o = run(&["check-config"], &[("SWITCHBOARD_ENGINE", "redis")]);
+    let o = run(&["check-config"], &[("SWITCHBOARD_ENGIN", "redis")]);
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("unknown variable SWITCHBOARD_ENGINE"),
+        stderr(&o)
+            .contains("unknown variable SWITCHBOARD_ENGIN (did you mean SWITCHBOARD_ENGINE?)"),
+        "{}",
+        stderr(&o)
+    );
+    // The `[redis]` shorthand (`SWITCHBOARD_REDIS_URL`) is checked like the rest.
+    let o = run(
+        &["check-config"],
+        &[
+            ("SWITCHBOARD_ENGINE", "redis"),
+            ("SWITCHBOARD_REDIS_URL", "redis://10.0.0.1:6390"),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("redis://10.0.0.1:6390"));
+    let o = run(&["check-config"], &[("SWITCHBOARD_REDIS_URLL", "x")]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("did you mean SWITCHBOARD_REDIS__URL?"),
         "{}",
         stderr(&o)
     );

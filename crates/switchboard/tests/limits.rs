@@ -90,7 +90,7 @@ async fn connections_per_user_limit_closes_with_3504() {
     let _bob = Client::connect_user(&server, "bob").await;
     b.close().await;
     eventually("ann's closed connection released", || {
-        server.node.hub.user_sessions("ann").len() == 1
+        server.node.user_sessions("ann", None).len() == 1
     })
     .await;
     let _again = Client::connect_user(&server, "ann").await;
@@ -182,7 +182,7 @@ async fn slow_consumer_is_disconnected_without_blocking_others() {
         "slow client not disconnected"
     );
     eventually("slow session released", || {
-        server.node.hub.user_sessions("slow").is_empty()
+        server.node.user_sessions("slow", None).is_empty()
     })
     .await;
     drop(slow);

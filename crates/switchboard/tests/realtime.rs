@@ -68,7 +68,7 @@ async fn user_status_query_and_watch_with_debounce() {
     // Devices go offline one by one: still online after the first.
     ann1.close().await;
     eventually("ann's first connection released", || {
-        server.node.hub.user_sessions("ann").len() == 1
+        server.node.user_sessions("ann", None).len() == 1
     })
     .await;
     let q = watcher

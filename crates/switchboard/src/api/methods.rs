@@ -4,6 +4,7 @@
 //!
 //! [`Node`]: crate::node::Node
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use serde_json::value::RawValue;
@@ -14,6 +15,7 @@ use super::pattern::Pattern;
 use super::wire::*;
 use super::Api;
 use crate::auth::now_secs;
+use crate::cluster::UserCommand;
 use crate::engine::HistoryQuery;
 use crate::node::PublishOptions;
 
@@ -29,15 +31,15 @@ impl Api {
             Command::Broadcast(r) => Reply::Broadcast(broadcast(self, r).await?),
             Command::Subscribe(r) => Reply::Subscribe(subscribe(self, r).await?),
             Command::Unsubscribe(r) => Reply::Unsubscribe(unsubscribe(self, r).await?),
-            Command::Disconnect(r) => Reply::Disconnect(disconnect(self, &r)?),
-            Command::Refresh(r) => Reply::Refresh(refresh(self, &r)),
+            Command::Disconnect(r) => Reply::Disconnect(disconnect(self, r).await?),
+            Command::Refresh(r) => Reply::Refresh(refresh(self, r).await?),
             Command::Presence(r) => Reply::Presence(presence(self, r).await?),
             Command::PresenceStats(r) => Reply::PresenceStats(presence_stats(self, r).await?),
             Command::History(r) => Reply::History(history(self, r).await?),
             Command::HistoryRemove(r) => Reply::HistoryRemove(history_remove(self, r).await?),
-            Command::Channels(r) => Reply::Channels(channels(self, &r)),
-            Command::Info(r) => Reply::Info(info(self, r)),
-            Command::UserStatus(r) => Reply::UserStatus(user_status(self, &r)),
+            Command::Channels(r) => Reply::Channels(channels(self, &r).await?),
+            Command::Info(r) => Reply::Info(info(self, r).await?),
+            Command::UserStatus(r) => Reply::UserStatus(user_status(self, &r).await),
             Command::RevokeToken(r) => Reply::RevokeToken(revoke_token(self, &r).await?),
             Command::InvalidateUserTokens(r) => {
                 Reply::InvalidateUserTokens(invalidate_user_tokens(self, &r).await?)
@@ -92,16 +94,28 @@ async fn publish_one(
     key: Option<&str>,
 ) -> Result<PublishResult, ApiError> {
     required("channel", channel)?;
-    let publish = || async {
-        let pos = api.node.publish(channel, data, opts).await?;
-        Ok(PublishResult {
-            offset: pos.offset,
-            epoch: pos.epoch,
-        })
+    let result = |pos: switchboard_protocol::StreamPosition| PublishResult {
+        offset: pos.offset,
+        epoch: pos.epoch,
     };
     match key {
-        Some(key) => api.idempotency.run(channel, key, publish).await,
-        None => publish().await,
+        // The local cache joins concurrent retries on this node; the node's claim covers
+        // retries through other nodes.
+        Some(key) => {
+            let window = api.node.config.api_idempotency_window;
+            api.idempotency
+                .run(channel, key, || async {
+                    let pos = api
+                        .node
+                        .publish_idempotent(channel, key, window, || {
+                            api.node.publish(channel, data, opts)
+                        })
+                        .await?;
+                    Ok(result(pos))
+                })
+                .await
+        }
+        None => Ok(result(api.node.publish(channel, data, opts).await?)),
     }
 }
 
@@ -111,54 +125,67 @@ async fn publish_one(
     responses((status = 200, description = "`{}` (also when the user has no connection here), or `error`", body = Response<Empty>)))]
 pub(super) async fn subscribe(api: &Api, req: SubscribeRequest) -> Result<Empty, ApiError> {
     api.node
-        .subscribe_user(&req.user, &req.channel, client(&req.client))
+        .run_everywhere(UserCommand::Subscribe {
+            user: req.user,
+            channel: req.channel,
+            client: client(&req.client).map(str::to_owned),
+        })
         .await?;
     Ok(Empty {})
 }
 
-/// Unsubscribe a user's connections from a channel.
+/// Unsubscribe a user's connections from a channel, on every node.
 #[utoipa::path(post, path = "/api/unsubscribe", tag = "connections",
     request_body = UnsubscribeRequest,
     responses((status = 200, description = "`{}`, or `error`", body = Response<Empty>)))]
 pub(super) async fn unsubscribe(api: &Api, req: UnsubscribeRequest) -> Result<Empty, ApiError> {
     api.node
-        .unsubscribe_user(&req.user, &req.channel, client(&req.client))
+        .run_everywhere(UserCommand::Unsubscribe {
+            user: req.user,
+            channel: req.channel,
+            client: client(&req.client).map(str::to_owned),
+        })
         .await?;
     Ok(Empty {})
 }
 
-/// Close a user's connections.
+/// Close a user's connections, on every node.
 #[utoipa::path(post, path = "/api/disconnect", tag = "connections",
     request_body = DisconnectRequest,
     responses((status = 200, description = "`{}`", body = Response<Empty>)))]
-pub(super) fn disconnect(api: &Api, req: &DisconnectRequest) -> Result<Empty, ApiError> {
+pub(super) async fn disconnect(api: &Api, req: DisconnectRequest) -> Result<Empty, ApiError> {
     let reason = match &req.disconnect {
         Some(d) => custom_disconnect(d)?,
         None => Disconnect::FORCE_NO_RECONNECT,
     };
-    for s in api.node.user_sessions(&req.user, client(&req.client)) {
-        if !req.whitelist.iter().any(|keep| **keep == *s.id) {
-            s.close(reason);
-        }
-    }
+    api.node
+        .run_everywhere(UserCommand::Disconnect {
+            client: client(&req.client).map(str::to_owned),
+            user: req.user,
+            whitelist: req.whitelist,
+            code: reason.code,
+            reason: reason.reason.to_owned(),
+        })
+        .await?;
     Ok(Empty {})
 }
 
-/// Change when a user's connections expire, or expire them now.
+/// Change when a user's connections expire, or expire them now, on every node.
 #[utoipa::path(post, path = "/api/refresh", tag = "connections",
     request_body = RefreshRequest,
     responses((status = 200, description = "`{}`", body = Response<Empty>)))]
-pub(super) fn refresh(api: &Api, req: &RefreshRequest) -> Empty {
+pub(super) async fn refresh(api: &Api, req: RefreshRequest) -> Result<Empty, ApiError> {
     let now = i64::try_from(now_secs()).unwrap_or(i64::MAX);
     let expire_now = req.expired || (req.expire_at != 0 && req.expire_at <= now);
-    for s in api.node.user_sessions(&req.user, client(&req.client)) {
-        if expire_now {
-            s.close(Disconnect::EXPIRED);
-        } else {
-            s.set_expires_at(u64::try_from(req.expire_at).ok().filter(|t| *t > 0));
-        }
-    }
-    Empty {}
+    api.node
+        .run_everywhere(UserCommand::Refresh {
+            client: client(&req.client).map(str::to_owned),
+            user: req.user,
+            expire_now,
+            expire_at: u64::try_from(req.expire_at).ok().filter(|t| *t > 0),
+        })
+        .await?;
+    Ok(Empty {})
 }
 
 /// A record's expiry: `expire_at` when given, else `token_revocation_ttl` from now.
@@ -229,11 +256,12 @@ pub(super) async fn presence(api: &Api, req: ChannelRequest) -> Result<PresenceR
 #[utoipa::path(post, path = "/api/user_status", tag = "users",
     request_body = UserStatusRequest,
     responses((status = 200, description = "`result`", body = Response<UserStatusResult>)))]
-pub(super) fn user_status(api: &Api, req: &UserStatusRequest) -> UserStatusResult {
+pub(super) async fn user_status(api: &Api, req: &UserStatusRequest) -> UserStatusResult {
     UserStatusResult {
         statuses: api
             .node
             .user_status(&req.users)
+            .await
             .into_iter()
             .map(|s| UserStatusView {
                 user: s.user,
@@ -297,52 +325,52 @@ pub(super) async fn history_remove(api: &Api, req: ChannelRequest) -> Result<Emp
     Ok(Empty {})
 }
 
-/// Channels with subscribers on this node.
+/// Channels with subscribers on any node, with their counts summed over the nodes.
 #[utoipa::path(post, path = "/api/channels", tag = "channels",
     request_body = ChannelsRequest,
     responses((status = 200, description = "`result`", body = Response<ChannelsResult>)))]
-pub(super) fn channels(api: &Api, req: &ChannelsRequest) -> ChannelsResult {
+pub(super) async fn channels(api: &Api, req: &ChannelsRequest) -> Result<ChannelsResult, ApiError> {
     let pattern = req
         .pattern
         .as_deref()
         .filter(|p| !p.is_empty())
         .map(Pattern::new);
-    let channels = api
-        .node
-        .hub
-        .channels()
-        .into_iter()
-        .filter(|(name, _)| pattern.as_ref().is_none_or(|p| p.matches(name)))
-        .map(|(name, n)| {
-            let info = ChannelInfo {
-                num_clients: saturate(n),
-            };
-            (name.to_string(), info)
-        })
-        .collect();
-    ChannelsResult { channels }
+    let mut channels: BTreeMap<String, ChannelInfo> = BTreeMap::new();
+    for node in api.node.cluster_status().await? {
+        for (name, n) in node.channels {
+            if pattern.as_ref().is_none_or(|p| p.matches(&name)) {
+                let info = channels
+                    .entry(name)
+                    .or_insert(ChannelInfo { num_clients: 0 });
+                info.num_clients = info.num_clients.saturating_add(n);
+            }
+        }
+    }
+    Ok(ChannelsResult { channels })
 }
 
-/// This node's counts.
+/// Every node's counts (this node's now, the others' as of their last heartbeat).
 #[utoipa::path(post, path = "/api/info", tag = "nodes",
     request_body = InfoRequest,
     responses((status = 200, description = "`result`", body = Response<InfoResult>)))]
-pub(super) fn info(api: &Api, _req: InfoRequest) -> InfoResult {
-    let node = &api.node;
-    let (users, clients) = node.hub.counts();
-    let subs = usize::try_from(node.metrics.subscriptions.get()).unwrap_or(0);
-    InfoResult {
-        nodes: vec![NodeInfo {
-            uid: api.uid.clone(),
-            name: node.name.clone(),
-            version: crate::VERSION.to_owned(),
-            num_clients: saturate(clients),
-            num_users: saturate(users),
-            num_channels: saturate(node.hub.channels().len()),
-            num_subs: saturate(subs),
-            uptime: u32::try_from(node.started.elapsed().as_secs()).unwrap_or(u32::MAX),
-        }],
-    }
+pub(super) async fn info(api: &Api, _req: InfoRequest) -> Result<InfoResult, ApiError> {
+    let nodes = api
+        .node
+        .cluster_status()
+        .await?
+        .into_iter()
+        .map(|n| NodeInfo {
+            uid: n.uid,
+            name: n.name,
+            version: n.version,
+            num_clients: n.num_clients,
+            num_users: n.num_users,
+            num_channels: saturate(n.channels.len()),
+            num_subs: n.num_subs,
+            uptime: n.uptime,
+        })
+        .collect();
+    Ok(InfoResult { nodes })
 }
 
 /// Several commands in one request.

@@ -46,8 +46,6 @@ pub struct Api {
     node: Arc<Node>,
     keys: ApiKeys,
     idempotency: IdempotencyCache,
-    /// Unique id of this process in `info`.
-    uid: String,
 }
 
 impl Api {
@@ -60,7 +58,6 @@ impl Api {
                 config.api_idempotency_window,
                 idempotency::CAPACITY,
             ),
-            uid: uuid::Uuid::new_v4().to_string(),
             node,
         }
     }

@@ -203,7 +203,7 @@ pub struct StreamPosition {
     pub epoch: String,
 }
 
-/// `channels`: channels with subscribers on this node.
+/// `channels`: channels with subscribers on any node.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct ChannelsRequest {
     /// Only channels matching this glob (`*` any run of characters, `?` one character,
@@ -444,7 +444,7 @@ pub struct HistoryResult {
 /// A channel in `channels`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ChannelInfo {
-    /// Connections on this node subscribed to the channel.
+    /// Connections subscribed to the channel, summed over the nodes.
     pub num_clients: u32,
 }
 

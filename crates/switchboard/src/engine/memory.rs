@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use switchboard_protocol::{
@@ -13,7 +14,7 @@ use switchboard_protocol::{
 use tokio::time::Instant;
 
 use super::{Engine, EngineError, EventHandler, HistoryOptions, HistoryQuery};
-use crate::event::{ChannelEvent, EventKind};
+use crate::event::EventKind;
 use crate::history::Stream;
 use crate::presence::PresenceSet;
 
@@ -56,6 +57,7 @@ pub struct MemoryEngine {
     /// Short critical sections only (no await inside), so a std mutex is right.
     shards: Box<[Mutex<Shard>]>,
     hasher: std::collections::hash_map::RandomState,
+    presence_lease: Duration,
 }
 
 impl MemoryEngine {
@@ -66,7 +68,15 @@ impl MemoryEngine {
             shard_budget: history_max_bytes / SHARDS,
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
+            presence_lease: Duration::from_secs(20),
         }
+    }
+
+    /// Sets how long a presence entry lives without a refresh.
+    #[must_use]
+    pub fn with_presence_lease(mut self, lease: Duration) -> Self {
+        self.presence_lease = lease;
+        self
     }
 
     fn shard(&self, channel: &str) -> MutexGuard<'_, Shard> {
@@ -115,23 +125,21 @@ impl Engine for MemoryEngine {
             }
             None => StreamPosition::default(),
         };
-        let event = ChannelEvent::new(channel.clone(), EventKind::Publication(publication));
-        self.handler.on_event(&event);
+        self.handler
+            .on_event(channel, EventKind::Publication(publication));
         drop(shard);
         Ok(position)
     }
 
     async fn publish_join(&self, channel: &Arc<str>, info: ClientInfo) -> Result<(), EngineError> {
         let _order = self.shard(channel);
-        self.handler
-            .on_event(&ChannelEvent::new(channel.clone(), EventKind::Join(info)));
+        self.handler.on_event(channel, EventKind::Join(info));
         Ok(())
     }
 
     async fn publish_leave(&self, channel: &Arc<str>, info: ClientInfo) -> Result<(), EngineError> {
         let _order = self.shard(channel);
-        self.handler
-            .on_event(&ChannelEvent::new(channel.clone(), EventKind::Leave(info)));
+        self.handler.on_event(channel, EventKind::Leave(info));
         Ok(())
     }
 
@@ -144,14 +152,27 @@ impl Engine for MemoryEngine {
     }
 
     async fn add_presence(&self, channel: &str, info: ClientInfo) -> Result<bool, EngineError> {
+        let expires = Instant::now() + self.presence_lease;
         let mut shard = self.shard(channel);
         if let Some(set) = shard.presence.get_mut(channel) {
-            return Ok(set.add(info));
+            return Ok(set.add(info, expires));
         }
         let mut set = PresenceSet::default();
-        let first = set.add(info);
+        let first = set.add(info, expires);
         shard.presence.insert(Arc::from(channel), set);
         Ok(first)
+    }
+
+    async fn expire_presence(&self, channel: &str) -> Result<Vec<(ClientInfo, bool)>, EngineError> {
+        let mut shard = self.shard(channel);
+        let Some(set) = shard.presence.get_mut(channel) else {
+            return Ok(Vec::new());
+        };
+        let gone = set.expire(Instant::now());
+        if set.is_empty() {
+            shard.presence.remove(channel);
+        }
+        Ok(gone)
     }
 
     async fn remove_presence(
@@ -176,7 +197,7 @@ impl Engine for MemoryEngine {
             .shard(channel)
             .presence
             .get(channel)
-            .map(|s| s.clients().clone())
+            .map(PresenceSet::clients)
             .unwrap_or_default())
     }
 
@@ -225,15 +246,13 @@ impl Engine for MemoryEngine {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use serde_json::value::RawValue;
 
     use super::*;
 
     struct Sink;
     impl EventHandler for Sink {
-        fn on_event(&self, _: &Arc<ChannelEvent>) {}
+        fn on_event(&self, _: &Arc<str>, _: EventKind) {}
     }
 
     fn publication(bytes: usize) -> Publication {

@@ -24,7 +24,7 @@ pub async fn handler(State(node): State<Arc<Node>>) -> impl IntoResponse {
 /// Renders every metric of `node`.
 pub fn render(node: &Node) -> String {
     let m = &node.metrics;
-    let (users, _) = node.hub.counts();
+    let (users, _) = node.local_counts();
     let mut out = Text(String::with_capacity(4096));
 
     out.family(
@@ -67,7 +67,7 @@ pub fn render(node: &Node) -> String {
         "gauge",
         "Channels with at least one local subscriber.",
     );
-    out.sample("switchboard_channels", &[], node.hub.channels().len());
+    out.sample("switchboard_channels", &[], node.local_channels().len());
 
     out.family(
         "switchboard_commands_total",

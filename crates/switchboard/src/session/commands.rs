@@ -131,7 +131,7 @@ impl Session {
                 if req.users.len() > MAX_STATUS_USERS {
                     return Err(ErrorCode::LimitExceeded.into());
                 }
-                let statuses = self.node.user_status(&req.users);
+                let statuses = self.node.user_status(&req.users).await;
                 let json = serde_json::json!({ "statuses": statuses }).to_string();
                 let raw = serde_json::value::RawValue::from_string(json)
                     .map_err(|_| SessionError::Reply(ErrorCode::Internal))?;

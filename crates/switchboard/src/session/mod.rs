@@ -327,7 +327,7 @@ impl Session {
         // Anonymous connections (a connect proxy's empty user) are nobody's: no user
         // index, no per-user limit, no online status.
         let anonymous = identity.user.is_empty();
-        if !anonymous && !node.hub.add_user_session(&identity.user, self, limit) {
+        if !anonymous && !node.register_session(&identity.user, self, limit).await {
             tracing::info!(client = %self.id, user = %identity.user, "connect refused: connection limit");
             return Err(SessionError::Disconnect(Disconnect::CONNECTION_LIMIT));
         }
@@ -531,7 +531,7 @@ impl Session {
             self.remove_subscription(&ch).await;
         }
         if let Some(id) = identity.filter(|id| !id.user.is_empty()) {
-            self.node.hub.remove_user_session(&id.user, self);
+            self.node.unregister_session(&id.user, self).await;
             self.node.user_disconnected(&id.user);
         }
     }

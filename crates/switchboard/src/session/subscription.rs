@@ -207,22 +207,21 @@ impl Session {
             session: self.clone(),
             channels: vec![(channel.clone(), u64::MAX)],
         };
-        let first = node.hub.subscribe(channel, self);
         let info = ClientInfo {
             user: identity.user.clone(),
             client: self.id.clone(),
             conn_info: identity.info.clone(),
             chan_info: grant.as_ref().and_then(|g| g.info.clone()),
         };
-        let prepared = self
-            .prepare_subscription(channel, &ns, first, &info, since)
-            .await;
-        let (mut result, offset) = match prepared {
+        if let Err(e) = node.subscribe_session(channel, self).await {
+            drop(activation);
+            return Err(e.into());
+        }
+        let (mut result, offset) = match self.prepare_subscription(channel, &ns, &info, since).await
+        {
             Ok(r) => r,
             Err(e) => {
-                if node.hub.unsubscribe(channel, self) {
-                    let _ = node.engine.unsubscribe(channel).await;
-                }
+                node.unsubscribe_session(channel, self).await;
                 drop(activation);
                 return Err(e);
             }
@@ -252,17 +251,10 @@ impl Session {
         &self,
         channel: &Arc<str>,
         ns: &NamespaceConfig,
-        first_on_node: bool,
         info: &ClientInfo,
         since: Option<StreamPosition>,
     ) -> SessionResult<(SubscribeResult, u64)> {
         let node = &self.node;
-        if first_on_node {
-            node.engine
-                .subscribe(channel)
-                .await
-                .map_err(NodeError::from)?;
-        }
         let mut result = SubscribeResult::default();
         let mut offset = 0;
         if let Some(opts) = node.history_options(ns) {
@@ -273,11 +265,7 @@ impl Session {
                 reverse: false,
                 ensure: Some(opts),
             };
-            let h = node
-                .engine
-                .history(channel, query)
-                .await
-                .map_err(NodeError::from)?;
+            let h = node.read_stream(channel, query).await?;
             offset = h.offset;
             result.recoverable = true;
             result.positioned = true;
@@ -289,20 +277,7 @@ impl Session {
                 result.publications = h.publications;
             }
         }
-        let first_of_user = if ns.presence {
-            node.engine
-                .add_presence(channel, info.clone())
-                .await
-                .map_err(NodeError::from)?
-        } else {
-            true
-        };
-        if ns.join_leave && (first_of_user || !ns.presence_per_user) {
-            node.engine
-                .publish_join(channel, info.clone())
-                .await
-                .map_err(NodeError::from)?;
-        }
+        node.join(channel, ns, info).await?;
         Ok((result, offset))
     }
 
@@ -340,31 +315,24 @@ impl Session {
         let (channel, sub) = self.state().subs.remove_entry(channel)?;
         let node = &self.node;
         node.metrics.subscriptions.dec();
-        if node.hub.unsubscribe(&channel, self) {
-            if let Err(e) = node.engine.unsubscribe(&channel).await {
-                tracing::warn!(%channel, error = %e, "engine unsubscribe failed");
-            }
-        }
-        let mut last_of_user = true;
-        if sub.ns.presence {
-            match node
-                .engine
-                .remove_presence(&channel, &self.id, &sub.info.user)
-                .await
-            {
-                Ok(last) => last_of_user = last,
-                Err(e) => tracing::warn!(%channel, error = %e, "presence removal failed"),
-            }
-        }
-        if sub.ns.typing {
-            if let Some(info) = node.typing.stop(&channel, &sub.info.user) {
-                node.publish_typing_stop(&channel, info).await;
-            }
-        }
-        if sub.ns.join_leave && (last_of_user || !sub.ns.presence_per_user) {
-            let _ = node.engine.publish_leave(&channel, sub.info).await;
-        }
+        node.unsubscribe_session(&channel, self).await;
+        node.leave(&channel, &sub.ns, sub.info).await;
         Some(channel)
+    }
+
+    /// Whether the session holds a subscription to `channel`.
+    pub fn is_subscribed(&self, channel: &str) -> bool {
+        self.state().subs.contains_key(channel)
+    }
+
+    /// This session's presence entries (channel and info), for the lease refresh.
+    pub fn presence_entries(&self) -> Vec<(Arc<str>, ClientInfo)> {
+        self.state()
+            .subs
+            .iter()
+            .filter(|(_, sub)| sub.ns.presence)
+            .map(|(ch, sub)| (ch.clone(), sub.info.clone()))
+            .collect()
     }
 
     /// Replaces a subscription token.

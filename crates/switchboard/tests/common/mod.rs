@@ -17,6 +17,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod redis;
+
 pub const SECRET: &str = "test-secret";
 pub const API_KEY: &str = "test-api-key";
 /// Every receive waits at most this long, so a bug fails fast instead of hanging.
@@ -167,11 +169,15 @@ pub struct Closed {
 impl Client {
     /// Opens a socket without sending connect.
     pub async fn open(server: &TestServer) -> Client {
-        let (ws, _) =
-            tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(server.ws_url()))
-                .await
-                .expect("open timeout")
-                .expect("open");
+        Client::open_url(&server.ws_url()).await
+    }
+
+    /// Opens a socket to the WebSocket endpoint `url` without sending connect.
+    pub async fn open_url(url: &str) -> Client {
+        let (ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("open timeout")
+            .expect("open");
         Client {
             ws,
             next_id: 0,
@@ -208,7 +214,12 @@ impl Client {
 
     /// Opens a socket and connects with `token`; panics unless the connect succeeds.
     pub async fn connect(server: &TestServer, token: &str) -> Client {
-        let mut c = Client::open(server).await;
+        Client::connect_url(&server.ws_url(), token).await
+    }
+
+    /// As [`Client::connect`], to the WebSocket endpoint `url`.
+    pub async fn connect_url(url: &str, token: &str) -> Client {
+        let mut c = Client::open_url(url).await;
         let reply = c
             .request(json!({"connect": {"token": token, "name": "test"}}))
             .await;
@@ -423,6 +434,20 @@ impl Sending {
         assert!(sent > 0, "nothing was sent");
         closed
     }
+}
+
+/// Calls server API `method` at `base` (`http://host:port`) with the test key; returns
+/// the whole answer (`result` or `error`).
+pub async fn api_at(base: &str, method: &str, params: Value) -> Value {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/api/{method}"))
+        .header("X-API-Key", API_KEY)
+        .timeout(TIMEOUT)
+        .body(params.to_string())
+        .send()
+        .await
+        .expect("api");
+    resp.json().await.expect("api json")
 }
 
 /// The error code in a reply, if any.

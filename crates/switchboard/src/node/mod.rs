@@ -14,8 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthError, Verifier};
-use crate::config::{Config, NamespaceConfig};
+use crate::cluster::Dispatch;
+use crate::config::{Config, EngineKind, NamespaceConfig};
 use crate::engine::memory::MemoryEngine;
+use crate::engine::redis::RedisEngine;
 use crate::engine::{Engine, EngineError, EventHandler, HistoryOptions, HistoryQuery};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -23,6 +25,9 @@ use crate::rules::{RuleError, Rules};
 use crate::session::Session;
 use crate::status::{Change, StatusTracker, UserStatus};
 use crate::typing::{self, Signal, Typing};
+
+mod cluster;
+use crate::upstream::Upstream;
 
 /// Why a node operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +55,9 @@ pub enum StartError {
     /// Token keys could not be loaded.
     #[error("token keys: {0}")]
     Auth(#[from] AuthError),
+    /// The engine could not be set up (a malformed Redis URL).
+    #[error("engine: {0}")]
+    Engine(#[from] EngineError),
 }
 
 /// One gateway process.
@@ -60,12 +68,16 @@ pub struct Node {
     pub rules: Rules,
     /// Token verification.
     pub verifier: Verifier,
-    /// Local index of sessions.
-    pub hub: Arc<Hub>,
+    /// Local index of sessions; sessions reach it through the node's methods.
+    hub: Arc<Hub>,
     /// Pub/sub, presence and history.
-    pub engine: Arc<dyn Engine>,
+    engine: Arc<dyn Engine>,
+    /// Keeps each channel's upstream subscription in step with the hub.
+    upstream: Upstream,
     /// Node name.
     pub name: String,
+    /// Unique id of this process, in `info` and between nodes.
+    pub uid: String,
     /// Start time, for uptime.
     pub started: Instant,
     /// Cancelled on shutdown; every session's token is a child.
@@ -75,9 +87,9 @@ pub struct Node {
     /// Counters and gauges (shared with the hub, which counts deliveries).
     pub metrics: Arc<Metrics>,
     /// Who is typing where.
-    pub typing: Typing,
+    typing: Typing,
     /// Online status of users.
-    pub status: StatusTracker,
+    status: StatusTracker,
     /// Proxies to the app backend.
     pub proxies: crate::proxy::Proxies,
     /// Revoked tokens and invalidated users.
@@ -102,50 +114,77 @@ pub struct PublishOptions {
 }
 
 impl Node {
-    /// A node with the in-memory engine.
+    /// A node with the engine its configuration names. Must run inside a Tokio runtime
+    /// (the Redis engine starts its pub/sub task).
     ///
     /// # Errors
-    /// [`StartError`] when token keys can not be loaded.
+    /// [`StartError`] when token keys can not be loaded or the engine is misconfigured.
     pub fn new(config: Config) -> Result<Arc<Self>, StartError> {
         let cap = config.history_max_bytes;
-        Self::with_engine(config, move |handler| {
-            Arc::new(MemoryEngine::new(handler, cap))
-        })
+        let lease = config.presence_lease;
+        match config.engine {
+            EngineKind::Memory => Self::with_engine(config, move |handler, _| {
+                Ok(Arc::new(
+                    MemoryEngine::new(handler, cap).with_presence_lease(lease),
+                ))
+            }),
+            EngineKind::Redis => {
+                let redis = config.redis.clone();
+                Self::with_engine(config, move |handler, shutdown| {
+                    Ok(RedisEngine::connect(
+                        handler,
+                        &redis,
+                        lease,
+                        shutdown.clone(),
+                    )?)
+                })
+            }
+        }
     }
 
-    /// A node with the engine `make_engine` builds around the hub.
+    /// A node with the engine `make_engine` builds around the hub; the engine may stop
+    /// its background work when the node's shutdown token is cancelled.
     ///
     /// # Errors
-    /// [`StartError`] when token keys can not be loaded.
+    /// [`StartError`] when token keys can not be loaded or the engine fails.
     pub fn with_engine(
         config: Config,
-        make_engine: impl FnOnce(Arc<dyn EventHandler>) -> Arc<dyn Engine>,
+        make_engine: impl FnOnce(
+            Arc<dyn EventHandler>,
+            &CancellationToken,
+        ) -> Result<Arc<dyn Engine>, StartError>,
     ) -> Result<Arc<Self>, StartError> {
         let metrics = Arc::new(Metrics::new(config.namespaces.keys().map(String::as_str)));
         let hub = Arc::new(Hub::with_metrics(metrics.clone()));
-        let engine = make_engine(hub.clone());
+        let shutdown = CancellationToken::new();
+        let dispatch = Arc::new(Dispatch::new(hub.clone()));
+        let engine = make_engine(dispatch.clone(), &shutdown)?;
         let name = if config.node_name.is_empty() {
             format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
         } else {
             config.node_name.clone()
         };
         let proxies = crate::proxy::Proxies::new(&config, metrics.clone());
-        Ok(Arc::new(Self {
+        let node = Arc::new(Self {
             rules: Rules::new(&config),
             verifier: Verifier::new(&config)?,
             config: Arc::new(config),
             hub,
             engine,
+            upstream: Upstream::new(),
             name,
             started: Instant::now(),
-            shutdown: CancellationToken::new(),
+            shutdown,
             tracker: TaskTracker::new(),
             metrics,
             typing: Typing::default(),
             status: StatusTracker::default(),
             proxies,
             revocations: Arc::new(crate::revocation::MemoryRevocations::default()),
-        }))
+            uid: uuid::Uuid::new_v4().to_string(),
+        });
+        dispatch.link(&node);
+        Ok(node)
     }
 
     /// History options of a namespace, if it keeps history.
@@ -412,7 +451,11 @@ impl Node {
             return;
         };
         let node = self.clone();
+        let status = status.clone();
         tokio::spawn(async move {
+            if !node.status_changed(&status).await {
+                return;
+            }
             if let Err(e) = node
                 .publish(&channel, Arc::from(raw), PublishOptions::default())
                 .await
@@ -423,8 +466,39 @@ impl Node {
     }
 
     /// Status of up to `limit` users.
-    pub fn user_status(&self, users: &[String]) -> Vec<UserStatus> {
-        self.status.query(users)
+    ///
+    /// With a shared engine, `connections` counts every live node and a user connected
+    /// on any node is online.
+    pub async fn user_status(&self, users: &[String]) -> Vec<UserStatus> {
+        let mut statuses = self.status.query(users);
+        match self.engine.connection_counts(users).await {
+            Ok(Some(counts)) => {
+                for (s, n) in statuses.iter_mut().zip(counts) {
+                    s.online |= n > 0;
+                    s.connections = n;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "user status of other nodes unknown"),
+        }
+        statuses
+    }
+
+    /// Whether `user`'s status change should be announced: with a shared engine, a user
+    /// still (or already) connected on another node did not change.
+    async fn status_changed(&self, status: &UserStatus) -> bool {
+        let users = [status.user.clone()];
+        match self.engine.connection_counts(&users).await {
+            Ok(Some(counts)) => {
+                let n = counts.first().copied().unwrap_or(0);
+                if status.online {
+                    n <= 1
+                } else {
+                    n == 0
+                }
+            }
+            _ => true,
+        }
     }
 
     /// Handles a client's signal in a typing namespace: forwards it unless throttled,
@@ -497,20 +571,135 @@ impl Node {
         }
     }
 
-    /// Runs periodic housekeeping until shutdown.
-    pub fn spawn_maintenance(self: &Arc<Self>) {
-        let node = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    () = node.shutdown.cancelled() => return,
-                }
-                node.engine.maintain().await;
-                node.status.sweep(node.config.user_status.last_seen_ttl);
+    /// Adds `session` to a channel's local subscribers; the channel's first local
+    /// subscriber subscribes the node upstream.
+    ///
+    /// # Errors
+    /// The engine could not subscribe; the session was not added.
+    pub async fn subscribe_session(
+        &self,
+        channel: &Arc<str>,
+        session: &Arc<Session>,
+    ) -> Result<(), NodeError> {
+        Ok(self
+            .upstream
+            .subscribe(&self.hub, &*self.engine, channel, session)
+            .await?)
+    }
+
+    /// Removes `session` from a channel's local subscribers; the last one unsubscribes
+    /// the node upstream.
+    pub async fn unsubscribe_session(&self, channel: &str, session: &Session) {
+        self.upstream
+            .unsubscribe(&self.hub, &*self.engine, channel, session)
+            .await;
+    }
+
+    /// Reads a channel's stream without namespace checks (subscribe and recovery have
+    /// checked already).
+    ///
+    /// # Errors
+    /// An engine failure.
+    pub async fn read_stream(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryResult, NodeError> {
+        Ok(self.engine.history(channel, query).await?)
+    }
+
+    /// A client joined a channel: presence (when kept) and the join push (when sent).
+    ///
+    /// # Errors
+    /// An engine failure.
+    pub async fn join(
+        &self,
+        channel: &Arc<str>,
+        ns: &NamespaceConfig,
+        info: &ClientInfo,
+    ) -> Result<(), NodeError> {
+        let first_of_user = if ns.presence {
+            self.engine.add_presence(channel, info.clone()).await?
+        } else {
+            true
+        };
+        if ns.join_leave && (first_of_user || !ns.presence_per_user) {
+            self.engine.publish_join(channel, info.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// A client left a channel: presence, typing and the leave push. Failures are
+    /// logged; the lease removes a presence entry that could not be removed now.
+    pub async fn leave(&self, channel: &Arc<str>, ns: &NamespaceConfig, info: ClientInfo) {
+        let mut last_of_user = true;
+        if ns.presence {
+            match self
+                .engine
+                .remove_presence(channel, &info.client, &info.user)
+                .await
+            {
+                Ok(last) => last_of_user = last,
+                Err(e) => tracing::warn!(%channel, error = %e, "presence removal failed"),
             }
-        });
+        }
+        if ns.typing {
+            if let Some(typing) = self.typing.stop(channel, &info.user) {
+                self.publish_typing_stop(channel, typing).await;
+            }
+        }
+        if ns.join_leave && (last_of_user || !ns.presence_per_user) {
+            let _ = self.engine.publish_leave(channel, info).await;
+        }
+    }
+
+    /// Registers an authenticated session under its user unless the user already has
+    /// `limit` connections (0 = no limit), on this node or, with a shared engine, on
+    /// any node. Returns false at the limit. If the engine can not count, the session
+    /// is let in (counted here only): availability over the limit.
+    pub async fn register_session(
+        &self,
+        user: &Arc<str>,
+        session: &Arc<Session>,
+        limit: usize,
+    ) -> bool {
+        if !self.hub.add_user_session(user, session, limit) {
+            return false;
+        }
+        match self.engine.count_connection(user, &self.uid, limit).await {
+            Ok(true) => true,
+            Ok(false) => {
+                self.hub.remove_user_session(user, session);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(%user, error = %e, "connection not counted across nodes");
+                true
+            }
+        }
+    }
+
+    /// Unregisters a session from its user.
+    pub async fn unregister_session(&self, user: &str, session: &Session) {
+        self.hub.remove_user_session(user, session);
+        if let Err(e) = self.engine.uncount_connection(user, &self.uid).await {
+            tracing::warn!(%user, error = %e, "connection not uncounted across nodes");
+        }
+    }
+
+    /// Channels with subscribers on this node, with their local counts.
+    pub fn local_channels(&self) -> Vec<(Arc<str>, usize)> {
+        self.hub.channels()
+    }
+
+    /// Distinct users and sessions on this node.
+    pub fn local_counts(&self) -> (usize, usize) {
+        self.hub.counts()
+    }
+
+    /// Whether the engine can serve requests.
+    pub async fn ready(&self) -> bool {
+        self.engine.ready().await
     }
 
     /// Starts shutdown: every session is told to reconnect elsewhere.

@@ -1,0 +1,312 @@
+//! The node's one Redis pub/sub connection: one upstream subscription per channel with
+//! local subscribers, events decoded once and handed to the hub, reconnection with
+//! backoff and resubscription, and detection of missed events.
+//!
+//! Messages are `p <offset> <epoch> <publication JSON>` (offset 0 and epoch `-` when
+//! the channel keeps no history), `j <client info JSON>` and `l <client info JSON>`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::PubSubSink;
+use switchboard_protocol::{ClientInfo, Publication};
+use tokio_util::sync::CancellationToken;
+
+use super::Keys;
+use crate::engine::{EngineError, EventHandler};
+use crate::event::EventKind;
+
+/// Where a channel's stream was when this node last heard of it.
+#[derive(Debug, Default)]
+struct Position {
+    epoch: String,
+    offset: u64,
+}
+
+/// State shared by the pub/sub task and the engine's subscribe calls.
+pub(super) struct Subscriber {
+    keys: Keys,
+    /// Channels this node wants, with the last position seen in each. Short critical
+    /// sections only (one per received message), never across an await.
+    channels: Mutex<HashMap<Arc<str>, Option<Position>>>,
+    /// The live connection's command half; `None` while reconnecting. Cloned out of the
+    /// lock before use.
+    sink: Mutex<Option<PubSubSink>>,
+    connected: AtomicBool,
+    timeout: Duration,
+}
+
+impl Subscriber {
+    /// Starts the pub/sub task.
+    pub(super) fn spawn(
+        client: redis::Client,
+        keys: Keys,
+        handler: Arc<dyn EventHandler>,
+        connect_timeout: Duration,
+        timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let me = Arc::new(Self {
+            keys,
+            channels: Mutex::default(),
+            sink: Mutex::default(),
+            connected: AtomicBool::new(false),
+            timeout,
+        });
+        tokio::spawn(me.clone().run(client, handler, connect_timeout, shutdown));
+        me
+    }
+
+    fn channels(&self) -> MutexGuard<'_, HashMap<Arc<str>, Option<Position>>> {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn current_sink(&self) -> Option<PubSubSink> {
+        self.sink.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_sink(&self, sink: Option<PubSubSink>) {
+        self.connected.store(sink.is_some(), Ordering::Release);
+        *self.sink.lock().unwrap_or_else(|e| e.into_inner()) = sink;
+    }
+
+    /// Whether the pub/sub connection is up.
+    pub(super) fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Subscribes upstream; returns once Redis confirmed, so no later publication of
+    /// the channel can be missed.
+    pub(super) async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
+        let name = Arc::<str>::from(channel);
+        self.channels().insert(name.clone(), None);
+        let result = match self.current_sink() {
+            Some(mut sink) => {
+                match tokio::time::timeout(self.timeout, sink.subscribe(self.keys.pubsub(channel)))
+                    .await
+                {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(EngineError::Unavailable(e.to_string())),
+                    Err(_) => Err(EngineError::Unavailable("redis subscribe timed out".into())),
+                }
+            }
+            None => Err(EngineError::Unavailable(
+                "redis pub/sub reconnecting".into(),
+            )),
+        };
+        if result.is_err() {
+            self.channels().remove(&name);
+        }
+        result
+    }
+
+    /// Unsubscribes upstream. The channel is forgotten even if Redis is unreachable:
+    /// a reconnect does not subscribe it again.
+    pub(super) async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError> {
+        self.channels().remove(channel);
+        let Some(mut sink) = self.current_sink() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(self.timeout, sink.unsubscribe(self.keys.pubsub(channel))).await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(EngineError::Unavailable(e.to_string())),
+            Err(_) => Err(EngineError::Unavailable(
+                "redis unsubscribe timed out".into(),
+            )),
+        }
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        client: redis::Client,
+        handler: Arc<dyn EventHandler>,
+        connect_timeout: Duration,
+        shutdown: CancellationToken,
+    ) {
+        const MIN_BACKOFF: Duration = Duration::from_millis(50);
+        const MAX_BACKOFF: Duration = Duration::from_secs(2);
+        let mut backoff = MIN_BACKOFF;
+        let mut lost_connection = false;
+        loop {
+            let connect = tokio::time::timeout(connect_timeout, client.get_async_pubsub());
+            // Both arms are cancel-safe: a dropped connect attempt is simply retried.
+            let pubsub = tokio::select! {
+                r = connect => r,
+                () = shutdown.cancelled() => return,
+            };
+            let pubsub = match pubsub {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "redis pub/sub: connect failed");
+                    if sleep_or_stop(backoff, &shutdown).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(retry_in = ?backoff, "redis pub/sub: connect timed out");
+                    if sleep_or_stop(backoff, &shutdown).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            let (mut sink, mut stream) = pubsub.split();
+            let control = self.keys.control();
+            let wanted: Vec<String> = std::iter::once(control.clone())
+                .chain(self.channels().keys().map(|c| self.keys.pubsub(c)))
+                .collect();
+            let resubscribe = tokio::time::timeout(self.timeout, sink.subscribe(&wanted));
+            if !matches!(resubscribe.await, Ok(Ok(()))) {
+                tracing::warn!("redis pub/sub: resubscribe failed");
+                if sleep_or_stop(backoff, &shutdown).await {
+                    return;
+                }
+                continue;
+            }
+            // Subscribe calls from now on go to this connection; one that raced the
+            // snapshot above is simply sent twice (Redis ignores the repeat).
+            self.set_sink(Some(sink));
+            backoff = MIN_BACKOFF;
+            if lost_connection {
+                tracing::info!(channels = wanted.len() - 1, "redis pub/sub: reconnected");
+            }
+            loop {
+                // Both arms are cancel-safe (a stream's next item, a cancellation).
+                let msg = tokio::select! {
+                    m = stream.next() => m,
+                    () = shutdown.cancelled() => return,
+                };
+                let Some(msg) = msg else { break };
+                if msg.get_channel_name() == control {
+                    handler.on_control(msg.get_payload_bytes());
+                    continue;
+                }
+                let Some(channel) = self.keys.channel_of(msg.get_channel_name()) else {
+                    continue;
+                };
+                self.handle(channel, msg.get_payload_bytes(), &*handler);
+            }
+            self.set_sink(None);
+            lost_connection = true;
+            tracing::warn!("redis pub/sub: connection lost, reconnecting");
+        }
+    }
+
+    /// Decodes one message and hands it to the hub; a gap in a channel's offsets (or a
+    /// new epoch) means this node missed publications, which its subscribers learn.
+    fn handle(&self, channel: &str, payload: &[u8], handler: &dyn EventHandler) {
+        let Some((tag, rest)) = payload.split_first() else {
+            return;
+        };
+        let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+        let kind = match tag {
+            b'p' => {
+                let Some((offset, epoch, json)) = split_publication(rest) else {
+                    return;
+                };
+                let Ok(mut publication) = serde_json::from_slice::<Publication>(json) else {
+                    tracing::warn!(%channel, "redis pub/sub: undecodable publication");
+                    return;
+                };
+                publication.offset = offset;
+                let (name, lost) = {
+                    let mut channels = self.channels();
+                    let Some((name, _)) = channels.get_key_value(channel) else {
+                        return;
+                    };
+                    let name = name.clone();
+                    let lost = match channels.get_mut(channel) {
+                        Some(pos) if offset > 0 => track(pos, epoch, offset),
+                        _ => false,
+                    };
+                    (name, lost)
+                };
+                if lost {
+                    handler.on_lost(&name);
+                }
+                handler.on_event(&name, EventKind::Publication(publication));
+                return;
+            }
+            b'j' | b'l' => {
+                let Ok(info) = serde_json::from_slice::<ClientInfo>(rest) else {
+                    return;
+                };
+                if *tag == b'j' {
+                    EventKind::Join(info)
+                } else {
+                    EventKind::Leave(info)
+                }
+            }
+            _ => return,
+        };
+        let name = {
+            let channels = self.channels();
+            let Some((name, _)) = channels.get_key_value(channel) else {
+                return;
+            };
+            name.clone()
+        };
+        handler.on_event(&name, kind);
+    }
+}
+
+/// Records a publication at `epoch`/`offset`; true when publications were skipped
+/// since the last one seen.
+fn track(pos: &mut Option<Position>, epoch: &str, offset: u64) -> bool {
+    let lost = match pos {
+        Some(p) => p.epoch != epoch || offset > p.offset + 1,
+        None => false,
+    };
+    *pos = Some(Position {
+        epoch: epoch.to_owned(),
+        offset,
+    });
+    lost
+}
+
+/// Splits `<offset> <epoch> <json>`.
+fn split_publication(rest: &[u8]) -> Option<(u64, &str, &[u8])> {
+    let mut parts = rest.splitn(3, |b| *b == b' ');
+    let offset = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let epoch = std::str::from_utf8(parts.next()?).ok()?;
+    Some((offset, epoch, parts.next()?))
+}
+
+/// Sleeps; true when shutdown came first.
+async fn sleep_or_stop(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(d) => false,
+        () = shutdown.cancelled() => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_and_new_epochs_are_losses() {
+        let mut pos = None;
+        assert!(!track(&mut pos, "e1", 5), "first publication seen");
+        assert!(!track(&mut pos, "e1", 6));
+        assert!(track(&mut pos, "e1", 8), "7 was missed");
+        assert!(track(&mut pos, "e2", 1), "the stream was reset");
+        assert!(!track(&mut pos, "e2", 2));
+    }
+
+    #[test]
+    fn publication_messages_split() {
+        assert_eq!(
+            split_publication(br#"3 ab12 {"data":1}"#),
+            Some((3, "ab12", &br#"{"data":1}"#[..]))
+        );
+        assert_eq!(split_publication(b"x y z"), None);
+    }
+}

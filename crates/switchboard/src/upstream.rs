@@ -1,0 +1,187 @@
+//! This node's upstream subscriptions: a channel is subscribed in the engine exactly
+//! while it has local subscribers in the hub.
+//!
+//! The hub change and the engine call of one channel happen under one per-channel
+//! (sharded) async lock, so a last unsubscribe racing a first subscribe can never leave
+//! the node unsubscribed upstream while a session still listens locally.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+use crate::engine::{Engine, EngineError};
+use crate::hub::Hub;
+use crate::session::Session;
+
+const SHARDS: usize = 64;
+
+/// Serializes each channel's subscription changes.
+pub(crate) struct Upstream {
+    /// Held across the engine call on purpose (an async mutex): the hub change and the
+    /// engine's subscription must not be reordered against another session's.
+    locks: Box<[Mutex<()>]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Upstream {
+    pub(crate) fn new() -> Self {
+        Self {
+            locks: (0..SHARDS).map(|_| Mutex::new(())).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    fn lock(&self, channel: &str) -> &Mutex<()> {
+        &self.locks[(self.hasher.hash_one(channel) as usize) % SHARDS]
+    }
+
+    /// Adds `session` to the channel's local subscribers, subscribing the node upstream
+    /// first if it is the first one. On failure the session is not added.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe: run it to completion (session commands are).
+    pub(crate) async fn subscribe(
+        &self,
+        hub: &Hub,
+        engine: &dyn Engine,
+        channel: &Arc<str>,
+        session: &Arc<Session>,
+    ) -> Result<(), EngineError> {
+        let _order = self.lock(channel).lock().await;
+        if hub.subscribe(channel, session) {
+            if let Err(e) = engine.subscribe(channel).await {
+                hub.unsubscribe(channel, session);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `session` from the channel's local subscribers, unsubscribing the node
+    /// upstream when it was the last one (a failure there is only logged: the node then
+    /// receives events nobody local wants, which the hub drops).
+    pub(crate) async fn unsubscribe(
+        &self,
+        hub: &Hub,
+        engine: &dyn Engine,
+        channel: &str,
+        session: &Session,
+    ) {
+        let _order = self.lock(channel).lock().await;
+        if hub.unsubscribe(channel, session) {
+            if let Err(e) = engine.unsubscribe(channel).await {
+                tracing::warn!(%channel, error = %e, "engine unsubscribe failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, HashSet};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use switchboard_protocol::{
+        ClientInfo, HistoryResult, PresenceStatsResult, Publication, StreamPosition,
+    };
+
+    use super::*;
+    use crate::engine::{HistoryOptions, HistoryQuery};
+    use crate::event::{Codec, Protocol};
+    use crate::node::Node;
+
+    /// Tracks what the node is subscribed to upstream; unsubscribing takes a while,
+    /// as a Redis round trip does, which opens the window a racing subscribe hits.
+    #[derive(Default)]
+    struct SlowUpstream {
+        subscribed: std::sync::Mutex<HashSet<String>>,
+    }
+
+    #[async_trait]
+    impl Engine for SlowUpstream {
+        async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
+            self.subscribed.lock().unwrap().insert(channel.to_owned());
+            Ok(())
+        }
+        async fn unsubscribe(&self, channel: &str) -> Result<(), EngineError> {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.subscribed.lock().unwrap().remove(channel);
+            Ok(())
+        }
+        async fn publish(
+            &self,
+            _: &Arc<str>,
+            _: Publication,
+            _: Option<HistoryOptions>,
+        ) -> Result<StreamPosition, EngineError> {
+            Ok(StreamPosition::default())
+        }
+        async fn publish_join(&self, _: &Arc<str>, _: ClientInfo) -> Result<(), EngineError> {
+            Ok(())
+        }
+        async fn publish_leave(&self, _: &Arc<str>, _: ClientInfo) -> Result<(), EngineError> {
+            Ok(())
+        }
+        async fn add_presence(&self, _: &str, _: ClientInfo) -> Result<bool, EngineError> {
+            Ok(true)
+        }
+        async fn expire_presence(&self, _: &str) -> Result<Vec<(ClientInfo, bool)>, EngineError> {
+            Ok(Vec::new())
+        }
+        async fn remove_presence(&self, _: &str, _: &str, _: &str) -> Result<bool, EngineError> {
+            Ok(true)
+        }
+        async fn presence(&self, _: &str) -> Result<HashMap<Arc<str>, ClientInfo>, EngineError> {
+            Ok(HashMap::new())
+        }
+        async fn presence_stats(&self, _: &str) -> Result<PresenceStatsResult, EngineError> {
+            Ok(PresenceStatsResult::default())
+        }
+        async fn history(&self, _: &str, _: HistoryQuery) -> Result<HistoryResult, EngineError> {
+            Ok(HistoryResult::default())
+        }
+        async fn remove_history(&self, _: &str) -> Result<(), EngineError> {
+            Ok(())
+        }
+    }
+
+    fn codec() -> Codec {
+        Codec {
+            protocol: Protocol::CentrifugeJson,
+            encode_event: |_| String::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_subscribe_racing_the_last_unsubscribe_stays_subscribed_upstream() {
+        let engine = Arc::new(SlowUpstream::default());
+        let e = engine.clone();
+        let node = Node::with_engine(crate::Config::default(), move |_, _| Ok(e)).unwrap();
+        let hub = Hub::default();
+        let upstream = Upstream::new();
+        let channel: Arc<str> = "news:1".into();
+        let (leaver, joiner) = (
+            Session::new(node.clone(), codec()),
+            Session::new(node.clone(), codec()),
+        );
+        upstream
+            .subscribe(&hub, &*engine, &channel, &leaver)
+            .await
+            .unwrap();
+        // The leaver's unsubscribe is on its way to the engine when the joiner comes.
+        let leave = upstream.unsubscribe(&hub, &*engine, &channel, &leaver);
+        let join = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            upstream.subscribe(&hub, &*engine, &channel, &joiner).await
+        };
+        let ((), joined) = tokio::join!(leave, join);
+        joined.unwrap();
+        assert_eq!(hub.channels().len(), 1, "the joiner listens locally");
+        assert!(
+            engine.subscribed.lock().unwrap().contains("news:1"),
+            "so the node must still be subscribed upstream"
+        );
+    }
+}

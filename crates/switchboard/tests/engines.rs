@@ -1,0 +1,321 @@
+//! One conformance suite for every engine: the same tests run against the memory engine
+//! and the Redis engine (on a real redis-server the fixture starts).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use switchboard::config::RedisConfig;
+use switchboard::engine::memory::MemoryEngine;
+use switchboard::engine::redis::RedisEngine;
+use switchboard::engine::{Engine, EventHandler, HistoryOptions, HistoryQuery};
+use switchboard::event::EventKind;
+use switchboard_protocol::{ClientInfo, Publication, StreamPosition};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use common::redis::RedisServer;
+use common::TIMEOUT;
+
+const LEASE: Duration = Duration::from_millis(500);
+
+/// What the engine delivered: channel, and `pub:<offset>`, `join:<client>` or
+/// `leave:<client>`.
+struct Recorder(mpsc::UnboundedSender<(String, String)>);
+
+impl EventHandler for Recorder {
+    fn on_event(&self, channel: &Arc<str>, kind: EventKind) {
+        let what = match kind {
+            EventKind::Publication(p) => format!("pub:{}", p.offset),
+            EventKind::Join(i) => format!("join:{}", i.client),
+            EventKind::Leave(i) => format!("leave:{}", i.client),
+        };
+        let _ = self.0.send((channel.to_string(), what));
+    }
+}
+
+struct Fixture {
+    engine: Arc<dyn Engine>,
+    events: mpsc::UnboundedReceiver<(String, String)>,
+    stop: CancellationToken,
+    _redis: Option<RedisServer>,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Memory,
+    Redis,
+}
+
+async fn fixture(kind: Kind) -> Option<Fixture> {
+    let (tx, events) = mpsc::unbounded_channel();
+    let handler: Arc<dyn EventHandler> = Arc::new(Recorder(tx));
+    let stop = CancellationToken::new();
+    let (engine, redis): (Arc<dyn Engine>, _) = match kind {
+        Kind::Memory => (
+            Arc::new(MemoryEngine::new(handler, 1 << 20).with_presence_lease(LEASE)),
+            None,
+        ),
+        Kind::Redis => {
+            let redis = RedisServer::start()?;
+            let config = RedisConfig {
+                url: redis.url(),
+                ..RedisConfig::default()
+            };
+            let engine =
+                RedisEngine::connect(handler, &config, LEASE, stop.clone()).expect("redis engine");
+            let deadline = tokio::time::Instant::now() + TIMEOUT;
+            while !engine.ready().await {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "redis engine not ready"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (engine as Arc<dyn Engine>, Some(redis))
+        }
+    };
+    Some(Fixture {
+        engine,
+        events,
+        stop,
+        _redis: redis,
+    })
+}
+
+impl Fixture {
+    async fn next_event(&mut self) -> (String, String) {
+        tokio::time::timeout(TIMEOUT, self.events.recv())
+            .await
+            .expect("event timeout")
+            .expect("events open")
+    }
+}
+
+fn publication(n: u32) -> Publication {
+    Publication {
+        data: Arc::from(RawValue::from_string(format!("{{\"n\":{n}}}")).unwrap()),
+        info: None,
+        offset: 0,
+        tags: None,
+    }
+}
+
+fn info(user: &str, client: &str) -> ClientInfo {
+    ClientInfo {
+        user: user.into(),
+        client: client.into(),
+        conn_info: None,
+        chan_info: None,
+    }
+}
+
+const OPTS: HistoryOptions = HistoryOptions {
+    size: 3,
+    ttl: Duration::from_secs(60),
+};
+
+fn offsets(h: &switchboard_protocol::HistoryResult) -> Vec<u64> {
+    h.publications.iter().map(|p| p.offset).collect()
+}
+
+/// Runs each test against every engine.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test]
+            async fn $name() {
+                if let Some(f) = super::fixture(super::Kind::Memory).await {
+                    super::$name(f).await;
+                }
+            })*
+        }
+        mod redis {
+            $(#[tokio::test]
+            async fn $name() {
+                if let Some(f) = super::fixture(super::Kind::Redis).await {
+                    super::$name(f).await;
+                }
+            })*
+        }
+    };
+}
+
+conformance!(
+    publications_get_offsets_and_arrive_in_order,
+    history_windows_and_epochs,
+    ensure_fixes_the_epoch_before_the_first_publication,
+    presence_counts_users_once_and_expires_unrefreshed_entries,
+    joins_and_leaves_reach_subscribers,
+);
+
+async fn publications_get_offsets_and_arrive_in_order(mut f: Fixture) {
+    let ch: Arc<str> = "chat:order".into();
+    f.engine.subscribe(&ch).await.unwrap();
+    let mut epoch = None;
+    for i in 1..=10u32 {
+        let pos = f
+            .engine
+            .publish(&ch, publication(i), Some(OPTS))
+            .await
+            .unwrap();
+        assert_eq!(pos.offset, u64::from(i));
+        assert_eq!(*epoch.get_or_insert(pos.epoch.clone()), pos.epoch);
+    }
+    // Without history: delivered, offset 0.
+    let pos = f.engine.publish(&ch, publication(0), None).await.unwrap();
+    assert_eq!(pos, StreamPosition::default());
+    for i in 1..=10u64 {
+        assert_eq!(
+            f.next_event().await,
+            ("chat:order".into(), format!("pub:{i}"))
+        );
+    }
+    assert_eq!(f.next_event().await, ("chat:order".into(), "pub:0".into()));
+}
+
+async fn history_windows_and_epochs(f: Fixture) {
+    let ch: Arc<str> = "chat:hist".into();
+    for i in 1..=5 {
+        f.engine
+            .publish(&ch, publication(i), Some(OPTS))
+            .await
+            .unwrap();
+    }
+    let all = f
+        .engine
+        .history(&ch, HistoryQuery::default())
+        .await
+        .unwrap();
+    assert_eq!((offsets(&all), all.offset), (vec![3, 4, 5], 5));
+    assert_eq!(all.publications[0].data.get(), r#"{"n":3}"#);
+    let epoch = all.epoch.clone();
+    let since = |offset| HistoryQuery {
+        since: Some(StreamPosition {
+            offset,
+            epoch: epoch.clone(),
+        }),
+        ..Default::default()
+    };
+    let h = f.engine.history(&ch, since(3)).await.unwrap();
+    assert_eq!(offsets(&h), vec![4, 5]);
+    let h = f.engine.history(&ch, since(5)).await.unwrap();
+    assert!(h.publications.is_empty());
+    let rev = HistoryQuery {
+        limit: Some(2),
+        reverse: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        offsets(&f.engine.history(&ch, rev).await.unwrap()),
+        vec![5, 4]
+    );
+    let position_only = HistoryQuery {
+        limit: Some(0),
+        ..Default::default()
+    };
+    let h = f.engine.history(&ch, position_only).await.unwrap();
+    assert_eq!((h.publications.len(), h.offset), (0, 5));
+
+    f.engine.remove_history(&ch).await.unwrap();
+    let ensure = HistoryQuery {
+        limit: Some(0),
+        ensure: Some(OPTS),
+        ..Default::default()
+    };
+    let h = f.engine.history(&ch, ensure).await.unwrap();
+    assert_ne!(h.epoch, epoch, "a removed stream starts a new epoch");
+    assert_eq!(h.offset, 0);
+}
+
+async fn ensure_fixes_the_epoch_before_the_first_publication(f: Fixture) {
+    let ch: Arc<str> = "chat:ensure".into();
+    let none = f
+        .engine
+        .history(&ch, HistoryQuery::default())
+        .await
+        .unwrap();
+    assert_eq!((none.epoch.as_str(), none.offset), ("", 0));
+    let ensure = HistoryQuery {
+        limit: Some(0),
+        ensure: Some(OPTS),
+        ..Default::default()
+    };
+    let h = f.engine.history(&ch, ensure.clone()).await.unwrap();
+    assert!(!h.epoch.is_empty());
+    let again = f.engine.history(&ch, ensure).await.unwrap();
+    assert_eq!(again.epoch, h.epoch);
+    let pos = f
+        .engine
+        .publish(&ch, publication(1), Some(OPTS))
+        .await
+        .unwrap();
+    assert_eq!((pos.epoch, pos.offset), (h.epoch, 1));
+}
+
+async fn presence_counts_users_once_and_expires_unrefreshed_entries(f: Fixture) {
+    let ch: Arc<str> = "chat:presence".into();
+    let e = &f.engine;
+    assert!(e.add_presence(&ch, info("ann", "c1")).await.unwrap());
+    assert!(!e.add_presence(&ch, info("ann", "c2")).await.unwrap());
+    assert!(e.add_presence(&ch, info("bob", "c3")).await.unwrap());
+    assert!(!e.add_presence(&ch, info("ann", "c1")).await.unwrap());
+    let stats = e.presence_stats(&ch).await.unwrap();
+    assert_eq!((stats.num_clients, stats.num_users), (3, 2));
+    let mut clients: Vec<_> = e.presence(&ch).await.unwrap().into_keys().collect();
+    clients.sort();
+    assert_eq!(
+        clients,
+        vec!["c1".into(), "c2".into(), "c3".into()] as Vec<Arc<str>>
+    );
+    assert!(!e.remove_presence(&ch, "c1", "ann").await.unwrap());
+    assert!(!e.remove_presence(&ch, "c1", "ann").await.unwrap(), "twice");
+
+    // c3's node keeps refreshing; c2's node died. Poll (the lease runs on the store's
+    // clock) until the sweep reports c2, refreshing c3 meanwhile.
+    let refreshed = [(ch.clone(), info("bob", "c3"))];
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let gone = loop {
+        e.refresh_presence(&refreshed).await.unwrap();
+        let gone = e.expire_presence(&ch).await.unwrap();
+        if !gone.is_empty() {
+            break gone;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "c2 never expired");
+        tokio::time::sleep(LEASE / 5).await;
+    };
+    assert_eq!(gone.len(), 1);
+    assert_eq!(
+        (&*gone[0].0.client, gone[0].1),
+        ("c2", true),
+        "ann's last client"
+    );
+    assert!(
+        e.expire_presence(&ch).await.unwrap().is_empty(),
+        "an expired entry is reported once"
+    );
+    let left: Vec<_> = e.presence(&ch).await.unwrap().into_keys().collect();
+    assert_eq!(left, vec![Arc::<str>::from("c3")]);
+    let stats = e.presence_stats(&ch).await.unwrap();
+    assert_eq!((stats.num_clients, stats.num_users), (1, 1));
+}
+
+async fn joins_and_leaves_reach_subscribers(mut f: Fixture) {
+    let ch: Arc<str> = "chat:jl".into();
+    f.engine.subscribe(&ch).await.unwrap();
+    f.engine.publish_join(&ch, info("ann", "c1")).await.unwrap();
+    f.engine
+        .publish_leave(&ch, info("ann", "c1"))
+        .await
+        .unwrap();
+    assert_eq!(f.next_event().await, ("chat:jl".into(), "join:c1".into()));
+    assert_eq!(f.next_event().await, ("chat:jl".into(), "leave:c1".into()));
+}

@@ -1,0 +1,469 @@
+//! Several nodes on one real redis-server are one gateway: publications, recovery and
+//! presence across nodes; a `kill -9`'d node; a Redis outage and restart.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use common::redis::{self as fixture, RedisServer};
+use common::*;
+
+async fn nodes(redis: &RedisServer, n: usize) -> Vec<TestServer> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut c = fixture::config(redis);
+        c.node_name = format!("node-{i}");
+        let server = start(c).await;
+        wait_ready(&server.http_url("")).await;
+        out.push(server);
+    }
+    out
+}
+
+/// Waits until `/ready` answers `want` (200 or 503).
+async fn wait_status(base: &str, want: u16) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let status = reqwest::get(format!("{base}/ready"))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        if status == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/ready stayed {status}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The next join push of `user` (a subscriber also hears its own join).
+async fn next_join_of(c: &mut Client, user: &str) -> Value {
+    loop {
+        let p = c.next_push().await;
+        if p["join"]["info"]["user"] == json!(user) {
+            return p;
+        }
+    }
+}
+
+async fn wait_ready(base: &str) {
+    wait_status(base, 200).await;
+}
+
+async fn publish(server: &TestServer, channel: &str, data: Value) -> Value {
+    api_at(
+        &server.http_url(""),
+        "publish",
+        json!({"channel": channel, "data": data}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_publication_through_any_node_reaches_every_subscriber_once_in_order() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = nodes(&redis, 3).await;
+    let mut clients = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for j in 0..2 {
+            let mut c = Client::connect_user(node, &format!("u{i}{j}")).await;
+            assert!(c.subscribe("news:room").await.get("subscribe").is_some());
+            clients.push(c);
+        }
+    }
+    // One upstream subscription per channel per node, not per client.
+    let conn = ::redis::Client::open(redis.url()).unwrap();
+    let mut conn = conn.get_multiplexed_async_connection().await.unwrap();
+    let (_, subscribers): (String, u64) = ::redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg("switchboard:{news:room}:c")
+        .query_async::<(String, u64)>(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(subscribers, 3);
+
+    for i in 0..12 {
+        let r = publish(&nodes[i % 3], "news:room", json!(i)).await;
+        assert!(r.get("error").is_none(), "{r}");
+    }
+    for c in &mut clients {
+        for i in 0..12 {
+            assert_eq!(c.next_pub("news:room").await["data"], json!(i));
+        }
+        c.assert_quiet(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_reconnecting_to_another_node_recovers_what_it_missed() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = nodes(&redis, 3).await;
+    let mut c = Client::connect_user(&nodes[0], "ann").await;
+    let sub = c.subscribe("chat:r").await;
+    let epoch = sub["subscribe"]["epoch"].as_str().unwrap().to_owned();
+    publish(&nodes[1], "chat:r", json!("seen")).await;
+    assert_eq!(c.next_pub("chat:r").await["offset"], json!(1));
+    c.close().await;
+    for i in 0..5 {
+        publish(&nodes[1], "chat:r", json!(i)).await;
+    }
+    let mut c = Client::connect_user(&nodes[2], "ann").await;
+    let r = c
+        .request(json!({"subscribe": {"channel": "chat:r", "recover": true, "offset": 1, "epoch": epoch}}))
+        .await;
+    assert_eq!(r["subscribe"]["recovered"], json!(true), "{r}");
+    let pubs = r["subscribe"]["publications"].as_array().unwrap();
+    let got: Vec<_> = pubs.iter().map(|p| p["data"].clone()).collect();
+    assert_eq!(got, (0..5).map(|i| json!(i)).collect::<Vec<_>>());
+    publish(&nodes[0], "chat:r", json!("live")).await;
+    assert_eq!(c.next_pub("chat:r").await["offset"], json!(7));
+}
+
+#[tokio::test]
+async fn presence_is_the_same_from_every_node() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = nodes(&redis, 2).await;
+    let mut ann = Client::connect_user(&nodes[0], "ann").await;
+    ann.subscribe("chat:p").await;
+    let mut bob = Client::connect_user(&nodes[1], "bob").await;
+    bob.subscribe("chat:p").await;
+    let mut bob2 = Client::connect_user(&nodes[0], "bob").await;
+    bob2.subscribe("chat:p").await;
+    // ann, on node 0, hears bob join through node 1.
+    next_join_of(&mut ann, "bob").await;
+    for node in &nodes {
+        let base = node.http_url("");
+        let p = api_at(&base, "presence", json!({"channel": "chat:p"})).await;
+        assert_eq!(p["result"]["presence"].as_object().unwrap().len(), 3, "{p}");
+        let s = api_at(&base, "presence_stats", json!({"channel": "chat:p"})).await;
+        assert_eq!(s["result"], json!({"num_clients": 3, "num_users": 2}));
+    }
+    bob.close().await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let s = api_at(
+            &nodes[0].http_url(""),
+            "presence_stats",
+            json!({"channel": "chat:p"}),
+        )
+        .await;
+        if s["result"] == json!({"num_clients": 2, "num_users": 2}) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A switchboard process on the Redis engine, killed with SIGKILL on drop.
+struct Process {
+    child: Child,
+    base: String,
+    _dir: std::path::PathBuf,
+}
+
+impl Process {
+    async fn start(redis: &RedisServer) -> Process {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("sb-node-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("node.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "engine = \"redis\"\npresence_lease = \"600ms\"\ntoken_hmac_secret = \"{SECRET}\"\n\
+                 api_key = \"{API_KEY}\"\n[redis]\nurl = \"{}\"\n\
+                 [namespaces.chat]\nsubscribe = [\"*\"]\npresence = true\njoin_leave = true\n\
+                 history_size = 100\nhistory_ttl = \"1h\"\n",
+                redis.url()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        // Every SWITCHBOARD_* variable is a config key to the binary: pass only ours.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("SWITCHBOARD_") {
+                cmd.env_remove(name);
+            }
+        }
+        let child = cmd
+            .args(["serve", "--config"])
+            .arg(&file)
+            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn switchboard");
+        let base = format!("http://127.0.0.1:{port}");
+        wait_ready(&base).await;
+        Process {
+            child,
+            base,
+            _dir: dir,
+        }
+    }
+
+    fn ws_url(&self) -> String {
+        format!(
+            "{}/connection/websocket",
+            self.base.replacen("http", "ws", 1)
+        )
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test]
+async fn a_killed_nodes_clients_leave_presence_within_the_lease() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let survivor = nodes(&redis, 1).await.remove(0);
+    let mut doomed = Process::start(&redis).await;
+    let mut ann = Client::connect_user(&survivor, "ann").await;
+    ann.subscribe("chat:k").await;
+    let mut bob = Client::connect_url(&doomed.ws_url(), &token("bob")).await;
+    assert!(bob.subscribe("chat:k").await.get("subscribe").is_some());
+    let join = next_join_of(&mut ann, "bob").await;
+    let bob_client = join["join"]["info"]["client"].clone();
+
+    doomed.kill(); // SIGKILL: no graceful leave.
+                   // The lease is 600 ms: the survivor's sweep finds bob's entry expired and says so.
+    let leave = ann.next_push().await;
+    assert_eq!(leave["leave"]["info"]["client"], bob_client, "{leave}");
+    let p = api_at(
+        &survivor.http_url(""),
+        "presence",
+        json!({"channel": "chat:k"}),
+    )
+    .await;
+    let present: Vec<_> = p["result"]["presence"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|i| i["user"].clone())
+        .collect();
+    assert_eq!(present, vec![json!("ann")]);
+    // And bob, connected only to the dead node, goes offline once its lease ends.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let s = api_at(
+            &survivor.http_url(""),
+            "user_status",
+            json!({"users": ["bob"]}),
+        )
+        .await;
+        if s["result"]["statuses"][0]["connections"] == json!(0) {
+            assert_eq!(s["result"]["statuses"][0]["online"], json!(false), "{s}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_redis_outage_refuses_publishes_and_a_restart_is_detected_by_clients() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let node = nodes(&redis, 1).await.remove(0);
+    let base = node.http_url("");
+    let mut c = Client::connect_user(&node, "ann").await;
+    let sub = c.subscribe("chat:o").await;
+    let epoch = sub["subscribe"]["epoch"].as_str().unwrap().to_owned();
+    publish(&node, "chat:o", json!("before")).await;
+    assert_eq!(c.next_pub("chat:o").await["offset"], json!(1));
+
+    redis.kill();
+    wait_status(&base, 503).await;
+    let r = publish(&node, "chat:o", json!("lost?")).await;
+    assert_eq!(r["error"]["code"], json!(100), "never a silent loss: {r}");
+    let r = c.publish("chat:o", json!("lost?")).await;
+    assert_eq!(error_code(&r), Some(100), "{r}");
+    assert_eq!(r["error"]["temporary"], json!(true), "{r}");
+    let r = c.subscribe("chat:other").await;
+    assert_eq!(error_code(&r), Some(100), "{r}");
+
+    // Redis comes back empty: the stream's epoch changes. The node resubscribes, and
+    // the next publication tells the subscriber it missed state (3010, reconnect).
+    redis.restart();
+    wait_ready(&base).await;
+    let r = publish(&node, "chat:o", json!("after")).await;
+    assert!(r.get("error").is_none(), "{r}");
+    let closed = c.closed().await;
+    assert_eq!(closed.code, 3010, "{closed:?}");
+    let mut c = Client::connect_user(&node, "ann").await;
+    let r = c
+        .request(json!({"subscribe": {"channel": "chat:o", "recover": true, "offset": 1, "epoch": epoch}}))
+        .await;
+    assert_eq!(r["subscribe"]["was_recovering"], json!(true), "{r}");
+    assert_ne!(r["subscribe"]["recovered"], json!(true), "{r}");
+    assert_ne!(r["subscribe"]["epoch"], json!(epoch));
+    publish(&node, "chat:o", json!("live")).await;
+    assert_eq!(c.next_pub("chat:o").await["data"], json!("live"));
+}
+
+#[tokio::test]
+async fn server_api_commands_reach_the_user_on_any_node() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = nodes(&redis, 2).await;
+    let a = nodes[0].http_url("");
+    let mut ann = Client::connect_user(&nodes[1], "ann").await;
+
+    let r = api_at(
+        &a,
+        "subscribe",
+        json!({"user": "ann", "channel": "news:pushed"}),
+    )
+    .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let push = ann.next_push().await;
+    assert_eq!(push["channel"], json!("news:pushed"), "{push}");
+    assert!(push.get("subscribe").is_some(), "{push}");
+
+    let r = api_at(
+        &a,
+        "unsubscribe",
+        json!({"user": "ann", "channel": "news:pushed"}),
+    )
+    .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let push = ann.next_push().await;
+    assert!(push.get("unsubscribe").is_some(), "{push}");
+
+    let r = api_at(
+        &a,
+        "disconnect",
+        json!({"user": "ann", "disconnect": {"code": 4001, "reason": "kicked"}}),
+    )
+    .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let closed = ann.closed().await;
+    assert_eq!((closed.code, closed.reason.as_str()), (4001, "kicked"));
+}
+
+#[tokio::test]
+async fn info_and_channels_cover_every_node() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = nodes(&redis, 2).await;
+    let mut bob = Client::connect_user(&nodes[1], "bob").await;
+    bob.subscribe("news:elsewhere").await;
+    let a = nodes[0].http_url("");
+    // Node 1's record is refreshed every third of the lease (200 ms here).
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let info = api_at(&a, "info", json!({})).await;
+        let channels = api_at(&a, "channels", json!({})).await;
+        let names: Vec<_> = info["result"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].clone())
+            .collect();
+        let seen = channels["result"]["channels"]["news:elsewhere"]["num_clients"] == json!(1);
+        if names.len() == 2 && seen {
+            assert!(names.contains(&json!("node-0")) && names.contains(&json!("node-1")));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{info} {channels}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_publish_retried_through_another_node_publishes_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = nodes(&redis, 2).await;
+    let mut ann = Client::connect_user(&nodes[0], "ann").await;
+    ann.subscribe("chat:idem").await;
+    let req = json!({"channel": "chat:idem", "data": "once", "idempotency_key": "k1"});
+    let first = api_at(&nodes[0].http_url(""), "publish", req.clone()).await;
+    let retry = api_at(&nodes[1].http_url(""), "publish", req).await;
+    assert_eq!(first["result"]["offset"], json!(1), "{first}");
+    assert_eq!(retry["result"], first["result"]);
+    let other = json!({"channel": "chat:idem", "data": "next", "idempotency_key": "k2"});
+    let r = api_at(&nodes[1].http_url(""), "publish", other).await;
+    assert_eq!(r["result"]["offset"], json!(2), "{r}");
+    assert_eq!(ann.next_pub("chat:idem").await["data"], json!("once"));
+    assert_eq!(ann.next_pub("chat:idem").await["data"], json!("next"));
+}
+
+#[tokio::test]
+async fn connection_limit_and_user_status_count_every_node() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let mut c = fixture::config(&redis);
+        c.node_name = format!("node-{i}");
+        c.limits.max_connections_per_user = 2;
+        let server = start(c).await;
+        wait_ready(&server.http_url("")).await;
+        nodes.push(server);
+    }
+    let ann1 = Client::connect_user(&nodes[0], "ann").await;
+    let _ann2 = Client::connect_user(&nodes[1], "ann").await;
+    // Asked on node 1: ann has two connections, one on each node.
+    let s = api_at(
+        &nodes[1].http_url(""),
+        "user_status",
+        json!({"users": ["ann", "bob"]}),
+    )
+    .await;
+    let statuses = &s["result"]["statuses"];
+    assert_eq!(statuses[0]["online"], json!(true), "{s}");
+    assert_eq!(statuses[0]["connections"], json!(2), "{s}");
+    assert_eq!(statuses[1]["online"], json!(false), "{s}");
+    // A third connection, on either node, is over the user's limit of 2.
+    let mut third = Client::open(&nodes[0]).await;
+    third
+        .send_text(&json!({"id": 1, "connect": {"token": token("ann")}}).to_string())
+        .await;
+    assert_eq!(third.closed().await.code, 3504);
+    // Once one leaves, there is room again.
+    ann1.close().await;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let mut c = Client::open(&nodes[1]).await;
+        c.send_text(&json!({"id": 1, "connect": {"token": token("ann")}}).to_string())
+            .await;
+        let r = c.read().await;
+        if r.as_ref().is_ok_and(|r| r.get("connect").is_some()) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{r:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
