@@ -355,7 +355,6 @@ impl Client {
     }
 }
 
-<<<<<<< HEAD
 /// Waits until `done` holds, checking every 10 ms, for at most [`TIMEOUT`]: for effects
 /// the server applies after the client's part is over (a closed connection released),
 /// where a fixed sleep would race a loaded machine.
@@ -367,7 +366,9 @@ pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
-=======
+    }
+}
+
 /// A client sending all the time (see [`Client::start_sending`]).
 pub struct Sending {
     stream: futures_util::stream::SplitStream<Ws>,
@@ -396,7 +397,6 @@ impl Sending {
             .expect("sender task");
         assert!(sent > 0, "nothing was sent");
         closed
->>>>>>> harden-b
     }
 }
 
