@@ -15,6 +15,7 @@
 //! - [`transport`]: wire protocols ([`transport::centrifuge`], [`transport::socketio`]).
 //! - [`server`]: HTTP routes, `run`, graceful shutdown.
 //! - [`front_door`]: accepting TCP connections: caps, rates, timeouts, lingering close.
+//! - [`tls`]: serving `https`/`wss` with rustls, certificate reload.
 //! - [`api`]: the Centrifugo-compatible server HTTP API; [`metrics`] at `/metrics`.
 //! - [`cli`]: the operator CLI's client of a running server's API.
 #![warn(missing_docs)]
@@ -38,6 +39,7 @@ pub mod rules;
 pub mod server;
 pub mod session;
 pub mod status;
+pub mod tls;
 pub mod transport;
 pub mod typing;
 
