@@ -71,7 +71,9 @@ pub struct Config {
     /// the same key within this window gets the first result and publishes nothing.
     #[serde(with = "duration")]
     pub api_idempotency_window: Duration,
-    /// Browser origins allowed to open WebSocket connections; empty allows any.
+    /// Browser origins allowed on the WebSocket and Socket.IO endpoints; empty allows
+    /// any. Socket.IO long-polling grants credentials only to origins listed by name
+    /// (see [`crate::transport::origin_allowed`]).
     pub allowed_origins: Vec<String>,
     /// Channels every connection joins on connect, as claim templates.
     pub auto_subscribe: Vec<String>,
