@@ -29,6 +29,19 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== rust tests"
+# Debian's nginx, for the test that runs docs/nginx/switchboard.conf in front of the server
+# (crates/switchboard/tests/tls.rs; skipped with a SKIPPED line without it). Installed once.
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+  apt_log="$(mktemp)"
+  if ! { $sudo apt-get update -qq &&
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx; } >"$apt_log" 2>&1; then
+    cat "$apt_log" >&2
+    exit 1
+  fi
+  rm -f "$apt_log"
+fi
 cargo test --workspace --locked
 
 echo "== the README's run command, as written"

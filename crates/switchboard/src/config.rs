@@ -4,7 +4,7 @@
 //! switchboard.example.toml can be checked against one place.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -75,7 +75,9 @@ pub struct Config {
     /// the same key within this window gets the first result and publishes nothing.
     #[serde(with = "duration")]
     pub api_idempotency_window: Duration,
-    /// Browser origins allowed to open WebSocket connections; empty allows any.
+    /// Browser origins allowed on the WebSocket and Socket.IO endpoints; empty allows
+    /// any. Socket.IO long-polling grants credentials only to origins listed by name
+    /// (see [`crate::transport::origin_allowed`]).
     pub allowed_origins: Vec<String>,
     /// Channels every connection joins on connect, as claim templates.
     pub auto_subscribe: Vec<String>,
@@ -85,6 +87,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The TCP and HTTP front door: timeouts, connection caps and rates.
     pub network: NetworkConfig,
+    /// Serving `https`/`wss` directly; off while `tls.cert` is empty.
+    pub tls: TlsConfig,
     /// Channel namespaces: the part of a channel name before the first `:`.
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// Memory all channel histories may hold together, in bytes; past it the oldest
@@ -263,6 +267,37 @@ impl Default for NetworkConfig {
             handshake_burst_per_ip: 0,
             max_pending_sessions: 10_000,
         }
+    }
+}
+
+/// Serving `https` and `wss` directly with rustls (see [`crate::tls`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first; empty serves plain HTTP.
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// How often the two files' modification times are checked: a change reloads
+    /// them without a restart (new connections get the new certificate).
+    #[serde(with = "duration")]
+    pub reload_interval: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            reload_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Whether TLS is configured.
+    pub fn enabled(&self) -> bool {
+        !self.cert.as_os_str().is_empty()
     }
 }
 
@@ -475,6 +510,7 @@ impl Default for Config {
             client: ClientConfig::default(),
             limits: LimitsConfig::default(),
             network: NetworkConfig::default(),
+            tls: TlsConfig::default(),
             namespaces,
             history_max_bytes: 256 * 1024 * 1024,
             user_status: UserStatusConfig::default(),
@@ -601,6 +637,12 @@ impl Config {
             return Err(ConfigError(
                 "network.header_read_timeout and network.body_read_timeout must be positive".into(),
             ));
+        }
+        if self.tls.cert.as_os_str().is_empty() != self.tls.key.as_os_str().is_empty() {
+            errors.push("tls.cert and tls.key must be set together".to_owned());
+        }
+        if self.tls.enabled() && self.tls.reload_interval.is_zero() {
+            errors.push("tls.reload_interval must be positive".to_owned());
         }
         if self.api_max_body_size == 0 {
             errors.push("api_max_body_size must be positive".to_owned());

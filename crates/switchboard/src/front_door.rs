@@ -1,6 +1,6 @@
 //! The front door: accepts TCP connections, refuses those over the connection cap or a
-//! client address's rate, serves HTTP/1.1 with header and body timeouts, and closes
-//! every socket with a lingering close.
+//! client address's rate, serves HTTP/1.1 (over TLS when configured) with header and
+//! body timeouts, and closes every socket with a lingering close.
 //!
 //! A lingering close matters because closing a socket with unread input makes the
 //! kernel send a reset, and a reset discards what the client has not read yet: the
@@ -28,6 +28,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -54,10 +55,16 @@ pub struct Door {
     handshakes_per_ip: PerIpRate,
     /// Counts refusals.
     metrics: Arc<Metrics>,
+    /// Set when serving `https`/`wss`.
+    tls: Option<TlsAcceptor>,
 }
 
 impl Door {
-    pub(crate) fn new(config: &NetworkConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub(crate) fn new(
+        config: &NetworkConfig,
+        metrics: Arc<Metrics>,
+        tls: Option<TlsAcceptor>,
+    ) -> Arc<Self> {
         let max_connections = match config.max_connections {
             0 => open_files_limit().map_or(usize::MAX, |n| n.saturating_sub(FD_HEADROOM).max(1)),
             n => n,
@@ -75,6 +82,7 @@ impl Door {
                 config.handshake_burst_per_ip,
             ),
             metrics,
+            tls,
         })
     }
 
@@ -235,7 +243,8 @@ fn refuse(tcp: &TcpStream) {
     let _ = tcp.try_write(REFUSAL);
 }
 
-/// Serves one connection's HTTP/1.1 requests (and its upgrade to WebSocket).
+/// Serves one connection's HTTP/1.1 requests (and its upgrade to WebSocket), after a
+/// TLS handshake when configured.
 fn connection(
     tcp: TcpStream,
     peer: SocketAddr,
@@ -269,20 +278,46 @@ fn connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout);
+    let header_read_timeout = config.header_read_timeout;
+    let tls = door.tls.clone();
+    let stop = stop.clone();
+    async move {
+        let Some(tls) = tls else {
+            return http(&builder, io, service, &stop).await;
+        };
+        // The handshake is the start of the first request: it gets the header timeout.
+        // A failed one drops the stream, which closes the socket the lingering way.
+        match tokio::time::timeout(header_read_timeout, tls.accept(io)).await {
+            Ok(Ok(stream)) => http(&builder, stream, service, &stop).await,
+            Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on `io` until the client leaves or `stop` (then gracefully).
+async fn http<I, S>(
+    builder: &hyper::server::conn::http1::Builder,
+    io: I,
+    service: S,
+    stop: &CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Body> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    let stop = stop.clone();
-    async move {
-        tokio::pin!(conn);
-        tokio::select! {
-            // Cancel-safe: the connection is polled by reference.
-            _ = conn.as_mut() => {}
-            // Cancel-safe: holds no state.
-            () = stop.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
+    tokio::pin!(conn);
+    tokio::select! {
+        // Cancel-safe: the connection is polled by reference.
+        _ = conn.as_mut() => {}
+        // Cancel-safe: holds no state.
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
         }
     }
 }

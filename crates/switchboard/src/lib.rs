@@ -20,6 +20,7 @@
 //! - [`front_door`]: accepting TCP connections: caps, rates, timeouts, lingering close.
 //! - [`proxy`]: HTTP calls to the app backend (connect, refresh, subscribe, publish, rpc).
 //! - [`revocation`]: revoked tokens and invalidated users, behind a store trait.
+//! - [`tls`]: serving `https`/`wss` with rustls, certificate reload.
 //! - [`api`]: the Centrifugo-compatible server HTTP API; [`metrics`] at `/metrics`.
 //! - [`cli`]: the operator CLI's client of a running server's API.
 #![warn(missing_docs)]
@@ -46,6 +47,7 @@ pub mod rules;
 pub mod server;
 pub mod session;
 pub mod status;
+pub mod tls;
 pub mod transport;
 pub mod typing;
 mod upstream;

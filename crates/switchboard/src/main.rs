@@ -93,8 +93,9 @@ enum Cmd {
         /// Channel.
         channel: String,
     },
-    /// Check the configuration (file, SWITCHBOARD_* variables): print the effective
-    /// configuration with secrets redacted, or every error and exit non-zero.
+    /// Check the configuration (file, SWITCHBOARD_* variables, the TLS certificate and
+    /// key): print the effective configuration with secrets redacted, or every error and
+    /// exit non-zero.
     CheckConfig {
         #[command(flatten)]
         common: Common,
@@ -154,6 +155,9 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::CheckConfig { common } => {
             let config = Config::load(common.config.as_deref(), &[])?;
+            if config.tls.enabled() {
+                switchboard::tls::Tls::load(&config.tls)?;
+            }
             let text = toml::to_string(&config.redacted()).context("printing the configuration")?;
             print_stdout(text.trim_end())
         }

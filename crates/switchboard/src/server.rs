@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::node::{Node, StartError};
+use crate::tls::Tls;
 use crate::transport;
 
 /// Why the server could not run.
@@ -26,25 +27,39 @@ pub enum ServerError {
     /// The configuration is invalid (checked here too, for configs built in code).
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The TLS certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A bound, not yet running server.
 pub struct Server {
     listener: TcpListener,
     node: Arc<Node>,
+    tls: Option<Tls>,
 }
 
 impl Server {
-    /// Builds the node and binds `config.bind`.
+    /// Builds the node, loads the TLS certificate (when configured) and binds
+    /// `config.bind`.
     ///
     /// # Errors
-    /// [`ServerError`] when the configuration is invalid, keys can not be loaded or the
-    /// address can not be bound.
+    /// [`ServerError`] when the configuration is invalid, keys or the certificate can
+    /// not be loaded or the address can not be bound.
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
         config.validate()?;
+        let tls = if config.tls.enabled() {
+            Some(Tls::load(&config.tls)?)
+        } else {
+            None
+        };
         let listener = listen(&config.bind, config.listen_backlog).await?;
         let node = Node::new(config)?;
-        Ok(Self { listener, node })
+        Ok(Self {
+            listener,
+            node,
+            tls,
+        })
     }
 
     /// The bound address (useful with port 0).
@@ -82,8 +97,14 @@ impl Server {
         });
         node.spawn_maintenance();
         let addr = self.listener.local_addr()?;
-        tracing::info!(%addr, node = %node.name, "switchboard listening");
-        let door = crate::front_door::Door::new(&node.config.network, node.metrics.clone());
+        let acceptor = self.tls.as_ref().map(Tls::acceptor);
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        tracing::info!(%addr, scheme, node = %node.name, "switchboard listening");
+        if let Some(tls) = self.tls {
+            tokio::spawn(tls.watch(stop.clone()));
+        }
+        let door =
+            crate::front_door::Door::new(&node.config.network, node.metrics.clone(), acceptor);
         crate::front_door::serve(self.listener, app, door, stop, node.config.shutdown_timeout)
             .await;
         let timeout = node.config.shutdown_timeout;

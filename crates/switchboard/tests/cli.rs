@@ -182,3 +182,31 @@ async fn a_config_built_in_code_is_checked_too() {
     let err = switchboard::Server::bind(cfg).await.err().expect("refused");
     assert!(err.to_string().contains("auto_subscribe"), "{err}");
 }
+
+#[test]
+fn check_config_loads_the_tls_files_named_by_variables() {
+    let o = run(
+        &["check-config"],
+        &[
+            ("SWITCHBOARD_TLS__CERT", "/nonexistent/cert.pem"),
+            ("SWITCHBOARD_TLS__KEY", "/nonexistent/key.pem"),
+            ("SWITCHBOARD_TLS__RELOAD_INTERVAL", "1m"),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("tls.cert (/nonexistent/cert.pem)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(
+        &["check-config"],
+        &[("SWITCHBOARD_TLS__CERT", "/nonexistent/cert.pem")],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("tls.cert and tls.key must be set together"),
+        "{}",
+        stderr(&o)
+    );
+}

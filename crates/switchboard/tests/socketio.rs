@@ -1280,8 +1280,9 @@ async fn cors_preflight_and_origin_headers() {
         .expect("options");
     assert_eq!(resp.status().as_u16(), 204);
     let h = resp.headers();
-    assert_eq!(h["access-control-allow-origin"], "https://app.example");
-    assert_eq!(h["access-control-allow-credentials"], "true");
+    // No origin configured: any page may poll, without credentials.
+    assert_eq!(h["access-control-allow-origin"], "*");
+    assert!(h.get("access-control-allow-credentials").is_none());
     assert_eq!(h["access-control-allow-headers"], "content-type");
     let methods = h["access-control-allow-methods"].to_str().unwrap();
     assert!(
@@ -1297,10 +1298,7 @@ async fn cors_preflight_and_origin_headers() {
         .await
         .expect("get");
     assert_eq!(resp.status().as_u16(), 200);
-    assert_eq!(
-        resp.headers()["access-control-allow-origin"],
-        "https://app.example"
-    );
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
     // Without an Origin, no CORS headers.
     let resp = http.get(&url).timeout(TIMEOUT).send().await.expect("get");
     assert!(resp.headers().get("access-control-allow-origin").is_none());
@@ -1330,6 +1328,65 @@ async fn cors_preflight_and_origin_headers() {
     assert_eq!(resp.status().as_u16(), 403);
     let forbidden = ws_refused(&ws_url(&server, None), Some("https://evil.example")).await;
     assert_eq!(forbidden, 403);
+}
+
+/// `(Access-Control-Allow-Origin, Access-Control-Allow-Credentials)` of a long-poll
+/// handshake sent from `origin`, after checking it was answered `200`.
+async fn polling_cors(server: &TestServer, origin: &str) -> (String, Option<String>) {
+    let resp = reqwest::Client::new()
+        .get(polling_url(server))
+        .header("Origin", origin)
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(resp.status().as_u16(), 200, "from {origin}");
+    let h = resp.headers();
+    let value = |name: &str| h.get(name).map(|v| v.to_str().unwrap_or("?").to_owned());
+    (
+        value("access-control-allow-origin").unwrap_or_default(),
+        value("access-control-allow-credentials"),
+    )
+}
+
+#[tokio::test]
+async fn polling_grants_credentials_only_to_listed_or_same_origins_never_null() {
+    let server = start_default().await;
+    let same = format!("http://{}", server.addr);
+    let credentialed = |origin: &str| (origin.to_owned(), Some("true".to_owned()));
+    let anyone = ("*".to_owned(), None);
+    // allowed_origins empty: cross-origin pages may poll without credentials.
+    assert_eq!(polling_cors(&server, "https://evil.example").await, anyone);
+    assert_eq!(polling_cors(&server, "null").await, anyone);
+    assert_eq!(polling_cors(&server, &same).await, credentialed(&same));
+
+    let mut cfg = config();
+    cfg.allowed_origins = vec!["https://app.example".into(), "null".into()];
+    let server = start(cfg).await;
+    let same = format!("http://{}", server.addr);
+    let app = "https://app.example";
+    assert_eq!(polling_cors(&server, app).await, credentialed(app));
+    // Listed or not, `null` is any sandboxed page: never echoed with credentials.
+    assert_eq!(polling_cors(&server, "null").await, anyone);
+    // The same origin is allowed without being listed, on both transports.
+    assert_eq!(polling_cors(&server, &same).await, credentialed(&same));
+    let (ws, _) = tokio::time::timeout(TIMEOUT, async {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = ws_url(&server, None).into_client_request().expect("req");
+        req.headers_mut()
+            .insert("Origin", same.parse().expect("origin"));
+        tokio_tungstenite::connect_async(req).await
+    })
+    .await
+    .expect("timeout")
+    .expect("same-origin WebSocket refused");
+    drop(ws);
+
+    // "*" allows any origin, but credentials to none but the same origin.
+    let mut cfg = config();
+    cfg.allowed_origins = vec!["*".into()];
+    let server = start(cfg).await;
+    assert_eq!(polling_cors(&server, "https://app.example").await, anyone);
 }
 
 /// Sends `packet` over and over while reading, until the server closes; returns the

@@ -57,7 +57,10 @@ const { expectText } = pageWaits(diagnostics);
 
 before(async () => {
   staticServer = await startStatic(STATIC);
-  server = await startServer({ config: CONFIG, apiKey: API_KEY });
+  // The pages' origin is listed: erin's page polls with credentials, which switchboard
+  // allows only to listed origins (any other origin polls without credentials).
+  const config = `allowed_origins = ["${staticUrl()}"]\n${CONFIG}`;
+  server = await startServer({ config, apiKey: API_KEY });
   browser = await launchChromium();
 });
 

@@ -9,25 +9,71 @@ mod heartbeat;
 pub mod socketio;
 mod websocket;
 
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderMap, HeaderValue};
 
 use crate::config::Config;
 
-/// Whether a browser's `Origin` may connect (no header: not a browser, allowed).
+/// Whether a browser's `Origin` may connect (no header: not a browser, allowed). A
+/// same-origin request (the `Origin` names the `Host` it is sent to) is always allowed;
+/// with `allowed_origins` empty, any origin is.
 pub fn origin_allowed(config: &Config, headers: &HeaderMap) -> bool {
     if config.allowed_origins.is_empty() {
         return true;
     }
-    let Some(origin) = headers
-        .get(axum::http::header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
-    config
-        .allowed_origins
-        .iter()
-        .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    same_origin(origin, headers)
+        || config
+            .allowed_origins
+            .iter()
+            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+}
+
+/// What a cross-origin browser may do with a response (Socket.IO long-polling).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CorsGrant {
+    /// `Access-Control-Allow-Origin: *`: the page may read the response, but a request
+    /// made with credentials (cookies) is refused by the browser.
+    Anyone,
+    /// The origin echoed with `Access-Control-Allow-Credentials: true`.
+    WithCredentials(HeaderValue),
+}
+
+/// The CORS headers a response to `headers` gets: none without an `Origin` or for one
+/// that is not allowed; credentials only for an origin named in `allowed_origins` (not
+/// through `"*"`) or the same origin. `null` is never echoed: it is the origin of any
+/// sandboxed page or local file, so it can not stand for a trusted site.
+pub(crate) fn cors_grant(config: &Config, headers: &HeaderMap) -> Option<CorsGrant> {
+    let origin = headers.get(header::ORIGIN)?;
+    if !origin_allowed(config, headers) {
+        return None;
+    }
+    let trusted = origin.to_str().ok().is_some_and(|o| {
+        o != "null"
+            && (same_origin(o, headers)
+                || config
+                    .allowed_origins
+                    .iter()
+                    .any(|a| a != "*" && a.eq_ignore_ascii_case(o)))
+    });
+    Some(if trusted {
+        CorsGrant::WithCredentials(origin.clone())
+    } else {
+        CorsGrant::Anyone
+    })
+}
+
+/// Whether `origin` (`scheme://host[:port]`) names the `Host` the request was sent to.
+/// Behind a proxy this needs the client's `Host` passed on (nginx: `$http_host`).
+fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
+    let Some((_, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|host| host.eq_ignore_ascii_case(authority))
 }
 
 /// Logs the end of a connection, with why it ended.

@@ -27,10 +27,12 @@ use switchboard_protocol::socketio::{encode_event, encode_event2, Handshake, DIS
 use switchboard_protocol::{ClientInfo, Disconnect, SharedJson, SubscribeResult};
 use tokio::sync::Notify;
 
+use crate::config::Config;
 use crate::event::{ChannelEvent, Codec, Control, EventKind, Outgoing, Protocol, TextFrame};
 use crate::front_door::Peer;
 use crate::node::Node;
 use crate::session::Session;
+use crate::transport::CorsGrant;
 
 /// Event names `socket.io-client` keeps for itself, and those of switchboard's own
 /// events: a publication tagged with one of them is delivered as a plain `publication`
@@ -232,17 +234,30 @@ impl IntoResponse for EngineError {
     }
 }
 
-/// Lets browsers on allowed origins poll across origins.
-fn with_cors(headers: &HeaderMap, mut response: Response) -> Response {
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let h = response.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-            HeaderValue::from_static("true"),
-        );
-        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+/// Lets browsers on allowed origins poll across origins (see [`cors_grant`]).
+///
+/// [`cors_grant`]: crate::transport::cors_grant
+fn with_cors(config: &Config, headers: &HeaderMap, mut response: Response) -> Response {
+    let Some(grant) = crate::transport::cors_grant(config, headers) else {
+        return response;
+    };
+    let h = response.headers_mut();
+    match grant {
+        CorsGrant::Anyone => {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+        }
+        CorsGrant::WithCredentials(origin) => {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
     }
+    h.insert(header::VARY, HeaderValue::from_static("Origin"));
     response
 }
 

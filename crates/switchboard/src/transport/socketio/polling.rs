@@ -71,7 +71,7 @@ pub(super) async fn get(
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
-    with_cors(&headers, response)
+    with_cors(&sio.node.config, &headers, response)
 }
 
 async fn route_get(
@@ -207,7 +207,7 @@ pub(super) async fn post(
         Ok(()) => text("ok".to_owned()),
         Err(e) => e.into_response(),
     };
-    with_cors(&headers, response)
+    with_cors(&sio.node.config, &headers, response)
 }
 
 async fn receive(
@@ -257,7 +257,7 @@ pub(super) async fn preflight(State(sio): State<SocketIo>, headers: HeaderMap) -
     if let Some(asked) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
         h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
     }
-    with_cors(&headers, response)
+    with_cors(&sio.node.config, &headers, response)
 }
 
 /// Runs a connection's timers (pings, connect deadline, token expiry) until its
