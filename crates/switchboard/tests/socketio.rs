@@ -1381,3 +1381,74 @@ async fn a_flooding_client_still_gets_server_disconnect_and_the_close_code() {
     );
     assert_eq!(got.last().map(String::as_str), Some("41"), "{got:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Token expiry
+
+/// A config whose other timers (connect deadline, pings) are far beyond every receive
+/// timeout, so an expiry close that arrives at all arrives from its own deadline.
+fn expiry_config() -> switchboard::Config {
+    let mut cfg = config();
+    cfg.client.connect_timeout = Duration::from_secs(600);
+    cfg.client.ping_interval = Duration::from_secs(600);
+    cfg.client.expired_close_delay = Duration::ZERO;
+    // The tokens below may be past `exp` when they arrive (a second boundary between
+    // minting and checking); the leeway admits them and the close still follows.
+    cfg.token_leeway = Duration::from_secs(3600);
+    cfg
+}
+
+/// A subscription token for `observation:<n>` (a namespace without subscribe rules)
+/// that expires within the second.
+fn expiring_sub_token(user: &str, channel: &str) -> String {
+    token_with(&MintClaims {
+        sub: user.into(),
+        channel: Some(channel.into()),
+        exp: Some(now_secs() + 1),
+        ..MintClaims::default()
+    })
+}
+
+fn server_disconnect_code(packets: &[String]) -> Option<u64> {
+    packets.iter().find_map(|p| {
+        let (name, args) = event_of(p)?;
+        (name == "server_disconnect").then(|| args[0]["code"].as_u64())?
+    })
+}
+
+#[tokio::test]
+async fn connection_token_expiry_closes_with_3005_on_time_over_both_transports() {
+    let server = start(expiry_config()).await;
+    // Before the fix the timer slept until the (here 600 s) connect deadline and every
+    // receive below timed out.
+    let (mut c, _) = SioWs::connect(&server, &expiring_token("ann", 1)).await;
+    let (packets, closed) = c.until_closed().await;
+    assert_eq!(closed.code, 3005, "{closed:?}");
+    assert_eq!(server_disconnect_code(&packets), Some(3005), "{packets:?}");
+
+    let (p, _) = Polling::connect(&server, &expiring_token("bob", 1)).await;
+    let packets = p.until(|p| p == "1").await;
+    assert_eq!(server_disconnect_code(&packets), Some(3005), "{packets:?}");
+}
+
+#[tokio::test]
+async fn subscription_token_expiry_closes_with_3006_on_time_over_both_transports() {
+    let server = start(expiry_config()).await;
+    let (mut c, _) = SioWs::connect(&server, &token("ann")).await;
+    let arg =
+        json!({"channel": "observation:1", "token": expiring_sub_token("ann", "observation:1")});
+    let ack = c.emit("subscribe", arg).await;
+    assert_eq!(ack["result"]["expires"], json!(true), "{ack}");
+    // Before the fix the close came with the next ping (here 600 s away).
+    let (packets, closed) = c.until_closed().await;
+    assert_eq!(closed.code, 3006, "{closed:?}");
+    assert_eq!(server_disconnect_code(&packets), Some(3006), "{packets:?}");
+
+    let (p, _) = Polling::connect(&server, &token("bob")).await;
+    let arg =
+        json!({"channel": "observation:2", "token": expiring_sub_token("bob", "observation:2")});
+    let ack = p.emit(1, "subscribe", arg).await;
+    assert_eq!(ack["result"]["expires"], json!(true), "{ack}");
+    let packets = p.until(|p| p == "1").await;
+    assert_eq!(server_disconnect_code(&packets), Some(3006), "{packets:?}");
+}

@@ -204,6 +204,9 @@ impl Session {
                 expires_at,
             },
         );
+        if expires_at.is_some() {
+            self.deadlines_moved();
+        }
         let mut activation = activation;
         activation.channels[0].1 = offset;
         node.metrics.subscriptions.inc();
@@ -343,6 +346,7 @@ impl Session {
         if let Some(sub) = self.state().subs.get_mut(channel) {
             sub.expires_at = grant.expires_at;
         }
+        self.deadlines_moved();
         let (expires, ttl) = ttl_of(grant.expires_at);
         Ok(SubRefreshResult { expires, ttl })
     }
