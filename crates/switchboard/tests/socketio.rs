@@ -1452,3 +1452,84 @@ async fn subscription_token_expiry_closes_with_3006_on_time_over_both_transports
     let packets = p.until(|p| p == "1").await;
     assert_eq!(server_disconnect_code(&packets), Some(3006), "{packets:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Where the token comes from
+
+/// Opens a WebSocket to `url` whose upgrade request carries `authorization`.
+async fn ws_open_with(url: &str, authorization: &str) -> SioWs {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().expect("request");
+    req.headers_mut()
+        .insert("Authorization", authorization.parse().expect("header"));
+    let ws = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("open timeout")
+        .expect("open")
+        .0;
+    let mut c = SioWs::wrap(ws, Value::Null);
+    let open = c.packet().await;
+    c.handshake = body_of(&open, "0");
+    c
+}
+
+/// Sends `CONNECT` with no `auth` and returns the user the `connected` event names.
+async fn connect_without_auth(c: &mut SioWs) -> Value {
+    c.send("40").await;
+    let first = c.packet().await;
+    assert!(first.starts_with("40{\"sid\""), "{first}");
+    let connected = c.event("connected").await.remove(0);
+    connected["subs"].clone()
+}
+
+#[tokio::test]
+async fn a_token_in_the_authorization_header_or_the_query_connects_without_auth() {
+    let server = start_default().await;
+    // WebSocket, `extraHeaders: {Authorization: "Bearer …"}`.
+    let mut c = ws_open_with(&ws_url(&server, None), &format!("Bearer {}", token("ann"))).await;
+    let subs = connect_without_auth(&mut c).await;
+    assert!(subs["user:ann"].is_object(), "{subs}");
+
+    // WebSocket, `query: {token}`.
+    let url = format!("{}&token={}", ws_url(&server, None), token("bob"));
+    let mut c = SioWs::wrap(ws_open(&url).await, Value::Null);
+    let _open = c.packet().await;
+    let subs = connect_without_auth(&mut c).await;
+    assert!(subs["user:bob"].is_object(), "{subs}");
+
+    // Long-polling: the handshake request carries the header.
+    let resp = reqwest::Client::new()
+        .get(polling_url(&server))
+        .header("Authorization", format!("bearer {}", token("cyd")))
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .expect("http");
+    let (status, body) = answer(resp).await;
+    assert_eq!(status, 200, "{body}");
+    let sid = body_of(&body, "0")["sid"].as_str().expect("sid").to_owned();
+    let p = Polling {
+        http: reqwest::Client::new(),
+        url: format!("{}&sid={sid}", polling_url(&server)),
+        sid,
+        handshake: Value::Null,
+    };
+    p.send(&["40"]).await;
+    let packets = p.until(|p| is_event(p, "connected")).await;
+    let connected = event_of(packets.last().expect("connected"))
+        .expect("event")
+        .1;
+    assert!(connected[0]["subs"]["user:cyd"].is_object(), "{packets:?}");
+
+    // `auth.token` wins over the header (it is the one a reconnect renews).
+    let mut c = ws_open_with(&ws_url(&server, None), &format!("Bearer {}", token("ann"))).await;
+    let connected = c.join(&token("dee")).await;
+    assert!(connected["subs"]["user:dee"].is_object(), "{connected}");
+
+    // A bad header token is refused like any other.
+    let mut c = ws_open_with(&ws_url(&server, None), "Bearer not-a-jwt").await;
+    c.send("40").await;
+    let (packets, closed) = c.until_closed().await;
+    assert_eq!(body_of(&packets[0], "44")["data"]["code"], json!(3500));
+    assert_eq!(closed.code, 3500);
+}

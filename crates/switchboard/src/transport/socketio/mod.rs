@@ -125,10 +125,13 @@ struct Conn {
     /// Counted in [`SocketIo::pending`] until it joins or closes.
     pending: AtomicBool,
     pending_count: Arc<AtomicUsize>,
+    /// The token the Engine.IO handshake carried (`Authorization: Bearer`, or the
+    /// `token` query parameter), used when `CONNECT`'s `auth` has none.
+    handshake_token: Option<Box<str>>,
 }
 
 impl Conn {
-    fn new(sio: &SocketIo, transport: u8) -> Arc<Self> {
+    fn new(sio: &SocketIo, transport: u8, handshake_token: Option<Box<str>>) -> Arc<Self> {
         let node = &sio.node;
         sio.pending.fetch_add(1, Ordering::AcqRel);
         Arc::new(Self {
@@ -146,6 +149,7 @@ impl Conn {
             flushed: Notify::new(),
             pending: AtomicBool::new(true),
             pending_count: sio.pending.clone(),
+            handshake_token,
         })
     }
 
@@ -171,6 +175,23 @@ impl Conn {
         }
         .encode()
     }
+}
+
+/// The token of an Engine.IO handshake request: the `Authorization: Bearer` header
+/// (`extraHeaders` in `socket.io-client`), else the `token` query parameter (`query`).
+/// Apps written for a Socket.IO server that read either keep working unchanged.
+fn handshake_token(headers: &HeaderMap, query_token: Option<&str>) -> Option<Box<str>> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    bearer
+        .or(query_token)
+        .filter(|t| !t.is_empty())
+        .map(Box::from)
 }
 
 fn millis(d: std::time::Duration) -> u64 {

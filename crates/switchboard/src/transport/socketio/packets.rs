@@ -62,7 +62,7 @@ async fn socketio_packet(conn: &Conn, text: &str) -> Option<Disconnect> {
     }
     match packet.kind {
         SioKind::Connect => {
-            let d = connect(session, packet.data).await;
+            let d = connect(conn, packet.data).await;
             if session.is_connected() {
                 conn.not_pending();
             }
@@ -81,7 +81,8 @@ struct Auth {
     token: String,
 }
 
-async fn connect(session: &Arc<Session>, data: &str) -> Option<Disconnect> {
+async fn connect(conn: &Conn, data: &str) -> Option<Disconnect> {
+    let session = &conn.session;
     if session.is_connected() {
         return Some(Disconnect::BAD_REQUEST);
     }
@@ -91,7 +92,12 @@ async fn connect(session: &Arc<Session>, data: &str) -> Option<Disconnect> {
         serde_json::from_str::<Auth>(data).map_err(|_| ErrorCode::BadRequest.into())
     };
     let req = auth.map(|auth| ConnectRequest {
-        token: auth.token,
+        // `auth.token` first: `auth` can be a function the client calls on every
+        // reconnect, so it is the fresher one.
+        token: match (auth.token.is_empty(), &conn.handshake_token) {
+            (true, Some(t)) => t.to_string(),
+            _ => auth.token,
+        },
         ..ConnectRequest::default()
     });
     match command::connect(session, req).await {

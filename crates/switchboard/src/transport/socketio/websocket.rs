@@ -26,12 +26,14 @@ const WIRE: Wire = Wire {
 };
 
 /// Upgrades to WebSocket: a new connection (`conn` is `None`), or the upgrade of a
-/// polling one.
+/// polling one. `token` is the handshake's token (see `handshake_token`), for a new
+/// connection.
 pub(super) fn upgrade(
     sio: &SocketIo,
     ws: WebSocketUpgrade,
     conn: Option<Arc<Conn>>,
     peer: &Peer,
+    token: Option<Box<str>>,
 ) -> Result<Response, EngineError> {
     let ws = websocket::configure(ws, &sio.node.config);
     let tracker = sio.node.tracker.clone();
@@ -47,13 +49,13 @@ pub(super) fn upgrade(
             if let Some(r) = sio.refusal(peer) {
                 return Ok(r);
             }
-            Ok(ws.on_upgrade(move |socket| tracker.track_future(serve_new(sio, socket))))
+            Ok(ws.on_upgrade(move |socket| tracker.track_future(serve_new(sio, socket, token))))
         }
     }
 }
 
-async fn serve_new(sio: SocketIo, mut socket: WebSocket) {
-    let conn = Conn::new(&sio, WEBSOCKET);
+async fn serve_new(sio: SocketIo, mut socket: WebSocket, token: Option<Box<str>>) {
+    let conn = Conn::new(&sio, WEBSOCKET, token);
     let open = conn.handshake(&[]);
     if socket.send(Message::Text(open.into())).await.is_err() {
         return;
