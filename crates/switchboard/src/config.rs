@@ -12,6 +12,9 @@ use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod diagnose;
+mod socketio;
+
+pub use socketio::{RouteAction, RouteConfig, SocketIoConfig};
 
 /// `SWITCHBOARD_*` variables that are not configuration keys: read by the CLI's flags
 /// (`SWITCHBOARD_CONFIG`, `SWITCHBOARD_URL`), the log filter (`SWITCHBOARD_LOG`) and the
@@ -93,6 +96,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Socket.IO event routes.
+    pub socketio: SocketIoConfig,
 }
 
 /// How log lines are written to stderr.
@@ -326,6 +331,7 @@ impl Default for Config {
             user_status: UserStatusConfig::default(),
             shutdown_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
+            socketio: SocketIoConfig::default(),
         }
     }
 }
@@ -461,6 +467,18 @@ impl Config {
         }
         for t in &self.auto_subscribe {
             errors.extend(self.template_error("auto_subscribe", t, None));
+        }
+        for (i, route) in self.socketio.routes.iter().enumerate() {
+            let key = format!("socketio.routes[{i}]");
+            errors.extend(crate::transport::socketio::route_errors(&key, route));
+            let ns = crate::channel::namespace(&route.channel);
+            if route.channel.contains(':') && !ns.contains('{') && !self.namespaces.contains_key(ns)
+            {
+                errors.push(format!(
+                    "{key}.channel: {:?} is in namespace {ns:?}, which is not configured",
+                    route.channel
+                ));
+            }
         }
         if errors.is_empty() {
             Ok(())

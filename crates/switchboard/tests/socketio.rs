@@ -1533,3 +1533,199 @@ async fn a_token_in_the_authorization_header_or_the_query_connects_without_auth(
     assert_eq!(body_of(&packets[0], "44")["data"]["code"], json!(3500));
     assert_eq!(closed.code, 3500);
 }
+
+// ---------------------------------------------------------------------------------------
+// Event routes: the app's own client events
+
+fn route(event: &str, action: &str, channel: &str) -> switchboard::config::RouteConfig {
+    let action = serde_json::from_value(json!(action)).expect("action");
+    switchboard::config::RouteConfig {
+        event: event.into(),
+        action,
+        channel: channel.into(),
+        ..Default::default()
+    }
+}
+
+/// The routes of seed 004's chat frontend, over a `conversation` namespace.
+fn routes_config() -> switchboard::Config {
+    let mut cfg = config();
+    cfg.namespaces.insert(
+        "conversation".into(),
+        switchboard::config::NamespaceConfig {
+            subscribe: vec!["*".into()],
+            publish: true,
+            presence: true,
+            ..Default::default()
+        },
+    );
+    cfg.user_status.query = true;
+    let typing = |event: &str| switchboard::config::RouteConfig {
+        data: Some(json!({"conversationId": "{0.conversationId}", "userId": "{sub}"})),
+        ..route(event, "typing_start", "conversation:{0.conversationId}")
+    };
+    cfg.socketio.routes = vec![
+        route("join:conversation", "subscribe", "conversation:{0}"),
+        route("leave:conversation", "unsubscribe", "conversation:{0}"),
+        route("join:observation", "subscribe", "observation:{0}"),
+        switchboard::config::RouteConfig {
+            emit: "message:new".into(),
+            ..route("message:send", "publish", "conversation:{0.conversationId}")
+        },
+        typing("typing:start"),
+        route(
+            "conversation:get-online-users",
+            "presence",
+            "conversation:{0}",
+        ),
+        switchboard::config::RouteConfig {
+            user: "{0}".into(),
+            ..route("user:get-status", "user_status", "")
+        },
+        switchboard::config::RouteConfig {
+            user: "{0}".into(),
+            ..route("users:get-status", "user_status", "")
+        },
+    ];
+    cfg
+}
+
+#[tokio::test]
+async fn routed_events_subscribe_publish_type_and_answer_presence_and_status() {
+    let server = start(routes_config()).await;
+    let (mut ann, _) = SioWs::connect(&server, &token("ann")).await;
+    let (mut bob, _) = SioWs::connect(&server, &token("bob")).await;
+    assert_eq!(
+        ann.emit("join:conversation", json!("c1")).await,
+        json!({"ok": true})
+    );
+    assert_eq!(
+        bob.emit("join:conversation", json!("c1")).await,
+        json!({"ok": true})
+    );
+
+    // publish: the event tag names the receivers' event; the sender gets it too.
+    let sent = json!({"conversationId": "c1", "text": "hi"});
+    assert_eq!(
+        ann.emit("message:send", sent.clone()).await,
+        json!({"ok": true})
+    );
+    assert_eq!(bob.event("message:new").await[0], sent);
+    assert_eq!(ann.event("message:new").await[0], sent);
+
+    // typing: `socket.to(room).emit`, so everyone but the sender.
+    let ack = bob
+        .emit("typing:start", json!({"conversationId": "c1"}))
+        .await;
+    assert_eq!(ack, json!({"ok": true}));
+    let typing = ann.event("typing:start").await;
+    assert_eq!(typing[0], json!({"conversationId": "c1", "userId": "bob"}));
+    // The sender's own signal never reaches it: a ping's ack comes first and no
+    // `typing:start` is queued before it.
+    assert_eq!(bob.emit("ping", json!({})).await, json!({"result": {}}));
+    assert!(
+        !bob.backlog.iter().any(|p| is_event(p, "typing:start")),
+        "{:?}",
+        bob.backlog
+    );
+
+    // presence: a list of user ids.
+    let online = ann.emit("conversation:get-online-users", json!("c1")).await;
+    assert_eq!(online, json!(["ann", "bob"]));
+
+    // user status, one and a batch.
+    let one = ann.emit("user:get-status", json!("bob")).await;
+    assert_eq!(
+        (one["userId"].clone(), one["status"].clone()),
+        (json!("bob"), json!("online")),
+        "{one}"
+    );
+    let many = ann.emit("users:get-status", json!(["bob", "zed"])).await;
+    let shaped: Vec<(Value, Value)> = many
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| (s["userId"].clone(), s["status"].clone()))
+        .collect();
+    assert_eq!(
+        shaped,
+        [
+            (json!("bob"), json!("online")),
+            (json!("zed"), json!("offline"))
+        ]
+    );
+
+    // unsubscribe: no more messages.
+    assert_eq!(
+        bob.emit("leave:conversation", json!("c1")).await,
+        json!({"ok": true})
+    );
+    ann.emit("message:send", json!({"conversationId": "c1", "text": "2"}))
+        .await;
+    ann.event("message:new").await;
+    assert_eq!(bob.emit("ping", json!({})).await, json!({"result": {}}));
+    assert!(
+        !bob.backlog.iter().any(|p| is_event(p, "message:new")),
+        "{:?}",
+        bob.backlog
+    );
+}
+
+#[tokio::test]
+async fn routed_events_keep_the_permission_checks_and_refuse_bad_arguments() {
+    let server = start(routes_config()).await;
+    let (mut ann, _) = SioWs::connect(&server, &token("ann")).await;
+    // `observation` admits only a subscription token, whatever the route says.
+    let ack = ann.emit("join:observation", json!("1")).await;
+    assert_eq!(ack_error(&ack), 103, "{ack}");
+    // Publishing into a channel the client has not joined is refused, as `publish` is.
+    let ack = ann
+        .emit("message:send", json!({"conversationId": "c9", "text": "x"}))
+        .await;
+    assert_eq!(ack_error(&ack), 103, "{ack}");
+    let ack = ann.emit("conversation:get-online-users", json!("c9")).await;
+    assert_eq!(ack_error(&ack), 103, "{ack}");
+    // An argument the template needs is missing.
+    let ack = ann.emit("message:send", json!("not an object")).await;
+    assert_eq!(ack_error(&ack), 107, "{ack}");
+    assert!(
+        ack["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("{0.conversationId}")),
+        "{ack}"
+    );
+    // The connection survives all of it.
+    assert_eq!(ann.emit("ping", json!({})).await, json!({"result": {}}));
+}
+
+#[test]
+fn bad_route_templates_are_config_errors_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("sb-routes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("routes.toml");
+    std::fs::write(
+        &file,
+        r#"
+token_hmac_secret = "s"
+[namespaces.conversation]
+subscribe = ["*"]
+[[socketio.routes]]
+event = "join:conversation"
+action = "subscribe"
+channel = "conversation:{id}"
+[[socketio.routes]]
+event = "typing:start"
+action = "typing_start"
+channel = "chat:{0}"
+data = { userId = "{sub" }
+"#,
+    )
+    .expect("write");
+    let err = switchboard::Config::load(Some(&file), &[])
+        .expect_err("bad templates")
+        .to_string();
+    assert!(err.contains("socketio.routes[0].channel"), "{err}");
+    assert!(err.contains("socketio.routes[1].channel"), "{err}");
+    assert!(err.contains("socketio.routes[1].data"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

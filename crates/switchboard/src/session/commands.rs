@@ -10,6 +10,20 @@ impl Session {
     /// Permission denied unless the namespace allows publishing and the client is
     /// subscribed; `TooManyRequests` over the namespace's publish rate.
     pub async fn publish(&self, channel: &str, data: Option<SharedJson>) -> SessionResult<()> {
+        self.publish_tagged(channel, data, None).await
+    }
+
+    /// Publishes from the client with publication tags (a Socket.IO event route's
+    /// `event` tag, [`EXCLUDE_CLIENT_TAG`]); the checks are those of [`Session::publish`].
+    ///
+    /// # Errors
+    /// As for [`Session::publish`].
+    pub async fn publish_tagged(
+        &self,
+        channel: &str,
+        data: Option<SharedJson>,
+        tags: Option<Arc<std::collections::BTreeMap<String, String>>>,
+    ) -> SessionResult<()> {
         self.require_identity()?;
         let data = data.ok_or(SessionError::Reply(ErrorCode::BadRequest))?;
         let (ns, info) = {
@@ -26,10 +40,12 @@ impl Session {
             (ns, sub.info.clone())
         };
         if ns.typing {
-            self.node.typing_signal(channel, &ns, info, data).await?;
+            self.node
+                .typing_signal(channel, &ns, info, data, tags)
+                .await?;
         } else {
             self.node
-                .publish_in(channel, &ns, data, Some(info), None)
+                .publish_in(channel, &ns, data, Some(info), tags)
                 .await?;
         }
         Ok(())

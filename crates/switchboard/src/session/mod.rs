@@ -10,7 +10,7 @@
 mod commands;
 mod subscription;
 
-pub use subscription::{Activation, Subscribed};
+pub use subscription::{Activation, Subscribed, EXCLUDE_CLIENT_TAG};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -8,11 +8,15 @@
 //!
 //! - [`packets`]: Engine.IO and Socket.IO packets from the client, as session calls.
 //! - [`polling`]: the HTTP long-polling transport and the connection driver.
+//! - [`routes`]: the app's own client events, mapped to actions by the configuration.
 //! - [`websocket`]: WebSocket, direct or upgraded from polling.
 
 mod packets;
 mod polling;
+mod routes;
 mod websocket;
+
+pub(crate) use routes::route_errors;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};

@@ -136,6 +136,9 @@ async fn event(session: &Arc<Session>, packet: &SioPacket<'_>) -> Option<Disconn
         Ok(e) => e,
         Err(e) => return protocol_error(session, ack, "", ErrorCode::BadRequest, e.0),
     };
+    if let Some(route) = super::routes::find(session, &name) {
+        return super::routes::run(session, route, ack, &args).await;
+    }
     let body = args.first().map(|a| a.get());
     let request = match Request::decode_named(&name, body) {
         Ok(r) => r,
@@ -189,7 +192,13 @@ fn acknowledge(session: &Session, id: u64, body: &ReplyBody) {
 
 /// Answers a failed event: in its acknowledgement, or as an `error` event when the
 /// client asked for none.
-fn reply_error(session: &Session, ack: Option<u64>, event: &str, code: ErrorCode, message: &str) {
+pub(super) fn reply_error(
+    session: &Session,
+    ack: Option<u64>,
+    event: &str,
+    code: ErrorCode,
+    message: &str,
+) {
     let mut e = ErrorReply::from(code);
     message.clone_into(&mut e.message);
     match ack {

@@ -1,0 +1,57 @@
+//! The `[socketio]` section: event routes that map a Socket.IO app's own client events
+//! (`socket.emit("join:conversation", id)`) to switchboard actions.
+
+use serde::{Deserialize, Serialize};
+
+/// Socket.IO settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketIoConfig {
+    /// Client events and the actions they map to (see docs/socketio.md, "Event routes").
+    pub routes: Vec<RouteConfig>,
+}
+
+/// What a routed event does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteAction {
+    /// Subscribe to `channel` (as the `subscribe` command).
+    #[default]
+    Subscribe,
+    /// Unsubscribe from `channel`.
+    Unsubscribe,
+    /// Publish `data` into `channel`, delivered as the event `emit`.
+    Publish,
+    /// A publish that excludes the sender by default (`socket.to(room).emit`).
+    TypingStart,
+    /// As `typing_start`.
+    TypingStop,
+    /// The user ids present in `channel`, as a list.
+    Presence,
+    /// The status of `user`: one (`{userId, status}`), or a list for a list of ids.
+    UserStatus,
+}
+
+/// One event route: `[[socketio.routes]]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The client's event name.
+    pub event: String,
+    /// What it does.
+    pub action: RouteAction,
+    /// Channel template over the arguments (`{0}`, `{0.id}`) and the identity (`{sub}`).
+    pub channel: String,
+    /// `publish`, typing: the event name receivers get (the `event` tag); defaults to
+    /// `event`.
+    pub emit: String,
+    /// `publish`, typing: the payload, a JSON value whose strings are templates; a
+    /// string that is a single placeholder (`"{0}"`) is replaced by that JSON value.
+    /// Defaults to `"{0}"`, the first argument.
+    pub data: Option<serde_json::Value>,
+    /// `publish`: deliver to everyone in the channel but the sender's connection.
+    /// Typing actions exclude it unless set to `false`.
+    pub exclude_sender: Option<bool>,
+    /// `user_status`: which argument holds the user id or the list of ids (`"{0}"`).
+    pub user: String,
+}
