@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 mod diagnose;
 mod socketio;
 
-pub use socketio::{RouteAction, RouteConfig, SocketIoConfig};
+pub use socketio::{PushesConfig, RouteAction, RouteConfig, SocketIoConfig};
 
 /// `SWITCHBOARD_*` variables that are not configuration keys: read by the CLI's flags
 /// (`SWITCHBOARD_CONFIG`, `SWITCHBOARD_URL`), the log filter (`SWITCHBOARD_LOG`) and the
@@ -468,6 +468,7 @@ impl Config {
         for t in &self.auto_subscribe {
             errors.extend(self.template_error("auto_subscribe", t, None));
         }
+        errors.extend(self.socketio.pushes.errors());
         for (i, route) in self.socketio.routes.iter().enumerate() {
             let key = format!("socketio.routes[{i}]");
             errors.extend(crate::transport::socketio::route_errors(&key, route));

@@ -1729,3 +1729,73 @@ data = { userId = "{sub" }
     assert!(err.contains("socketio.routes[1].data"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn named_pushes_carry_the_apps_event_names_and_shapes() {
+    let mut cfg = routes_config();
+    cfg.socketio.pushes.join = "user_online".into();
+    cfg.socketio.pushes.leave = "user_offline".into();
+    cfg.socketio.pushes.status = "user:status-changed".into();
+    cfg.namespaces.insert(
+        "status".into(),
+        switchboard::config::NamespaceConfig {
+            subscribe: vec!["*".into()],
+            ..Default::default()
+        },
+    );
+    cfg.socketio.routes.push(switchboard::config::RouteConfig {
+        method: "user_status".into(),
+        data: Some(json!({"users": ["{0}"]})),
+        ..route("status:rpc", "rpc", "")
+    });
+    let server = start(cfg).await;
+    let (mut ann, _) = SioWs::connect(&server, &token("ann")).await;
+    assert!(ann
+        .emit("subscribe", json!("chat:1"))
+        .await
+        .get("result")
+        .is_some());
+    assert!(ann
+        .emit("subscribe", json!("status:bob"))
+        .await
+        .get("result")
+        .is_some());
+
+    let (mut bob, connected) = SioWs::connect(&server, &token("bob")).await;
+    let status = ann.event("user:status-changed").await;
+    assert_eq!(
+        (status[0]["userId"].clone(), status[0]["status"].clone()),
+        (json!("bob"), json!("online")),
+        "{status:?}"
+    );
+    assert!(bob
+        .emit("subscribe", json!("chat:1"))
+        .await
+        .get("result")
+        .is_some());
+    // Ann's own join came first.
+    let bobs =
+        |name: &'static str| move |p: &str| is_event(p, name) && p.contains(r#""userId":"bob""#);
+    let joined = ann.wait_for("bob online", bobs("user_online")).await;
+    let joined = event_of(&joined).expect("event").1;
+    assert_eq!(
+        joined[0],
+        json!({"userId": "bob", "clientId": connected["client"], "channel": "chat:1"})
+    );
+    bob.emit("unsubscribe", json!("chat:1")).await;
+    let left = ann.wait_for("bob offline", bobs("user_offline")).await;
+    let left = event_of(&left).expect("event").1;
+    assert_eq!(left[0]["userId"], json!("bob"), "{left:?}");
+
+    // An `rpc` route: the acknowledgement is the method's answer as is.
+    let answer = ann.emit("status:rpc", json!("bob")).await;
+    assert_eq!(answer["statuses"][0]["online"], json!(true), "{answer}");
+}
+
+#[test]
+fn push_names_socket_io_client_reserves_are_config_errors() {
+    let mut cfg = config();
+    cfg.socketio.pushes.join = "disconnect".into();
+    let err = cfg.validate().expect_err("reserved").to_string();
+    assert!(err.contains("socketio.pushes.join"), "{err}");
+}

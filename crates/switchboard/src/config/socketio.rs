@@ -9,6 +9,22 @@ use serde::{Deserialize, Serialize};
 pub struct SocketIoConfig {
     /// Client events and the actions they map to (see docs/socketio.md, "Event routes").
     pub routes: Vec<RouteConfig>,
+    /// Names (and shapes) of the events switchboard itself sends.
+    pub pushes: PushesConfig,
+}
+
+/// `[socketio.pushes]`: event names for what switchboard sends, so an app's listeners
+/// (`socket.on("user_online", …)`) keep working. Empty: switchboard's own name and shape.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushesConfig {
+    /// A client joined a channel with `join_leave`: this event, `{userId, clientId, channel}`.
+    pub join: String,
+    /// A client left: this event, `{userId, clientId, channel}`.
+    pub leave: String,
+    /// A user status change (a publication in the `user_status.namespace`): this event,
+    /// `{userId, status: "online"|"offline", lastSeen}`.
+    pub status: String,
 }
 
 /// What a routed event does.
@@ -30,6 +46,10 @@ pub enum RouteAction {
     Presence,
     /// The status of `user`: one (`{userId, status}`), or a list for a list of ids.
     UserStatus,
+    /// Calls the server method `method` with `data`; the acknowledgement carries the
+    /// method's answer. The hook through which a route reaches the app backend once
+    /// an RPC proxy is configured; today only built-in methods (`user_status`) answer.
+    Rpc,
 }
 
 /// One event route: `[[socketio.routes]]`.
@@ -54,4 +74,34 @@ pub struct RouteConfig {
     pub exclude_sender: Option<bool>,
     /// `user_status`: which argument holds the user id or the list of ids (`"{0}"`).
     pub user: String,
+    /// `rpc`: the method to call.
+    pub method: String,
+}
+
+/// Event names `socket.io-client` keeps for itself: a push under one of them would
+/// pass for a connection event.
+const CLIENT_RESERVED: &[&str] = &[
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+
+impl PushesConfig {
+    /// Names that `socket.io-client` would take for its own events, by key.
+    pub(crate) fn errors(&self) -> Vec<String> {
+        [
+            ("join", &self.join),
+            ("leave", &self.leave),
+            ("status", &self.status),
+        ]
+        .into_iter()
+        .filter(|(_, name)| CLIENT_RESERVED.contains(&name.as_str()))
+        .map(|(key, name)| {
+            format!("socketio.pushes.{key}: {name:?} is reserved by socket.io-client")
+        })
+        .collect()
+    }
 }

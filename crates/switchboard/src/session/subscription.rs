@@ -76,7 +76,7 @@ impl Session {
     /// An event as an outbox item: one reference-count increment on the shared frame.
     fn encode(&self, event: &ChannelEvent) -> Outgoing {
         Outgoing::Event {
-            frame: event.encoded(self.codec),
+            frame: event.encoded(self.codec, &self.node.config),
             published: event.published,
         }
     }

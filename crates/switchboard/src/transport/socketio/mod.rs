@@ -326,9 +326,74 @@ struct DisconnectPush {
     reconnect: bool,
 }
 
-fn encode_channel_event(ev: &ChannelEvent) -> String {
+/// A join or leave under an app's own event name (`[socketio.pushes]`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NamedPresencePush<'a> {
+    user_id: &'a str,
+    client_id: &'a str,
+    channel: &'a str,
+}
+
+/// A user status change under an app's own event name (`[socketio.pushes] status`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NamedStatusPush<'a> {
+    user_id: &'a str,
+    status: &'static str,
+    last_seen: u64,
+}
+
+/// What a status publication carries (see `crate::status::UserStatus`).
+#[derive(serde::Deserialize)]
+struct StatusData {
+    user: String,
+    online: bool,
+    #[serde(default)]
+    last_seen: u64,
+}
+
+/// A status publication as the app's named event, if the configuration names one.
+fn named_status(ev: &ChannelEvent, data: &str, config: &crate::Config) -> Option<String> {
+    let name = &config.socketio.pushes.status;
+    let in_status_ns = ev
+        .channel
+        .strip_prefix(config.user_status.namespace.as_str())
+        .is_some_and(|rest| rest.starts_with(':'));
+    if name.is_empty() || !in_status_ns {
+        return None;
+    }
+    let s: StatusData = serde_json::from_str(data).ok()?;
+    let push = NamedStatusPush {
+        user_id: &s.user,
+        status: if s.online { "online" } else { "offline" },
+        last_seen: s.last_seen,
+    };
+    Some(encode_event(name, &push))
+}
+
+fn encode_presence(ev: &ChannelEvent, default: &str, named: &str, info: &ClientInfo) -> String {
+    if named.is_empty() {
+        let push = PresencePush {
+            channel: &ev.channel,
+            info,
+        };
+        return encode_event(default, &push);
+    }
+    let push = NamedPresencePush {
+        user_id: &info.user,
+        client_id: &info.client,
+        channel: &ev.channel,
+    };
+    encode_event(named, &push)
+}
+
+fn encode_channel_event(ev: &ChannelEvent, config: &crate::Config) -> String {
     match &ev.kind {
         EventKind::Publication(p) => {
+            if let Some(frame) = named_status(ev, p.data.get(), config) {
+                return frame;
+            }
             let tags = p.tags.as_deref();
             let event = tags
                 .and_then(|t| t.get(EVENT_TAG))
@@ -349,20 +414,8 @@ fn encode_channel_event(ev: &ChannelEvent) -> String {
                 None => encode_event("publication", &push),
             }
         }
-        EventKind::Join(info) => encode_event(
-            "join",
-            &PresencePush {
-                channel: &ev.channel,
-                info,
-            },
-        ),
-        EventKind::Leave(info) => encode_event(
-            "leave",
-            &PresencePush {
-                channel: &ev.channel,
-                info,
-            },
-        ),
+        EventKind::Join(info) => encode_presence(ev, "join", &config.socketio.pushes.join, info),
+        EventKind::Leave(info) => encode_presence(ev, "leave", &config.socketio.pushes.leave, info),
     }
 }
 

@@ -169,7 +169,10 @@ pub(crate) fn route_errors(key: &str, route: &RouteConfig) -> Vec<String> {
     if route.event.is_empty() {
         errors.push(format!("{key}.event: must name the client's event"));
     }
-    let needs_channel = route.action != RouteAction::UserStatus;
+    if route.action == RouteAction::Rpc && route.method.is_empty() {
+        errors.push(format!("{key}.method: the rpc action needs a method"));
+    }
+    let needs_channel = !matches!(route.action, RouteAction::UserStatus | RouteAction::Rpc);
     if needs_channel && route.channel.is_empty() {
         errors.push(format!(
             "{key}.channel: the {:?} action needs a channel",
@@ -333,6 +336,29 @@ async fn execute(
             Ok(Some(json!(users)))
         }
         RouteAction::UserStatus => user_status(session, route, args, &user).await,
+        RouteAction::Rpc => {
+            let data = match &route.data {
+                Some(template) => render_data(template, args, &user)?,
+                None => args.first().cloned().unwrap_or(Value::Null),
+            };
+            let data = serde_json::value::to_raw_value(&data)
+                .map_err(|_| SessionError::Reply(ErrorCode::Internal))?;
+            let req = RpcRequest {
+                method: route.method.clone(),
+                data: Some(data),
+            };
+            // Forward-to-backend hook: `Session::rpc` answers built-in methods; an RPC
+            // proxy (the proxies issue) answers the others there, and its answer is
+            // what the acknowledgement carries, as is.
+            match command::execute(session, Request::Rpc(req)).await? {
+                Executed::Reply(ReplyBody::Rpc(r)) => Ok(Some(
+                    r.data
+                        .and_then(|d| serde_json::from_str(d.get()).ok())
+                        .unwrap_or(Value::Null),
+                )),
+                _ => Err(SessionError::Reply(ErrorCode::Internal).into()),
+            }
+        }
     }
 }
 
