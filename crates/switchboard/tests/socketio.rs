@@ -1799,3 +1799,101 @@ fn push_names_socket_io_client_reserves_are_config_errors() {
     let err = cfg.validate().expect_err("reserved").to_string();
     assert!(err.contains("socketio.pushes.join"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Re-joining after a reconnect
+
+/// Waits until the API's presence of `channel` has no client of `user` (the closed
+/// connection has been cleaned up, after what it leaves for its reconnect was kept).
+async fn until_absent(server: &TestServer, channel: &str, user: &str) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let p = api(server, "presence", json!({ "channel": channel })).await;
+        let present = p["presence"]
+            .as_object()
+            .is_some_and(|m| m.values().any(|c| c["user"] == json!(user)));
+        if !present {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{user} still in {channel}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn channels_joined_through_routes_are_joined_again_after_a_reconnect_with_the_pid() {
+    let server = start(routes_config()).await;
+    let mut c = SioWs::open(&server).await;
+    c.send(&connect_packet(&token("ann"))).await;
+    let ok = body_of(&c.packet().await, "40");
+    let pid = ok["pid"].as_str().expect("a pid").to_owned();
+    c.event("connected").await;
+    assert_eq!(
+        c.emit("join:conversation", json!("c1")).await,
+        json!({"ok": true})
+    );
+    c.ws.close(None).await.expect("close");
+    until_absent(&server, "conversation:c1", "ann").await;
+
+    // Another user presenting the pid gets nothing back.
+    let mut other = SioWs::open(&server).await;
+    other
+        .send(&format!("40{}", json!({"token": token("bob"), "pid": pid})))
+        .await;
+    other.event("connected").await;
+
+    // socket.io-client ≥ 4.6 sends `pid` (and `offset`) in its next CONNECT.
+    let mut again = SioWs::open(&server).await;
+    again
+        .send(&format!(
+            "40{}",
+            json!({"token": token("ann"), "pid": pid, "offset": "x"})
+        ))
+        .await;
+    let ok = body_of(&again.packet().await, "40");
+    assert_ne!(
+        ok["pid"],
+        json!(pid),
+        "recovered stays false: missed events are not replayed"
+    );
+    again.event("connected").await;
+    // The ack of a ping is queued after the re-join.
+    assert_eq!(again.emit("ping", json!({})).await, json!({"result": {}}));
+    api(
+        &server,
+        "publish",
+        json!({"channel": "conversation:c1", "data": {"n": 1}, "tags": {"event": "message:new"}}),
+    )
+    .await;
+    assert_eq!(again.event("message:new").await[0], json!({"n": 1}));
+    assert_eq!(other.emit("ping", json!({})).await, json!({"result": {}}));
+    assert!(
+        !other.backlog.iter().any(|p| is_event(p, "message:new")),
+        "{:?}",
+        other.backlog
+    );
+
+    // The pid is used once.
+    let mut third = SioWs::open(&server).await;
+    third
+        .send(&format!("40{}", json!({"token": token("ann"), "pid": pid})))
+        .await;
+    third.event("connected").await;
+    let p = api(&server, "presence", json!({"channel": "conversation:c1"})).await;
+    assert_eq!(p["presence"].as_object().map(|m| m.len()), Some(1), "{p}");
+}
+
+#[tokio::test]
+async fn a_zero_rejoin_window_sends_no_pid() {
+    let mut cfg = routes_config();
+    cfg.socketio.rejoin_window = Duration::ZERO;
+    let server = start(cfg).await;
+    let mut c = SioWs::open(&server).await;
+    c.send(&connect_packet(&token("ann"))).await;
+    let ok = body_of(&c.packet().await, "40");
+    assert!(ok.get("pid").is_none(), "{ok}");
+    assert!(ok["sid"].is_string(), "{ok}");
+}

@@ -30,7 +30,6 @@ after(() => server && server.stop());
 function seedSocket(user) {
   const socket = io(server.httpUrl, {
     extraHeaders: { Authorization: `Bearer ${h.connectionToken(user)}` },
-    reconnectionDelay: 100,
   });
   sockets.push(socket);
   return socket;
@@ -106,4 +105,25 @@ test('seed 004 chat frontend: join, typing, online users, status, message:new', 
   bob.emit('leave:conversation', 'c1');
   await call(bob, 'user:get-status', 'ann');
   assert.deepEqual(await call(ann, 'conversation:get-online-users', 'c1'), ['ann']);
+});
+
+test('after a reconnect the rooms joined by join:conversation are there again', async () => {
+  const ann = seedSocket('ann');
+  await connected(ann, 'ann');
+  ann.emit('join:conversation', 'c2');
+  await call(ann, 'user:get-status', 'ann');
+  // The transport drops; socket.io-client reconnects by itself and sends its pid.
+  const back = connected(ann, 'ann reconnected');
+  ann.io.engine.close();
+  await back;
+  assert.equal(ann.recovered, false, 'missed events are not replayed');
+  await call(ann, 'user:get-status', 'ann');
+  const atAnn = once(ann, 'message:new', 'ann gets message:new after the reconnect');
+  const resp = await fetch(`${server.httpUrl}/api/publish`, {
+    method: 'POST',
+    headers: { 'X-API-Key': API_KEY, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ channel: 'conversation:c2', data: { id: 'm2' }, tags: { event: 'message:new' } }),
+  });
+  assert.equal(resp.status, 200);
+  assert.deepEqual((await atAnn)[0], { id: 'm2' });
 });

@@ -4,13 +4,27 @@
 use serde::{Deserialize, Serialize};
 
 /// Socket.IO settings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SocketIoConfig {
     /// Client events and the actions they map to (see docs/socketio.md, "Event routes").
     pub routes: Vec<RouteConfig>,
     /// Names (and shapes) of the events switchboard itself sends.
     pub pushes: PushesConfig,
+    /// How long the channels a connection joined through routes are kept after it
+    /// closes, for `socket.io-client` to re-join them on reconnect (`0`: never).
+    #[serde(with = "super::duration")]
+    pub rejoin_window: std::time::Duration,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        Self {
+            routes: Vec::new(),
+            pushes: PushesConfig::default(),
+            rejoin_window: std::time::Duration::from_secs(120),
+        }
+    }
 }
 
 /// `[socketio.pushes]`: event names for what switchboard sends, so an app's listeners

@@ -9,10 +9,12 @@
 //! - [`packets`]: Engine.IO and Socket.IO packets from the client, as session calls.
 //! - [`polling`]: the HTTP long-polling transport and the connection driver.
 //! - [`routes`]: the app's own client events, mapped to actions by the configuration.
+//! - [`rejoin`]: the channels joined through routes, joined again after a reconnect.
 //! - [`websocket`]: WebSocket, direct or upgraded from polling.
 
 mod packets;
 mod polling;
+mod rejoin;
 mod routes;
 mod websocket;
 
@@ -67,6 +69,8 @@ struct SocketIo {
     conns: Arc<Mutex<HashMap<Arc<str>, Arc<Conn>>>>,
     /// Sessions that have not joined the namespace with a token yet.
     pending: Arc<AtomicUsize>,
+    /// Channels of closed connections, for their reconnect.
+    rejoin: Arc<rejoin::Rejoin>,
 }
 
 impl SocketIo {
@@ -132,6 +136,12 @@ struct Conn {
     /// The token the Engine.IO handshake carried (`Authorization: Bearer`, or the
     /// `token` query parameter), used when `CONNECT`'s `auth` has none.
     handshake_token: Option<Box<str>>,
+    /// The private id sent in the `CONNECT` answer (see [`rejoin`]).
+    pid: Box<str>,
+    /// Channels joined through event routes, to join again after a reconnect. Short
+    /// sections only.
+    route_channels: Mutex<Vec<Arc<str>>>,
+    rejoin: Arc<rejoin::Rejoin>,
 }
 
 impl Conn {
@@ -154,7 +164,42 @@ impl Conn {
             pending: AtomicBool::new(true),
             pending_count: sio.pending.clone(),
             handshake_token,
+            pid: uuid::Builder::from_random_bytes(rand::random())
+                .into_uuid()
+                .simple()
+                .to_string()
+                .into(),
+            route_channels: Mutex::default(),
+            rejoin: sio.rejoin.clone(),
         })
+    }
+
+    /// Remembers a channel joined (or left, `joined = false`) through a route.
+    fn route_joined(&self, channel: &str, joined: bool) {
+        let mut channels = self
+            .route_channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        channels.retain(|c| &**c != channel);
+        if joined {
+            channels.push(Arc::from(channel));
+        }
+    }
+
+    /// Keeps the route channels of this closing connection for its reconnect.
+    fn save_for_rejoin(&self) {
+        let window = self.session.node().config.socketio.rejoin_window;
+        let channels = std::mem::take(
+            &mut *self
+                .route_channels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        if window.is_zero() || channels.is_empty() || !self.session.is_connected() {
+            return;
+        }
+        self.rejoin
+            .save(&self.pid, self.session.user(), channels, window);
     }
 
     /// No longer counted as pending: it joined the namespace, or closed.
@@ -208,6 +253,7 @@ pub fn router(node: Arc<Node>) -> Router {
         node,
         conns: Arc::default(),
         pending: Arc::default(),
+        rejoin: Arc::default(),
     };
     let route = get(polling::get)
         .post(polling::post)

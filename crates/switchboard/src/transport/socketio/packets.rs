@@ -1,14 +1,12 @@
 //! Packets from a Socket.IO client, whatever carried them, turned into session calls:
 //! `CONNECT` authenticates, events run commands, replies go out as acknowledgements.
 
-use std::sync::Arc;
-
 use serde::Deserialize;
-use switchboard_protocol::command::{ConnectRequest, DecodeError, Request};
+use switchboard_protocol::command::{ConnectRequest, DecodeError, Request, SubscribeRequest};
 use switchboard_protocol::reply::{ErrorReply, ReplyBody};
 use switchboard_protocol::socketio::{
-    encode_ack, encode_connect, encode_connect_error, encode_event, AckReply, EioPacket, SioKind,
-    SioPacket,
+    encode_ack, encode_connect, encode_connect_error, encode_connect_with_pid, encode_event,
+    AckReply, EioPacket, SioKind, SioPacket,
 };
 use switchboard_protocol::{Disconnect, ErrorCode};
 use tracing::Instrument;
@@ -71,7 +69,7 @@ async fn socketio_packet(conn: &Conn, text: &str) -> Option<Disconnect> {
         SioKind::Disconnect => Some(Disconnect::CONNECTION_CLOSED),
         // The server asks for no acknowledgements.
         SioKind::Ack => None,
-        SioKind::Event => event(session, &packet).await,
+        SioKind::Event => event(conn, &packet).await,
     }
 }
 
@@ -79,6 +77,9 @@ async fn socketio_packet(conn: &Conn, text: &str) -> Option<Disconnect> {
 #[serde(default)]
 struct Auth {
     token: String,
+    /// The private id of the connection this one replaces (`socket.io-client` ≥ 4.6
+    /// sends it back after a reconnect).
+    pid: Option<String>,
 }
 
 async fn connect(conn: &Conn, data: &str) -> Option<Disconnect> {
@@ -91,6 +92,7 @@ async fn connect(conn: &Conn, data: &str) -> Option<Disconnect> {
     } else {
         serde_json::from_str::<Auth>(data).map_err(|_| ErrorCode::BadRequest.into())
     };
+    let pid = auth.as_ref().ok().and_then(|a| a.pid.clone());
     let req = auth.map(|auth| ConnectRequest {
         // `auth.token` first: `auth` can be a function the client calls on every
         // reconnect, so it is the fresher one.
@@ -102,13 +104,21 @@ async fn connect(conn: &Conn, data: &str) -> Option<Disconnect> {
     });
     match command::connect(session, req).await {
         Ok(c) => {
-            let connected = TextFrame::from(encode_connect(&session.id));
+            let rejoin = !session.node().config.socketio.rejoin_window.is_zero();
+            let connected = TextFrame::from(if rejoin {
+                encode_connect_with_pid(&session.id, &conn.pid)
+            } else {
+                encode_connect(&session.id)
+            });
             session.enqueue(Outgoing::Frame(connected));
             // What Centrifugo's connect reply says (server-side subscriptions and their
             // recovery state, expiry), right after the namespace is joined.
             let result = encode_event("connected", &c.result);
             c.activation
                 .complete(Some(Outgoing::Frame(TextFrame::from(result))));
+            if let Some(pid) = pid.filter(|_| rejoin) {
+                rejoin_channels(conn, &pid).await;
+            }
             None
         }
         // `socket.io-client` emits `connect_error` with `err.message` and `err.data`;
@@ -127,7 +137,28 @@ async fn connect(conn: &Conn, data: &str) -> Option<Disconnect> {
     }
 }
 
-async fn event(session: &Arc<Session>, packet: &SioPacket<'_>) -> Option<Disconnect> {
+/// Subscribes a reconnected connection again to what its predecessor `pid` joined
+/// through routes, with the checks of any subscribe (a channel now refused stays left).
+/// The client is not told: its rooms are simply there, as they were.
+async fn rejoin_channels(conn: &Conn, pid: &str) {
+    let session = &conn.session;
+    for channel in conn.rejoin.take(pid, &session.user()) {
+        let req = SubscribeRequest {
+            channel: channel.to_string(),
+            ..SubscribeRequest::default()
+        };
+        match session.subscribe(req).await {
+            Ok(s) => {
+                s.activation.complete(None);
+                conn.route_joined(&channel, true);
+            }
+            Err(e) => tracing::debug!(%channel, error = ?e, "not re-joined"),
+        }
+    }
+}
+
+async fn event(conn: &Conn, packet: &SioPacket<'_>) -> Option<Disconnect> {
+    let session = &conn.session;
     if !session.is_connected() {
         return Some(Disconnect::BAD_REQUEST);
     }
@@ -137,7 +168,7 @@ async fn event(session: &Arc<Session>, packet: &SioPacket<'_>) -> Option<Disconn
         Err(e) => return protocol_error(session, ack, "", ErrorCode::BadRequest, e.0),
     };
     if let Some(route) = super::routes::find(session, &name) {
-        return super::routes::run(session, route, ack, &args).await;
+        return super::routes::run(conn, route, ack, &args).await;
     }
     let body = args.first().map(|a| a.get());
     let request = match Request::decode_named(&name, body) {

@@ -300,6 +300,7 @@ pub(super) async fn drive(sio: SocketIo, conn: Arc<Conn>) {
         }
     }
     conn.not_pending();
+    conn.save_for_rejoin();
     Box::pin(session.cleanup()).await;
     if matches!(conn.transport(), POLLING | UPGRADING) {
         // A polling client has a poll pending nearly all the time, so the close packet

@@ -15,7 +15,7 @@ use switchboard_protocol::socketio::encode_ack;
 use switchboard_protocol::{Disconnect, ErrorCode, SharedJson};
 
 use super::packets::reply_error;
-use super::EVENT_TAG;
+use super::{Conn, EVENT_TAG};
 use crate::config::{RouteAction, RouteConfig};
 use crate::event::{Outgoing, TextFrame};
 use crate::session::{Session, SessionError, EXCLUDE_CLIENT_TAG};
@@ -214,16 +214,17 @@ pub(super) fn find<'a>(session: &'a Session, event: &str) -> Option<&'a RouteCon
 
 /// Runs a routed event. Returns the disconnect to apply.
 pub(super) async fn run(
-    session: &Arc<Session>,
+    conn: &Conn,
     route: &RouteConfig,
     ack: Option<u64>,
     raw_args: &[Box<serde_json::value::RawValue>],
 ) -> Option<Disconnect> {
+    let session = &conn.session;
     let args: Vec<Value> = raw_args
         .iter()
         .map(|a| serde_json::from_str(a.get()).unwrap_or(Value::Null))
         .collect();
-    match execute(session, route, ack, &args).await {
+    match execute(conn, route, ack, &args).await {
         Ok(Some(answer)) => {
             if let Some(id) = ack {
                 let frame = encode_ack(id, &answer);
@@ -266,23 +267,26 @@ impl From<String> for RouteError {
 
 /// Runs the route; returns the acknowledgement's argument (`None`: already queued).
 async fn execute(
-    session: &Arc<Session>,
+    conn: &Conn,
     route: &RouteConfig,
     ack: Option<u64>,
     args: &[Value],
 ) -> Result<Option<Value>, RouteError> {
+    let session = &conn.session;
     let user = session.user();
     let channel = || Template::parse(&route.channel)?.render(args, &user);
     let ok = json!({ "ok": true });
     match route.action {
         RouteAction::Subscribe => {
+            let channel = channel()?;
             let req = SubscribeRequest {
-                channel: channel()?,
+                channel: channel.clone(),
                 ..SubscribeRequest::default()
             };
             if let Executed::Subscribed(s) =
                 command::execute(session, Request::Subscribe(req)).await?
             {
+                conn.route_joined(&channel, true);
                 // The acknowledgement goes ahead of the channel's first event.
                 let first = ack.map(|id| Outgoing::Frame(TextFrame::from(encode_ack(id, &ok))));
                 s.activation.complete(first);
@@ -290,9 +294,9 @@ async fn execute(
             Ok(None)
         }
         RouteAction::Unsubscribe => {
-            let req = ChannelRequest {
-                channel: channel()?,
-            };
+            let channel = channel()?;
+            conn.route_joined(&channel, false);
+            let req = ChannelRequest { channel };
             command::execute(session, Request::Unsubscribe(req)).await?;
             Ok(Some(ok))
         }
