@@ -199,6 +199,17 @@ pub fn encode_connect(sid: &str) -> String {
     format!("40{}", serde_json::json!({ "sid": sid }))
 }
 
+/// `40{"sid":...,"pid":...}`: joined, with the private id `socket.io-client` (≥ 4.6) sends
+/// back in its next `CONNECT` after a reconnect.
+pub fn encode_connect_with_pid(sid: &str, pid: &str) -> String {
+    let mut out = String::from("40{\"sid\":");
+    push_json(&mut out, sid);
+    out.push_str(",\"pid\":");
+    push_json(&mut out, pid);
+    out.push('}');
+    out
+}
+
 /// `44{"message":...,"data":...}`: the client may not join; `socket.io-client` emits
 /// `connect_error` with this message and data.
 pub fn encode_connect_error(message: &str, data: &impl Serialize) -> String {

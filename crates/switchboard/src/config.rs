@@ -12,6 +12,9 @@ use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod diagnose;
+mod socketio;
+
+pub use socketio::{PushesConfig, RouteAction, RouteConfig, SocketIoConfig};
 
 /// `SWITCHBOARD_*` variables that are not configuration keys: read by the CLI's flags
 /// (`SWITCHBOARD_CONFIG`, `SWITCHBOARD_URL`), the log filter (`SWITCHBOARD_LOG`) and the
@@ -118,6 +121,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Socket.IO event routes.
+    pub socketio: SocketIoConfig,
 }
 
 /// How log lines are written to stderr.
@@ -522,6 +527,7 @@ impl Default for Config {
             presence_lease: Duration::from_secs(20),
             shutdown_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
+            socketio: SocketIoConfig::default(),
         }
     }
 }
@@ -720,6 +726,19 @@ impl Config {
         }
         for t in &self.auto_subscribe {
             errors.extend(self.template_error("auto_subscribe", t, None));
+        }
+        errors.extend(self.socketio.pushes.errors());
+        for (i, route) in self.socketio.routes.iter().enumerate() {
+            let key = format!("socketio.routes[{i}]");
+            errors.extend(crate::transport::socketio::route_errors(&key, route));
+            let ns = crate::channel::namespace(&route.channel);
+            if route.channel.contains(':') && !ns.contains('{') && !self.namespaces.contains_key(ns)
+            {
+                errors.push(format!(
+                    "{key}.channel: {:?} is in namespace {ns:?}, which is not configured",
+                    route.channel
+                ));
+            }
         }
         if errors.is_empty() {
             Ok(())

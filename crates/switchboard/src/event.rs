@@ -27,8 +27,9 @@ const PROTOCOLS: usize = 2;
 pub struct Codec {
     /// The cache slot of this protocol.
     pub protocol: Protocol,
-    /// Encodes one event.
-    pub encode_event: fn(&ChannelEvent) -> String,
+    /// Encodes one event; the node's configuration may name events (Socket.IO's
+    /// `[socketio.pushes]`), and is the same for every session that shares the frame.
+    pub encode_event: fn(&ChannelEvent, &crate::Config) -> String,
 }
 
 /// What happened in a channel.
@@ -67,9 +68,9 @@ impl ChannelEvent {
     }
 
     /// The event encoded with `codec`, encoding it on first use only.
-    pub fn encoded(&self, codec: Codec) -> TextFrame {
+    pub fn encoded(&self, codec: Codec, config: &crate::Config) -> TextFrame {
         self.encoded[codec.protocol as usize]
-            .get_or_init(|| TextFrame::from((codec.encode_event)(self)))
+            .get_or_init(|| TextFrame::from((codec.encode_event)(self, config)))
             .clone()
     }
 

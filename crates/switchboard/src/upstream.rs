@@ -150,7 +150,7 @@ mod tests {
     fn codec() -> Codec {
         Codec {
             protocol: Protocol::CentrifugeJson,
-            encode_event: |_| String::new(),
+            encode_event: |_, _| String::new(),
         }
     }
 

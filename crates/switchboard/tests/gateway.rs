@@ -392,3 +392,29 @@ async fn unrefreshed_connection_expires_with_3005() {
     assert_eq!(closed.code, 3005, "{closed:?}");
     assert_eq!(closed.reason, "connection expired");
 }
+
+#[tokio::test]
+async fn expiry_closes_come_from_their_own_deadlines_not_other_timers() {
+    let mut cfg = config();
+    // Every other timer is far beyond the receive timeout.
+    cfg.client.connect_timeout = Duration::from_secs(600);
+    cfg.client.ping_interval = Duration::from_secs(600);
+    cfg.client.expired_close_delay = Duration::ZERO;
+    cfg.token_leeway = Duration::from_secs(3600);
+    let server = start(cfg).await;
+    let mut c = Client::connect(&server, &expiring_token("ann", 1)).await;
+    assert_eq!(c.closed().await.code, 3005);
+
+    let mut d = Client::connect_user(&server, "7").await;
+    let t = token_with(&MintClaims {
+        sub: "7".into(),
+        channel: Some("observation:1".into()),
+        exp: Some(switchboard::auth::now_secs() + 1),
+        ..MintClaims::default()
+    });
+    let r = d
+        .request(json!({"subscribe": {"channel": "observation:1", "token": t}}))
+        .await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+    assert_eq!(d.closed().await.code, 3006);
+}

@@ -1438,3 +1438,519 @@ async fn a_flooding_client_still_gets_server_disconnect_and_the_close_code() {
     );
     assert_eq!(got.last().map(String::as_str), Some("41"), "{got:?}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Token expiry
+
+/// A config whose other timers (connect deadline, pings) are far beyond every receive
+/// timeout, so an expiry close that arrives at all arrives from its own deadline.
+fn expiry_config() -> switchboard::Config {
+    let mut cfg = config();
+    cfg.client.connect_timeout = Duration::from_secs(600);
+    cfg.client.ping_interval = Duration::from_secs(600);
+    cfg.client.expired_close_delay = Duration::ZERO;
+    // The tokens below may be past `exp` when they arrive (a second boundary between
+    // minting and checking); the leeway admits them and the close still follows.
+    cfg.token_leeway = Duration::from_secs(3600);
+    cfg
+}
+
+/// A subscription token for `observation:<n>` (a namespace without subscribe rules)
+/// that expires within the second.
+fn expiring_sub_token(user: &str, channel: &str) -> String {
+    token_with(&MintClaims {
+        sub: user.into(),
+        channel: Some(channel.into()),
+        exp: Some(now_secs() + 1),
+        ..MintClaims::default()
+    })
+}
+
+fn server_disconnect_code(packets: &[String]) -> Option<u64> {
+    packets.iter().find_map(|p| {
+        let (name, args) = event_of(p)?;
+        (name == "server_disconnect").then(|| args[0]["code"].as_u64())?
+    })
+}
+
+#[tokio::test]
+async fn connection_token_expiry_closes_with_3005_on_time_over_both_transports() {
+    let server = start(expiry_config()).await;
+    // Before the fix the timer slept until the (here 600 s) connect deadline and every
+    // receive below timed out.
+    let (mut c, _) = SioWs::connect(&server, &expiring_token("ann", 1)).await;
+    let (packets, closed) = c.until_closed().await;
+    assert_eq!(closed.code, 3005, "{closed:?}");
+    assert_eq!(server_disconnect_code(&packets), Some(3005), "{packets:?}");
+
+    let (p, _) = Polling::connect(&server, &expiring_token("bob", 1)).await;
+    let packets = p.until(|p| p == "1").await;
+    assert_eq!(server_disconnect_code(&packets), Some(3005), "{packets:?}");
+}
+
+#[tokio::test]
+async fn subscription_token_expiry_closes_with_3006_on_time_over_both_transports() {
+    let server = start(expiry_config()).await;
+    let (mut c, _) = SioWs::connect(&server, &token("ann")).await;
+    let arg =
+        json!({"channel": "observation:1", "token": expiring_sub_token("ann", "observation:1")});
+    let ack = c.emit("subscribe", arg).await;
+    assert_eq!(ack["result"]["expires"], json!(true), "{ack}");
+    // Before the fix the close came with the next ping (here 600 s away).
+    let (packets, closed) = c.until_closed().await;
+    assert_eq!(closed.code, 3006, "{closed:?}");
+    assert_eq!(server_disconnect_code(&packets), Some(3006), "{packets:?}");
+
+    let (p, _) = Polling::connect(&server, &token("bob")).await;
+    let arg =
+        json!({"channel": "observation:2", "token": expiring_sub_token("bob", "observation:2")});
+    let ack = p.emit(1, "subscribe", arg).await;
+    assert_eq!(ack["result"]["expires"], json!(true), "{ack}");
+    let packets = p.until(|p| p == "1").await;
+    assert_eq!(server_disconnect_code(&packets), Some(3006), "{packets:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Where the token comes from
+
+/// Opens a WebSocket to `url` whose upgrade request carries `authorization`.
+async fn ws_open_with(url: &str, authorization: &str) -> SioWs {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().expect("request");
+    req.headers_mut()
+        .insert("Authorization", authorization.parse().expect("header"));
+    let ws = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("open timeout")
+        .expect("open")
+        .0;
+    let mut c = SioWs::wrap(ws, Value::Null);
+    let open = c.packet().await;
+    c.handshake = body_of(&open, "0");
+    c
+}
+
+/// Sends `CONNECT` with no `auth` and returns the user the `connected` event names.
+async fn connect_without_auth(c: &mut SioWs) -> Value {
+    c.send("40").await;
+    let first = c.packet().await;
+    assert!(first.starts_with("40{\"sid\""), "{first}");
+    let connected = c.event("connected").await.remove(0);
+    connected["subs"].clone()
+}
+
+#[tokio::test]
+async fn a_token_in_the_authorization_header_or_the_query_connects_without_auth() {
+    let server = start_default().await;
+    // WebSocket, `extraHeaders: {Authorization: "Bearer …"}`.
+    let mut c = ws_open_with(&ws_url(&server, None), &format!("Bearer {}", token("ann"))).await;
+    let subs = connect_without_auth(&mut c).await;
+    assert!(subs["user:ann"].is_object(), "{subs}");
+
+    // WebSocket, `query: {token}`.
+    let url = format!("{}&token={}", ws_url(&server, None), token("bob"));
+    let mut c = SioWs::wrap(ws_open(&url).await, Value::Null);
+    let _open = c.packet().await;
+    let subs = connect_without_auth(&mut c).await;
+    assert!(subs["user:bob"].is_object(), "{subs}");
+
+    // Long-polling: the handshake request carries the header.
+    let resp = reqwest::Client::new()
+        .get(polling_url(&server))
+        .header("Authorization", format!("bearer {}", token("cyd")))
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .expect("http");
+    let (status, body) = answer(resp).await;
+    assert_eq!(status, 200, "{body}");
+    let sid = body_of(&body, "0")["sid"].as_str().expect("sid").to_owned();
+    let p = Polling {
+        http: reqwest::Client::new(),
+        url: format!("{}&sid={sid}", polling_url(&server)),
+        sid,
+        handshake: Value::Null,
+    };
+    p.send(&["40"]).await;
+    let packets = p.until(|p| is_event(p, "connected")).await;
+    let connected = event_of(packets.last().expect("connected"))
+        .expect("event")
+        .1;
+    assert!(connected[0]["subs"]["user:cyd"].is_object(), "{packets:?}");
+
+    // `auth.token` wins over the header (it is the one a reconnect renews).
+    let mut c = ws_open_with(&ws_url(&server, None), &format!("Bearer {}", token("ann"))).await;
+    let connected = c.join(&token("dee")).await;
+    assert!(connected["subs"]["user:dee"].is_object(), "{connected}");
+
+    // A bad header token is refused like any other.
+    let mut c = ws_open_with(&ws_url(&server, None), "Bearer not-a-jwt").await;
+    c.send("40").await;
+    let (packets, closed) = c.until_closed().await;
+    assert_eq!(body_of(&packets[0], "44")["data"]["code"], json!(3500));
+    assert_eq!(closed.code, 3500);
+}
+
+// ---------------------------------------------------------------------------------------
+// Event routes: the app's own client events
+
+fn route(event: &str, action: &str, channel: &str) -> switchboard::config::RouteConfig {
+    let action = serde_json::from_value(json!(action)).expect("action");
+    switchboard::config::RouteConfig {
+        event: event.into(),
+        action,
+        channel: channel.into(),
+        ..Default::default()
+    }
+}
+
+/// The routes of seed 004's chat frontend, over a `conversation` namespace.
+fn routes_config() -> switchboard::Config {
+    let mut cfg = config();
+    cfg.namespaces.insert(
+        "conversation".into(),
+        switchboard::config::NamespaceConfig {
+            subscribe: vec!["*".into()],
+            publish: true,
+            presence: true,
+            ..Default::default()
+        },
+    );
+    cfg.user_status.query = true;
+    let typing = |event: &str| switchboard::config::RouteConfig {
+        data: Some(json!({"conversationId": "{0.conversationId}", "userId": "{sub}"})),
+        ..route(event, "typing_start", "conversation:{0.conversationId}")
+    };
+    cfg.socketio.routes = vec![
+        route("join:conversation", "subscribe", "conversation:{0}"),
+        route("leave:conversation", "unsubscribe", "conversation:{0}"),
+        route("join:observation", "subscribe", "observation:{0}"),
+        switchboard::config::RouteConfig {
+            emit: "message:new".into(),
+            ..route("message:send", "publish", "conversation:{0.conversationId}")
+        },
+        typing("typing:start"),
+        route(
+            "conversation:get-online-users",
+            "presence",
+            "conversation:{0}",
+        ),
+        switchboard::config::RouteConfig {
+            user: "{0}".into(),
+            ..route("user:get-status", "user_status", "")
+        },
+        switchboard::config::RouteConfig {
+            user: "{0}".into(),
+            ..route("users:get-status", "user_status", "")
+        },
+    ];
+    cfg
+}
+
+#[tokio::test]
+async fn routed_events_subscribe_publish_type_and_answer_presence_and_status() {
+    let server = start(routes_config()).await;
+    let (mut ann, _) = SioWs::connect(&server, &token("ann")).await;
+    let (mut bob, _) = SioWs::connect(&server, &token("bob")).await;
+    assert_eq!(
+        ann.emit("join:conversation", json!("c1")).await,
+        json!({"ok": true})
+    );
+    assert_eq!(
+        bob.emit("join:conversation", json!("c1")).await,
+        json!({"ok": true})
+    );
+
+    // publish: the event tag names the receivers' event; the sender gets it too.
+    let sent = json!({"conversationId": "c1", "text": "hi"});
+    assert_eq!(
+        ann.emit("message:send", sent.clone()).await,
+        json!({"ok": true})
+    );
+    assert_eq!(bob.event("message:new").await[0], sent);
+    assert_eq!(ann.event("message:new").await[0], sent);
+
+    // typing: `socket.to(room).emit`, so everyone but the sender.
+    let ack = bob
+        .emit("typing:start", json!({"conversationId": "c1"}))
+        .await;
+    assert_eq!(ack, json!({"ok": true}));
+    let typing = ann.event("typing:start").await;
+    assert_eq!(typing[0], json!({"conversationId": "c1", "userId": "bob"}));
+    // The sender's own signal never reaches it: a ping's ack comes first and no
+    // `typing:start` is queued before it.
+    assert_eq!(bob.emit("ping", json!({})).await, json!({"result": {}}));
+    assert!(
+        !bob.backlog.iter().any(|p| is_event(p, "typing:start")),
+        "{:?}",
+        bob.backlog
+    );
+
+    // presence: a list of user ids.
+    let online = ann.emit("conversation:get-online-users", json!("c1")).await;
+    assert_eq!(online, json!(["ann", "bob"]));
+
+    // user status, one and a batch.
+    let one = ann.emit("user:get-status", json!("bob")).await;
+    assert_eq!(
+        (one["userId"].clone(), one["status"].clone()),
+        (json!("bob"), json!("online")),
+        "{one}"
+    );
+    let many = ann.emit("users:get-status", json!(["bob", "zed"])).await;
+    let shaped: Vec<(Value, Value)> = many
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| (s["userId"].clone(), s["status"].clone()))
+        .collect();
+    assert_eq!(
+        shaped,
+        [
+            (json!("bob"), json!("online")),
+            (json!("zed"), json!("offline"))
+        ]
+    );
+
+    // unsubscribe: no more messages.
+    assert_eq!(
+        bob.emit("leave:conversation", json!("c1")).await,
+        json!({"ok": true})
+    );
+    ann.emit("message:send", json!({"conversationId": "c1", "text": "2"}))
+        .await;
+    ann.event("message:new").await;
+    assert_eq!(bob.emit("ping", json!({})).await, json!({"result": {}}));
+    assert!(
+        !bob.backlog.iter().any(|p| is_event(p, "message:new")),
+        "{:?}",
+        bob.backlog
+    );
+}
+
+#[tokio::test]
+async fn routed_events_keep_the_permission_checks_and_refuse_bad_arguments() {
+    let server = start(routes_config()).await;
+    let (mut ann, _) = SioWs::connect(&server, &token("ann")).await;
+    // `observation` admits only a subscription token, whatever the route says.
+    let ack = ann.emit("join:observation", json!("1")).await;
+    assert_eq!(ack_error(&ack), 103, "{ack}");
+    // Publishing into a channel the client has not joined is refused, as `publish` is.
+    let ack = ann
+        .emit("message:send", json!({"conversationId": "c9", "text": "x"}))
+        .await;
+    assert_eq!(ack_error(&ack), 103, "{ack}");
+    let ack = ann.emit("conversation:get-online-users", json!("c9")).await;
+    assert_eq!(ack_error(&ack), 103, "{ack}");
+    // An argument the template needs is missing.
+    let ack = ann.emit("message:send", json!("not an object")).await;
+    assert_eq!(ack_error(&ack), 107, "{ack}");
+    assert!(
+        ack["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("{0.conversationId}")),
+        "{ack}"
+    );
+    // The connection survives all of it.
+    assert_eq!(ann.emit("ping", json!({})).await, json!({"result": {}}));
+}
+
+#[test]
+fn bad_route_templates_are_config_errors_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("sb-routes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("routes.toml");
+    std::fs::write(
+        &file,
+        r#"
+token_hmac_secret = "s"
+[namespaces.conversation]
+subscribe = ["*"]
+[[socketio.routes]]
+event = "join:conversation"
+action = "subscribe"
+channel = "conversation:{id}"
+[[socketio.routes]]
+event = "typing:start"
+action = "typing_start"
+channel = "chat:{0}"
+data = { userId = "{sub" }
+"#,
+    )
+    .expect("write");
+    let err = switchboard::Config::load(Some(&file), &[])
+        .expect_err("bad templates")
+        .to_string();
+    assert!(err.contains("socketio.routes[0].channel"), "{err}");
+    assert!(err.contains("socketio.routes[1].channel"), "{err}");
+    assert!(err.contains("socketio.routes[1].data"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn named_pushes_carry_the_apps_event_names_and_shapes() {
+    let mut cfg = routes_config();
+    cfg.socketio.pushes.join = "user_online".into();
+    cfg.socketio.pushes.leave = "user_offline".into();
+    cfg.socketio.pushes.status = "user:status-changed".into();
+    cfg.namespaces.insert(
+        "status".into(),
+        switchboard::config::NamespaceConfig {
+            subscribe: vec!["*".into()],
+            ..Default::default()
+        },
+    );
+    cfg.socketio.routes.push(switchboard::config::RouteConfig {
+        method: "user_status".into(),
+        data: Some(json!({"users": ["{0}"]})),
+        ..route("status:rpc", "rpc", "")
+    });
+    let server = start(cfg).await;
+    let (mut ann, _) = SioWs::connect(&server, &token("ann")).await;
+    assert!(ann
+        .emit("subscribe", json!("chat:1"))
+        .await
+        .get("result")
+        .is_some());
+    assert!(ann
+        .emit("subscribe", json!("status:bob"))
+        .await
+        .get("result")
+        .is_some());
+
+    let (mut bob, connected) = SioWs::connect(&server, &token("bob")).await;
+    let status = ann.event("user:status-changed").await;
+    assert_eq!(
+        (status[0]["userId"].clone(), status[0]["status"].clone()),
+        (json!("bob"), json!("online")),
+        "{status:?}"
+    );
+    assert!(bob
+        .emit("subscribe", json!("chat:1"))
+        .await
+        .get("result")
+        .is_some());
+    // Ann's own join came first.
+    let bobs =
+        |name: &'static str| move |p: &str| is_event(p, name) && p.contains(r#""userId":"bob""#);
+    let joined = ann.wait_for("bob online", bobs("user_online")).await;
+    let joined = event_of(&joined).expect("event").1;
+    assert_eq!(
+        joined[0],
+        json!({"userId": "bob", "clientId": connected["client"], "channel": "chat:1"})
+    );
+    bob.emit("unsubscribe", json!("chat:1")).await;
+    let left = ann.wait_for("bob offline", bobs("user_offline")).await;
+    let left = event_of(&left).expect("event").1;
+    assert_eq!(left[0]["userId"], json!("bob"), "{left:?}");
+
+    // An `rpc` route: the acknowledgement is the method's answer as is.
+    let answer = ann.emit("status:rpc", json!("bob")).await;
+    assert_eq!(answer["statuses"][0]["online"], json!(true), "{answer}");
+}
+
+#[test]
+fn push_names_socket_io_client_reserves_are_config_errors() {
+    let mut cfg = config();
+    cfg.socketio.pushes.join = "disconnect".into();
+    let err = cfg.validate().expect_err("reserved").to_string();
+    assert!(err.contains("socketio.pushes.join"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Re-joining after a reconnect
+
+/// Waits until the API's presence of `channel` has no client of `user` (the closed
+/// connection has been cleaned up, after what it leaves for its reconnect was kept).
+async fn until_absent(server: &TestServer, channel: &str, user: &str) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let p = api(server, "presence", json!({ "channel": channel })).await;
+        let present = p["presence"]
+            .as_object()
+            .is_some_and(|m| m.values().any(|c| c["user"] == json!(user)));
+        if !present {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{user} still in {channel}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn channels_joined_through_routes_are_joined_again_after_a_reconnect_with_the_pid() {
+    let server = start(routes_config()).await;
+    let mut c = SioWs::open(&server).await;
+    c.send(&connect_packet(&token("ann"))).await;
+    let ok = body_of(&c.packet().await, "40");
+    let pid = ok["pid"].as_str().expect("a pid").to_owned();
+    c.event("connected").await;
+    assert_eq!(
+        c.emit("join:conversation", json!("c1")).await,
+        json!({"ok": true})
+    );
+    c.ws.close(None).await.expect("close");
+    until_absent(&server, "conversation:c1", "ann").await;
+
+    // Another user presenting the pid gets nothing back.
+    let mut other = SioWs::open(&server).await;
+    other
+        .send(&format!("40{}", json!({"token": token("bob"), "pid": pid})))
+        .await;
+    other.event("connected").await;
+
+    // socket.io-client ≥ 4.6 sends `pid` (and `offset`) in its next CONNECT.
+    let mut again = SioWs::open(&server).await;
+    again
+        .send(&format!(
+            "40{}",
+            json!({"token": token("ann"), "pid": pid, "offset": "x"})
+        ))
+        .await;
+    let ok = body_of(&again.packet().await, "40");
+    assert_ne!(
+        ok["pid"],
+        json!(pid),
+        "recovered stays false: missed events are not replayed"
+    );
+    again.event("connected").await;
+    // The ack of a ping is queued after the re-join.
+    assert_eq!(again.emit("ping", json!({})).await, json!({"result": {}}));
+    api(
+        &server,
+        "publish",
+        json!({"channel": "conversation:c1", "data": {"n": 1}, "tags": {"event": "message:new"}}),
+    )
+    .await;
+    assert_eq!(again.event("message:new").await[0], json!({"n": 1}));
+    assert_eq!(other.emit("ping", json!({})).await, json!({"result": {}}));
+    assert!(
+        !other.backlog.iter().any(|p| is_event(p, "message:new")),
+        "{:?}",
+        other.backlog
+    );
+
+    // The pid is used once.
+    let mut third = SioWs::open(&server).await;
+    third
+        .send(&format!("40{}", json!({"token": token("ann"), "pid": pid})))
+        .await;
+    third.event("connected").await;
+    let p = api(&server, "presence", json!({"channel": "conversation:c1"})).await;
+    assert_eq!(p["presence"].as_object().map(|m| m.len()), Some(1), "{p}");
+}
+
+#[tokio::test]
+async fn a_zero_rejoin_window_sends_no_pid() {
+    let mut cfg = routes_config();
+    cfg.socketio.rejoin_window = Duration::ZERO;
+    let server = start(cfg).await;
+    let mut c = SioWs::open(&server).await;
+    c.send(&connect_packet(&token("ann"))).await;
+    let ok = body_of(&c.packet().await, "40");
+    assert!(ok.get("pid").is_none(), "{ok}");
+    assert!(ok["sid"].is_string(), "{ok}");
+}

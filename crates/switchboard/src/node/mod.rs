@@ -512,6 +512,7 @@ impl Node {
         ns: &NamespaceConfig,
         info: ClientInfo,
         data: SharedJson,
+        tags: Option<Arc<BTreeMap<String, String>>>,
     ) -> Result<(), NodeError> {
         let channel: Arc<str> = Arc::from(channel);
         let stop = typing::is_stop(&data);
@@ -550,7 +551,7 @@ impl Node {
                     data,
                     info: Some(info),
                     offset: 0,
-                    tags: None,
+                    tags,
                 },
                 None,
             )

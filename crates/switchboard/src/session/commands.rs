@@ -12,6 +12,20 @@ impl Session {
     /// namespace's publish rate; the proxy's own error or disconnect, or `Internal`
     /// when it fails.
     pub async fn publish(&self, channel: &str, data: Option<SharedJson>) -> SessionResult<()> {
+        self.publish_tagged(channel, data, None).await
+    }
+
+    /// Publishes from the client with publication tags (a Socket.IO event route's
+    /// `event` tag, [`EXCLUDE_CLIENT_TAG`]); the checks are those of [`Session::publish`].
+    ///
+    /// # Errors
+    /// As for [`Session::publish`].
+    pub async fn publish_tagged(
+        &self,
+        channel: &str,
+        data: Option<SharedJson>,
+        tags: Option<Arc<std::collections::BTreeMap<String, String>>>,
+    ) -> SessionResult<()> {
         let identity = self.require_identity()?;
         let data = data.ok_or(SessionError::Reply(ErrorCode::BadRequest))?;
         let (ns, info) = {
@@ -44,19 +58,30 @@ impl Session {
             (ns, info)
         };
         let (data, tags, skip_history) = if ns.publish_proxy.is_empty() {
-            (data, None, false)
+            (data, tags, false)
         } else {
             let shaped = self
                 .publish_via_proxy(&ns.publish_proxy, channel, data.clone())
                 .await?;
+            // The backend's tags add to (and win over) a route's own.
+            let tags = match (tags, shaped.tags) {
+                (Some(route), Some(backend)) => {
+                    let mut merged = (*route).clone();
+                    merged.extend(backend);
+                    Some(Arc::new(merged))
+                }
+                (route, backend) => backend.map(Arc::new).or(route),
+            };
             (
                 shaped.data.map_or(data, SharedJson::from),
-                shaped.tags.map(Arc::new),
+                tags,
                 shaped.skip_history,
             )
         };
         if ns.typing {
-            self.node.typing_signal(channel, &ns, info, data).await?;
+            self.node
+                .typing_signal(channel, &ns, info, data, tags)
+                .await?;
         } else {
             self.node
                 .publish_shaped(channel, &ns, data, info, tags, skip_history)

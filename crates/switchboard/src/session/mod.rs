@@ -13,7 +13,7 @@ mod commands;
 mod proxied;
 mod subscription;
 
-pub use subscription::{Activation, Subscribed};
+pub use subscription::{Activation, Subscribed, EXCLUDE_CLIENT_TAG};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -281,13 +281,19 @@ impl Session {
     /// Sets when the connection expires (server API `refresh`); `None`: never.
     pub fn set_expires_at(&self, at: Option<u64>) {
         self.state().expires_at = at;
-        self.timers_changed.notify_one();
+        self.deadlines_moved();
         // Tell the client, so its SDK reschedules (or stops) its own token refresh.
         let (expires, ttl) = ttl_of(at);
         self.enqueue(Outgoing::Control(Box::new(Control::Refresh {
             expires,
             ttl,
         })));
+    }
+
+    /// Wakes the transport's timers: a transport whose timer task is not the one that
+    /// handles commands (Socket.IO) would otherwise sleep until a stale deadline.
+    fn deadlines_moved(&self) {
+        self.timers_changed.notify_one();
     }
 
     /// Completes when a deadline of this session moved; the transport then recomputes
@@ -336,6 +342,8 @@ impl Session {
             st.identity = Some(identity.clone());
             st.expires_at = identity.expires_at;
         }
+        // Connected: the connect deadline no longer applies; token expiry does.
+        self.deadlines_moved();
         if !anonymous {
             node.user_connected(&identity.user);
         }
@@ -495,6 +503,7 @@ impl Session {
         self.check_revoked(&fresh.user, None, fresh.token.as_ref())
             .await?;
         self.state().expires_at = fresh.expires_at;
+        self.deadlines_moved();
         let (expires, ttl) = ttl_of(fresh.expires_at);
         Ok(RefreshResult {
             client: self.id.to_string(),

@@ -3,6 +3,7 @@
 //! duplicate between recovered publications and live ones.
 
 use super::*;
+use crate::event::EventKind;
 
 /// Marks subscriptions whose reply is on its way; completing it queues the reply
 /// first, then the events that arrived meanwhile (skipping those already covered).
@@ -38,9 +39,19 @@ pub struct Subscribed {
     pub activation: Activation,
 }
 
+/// The publication tag naming the one connection a publication skips: the sender of a
+/// Socket.IO route with `exclude_sender` (`socket.to(room).emit`).
+pub const EXCLUDE_CLIENT_TAG: &str = "exclude_client";
+
 impl Session {
     /// Delivers a channel event (called by the hub; never blocks).
     pub fn deliver(&self, event: &Arc<ChannelEvent>) {
+        if let EventKind::Publication(p) = &event.kind {
+            let excluded = p.tags.as_deref().and_then(|t| t.get(EXCLUDE_CLIENT_TAG));
+            if excluded.is_some_and(|c| **c == *self.id) {
+                return;
+            }
+        }
         if self.pending_count.load(Ordering::Acquire) > 0 {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(buf) = pending.get_mut(&event.channel) {
@@ -65,7 +76,7 @@ impl Session {
     /// An event as an outbox item: one reference-count increment on the shared frame.
     fn encode(&self, event: &ChannelEvent) -> Outgoing {
         Outgoing::Event {
-            frame: event.encoded(self.codec),
+            frame: event.encoded(self.codec, &self.node.config),
             published: event.published,
         }
     }
@@ -241,6 +252,9 @@ impl Session {
                 token,
             },
         );
+        if expires_at.is_some() {
+            self.deadlines_moved();
+        }
         let mut activation = activation;
         activation.channels[0].1 = offset;
         node.metrics.subscriptions.inc();
@@ -358,6 +372,7 @@ impl Session {
             sub.expires_at = grant.expires_at;
             sub.token = grant.token;
         }
+        self.deadlines_moved();
         let (expires, ttl) = ttl_of(grant.expires_at);
         Ok(SubRefreshResult { expires, ttl })
     }

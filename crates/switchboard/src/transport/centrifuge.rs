@@ -75,7 +75,7 @@ const CODEC: Codec = Codec {
     encode_event,
 };
 
-fn encode_event(ev: &ChannelEvent) -> String {
+fn encode_event(ev: &ChannelEvent, _: &crate::Config) -> String {
     let body = match &ev.kind {
         EventKind::Publication(p) => PushBody::Pub(p),
         EventKind::Join(info) => PushBody::Join { info },

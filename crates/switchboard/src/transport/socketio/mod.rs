@@ -8,11 +8,17 @@
 //!
 //! - [`packets`]: Engine.IO and Socket.IO packets from the client, as session calls.
 //! - [`polling`]: the HTTP long-polling transport and the connection driver.
+//! - [`routes`]: the app's own client events, mapped to actions by the configuration.
+//! - [`rejoin`]: the channels joined through routes, joined again after a reconnect.
 //! - [`websocket`]: WebSocket, direct or upgraded from polling.
 
 mod packets;
 mod polling;
+mod rejoin;
+mod routes;
 mod websocket;
+
+pub(crate) use routes::route_errors;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
@@ -65,6 +71,8 @@ struct SocketIo {
     conns: Arc<Mutex<HashMap<Arc<str>, Arc<Conn>>>>,
     /// Sessions that have not joined the namespace with a token yet.
     pending: Arc<AtomicUsize>,
+    /// Channels of closed connections, for their reconnect.
+    rejoin: Arc<rejoin::Rejoin>,
 }
 
 impl SocketIo {
@@ -127,11 +135,25 @@ struct Conn {
     /// Counted in [`SocketIo::pending`] until it joins or closes.
     pending: AtomicBool,
     pending_count: Arc<AtomicUsize>,
+    /// The token the Engine.IO handshake carried (`Authorization: Bearer`, or the
+    /// `token` query parameter), used when `CONNECT`'s `auth` has none.
+    handshake_token: Option<Box<str>>,
+    /// The private id sent in the `CONNECT` answer (see [`rejoin`]).
+    pid: Box<str>,
+    /// Channels joined through event routes, to join again after a reconnect. Short
+    /// sections only.
+    route_channels: Mutex<Vec<Arc<str>>>,
+    rejoin: Arc<rejoin::Rejoin>,
 }
 
 impl Conn {
     /// A new connection; `headers` are its first HTTP request's, for the proxies.
-    fn new(sio: &SocketIo, transport: u8, headers: &HeaderMap) -> Arc<Self> {
+    fn new(
+        sio: &SocketIo,
+        transport: u8,
+        headers: &HeaderMap,
+        handshake_token: Option<Box<str>>,
+    ) -> Arc<Self> {
         let node = &sio.node;
         sio.pending.fetch_add(1, Ordering::AcqRel);
         let session = Session::new(node.clone(), CODEC);
@@ -151,7 +173,43 @@ impl Conn {
             flushed: Notify::new(),
             pending: AtomicBool::new(true),
             pending_count: sio.pending.clone(),
+            handshake_token,
+            pid: uuid::Builder::from_random_bytes(rand::random())
+                .into_uuid()
+                .simple()
+                .to_string()
+                .into(),
+            route_channels: Mutex::default(),
+            rejoin: sio.rejoin.clone(),
         })
+    }
+
+    /// Remembers a channel joined (or left, `joined = false`) through a route.
+    fn route_joined(&self, channel: &str, joined: bool) {
+        let mut channels = self
+            .route_channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        channels.retain(|c| &**c != channel);
+        if joined {
+            channels.push(Arc::from(channel));
+        }
+    }
+
+    /// Keeps the route channels of this closing connection for its reconnect.
+    fn save_for_rejoin(&self) {
+        let window = self.session.node().config.socketio.rejoin_window;
+        let channels = std::mem::take(
+            &mut *self
+                .route_channels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        if window.is_zero() || channels.is_empty() || !self.session.is_connected() {
+            return;
+        }
+        self.rejoin
+            .save(&self.pid, self.session.user(), channels, window);
     }
 
     /// No longer counted as pending: it joined the namespace, or closed.
@@ -178,6 +236,23 @@ impl Conn {
     }
 }
 
+/// The token of an Engine.IO handshake request: the `Authorization: Bearer` header
+/// (`extraHeaders` in `socket.io-client`), else the `token` query parameter (`query`).
+/// Apps written for a Socket.IO server that read either keep working unchanged.
+fn handshake_token(headers: &HeaderMap, query_token: Option<&str>) -> Option<Box<str>> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    bearer
+        .or(query_token)
+        .filter(|t| !t.is_empty())
+        .map(Box::from)
+}
+
 fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -188,6 +263,7 @@ pub fn router(node: Arc<Node>) -> Router {
         node,
         conns: Arc::default(),
         pending: Arc::default(),
+        rejoin: Arc::default(),
     };
     let route = get(polling::get)
         .post(polling::post)
@@ -319,9 +395,74 @@ struct DisconnectPush {
     reconnect: bool,
 }
 
-fn encode_channel_event(ev: &ChannelEvent) -> String {
+/// A join or leave under an app's own event name (`[socketio.pushes]`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NamedPresencePush<'a> {
+    user_id: &'a str,
+    client_id: &'a str,
+    channel: &'a str,
+}
+
+/// A user status change under an app's own event name (`[socketio.pushes] status`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NamedStatusPush<'a> {
+    user_id: &'a str,
+    status: &'static str,
+    last_seen: u64,
+}
+
+/// What a status publication carries (see `crate::status::UserStatus`).
+#[derive(serde::Deserialize)]
+struct StatusData {
+    user: String,
+    online: bool,
+    #[serde(default)]
+    last_seen: u64,
+}
+
+/// A status publication as the app's named event, if the configuration names one.
+fn named_status(ev: &ChannelEvent, data: &str, config: &crate::Config) -> Option<String> {
+    let name = &config.socketio.pushes.status;
+    let in_status_ns = ev
+        .channel
+        .strip_prefix(config.user_status.namespace.as_str())
+        .is_some_and(|rest| rest.starts_with(':'));
+    if name.is_empty() || !in_status_ns {
+        return None;
+    }
+    let s: StatusData = serde_json::from_str(data).ok()?;
+    let push = NamedStatusPush {
+        user_id: &s.user,
+        status: if s.online { "online" } else { "offline" },
+        last_seen: s.last_seen,
+    };
+    Some(encode_event(name, &push))
+}
+
+fn encode_presence(ev: &ChannelEvent, default: &str, named: &str, info: &ClientInfo) -> String {
+    if named.is_empty() {
+        let push = PresencePush {
+            channel: &ev.channel,
+            info,
+        };
+        return encode_event(default, &push);
+    }
+    let push = NamedPresencePush {
+        user_id: &info.user,
+        client_id: &info.client,
+        channel: &ev.channel,
+    };
+    encode_event(named, &push)
+}
+
+fn encode_channel_event(ev: &ChannelEvent, config: &crate::Config) -> String {
     match &ev.kind {
         EventKind::Publication(p) => {
+            if let Some(frame) = named_status(ev, p.data.get(), config) {
+                return frame;
+            }
             let tags = p.tags.as_deref();
             let event = tags
                 .and_then(|t| t.get(EVENT_TAG))
@@ -342,20 +483,8 @@ fn encode_channel_event(ev: &ChannelEvent) -> String {
                 None => encode_event("publication", &push),
             }
         }
-        EventKind::Join(info) => encode_event(
-            "join",
-            &PresencePush {
-                channel: &ev.channel,
-                info,
-            },
-        ),
-        EventKind::Leave(info) => encode_event(
-            "leave",
-            &PresencePush {
-                channel: &ev.channel,
-                info,
-            },
-        ),
+        EventKind::Join(info) => encode_presence(ev, "join", &config.socketio.pushes.join, info),
+        EventKind::Leave(info) => encode_presence(ev, "leave", &config.socketio.pushes.leave, info),
     }
 }
 

@@ -1,14 +1,12 @@
 //! Packets from a Socket.IO client, whatever carried them, turned into session calls:
 //! `CONNECT` authenticates, events run commands, replies go out as acknowledgements.
 
-use std::sync::Arc;
-
 use serde::Deserialize;
-use switchboard_protocol::command::{ConnectRequest, DecodeError, Request};
+use switchboard_protocol::command::{ConnectRequest, DecodeError, Request, SubscribeRequest};
 use switchboard_protocol::reply::{ErrorReply, ReplyBody};
 use switchboard_protocol::socketio::{
-    encode_ack, encode_connect, encode_connect_error, encode_event, AckReply, EioPacket, SioKind,
-    SioPacket,
+    encode_ack, encode_connect, encode_connect_error, encode_connect_with_pid, encode_event,
+    AckReply, EioPacket, SioKind, SioPacket,
 };
 use switchboard_protocol::{Disconnect, ErrorCode};
 use tracing::Instrument;
@@ -62,7 +60,7 @@ async fn socketio_packet(conn: &Conn, text: &str) -> Option<Disconnect> {
     }
     match packet.kind {
         SioKind::Connect => {
-            let d = connect(session, packet.data).await;
+            let d = connect(conn, packet.data).await;
             if session.is_connected() {
                 conn.not_pending();
             }
@@ -71,7 +69,7 @@ async fn socketio_packet(conn: &Conn, text: &str) -> Option<Disconnect> {
         SioKind::Disconnect => Some(Disconnect::CONNECTION_CLOSED),
         // The server asks for no acknowledgements.
         SioKind::Ack => None,
-        SioKind::Event => event(session, &packet).await,
+        SioKind::Event => event(conn, &packet).await,
     }
 }
 
@@ -79,9 +77,13 @@ async fn socketio_packet(conn: &Conn, text: &str) -> Option<Disconnect> {
 #[serde(default)]
 struct Auth {
     token: String,
+    /// The private id of the connection this one replaces (`socket.io-client` ≥ 4.6
+    /// sends it back after a reconnect).
+    pid: Option<String>,
 }
 
-async fn connect(session: &Arc<Session>, data: &str) -> Option<Disconnect> {
+async fn connect(conn: &Conn, data: &str) -> Option<Disconnect> {
+    let session = &conn.session;
     if session.is_connected() {
         return Some(Disconnect::BAD_REQUEST);
     }
@@ -93,20 +95,34 @@ async fn connect(session: &Arc<Session>, data: &str) -> Option<Disconnect> {
             .and_then(|raw| Ok((serde_json::from_str::<Auth>(raw.get())?, Some(raw))))
             .map_err(|_| ErrorCode::BadRequest.into())
     };
+    let pid = auth.as_ref().ok().and_then(|(a, _)| a.pid.clone());
     let req = auth.map(|(auth, raw)| ConnectRequest {
-        token: auth.token,
+        // `auth.token` first: `auth` can be a function the client calls on every
+        // reconnect, so it is the fresher one.
+        token: match (auth.token.is_empty(), &conn.handshake_token) {
+            (true, Some(t)) => t.to_string(),
+            _ => auth.token,
+        },
         data: raw,
         ..ConnectRequest::default()
     });
     match command::connect(session, req).await {
         Ok(c) => {
-            let connected = TextFrame::from(encode_connect(&session.id));
+            let rejoin = !session.node().config.socketio.rejoin_window.is_zero();
+            let connected = TextFrame::from(if rejoin {
+                encode_connect_with_pid(&session.id, &conn.pid)
+            } else {
+                encode_connect(&session.id)
+            });
             session.enqueue(Outgoing::Frame(connected));
             // What Centrifugo's connect reply says (server-side subscriptions and their
             // recovery state, expiry), right after the namespace is joined.
             let result = encode_event("connected", &c.result);
             c.activation
                 .complete(Some(Outgoing::Frame(TextFrame::from(result))));
+            if let Some(pid) = pid.filter(|_| rejoin) {
+                rejoin_channels(conn, &pid).await;
+            }
             None
         }
         // `socket.io-client` emits `connect_error` with `err.message` and `err.data`;
@@ -130,7 +146,28 @@ async fn connect(session: &Arc<Session>, data: &str) -> Option<Disconnect> {
     }
 }
 
-async fn event(session: &Arc<Session>, packet: &SioPacket<'_>) -> Option<Disconnect> {
+/// Subscribes a reconnected connection again to what its predecessor `pid` joined
+/// through routes, with the checks of any subscribe (a channel now refused stays left).
+/// The client is not told: its rooms are simply there, as they were.
+async fn rejoin_channels(conn: &Conn, pid: &str) {
+    let session = &conn.session;
+    for channel in conn.rejoin.take(pid, &session.user()) {
+        let req = SubscribeRequest {
+            channel: channel.to_string(),
+            ..SubscribeRequest::default()
+        };
+        match session.subscribe(req).await {
+            Ok(s) => {
+                s.activation.complete(None);
+                conn.route_joined(&channel, true);
+            }
+            Err(e) => tracing::debug!(%channel, error = ?e, "not re-joined"),
+        }
+    }
+}
+
+async fn event(conn: &Conn, packet: &SioPacket<'_>) -> Option<Disconnect> {
+    let session = &conn.session;
     if !session.is_connected() {
         return Some(Disconnect::BAD_REQUEST);
     }
@@ -139,6 +176,9 @@ async fn event(session: &Arc<Session>, packet: &SioPacket<'_>) -> Option<Disconn
         Ok(e) => e,
         Err(e) => return protocol_error(session, ack, "", ErrorCode::BadRequest, e.0),
     };
+    if let Some(route) = super::routes::find(session, &name) {
+        return super::routes::run(conn, route, ack, &args).await;
+    }
     let body = args.first().map(|a| a.get());
     let request = match Request::decode_named(&name, body) {
         Ok(r) => r,
@@ -196,13 +236,19 @@ fn acknowledge(session: &Session, id: u64, body: &ReplyBody) {
 
 /// Answers a failed event: in its acknowledgement, or as an `error` event when the
 /// client asked for none.
-fn reply_error(session: &Session, ack: Option<u64>, event: &str, code: ErrorCode, message: &str) {
+pub(super) fn reply_error(
+    session: &Session,
+    ack: Option<u64>,
+    event: &str,
+    code: ErrorCode,
+    message: &str,
+) {
     let mut e = ErrorReply::from(code);
     message.clone_into(&mut e.message);
     send_error(session, ack, event, e);
 }
 
-fn send_error(session: &Session, ack: Option<u64>, event: &str, e: ErrorReply) {
+pub(super) fn send_error(session: &Session, ack: Option<u64>, event: &str, e: ErrorReply) {
     match ack {
         Some(id) => acknowledge(session, id, &ReplyBody::Error(e)),
         None => {

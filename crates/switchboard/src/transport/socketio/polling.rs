@@ -34,6 +34,8 @@ pub(super) struct EngineQuery {
     eio: Option<String>,
     transport: Option<String>,
     sid: Option<String>,
+    /// A connection token for apps that pass it in the URL (`io(url, {query: {token}})`).
+    token: Option<String>,
 }
 
 impl EngineQuery {
@@ -83,7 +85,12 @@ async fn route_get(
 ) -> Result<Response, EngineError> {
     q.check(sio, headers)?;
     match (q.transport.as_deref(), q.sid.as_deref()) {
-        (Some("polling"), None) => handshake(sio, peer, headers),
+        (Some("polling"), None) => handshake(
+            sio,
+            peer,
+            headers,
+            super::handshake_token(headers, q.token.as_deref()),
+        ),
         (Some("polling"), Some(sid)) => {
             let conn = sio.find(sid).ok_or(EngineError::UnknownSid)?;
             poll(&conn).await
@@ -94,7 +101,8 @@ async fn route_get(
                 Some(sid) => Some(sio.find(sid).ok_or(EngineError::UnknownSid)?),
                 None => None,
             };
-            super::websocket::upgrade(sio, ws, conn, peer, headers)
+            let token = super::handshake_token(headers, q.token.as_deref());
+            super::websocket::upgrade(sio, ws, conn, peer, headers, token)
         }
         _ => Err(EngineError::UnknownTransport),
     }
@@ -108,11 +116,16 @@ pub(super) fn refuse_when_closing(sio: &SocketIo) -> Option<Response> {
         .then(|| (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response())
 }
 
-fn handshake(sio: &SocketIo, peer: &Peer, headers: &HeaderMap) -> Result<Response, EngineError> {
+fn handshake(
+    sio: &SocketIo,
+    peer: &Peer,
+    headers: &HeaderMap,
+    token: Option<Box<str>>,
+) -> Result<Response, EngineError> {
     if let Some(r) = sio.refusal(peer) {
         return Ok(r);
     }
-    let conn = Conn::new(sio, POLLING, headers);
+    let conn = Conn::new(sio, POLLING, headers, token);
     sio.conns
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -289,6 +302,7 @@ pub(super) async fn drive(sio: SocketIo, conn: Arc<Conn>) {
         }
     }
     conn.not_pending();
+    conn.save_for_rejoin();
     Box::pin(session.cleanup()).await;
     if matches!(conn.transport(), POLLING | UPGRADING) {
         // A polling client has a poll pending nearly all the time, so the close packet

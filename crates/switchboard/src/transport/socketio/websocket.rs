@@ -27,13 +27,15 @@ const WIRE: Wire = Wire {
 };
 
 /// Upgrades to WebSocket: a new connection (`conn` is `None`), or the upgrade of a
-/// polling one.
+/// polling one. `token` is the handshake's token (see `handshake_token`), for a new
+/// connection.
 pub(super) fn upgrade(
     sio: &SocketIo,
     ws: WebSocketUpgrade,
     conn: Option<Arc<Conn>>,
     peer: &Peer,
     headers: &HeaderMap,
+    token: Option<Box<str>>,
 ) -> Result<Response, EngineError> {
     let ws = websocket::configure(ws, &sio.node.config);
     let tracker = sio.node.tracker.clone();
@@ -49,7 +51,7 @@ pub(super) fn upgrade(
             if let Some(r) = sio.refusal(peer) {
                 return Ok(r);
             }
-            let conn = Conn::new(&sio, WEBSOCKET, headers);
+            let conn = Conn::new(&sio, WEBSOCKET, headers, token);
             Ok(ws.on_upgrade(move |socket| tracker.track_future(serve_new(sio, conn, socket))))
         }
     }
