@@ -32,15 +32,7 @@ echo "== rust tests"
 # Debian's nginx, for the test that runs docs/nginx/switchboard.conf in front of the server
 # (crates/switchboard/tests/tls.rs; skipped with a SKIPPED line without it). Installed once.
 if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
-  apt_log="$(mktemp)"
-  if ! { $sudo apt-get update -qq &&
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx; } >"$apt_log" 2>&1; then
-    cat "$apt_log" >&2
-    exit 1
-  fi
-  rm -f "$apt_log"
+  apt_install nginx
 fi
 cargo test --workspace --locked
 
@@ -108,3 +100,8 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 # Reuses the release binary built by the README's command above.
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && SWITCHBOARD_BIN="$bin" npm test --silent)
+
+echo "== fuzz (cargo-fuzz on the Centrifugo and Engine.IO/Socket.IO decoders, 20 s each)"
+# The nightly toolchain and cargo-fuzz, installed if missing. `scripts/fuzz.sh all` adds the
+# API body and token targets (a long instrumented build of the whole server).
+bash scripts/fuzz.sh
