@@ -497,15 +497,7 @@ where
 
 /// Calls the server API method `method` and returns the whole answer.
 pub async fn api_call(server: &TestServer, method: &str, params: Value) -> Value {
-    let resp = reqwest::Client::new()
-        .post(server.http_url(&format!("/api/{method}")))
-        .header("X-API-Key", API_KEY)
-        .timeout(TIMEOUT)
-        .body(params.to_string())
-        .send()
-        .await
-        .expect("api");
-    resp.json().await.expect("api json")
+    api_at(&server.http_url(""), method, params).await
 }
 
 /// The value of the Prometheus sample `name{labels}` at `/metrics` (0 when absent).
