@@ -18,6 +18,8 @@
 //! - [`transport`]: wire protocols ([`transport::centrifuge`], [`transport::socketio`]).
 //! - [`server`]: HTTP routes, `run`, graceful shutdown.
 //! - [`front_door`]: accepting TCP connections: caps, rates, timeouts, lingering close.
+//! - [`hooks`]: the named hook points of the core (connect, online, occupied, join...)
+//!   and the [`hooks::Hooks`] trait that observes them.
 //! - [`proxy`]: HTTP calls to the app backend (connect, refresh, subscribe, publish, rpc).
 //! - [`revocation`]: revoked tokens and invalidated users, behind a store trait.
 //! - [`tls`]: serving `https`/`wss` with rustls, certificate reload.
@@ -35,6 +37,7 @@ pub mod engine;
 pub mod event;
 pub mod front_door;
 pub mod history;
+pub mod hooks;
 pub mod hub;
 pub mod limiter;
 pub mod metrics;

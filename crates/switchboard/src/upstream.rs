@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use crate::engine::{Engine, EngineError};
+use crate::hooks::{Hooks, Lifecycle};
 use crate::hub::Hub;
 use crate::session::Session;
 
@@ -22,13 +23,17 @@ pub(crate) struct Upstream {
     /// engine's subscription must not be reordered against another session's.
     locks: Box<[Mutex<()>]>,
     hasher: std::collections::hash_map::RandomState,
+    /// Told of a channel's first and last local subscriber under the channel's lock,
+    /// so its reports of one channel are never reordered.
+    hooks: Arc<dyn Hooks>,
 }
 
 impl Upstream {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(hooks: Arc<dyn Hooks>) -> Self {
         Self {
             locks: (0..SHARDS).map(|_| Mutex::new(())).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
+            hooks,
         }
     }
 
@@ -54,6 +59,9 @@ impl Upstream {
                 hub.unsubscribe(channel, session);
                 return Err(e);
             }
+            self.hooks.on_lifecycle(Lifecycle::ChannelOccupied {
+                channel: channel.clone(),
+            });
         }
         Ok(())
     }
@@ -73,6 +81,9 @@ impl Upstream {
             if let Err(e) = engine.unsubscribe(channel).await {
                 tracing::warn!(%channel, error = %e, "engine unsubscribe failed");
             }
+            self.hooks.on_lifecycle(Lifecycle::ChannelVacated {
+                channel: Arc::from(channel),
+            });
         }
     }
 }
@@ -160,7 +171,7 @@ mod tests {
         let e = engine.clone();
         let node = Node::with_engine(crate::Config::default(), move |_, _| Ok(e)).unwrap();
         let hub = Hub::default();
-        let upstream = Upstream::new();
+        let upstream = Upstream::new(Arc::new(crate::hooks::NoHooks));
         let channel: Arc<str> = "news:1".into();
         let (leaver, joiner) = (
             Session::new(node.clone(), codec()),

@@ -253,6 +253,12 @@ impl Node {
             };
             for (info, last_of_user) in gone {
                 tracing::info!(%channel, client = %info.client, "presence lease expired");
+                if last_of_user || !ns.presence_per_user {
+                    self.hooks.on_lifecycle(crate::hooks::Lifecycle::Left {
+                        channel: channel.clone(),
+                        info: info.clone(),
+                    });
+                }
                 if ns.join_leave && (last_of_user || !ns.presence_per_user) {
                     let _ = self.engine.publish_leave(&channel, info).await;
                 }

@@ -19,6 +19,7 @@ use crate::config::{Config, EngineKind, NamespaceConfig};
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::RedisEngine;
 use crate::engine::{Engine, EngineError, EventHandler, HistoryOptions, HistoryQuery};
+use crate::hooks::{Hooks, Lifecycle, NoHooks};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::rules::{RuleError, Rules};
@@ -94,6 +95,8 @@ pub struct Node {
     pub proxies: crate::proxy::Proxies,
     /// Revoked tokens and invalidated users.
     pub revocations: Arc<dyn crate::revocation::RevocationStore>,
+    /// Observes the hook points (connect, online, occupied, join, ...).
+    hooks: Arc<dyn Hooks>,
 }
 
 impl std::fmt::Debug for Node {
@@ -165,13 +168,15 @@ impl Node {
             config.node_name.clone()
         };
         let proxies = crate::proxy::Proxies::new(&config, metrics.clone());
+        let hooks: Arc<dyn Hooks> = Arc::new(NoHooks);
         let node = Arc::new(Self {
             rules: Rules::new(&config),
             verifier: Verifier::new(&config)?,
             config: Arc::new(config),
             hub,
             engine,
-            upstream: Upstream::new(),
+            upstream: Upstream::new(hooks.clone()),
+            hooks,
             name,
             started: Instant::now(),
             shutdown,
@@ -262,18 +267,27 @@ impl Node {
         info: Option<ClientInfo>,
         tags: Option<Arc<BTreeMap<String, String>>>,
     ) -> Result<StreamPosition, NodeError> {
+        let channel: Arc<str> = Arc::from(channel);
+        let observed = self
+            .hooks
+            .observes_publications()
+            .then(|| (data.clone(), info.clone()));
         let publication = Publication {
             data,
             info,
             offset: 0,
             tags,
         };
-        let pos = self
-            .engine
-            .publish(&Arc::from(channel), publication, history)
-            .await?;
+        let pos = self.engine.publish(&channel, publication, history).await?;
         self.metrics.publications.inc();
-        self.metrics.namespaces.published(channel);
+        self.metrics.namespaces.published(&channel);
+        if let Some((data, info)) = observed {
+            self.hooks.on_lifecycle(Lifecycle::Published {
+                channel,
+                data,
+                info,
+            });
+        }
         Ok(pos)
     }
 
@@ -408,9 +422,28 @@ impl Node {
         }
     }
 
+    /// A client authenticated (hook point `connect`).
+    pub fn client_connected(&self, client: &Arc<str>, user: &Arc<str>) {
+        self.hooks.on_lifecycle(Lifecycle::Connected {
+            client: client.clone(),
+            user: user.clone(),
+        });
+    }
+
+    /// An authenticated client's connection ended (hook point `disconnect`).
+    pub fn client_disconnected(&self, client: &Arc<str>, user: &Arc<str>, reason: Disconnect) {
+        self.hooks.on_lifecycle(Lifecycle::Disconnected {
+            client: client.clone(),
+            user: user.clone(),
+            reason,
+        });
+    }
+
     /// A connection of `user` was authenticated: announce them online if they were not.
     pub fn user_connected(self: &Arc<Self>, user: &Arc<str>) {
         if self.status.connected(user) == Change::Online {
+            self.hooks
+                .on_lifecycle(Lifecycle::UserOnline { user: user.clone() });
             let status = UserStatus {
                 user: user.to_string(),
                 online: true,
@@ -434,6 +467,10 @@ impl Node {
                     () = node.shutdown.cancelled() => return,
                 }
                 if let Some(status) = node.status.settle_offline(&user, generation) {
+                    node.hooks.on_lifecycle(Lifecycle::UserOffline {
+                        user: Arc::from(user.as_str()),
+                        last_seen: status.last_seen,
+                    });
                     node.announce_status(&status);
                 }
             });
@@ -624,6 +661,16 @@ impl Node {
         } else {
             true
         };
+        self.hooks.on_lifecycle(Lifecycle::Subscribed {
+            channel: channel.clone(),
+            info: info.clone(),
+        });
+        if ns.presence && (first_of_user || !ns.presence_per_user) {
+            self.hooks.on_lifecycle(Lifecycle::Joined {
+                channel: channel.clone(),
+                info: info.clone(),
+            });
+        }
         if ns.join_leave && (first_of_user || !ns.presence_per_user) {
             self.engine.publish_join(channel, info.clone()).await?;
         }
@@ -643,6 +690,16 @@ impl Node {
                 Ok(last) => last_of_user = last,
                 Err(e) => tracing::warn!(%channel, error = %e, "presence removal failed"),
             }
+        }
+        self.hooks.on_lifecycle(Lifecycle::Unsubscribed {
+            channel: channel.clone(),
+            info: info.clone(),
+        });
+        if ns.presence && (last_of_user || !ns.presence_per_user) {
+            self.hooks.on_lifecycle(Lifecycle::Left {
+                channel: channel.clone(),
+                info: info.clone(),
+            });
         }
         if ns.typing {
             if let Some(typing) = self.typing.stop(channel, &info.user) {

@@ -344,6 +344,7 @@ impl Session {
         }
         // Connected: the connect deadline no longer applies; token expiry does.
         self.deadlines_moved();
+        node.client_connected(&self.id, &identity.user);
         if !anonymous {
             node.user_connected(&identity.user);
         }
@@ -538,6 +539,10 @@ impl Session {
         };
         for ch in channels {
             self.remove_subscription(&ch).await;
+        }
+        if let Some(id) = &identity {
+            self.node
+                .client_disconnected(&self.id, &id.user, self.disconnect_reason());
         }
         if let Some(id) = identity.filter(|id| !id.user.is_empty()) {
             self.node.unregister_session(&id.user, self).await;
