@@ -13,8 +13,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod diagnose;
 mod socketio;
+mod webhooks;
 
 pub use socketio::{PushesConfig, RouteAction, RouteConfig, SocketIoConfig};
+pub use webhooks::{WebhookEndpointConfig, WebhooksConfig, EVENT_KINDS};
 
 /// `SWITCHBOARD_*` variables that are not configuration keys: read by the CLI's flags
 /// (`SWITCHBOARD_CONFIG`, `SWITCHBOARD_URL`), the log filter (`SWITCHBOARD_LOG`) and the
@@ -123,6 +125,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Socket.IO event routes.
     pub socketio: SocketIoConfig,
+    /// Lifecycle webhooks to the app backend (see docs/webhooks.md).
+    pub webhooks: WebhooksConfig,
 }
 
 /// How log lines are written to stderr.
@@ -528,6 +532,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
             socketio: SocketIoConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -623,6 +628,21 @@ impl Config {
             token_hmac_secret: hide(&self.token_hmac_secret),
             api_key: hide(&self.api_key),
             api_keys: self.api_keys.iter().map(|k| hide(k)).collect(),
+            webhooks: WebhooksConfig {
+                endpoints: self
+                    .webhooks
+                    .endpoints
+                    .iter()
+                    .map(|(name, e)| {
+                        let e = WebhookEndpointConfig {
+                            secret: hide(&e.secret),
+                            ..e.clone()
+                        };
+                        (name.clone(), e)
+                    })
+                    .collect(),
+                ..self.webhooks.clone()
+            },
             ..self.clone()
         }
     }
@@ -728,6 +748,7 @@ impl Config {
             errors.extend(self.template_error("auto_subscribe", t, None));
         }
         errors.extend(self.socketio.pushes.errors());
+        errors.extend(self.webhooks.errors(&self.namespaces));
         for (i, route) in self.socketio.routes.iter().enumerate() {
             let key = format!("socketio.routes[{i}]");
             errors.extend(crate::transport::socketio::route_errors(&key, route));

@@ -24,6 +24,7 @@
 //! - [`revocation`]: revoked tokens and invalidated users, behind a store trait.
 //! - [`tls`]: serving `https`/`wss` with rustls, certificate reload.
 //! - [`api`]: the Centrifugo-compatible server HTTP API; [`metrics`] at `/metrics`.
+//! - [`webhooks`]: lifecycle events POSTed to the app backend, signed, batched, retried.
 //! - [`cli`]: the operator CLI's client of a running server's API.
 #![warn(missing_docs)]
 
@@ -54,6 +55,7 @@ pub mod tls;
 pub mod transport;
 pub mod typing;
 mod upstream;
+pub mod webhooks;
 
 /// The server version reported to clients.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -92,6 +92,28 @@ pub struct Metrics {
     pub proxy: ProxyCounters,
     /// Connections closed because their token was revoked.
     pub revoked_disconnects: Counter,
+    /// Webhook events delivered, retried and dropped.
+    pub webhooks: WebhookCounters,
+}
+
+/// Webhook deliveries (see [`crate::webhooks`]). Events are counted per endpoint
+/// they were queued for.
+#[derive(Debug, Default)]
+pub struct WebhookCounters {
+    /// Events an endpoint took (2xx).
+    pub delivered: Counter,
+    /// Events an endpoint refused for good (a 4xx other than 408, 429): dropped.
+    pub refused: Counter,
+    /// Failed requests that were retried (timeout, network error, 5xx, 408, 429).
+    pub retried: Counter,
+    /// Events dropped because the endpoint's queue held `webhooks.queue_size`.
+    pub queue_full: Counter,
+    /// Hook reports dropped because this node's buffer held `webhooks.buffer_size`.
+    pub buffer_full: Counter,
+    /// Events dropped because their queue (Redis) could not be reached.
+    pub unqueued: Counter,
+    /// Time of a request that was answered (delivered or refused).
+    pub latency: Histogram,
 }
 
 impl Metrics {

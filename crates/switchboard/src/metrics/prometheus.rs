@@ -89,6 +89,32 @@ pub fn render(node: &Node) -> String {
         let name = "switchboard_proxy_requests_total";
         out.sample(name, &[("proxy", kind), ("result", outcome)], n);
     }
+    let w = &m.webhooks;
+    out.family(
+        "switchboard_webhook_events_total",
+        "counter",
+        "Webhook events by outcome: delivered, refused (4xx), or dropped (queue full, buffer full, queue unavailable).",
+    );
+    for (result, n) in [
+        ("delivered", w.delivered.get()),
+        ("refused", w.refused.get()),
+        ("queue_full", w.queue_full.get()),
+        ("buffer_full", w.buffer_full.get()),
+        ("unavailable", w.unqueued.get()),
+    ] {
+        out.sample("switchboard_webhook_events_total", &[("result", result)], n);
+    }
+    out.family(
+        "switchboard_webhook_retries_total",
+        "counter",
+        "Webhook requests that failed (timeout, network error, 5xx, 408, 429) and were retried.",
+    );
+    out.sample("switchboard_webhook_retries_total", &[], w.retried.get());
+    out.histogram(
+        "switchboard_webhook_request_seconds",
+        "Time of a webhook request the endpoint answered.",
+        &w.latency.snapshot(),
+    );
     out.family(
         "switchboard_revoked_disconnects_total",
         "counter",

@@ -59,6 +59,9 @@ pub enum StartError {
     /// The engine could not be set up (a malformed Redis URL).
     #[error("engine: {0}")]
     Engine(#[from] EngineError),
+    /// Webhooks could not be set up.
+    #[error("webhooks: {0}")]
+    Webhooks(#[from] crate::webhooks::WebhookError),
 }
 
 /// One gateway process.
@@ -168,7 +171,18 @@ impl Node {
             config.node_name.clone()
         };
         let proxies = crate::proxy::Proxies::new(&config, metrics.clone());
-        let hooks: Arc<dyn Hooks> = Arc::new(NoHooks);
+        let uid = uuid::Uuid::new_v4().to_string();
+        let hooks: Arc<dyn Hooks> = match crate::webhooks::Webhooks::start(
+            &config,
+            &uid,
+            &name,
+            proxies.http(),
+            metrics.clone(),
+            &shutdown,
+        )? {
+            Some(webhooks) => webhooks,
+            None => Arc::new(NoHooks),
+        };
         let node = Arc::new(Self {
             rules: Rules::new(&config),
             verifier: Verifier::new(&config)?,
@@ -186,7 +200,7 @@ impl Node {
             status: StatusTracker::default(),
             proxies,
             revocations: Arc::new(crate::revocation::MemoryRevocations::default()),
-            uid: uuid::Uuid::new_v4().to_string(),
+            uid,
         });
         dispatch.link(&node);
         Ok(node)

@@ -266,6 +266,11 @@ impl Proxies {
         }
     }
 
+    /// The HTTP client of every call to the app backend (webhooks share it).
+    pub fn http(&self) -> reqwest::Client {
+        self.http.clone()
+    }
+
     /// The cache of positive subscribe answers.
     pub fn cache(&self) -> &SubscribeCache {
         &self.cache
@@ -344,7 +349,7 @@ impl Proxies {
 }
 
 /// A reqwest error's message without the URL (which may carry credentials).
-fn without_url(e: &reqwest::Error) -> String {
+pub(crate) fn without_url(e: &reqwest::Error) -> String {
     let mut e = e.to_string();
     if let Some(i) = e.find(" for url (") {
         e.truncate(i);
