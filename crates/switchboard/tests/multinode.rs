@@ -3,12 +3,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::redis::{self as fixture, RedisServer};
+use common::redis::{self as fixture, Process, RedisServer};
 use common::*;
 
 async fn nodes(redis: &RedisServer, n: usize) -> Vec<TestServer> {
@@ -164,76 +163,6 @@ async fn presence_is_the_same_from_every_node() {
         }
         assert!(tokio::time::Instant::now() < deadline, "{s}");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A switchboard process on the Redis engine, killed with SIGKILL on drop.
-struct Process {
-    child: Child,
-    base: String,
-    _dir: std::path::PathBuf,
-}
-
-impl Process {
-    async fn start(redis: &RedisServer) -> Process {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("sb-node-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("node.toml");
-        std::fs::write(
-            &file,
-            format!(
-                "engine = \"redis\"\npresence_lease = \"600ms\"\ntoken_hmac_secret = \"{SECRET}\"\n\
-                 api_key = \"{API_KEY}\"\n[redis]\nurl = \"{}\"\n\
-                 [namespaces.chat]\nsubscribe = [\"*\"]\npresence = true\njoin_leave = true\n\
-                 history_size = 100\nhistory_ttl = \"1h\"\n",
-                redis.url()
-            ),
-        )
-        .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-        // Every SWITCHBOARD_* variable is a config key to the binary: pass only ours.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("SWITCHBOARD_") {
-                cmd.env_remove(name);
-            }
-        }
-        let child = cmd
-            .args(["serve", "--config"])
-            .arg(&file)
-            .args(["--bind", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn switchboard");
-        let base = format!("http://127.0.0.1:{port}");
-        wait_ready(&base).await;
-        Process {
-            child,
-            base,
-            _dir: dir,
-        }
-    }
-
-    fn ws_url(&self) -> String {
-        format!(
-            "{}/connection/websocket",
-            self.base.replacen("http", "ws", 1)
-        )
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
