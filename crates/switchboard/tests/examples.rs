@@ -289,3 +289,48 @@ async fn devices_example_one_token_grants_a_set_of_channels() {
         .await;
     assert!(reply.get("subscribe").is_some(), "{reply}");
 }
+
+#[tokio::test]
+async fn devices_example_backend_records_status_and_last_seen_through_webhooks() {
+    let dir = example("devices");
+    let (_backend, addr) = start_backend(&dir);
+    let mut config = example_config(&dir, &addr);
+    config.token_hmac_secret = SECRET.into();
+    config.user_status.offline_debounce = Duration::from_millis(200);
+    let server = start(config).await;
+    let devices = || async {
+        reqwest::get(format!("http://{addr}/devices"))
+            .await
+            .expect("the backend answers")
+            .json::<serde_json::Value>()
+            .await
+            .expect("json")
+    };
+    let wait_for = |device: &'static str, status: &'static str| async move {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let all = devices().await;
+            if all[device]["status"] == status {
+                return all;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{device} not {status}: {all}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    };
+    let player = token_with(&MintClaims {
+        sub: "acme.17".into(),
+        channels: vec!["device:acme.17".into()],
+        ..MintClaims::default()
+    });
+    let device = Client::connect(&server, &player).await;
+    // An operator is a user, not a device: the backend ignores them.
+    let _joe = Client::connect(&server, &token("joe")).await;
+    let online = wait_for("acme.17", "online").await;
+    let seen_online = online["acme.17"]["lastSeen"].as_u64().expect("lastSeen");
+    assert!(seen_online > 0);
+    assert_eq!(online["acme.18"]["status"], "unknown");
+    assert!(online.get("joe").is_none(), "{online}");
+    device.close().await;
+    let offline = wait_for("acme.17", "offline").await;
+    assert!(offline["acme.17"]["lastSeen"].as_u64() >= Some(seen_online - 1000));
+}
