@@ -1030,6 +1030,27 @@ mod tests {
     }
 
     #[test]
+    fn webhook_settings_come_from_variables_and_secrets_are_redacted() {
+        let _env = env_lock();
+        std::env::set_var("SWITCHBOARD_WEBHOOKS__BATCH_SIZE", "7");
+        std::env::set_var("SWITCHBOARD_WEBHOOKS__BATCH_DELAY", "20ms");
+        let c = Config::load(None, &[]);
+        std::env::remove_var("SWITCHBOARD_WEBHOOKS__BATCH_SIZE");
+        std::env::remove_var("SWITCHBOARD_WEBHOOKS__BATCH_DELAY");
+        let mut c = c.unwrap();
+        assert_eq!(c.webhooks.batch_size, 7);
+        assert_eq!(c.webhooks.batch_delay, Duration::from_millis(20));
+        c.webhooks.endpoints.insert(
+            "app".into(),
+            WebhookEndpointConfig {
+                secret: "s3cret".into(),
+                ..WebhookEndpointConfig::default()
+            },
+        );
+        assert_eq!(c.redacted().webhooks.endpoints["app"].secret, REDACTED);
+    }
+
+    #[test]
     fn unknown_key_is_an_error() {
         let dir = std::env::temp_dir().join(format!("sb-cfg2-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -61,6 +61,13 @@ fn now_ms() -> u64 {
 impl StatusTracker {
     /// A connection of `user` opened.
     pub fn connected(&self, user: &Arc<str>) -> Change {
+        self.connected_then(user, || {})
+    }
+
+    /// [`StatusTracker::connected`], calling `online` before the change is visible to
+    /// another connect or disconnect of the user, so reports of it keep their order.
+    /// `online` must not block.
+    pub fn connected_then(&self, user: &Arc<str>, online: impl FnOnce()) -> Change {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         let e = users.entry(user.clone()).or_default();
         e.connections += 1;
@@ -70,6 +77,7 @@ impl StatusTracker {
             Change::None
         } else {
             e.announced_online = true;
+            online();
             Change::Online
         }
     }
@@ -93,18 +101,31 @@ impl StatusTracker {
     /// After the debounce: whether `user` is now offline (nothing changed since
     /// `generation`), in which case watchers must be told.
     pub fn settle_offline(&self, user: &str, generation: u64) -> Option<UserStatus> {
+        self.settle_offline_then(user, generation, |_| {})
+    }
+
+    /// [`StatusTracker::settle_offline`], calling `offline` with the status before the
+    /// change is visible to a new connect of the user. `offline` must not block.
+    pub fn settle_offline_then(
+        &self,
+        user: &str,
+        generation: u64,
+        offline: impl FnOnce(&UserStatus),
+    ) -> Option<UserStatus> {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         let e = users.get_mut(user)?;
         if e.generation != generation || e.connections > 0 || !e.announced_online {
             return None;
         }
         e.announced_online = false;
-        Some(UserStatus {
+        let status = UserStatus {
             user: user.to_owned(),
             online: false,
             connections: 0,
             last_seen: e.last_seen,
-        })
+        };
+        offline(&status);
+        Some(status)
     }
 
     /// Status of each user, in the order asked.

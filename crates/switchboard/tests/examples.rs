@@ -313,7 +313,10 @@ async fn devices_example_backend_records_status_and_last_seen_through_webhooks()
             if all[device]["status"] == status {
                 return all;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{device} not {status}: {all}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{device} not {status}: {all}"
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     };

@@ -143,3 +143,51 @@ impl WebhooksConfig {
         errors
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NamespaceConfig;
+
+    #[test]
+    fn endpoints_are_checked_at_load() {
+        let mut namespaces = BTreeMap::new();
+        namespaces.insert("device".to_owned(), NamespaceConfig::default());
+        let mut c = WebhooksConfig::default();
+        assert!(
+            c.errors(&namespaces).is_empty(),
+            "no endpoint, nothing to check"
+        );
+        c.endpoints.insert(
+            "app".into(),
+            WebhookEndpointConfig {
+                url: "ftp://x".into(),
+                secret: String::new(),
+                events: vec!["publication".into(), "onlin".into()],
+                namespaces: vec![],
+            },
+        );
+        c.batch_size = 0;
+        let errors = c.errors(&namespaces).join("\n");
+        for want in [
+            "batch_size",
+            "url must be",
+            "secret is required",
+            "unknown kind \"onlin\"",
+            "publication needs namespaces",
+        ] {
+            assert!(errors.contains(want), "{want}: {errors}");
+        }
+        c.batch_size = 1;
+        c.endpoints.insert(
+            "app".into(),
+            WebhookEndpointConfig {
+                url: "http://x/hooks".into(),
+                secret: "s".into(),
+                events: vec!["publication".into()],
+                namespaces: vec!["device".into()],
+            },
+        );
+        assert!(c.errors(&namespaces).is_empty());
+    }
+}

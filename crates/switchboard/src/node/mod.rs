@@ -455,9 +455,13 @@ impl Node {
 
     /// A connection of `user` was authenticated: announce them online if they were not.
     pub fn user_connected(self: &Arc<Self>, user: &Arc<str>) {
-        if self.status.connected(user) == Change::Online {
+        // Reported under the tracker's lock: an offline settling at the same moment is
+        // reported before this online, never after it.
+        let online = || {
             self.hooks
                 .on_lifecycle(Lifecycle::UserOnline { user: user.clone() });
+        };
+        if self.status.connected_then(user, online) == Change::Online {
             let status = UserStatus {
                 user: user.to_string(),
                 online: true,
@@ -480,11 +484,13 @@ impl Node {
                     () = tokio::time::sleep(debounce) => {}
                     () = node.shutdown.cancelled() => return,
                 }
-                if let Some(status) = node.status.settle_offline(&user, generation) {
+                let offline = |status: &UserStatus| {
                     node.hooks.on_lifecycle(Lifecycle::UserOffline {
                         user: Arc::from(user.as_str()),
                         last_seen: status.last_seen,
                     });
+                };
+                if let Some(status) = node.status.settle_offline_then(&user, generation, offline) {
                     node.announce_status(&status);
                 }
             });

@@ -155,7 +155,7 @@ async fn send_until_done(
             () = tokio::time::sleep(backoff) => {}
             () = shutdown.cancelled() => return None,
         }
-        backoff = (backoff * 2).min(config.max_backoff);
+        backoff = next_backoff(backoff, config.max_backoff);
         if !endpoint
             .queue
             .hold(inner.cluster.as_ref(), lease)
@@ -165,6 +165,11 @@ async fn send_until_done(
             return None;
         }
     }
+}
+
+/// The wait after `backoff`: doubled, at most `max`.
+fn next_backoff(backoff: Duration, max: Duration) -> Duration {
+    backoff.saturating_mul(2).min(max)
 }
 
 async fn attempt(inner: &Inner, endpoint: &Endpoint, body: &str, signature: &str) -> Attempt {
@@ -197,6 +202,18 @@ async fn attempt(inner: &Inner, endpoint: &Endpoint, body: &str, signature: &str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_max() {
+        let max = Duration::from_secs(1);
+        let mut b = Duration::from_millis(200);
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            waits.push(b.as_millis());
+            b = next_backoff(b, max);
+        }
+        assert_eq!(waits, [200, 400, 800, 1000, 1000]);
+    }
 
     #[test]
     fn signs_as_rfc_4231_says() {

@@ -485,3 +485,42 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_buffer_drops_reports_and_counts_them_without_waiting() {
+        let (tx, _rx) = mpsc::channel(1);
+        let metrics = Arc::new(Metrics::default());
+        let hooks = Webhooks {
+            intake: tx,
+            publications: false,
+            metrics: metrics.clone(),
+        };
+        for user in ["a", "b", "c"] {
+            hooks.on_lifecycle(Lifecycle::UserOnline { user: user.into() });
+        }
+        assert_eq!(metrics.webhooks.buffer_full.get(), 2);
+    }
+
+    #[test]
+    fn endpoints_filter_by_kind_and_namespace() {
+        let endpoint = Endpoint {
+            name: "app".into(),
+            url: String::new(),
+            secret: String::new(),
+            kinds: vec!["join".into(), "online".into()],
+            namespaces: vec!["device".into()],
+            queue: Queue::Memory {
+                events: std::sync::Mutex::default(),
+            },
+            wake: Notify::new(),
+        };
+        assert!(endpoint.wants("join", Some("device:acme.1")));
+        assert!(!endpoint.wants("join", Some("chat:1")));
+        assert!(!endpoint.wants("leave", Some("device:acme.1")));
+        assert!(endpoint.wants("online", None));
+    }
+}
