@@ -536,3 +536,31 @@ impl Inbox {
         }
     }
 }
+
+#[tokio::test]
+async fn publications_of_chosen_namespaces_are_sent_with_their_data_and_publisher() {
+    let (inbox, url) = receiver().await;
+    let server = start(with_webhook(config(), &url, &["publication"], &["chat"])).await;
+    let mut ann = Client::connect_user(&server, "ann").await;
+    ann.subscribe("chat:p").await;
+    ann.publish("chat:p", serde_json::json!({"text": "hi"}))
+        .await;
+    for (channel, data) in [("news:n", "not sent"), ("chat:p", "from the API")] {
+        let r = api_call(
+            &server,
+            "publish",
+            serde_json::json!({"channel": channel, "data": data}),
+        )
+        .await;
+        assert!(r.get("error").is_none(), "{r}");
+    }
+    inbox.wait_until("two publications", |e| e.len() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let events = inbox.unique();
+    assert_eq!(events.len(), 2, "{events:#?}");
+    assert_eq!(events[0]["data"], serde_json::json!({"text": "hi"}));
+    assert_eq!(events[0]["user"], "ann");
+    assert_eq!(events[0]["channel"], "chat:p");
+    assert_eq!(events[1]["data"], "from the API");
+    assert!(events[1].get("user").is_none(), "{}", events[1]);
+}
