@@ -29,6 +29,10 @@ const HOLD: &str = "local v = redis.call('GET', KEYS[1]) \
                     if v == false or v == ARGV[1] then \
                       redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end \
                     return 0";
+/// Frees a lock if ARGV[1] holds it.
+const RELEASE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end \
+                       return 1";
 /// Appends ARGV[2] unless the list holds ARGV[1] items already; 1 when appended.
 const PUSH: &str = "if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end \
                     redis.call('RPUSH', KEYS[1], ARGV[2]) return 1";
@@ -69,6 +73,7 @@ pub(super) struct Cluster {
     add: Script,
     remove: Script,
     hold: Script,
+    release: Script,
     push: Script,
     ack: Script,
 }
@@ -97,6 +102,7 @@ impl Cluster {
             add: Script::new(ADD),
             remove: Script::new(REMOVE),
             hold: Script::new(HOLD),
+            release: Script::new(RELEASE),
             push: Script::new(PUSH),
             ack: Script::new(ACK),
         })
@@ -356,6 +362,13 @@ impl Cluster {
         inv.arg(&self.uid).arg(millis(lease));
         let held: i64 = self.run(&inv).await?;
         Ok(held == 1)
+    }
+
+    /// Frees the delivery lock `lock` if this node holds it.
+    pub(super) async fn release(&self, lock: &str) -> Result<(), WebhookError> {
+        let mut inv = self.release.key(lock);
+        inv.arg(&self.uid);
+        self.run::<i64>(&inv).await.map(drop)
     }
 
     /// The first `n` events of a queue.

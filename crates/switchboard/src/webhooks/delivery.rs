@@ -40,11 +40,18 @@ enum Attempt {
     Failed(String),
 }
 
-/// Delivers endpoint `index`'s queue until shutdown.
+/// Delivers endpoint `index`'s queue until shutdown, then lets another node deliver it.
 pub(super) async fn run(inner: Arc<Inner>, index: usize, shutdown: CancellationToken) {
     let Some(endpoint) = inner.endpoints.get(index) else {
         return;
     };
+    deliver(&inner, endpoint, &shutdown).await;
+    if let Err(e) = endpoint.queue.release(inner.cluster.as_ref()).await {
+        tracing::warn!(endpoint = %endpoint.name, error = %e, "webhook delivery lock not released");
+    }
+}
+
+async fn deliver(inner: &Inner, endpoint: &Endpoint, shutdown: &CancellationToken) {
     let config = &inner.config;
     let cluster = inner.cluster.as_ref();
     // The lock outlives one request: a holder that died frees it after at most this.
@@ -62,7 +69,7 @@ pub(super) async fn run(inner: Arc<Inner>, index: usize, shutdown: CancellationT
             }
         };
         let batch = if held {
-            peek_batch(&inner, endpoint, &shutdown).await
+            peek_batch(inner, endpoint, shutdown).await
         } else {
             Vec::new()
         };
@@ -75,8 +82,7 @@ pub(super) async fn run(inner: Arc<Inner>, index: usize, shutdown: CancellationT
             }
             continue;
         }
-        let Some(outcome) = send_until_done(&inner, endpoint, &batch, lease, &shutdown).await
-        else {
+        let Some(outcome) = send_until_done(inner, endpoint, &batch, lease, shutdown).await else {
             continue;
         };
         match endpoint.queue.ack(cluster, batch.len()).await {

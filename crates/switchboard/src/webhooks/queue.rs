@@ -60,6 +60,14 @@ impl Queue {
         }
     }
 
+    /// Gives up the right to deliver (shutdown), so another node takes over at once.
+    pub(super) async fn release(&self, cluster: Option<&Cluster>) -> Result<(), WebhookError> {
+        match (self, cluster) {
+            (Self::Redis { lock, .. }, Some(c)) => c.release(lock).await,
+            _ => Ok(()),
+        }
+    }
+
     /// The first `n` waiting events.
     pub(super) async fn peek(
         &self,
