@@ -564,3 +564,39 @@ async fn publications_of_chosen_namespaces_are_sent_with_their_data_and_publishe
     assert_eq!(events[1]["data"], "from the API");
     assert!(events[1].get("user").is_none(), "{}", events[1]);
 }
+
+#[tokio::test]
+async fn on_two_nodes_a_user_goes_offline_and_a_channel_vacated_only_when_the_last_leaves() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (inbox, url) = receiver().await;
+    let kinds = ["online", "offline", "occupied", "vacated"];
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        nodes.push(
+            start(with_webhook(
+                fixture::config(&redis),
+                &url,
+                &kinds,
+                &["chat"],
+            ))
+            .await,
+        );
+    }
+    let mut here = Client::connect_user(&nodes[0], "carol").await;
+    here.subscribe("chat:c").await;
+    let mut there = Client::connect_user(&nodes[1], "carol").await;
+    there.subscribe("chat:c").await;
+    inbox.wait_until("online, occupied", |e| e.len() >= 2).await;
+    here.close().await;
+    // Past the debounce (200 ms) and a few webhook batches: nothing, carol is there.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(inbox.kinds(), ["online", "occupied"]);
+    there.close().await;
+    inbox.wait_until("offline, vacated", |e| e.len() >= 4).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got = inbox.kinds();
+    got.sort();
+    assert_eq!(got, ["occupied", "offline", "online", "vacated"]);
+}
