@@ -2,6 +2,10 @@
 //! local subscribers, events decoded once and handed to the hub, reconnection with
 //! backoff and resubscription, and detection of missed events.
 //!
+//! On a Redis Cluster the subscriptions are sharded (`SSUBSCRIBE`): each goes to the
+//! shard owning its channel's slot, over the cluster connection, which subscribes
+//! again by itself after a reconnect.
+//!
 //! Messages are `p <offset> <epoch> <publication JSON>` (offset 0 and epoch `-` when
 //! the channel keeps no history), `j <client info JSON>` and `l <client info JSON>`.
 
@@ -12,9 +16,13 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::PubSubSink;
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind, Value};
 use switchboard_protocol::{ClientInfo, Publication};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
+use super::connection::Feed;
 use super::Keys;
 use crate::engine::{EngineError, EventHandler};
 use crate::event::EventKind;
@@ -32,17 +40,40 @@ pub(super) struct Subscriber {
     /// Channels this node wants, with the last position seen in each. Short critical
     /// sections only (one per received message), never across an await.
     channels: Mutex<HashMap<Arc<str>, Option<Position>>>,
-    /// The live connection's command half; `None` while reconnecting. Cloned out of the
+    /// Where (un)subscribe commands go; `None` while reconnecting. Cloned out of the
     /// lock before use.
-    sink: Mutex<Option<PubSubSink>>,
+    sink: Mutex<Option<Sink>>,
     connected: AtomicBool,
     timeout: Duration,
+}
+
+/// The command half of the pub/sub link.
+#[derive(Clone)]
+enum Sink {
+    Single(PubSubSink),
+    Cluster(ClusterConnection),
+}
+
+impl Sink {
+    async fn subscribe(&mut self, name: String) -> redis::RedisResult<()> {
+        match self {
+            Self::Single(s) => s.subscribe(name).await,
+            Self::Cluster(c) => c.ssubscribe(name).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, name: String) -> redis::RedisResult<()> {
+        match self {
+            Self::Single(s) => s.unsubscribe(name).await,
+            Self::Cluster(c) => c.sunsubscribe(name).await,
+        }
+    }
 }
 
 impl Subscriber {
     /// Starts the pub/sub task.
     pub(super) fn spawn(
-        client: redis::Client,
+        feed: Feed,
         keys: Keys,
         handler: Arc<dyn EventHandler>,
         connect_timeout: Duration,
@@ -56,7 +87,14 @@ impl Subscriber {
             connected: AtomicBool::new(false),
             timeout,
         });
-        tokio::spawn(me.clone().run(client, handler, connect_timeout, shutdown));
+        match feed {
+            Feed::Single(client) => {
+                tokio::spawn(me.clone().run(client, handler, connect_timeout, shutdown));
+            }
+            Feed::Cluster(conn, pushes) => {
+                tokio::spawn(me.clone().run_cluster(conn, pushes, handler, shutdown));
+            }
+        }
         me
     }
 
@@ -64,11 +102,11 @@ impl Subscriber {
         self.channels.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn current_sink(&self) -> Option<PubSubSink> {
+    fn current_sink(&self) -> Option<Sink> {
         self.sink.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn set_sink(&self, sink: Option<PubSubSink>) {
+    fn set_sink(&self, sink: Option<Sink>) {
         self.connected.store(sink.is_some(), Ordering::Release);
         *self.sink.lock().unwrap_or_else(|e| e.into_inner()) = sink;
     }
@@ -172,7 +210,7 @@ impl Subscriber {
             }
             // Subscribe calls from now on go to this connection; one that raced the
             // snapshot above is simply sent twice (Redis ignores the repeat).
-            self.set_sink(Some(sink));
+            self.set_sink(Some(Sink::Single(sink)));
             backoff = MIN_BACKOFF;
             if lost_connection {
                 tracing::info!(channels = wanted.len() - 1, "redis pub/sub: reconnected");
@@ -184,18 +222,80 @@ impl Subscriber {
                     () = shutdown.cancelled() => return,
                 };
                 let Some(msg) = msg else { break };
-                if msg.get_channel_name() == control {
-                    handler.on_control(msg.get_payload_bytes());
-                    continue;
-                }
-                let Some(channel) = self.keys.channel_of(msg.get_channel_name()) else {
-                    continue;
-                };
-                self.handle(channel, msg.get_payload_bytes(), &*handler);
+                self.dispatch(
+                    msg.get_channel_name(),
+                    &control,
+                    msg.get_payload_bytes(),
+                    &*handler,
+                );
             }
             self.set_sink(None);
             lost_connection = true;
             tracing::warn!("redis pub/sub: connection lost, reconnecting");
+        }
+    }
+
+    /// The pub/sub task on a cluster: subscribes to the control channel once (retrying
+    /// with backoff until the cluster answers), then hands over the sharded messages
+    /// the cluster connection pushes.
+    async fn run_cluster(
+        self: Arc<Self>,
+        mut conn: ClusterConnection,
+        mut pushes: UnboundedReceiver<PushInfo>,
+        handler: Arc<dyn EventHandler>,
+        shutdown: CancellationToken,
+    ) {
+        const MIN_BACKOFF: Duration = Duration::from_millis(50);
+        const MAX_BACKOFF: Duration = Duration::from_secs(2);
+        let control = self.keys.control();
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let subscribe = tokio::time::timeout(self.timeout, conn.ssubscribe(&control));
+            // Both arms are cancel-safe: an abandoned subscribe is simply sent again.
+            let subscribed = tokio::select! {
+                r = subscribe => matches!(r, Ok(Ok(()))),
+                () = shutdown.cancelled() => return,
+            };
+            if subscribed {
+                break;
+            }
+            tracing::warn!(retry_in = ?backoff, "redis cluster pub/sub: subscribe failed");
+            if sleep_or_stop(backoff, &shutdown).await {
+                return;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        self.set_sink(Some(Sink::Cluster(conn)));
+        loop {
+            // Both arms are cancel-safe (a channel receive, a cancellation).
+            let push = tokio::select! {
+                p = pushes.recv() => p,
+                () = shutdown.cancelled() => return,
+            };
+            let Some(push) = push else { return };
+            match (push.kind, push.data.as_slice()) {
+                (PushKind::SMessage, [Value::BulkString(name), Value::BulkString(payload)]) => {
+                    let Ok(name) = std::str::from_utf8(name) else {
+                        continue;
+                    };
+                    self.dispatch(name, &control, payload, &*handler);
+                }
+                (PushKind::Disconnection, _) => {
+                    // The cluster connection reconnects and subscribes again; a gap
+                    // shows in the next publication's offset.
+                    tracing::warn!("redis cluster pub/sub: a shard connection was lost");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Routes one pub/sub message: a command between nodes, or a channel's event.
+    fn dispatch(&self, name: &str, control: &str, payload: &[u8], handler: &dyn EventHandler) {
+        if name == control {
+            handler.on_control(payload);
+        } else if let Some(channel) = self.keys.channel_of(name) {
+            self.handle(channel, payload, handler);
         }
     }
 
