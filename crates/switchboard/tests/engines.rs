@@ -1,5 +1,6 @@
 //! One conformance suite for every engine: the same tests run against the memory engine
-//! and the Redis engine (on a real redis-server the fixture starts).
+//! and the Redis engine, on a real redis-server and on a real 3-master Redis Cluster
+//! (both started by the fixture).
 
 mod common;
 
@@ -16,7 +17,7 @@ use switchboard_protocol::{ClientInfo, Publication, StreamPosition};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use common::redis::RedisServer;
+use common::redis::{Redis, Topology};
 use common::TIMEOUT;
 
 const LEASE: Duration = Duration::from_millis(500);
@@ -40,7 +41,7 @@ struct Fixture {
     engine: Arc<dyn Engine>,
     events: mpsc::UnboundedReceiver<(String, String)>,
     stop: CancellationToken,
-    _redis: Option<RedisServer>,
+    _redis: Option<Redis>,
 }
 
 impl Drop for Fixture {
@@ -52,7 +53,7 @@ impl Drop for Fixture {
 #[derive(Clone, Copy)]
 enum Kind {
     Memory,
-    Redis,
+    Redis(Topology),
 }
 
 async fn fixture(kind: Kind) -> Option<Fixture> {
@@ -64,12 +65,10 @@ async fn fixture(kind: Kind) -> Option<Fixture> {
             Arc::new(MemoryEngine::new(handler, 1 << 20).with_presence_lease(LEASE)),
             None,
         ),
-        Kind::Redis => {
-            let redis = RedisServer::start()?;
-            let config = RedisConfig {
-                url: redis.url(),
-                ..RedisConfig::default()
-            };
+        Kind::Redis(topology) => {
+            let redis = Redis::start(topology)?;
+            let mut config = RedisConfig::default();
+            redis.configure(&mut config);
             let engine =
                 RedisEngine::connect(handler, &config, LEASE, stop.clone()).expect("redis engine");
             let deadline = tokio::time::Instant::now() + TIMEOUT;
@@ -141,7 +140,17 @@ macro_rules! conformance {
         mod redis {
             $(#[tokio::test]
             async fn $name() {
-                if let Some(f) = super::fixture(super::Kind::Redis).await {
+                let kind = super::Kind::Redis(super::Topology::Standalone);
+                if let Some(f) = super::fixture(kind).await {
+                    super::$name(f).await;
+                }
+            })*
+        }
+        mod redis_cluster {
+            $(#[tokio::test]
+            async fn $name() {
+                let kind = super::Kind::Redis(super::Topology::Cluster);
+                if let Some(f) = super::fixture(kind).await {
                     super::$name(f).await;
                 }
             })*

@@ -1,5 +1,5 @@
-//! A real redis-server per test, on a free port, killed on drop; and configs of nodes
-//! that share it.
+//! A real redis-server (or a real 3-master Redis Cluster) per test, on free ports,
+//! killed on drop; and configs of nodes that share it.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -12,6 +12,9 @@ use switchboard::Config;
 /// One redis-server process without persistence (a restart loses every key).
 pub struct RedisServer {
     pub port: u16,
+    /// Extra arguments (cluster mode), and the directory it runs in.
+    extra: Vec<String>,
+    dir: Option<std::path::PathBuf>,
     child: Option<Child>,
     /// Holds the port while the server is down, so a parallel test's server can not
     /// take it (and the nodes reconnect to a stranger).
@@ -76,22 +79,35 @@ impl RedisServer {
         if !installed() {
             return None;
         }
+        Some(Self::start_with(Vec::new(), None))
+    }
+
+    fn start_with(extra: Vec<String>, dir: Option<&std::path::Path>) -> Self {
         for _ in 0..5 {
             let port = free_port();
             let mut server = RedisServer {
                 port,
+                extra: extra.clone(),
+                dir: dir.map(|d| d.join(port.to_string())),
                 child: None,
                 hold: None,
             };
+            if let Some(d) = &server.dir {
+                std::fs::create_dir_all(d).expect("redis dir");
+            }
             if server.spawn() {
-                return Some(server);
+                return server;
             }
         }
         panic!("redis-server did not start");
     }
 
     fn spawn(&mut self) -> bool {
-        let child = Command::new("redis-server")
+        let mut cmd = Command::new("redis-server");
+        if let Some(d) = &self.dir {
+            cmd.current_dir(d);
+        }
+        let child = cmd
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -102,6 +118,7 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -160,12 +177,184 @@ impl Drop for RedisServer {
     }
 }
 
+/// A Redis Cluster of three masters without replicas (`redis-server --cluster-enabled
+/// yes` three times, the slots split in three, the nodes introduced to each other),
+/// ready once every node reports `cluster_state:ok`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts the cluster, or returns `None` (after a loud message) when redis-server
+    /// is not installed.
+    pub fn start() -> Option<Self> {
+        if !installed() {
+            return None;
+        }
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sb-redis-cluster-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"]
+            .map(String::from)
+            .to_vec();
+        // The cluster bus listens on port + 10000: a server whose bus port is taken
+        // exits at once and start_with tries another port.
+        let nodes: Vec<_> = (0..3)
+            .map(|_| RedisServer::start_with(extra.clone(), Some(&dir)))
+            .collect();
+        let cluster = RedisCluster { nodes, dir };
+        cluster.form();
+        Some(cluster)
+    }
+
+    fn form(&self) {
+        let conns: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                ::redis::Client::open(n.url())
+                    .and_then(|c| c.get_connection())
+                    .expect("connect to a cluster node")
+            })
+            .collect();
+        let per_node = 16384 / 3;
+        for (i, mut conn) in conns.into_iter().enumerate() {
+            let lo = i * per_node;
+            let hi = if i == 2 { 16383 } else { lo + per_node - 1 };
+            ::redis::cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(lo)
+                .arg(hi)
+                .query::<()>(&mut conn)
+                .expect("CLUSTER ADDSLOTSRANGE");
+            if i > 0 {
+                ::redis::cmd("CLUSTER")
+                    .arg("MEET")
+                    .arg("127.0.0.1")
+                    .arg(self.nodes[0].port)
+                    .query::<()>(&mut conn)
+                    .expect("CLUSTER MEET");
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.nodes.iter().all(|n| {
+            ::redis::Client::open(n.url())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| ::redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c))
+                .is_ok_and(|info| info.contains("cluster_state:ok"))
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster never became ok"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The nodes' URLs, comma-separated (as `redis.url` takes them).
+    pub fn url(&self) -> String {
+        let urls: Vec<_> = self.nodes.iter().map(RedisServer::url).collect();
+        urls.join(",")
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Which Redis a test runs against.
+#[derive(Debug, Clone, Copy)]
+pub enum Topology {
+    /// One redis-server.
+    Standalone,
+    /// A 3-master Redis Cluster.
+    Cluster,
+}
+
+/// A running Redis of either topology.
+pub enum Redis {
+    Standalone(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Redis {
+    /// Starts one, or returns `None` when redis-server is not installed.
+    pub fn start(topology: Topology) -> Option<Self> {
+        Some(match topology {
+            Topology::Standalone => Redis::Standalone(RedisServer::start()?),
+            Topology::Cluster => Redis::Cluster(RedisCluster::start()?),
+        })
+    }
+
+    /// `redis.url`.
+    pub fn url(&self) -> String {
+        match self {
+            Redis::Standalone(s) => s.url(),
+            Redis::Cluster(c) => c.url(),
+        }
+    }
+
+    /// `redis.cluster`.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Redis::Cluster(_))
+    }
+
+    /// Points a `[redis]` config at it.
+    pub fn configure(&self, c: &mut switchboard::config::RedisConfig) {
+        c.url = self.url();
+        c.cluster = self.is_cluster();
+    }
+
+    /// How many connections subscribe to pub/sub channel `name` (sharded channels on
+    /// a cluster, summed over its nodes).
+    pub async fn subscribers(&self, name: &str) -> u64 {
+        let (servers, command) = match self {
+            Redis::Standalone(s) => (std::slice::from_ref(s), "NUMSUB"),
+            Redis::Cluster(c) => (c.nodes.as_slice(), "SHARDNUMSUB"),
+        };
+        let mut total = 0;
+        for s in servers {
+            let client = ::redis::Client::open(s.url()).expect("redis url");
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect to redis");
+            let (_, n): (String, u64) = ::redis::cmd("PUBSUB")
+                .arg(command)
+                .arg(name)
+                .query_async(&mut conn)
+                .await
+                .expect("PUBSUB");
+            total += n;
+        }
+        total
+    }
+}
+
 /// The test config on the Redis engine at `redis`, with a short presence lease so
 /// crash tests take a second, not half a minute.
 pub fn config(redis: &RedisServer) -> Config {
     let mut c = super::config();
     c.engine = EngineKind::Redis;
     c.redis.url = redis.url();
+    c.presence_lease = Duration::from_millis(600);
+    c
+}
+
+/// [`config`] on either topology.
+pub fn config_on(redis: &Redis) -> Config {
+    let mut c = super::config();
+    c.engine = EngineKind::Redis;
+    redis.configure(&mut c.redis);
     c.presence_lease = Duration::from_millis(600);
     c
 }
