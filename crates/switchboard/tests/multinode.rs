@@ -1,5 +1,6 @@
-//! Several nodes on one real redis-server are one gateway: publications, recovery and
-//! presence across nodes; a `kill -9`'d node; a Redis outage and restart.
+//! Several nodes on one real redis-server, or on a real 3-master Redis Cluster, are one
+//! gateway: publications, recovery and presence across nodes; a `kill -9`'d node; the
+//! server API on every node; a Redis outage and restart (one redis-server).
 
 mod common;
 
@@ -8,13 +9,13 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::redis::{self as fixture, RedisServer};
+use common::redis::{self as fixture, Redis, RedisServer, Topology};
 use common::*;
 
-async fn nodes(redis: &RedisServer, n: usize) -> Vec<TestServer> {
+async fn nodes(redis: &Redis, n: usize) -> Vec<TestServer> {
     let mut out = Vec::new();
     for i in 0..n {
-        let mut c = fixture::config(redis);
+        let mut c = fixture::config_on(redis);
         c.node_name = format!("node-{i}");
         let server = start(c).await;
         wait_ready(&server.http_url("")).await;
@@ -56,6 +57,35 @@ async fn wait_ready(base: &str) {
     wait_status(base, 200).await;
 }
 
+/// Runs each test on one redis-server and on a 3-master Redis Cluster.
+macro_rules! on_every_topology {
+    ($($name:ident),* $(,)?) => {
+        mod standalone {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Topology::Standalone).await;
+            })*
+        }
+        mod cluster {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Topology::Cluster).await;
+            })*
+        }
+    };
+}
+
+on_every_topology!(
+    a_publication_through_any_node_reaches_every_subscriber_once_in_order,
+    a_client_reconnecting_to_another_node_recovers_what_it_missed,
+    presence_is_the_same_from_every_node,
+    a_killed_nodes_clients_leave_presence_within_the_lease,
+    server_api_commands_reach_the_user_on_any_node,
+    info_and_channels_cover_every_node,
+    a_publish_retried_through_another_node_publishes_once,
+    connection_limit_and_user_status_count_every_node,
+);
+
 async fn publish(server: &TestServer, channel: &str, data: Value) -> Value {
     api_at(
         &server.http_url(""),
@@ -65,9 +95,8 @@ async fn publish(server: &TestServer, channel: &str, data: Value) -> Value {
     .await
 }
 
-#[tokio::test]
-async fn a_publication_through_any_node_reaches_every_subscriber_once_in_order() {
-    let Some(redis) = RedisServer::start() else {
+async fn a_publication_through_any_node_reaches_every_subscriber_once_in_order(topology: Topology) {
+    let Some(redis) = Redis::start(topology) else {
         return;
     };
     let nodes = nodes(&redis, 3).await;
@@ -80,15 +109,7 @@ async fn a_publication_through_any_node_reaches_every_subscriber_once_in_order()
         }
     }
     // One upstream subscription per channel per node, not per client.
-    let conn = ::redis::Client::open(redis.url()).unwrap();
-    let mut conn = conn.get_multiplexed_async_connection().await.unwrap();
-    let (_, subscribers): (String, u64) = ::redis::cmd("PUBSUB")
-        .arg("NUMSUB")
-        .arg("switchboard:{news:room}:c")
-        .query_async::<(String, u64)>(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(subscribers, 3);
+    assert_eq!(redis.subscribers("switchboard:{news:room}:c").await, 3);
 
     for i in 0..12 {
         let r = publish(&nodes[i % 3], "news:room", json!(i)).await;
@@ -102,9 +123,8 @@ async fn a_publication_through_any_node_reaches_every_subscriber_once_in_order()
     }
 }
 
-#[tokio::test]
-async fn a_client_reconnecting_to_another_node_recovers_what_it_missed() {
-    let Some(redis) = RedisServer::start() else {
+async fn a_client_reconnecting_to_another_node_recovers_what_it_missed(topology: Topology) {
+    let Some(redis) = Redis::start(topology) else {
         return;
     };
     let nodes = nodes(&redis, 3).await;
@@ -129,9 +149,8 @@ async fn a_client_reconnecting_to_another_node_recovers_what_it_missed() {
     assert_eq!(c.next_pub("chat:r").await["offset"], json!(7));
 }
 
-#[tokio::test]
-async fn presence_is_the_same_from_every_node() {
-    let Some(redis) = RedisServer::start() else {
+async fn presence_is_the_same_from_every_node(topology: Topology) {
+    let Some(redis) = Redis::start(topology) else {
         return;
     };
     let nodes = nodes(&redis, 2).await;
@@ -175,7 +194,7 @@ struct Process {
 }
 
 impl Process {
-    async fn start(redis: &RedisServer) -> Process {
+    async fn start(redis: &Redis) -> Process {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
@@ -187,10 +206,11 @@ impl Process {
             &file,
             format!(
                 "engine = \"redis\"\npresence_lease = \"600ms\"\ntoken_hmac_secret = \"{SECRET}\"\n\
-                 api_key = \"{API_KEY}\"\n[redis]\nurl = \"{}\"\n\
+                 api_key = \"{API_KEY}\"\n[redis]\nurl = \"{}\"\ncluster = {}\n\
                  [namespaces.chat]\nsubscribe = [\"*\"]\npresence = true\njoin_leave = true\n\
                  history_size = 100\nhistory_ttl = \"1h\"\n",
-                redis.url()
+                redis.url(),
+                redis.is_cluster(),
             ),
         )
         .unwrap();
@@ -237,9 +257,8 @@ impl Drop for Process {
     }
 }
 
-#[tokio::test]
-async fn a_killed_nodes_clients_leave_presence_within_the_lease() {
-    let Some(redis) = RedisServer::start() else {
+async fn a_killed_nodes_clients_leave_presence_within_the_lease(topology: Topology) {
+    let Some(redis) = Redis::start(topology) else {
         return;
     };
     let survivor = nodes(&redis, 1).await.remove(0);
@@ -291,7 +310,10 @@ async fn a_redis_outage_refuses_publishes_and_a_restart_is_detected_by_clients()
     let Some(mut redis) = RedisServer::start() else {
         return;
     };
-    let node = nodes(&redis, 1).await.remove(0);
+    let mut c = fixture::config(&redis);
+    c.node_name = "node-0".into();
+    let node = start(c).await;
+    wait_ready(&node.http_url("")).await;
     let base = node.http_url("");
     let mut c = Client::connect_user(&node, "ann").await;
     let sub = c.subscribe("chat:o").await;
@@ -328,9 +350,8 @@ async fn a_redis_outage_refuses_publishes_and_a_restart_is_detected_by_clients()
     assert_eq!(c.next_pub("chat:o").await["data"], json!("live"));
 }
 
-#[tokio::test]
-async fn server_api_commands_reach_the_user_on_any_node() {
-    let Some(redis) = RedisServer::start() else {
+async fn server_api_commands_reach_the_user_on_any_node(topology: Topology) {
+    let Some(redis) = Redis::start(topology) else {
         return;
     };
     let nodes = nodes(&redis, 2).await;
@@ -369,9 +390,8 @@ async fn server_api_commands_reach_the_user_on_any_node() {
     assert_eq!((closed.code, closed.reason.as_str()), (4001, "kicked"));
 }
 
-#[tokio::test]
-async fn info_and_channels_cover_every_node() {
-    let Some(redis) = RedisServer::start() else {
+async fn info_and_channels_cover_every_node(topology: Topology) {
+    let Some(redis) = Redis::start(topology) else {
         return;
     };
     let nodes = nodes(&redis, 2).await;
@@ -399,9 +419,8 @@ async fn info_and_channels_cover_every_node() {
     }
 }
 
-#[tokio::test]
-async fn a_publish_retried_through_another_node_publishes_once() {
-    let Some(redis) = RedisServer::start() else {
+async fn a_publish_retried_through_another_node_publishes_once(topology: Topology) {
+    let Some(redis) = Redis::start(topology) else {
         return;
     };
     let nodes = nodes(&redis, 2).await;
@@ -419,14 +438,13 @@ async fn a_publish_retried_through_another_node_publishes_once() {
     assert_eq!(ann.next_pub("chat:idem").await["data"], json!("next"));
 }
 
-#[tokio::test]
-async fn connection_limit_and_user_status_count_every_node() {
-    let Some(redis) = RedisServer::start() else {
+async fn connection_limit_and_user_status_count_every_node(topology: Topology) {
+    let Some(redis) = Redis::start(topology) else {
         return;
     };
     let mut nodes = Vec::new();
     for i in 0..2 {
-        let mut c = fixture::config(&redis);
+        let mut c = fixture::config_on(&redis);
         c.node_name = format!("node-{i}");
         c.limits.max_connections_per_user = 2;
         let server = start(c).await;

@@ -38,6 +38,28 @@ fn installed() -> bool {
     ok
 }
 
+/// Whether the installed redis-server has sharded pub/sub (Redis 7); says loudly when
+/// it has not.
+fn sharded_pubsub() -> bool {
+    let version = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let major = version
+        .split_once("v=")
+        .and_then(|(_, v)| v.split('.').next())
+        .and_then(|m| m.parse::<u32>().ok())
+        .unwrap_or(0);
+    if major < 7 {
+        eprintln!(
+            "\n*** SKIPPED: redis-server {version:?} predates Redis 7; the Redis Cluster \
+             engine is NOT tested. ***\n"
+        );
+    }
+    major >= 7
+}
+
 /// A port nobody listens on. `SWITCHBOARD_TEST_REDIS_PORTS=6390-6399` keeps the tests
 /// within a range (shared machines); by default the kernel picks one.
 fn free_port() -> u16 {
@@ -189,7 +211,7 @@ impl RedisCluster {
     /// Starts the cluster, or returns `None` (after a loud message) when redis-server
     /// is not installed.
     pub fn start() -> Option<Self> {
-        if !installed() {
+        if !installed() || !sharded_pubsub() {
             return None;
         }
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
