@@ -330,9 +330,13 @@ impl Redis {
         matches!(self, Redis::Cluster(_))
     }
 
-    /// Points a `[redis]` config at it.
+    /// Points a `[redis]` config at it; at one node of a cluster only, whose other
+    /// nodes the engine must discover.
     pub fn configure(&self, c: &mut switchboard::config::RedisConfig) {
-        c.url = self.url();
+        c.url = match self {
+            Redis::Standalone(s) => s.url(),
+            Redis::Cluster(c) => c.nodes[0].url(),
+        };
         c.cluster = self.is_cluster();
     }
 
