@@ -485,3 +485,140 @@ async fn connection_limit_and_user_status_count_every_node(topology: Topology) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A Socket.IO session over HTTP long-polling (Engine.IO v4) from one client address.
+struct PollingSession {
+    http: reqwest::Client,
+    /// `…/socket.io/?EIO=4&transport=polling&sid=…`
+    url: String,
+}
+
+impl PollingSession {
+    async fn open(base: &str, from: std::net::IpAddr) -> PollingSession {
+        let http = reqwest::Client::builder()
+            .local_address(from)
+            .timeout(TIMEOUT)
+            .build()
+            .expect("http client");
+        let open = http
+            .get(format!("{base}/socket.io/?EIO=4&transport=polling"))
+            .send()
+            .await
+            .expect("handshake")
+            .text()
+            .await
+            .expect("body");
+        let handshake: Value = open
+            .strip_prefix('0')
+            .and_then(|h| serde_json::from_str(h).ok())
+            .unwrap_or_else(|| panic!("not a handshake: {open}"));
+        let sid = handshake["sid"].as_str().expect("sid");
+        PollingSession {
+            http,
+            url: format!("{base}/socket.io/?EIO=4&transport=polling&sid={sid}"),
+        }
+    }
+
+    async fn send(&self, packet: &str) {
+        let r = self
+            .http
+            .post(&self.url)
+            .body(packet.to_owned())
+            .send()
+            .await
+            .expect("post");
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        assert_eq!((status.as_u16(), body.as_str()), (200, "ok"), "{packet}");
+    }
+
+    /// Long-polls until a packet starting with `prefix` arrives (the client's timeout
+    /// bounds each poll).
+    async fn until(&self, prefix: &str) -> String {
+        loop {
+            let r = self.http.get(&self.url).send().await.expect("poll");
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            assert_eq!(status, 200, "lost the session (not sticky?): {body}");
+            if let Some(p) = body.split('\x1e').find(|p| p.starts_with(prefix)) {
+                return p.to_owned();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn socketio_long_polling_through_the_sticky_nginx_example() {
+    let Some(redis) = Redis::start(Topology::Standalone) else {
+        return;
+    };
+    let nodes = nodes(&redis, 2).await;
+    let dir = std::env::temp_dir().join(format!("sb-sticky-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let port = common::nginx::free_port();
+    let site = common::nginx::example(
+        "several-nodes.conf",
+        &[
+            (
+                "server 10.0.0.11:8000;",
+                format!("server {};", nodes[0].addr),
+            ),
+            (
+                "server 10.0.0.12:8000;",
+                format!("server {};", nodes[1].addr),
+            ),
+            ("listen 80;", format!("listen 127.0.0.1:{port};")),
+        ],
+    );
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Some(nginx) = common::nginx::Nginx::start(&site, &dir, listen).await else {
+        return;
+    };
+    let base = format!("http://{listen}");
+    let on_each_node = || nodes.iter().map(|n| n.node.local_status().num_clients);
+
+    // Clients from several addresses (all of 127.0.0.0/8 is loopback) until both nodes
+    // hold sessions. Each session's requests must all reach its node: a handshake, the
+    // CONNECT, a subscribe, polls.
+    let mut sessions = Vec::new();
+    for last in 2..=60u8 {
+        let s = PollingSession::open(&base, [127, 0, 0, last].into()).await;
+        s.send(&format!(
+            "40{}",
+            json!({"token": token(&format!("u{last}"))})
+        ))
+        .await;
+        s.until("40{").await;
+        s.send(&format!("421{}", json!(["subscribe", "chat:lb"])))
+            .await;
+        let ack = s.until("431[").await;
+        assert!(ack.contains("result"), "{ack}");
+        sessions.push(s);
+        if sessions.len() >= 4 && on_each_node().all(|n| n > 0) {
+            break;
+        }
+    }
+    let counts: Vec<_> = on_each_node().collect();
+    assert!(
+        counts.iter().all(|&n| n > 0),
+        "one node got every client: {counts:?}"
+    );
+
+    // A publication through the load balancer reaches every session, on either node.
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/publish"))
+        .header("X-API-Key", API_KEY)
+        .body(json!({"channel": "chat:lb", "data": {"n": 1}}).to_string())
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .expect("api through nginx");
+    assert_eq!(r.status(), 200);
+    for s in &sessions {
+        let p = s.until("42[\"publication\"").await;
+        assert!(p.contains(r#""data":{"n":1}"#), "{p}");
+    }
+    nginx.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
