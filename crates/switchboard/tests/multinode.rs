@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::redis::{self as fixture, Redis, RedisServer, Topology};
+use common::redis::{self as fixture, Redis, Topology};
 use common::*;
 
 async fn nodes(redis: &Redis, n: usize) -> Vec<TestServer> {
@@ -84,6 +84,7 @@ on_every_topology!(
     info_and_channels_cover_every_node,
     a_publish_retried_through_another_node_publishes_once,
     connection_limit_and_user_status_count_every_node,
+    a_redis_outage_refuses_publishes_and_a_restart_is_detected_by_clients,
 );
 
 async fn publish(server: &TestServer, channel: &str, data: Value) -> Value {
@@ -305,15 +306,11 @@ async fn a_killed_nodes_clients_leave_presence_within_the_lease(topology: Topolo
     }
 }
 
-#[tokio::test]
-async fn a_redis_outage_refuses_publishes_and_a_restart_is_detected_by_clients() {
-    let Some(mut redis) = RedisServer::start() else {
+async fn a_redis_outage_refuses_publishes_and_a_restart_is_detected_by_clients(topology: Topology) {
+    let Some(mut redis) = Redis::start(topology) else {
         return;
     };
-    let mut c = fixture::config(&redis);
-    c.node_name = "node-0".into();
-    let node = start(c).await;
-    wait_ready(&node.http_url("")).await;
+    let node = nodes(&redis, 1).await.remove(0);
     let base = node.http_url("");
     let mut c = Client::connect_user(&node, "ann").await;
     let sub = c.subscribe("chat:o").await;

@@ -262,6 +262,26 @@ impl RedisCluster {
                     .expect("CLUSTER MEET");
             }
         }
+        self.wait_ok();
+    }
+
+    /// Kills every node (SIGKILL: all data is lost); the ports stay reserved.
+    pub fn kill(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+    }
+
+    /// Starts every node again, empty but with its cluster configuration (node ids and
+    /// slots, kept in `nodes.conf`), and waits for `cluster_state:ok`.
+    pub fn restart(&mut self) {
+        for n in &mut self.nodes {
+            n.restart();
+        }
+        self.wait_ok();
+    }
+
+    fn wait_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.nodes.iter().all(|n| {
             ::redis::Client::open(n.url())
@@ -322,6 +342,22 @@ impl Redis {
         match self {
             Redis::Standalone(s) => s.url(),
             Redis::Cluster(c) => c.url(),
+        }
+    }
+
+    /// Kills it (every server of a cluster): all data is lost.
+    pub fn kill(&mut self) {
+        match self {
+            Redis::Standalone(s) => s.kill(),
+            Redis::Cluster(c) => c.kill(),
+        }
+    }
+
+    /// Starts it again, empty, on the same ports.
+    pub fn restart(&mut self) {
+        match self {
+            Redis::Standalone(s) => s.restart(),
+            Redis::Cluster(c) => c.restart(),
         }
     }
 

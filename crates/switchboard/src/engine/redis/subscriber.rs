@@ -235,12 +235,14 @@ impl Subscriber {
         }
     }
 
-    /// The pub/sub task on a cluster: subscribes to the control channel once (retrying
-    /// with backoff until the cluster answers), then hands over the sharded messages
-    /// the cluster connection pushes.
+    /// The pub/sub task on a cluster: hands over the sharded messages the cluster
+    /// connection pushes. The subscriptions (the control channel's first) are made again
+    /// after any shard's connection broke, retried with backoff until every one is
+    /// confirmed: the cluster connection re-establishes some by itself, not reliably all.
+    /// Until then the node is not ready.
     async fn run_cluster(
         self: Arc<Self>,
-        mut conn: ClusterConnection,
+        conn: ClusterConnection,
         mut pushes: UnboundedReceiver<PushInfo>,
         handler: Arc<dyn EventHandler>,
         shutdown: CancellationToken,
@@ -248,46 +250,76 @@ impl Subscriber {
         const MIN_BACKOFF: Duration = Duration::from_millis(50);
         const MAX_BACKOFF: Duration = Duration::from_secs(2);
         let control = self.keys.control();
+        *self.sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(Sink::Cluster(conn.clone()));
         let mut backoff = MIN_BACKOFF;
+        let mut resubscribe = Some(tokio::time::Instant::now());
         loop {
-            let subscribe = tokio::time::timeout(self.timeout, conn.ssubscribe(&control));
-            // Both arms are cancel-safe: an abandoned subscribe is simply sent again.
-            let subscribed = tokio::select! {
-                r = subscribe => matches!(r, Ok(Ok(()))),
-                () = shutdown.cancelled() => return,
-            };
-            if subscribed {
-                break;
-            }
-            tracing::warn!(retry_in = ?backoff, "redis cluster pub/sub: subscribe failed");
-            if sleep_or_stop(backoff, &shutdown).await {
-                return;
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
-        self.set_sink(Some(Sink::Cluster(conn)));
-        loop {
-            // Both arms are cancel-safe (a channel receive, a cancellation).
-            let push = tokio::select! {
-                p = pushes.recv() => p,
-                () = shutdown.cancelled() => return,
-            };
-            let Some(push) = push else { return };
-            match (push.kind, push.data.as_slice()) {
-                (PushKind::SMessage, [Value::BulkString(name), Value::BulkString(payload)]) => {
-                    let Ok(name) = std::str::from_utf8(name) else {
-                        continue;
-                    };
-                    self.dispatch(name, &control, payload, &*handler);
+            let at = resubscribe.unwrap_or_else(tokio::time::Instant::now);
+            // Every arm is cancel-safe (a channel receive, a sleep, a cancellation).
+            tokio::select! {
+                push = pushes.recv() => {
+                    let Some(push) = push else { return };
+                    match (push.kind, push.data.as_slice()) {
+                        (
+                            PushKind::SMessage,
+                            [Value::BulkString(name), Value::BulkString(payload)],
+                        ) => {
+                            if let Ok(name) = std::str::from_utf8(name) {
+                                self.dispatch(name, &control, payload, &*handler);
+                            }
+                        }
+                        (PushKind::Disconnection, _) => {
+                            tracing::warn!("redis cluster pub/sub: a shard connection was lost");
+                            self.connected.store(false, Ordering::Release);
+                            resubscribe.get_or_insert(tokio::time::Instant::now() + backoff);
+                        }
+                        _ => {}
+                    }
                 }
-                (PushKind::Disconnection, _) => {
-                    // The cluster connection reconnects and subscribes again; a gap
-                    // shows in the next publication's offset.
-                    tracing::warn!("redis cluster pub/sub: a shard connection was lost");
+                () = tokio::time::sleep_until(at), if resubscribe.is_some() => {
+                    if self.resubscribe_cluster(&conn, &control).await {
+                        resubscribe = None;
+                        backoff = MIN_BACKOFF;
+                        self.connected.store(true, Ordering::Release);
+                    } else {
+                        tracing::warn!(retry_in = ?backoff, "redis cluster pub/sub: resubscribe failed");
+                        resubscribe = Some(tokio::time::Instant::now() + backoff);
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
                 }
-                _ => {}
+                () = shutdown.cancelled() => return,
             }
         }
+    }
+
+    /// Subscribes (again) to the control channel and every wanted channel; true when
+    /// all were confirmed. Subscribing twice is harmless (Redis confirms and delivers
+    /// once).
+    async fn resubscribe_cluster(&self, conn: &ClusterConnection, control: &str) -> bool {
+        let names: Vec<String> = std::iter::once(control.to_owned())
+            .chain(self.channels().keys().map(|c| self.keys.pubsub(c)))
+            .collect();
+        // Concurrent commands are pipelined on each shard's connection.
+        let results = futures_util::future::join_all(names.iter().map(|name| {
+            let mut conn = conn.clone();
+            async move { tokio::time::timeout(self.timeout, conn.ssubscribe(name)).await }
+        }))
+        .await;
+        if !results.iter().all(|r| matches!(r, Ok(Ok(())))) {
+            return false;
+        }
+        // A channel given up while this ran must not stay subscribed.
+        for name in names.iter().skip(1) {
+            let gone = self
+                .keys
+                .channel_of(name)
+                .is_some_and(|c| !self.channels().contains_key(c));
+            if gone {
+                let mut conn = conn.clone();
+                let _ = tokio::time::timeout(self.timeout, conn.sunsubscribe(name)).await;
+            }
+        }
+        true
     }
 
     /// Routes one pub/sub message: a command between nodes, or a channel's event.
