@@ -101,15 +101,15 @@ impl RedisServer {
         if !installed() {
             return None;
         }
-        Some(Self::start_with(Vec::new(), None))
+        Some(Self::start_with(&[], None))
     }
 
-    fn start_with(extra: Vec<String>, dir: Option<&std::path::Path>) -> Self {
+    fn start_with(extra: &[String], dir: Option<&std::path::Path>) -> Self {
         for _ in 0..5 {
             let port = free_port();
             let mut server = RedisServer {
                 port,
-                extra: extra.clone(),
+                extra: extra.to_vec(),
                 dir: dir.map(|d| d.join(port.to_string())),
                 child: None,
                 hold: None,
@@ -226,7 +226,7 @@ impl RedisCluster {
         // The cluster bus listens on port + 10000: a server whose bus port is taken
         // exits at once and start_with tries another port.
         let nodes: Vec<_> = (0..3)
-            .map(|_| RedisServer::start_with(extra.clone(), Some(&dir)))
+            .map(|_| RedisServer::start_with(&extra, Some(&dir)))
             .collect();
         let cluster = RedisCluster { nodes, dir };
         cluster.form();
