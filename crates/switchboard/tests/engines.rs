@@ -91,6 +91,10 @@ async fn fixture(kind: Kind) -> Option<Fixture> {
 }
 
 impl Fixture {
+    fn redis(&self) -> &Redis {
+        self._redis.as_ref().expect("a Redis fixture")
+    }
+
     async fn next_event(&mut self) -> (String, String) {
         tokio::time::timeout(TIMEOUT, self.events.recv())
             .await
@@ -327,4 +331,69 @@ async fn joins_and_leaves_reach_subscribers(mut f: Fixture) {
         .unwrap();
     assert_eq!(f.next_event().await, ("chat:jl".into(), "join:c1".into()));
     assert_eq!(f.next_event().await, ("chat:jl".into(), "leave:c1".into()));
+}
+
+// ---------------------------------------------------------------------------------------
+// Redis only: a user's connections counted per node, across node leases.
+
+#[tokio::test]
+async fn redis_connection_counts_follow_node_leases() {
+    connection_counts_follow_node_leases(Topology::Standalone).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_connection_counts_follow_node_leases() {
+    connection_counts_follow_node_leases(Topology::Cluster).await;
+}
+
+async fn connection_counts_follow_node_leases(topology: Topology) {
+    let Some(f) = fixture(Kind::Redis(topology)).await else {
+        return;
+    };
+    let e = &f.engine;
+    let ann = ["ann".to_owned()];
+    e.heartbeat("A", "{}".into()).await.unwrap();
+    e.heartbeat("B", "{}".into()).await.unwrap();
+    assert!(e.count_connection("ann", "A", 2).await.unwrap());
+    assert!(e.count_connection("ann", "B", 2).await.unwrap());
+    assert!(!e.count_connection("ann", "A", 2).await.unwrap(), "over 2");
+    assert_eq!(e.connection_counts(&ann).await.unwrap(), Some(vec![2]));
+
+    // B dies (no more heartbeats); A lives on. Once B's lease ran out its connection
+    // no longer counts, and A may take the room.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while e.connection_counts(&ann).await.unwrap() != Some(vec![1]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B's count never expired"
+        );
+        e.heartbeat("A", "{}".into()).await.unwrap();
+        tokio::time::sleep(LEASE / 5).await;
+    }
+    // B's count was last changed just after its last heartbeat: let a little more time
+    // pass (A staying alive), so it is stale for sure.
+    for _ in 0..2 {
+        tokio::time::sleep(LEASE / 4).await;
+        e.heartbeat("A", "{}".into()).await.unwrap();
+    }
+    // C started after the live nodes were read (no heartbeat yet): its fresh count is
+    // kept by A's next count, while B's stale one is dropped.
+    assert!(e.count_connection("ann", "C", 0).await.unwrap());
+    assert!(e.count_connection("ann", "A", 3).await.unwrap());
+    let fields = f.redis().hash("switchboard:{u:ann}:connections").await;
+    assert!(!fields.contains_key("n:B"), "{fields:?}");
+    assert_eq!(
+        fields.get("n:A").map(String::as_str),
+        Some("2"),
+        "{fields:?}"
+    );
+    assert_eq!(
+        fields.get("n:C").map(String::as_str),
+        Some("1"),
+        "{fields:?}"
+    );
+
+    e.uncount_connection("ann", "A").await.unwrap();
+    e.uncount_connection("ann", "C").await.unwrap();
+    assert_eq!(e.connection_counts(&ann).await.unwrap(), Some(vec![1]));
 }

@@ -376,6 +376,30 @@ impl Redis {
         c.cluster = self.is_cluster();
     }
 
+    /// The fields of hash `key`, from whichever server holds it.
+    pub async fn hash(&self, key: &str) -> std::collections::HashMap<String, String> {
+        let servers = match self {
+            Redis::Standalone(s) => std::slice::from_ref(s),
+            Redis::Cluster(c) => c.nodes.as_slice(),
+        };
+        for s in servers {
+            let client = ::redis::Client::open(s.url()).expect("redis url");
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect to redis");
+            // A cluster node not holding the key's slot answers MOVED.
+            if let Ok(fields) = ::redis::cmd("HGETALL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+            {
+                return fields;
+            }
+        }
+        panic!("no server holds {key}");
+    }
+
     /// How many connections subscribe to pub/sub channel `name` (sharded channels on
     /// a cluster, summed over its nodes).
     pub async fn subscribers(&self, name: &str) -> u64 {
