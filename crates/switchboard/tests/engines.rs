@@ -397,3 +397,53 @@ async fn connection_counts_follow_node_leases(topology: Topology) {
     e.uncount_connection("ann", "C").await.unwrap();
     assert_eq!(e.connection_counts(&ann).await.unwrap(), Some(vec![1]));
 }
+
+// ---------------------------------------------------------------------------------------
+// Redis only: an engine set up while Redis is down.
+
+#[tokio::test]
+async fn redis_engine_started_before_redis_becomes_ready() {
+    started_before_redis(Topology::Standalone).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_engine_started_before_the_cluster_becomes_ready() {
+    started_before_redis(Topology::Cluster).await;
+}
+
+async fn started_before_redis(topology: Topology) {
+    let Some(mut redis) = Redis::start(topology) else {
+        return;
+    };
+    redis.kill();
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let mut config = RedisConfig::default();
+    redis.configure(&mut config);
+    let engine = RedisEngine::connect(Arc::new(Recorder(tx)), &config, LEASE, stop)
+        .expect("set up without Redis");
+    assert!(!engine.ready().await);
+    let ch: Arc<str> = "chat:late".into();
+    assert!(engine
+        .publish(&ch, publication(1), Some(OPTS))
+        .await
+        .is_err());
+
+    redis.restart();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !engine.ready().await {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    engine.subscribe(&ch).await.unwrap();
+    let pos = engine
+        .publish(&ch, publication(1), Some(OPTS))
+        .await
+        .unwrap();
+    assert_eq!(pos.offset, 1);
+    let event = tokio::time::timeout(TIMEOUT, events.recv())
+        .await
+        .expect("event");
+    assert_eq!(event, Some(("chat:late".to_owned(), "pub:1".to_owned())));
+}
