@@ -105,8 +105,18 @@ impl RedisServer {
     }
 
     fn start_with(extra: &[String], dir: Option<&std::path::Path>) -> Self {
+        let cluster = !extra.is_empty();
         for _ in 0..5 {
-            let port = free_port();
+            // A cluster node also listens on its bus port, port + 10000.
+            let port = loop {
+                let port = free_port();
+                let bus_free = port
+                    .checked_add(10000)
+                    .is_some_and(|bus| TcpListener::bind(("127.0.0.1", bus)).is_ok());
+                if !cluster || bus_free {
+                    break port;
+                }
+            };
             let mut server = RedisServer {
                 port,
                 extra: extra.to_vec(),
@@ -223,8 +233,8 @@ impl RedisCluster {
         let extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"]
             .map(String::from)
             .to_vec();
-        // The cluster bus listens on port + 10000: a server whose bus port is taken
-        // exits at once and start_with tries another port.
+        // The cluster bus listens on port + 10000: a server whose bus port was taken
+        // meanwhile exits at once and start_with tries another port.
         let nodes: Vec<_> = (0..3)
             .map(|_| RedisServer::start_with(&extra, Some(&dir)))
             .collect();
