@@ -19,8 +19,10 @@ apt_install() {
   rm -f "$apt_log"
 }
 
-# The Redis engine's tests start their own redis-server processes on free ports; without
-# it they would skip (loudly), so CI installs it.
+# The Redis engine's tests start their own redis-server processes on free ports (one
+# server, and a 3-master Redis Cluster: `--cluster-enabled yes`, formed by the fixture in
+# crates/switchboard/tests/common/redis.rs, which needs Redis >= 7 for sharded pub/sub);
+# without it they would skip (loudly), so CI installs it. Debian bookworm ships 7.0.
 if ! command -v redis-server >/dev/null; then
   apt_install redis-server
   # Debian's package starts a system instance on 6379; the tests do not use it.

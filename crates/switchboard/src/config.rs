@@ -154,8 +154,13 @@ pub enum EngineKind {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// Redis URL: `redis://[:password@]host:port[/db]`, or `rediss://` for TLS.
+    /// Redis URL: `redis://[:password@]host:port[/db]`, or `rediss://` for TLS. With
+    /// `cluster`, one or more nodes of the cluster separated by commas (seed nodes: the
+    /// rest is discovered).
     pub url: String,
+    /// `url` names a Redis Cluster: keys are spread over its shards (each channel's
+    /// keys on one slot) and channel traffic uses sharded pub/sub (Redis 7).
+    pub cluster: bool,
     /// Prefix of every key and pub/sub channel, so several apps can share one Redis.
     pub prefix: String,
     /// Time allowed to open a connection to Redis.
@@ -167,10 +172,39 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
 }
 
+impl RedisConfig {
+    /// The URLs in `url` (several only with `cluster`).
+    pub fn urls(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let urls = self.urls();
+        if urls.is_empty() {
+            out.push("redis.url must not be empty".to_owned());
+        }
+        if urls.len() > 1 && !self.cluster {
+            out.push("redis.url lists several nodes: set redis.cluster = true".to_owned());
+        }
+        // A brace in the prefix would become the hash tag of every key: the whole
+        // gateway on one slot of the cluster.
+        if self.cluster && self.prefix.contains(['{', '}']) {
+            out.push("redis.prefix must not contain { or } with redis.cluster".to_owned());
+        }
+        out
+    }
+}
+
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".to_owned(),
+            cluster: false,
             prefix: "switchboard".to_owned(),
             connect_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_secs(2),
@@ -679,6 +713,9 @@ impl Config {
         if self.engine == EngineKind::Redis && self.redis.prefix.is_empty() {
             return Err(ConfigError("redis.prefix must not be empty".into()));
         }
+        if self.engine == EngineKind::Redis {
+            errors.extend(self.redis.problems());
+        }
         if self.client.ping_interval.is_zero() {
             errors.push("client.ping_interval must be positive".to_owned());
         }
@@ -1048,6 +1085,35 @@ mod tests {
             },
         );
         assert_eq!(c.redacted().webhooks.endpoints["app"].secret, REDACTED);
+    }
+
+    #[test]
+    fn a_redis_cluster_from_the_environment() {
+        let _env = env_lock();
+        std::env::set_var("SWITCHBOARD_ENGINE", "redis");
+        std::env::set_var("SWITCHBOARD_REDIS_CLUSTER", "true");
+        std::env::set_var(
+            "SWITCHBOARD_REDIS_URL",
+            "redis://10.0.0.1:7000, redis://10.0.0.2:7000",
+        );
+        let c = Config::load(None, &[]);
+        std::env::remove_var("SWITCHBOARD_ENGINE");
+        std::env::remove_var("SWITCHBOARD_REDIS_CLUSTER");
+        std::env::remove_var("SWITCHBOARD_REDIS_URL");
+        let c = c.unwrap();
+        assert!(c.redis.cluster);
+        assert_eq!(
+            c.redis.urls(),
+            vec!["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]
+        );
+        // Several nodes are a cluster's seeds; without `cluster` they are a mistake.
+        let mut c = c;
+        c.redis.cluster = false;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("redis.cluster"), "{err}");
+        c.redis.cluster = true;
+        c.redis.prefix = "app{1}".into();
+        assert!(c.validate().unwrap_err().to_string().contains("prefix"));
     }
 
     #[test]

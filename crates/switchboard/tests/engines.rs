@@ -1,5 +1,6 @@
 //! One conformance suite for every engine: the same tests run against the memory engine
-//! and the Redis engine (on a real redis-server the fixture starts).
+//! and the Redis engine, on a real redis-server and on a real 3-master Redis Cluster
+//! (both started by the fixture).
 
 mod common;
 
@@ -16,7 +17,7 @@ use switchboard_protocol::{ClientInfo, Publication, StreamPosition};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use common::redis::RedisServer;
+use common::redis::{Redis, Topology};
 use common::TIMEOUT;
 
 const LEASE: Duration = Duration::from_millis(500);
@@ -40,7 +41,7 @@ struct Fixture {
     engine: Arc<dyn Engine>,
     events: mpsc::UnboundedReceiver<(String, String)>,
     stop: CancellationToken,
-    _redis: Option<RedisServer>,
+    _redis: Option<Redis>,
 }
 
 impl Drop for Fixture {
@@ -52,7 +53,7 @@ impl Drop for Fixture {
 #[derive(Clone, Copy)]
 enum Kind {
     Memory,
-    Redis,
+    Redis(Topology),
 }
 
 async fn fixture(kind: Kind) -> Option<Fixture> {
@@ -64,12 +65,10 @@ async fn fixture(kind: Kind) -> Option<Fixture> {
             Arc::new(MemoryEngine::new(handler, 1 << 20).with_presence_lease(LEASE)),
             None,
         ),
-        Kind::Redis => {
-            let redis = RedisServer::start()?;
-            let config = RedisConfig {
-                url: redis.url(),
-                ..RedisConfig::default()
-            };
+        Kind::Redis(topology) => {
+            let redis = Redis::start(topology)?;
+            let mut config = RedisConfig::default();
+            redis.configure(&mut config);
             let engine =
                 RedisEngine::connect(handler, &config, LEASE, stop.clone()).expect("redis engine");
             let deadline = tokio::time::Instant::now() + TIMEOUT;
@@ -92,6 +91,10 @@ async fn fixture(kind: Kind) -> Option<Fixture> {
 }
 
 impl Fixture {
+    fn redis(&self) -> &Redis {
+        self._redis.as_ref().expect("a Redis fixture")
+    }
+
     async fn next_event(&mut self) -> (String, String) {
         tokio::time::timeout(TIMEOUT, self.events.recv())
             .await
@@ -141,7 +144,17 @@ macro_rules! conformance {
         mod redis {
             $(#[tokio::test]
             async fn $name() {
-                if let Some(f) = super::fixture(super::Kind::Redis).await {
+                let kind = super::Kind::Redis(super::Topology::Standalone);
+                if let Some(f) = super::fixture(kind).await {
+                    super::$name(f).await;
+                }
+            })*
+        }
+        mod redis_cluster {
+            $(#[tokio::test]
+            async fn $name() {
+                let kind = super::Kind::Redis(super::Topology::Cluster);
+                if let Some(f) = super::fixture(kind).await {
                     super::$name(f).await;
                 }
             })*
@@ -318,4 +331,119 @@ async fn joins_and_leaves_reach_subscribers(mut f: Fixture) {
         .unwrap();
     assert_eq!(f.next_event().await, ("chat:jl".into(), "join:c1".into()));
     assert_eq!(f.next_event().await, ("chat:jl".into(), "leave:c1".into()));
+}
+
+// ---------------------------------------------------------------------------------------
+// Redis only: a user's connections counted per node, across node leases.
+
+#[tokio::test]
+async fn redis_connection_counts_follow_node_leases() {
+    connection_counts_follow_node_leases(Topology::Standalone).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_connection_counts_follow_node_leases() {
+    connection_counts_follow_node_leases(Topology::Cluster).await;
+}
+
+async fn connection_counts_follow_node_leases(topology: Topology) {
+    let Some(f) = fixture(Kind::Redis(topology)).await else {
+        return;
+    };
+    let e = &f.engine;
+    let ann = ["ann".to_owned()];
+    e.heartbeat("A", "{}".into()).await.unwrap();
+    e.heartbeat("B", "{}".into()).await.unwrap();
+    assert!(e.count_connection("ann", "A", 2).await.unwrap());
+    assert!(e.count_connection("ann", "B", 2).await.unwrap());
+    assert!(!e.count_connection("ann", "A", 2).await.unwrap(), "over 2");
+    assert_eq!(e.connection_counts(&ann).await.unwrap(), Some(vec![2]));
+
+    // B dies (no more heartbeats); A lives on. Once B's lease ran out its connection
+    // no longer counts, and A may take the room.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while e.connection_counts(&ann).await.unwrap() != Some(vec![1]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B's count never expired"
+        );
+        e.heartbeat("A", "{}".into()).await.unwrap();
+        tokio::time::sleep(LEASE / 5).await;
+    }
+    // B's count was last changed just after its last heartbeat: let a little more time
+    // pass (A staying alive), so it is stale for sure.
+    for _ in 0..2 {
+        tokio::time::sleep(LEASE / 4).await;
+        e.heartbeat("A", "{}".into()).await.unwrap();
+    }
+    // C started after the live nodes were read (no heartbeat yet): its fresh count is
+    // kept by A's next count, while B's stale one is dropped.
+    assert!(e.count_connection("ann", "C", 0).await.unwrap());
+    assert!(e.count_connection("ann", "A", 3).await.unwrap());
+    let fields = f.redis().hash("switchboard:{u:ann}:connections").await;
+    assert!(!fields.contains_key("n:B"), "{fields:?}");
+    assert_eq!(
+        fields.get("n:A").map(String::as_str),
+        Some("2"),
+        "{fields:?}"
+    );
+    assert_eq!(
+        fields.get("n:C").map(String::as_str),
+        Some("1"),
+        "{fields:?}"
+    );
+
+    e.uncount_connection("ann", "A").await.unwrap();
+    e.uncount_connection("ann", "C").await.unwrap();
+    assert_eq!(e.connection_counts(&ann).await.unwrap(), Some(vec![1]));
+}
+
+// ---------------------------------------------------------------------------------------
+// Redis only: an engine set up while Redis is down.
+
+#[tokio::test]
+async fn redis_engine_started_before_redis_becomes_ready() {
+    started_before_redis(Topology::Standalone).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_engine_started_before_the_cluster_becomes_ready() {
+    started_before_redis(Topology::Cluster).await;
+}
+
+async fn started_before_redis(topology: Topology) {
+    let Some(mut redis) = Redis::start(topology) else {
+        return;
+    };
+    redis.kill();
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let mut config = RedisConfig::default();
+    redis.configure(&mut config);
+    let engine = RedisEngine::connect(Arc::new(Recorder(tx)), &config, LEASE, stop)
+        .expect("set up without Redis");
+    assert!(!engine.ready().await);
+    let ch: Arc<str> = "chat:late".into();
+    assert!(engine
+        .publish(&ch, publication(1), Some(OPTS))
+        .await
+        .is_err());
+
+    redis.restart();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !engine.ready().await {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    engine.subscribe(&ch).await.unwrap();
+    let pos = engine
+        .publish(&ch, publication(1), Some(OPTS))
+        .await
+        .unwrap();
+    assert_eq!(pos.offset, 1);
+    let event = tokio::time::timeout(TIMEOUT, events.recv())
+        .await
+        .expect("event");
+    assert_eq!(event, Some(("chat:late".to_owned(), "pub:1".to_owned())));
 }

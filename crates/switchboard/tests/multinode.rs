@@ -1,5 +1,6 @@
-//! Several nodes on one real redis-server are one gateway: publications, recovery and
-//! presence across nodes; a `kill -9`'d node; a Redis outage and restart.
+//! Several nodes on one real redis-server, or on a real 3-master Redis Cluster, are one
+//! gateway: publications, recovery and presence across nodes; a `kill -9`'d node; the
+//! server API on every node; a Redis outage and restart (one redis-server).
 
 mod common;
 
@@ -7,13 +8,13 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::redis::{self as fixture, Process, RedisServer};
+use common::redis::{self as fixture, Process, Redis, Topology};
 use common::*;
 
-async fn nodes(redis: &RedisServer, n: usize) -> Vec<TestServer> {
+async fn nodes(redis: &Redis, n: usize) -> Vec<TestServer> {
     let mut out = Vec::new();
     for i in 0..n {
-        let mut c = fixture::config(redis);
+        let mut c = fixture::config_on(redis);
         c.node_name = format!("node-{i}");
         let server = start(c).await;
         wait_ready(&server.http_url("")).await;
@@ -55,6 +56,36 @@ async fn wait_ready(base: &str) {
     wait_status(base, 200).await;
 }
 
+/// Runs each test on one redis-server and on a 3-master Redis Cluster.
+macro_rules! on_every_topology {
+    ($($name:ident),* $(,)?) => {
+        mod standalone {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Topology::Standalone).await;
+            })*
+        }
+        mod cluster {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Topology::Cluster).await;
+            })*
+        }
+    };
+}
+
+on_every_topology!(
+    a_publication_through_any_node_reaches_every_subscriber_once_in_order,
+    a_client_reconnecting_to_another_node_recovers_what_it_missed,
+    presence_is_the_same_from_every_node,
+    a_killed_nodes_clients_leave_presence_within_the_lease,
+    server_api_commands_reach_the_user_on_any_node,
+    info_and_channels_cover_every_node,
+    a_publish_retried_through_another_node_publishes_once,
+    connection_limit_and_user_status_count_every_node,
+    a_redis_outage_refuses_publishes_and_a_restart_is_detected_by_clients,
+);
+
 async fn publish(server: &TestServer, channel: &str, data: Value) -> Value {
     api_at(
         &server.http_url(""),
@@ -64,9 +95,8 @@ async fn publish(server: &TestServer, channel: &str, data: Value) -> Value {
     .await
 }
 
-#[tokio::test]
-async fn a_publication_through_any_node_reaches_every_subscriber_once_in_order() {
-    let Some(redis) = RedisServer::start() else {
+async fn a_publication_through_any_node_reaches_every_subscriber_once_in_order(topology: Topology) {
+    let Some(redis) = Redis::start(topology) else {
         return;
     };
     let nodes = nodes(&redis, 3).await;
@@ -79,15 +109,7 @@ async fn a_publication_through_any_node_reaches_every_subscriber_once_in_order()
         }
     }
     // One upstream subscription per channel per node, not per client.
-    let conn = ::redis::Client::open(redis.url()).unwrap();
-    let mut conn = conn.get_multiplexed_async_connection().await.unwrap();
-    let (_, subscribers): (String, u64) = ::redis::cmd("PUBSUB")
-        .arg("NUMSUB")
-        .arg("switchboard:{news:room}:c")
-        .query_async::<(String, u64)>(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(subscribers, 3);
+    assert_eq!(redis.subscribers("switchboard:{news:room}:c").await, 3);
 
     for i in 0..12 {
         let r = publish(&nodes[i % 3], "news:room", json!(i)).await;
@@ -101,9 +123,8 @@ async fn a_publication_through_any_node_reaches_every_subscriber_once_in_order()
     }
 }
 
-#[tokio::test]
-async fn a_client_reconnecting_to_another_node_recovers_what_it_missed() {
-    let Some(redis) = RedisServer::start() else {
+async fn a_client_reconnecting_to_another_node_recovers_what_it_missed(topology: Topology) {
+    let Some(redis) = Redis::start(topology) else {
         return;
     };
     let nodes = nodes(&redis, 3).await;
@@ -128,9 +149,8 @@ async fn a_client_reconnecting_to_another_node_recovers_what_it_missed() {
     assert_eq!(c.next_pub("chat:r").await["offset"], json!(7));
 }
 
-#[tokio::test]
-async fn presence_is_the_same_from_every_node() {
-    let Some(redis) = RedisServer::start() else {
+async fn presence_is_the_same_from_every_node(topology: Topology) {
+    let Some(redis) = Redis::start(topology) else {
         return;
     };
     let nodes = nodes(&redis, 2).await;
@@ -166,9 +186,8 @@ async fn presence_is_the_same_from_every_node() {
     }
 }
 
-#[tokio::test]
-async fn a_killed_nodes_clients_leave_presence_within_the_lease() {
-    let Some(redis) = RedisServer::start() else {
+async fn a_killed_nodes_clients_leave_presence_within_the_lease(topology: Topology) {
+    let Some(redis) = Redis::start(topology) else {
         return;
     };
     let survivor = nodes(&redis, 1).await.remove(0);
@@ -215,9 +234,8 @@ async fn a_killed_nodes_clients_leave_presence_within_the_lease() {
     }
 }
 
-#[tokio::test]
-async fn a_redis_outage_refuses_publishes_and_a_restart_is_detected_by_clients() {
-    let Some(mut redis) = RedisServer::start() else {
+async fn a_redis_outage_refuses_publishes_and_a_restart_is_detected_by_clients(topology: Topology) {
+    let Some(mut redis) = Redis::start(topology) else {
         return;
     };
     let node = nodes(&redis, 1).await.remove(0);
@@ -257,9 +275,8 @@ async fn a_redis_outage_refuses_publishes_and_a_restart_is_detected_by_clients()
     assert_eq!(c.next_pub("chat:o").await["data"], json!("live"));
 }
 
-#[tokio::test]
-async fn server_api_commands_reach_the_user_on_any_node() {
-    let Some(redis) = RedisServer::start() else {
+async fn server_api_commands_reach_the_user_on_any_node(topology: Topology) {
+    let Some(redis) = Redis::start(topology) else {
         return;
     };
     let nodes = nodes(&redis, 2).await;
@@ -298,9 +315,8 @@ async fn server_api_commands_reach_the_user_on_any_node() {
     assert_eq!((closed.code, closed.reason.as_str()), (4001, "kicked"));
 }
 
-#[tokio::test]
-async fn info_and_channels_cover_every_node() {
-    let Some(redis) = RedisServer::start() else {
+async fn info_and_channels_cover_every_node(topology: Topology) {
+    let Some(redis) = Redis::start(topology) else {
         return;
     };
     let nodes = nodes(&redis, 2).await;
@@ -328,9 +344,8 @@ async fn info_and_channels_cover_every_node() {
     }
 }
 
-#[tokio::test]
-async fn a_publish_retried_through_another_node_publishes_once() {
-    let Some(redis) = RedisServer::start() else {
+async fn a_publish_retried_through_another_node_publishes_once(topology: Topology) {
+    let Some(redis) = Redis::start(topology) else {
         return;
     };
     let nodes = nodes(&redis, 2).await;
@@ -348,14 +363,13 @@ async fn a_publish_retried_through_another_node_publishes_once() {
     assert_eq!(ann.next_pub("chat:idem").await["data"], json!("next"));
 }
 
-#[tokio::test]
-async fn connection_limit_and_user_status_count_every_node() {
-    let Some(redis) = RedisServer::start() else {
+async fn connection_limit_and_user_status_count_every_node(topology: Topology) {
+    let Some(redis) = Redis::start(topology) else {
         return;
     };
     let mut nodes = Vec::new();
     for i in 0..2 {
-        let mut c = fixture::config(&redis);
+        let mut c = fixture::config_on(&redis);
         c.node_name = format!("node-{i}");
         c.limits.max_connections_per_user = 2;
         let server = start(c).await;
@@ -395,4 +409,141 @@ async fn connection_limit_and_user_status_count_every_node() {
         assert!(tokio::time::Instant::now() < deadline, "{r:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A Socket.IO session over HTTP long-polling (Engine.IO v4) from one client address.
+struct PollingSession {
+    http: reqwest::Client,
+    /// `…/socket.io/?EIO=4&transport=polling&sid=…`
+    url: String,
+}
+
+impl PollingSession {
+    async fn open(base: &str, from: std::net::IpAddr) -> PollingSession {
+        let http = reqwest::Client::builder()
+            .local_address(from)
+            .timeout(TIMEOUT)
+            .build()
+            .expect("http client");
+        let open = http
+            .get(format!("{base}/socket.io/?EIO=4&transport=polling"))
+            .send()
+            .await
+            .expect("handshake")
+            .text()
+            .await
+            .expect("body");
+        let handshake: Value = open
+            .strip_prefix('0')
+            .and_then(|h| serde_json::from_str(h).ok())
+            .unwrap_or_else(|| panic!("not a handshake: {open}"));
+        let sid = handshake["sid"].as_str().expect("sid");
+        PollingSession {
+            http,
+            url: format!("{base}/socket.io/?EIO=4&transport=polling&sid={sid}"),
+        }
+    }
+
+    async fn send(&self, packet: &str) {
+        let r = self
+            .http
+            .post(&self.url)
+            .body(packet.to_owned())
+            .send()
+            .await
+            .expect("post");
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        assert_eq!((status.as_u16(), body.as_str()), (200, "ok"), "{packet}");
+    }
+
+    /// Long-polls until a packet starting with `prefix` arrives (the client's timeout
+    /// bounds each poll).
+    async fn until(&self, prefix: &str) -> String {
+        loop {
+            let r = self.http.get(&self.url).send().await.expect("poll");
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            assert_eq!(status, 200, "lost the session (not sticky?): {body}");
+            if let Some(p) = body.split('\x1e').find(|p| p.starts_with(prefix)) {
+                return p.to_owned();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn socketio_long_polling_through_the_sticky_nginx_example() {
+    let Some(redis) = Redis::start(Topology::Standalone) else {
+        return;
+    };
+    let nodes = nodes(&redis, 2).await;
+    let dir = std::env::temp_dir().join(format!("sb-sticky-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let port = common::nginx::free_port();
+    let site = common::nginx::example(
+        "several-nodes.conf",
+        &[
+            (
+                "server 10.0.0.11:8000;",
+                format!("server {};", nodes[0].addr),
+            ),
+            (
+                "server 10.0.0.12:8000;",
+                format!("server {};", nodes[1].addr),
+            ),
+            ("listen 80;", format!("listen 127.0.0.1:{port};")),
+        ],
+    );
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Some(nginx) = common::nginx::Nginx::start(&site, &dir, listen).await else {
+        return;
+    };
+    let base = format!("http://{listen}");
+    let on_each_node = || nodes.iter().map(|n| n.node.local_status().num_clients);
+
+    // Clients from several addresses (all of 127.0.0.0/8 is loopback) until both nodes
+    // hold sessions. Each session's requests must all reach its node: a handshake, the
+    // CONNECT, a subscribe, polls.
+    let mut sessions = Vec::new();
+    for last in 2..=60u8 {
+        let s = PollingSession::open(&base, [127, 0, 0, last].into()).await;
+        s.send(&format!(
+            "40{}",
+            json!({"token": token(&format!("u{last}"))})
+        ))
+        .await;
+        s.until("40{").await;
+        s.send(&format!("421{}", json!(["subscribe", "chat:lb"])))
+            .await;
+        let ack = s.until("431[").await;
+        assert!(ack.contains("result"), "{ack}");
+        sessions.push(s);
+        if sessions.len() >= 4 && on_each_node().all(|n| n > 0) {
+            break;
+        }
+    }
+    let counts: Vec<_> = on_each_node().collect();
+    assert!(
+        counts.iter().all(|&n| n > 0),
+        "one node got every client: {counts:?}"
+    );
+
+    // A publication through the load balancer reaches every session, on either node.
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/publish"))
+        .header("X-API-Key", API_KEY)
+        .body(json!({"channel": "chat:lb", "data": {"n": 1}}).to_string())
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .expect("api through nginx");
+    assert_eq!(r.status(), 200);
+    for s in &sessions {
+        let p = s.until("42[\"publication\"").await;
+        assert!(p.contains(r#""data":{"n":1}"#), "{p}");
+    }
+    nginx.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::nginx::{self, Nginx};
 use common::{next_text, token, Closed, API_KEY, TIMEOUT};
 use futures_util::SinkExt;
 use serde_json::{json, Value};
@@ -264,79 +265,33 @@ async fn start_refuses_missing_or_mismatched_files_naming_the_key() {
 // ---------------------------------------------------------------------------------------
 // Behind nginx terminating TLS: docs/nginx/switchboard.conf as written.
 
-/// The example, with `replacements` made; each must be found (the example and this
-/// test must not drift apart).
-fn nginx_example(replacements: &[(&str, String)]) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/nginx/switchboard.conf");
-    let mut text = std::fs::read_to_string(path).expect("docs/nginx/switchboard.conf");
-    for (from, to) in replacements {
-        assert!(text.contains(from), "the example no longer has {from:?}");
-        text = text.replace(from, to);
-    }
-    text
-}
-
-/// A free port on 127.0.0.1 (released for nginx to bind).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
 #[tokio::test]
 async fn websocket_polling_and_api_through_the_nginx_example() {
-    // Debian puts nginx in /usr/sbin, which a user's PATH may lack.
-    let Some(nginx_bin) = ["nginx", "/usr/sbin/nginx"]
-        .into_iter()
-        .find(|bin| std::process::Command::new(bin).arg("-v").output().is_ok())
-    else {
-        eprintln!("SKIPPED: nginx is not installed (scripts/test.sh installs it from Debian)");
-        return;
-    };
     let pair = self_signed();
     let dir = dir("nginx");
     replace(&dir.join("cert.pem"), &pair.0);
     replace(&dir.join("key.pem"), &pair.1);
     let server = common::start(common::config()).await;
-    let port = free_port();
-    let site = nginx_example(&[
-        ("server 127.0.0.1:8000;", format!("server {};", server.addr)),
-        ("listen 443 ssl;", format!("listen 127.0.0.1:{port} ssl;")),
-        (
-            "/etc/ssl/switchboard/fullchain.pem",
-            dir.join("cert.pem").display().to_string(),
-        ),
-        (
-            "/etc/ssl/switchboard/privkey.pem",
-            dir.join("key.pem").display().to_string(),
-        ),
-    ]);
-    std::fs::write(dir.join("switchboard.conf"), site).expect("write");
-    // One process (no master), so killing it leaves no worker behind; every path inside
-    // the prefix directory.
-    let main = "pid nginx.pid;\nmaster_process off;\nevents { worker_connections 64; }\n\
-        http {\n  access_log off;\n  client_body_temp_path tmp-body;\n  proxy_temp_path tmp-proxy;\n\
-        fastcgi_temp_path tmp-fastcgi;\n  uwsgi_temp_path tmp-uwsgi;\n  scgi_temp_path tmp-scgi;\n\
-        include switchboard.conf;\n}\n";
-    std::fs::write(dir.join("nginx.conf"), main).expect("write");
-    let prefix = format!("{}/", dir.display());
-    let mut nginx = tokio::process::Command::new(nginx_bin)
-        .args(["-p", &prefix, "-c", "nginx.conf", "-e", "stderr"])
-        .args(["-g", "daemon off;"])
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start nginx");
+    let port = nginx::free_port();
+    let site = nginx::example(
+        "switchboard.conf",
+        &[
+            ("server 127.0.0.1:8000;", format!("server {};", server.addr)),
+            ("listen 443 ssl;", format!("listen 127.0.0.1:{port} ssl;")),
+            (
+                "/etc/ssl/switchboard/fullchain.pem",
+                dir.join("cert.pem").display().to_string(),
+            ),
+            (
+                "/etc/ssl/switchboard/privkey.pem",
+                dir.join("key.pem").display().to_string(),
+            ),
+        ],
+    );
     let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while TcpStream::connect(proxy).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nginx did not listen on {proxy}"
-        );
-        if let Ok(Some(status)) = nginx.try_wait() {
-            panic!("nginx exited: {status}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let Some(nginx) = Nginx::start(&site, &dir, proxy).await else {
+        return;
+    };
 
     let client = https_client(&pair.0, proxy);
     let health = client
@@ -389,6 +344,6 @@ async fn websocket_polling_and_api_through_the_nginx_example() {
     let push: Value = serde_json::from_str(&next_text(&mut ws).await.expect("push")).unwrap();
     assert_eq!(push["push"]["pub"]["data"]["n"], 1, "{push}");
 
-    let _ = nginx.kill().await;
+    nginx.stop().await;
     server.stop().await;
 }

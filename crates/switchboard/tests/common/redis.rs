@@ -1,5 +1,5 @@
-//! A real redis-server per test, on a free port, killed on drop; and configs of nodes
-//! that share it.
+//! A real redis-server (or a real 3-master Redis Cluster) per test, on free ports,
+//! killed on drop; and configs of nodes that share it.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -12,6 +12,9 @@ use switchboard::Config;
 /// One redis-server process without persistence (a restart loses every key).
 pub struct RedisServer {
     pub port: u16,
+    /// Extra arguments (cluster mode), and the directory it runs in.
+    extra: Vec<String>,
+    dir: Option<std::path::PathBuf>,
     child: Option<Child>,
     /// Holds the port while the server is down, so a parallel test's server can not
     /// take it (and the nodes reconnect to a stranger).
@@ -33,6 +36,28 @@ fn installed() -> bool {
         );
     }
     ok
+}
+
+/// Whether the installed redis-server has sharded pub/sub (Redis 7); says loudly when
+/// it has not.
+fn sharded_pubsub() -> bool {
+    let version = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let major = version
+        .split_once("v=")
+        .and_then(|(_, v)| v.split('.').next())
+        .and_then(|m| m.parse::<u32>().ok())
+        .unwrap_or(0);
+    if major < 7 {
+        eprintln!(
+            "\n*** SKIPPED: redis-server {version:?} predates Redis 7; the Redis Cluster \
+             engine is NOT tested. ***\n"
+        );
+    }
+    major >= 7
 }
 
 /// A port nobody listens on. `SWITCHBOARD_TEST_REDIS_PORTS=6390-6399` keeps the tests
@@ -76,22 +101,45 @@ impl RedisServer {
         if !installed() {
             return None;
         }
+        Some(Self::start_with(&[], None))
+    }
+
+    fn start_with(extra: &[String], dir: Option<&std::path::Path>) -> Self {
+        let cluster = !extra.is_empty();
         for _ in 0..5 {
-            let port = free_port();
+            // A cluster node also listens on its bus port, port + 10000.
+            let port = loop {
+                let port = free_port();
+                let bus_free = port
+                    .checked_add(10000)
+                    .is_some_and(|bus| TcpListener::bind(("127.0.0.1", bus)).is_ok());
+                if !cluster || bus_free {
+                    break port;
+                }
+            };
             let mut server = RedisServer {
                 port,
+                extra: extra.to_vec(),
+                dir: dir.map(|d| d.join(port.to_string())),
                 child: None,
                 hold: None,
             };
+            if let Some(d) = &server.dir {
+                std::fs::create_dir_all(d).expect("redis dir");
+            }
             if server.spawn() {
-                return Some(server);
+                return server;
             }
         }
         panic!("redis-server did not start");
     }
 
     fn spawn(&mut self) -> bool {
-        let child = Command::new("redis-server")
+        let mut cmd = Command::new("redis-server");
+        if let Some(d) = &self.dir {
+            cmd.current_dir(d);
+        }
+        let child = cmd
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -102,6 +150,7 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -160,6 +209,233 @@ impl Drop for RedisServer {
     }
 }
 
+/// A Redis Cluster of three masters without replicas (`redis-server --cluster-enabled
+/// yes` three times, the slots split in three, the nodes introduced to each other),
+/// ready once every node reports `cluster_state:ok`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts the cluster, or returns `None` (after a loud message) when redis-server
+    /// is not installed.
+    pub fn start() -> Option<Self> {
+        if !installed() || !sharded_pubsub() {
+            return None;
+        }
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sb-redis-cluster-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"]
+            .map(String::from)
+            .to_vec();
+        // The cluster bus listens on port + 10000: a server whose bus port was taken
+        // meanwhile exits at once and start_with tries another port.
+        let nodes: Vec<_> = (0..3)
+            .map(|_| RedisServer::start_with(&extra, Some(&dir)))
+            .collect();
+        let cluster = RedisCluster { nodes, dir };
+        cluster.form();
+        Some(cluster)
+    }
+
+    fn form(&self) {
+        let conns: Vec<_> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                ::redis::Client::open(n.url())
+                    .and_then(|c| c.get_connection())
+                    .expect("connect to a cluster node")
+            })
+            .collect();
+        let per_node = 16384 / 3;
+        for (i, mut conn) in conns.into_iter().enumerate() {
+            let lo = i * per_node;
+            let hi = if i == 2 { 16383 } else { lo + per_node - 1 };
+            ::redis::cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(lo)
+                .arg(hi)
+                .query::<()>(&mut conn)
+                .expect("CLUSTER ADDSLOTSRANGE");
+            if i > 0 {
+                ::redis::cmd("CLUSTER")
+                    .arg("MEET")
+                    .arg("127.0.0.1")
+                    .arg(self.nodes[0].port)
+                    .query::<()>(&mut conn)
+                    .expect("CLUSTER MEET");
+            }
+        }
+        self.wait_ok();
+    }
+
+    /// Kills every node (SIGKILL: all data is lost); the ports stay reserved.
+    pub fn kill(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+    }
+
+    /// Starts every node again, empty but with its cluster configuration (node ids and
+    /// slots, kept in `nodes.conf`), and waits for `cluster_state:ok`.
+    pub fn restart(&mut self) {
+        for n in &mut self.nodes {
+            n.restart();
+        }
+        self.wait_ok();
+    }
+
+    fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.nodes.iter().all(|n| {
+            ::redis::Client::open(n.url())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| ::redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c))
+                .is_ok_and(|info| info.contains("cluster_state:ok"))
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster never became ok"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The nodes' URLs, comma-separated (as `redis.url` takes them).
+    pub fn url(&self) -> String {
+        let urls: Vec<_> = self.nodes.iter().map(RedisServer::url).collect();
+        urls.join(",")
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Which Redis a test runs against.
+#[derive(Debug, Clone, Copy)]
+pub enum Topology {
+    /// One redis-server.
+    Standalone,
+    /// A 3-master Redis Cluster.
+    Cluster,
+}
+
+/// A running Redis of either topology.
+pub enum Redis {
+    Standalone(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Redis {
+    /// Starts one, or returns `None` when redis-server is not installed.
+    pub fn start(topology: Topology) -> Option<Self> {
+        Some(match topology {
+            Topology::Standalone => Redis::Standalone(RedisServer::start()?),
+            Topology::Cluster => Redis::Cluster(RedisCluster::start()?),
+        })
+    }
+
+    /// `redis.url`.
+    pub fn url(&self) -> String {
+        match self {
+            Redis::Standalone(s) => s.url(),
+            Redis::Cluster(c) => c.url(),
+        }
+    }
+
+    /// Kills it (every server of a cluster): all data is lost.
+    pub fn kill(&mut self) {
+        match self {
+            Redis::Standalone(s) => s.kill(),
+            Redis::Cluster(c) => c.kill(),
+        }
+    }
+
+    /// Starts it again, empty, on the same ports.
+    pub fn restart(&mut self) {
+        match self {
+            Redis::Standalone(s) => s.restart(),
+            Redis::Cluster(c) => c.restart(),
+        }
+    }
+
+    /// `redis.cluster`.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Redis::Cluster(_))
+    }
+
+    /// Points a `[redis]` config at it; at one node of a cluster only, whose other
+    /// nodes the engine must discover.
+    pub fn configure(&self, c: &mut switchboard::config::RedisConfig) {
+        c.url = match self {
+            Redis::Standalone(s) => s.url(),
+            Redis::Cluster(c) => c.nodes[0].url(),
+        };
+        c.cluster = self.is_cluster();
+    }
+
+    /// The fields of hash `key`, from whichever server holds it.
+    pub async fn hash(&self, key: &str) -> std::collections::HashMap<String, String> {
+        let servers = match self {
+            Redis::Standalone(s) => std::slice::from_ref(s),
+            Redis::Cluster(c) => c.nodes.as_slice(),
+        };
+        for s in servers {
+            let client = ::redis::Client::open(s.url()).expect("redis url");
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect to redis");
+            // A cluster node not holding the key's slot answers MOVED.
+            if let Ok(fields) = ::redis::cmd("HGETALL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+            {
+                return fields;
+            }
+        }
+        panic!("no server holds {key}");
+    }
+
+    /// How many connections subscribe to pub/sub channel `name` (sharded channels on
+    /// a cluster, summed over its nodes).
+    pub async fn subscribers(&self, name: &str) -> u64 {
+        let (servers, command) = match self {
+            Redis::Standalone(s) => (std::slice::from_ref(s), "NUMSUB"),
+            Redis::Cluster(c) => (c.nodes.as_slice(), "SHARDNUMSUB"),
+        };
+        let mut total = 0;
+        for s in servers {
+            let client = ::redis::Client::open(s.url()).expect("redis url");
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect to redis");
+            let (_, n): (String, u64) = ::redis::cmd("PUBSUB")
+                .arg(command)
+                .arg(name)
+                .query_async(&mut conn)
+                .await
+                .expect("PUBSUB");
+            total += n;
+        }
+        total
+    }
+}
+
 /// The test config on the Redis engine at `redis`, with a short presence lease so
 /// crash tests take a second, not half a minute.
 pub fn config(redis: &RedisServer) -> Config {
@@ -168,6 +444,32 @@ pub fn config(redis: &RedisServer) -> Config {
     c.redis.url = redis.url();
     c.presence_lease = Duration::from_millis(600);
     c
+}
+
+/// What a switchboard process can be pointed at: one redis-server or a cluster.
+pub trait Target {
+    /// The `[redis] url` value.
+    fn url(&self) -> String;
+    /// The `[redis] cluster` value.
+    fn is_cluster(&self) -> bool;
+}
+
+impl Target for RedisServer {
+    fn url(&self) -> String {
+        RedisServer::url(self)
+    }
+    fn is_cluster(&self) -> bool {
+        false
+    }
+}
+
+impl Target for Redis {
+    fn url(&self) -> String {
+        Redis::url(self)
+    }
+    fn is_cluster(&self) -> bool {
+        Redis::is_cluster(self)
+    }
 }
 
 /// A switchboard process (the real binary) on the Redis engine, killed with SIGKILL on
@@ -180,12 +482,12 @@ pub struct Process {
 
 impl Process {
     /// A node on `redis` with a `chat` namespace (presence, join/leave, history).
-    pub async fn start(redis: &RedisServer) -> Process {
+    pub async fn start(redis: &impl Target) -> Process {
         Self::start_with(redis, "").await
     }
 
     /// As [`Process::start`], with `extra` TOML appended (more tables).
-    pub async fn start_with(redis: &RedisServer, extra: &str) -> Process {
+    pub async fn start_with(redis: &impl Target, extra: &str) -> Process {
         use super::{API_KEY, SECRET};
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -198,10 +500,11 @@ impl Process {
             &file,
             format!(
                 "engine = \"redis\"\npresence_lease = \"600ms\"\ntoken_hmac_secret = \"{SECRET}\"\n\
-                 api_key = \"{API_KEY}\"\n[redis]\nurl = \"{}\"\n\
+                 api_key = \"{API_KEY}\"\n[redis]\nurl = \"{}\"\ncluster = {}\n\
                  [namespaces.chat]\nsubscribe = [\"*\"]\npresence = true\njoin_leave = true\n\
                  history_size = 100\nhistory_ttl = \"1h\"\n{extra}",
-                redis.url()
+                redis.url(),
+                redis.is_cluster(),
             ),
         )
         .unwrap();
@@ -257,4 +560,13 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// [`config`] on either topology.
+pub fn config_on(redis: &Redis) -> Config {
+    let mut c = super::config();
+    c.engine = EngineKind::Redis;
+    redis.configure(&mut c.redis);
+    c.presence_lease = Duration::from_millis(600);
+    c
 }

@@ -8,14 +8,14 @@
 //! Keys of channel `c` under prefix `P` share the hash tag `{c}`: `P:{c}:h` (history
 //! list), `P:{c}:m` (epoch `e`, top offset `s`), `P:{c}:p` / `P:{c}:z` / `P:{c}:u`
 //! (presence infos, lease deadlines, users' client counts), and the pub/sub channel
-//! `P:{c}:c`.
+//! `P:{c}:c`. Every script touches the keys of one hash tag only, so on a Redis
+//! Cluster each runs on one shard (see [`connection`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::RedisError;
 use switchboard_protocol::{
     ClientInfo, HistoryResult, PresenceStatsResult, Publication, StreamPosition,
@@ -26,9 +26,11 @@ use super::{Claim, Engine, EngineError, EventHandler, HistoryOptions, HistoryQue
 use crate::config::RedisConfig;
 use crate::history::{new_epoch, window};
 
+mod connection;
 mod scripts;
 mod subscriber;
 
+use connection::Connection;
 use scripts::Scripts;
 use subscriber::Subscriber;
 
@@ -56,9 +58,10 @@ impl Keys {
             .strip_suffix("}:c")
     }
 
-    /// A user's connection counts per node.
+    /// A user's connection counts per node. (Named apart from the `conns` hash of
+    /// earlier versions, whose fields mean something else.)
     fn connections(&self, user: &str) -> String {
-        format!("{}:{{u:{user}}}:conns", self.prefix)
+        format!("{}:{{u:{user}}}:connections", self.prefix)
     }
 
     /// The record of a publish `idempotency_key`.
@@ -91,7 +94,7 @@ impl Keys {
 
 /// Engine state shared by several nodes through Redis.
 pub struct RedisEngine {
-    conn: ConnectionManager,
+    conn: Connection,
     keys: Keys,
     scripts: Scripts,
     subscriber: Arc<Subscriber>,
@@ -128,19 +131,12 @@ impl RedisEngine {
         presence_lease: Duration,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, EngineError> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| EngineError::Unavailable(format!("redis.url: {e}")))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.command_timeout))
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(|e| unavailable(&e))?;
+        let (conn, feed) = Connection::open(config)?;
         let keys = Keys {
             prefix: config.prefix.clone(),
         };
         let subscriber = Subscriber::spawn(
-            client,
+            feed,
             keys.clone(),
             handler,
             config.connect_timeout,
@@ -155,6 +151,12 @@ impl RedisEngine {
             lease: presence_lease,
             timeout: config.command_timeout,
         }))
+    }
+
+    /// The uids of the nodes within their lease.
+    async fn live_nodes(&self) -> Result<Vec<String>, EngineError> {
+        let [_, z] = self.keys.nodes();
+        self.run(&self.scripts.live_nodes.key(z)).await
     }
 
     /// Runs one script with a deadline: a Redis that stopped answering is unavailable.
@@ -192,7 +194,10 @@ impl RedisEngine {
 
     async fn publish_to(&self, pubsub: String, payload: String) -> Result<(), EngineError> {
         let mut conn = self.conn.clone();
-        let cmd = redis::cmd("PUBLISH").arg(pubsub).arg(payload).to_owned();
+        let cmd = redis::cmd(self.conn.publish_command())
+            .arg(pubsub)
+            .arg(payload)
+            .to_owned();
         match tokio::time::timeout(self.timeout, cmd.query_async::<i64>(&mut conn)).await {
             Ok(r) => r.map(drop).map_err(|e| unavailable(&e)),
             Err(_) => Err(EngineError::Unavailable("redis command timed out".into())),
@@ -245,7 +250,8 @@ impl Engine for RedisEngine {
             .arg(opts.size.max(1))
             .arg(millis(opts.ttl))
             .arg(new_epoch())
-            .arg(millis(meta_ttl(opts.ttl)));
+            .arg(millis(meta_ttl(opts.ttl)))
+            .arg(self.conn.publish_command());
         let (offset, epoch): (u64, String) = self.run(&inv).await?;
         Ok(StreamPosition { offset, epoch })
     }
@@ -403,12 +409,12 @@ impl Engine for RedisEngine {
         node: &str,
         limit: usize,
     ) -> Result<bool, EngineError> {
-        let [_, z] = self.keys.nodes();
+        let live = self.live_nodes().await?;
         let mut inv = self
             .scripts
             .count_connection
             .key(self.keys.connections(user));
-        inv.key(z).arg(node).arg(limit);
+        inv.arg(node).arg(limit).arg(millis(self.lease)).arg(live);
         Ok(self.run::<i64>(&inv).await? == 1)
     }
 
@@ -422,13 +428,32 @@ impl Engine for RedisEngine {
     }
 
     async fn connection_counts(&self, users: &[String]) -> Result<Option<Vec<u32>>, EngineError> {
-        let [_, z] = self.keys.nodes();
-        let mut inv = self.scripts.connection_counts.key(z);
-        for u in users {
-            inv.key(self.keys.connections(u));
+        let live: HashSet<String> = self.live_nodes().await?.into_iter().collect();
+        // Concurrent reads share the connection (one per shard): pipelined.
+        let reads = users.iter().map(|user| {
+            let mut conn = self.conn.clone();
+            let cmd = redis::cmd("HGETALL")
+                .arg(self.keys.connections(user))
+                .to_owned();
+            async move {
+                match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
+                    Ok(r) => r.map_err(|e| unavailable(&e)),
+                    Err(_) => Err(EngineError::Unavailable("redis command timed out".into())),
+                }
+            }
+        });
+        let mut out = Vec::with_capacity(users.len());
+        for counts in futures_util::future::join_all(reads).await {
+            let counts: HashMap<String, i64> = counts?;
+            let total: i64 = counts
+                .iter()
+                .filter_map(|(field, n)| Some((field.strip_prefix("n:")?, n)))
+                .filter(|(uid, _)| live.contains(*uid))
+                .map(|(_, n)| (*n).max(0))
+                .sum();
+            out.push(u32::try_from(total).unwrap_or(u32::MAX));
         }
-        let counts: Vec<u32> = self.run(&inv).await?;
-        Ok(Some(counts))
+        Ok(Some(out))
     }
 
     async fn claim_idempotent(

@@ -12,7 +12,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 /// The engine's scripts, hashed once.
 pub(super) struct Scripts {
     /// KEYS: list, meta. ARGV: pub/sub channel, publication JSON, size, ttl ms, epoch
-    /// if new, meta ttl ms. Appends (bounded, with TTL), assigns the next offset and publishes
+    /// if new, meta ttl ms, publish command (`spublish` on a cluster). Appends (bounded, with TTL), assigns the next offset and publishes
     /// `p <offset> <epoch> <json>`. Returns `{offset, epoch}`.
     pub(super) publish: Script,
     /// KEYS: list, meta. ARGV: ttl ms to create the stream with (0: do not create),
@@ -31,15 +31,15 @@ pub(super) struct Scripts {
     /// KEYS: node status hash, lease zset. ARGV: uid, status JSON, lease ms. Records
     /// one node's status and drops those of nodes whose lease ran out.
     pub(super) heartbeat: Script,
-    /// KEYS: a user's connection counts (node uid -> count), node lease zset. ARGV:
-    /// node uid, limit. Counts one more connection unless the live nodes hold `limit`;
-    /// drops the counts of dead nodes. Returns 1 when counted.
+    /// KEYS: node lease zset. Returns the uids of nodes within their lease.
+    pub(super) live_nodes: Script,
+    /// KEYS: a user's connection counts (`n:<node uid>` -> count, `t:<node uid>` ->
+    /// when it last changed, ms). ARGV: node uid, limit, lease ms, then the uids of the
+    /// live nodes. Counts one more connection unless the live nodes (and this one) hold
+    /// `limit`; drops the counts of dead nodes. Returns 1 when counted.
     pub(super) count_connection: Script,
     /// KEYS: a user's connection counts. ARGV: node uid.
     pub(super) uncount_connection: Script,
-    /// KEYS: node lease zset, then users' connection counts. Returns each user's total
-    /// on live nodes.
-    pub(super) connection_counts: Script,
 }
 
 impl Scripts {
@@ -58,7 +58,7 @@ redis.call('rpush', KEYS[1], string.format('%d %d ', top, now + ttl) .. ARGV[2])
 redis.call('ltrim', KEYS[1], -tonumber(ARGV[3]), -1)
 redis.call('pexpire', KEYS[1], ttl)
 redis.call('pexpire', KEYS[2], ARGV[6])
-redis.call('publish', ARGV[1], string.format('p %d ', top) .. epoch .. ' ' .. ARGV[2])
+redis.call(ARGV[7], ARGV[1], string.format('p %d ', top) .. epoch .. ' ' .. ARGV[2])
 return {{top, epoch}}"
             )),
             history: Script::new(&format!(
@@ -144,54 +144,52 @@ redis.call('pexpire', KEYS[1], lease)
 redis.call('pexpire', KEYS[2], lease)
 return 1"
             )),
+            live_nodes: Script::new(&format!(
+                "{NOW}
+return redis.call('zrangebyscore', KEYS[1], string.format('(%d', now), '+inf')"
+            )),
+            // The live nodes come as arguments, read just before from the node records:
+            // a script touching both would span two slots of a cluster. A node missing
+            // from that list may have started since: its count is dropped only once it
+            // went unchanged for a whole lease.
             count_connection: Script::new(&format!(
                 "{NOW}
-{ALIVE}
+local live = {{}}
+for i = 4, #ARGV do
+  live[ARGV[i]] = true
+end
+live[ARGV[1]] = true
+local lease = tonumber(ARGV[3])
 local total = 0
 local f = redis.call('hgetall', KEYS[1])
 for i = 1, #f, 2 do
-  if f[i] == ARGV[1] or alive(KEYS[2], f[i]) then
-    total = total + tonumber(f[i + 1])
-  else
-    redis.call('hdel', KEYS[1], f[i])
+  local uid = string.match(f[i], '^n:(.*)$')
+  if uid then
+    if live[uid] then
+      total = total + math.max(0, tonumber(f[i + 1]))
+    elseif tonumber(redis.call('hget', KEYS[1], 't:' .. uid) or '0') + lease < now then
+      redis.call('hdel', KEYS[1], f[i], 't:' .. uid)
+    end
   end
 end
 local limit = tonumber(ARGV[2])
 if limit > 0 and total >= limit then
   return 0
 end
-redis.call('hincrby', KEYS[1], ARGV[1], 1)
+redis.call('hincrby', KEYS[1], 'n:' .. ARGV[1], 1)
+redis.call('hset', KEYS[1], 't:' .. ARGV[1], string.format('%d', now))
 redis.call('pexpire', KEYS[1], 604800000)
 return 1"
             )),
-            uncount_connection: Script::new(
-                "if redis.call('hincrby', KEYS[1], ARGV[1], -1) <= 0 then
-  redis.call('hdel', KEYS[1], ARGV[1])
-end
-return 1",
-            ),
-            connection_counts: Script::new(&format!(
+            uncount_connection: Script::new(&format!(
                 "{NOW}
-{ALIVE}
-local out = {{}}
-for k = 2, #KEYS do
-  local total = 0
-  local f = redis.call('hgetall', KEYS[k])
-  for i = 1, #f, 2 do
-    if alive(KEYS[1], f[i]) then
-      total = total + math.max(0, tonumber(f[i + 1]))
-    end
-  end
-  table.insert(out, total)
+if redis.call('hincrby', KEYS[1], 'n:' .. ARGV[1], -1) <= 0 then
+  redis.call('hdel', KEYS[1], 'n:' .. ARGV[1], 't:' .. ARGV[1])
+else
+  redis.call('hset', KEYS[1], 't:' .. ARGV[1], string.format('%d', now))
 end
-return out"
+return 1"
             )),
         }
     }
 }
-
-/// Whether node `uid`'s lease in zset `z` is still running (needs `now`).
-const ALIVE: &str = "local function alive(z, uid)
-  local s = redis.call('zscore', z, uid)
-  return s and tonumber(s) > now
-end";

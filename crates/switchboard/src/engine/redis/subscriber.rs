@@ -2,6 +2,10 @@
 //! local subscribers, events decoded once and handed to the hub, reconnection with
 //! backoff and resubscription, and detection of missed events.
 //!
+//! On a Redis Cluster the subscriptions are sharded (`SSUBSCRIBE`): each goes to the
+//! shard owning its channel's slot, over the cluster connection, which subscribes
+//! again by itself after a reconnect.
+//!
 //! Messages are `p <offset> <epoch> <publication JSON>` (offset 0 and epoch `-` when
 //! the channel keeps no history), `j <client info JSON>` and `l <client info JSON>`.
 
@@ -12,9 +16,13 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::PubSubSink;
+use redis::cluster_async::ClusterConnection;
+use redis::{PushInfo, PushKind, Value};
 use switchboard_protocol::{ClientInfo, Publication};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
+use super::connection::Feed;
 use super::Keys;
 use crate::engine::{EngineError, EventHandler};
 use crate::event::EventKind;
@@ -32,17 +40,40 @@ pub(super) struct Subscriber {
     /// Channels this node wants, with the last position seen in each. Short critical
     /// sections only (one per received message), never across an await.
     channels: Mutex<HashMap<Arc<str>, Option<Position>>>,
-    /// The live connection's command half; `None` while reconnecting. Cloned out of the
+    /// Where (un)subscribe commands go; `None` while reconnecting. Cloned out of the
     /// lock before use.
-    sink: Mutex<Option<PubSubSink>>,
+    sink: Mutex<Option<Sink>>,
     connected: AtomicBool,
     timeout: Duration,
+}
+
+/// The command half of the pub/sub link.
+#[derive(Clone)]
+enum Sink {
+    Single(PubSubSink),
+    Cluster(ClusterConnection),
+}
+
+impl Sink {
+    async fn subscribe(&mut self, name: String) -> redis::RedisResult<()> {
+        match self {
+            Self::Single(s) => s.subscribe(name).await,
+            Self::Cluster(c) => c.ssubscribe(name).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, name: String) -> redis::RedisResult<()> {
+        match self {
+            Self::Single(s) => s.unsubscribe(name).await,
+            Self::Cluster(c) => c.sunsubscribe(name).await,
+        }
+    }
 }
 
 impl Subscriber {
     /// Starts the pub/sub task.
     pub(super) fn spawn(
-        client: redis::Client,
+        feed: Feed,
         keys: Keys,
         handler: Arc<dyn EventHandler>,
         connect_timeout: Duration,
@@ -56,7 +87,14 @@ impl Subscriber {
             connected: AtomicBool::new(false),
             timeout,
         });
-        tokio::spawn(me.clone().run(client, handler, connect_timeout, shutdown));
+        match feed {
+            Feed::Single(client) => {
+                tokio::spawn(me.clone().run(client, handler, connect_timeout, shutdown));
+            }
+            Feed::Cluster(conn, pushes) => {
+                tokio::spawn(me.clone().run_cluster(conn, pushes, handler, shutdown));
+            }
+        }
         me
     }
 
@@ -64,11 +102,11 @@ impl Subscriber {
         self.channels.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn current_sink(&self) -> Option<PubSubSink> {
+    fn current_sink(&self) -> Option<Sink> {
         self.sink.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn set_sink(&self, sink: Option<PubSubSink>) {
+    fn set_sink(&self, sink: Option<Sink>) {
         self.connected.store(sink.is_some(), Ordering::Release);
         *self.sink.lock().unwrap_or_else(|e| e.into_inner()) = sink;
     }
@@ -172,7 +210,7 @@ impl Subscriber {
             }
             // Subscribe calls from now on go to this connection; one that raced the
             // snapshot above is simply sent twice (Redis ignores the repeat).
-            self.set_sink(Some(sink));
+            self.set_sink(Some(Sink::Single(sink)));
             backoff = MIN_BACKOFF;
             if lost_connection {
                 tracing::info!(channels = wanted.len() - 1, "redis pub/sub: reconnected");
@@ -184,18 +222,112 @@ impl Subscriber {
                     () = shutdown.cancelled() => return,
                 };
                 let Some(msg) = msg else { break };
-                if msg.get_channel_name() == control {
-                    handler.on_control(msg.get_payload_bytes());
-                    continue;
-                }
-                let Some(channel) = self.keys.channel_of(msg.get_channel_name()) else {
-                    continue;
-                };
-                self.handle(channel, msg.get_payload_bytes(), &*handler);
+                self.dispatch(
+                    msg.get_channel_name(),
+                    &control,
+                    msg.get_payload_bytes(),
+                    &*handler,
+                );
             }
             self.set_sink(None);
             lost_connection = true;
             tracing::warn!("redis pub/sub: connection lost, reconnecting");
+        }
+    }
+
+    /// The pub/sub task on a cluster: hands over the sharded messages the cluster
+    /// connection pushes. The subscriptions (the control channel's first) are made again
+    /// after any shard's connection broke, retried with backoff until every one is
+    /// confirmed: the cluster connection re-establishes some by itself, not reliably all.
+    /// Until then the node is not ready.
+    async fn run_cluster(
+        self: Arc<Self>,
+        conn: ClusterConnection,
+        mut pushes: UnboundedReceiver<PushInfo>,
+        handler: Arc<dyn EventHandler>,
+        shutdown: CancellationToken,
+    ) {
+        const MIN_BACKOFF: Duration = Duration::from_millis(50);
+        const MAX_BACKOFF: Duration = Duration::from_secs(2);
+        let control = self.keys.control();
+        *self.sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(Sink::Cluster(conn.clone()));
+        let mut backoff = MIN_BACKOFF;
+        let mut resubscribe = Some(tokio::time::Instant::now());
+        loop {
+            let at = resubscribe.unwrap_or_else(tokio::time::Instant::now);
+            // Every arm is cancel-safe (a channel receive, a sleep, a cancellation).
+            tokio::select! {
+                push = pushes.recv() => {
+                    let Some(push) = push else { return };
+                    match (push.kind, push.data.as_slice()) {
+                        (
+                            PushKind::SMessage,
+                            [Value::BulkString(name), Value::BulkString(payload)],
+                        ) => {
+                            if let Ok(name) = std::str::from_utf8(name) {
+                                self.dispatch(name, &control, payload, &*handler);
+                            }
+                        }
+                        (PushKind::Disconnection, _) => {
+                            tracing::warn!("redis cluster pub/sub: a shard connection was lost");
+                            self.connected.store(false, Ordering::Release);
+                            resubscribe.get_or_insert(tokio::time::Instant::now() + backoff);
+                        }
+                        _ => {}
+                    }
+                }
+                () = tokio::time::sleep_until(at), if resubscribe.is_some() => {
+                    if self.resubscribe_cluster(&conn, &control).await {
+                        resubscribe = None;
+                        backoff = MIN_BACKOFF;
+                        self.connected.store(true, Ordering::Release);
+                    } else {
+                        tracing::warn!(retry_in = ?backoff, "redis cluster pub/sub: resubscribe failed");
+                        resubscribe = Some(tokio::time::Instant::now() + backoff);
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Subscribes (again) to the control channel and every wanted channel; true when
+    /// all were confirmed. Subscribing twice is harmless (Redis confirms and delivers
+    /// once).
+    async fn resubscribe_cluster(&self, conn: &ClusterConnection, control: &str) -> bool {
+        let names: Vec<String> = std::iter::once(control.to_owned())
+            .chain(self.channels().keys().map(|c| self.keys.pubsub(c)))
+            .collect();
+        // Concurrent commands are pipelined on each shard's connection.
+        let results = futures_util::future::join_all(names.iter().map(|name| {
+            let mut conn = conn.clone();
+            async move { tokio::time::timeout(self.timeout, conn.ssubscribe(name)).await }
+        }))
+        .await;
+        if !results.iter().all(|r| matches!(r, Ok(Ok(())))) {
+            return false;
+        }
+        // A channel given up while this ran must not stay subscribed.
+        for name in names.iter().skip(1) {
+            let gone = self
+                .keys
+                .channel_of(name)
+                .is_some_and(|c| !self.channels().contains_key(c));
+            if gone {
+                let mut conn = conn.clone();
+                let _ = tokio::time::timeout(self.timeout, conn.sunsubscribe(name)).await;
+            }
+        }
+        true
+    }
+
+    /// Routes one pub/sub message: a command between nodes, or a channel's event.
+    fn dispatch(&self, name: &str, control: &str, payload: &[u8], handler: &dyn EventHandler) {
+        if name == control {
+            handler.on_control(payload);
+        } else if let Some(channel) = self.keys.channel_of(name) {
+            self.handle(channel, payload, handler);
         }
     }
 
