@@ -27,6 +27,7 @@ use crate::status::{Change, StatusTracker, UserStatus};
 use crate::typing::{self, Signal, Typing};
 
 mod cluster;
+mod kept;
 use crate::upstream::Upstream;
 
 /// Why a node operation failed.
