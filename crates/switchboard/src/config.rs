@@ -728,6 +728,13 @@ impl Config {
             errors.extend(self.template_error("auto_subscribe", t, None));
         }
         errors.extend(self.socketio.pushes.errors());
+        if !self.socketio.recovery_window.is_zero() && self.socketio.recovery_max_publications == 0
+        {
+            errors.push(
+                "socketio.recovery_max_publications: must be at least 1 with a recovery_window"
+                    .to_owned(),
+            );
+        }
         for (i, route) in self.socketio.routes.iter().enumerate() {
             let key = format!("socketio.routes[{i}]");
             errors.extend(crate::transport::socketio::route_errors(&key, route));

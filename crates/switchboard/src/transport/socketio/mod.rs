@@ -9,12 +9,12 @@
 //! - [`packets`]: Engine.IO and Socket.IO packets from the client, as session calls.
 //! - [`polling`]: the HTTP long-polling transport and the connection driver.
 //! - [`routes`]: the app's own client events, mapped to actions by the configuration.
-//! - [`rejoin`]: the channels joined through routes, joined again after a reconnect.
+//! - [`recovery`]: rooms joined again and missed events replayed after a reconnect.
 //! - [`websocket`]: WebSocket, direct or upgraded from polling.
 
 mod packets;
 mod polling;
-mod rejoin;
+mod recovery;
 mod routes;
 mod websocket;
 
@@ -71,8 +71,6 @@ struct SocketIo {
     conns: Arc<Mutex<HashMap<Arc<str>, Arc<Conn>>>>,
     /// Sessions that have not joined the namespace with a token yet.
     pending: Arc<AtomicUsize>,
-    /// Channels of closed connections, for their reconnect.
-    rejoin: Arc<rejoin::Rejoin>,
 }
 
 impl SocketIo {
@@ -138,12 +136,11 @@ struct Conn {
     /// The token the Engine.IO handshake carried (`Authorization: Bearer`, or the
     /// `token` query parameter), used when `CONNECT`'s `auth` has none.
     handshake_token: Option<Box<str>>,
-    /// The private id sent in the `CONNECT` answer (see [`rejoin`]).
-    pid: Box<str>,
-    /// Channels joined through event routes, to join again after a reconnect. Short
-    /// sections only.
-    route_channels: Mutex<Vec<Arc<str>>>,
-    rejoin: Arc<rejoin::Rejoin>,
+    /// The private id sent in the `CONNECT` answer (see [`recovery`]); a recovered
+    /// connection takes over its predecessor's. Short sections only.
+    pid: Mutex<Arc<str>>,
+    /// What the connection joined and wrote, for its reconnect. Short sections only.
+    tracker: Mutex<recovery::Tracker>,
 }
 
 impl Conn {
@@ -174,42 +171,74 @@ impl Conn {
             pending: AtomicBool::new(true),
             pending_count: sio.pending.clone(),
             handshake_token,
-            pid: uuid::Builder::from_random_bytes(rand::random())
-                .into_uuid()
-                .simple()
-                .to_string()
-                .into(),
-            route_channels: Mutex::default(),
-            rejoin: sio.rejoin.clone(),
+            pid: Mutex::new(
+                uuid::Builder::from_random_bytes(rand::random())
+                    .into_uuid()
+                    .simple()
+                    .to_string()
+                    .into(),
+            ),
+            tracker: Mutex::default(),
         })
     }
 
-    /// Remembers a channel joined (or left, `joined = false`) through a route.
-    fn route_joined(&self, channel: &str, joined: bool) {
-        let mut channels = self
-            .route_channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        channels.retain(|c| &**c != channel);
-        if joined {
-            channels.push(Arc::from(channel));
+    fn tracker(&self) -> std::sync::MutexGuard<'_, recovery::Tracker> {
+        self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pid(&self) -> Arc<str> {
+        self.pid.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Remembers a channel joined (`result`) or left (`None`) through a route.
+    fn route_joined(&self, channel: &str, result: Option<&SubscribeResult>) {
+        let mut tracker = self.tracker();
+        match result {
+            Some(r) => tracker.joined(channel, r, true),
+            None => tracker.left(channel),
         }
     }
 
-    /// Keeps the route channels of this closing connection for its reconnect.
-    fn save_for_rejoin(&self) {
-        let window = self.session.node().config.socketio.rejoin_window;
-        let channels = std::mem::take(
-            &mut *self
-                .route_channels
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        if window.is_zero() || channels.is_empty() || !self.session.is_connected() {
+    /// Encodes an outbox item as the writer sends it, noting the publications that
+    /// carry an offset for recovery.
+    fn encode(&self, item: Outgoing) -> TextFrame {
+        let recovering = &self.session.node().config.socketio;
+        if let (Outgoing::Event { frame, .. }, false) =
+            (&item, recovering.recovery_window.is_zero())
+        {
+            self.tracker()
+                .wrote(frame, recovering.recovery_max_publications);
+        }
+        encode(item)
+    }
+
+    /// Keeps this closing connection's state on every node for its reconnect, for
+    /// the longer of `rejoin_window` and `recovery_window`.
+    async fn keep_state(&self) {
+        let config = &self.session.node().config.socketio;
+        let window = config.rejoin_window.max(config.recovery_window);
+        if window.is_zero() || !self.session.is_connected() {
             return;
         }
-        self.rejoin
-            .save(&self.pid, self.session.user(), channels, window);
+        let kept = {
+            let mut tracker = self.tracker();
+            if !tracker.worth_keeping(!config.recovery_window.is_zero()) {
+                return;
+            }
+            tracker.keep(
+                &self.session.user(),
+                &self.session.id,
+                recovery::now_millis(),
+            )
+        };
+        let data = match serde_json::value::to_raw_value(&kept) {
+            Ok(d) => SharedJson::from(d),
+            Err(_) => return,
+        };
+        let pid = self.pid();
+        if let Err(e) = self.session.node().keep(&pid, data, window).await {
+            tracing::warn!(client = %self.session.id, error = %e, "connection state not kept");
+        }
     }
 
     /// No longer counted as pending: it joined the namespace, or closed.
@@ -263,7 +292,6 @@ pub fn router(node: Arc<Node>) -> Router {
         node,
         conns: Arc::default(),
         pending: Arc::default(),
-        rejoin: Arc::default(),
     };
     let route = get(polling::get)
         .post(polling::post)
@@ -460,13 +488,17 @@ fn encode_presence(ev: &ChannelEvent, default: &str, named: &str, info: &ClientI
 fn encode_channel_event(ev: &ChannelEvent, config: &crate::Config) -> String {
     match &ev.kind {
         EventKind::Publication(p) => {
-            if let Some(frame) = named_status(ev, p.data.get(), config) {
+            if let Some(mut frame) = named_status(ev, p.data.get(), config) {
+                if !config.socketio.recovery_window.is_zero() && p.offset > 0 {
+                    recovery::push_offset(&mut frame, &ev.channel, p.offset);
+                }
                 return frame;
             }
             let tags = p.tags.as_deref();
             let event = tags
                 .and_then(|t| t.get(EVENT_TAG))
                 .filter(|e| !e.is_empty() && !RESERVED_EVENTS.contains(&e.as_str()));
+            let recovery = !config.socketio.recovery_window.is_zero() && p.offset > 0;
             let mut push = PublicationPush {
                 channel: &ev.channel,
                 data: Some(&p.data),
@@ -474,14 +506,19 @@ fn encode_channel_event(ev: &ChannelEvent, config: &crate::Config) -> String {
                 info: p.info.as_ref(),
                 tags,
             };
-            match event {
+            let mut frame = match event {
                 // The app's own event name, data first: `socket.on("message:new", m => …)`.
                 Some(name) => {
                     push.data = None;
                     encode_event2(name, &p.data, &push)
                 }
                 None => encode_event("publication", &push),
+            };
+            if recovery {
+                // As `socket.io` does with recovery on: the offset is the last argument.
+                recovery::push_offset(&mut frame, &ev.channel, p.offset);
             }
+            frame
         }
         EventKind::Join(info) => encode_presence(ev, "join", &config.socketio.pushes.join, info),
         EventKind::Leave(info) => encode_presence(ev, "leave", &config.socketio.pushes.leave, info),
