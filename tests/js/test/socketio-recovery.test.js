@@ -188,7 +188,7 @@ function startBalancer(port) {
 
 before(async () => {
   if (!hasRedis) return;
-  const port = await h.freePort();
+  const port = await h.freeRedisPort();
   redis = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
   const config = `engine = "redis"\n${RECOVERY}\n[redis]\nurl = "redis://127.0.0.1:${port}"\n`;
   // The first node waits for Redis to answer (/health) before the test goes on.
