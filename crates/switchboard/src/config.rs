@@ -315,6 +315,9 @@ pub struct UserStatusConfig {
     /// Namespace into which status changes are published as `<namespace>:<user>`
     /// (only when that namespace is configured, which decides who may watch).
     pub namespace: String,
+    /// A channel into which every status change is also published (empty: none): a
+    /// global feed for apps that show who comes and goes (`user_online`, `user_offline`).
+    pub feed: String,
     /// How long a user must stay without connections before going offline, so a page
     /// reload does not flap offline/online.
     #[serde(with = "duration")]
@@ -329,6 +332,7 @@ impl Default for UserStatusConfig {
         Self {
             query: false,
             namespace: "status".to_owned(),
+            feed: String::new(),
             offline_debounce: Duration::from_secs(5),
             last_seen_ttl: Duration::from_secs(7 * 24 * 3600),
         }
@@ -728,6 +732,16 @@ impl Config {
             errors.extend(self.template_error("auto_subscribe", t, None));
         }
         errors.extend(self.socketio.pushes.errors());
+        let feed = &self.user_status.feed;
+        if !feed.is_empty()
+            && !self
+                .namespaces
+                .contains_key(crate::channel::namespace(feed))
+        {
+            errors.push(format!(
+                "user_status.feed: {feed:?} is in no configured namespace"
+            ));
+        }
         if !self.socketio.recovery_window.is_zero() && self.socketio.recovery_max_publications == 0
         {
             errors.push(

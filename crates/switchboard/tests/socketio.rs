@@ -2045,3 +2045,14 @@ fn a_recovery_window_needs_a_publication_limit() {
         "{err}"
     );
 }
+
+#[test]
+fn a_status_feed_outside_any_namespace_is_a_config_error() {
+    let mut cfg = config();
+    cfg.user_status.feed = "lobby:all".into();
+    let err = cfg.validate().expect_err("refused").to_string();
+    assert!(err.contains("user_status.feed"), "{err}");
+    cfg.socketio.pushes.online = "connect".into();
+    let err = cfg.validate().expect_err("refused").to_string();
+    assert!(err.contains("socketio.pushes.online"), "{err}");
+}

@@ -50,6 +50,14 @@ pub struct PushesConfig {
     /// A user status change (a publication in the `user_status.namespace`): this event,
     /// `{userId, status: "online"|"offline", lastSeen}`.
     pub status: String,
+    /// A user came online (a status publication, see `status`): this event instead of
+    /// `status`, same payload.
+    pub online: String,
+    /// A user went offline: this event instead of `status`, same payload.
+    pub offline: String,
+    /// The server's own "stopped typing" after `typing_timeout` (`{"typing":false}` in a
+    /// typing namespace): this event, `{userId, clientId, channel}`.
+    pub typing_stop: String,
 }
 
 /// What a routed event does.
@@ -121,6 +129,9 @@ impl PushesConfig {
             ("join", &self.join),
             ("leave", &self.leave),
             ("status", &self.status),
+            ("online", &self.online),
+            ("offline", &self.offline),
+            ("typing_stop", &self.typing_stop),
         ]
         .into_iter()
         .filter(|(_, name)| CLIENT_RESERVED.contains(&name.as_str()))

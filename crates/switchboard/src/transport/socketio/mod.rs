@@ -30,7 +30,7 @@ use axum::routing::get;
 use axum::Router;
 use serde::Serialize;
 use switchboard_protocol::socketio::{encode_event, encode_event2, Handshake, DISCONNECT};
-use switchboard_protocol::{ClientInfo, Disconnect, SharedJson, SubscribeResult};
+use switchboard_protocol::{ClientInfo, Disconnect, Publication, SharedJson, SubscribeResult};
 use tokio::sync::Notify;
 
 use crate::config::Config;
@@ -450,21 +450,55 @@ struct StatusData {
     last_seen: u64,
 }
 
-/// A status publication as the app's named event, if the configuration names one.
+/// A status publication (in `<user_status.namespace>:<user>`, or the `user_status.feed`)
+/// as the app's named event, if the configuration names one.
 fn named_status(ev: &ChannelEvent, data: &str, config: &crate::Config) -> Option<String> {
-    let name = &config.socketio.pushes.status;
+    let pushes = &config.socketio.pushes;
+    if pushes.status.is_empty() && pushes.online.is_empty() && pushes.offline.is_empty() {
+        return None;
+    }
     let in_status_ns = ev
         .channel
         .strip_prefix(config.user_status.namespace.as_str())
         .is_some_and(|rest| rest.starts_with(':'));
-    if name.is_empty() || !in_status_ns {
+    let in_feed = !config.user_status.feed.is_empty() && *ev.channel == *config.user_status.feed;
+    if !in_status_ns && !in_feed {
         return None;
     }
     let s: StatusData = serde_json::from_str(data).ok()?;
+    let specific = if s.online {
+        &pushes.online
+    } else {
+        &pushes.offline
+    };
+    let name = if specific.is_empty() {
+        &pushes.status
+    } else {
+        specific
+    };
+    if name.is_empty() {
+        return None;
+    }
     let push = NamedStatusPush {
         user_id: &s.user,
         status: if s.online { "online" } else { "offline" },
         last_seen: s.last_seen,
+    };
+    Some(encode_event(name, &push))
+}
+
+/// The server's own "stopped typing" (see `crate::typing`) as the app's named event, if
+/// the configuration names one.
+fn named_typing_stop(ev: &ChannelEvent, p: &Publication, config: &crate::Config) -> Option<String> {
+    let name = &config.socketio.pushes.typing_stop;
+    let info = p.info.as_ref()?;
+    if name.is_empty() || p.tags.is_some() || !crate::typing::is_stop(&p.data) {
+        return None;
+    }
+    let push = NamedPresencePush {
+        user_id: &info.user,
+        client_id: &info.client,
+        channel: &ev.channel,
     };
     Some(encode_event(name, &push))
 }
@@ -488,6 +522,9 @@ fn encode_presence(ev: &ChannelEvent, default: &str, named: &str, info: &ClientI
 fn encode_channel_event(ev: &ChannelEvent, config: &crate::Config) -> String {
     match &ev.kind {
         EventKind::Publication(p) => {
+            if let Some(frame) = named_typing_stop(ev, p, config) {
+                return frame;
+            }
             if let Some(mut frame) = named_status(ev, p.data.get(), config) {
                 if !config.socketio.recovery_window.is_zero() && p.offset > 0 {
                     recovery::push_offset(&mut frame, &ev.channel, p.offset);
