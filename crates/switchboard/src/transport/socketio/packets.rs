@@ -240,16 +240,18 @@ impl Comeback {
 /// now refused stays left), and, when every channel with history recovered what the
 /// client missed, the answer carries the predecessor's `pid` (`socket.recovered`) and
 /// the missed publications follow it, each channel's in order, before anything live.
-async fn joined(conn: &Conn, c: Connected, comeback: Option<Comeback>) {
+async fn joined(conn: &Conn, mut c: Connected, comeback: Option<Comeback>) {
     let session = &conn.session;
     let config = &session.node().config.socketio;
     let mut recovered = comeback.as_ref().is_some_and(|b| b.positions.is_some());
     let mut replay: Vec<(Arc<str>, Vec<Publication>)> = Vec::new();
-    for (channel, result) in &c.result.subs {
+    for (channel, result) in &mut c.result.subs {
         conn.tracker().joined(channel, result, false);
         if result.was_recovering {
             recovered &= result.recovered;
-            replay.push((Arc::from(channel.as_str()), result.publications.clone()));
+            // They arrive as events, not inside `connected`.
+            let publications = std::mem::take(&mut result.publications);
+            replay.push((Arc::from(channel.as_str()), publications));
         }
     }
     let mut rejoined = Vec::new();
