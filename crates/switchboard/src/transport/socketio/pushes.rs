@@ -257,3 +257,82 @@ pub(super) fn farewell(session: &Session, reason: Disconnect) -> Vec<TextFrame> 
     }
     frames
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::value::RawValue;
+
+    use super::*;
+
+    fn publication(channel: &str, data: &str, info: Option<&str>, offset: u64) -> ChannelEvent {
+        let p = Publication {
+            data: Arc::from(RawValue::from_string(data.to_owned()).expect("json")),
+            info: info.map(|user| ClientInfo {
+                user: user.into(),
+                client: "c1".into(),
+                conn_info: None,
+                chan_info: None,
+            }),
+            offset,
+            tags: None,
+        };
+        Arc::into_inner(ChannelEvent::new(channel.into(), EventKind::Publication(p)))
+            .expect("one owner")
+    }
+
+    #[test]
+    fn status_changes_in_the_feed_take_the_name_of_their_state() {
+        let mut config = crate::Config::default();
+        config.user_status.feed = "lobby:all".into();
+        config.socketio.pushes.status = "status".into();
+        config.socketio.pushes.offline = "user_offline".into();
+        let online = publication(
+            "lobby:all",
+            r#"{"user":"ann","online":true,"last_seen":5}"#,
+            None,
+            0,
+        );
+        let offline = publication(
+            "lobby:all",
+            r#"{"user":"ann","online":false,"last_seen":7}"#,
+            None,
+            0,
+        );
+        assert_eq!(
+            encode_channel_event(&online, &config),
+            r#"42["status",{"userId":"ann","status":"online","lastSeen":5}]"#
+        );
+        assert_eq!(
+            encode_channel_event(&offline, &config),
+            r#"42["user_offline",{"userId":"ann","status":"offline","lastSeen":7}]"#
+        );
+        // Another channel's publication of the same shape is just a publication.
+        let elsewhere = publication("chat:1", r#"{"user":"ann","online":true}"#, None, 0);
+        assert!(encode_channel_event(&elsewhere, &config).starts_with(r#"42["publication""#));
+    }
+
+    #[test]
+    fn the_servers_typing_stop_takes_its_name_and_recovery_appends_offsets() {
+        let mut config = crate::Config::default();
+        config.socketio.pushes.typing_stop = "user_typing_stop".into();
+        let stop = publication("rooms:9", r#"{"typing":false}"#, Some("ann"), 0);
+        assert_eq!(
+            encode_channel_event(&stop, &config),
+            r#"42["user_typing_stop",{"userId":"ann","clientId":"c1","channel":"rooms:9"}]"#
+        );
+        config.socketio.recovery_window = std::time::Duration::from_secs(60);
+        let kept = publication("rooms:9", r#"{"n":1}"#, None, 4);
+        let frame = encode_channel_event(&kept, &config);
+        assert!(
+            frame.starts_with(
+                r#"42["publication",{"channel":"rooms:9","data":{"n":1},"offset":4},"4:"#
+            ),
+            "{frame}"
+        );
+        // Without history (offset 0) nothing can be recovered: no offset argument.
+        let volatile = publication("rooms:9", r#"{"n":2}"#, None, 0);
+        assert!(encode_channel_event(&volatile, &config).ends_with("}]"));
+    }
+}
