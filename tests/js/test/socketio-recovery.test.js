@@ -105,10 +105,12 @@ test('same node: missed publications of a route room and the user channel arrive
   await publish(server, 'user:ann', 4);
   await publish(server, 'chat:r1', 5);
 
+  const firstId = ann.id;
   const back = h.waitEvent(ann, 'connect', { label: 'ann reconnects' });
   ann.connect();
   await back;
   assert.equal(ann.recovered, true, 'socket.recovered');
+  assert.notEqual(ann.id, firstId, 'a new client id');
   await until('the missed messages', () => got.length >= 6);
   // Each channel's in order; the room is joined again: a live one arrives once, after.
   assert.deepEqual(got.filter((m) => m.startsWith('chat:')), ['chat:r1#0', 'chat:r1#1', 'chat:r1#2', 'chat:r1#3', 'chat:r1#5']);
