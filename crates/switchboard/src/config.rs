@@ -353,6 +353,9 @@ pub struct UserStatusConfig {
     /// Namespace into which status changes are published as `<namespace>:<user>`
     /// (only when that namespace is configured, which decides who may watch).
     pub namespace: String,
+    /// A channel into which every status change is also published (empty: none): a
+    /// global feed for apps that show who comes and goes (`user_online`, `user_offline`).
+    pub feed: String,
     /// How long a user must stay without connections before going offline, so a page
     /// reload does not flap offline/online.
     #[serde(with = "duration")]
@@ -367,6 +370,7 @@ impl Default for UserStatusConfig {
         Self {
             query: false,
             namespace: "status".to_owned(),
+            feed: String::new(),
             offline_debounce: Duration::from_secs(5),
             last_seen_ttl: Duration::from_secs(7 * 24 * 3600),
         }
@@ -786,6 +790,23 @@ impl Config {
         }
         errors.extend(self.socketio.pushes.errors());
         errors.extend(self.webhooks.errors(&self.namespaces));
+        let feed = &self.user_status.feed;
+        if !feed.is_empty()
+            && !self
+                .namespaces
+                .contains_key(crate::channel::namespace(feed))
+        {
+            errors.push(format!(
+                "user_status.feed: {feed:?} is in no configured namespace"
+            ));
+        }
+        if !self.socketio.recovery_window.is_zero() && self.socketio.recovery_max_publications == 0
+        {
+            errors.push(
+                "socketio.recovery_max_publications: must be at least 1 with a recovery_window"
+                    .to_owned(),
+            );
+        }
         for (i, route) in self.socketio.routes.iter().enumerate() {
             let key = format!("socketio.routes[{i}]");
             errors.extend(crate::transport::socketio::route_errors(&key, route));

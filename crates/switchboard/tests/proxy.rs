@@ -390,6 +390,45 @@ async fn socketio_handshake_cookie_and_auth_object_reach_the_connect_proxy() {
     assert_eq!(refused["data"]["code"], 401);
 }
 
+/// A Socket.IO app's own event with a callback (`socket.emit("notification:read", {id},
+/// cb)`), routed to the RPC proxy: the callback gets the backend's answer as is.
+#[tokio::test]
+async fn a_socketio_rpc_route_answers_with_the_backends_data() {
+    let app = Arc::new(App::default());
+    let addr = start_app(app.clone()).await;
+    let mut config = proxied_config(addr);
+    config.socketio.routes = vec![switchboard::config::RouteConfig {
+        event: "notification:read".into(),
+        action: switchboard::config::RouteAction::Rpc,
+        method: "conversation:mark_read".into(),
+        ..Default::default()
+    }];
+    let server = start(config).await;
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("cookie", "session=alice".parse().unwrap());
+    let (mut ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("open timeout")
+        .expect("open");
+    assert!(next_text(&mut ws).await.unwrap().starts_with('0'));
+    ws.send(Message::text("40")).await.unwrap();
+    assert!(next_text(&mut ws).await.unwrap().starts_with("40{"));
+    ws.send(Message::text(r#"427["notification:read",{"id":9}]"#))
+        .await
+        .unwrap();
+    let ack = loop {
+        let t = next_text(&mut ws).await.unwrap();
+        if let Some(rest) = t.strip_prefix("437") {
+            break rest.to_owned();
+        }
+    };
+    let ack: Value = serde_json::from_str(&ack).unwrap();
+    assert_eq!(ack[0], json!({"read": 9, "user": "alice"}));
+    assert_eq!(app.calls("rpc")[0].body["data"], json!({"id": 9}));
+}
+
 #[tokio::test]
 async fn socketio_polling_handshake_headers_reach_the_connect_proxy() {
     let (app, server) = setup().await;

@@ -1954,3 +1954,105 @@ async fn a_zero_rejoin_window_sends_no_pid() {
     assert!(ok.get("pid").is_none(), "{ok}");
     assert!(ok["sid"].is_string(), "{ok}");
 }
+
+/// The seed 004 routes with history in `conversation` and connection-state recovery.
+fn recovery_config(window: Duration) -> switchboard::Config {
+    let mut cfg = routes_config();
+    if let Some(ns) = cfg.namespaces.get_mut("conversation") {
+        ns.history_size = 10;
+        ns.history_ttl = Duration::from_secs(60);
+    }
+    cfg.socketio.recovery_window = window;
+    cfg
+}
+
+/// Connects as ann, joins `conversation:c1` and gets one publication; returns the pid
+/// and that publication's offset argument, after the connection closed.
+async fn join_receive_and_drop(server: &TestServer) -> (String, Value) {
+    let mut c = SioWs::open(server).await;
+    c.send(&connect_packet(&token("ann"))).await;
+    let pid = body_of(&c.packet().await, "40")["pid"].clone();
+    c.event("connected").await;
+    c.emit("join:conversation", json!("c1")).await;
+    let data =
+        json!({"channel": "conversation:c1", "data": {"n": 0}, "tags": {"event": "message:new"}});
+    api(server, "publish", data).await;
+    let args = c.event("message:new").await;
+    c.ws.close(None).await.expect("close");
+    until_absent(server, "conversation:c1", "ann").await;
+    let pid = pid.as_str().expect("a pid").to_owned();
+    (pid, args[2].clone())
+}
+
+#[tokio::test]
+async fn publications_carry_an_offset_and_a_reconnect_replays_what_was_missed() {
+    let server = start(recovery_config(Duration::from_secs(60))).await;
+    let (pid, offset) = join_receive_and_drop(&server).await;
+    assert!(
+        offset.is_string(),
+        "the offset is the last argument: {offset}"
+    );
+    for n in 1..=2 {
+        let data = json!({"channel": "conversation:c1", "data": {"n": n}, "tags": {"event": "message:new"}});
+        api(&server, "publish", data).await;
+    }
+    let mut again = SioWs::open(&server).await;
+    let auth = json!({"token": token("ann"), "pid": pid, "offset": offset});
+    again.send(&format!("40{auth}")).await;
+    let ok = body_of(&again.packet().await, "40");
+    assert_eq!(ok["pid"], json!(pid), "recovered: the same pid");
+    again.event("connected").await;
+    assert_eq!(again.event("message:new").await[0], json!({"n": 1}));
+    assert_eq!(again.event("message:new").await[0], json!({"n": 2}));
+}
+
+#[tokio::test]
+async fn a_reconnect_past_the_recovery_window_rejoins_without_replay() {
+    let server = start(recovery_config(Duration::from_millis(10))).await;
+    let (pid, offset) = join_receive_and_drop(&server).await;
+    let data =
+        json!({"channel": "conversation:c1", "data": {"n": 1}, "tags": {"event": "message:new"}});
+    api(&server, "publish", data).await;
+    // Past the 10 ms window (a lower bound, not a measurement).
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let mut again = SioWs::open(&server).await;
+    let auth = json!({"token": token("ann"), "pid": pid, "offset": offset});
+    again.send(&format!("40{auth}")).await;
+    let ok = body_of(&again.packet().await, "40");
+    assert_ne!(ok["pid"], json!(pid), "not recovered: a new pid");
+    again.event("connected").await;
+    assert_eq!(again.emit("ping", json!({})).await, json!({"result": {}}));
+    assert!(
+        !again.backlog.iter().any(|p| is_event(p, "message:new")),
+        "nothing replayed: {:?}",
+        again.backlog
+    );
+    // The room is joined again (within rejoin_window).
+    let data =
+        json!({"channel": "conversation:c1", "data": {"n": 2}, "tags": {"event": "message:new"}});
+    api(&server, "publish", data).await;
+    assert_eq!(again.event("message:new").await[0], json!({"n": 2}));
+}
+
+#[test]
+fn a_recovery_window_needs_a_publication_limit() {
+    let mut cfg = recovery_config(Duration::from_secs(60));
+    cfg.socketio.recovery_max_publications = 0;
+    let err = cfg.validate().expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("socketio.recovery_max_publications"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_status_feed_outside_any_namespace_is_a_config_error() {
+    let mut cfg = config();
+    cfg.user_status.feed = "lobby:all".into();
+    let err = cfg.validate().expect_err("refused").to_string();
+    assert!(err.contains("user_status.feed"), "{err}");
+    cfg.socketio.pushes.online = "connect".into();
+    let err = cfg.validate().expect_err("refused").to_string();
+    assert!(err.contains("socketio.pushes.online"), "{err}");
+}

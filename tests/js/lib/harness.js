@@ -57,6 +57,32 @@ function freePort() {
   });
 }
 
+/** Whether `port` on 127.0.0.1 can be listened on. */
+function portFree(port) {
+  return new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+  });
+}
+
+/**
+ * A free port for a redis-server the tests start: within `SWITCHBOARD_TEST_REDIS_PORTS`
+ * (`18500-18599`, for shared machines) when set, else any.
+ */
+async function freeRedisPort() {
+  const range = (process.env.SWITCHBOARD_TEST_REDIS_PORTS || '').split('-').map(Number);
+  if (range.length !== 2 || !range.every(Number.isInteger)) return freePort();
+  const [lo, hi] = range;
+  const start = Math.floor(Math.random() * (hi - lo + 1));
+  for (let i = 0; i <= hi - lo; i++) {
+    const port = lo + ((start + i) % (hi - lo + 1));
+    if (await portFree(port)) return port;
+  }
+  throw new Error(`no free port in ${process.env.SWITCHBOARD_TEST_REDIS_PORTS}`);
+}
+
 function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
@@ -287,6 +313,7 @@ module.exports = {
   connectUser,
   connectionToken,
   freePort,
+  freeRedisPort,
   knownBug,
   mintToken,
   newClient,

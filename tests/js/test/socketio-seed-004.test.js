@@ -5,6 +5,7 @@
 // through callbacks, and a backend publication arriving as `message:new`.
 
 const fs = require('node:fs');
+const http = require('node:http');
 const path = require('node:path');
 const { test, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
@@ -15,16 +16,49 @@ const API_KEY = 'js-seed-004-api-key';
 const EXAMPLE = fs.readFileSync(path.join(__dirname, '..', '..', '..', 'examples', 'socketio-seed-004.toml'), 'utf8');
 
 let server;
+let backend;
+/** The RPC requests the app backend got. */
+const rpcCalls = [];
 const sockets = [];
+
+/**
+ * The seed's backend handlers for notification:read / notifications:read-all, as an RPC
+ * proxy endpoint: mark read (recorded here), then tell the user's other devices.
+ */
+function startBackend() {
+  backend = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => { body += c; });
+    req.on('end', async () => {
+      const call = JSON.parse(body);
+      rpcCalls.push(call);
+      const data = call.method === 'notification:read' ? call.data : {};
+      await fetch(`${server.httpUrl}/api/publish`, {
+        method: 'POST',
+        headers: { 'X-API-Key': API_KEY, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ channel: `user:${call.user}`, data, tags: { event: call.method, exclude_client: call.client } }),
+      });
+      res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify({ result: { data: { ok: true } } }));
+    });
+  });
+  return new Promise((resolve) => backend.listen(0, '127.0.0.1', resolve));
+}
+
 before(async () => {
-  const config = EXAMPLE.replace('token_hmac_secret = "change-me"', `token_hmac_secret = "${h.SECRET}"\napi_key = "${API_KEY}"`);
+  await startBackend();
+  const config = EXAMPLE.replace('token_hmac_secret = "change-me"', `token_hmac_secret = "${h.SECRET}"\napi_key = "${API_KEY}"`)
+    .replace('http://127.0.0.1:3001/switchboard/rpc', `http://127.0.0.1:${backend.address().port}/switchboard/rpc`);
   assert.notEqual(config, EXAMPLE, 'the example sets token_hmac_secret');
+  assert.ok(config.includes(`${backend.address().port}/switchboard/rpc`), 'the example names the RPC endpoint');
   server = await h.startServer({ config });
 });
 afterEach(() => {
   for (const s of sockets.splice(0)) s.disconnect();
 });
-after(() => server && server.stop());
+after(async () => {
+  if (server) await server.stop();
+  if (backend) await new Promise((resolve) => backend.close(resolve));
+});
 
 /** The seed's own connect code: the token in `extraHeaders`, default transports. */
 function seedSocket(user) {
@@ -126,4 +160,32 @@ test('after a reconnect the rooms joined by join:conversation are there again', 
   });
   assert.equal(resp.status, 200);
   assert.deepEqual((await atAnn)[0], { id: 'm2' });
+});
+
+test('seed 004 notifications and status: read sync between devices through the backend, user:status-changed', async () => {
+  const phone = seedSocket('dee');
+  await connected(phone, 'dee on her phone');
+  // Anyone coming online is announced to everyone.
+  const changed = once(phone, 'user:status-changed', 'user:status-changed for eve');
+  const eve = seedSocket('eve');
+  await connected(eve, 'eve');
+  const [status] = await changed;
+  assert.equal(status.userId, 'eve');
+  assert.equal(status.status, 'online');
+
+  const laptop = seedSocket('dee');
+  await connected(laptop, 'dee on her laptop');
+  const synced = once(laptop, 'notification:read', 'the read on the other device');
+  let phoneGotIt = false;
+  phone.on('notification:read', () => { phoneGotIt = true; });
+  phone.emit('notification:read', 'n1');
+  const [id, meta] = await synced;
+  assert.equal(id, 'n1');
+  assert.equal(meta.channel, 'user:dee');
+  const all = once(laptop, 'notifications:read-all', 'read-all on the other device');
+  phone.emit('notifications:read-all');
+  await all;
+  assert.deepEqual(rpcCalls.map((c) => [c.method, c.user, c.data]), [['notification:read', 'dee', 'n1'], ['notifications:read-all', 'dee', {}]]);
+  await call(phone, 'user:get-status', 'dee');
+  assert.equal(phoneGotIt, false, 'the device that read it is not told');
 });

@@ -15,6 +15,15 @@ pub struct SocketIoConfig {
     /// closes, for `socket.io-client` to re-join them on reconnect (`0`: never).
     #[serde(with = "super::duration")]
     pub rejoin_window: std::time::Duration,
+    /// Connection-state recovery as `socket.io` ≥ 4.6 does it: events of channels with
+    /// history carry an offset, and a client that reconnects within this window gets
+    /// what it missed and `socket.recovered === true` (`0`: off, no offsets).
+    #[serde(with = "super::duration")]
+    pub recovery_window: std::time::Duration,
+    /// Most publications one recovery replays (all channels together), and most a
+    /// connection's writer remembers for it; a client that missed more is not
+    /// recovered.
+    pub recovery_max_publications: usize,
 }
 
 impl Default for SocketIoConfig {
@@ -23,6 +32,8 @@ impl Default for SocketIoConfig {
             routes: Vec::new(),
             pushes: PushesConfig::default(),
             rejoin_window: std::time::Duration::from_secs(120),
+            recovery_window: std::time::Duration::ZERO,
+            recovery_max_publications: 100,
         }
     }
 }
@@ -39,6 +50,14 @@ pub struct PushesConfig {
     /// A user status change (a publication in the `user_status.namespace`): this event,
     /// `{userId, status: "online"|"offline", lastSeen}`.
     pub status: String,
+    /// A user came online (a status publication, see `status`): this event instead of
+    /// `status`, same payload.
+    pub online: String,
+    /// A user went offline: this event instead of `status`, same payload.
+    pub offline: String,
+    /// The server's own "stopped typing" after `typing_timeout` (`{"typing":false}` in a
+    /// typing namespace): this event, `{userId, clientId, channel}`.
+    pub typing_stop: String,
 }
 
 /// What a routed event does.
@@ -110,6 +129,9 @@ impl PushesConfig {
             ("join", &self.join),
             ("leave", &self.leave),
             ("status", &self.status),
+            ("online", &self.online),
+            ("offline", &self.offline),
+            ("typing_stop", &self.typing_stop),
         ]
         .into_iter()
         .filter(|(_, name)| CLIENT_RESERVED.contains(&name.as_str()))

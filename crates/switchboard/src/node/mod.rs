@@ -28,6 +28,7 @@ use crate::status::{Change, StatusTracker, UserStatus};
 use crate::typing::{self, Signal, Typing};
 
 mod cluster;
+mod kept;
 use crate::upstream::Upstream;
 
 /// Why a node operation failed.
@@ -499,7 +500,12 @@ impl Node {
 
     fn announce_status(self: &Arc<Self>, status: &UserStatus) {
         let channel = format!("{}:{}", self.config.user_status.namespace, status.user);
-        if self.rules.namespace(&channel).is_err() {
+        let feed = &self.config.user_status.feed;
+        let channels: Vec<String> = [channel, feed.clone()]
+            .into_iter()
+            .filter(|c| !c.is_empty() && self.rules.namespace(c).is_ok())
+            .collect();
+        if channels.is_empty() {
             return;
         }
         let Ok(raw) = serde_json::value::RawValue::from_string(
@@ -513,11 +519,14 @@ impl Node {
             if !node.status_changed(&status).await {
                 return;
             }
-            if let Err(e) = node
-                .publish(&channel, Arc::from(raw), PublishOptions::default())
-                .await
-            {
-                tracing::warn!(%channel, error = %e, "status announcement failed");
+            let raw: SharedJson = Arc::from(raw);
+            for channel in channels {
+                if let Err(e) = node
+                    .publish(&channel, raw.clone(), PublishOptions::default())
+                    .await
+                {
+                    tracing::warn!(%channel, error = %e, "status announcement failed");
+                }
             }
         });
     }

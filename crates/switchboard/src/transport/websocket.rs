@@ -51,12 +51,18 @@ pub(crate) struct Wire {
 
 /// Writes the session's outbox to the socket until the session closes, then what was
 /// still queued, the farewell and a close frame with the disconnect code.
-pub(crate) async fn write_loop(
+pub(crate) async fn write_loop(sink: SplitSink<WebSocket, Message>, session: &Session, wire: Wire) {
+    write_loop_with(sink, session, wire, wire.encode).await;
+}
+
+/// [`write_loop`] with an encoder of the transport's own, which may note what it
+/// writes (Socket.IO's recovery remembers the order of publications).
+pub(crate) async fn write_loop_with(
     mut sink: SplitSink<WebSocket, Message>,
     session: &Session,
     wire: Wire,
+    encode: impl Fn(Outgoing) -> TextFrame + Send,
 ) {
-    let encode = wire.encode;
     let mut batch = Vec::new();
     // Registered once: a fresh `cancelled()` per batch would lock the token's waiter list
     // on every wake-up. Polled last: while there is work, a cheap flag check suffices.

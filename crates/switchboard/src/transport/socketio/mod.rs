@@ -8,17 +8,21 @@
 //!
 //! - [`packets`]: Engine.IO and Socket.IO packets from the client, as session calls.
 //! - [`polling`]: the HTTP long-polling transport and the connection driver.
+//! - [`pushes`]: what the server sends, as Socket.IO events.
 //! - [`routes`]: the app's own client events, mapped to actions by the configuration.
-//! - [`rejoin`]: the channels joined through routes, joined again after a reconnect.
+//! - [`recovery`]: rooms joined again and missed events replayed after a reconnect.
 //! - [`websocket`]: WebSocket, direct or upgraded from polling.
 
 mod packets;
 mod polling;
-mod rejoin;
+mod pushes;
+mod recovery;
 mod routes;
 mod websocket;
 
 pub(crate) use routes::route_errors;
+
+use pushes::{encode, farewell, CODEC};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
@@ -28,13 +32,12 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use serde::Serialize;
-use switchboard_protocol::socketio::{encode_event, encode_event2, Handshake, DISCONNECT};
-use switchboard_protocol::{ClientInfo, Disconnect, SharedJson, SubscribeResult};
+use switchboard_protocol::socketio::Handshake;
+use switchboard_protocol::{SharedJson, SubscribeResult};
 use tokio::sync::Notify;
 
 use crate::config::Config;
-use crate::event::{ChannelEvent, Codec, Control, EventKind, Outgoing, Protocol, TextFrame};
+use crate::event::{Outgoing, TextFrame};
 use crate::front_door::Peer;
 use crate::node::Node;
 use crate::session::Session;
@@ -71,8 +74,6 @@ struct SocketIo {
     conns: Arc<Mutex<HashMap<Arc<str>, Arc<Conn>>>>,
     /// Sessions that have not joined the namespace with a token yet.
     pending: Arc<AtomicUsize>,
-    /// Channels of closed connections, for their reconnect.
-    rejoin: Arc<rejoin::Rejoin>,
 }
 
 impl SocketIo {
@@ -138,12 +139,11 @@ struct Conn {
     /// The token the Engine.IO handshake carried (`Authorization: Bearer`, or the
     /// `token` query parameter), used when `CONNECT`'s `auth` has none.
     handshake_token: Option<Box<str>>,
-    /// The private id sent in the `CONNECT` answer (see [`rejoin`]).
-    pid: Box<str>,
-    /// Channels joined through event routes, to join again after a reconnect. Short
-    /// sections only.
-    route_channels: Mutex<Vec<Arc<str>>>,
-    rejoin: Arc<rejoin::Rejoin>,
+    /// The private id sent in the `CONNECT` answer (see [`recovery`]); a recovered
+    /// connection takes over its predecessor's. Short sections only.
+    pid: Mutex<Arc<str>>,
+    /// What the connection joined and wrote, for its reconnect. Short sections only.
+    tracker: Mutex<recovery::Tracker>,
 }
 
 impl Conn {
@@ -174,42 +174,74 @@ impl Conn {
             pending: AtomicBool::new(true),
             pending_count: sio.pending.clone(),
             handshake_token,
-            pid: uuid::Builder::from_random_bytes(rand::random())
-                .into_uuid()
-                .simple()
-                .to_string()
-                .into(),
-            route_channels: Mutex::default(),
-            rejoin: sio.rejoin.clone(),
+            pid: Mutex::new(
+                uuid::Builder::from_random_bytes(rand::random())
+                    .into_uuid()
+                    .simple()
+                    .to_string()
+                    .into(),
+            ),
+            tracker: Mutex::default(),
         })
     }
 
-    /// Remembers a channel joined (or left, `joined = false`) through a route.
-    fn route_joined(&self, channel: &str, joined: bool) {
-        let mut channels = self
-            .route_channels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        channels.retain(|c| &**c != channel);
-        if joined {
-            channels.push(Arc::from(channel));
+    fn tracker(&self) -> std::sync::MutexGuard<'_, recovery::Tracker> {
+        self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pid(&self) -> Arc<str> {
+        self.pid.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Remembers a channel joined (`result`) or left (`None`) through a route.
+    fn route_joined(&self, channel: &str, result: Option<&SubscribeResult>) {
+        let mut tracker = self.tracker();
+        match result {
+            Some(r) => tracker.joined(channel, r, true),
+            None => tracker.left(channel),
         }
     }
 
-    /// Keeps the route channels of this closing connection for its reconnect.
-    fn save_for_rejoin(&self) {
-        let window = self.session.node().config.socketio.rejoin_window;
-        let channels = std::mem::take(
-            &mut *self
-                .route_channels
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        if window.is_zero() || channels.is_empty() || !self.session.is_connected() {
+    /// Encodes an outbox item as the writer sends it, noting the publications that
+    /// carry an offset for recovery.
+    fn encode(&self, item: Outgoing) -> TextFrame {
+        let recovering = &self.session.node().config.socketio;
+        if let (Outgoing::Event { frame, .. }, false) =
+            (&item, recovering.recovery_window.is_zero())
+        {
+            self.tracker()
+                .wrote(frame, recovering.recovery_max_publications);
+        }
+        encode(item)
+    }
+
+    /// Keeps this closing connection's state on every node for its reconnect, for
+    /// the longer of `rejoin_window` and `recovery_window`.
+    async fn keep_state(&self) {
+        let config = &self.session.node().config.socketio;
+        let window = config.rejoin_window.max(config.recovery_window);
+        if window.is_zero() || !self.session.is_connected() {
             return;
         }
-        self.rejoin
-            .save(&self.pid, self.session.user(), channels, window);
+        let kept = {
+            let mut tracker = self.tracker();
+            if !tracker.worth_keeping(!config.recovery_window.is_zero()) {
+                return;
+            }
+            tracker.keep(
+                &self.session.user(),
+                &self.session.id,
+                recovery::now_millis(),
+            )
+        };
+        let data = match serde_json::value::to_raw_value(&kept) {
+            Ok(d) => SharedJson::from(d),
+            Err(_) => return,
+        };
+        let pid = self.pid();
+        if let Err(e) = self.session.node().keep(&pid, data, window).await {
+            tracing::warn!(client = %self.session.id, error = %e, "connection state not kept");
+        }
     }
 
     /// No longer counted as pending: it joined the namespace, or closed.
@@ -263,7 +295,6 @@ pub fn router(node: Arc<Node>) -> Router {
         node,
         conns: Arc::default(),
         pending: Arc::default(),
-        rejoin: Arc::default(),
     };
     let route = get(polling::get)
         .post(polling::post)
@@ -335,206 +366,4 @@ fn with_cors(config: &Config, headers: &HeaderMap, mut response: Response) -> Re
     }
     h.insert(header::VARY, HeaderValue::from_static("Origin"));
     response
-}
-
-/// How this transport encodes channel events.
-const CODEC: Codec = Codec {
-    protocol: Protocol::SocketIo,
-    encode_event: encode_channel_event,
-};
-
-/// What a `publication` event carries; a tagged publication's second argument, without
-/// `data`.
-#[derive(Serialize)]
-struct PublicationPush<'a> {
-    channel: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<&'a SharedJson>,
-    #[serde(skip_serializing_if = "is_zero")]
-    offset: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    info: Option<&'a ClientInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tags: Option<&'a std::collections::BTreeMap<String, String>>,
-}
-
-fn is_zero(v: &u64) -> bool {
-    *v == 0
-}
-
-#[derive(Serialize)]
-struct PresencePush<'a> {
-    channel: &'a str,
-    info: &'a ClientInfo,
-}
-
-#[derive(Serialize)]
-struct SubscribePush<'a> {
-    channel: &'a str,
-    #[serde(flatten)]
-    result: &'a SubscribeResult,
-}
-
-#[derive(Serialize)]
-struct UnsubscribePush<'a> {
-    channel: &'a str,
-    code: u32,
-    reason: &'a str,
-}
-
-#[derive(Serialize)]
-struct RefreshPush {
-    expires: bool,
-    ttl: u32,
-}
-
-#[derive(Serialize)]
-struct DisconnectPush {
-    code: u16,
-    reason: &'static str,
-    reconnect: bool,
-}
-
-/// A join or leave under an app's own event name (`[socketio.pushes]`).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct NamedPresencePush<'a> {
-    user_id: &'a str,
-    client_id: &'a str,
-    channel: &'a str,
-}
-
-/// A user status change under an app's own event name (`[socketio.pushes] status`).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct NamedStatusPush<'a> {
-    user_id: &'a str,
-    status: &'static str,
-    last_seen: u64,
-}
-
-/// What a status publication carries (see `crate::status::UserStatus`).
-#[derive(serde::Deserialize)]
-struct StatusData {
-    user: String,
-    online: bool,
-    #[serde(default)]
-    last_seen: u64,
-}
-
-/// A status publication as the app's named event, if the configuration names one.
-fn named_status(ev: &ChannelEvent, data: &str, config: &crate::Config) -> Option<String> {
-    let name = &config.socketio.pushes.status;
-    let in_status_ns = ev
-        .channel
-        .strip_prefix(config.user_status.namespace.as_str())
-        .is_some_and(|rest| rest.starts_with(':'));
-    if name.is_empty() || !in_status_ns {
-        return None;
-    }
-    let s: StatusData = serde_json::from_str(data).ok()?;
-    let push = NamedStatusPush {
-        user_id: &s.user,
-        status: if s.online { "online" } else { "offline" },
-        last_seen: s.last_seen,
-    };
-    Some(encode_event(name, &push))
-}
-
-fn encode_presence(ev: &ChannelEvent, default: &str, named: &str, info: &ClientInfo) -> String {
-    if named.is_empty() {
-        let push = PresencePush {
-            channel: &ev.channel,
-            info,
-        };
-        return encode_event(default, &push);
-    }
-    let push = NamedPresencePush {
-        user_id: &info.user,
-        client_id: &info.client,
-        channel: &ev.channel,
-    };
-    encode_event(named, &push)
-}
-
-fn encode_channel_event(ev: &ChannelEvent, config: &crate::Config) -> String {
-    match &ev.kind {
-        EventKind::Publication(p) => {
-            if let Some(frame) = named_status(ev, p.data.get(), config) {
-                return frame;
-            }
-            let tags = p.tags.as_deref();
-            let event = tags
-                .and_then(|t| t.get(EVENT_TAG))
-                .filter(|e| !e.is_empty() && !RESERVED_EVENTS.contains(&e.as_str()));
-            let mut push = PublicationPush {
-                channel: &ev.channel,
-                data: Some(&p.data),
-                offset: p.offset,
-                info: p.info.as_ref(),
-                tags,
-            };
-            match event {
-                // The app's own event name, data first: `socket.on("message:new", m => …)`.
-                Some(name) => {
-                    push.data = None;
-                    encode_event2(name, &p.data, &push)
-                }
-                None => encode_event("publication", &push),
-            }
-        }
-        EventKind::Join(info) => encode_presence(ev, "join", &config.socketio.pushes.join, info),
-        EventKind::Leave(info) => encode_presence(ev, "leave", &config.socketio.pushes.leave, info),
-    }
-}
-
-fn encode(item: Outgoing) -> TextFrame {
-    match item {
-        Outgoing::Event { frame, .. } | Outgoing::Frame(frame) => frame,
-        Outgoing::Control(c) => TextFrame::from(match *c {
-            Control::Subscribed { channel, result } => encode_event(
-                "subscribe",
-                &SubscribePush {
-                    channel: &channel,
-                    result: &result,
-                },
-            ),
-            Control::Refresh { expires, ttl } => {
-                encode_event("refresh", &RefreshPush { expires, ttl })
-            }
-            Control::Unsubscribed {
-                channel,
-                code,
-                reason,
-            } => encode_event(
-                "unsubscribe",
-                &UnsubscribePush {
-                    channel: &channel,
-                    code,
-                    reason,
-                },
-            ),
-        }),
-    }
-}
-
-/// Before the transport closes: a `server_disconnect` event with the code, then, when
-/// the client should not reconnect, the namespace `DISCONNECT` (which stops
-/// `socket.io-client` from reconnecting). A reconnectable close is a plain transport
-/// close, after which the client reconnects by itself.
-fn farewell(session: &Session, reason: Disconnect) -> Vec<TextFrame> {
-    // Nothing to say to a client that never joined, or that left by itself.
-    if !session.is_connected() || reason == Disconnect::CONNECTION_CLOSED {
-        return Vec::new();
-    }
-    let push = DisconnectPush {
-        code: reason.code,
-        reason: reason.reason,
-        reconnect: reason.reconnect(),
-    };
-    let mut frames = vec![TextFrame::from(encode_event("server_disconnect", &push))];
-    if !reason.reconnect() {
-        frames.push(TextFrame::from_static(DISCONNECT));
-    }
-    frames
 }

@@ -11,8 +11,17 @@ use switchboard_protocol::socketio::{
 use switchboard_protocol::{Disconnect, ErrorCode};
 use tracing::Instrument;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use switchboard_protocol::{Publication, StreamPosition};
+
+use super::recovery::{self, Kept};
 use super::Conn;
+use crate::event::{ChannelEvent, EventKind};
 use crate::event::{Outgoing, TextFrame};
+use crate::session::Connected;
+use crate::session::EXCLUDE_CLIENT_TAG;
 use crate::session::{Session, SessionError};
 use crate::transport::command::{self, Executed};
 
@@ -80,6 +89,8 @@ struct Auth {
     /// The private id of the connection this one replaces (`socket.io-client` ≥ 4.6
     /// sends it back after a reconnect).
     pid: Option<String>,
+    /// The offset of the last event the client received (sent with `pid`).
+    offset: Option<String>,
 }
 
 async fn connect(conn: &Conn, data: &str) -> Option<Disconnect> {
@@ -95,7 +106,14 @@ async fn connect(conn: &Conn, data: &str) -> Option<Disconnect> {
             .and_then(|raw| Ok((serde_json::from_str::<Auth>(raw.get())?, Some(raw))))
             .map_err(|_| ErrorCode::BadRequest.into())
     };
-    let pid = auth.as_ref().ok().and_then(|(a, _)| a.pid.clone());
+    let (pid, offset) = auth
+        .as_ref()
+        .map(|(a, _)| (a.pid.clone(), a.offset.clone()))
+        .unwrap_or_default();
+    let comeback = match pid {
+        Some(pid) => Comeback::find(conn, pid, offset.as_deref()).await,
+        None => None,
+    };
     let req = auth.map(|(auth, raw)| ConnectRequest {
         // `auth.token` first: `auth` can be a function the client calls on every
         // reconnect, so it is the fresher one.
@@ -104,25 +122,26 @@ async fn connect(conn: &Conn, data: &str) -> Option<Disconnect> {
             _ => auth.token,
         },
         data: raw,
+        // Server-side subscriptions recover through the connect itself.
+        subs: comeback
+            .as_ref()
+            .map(|c| c.recover(false))
+            .unwrap_or_default(),
         ..ConnectRequest::default()
     });
     match command::connect(session, req).await {
         Ok(c) => {
-            let rejoin = !session.node().config.socketio.rejoin_window.is_zero();
-            let connected = TextFrame::from(if rejoin {
-                encode_connect_with_pid(&session.id, &conn.pid)
-            } else {
-                encode_connect(&session.id)
-            });
-            session.enqueue(Outgoing::Frame(connected));
-            // What Centrifugo's connect reply says (server-side subscriptions and their
-            // recovery state, expiry), right after the namespace is joined.
-            let result = encode_event("connected", &c.result);
-            c.activation
-                .complete(Some(Outgoing::Frame(TextFrame::from(result))));
-            if let Some(pid) = pid.filter(|_| rejoin) {
-                rejoin_channels(conn, &pid).await;
-            }
+            let comeback = match comeback {
+                Some(back) if back.kept.user == *session.user() => {
+                    if let Err(e) = session.node().forget_kept(&back.pid).await {
+                        tracing::debug!(error = %e, "kept state not removed");
+                    }
+                    Some(back)
+                }
+                // Another user's id: nothing of it is used, and it stays for its owner.
+                _ => None,
+            };
+            joined(conn, c, comeback).await;
             None
         }
         // `socket.io-client` emits `connect_error` with `err.message` and `err.data`;
@@ -146,23 +165,170 @@ async fn connect(conn: &Conn, data: &str) -> Option<Disconnect> {
     }
 }
 
-/// Subscribes a reconnected connection again to what its predecessor `pid` joined
-/// through routes, with the checks of any subscribe (a channel now refused stays left).
-/// The client is not told: its rooms are simply there, as they were.
-async fn rejoin_channels(conn: &Conn, pid: &str) {
-    let session = &conn.session;
-    for channel in conn.rejoin.take(pid, &session.user()) {
-        let req = SubscribeRequest {
-            channel: channel.to_string(),
-            ..SubscribeRequest::default()
-        };
-        match session.subscribe(req).await {
-            Ok(s) => {
-                s.activation.complete(None);
-                conn.route_joined(&channel, true);
-            }
-            Err(e) => tracing::debug!(%channel, error = ?e, "not re-joined"),
+/// A reconnect that found its predecessor's kept state.
+struct Comeback {
+    pid: String,
+    kept: Kept,
+    /// Where the client stopped per channel; `None` when it can not be recovered
+    /// (past `recovery_window`, or more missed than the writer remembered).
+    positions: Option<HashMap<String, StreamPosition>>,
+}
+
+impl Comeback {
+    async fn find(conn: &Conn, pid: String, offset: Option<&str>) -> Option<Self> {
+        let node = conn.session.node();
+        let config = &node.config.socketio;
+        if config.rejoin_window.is_zero() && config.recovery_window.is_zero() {
+            return None;
         }
+        let data = match node.kept(&pid).await {
+            Ok(d) => d?,
+            Err(e) => {
+                tracing::debug!(error = %e, "kept state unreadable");
+                return None;
+            }
+        };
+        let kept: Kept = serde_json::from_str(data.get()).ok()?;
+        let away = recovery::now_millis().saturating_sub(kept.closed_at);
+        let within = |w: std::time::Duration| u128::from(away) <= w.as_millis();
+        if !within(config.rejoin_window) && !within(config.recovery_window) {
+            return None;
+        }
+        let positions = if config.recovery_window.is_zero() || !within(config.recovery_window) {
+            None
+        } else {
+            kept.positions(offset).map(|p| {
+                p.into_iter()
+                    .map(|(ch, pos)| (ch.to_owned(), pos))
+                    .collect()
+            })
+        };
+        Some(Self {
+            pid,
+            kept,
+            positions,
+        })
+    }
+
+    /// The recovery requests of the channels joined through routes (`route`) or
+    /// server-side.
+    fn recover(&self, route: bool) -> HashMap<String, SubscribeRequest> {
+        let Some(positions) = &self.positions else {
+            return HashMap::new();
+        };
+        self.kept
+            .joined
+            .iter()
+            .filter(|j| j.route == route)
+            .filter_map(|j| {
+                let pos = positions.get(&j.channel)?;
+                let req = SubscribeRequest {
+                    channel: j.channel.clone(),
+                    recover: true,
+                    offset: pos.offset,
+                    epoch: pos.epoch.clone(),
+                    ..SubscribeRequest::default()
+                };
+                Some((j.channel.clone(), req))
+            })
+            .collect()
+    }
+}
+
+/// Answers a successful `CONNECT`. After a reconnect, the channels the predecessor
+/// joined through routes are joined again (with the checks of any subscribe; a channel
+/// now refused stays left), and, when every channel with history recovered what the
+/// client missed, the answer carries the predecessor's `pid` (`socket.recovered`) and
+/// the missed publications follow it, each channel's in order, before anything live.
+async fn joined(conn: &Conn, mut c: Connected, comeback: Option<Comeback>) {
+    let session = &conn.session;
+    let config = &session.node().config.socketio;
+    let mut recovered = comeback.as_ref().is_some_and(|b| b.positions.is_some());
+    let mut replay: Vec<(Arc<str>, Vec<Publication>)> = Vec::new();
+    for (channel, result) in &mut c.result.subs {
+        conn.tracker().joined(channel, result, false);
+        if result.was_recovering {
+            recovered &= result.recovered;
+            // They arrive as events, not inside `connected`.
+            let publications = std::mem::take(&mut result.publications);
+            replay.push((Arc::from(channel.as_str()), publications));
+        }
+    }
+    let mut rejoined = Vec::new();
+    if let Some(back) = &comeback {
+        let mut recover = back.recover(true);
+        for j in back.kept.joined.iter().filter(|j| j.route) {
+            let req = recover
+                .remove(&j.channel)
+                .unwrap_or_else(|| SubscribeRequest {
+                    channel: j.channel.clone(),
+                    ..SubscribeRequest::default()
+                });
+            match session.subscribe(req).await {
+                Ok(mut s) => {
+                    conn.route_joined(&j.channel, Some(&s.result));
+                    if s.result.was_recovering {
+                        recovered &= s.result.recovered;
+                        let publications = std::mem::take(&mut s.result.publications);
+                        replay.push((Arc::from(j.channel.as_str()), publications));
+                    }
+                    rejoined.push(s.activation);
+                }
+                Err(e) => {
+                    // A channel the client may no longer join: not all of its state
+                    // came back.
+                    recovered = false;
+                    tracing::debug!(channel = %j.channel, error = ?e, "not re-joined");
+                }
+            }
+        }
+    }
+    let count: usize = replay.iter().map(|(_, p)| p.len()).sum();
+    recovered &= count <= config.recovery_max_publications;
+    let old_client = comeback.as_ref().map(|b| b.kept.client.clone());
+    let pid = match comeback.filter(|_| recovered) {
+        Some(back) => {
+            let pid: Arc<str> = back.pid.into();
+            *conn.pid.lock().unwrap_or_else(|e| e.into_inner()) = pid.clone();
+            pid
+        }
+        None => conn.pid(),
+    };
+    let window = !config.rejoin_window.is_zero() || !config.recovery_window.is_zero();
+    let connected = TextFrame::from(if window {
+        encode_connect_with_pid(&session.id, &pid)
+    } else {
+        encode_connect(&session.id)
+    });
+    session.enqueue(Outgoing::Frame(connected));
+    // What Centrifugo's connect reply says (server-side subscriptions and their
+    // recovery state, expiry), right after the namespace is joined.
+    let result = encode_event("connected", &c.result);
+    session.enqueue(Outgoing::Frame(TextFrame::from(result)));
+    if recovered {
+        let node_config = &session.node().config;
+        for (channel, publications) in replay {
+            for p in publications {
+                let skipped = p
+                    .tags
+                    .as_deref()
+                    .and_then(|t| t.get(EXCLUDE_CLIENT_TAG))
+                    .is_some_and(|c| Some(c.as_str()) == old_client.as_deref());
+                if skipped {
+                    continue;
+                }
+                let ev = ChannelEvent::new(channel.clone(), EventKind::Publication(p));
+                session.enqueue(Outgoing::Event {
+                    frame: ev.encoded(super::CODEC, node_config),
+                    published: ev.published,
+                });
+            }
+        }
+    }
+    // Live events held back during the subscribes follow what was replayed.
+    c.activation.complete(None);
+    for activation in rejoined {
+        activation.complete(None);
     }
 }
 

@@ -16,7 +16,7 @@ use switchboard_protocol::socketio::{split_payload, CLOSE, NOOP, PING, RECORD_SE
 use switchboard_protocol::Disconnect;
 use tokio::time::sleep_until;
 
-use super::{encode, farewell, packets, with_cors, Conn, EngineError, SocketIo};
+use super::{farewell, packets, with_cors, Conn, EngineError, SocketIo};
 use super::{POLLING, UPGRADING, WEBSOCKET};
 use crate::front_door::Peer;
 use crate::transport::heartbeat::Heartbeat;
@@ -183,13 +183,13 @@ async fn poll(conn: &Conn) -> Result<Response, EngineError> {
     observe_latency(session, &batch);
     let mut body = String::new();
     for item in batch {
-        push_packet(&mut body, &encode(item));
+        push_packet(&mut body, &conn.encode(item));
     }
     if session.closed().is_cancelled() && !conn.farewell_sent.swap(true, Ordering::AcqRel) {
         let reason = session.disconnect_reason();
         if reason != Disconnect::SLOW {
             while let Some(item) = session.outbox().try_recv() {
-                push_packet(&mut body, &encode(item));
+                push_packet(&mut body, &conn.encode(item));
             }
             for frame in farewell(session, reason) {
                 push_packet(&mut body, &frame);
@@ -302,7 +302,7 @@ pub(super) async fn drive(sio: SocketIo, conn: Arc<Conn>) {
         }
     }
     conn.not_pending();
-    conn.save_for_rejoin();
+    conn.keep_state().await;
     Box::pin(session.cleanup()).await;
     if matches!(conn.transport(), POLLING | UPGRADING) {
         // A polling client has a poll pending nearly all the time, so the close packet

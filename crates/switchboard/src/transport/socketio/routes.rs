@@ -291,7 +291,7 @@ async fn execute(
             if let Executed::Subscribed(s) =
                 command::execute(session, Request::Subscribe(req)).await?
             {
-                conn.route_joined(&channel, true);
+                conn.route_joined(&channel, Some(&s.result));
                 // The acknowledgement goes ahead of the channel's first event.
                 let first = ack.map(|id| Outgoing::Frame(TextFrame::from(encode_ack(id, &ok))));
                 s.activation.complete(first);
@@ -300,7 +300,7 @@ async fn execute(
         }
         RouteAction::Unsubscribe => {
             let channel = channel()?;
-            conn.route_joined(&channel, false);
+            conn.route_joined(&channel, None);
             let req = ChannelRequest { channel };
             command::execute(session, Request::Unsubscribe(req)).await?;
             Ok(Some(ok))

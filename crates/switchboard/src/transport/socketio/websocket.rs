@@ -65,7 +65,9 @@ async fn serve_new(sio: SocketIo, conn: Arc<Conn>, mut socket: WebSocket) {
     let (sink, stream) = socket.split();
     let writer = {
         let conn = conn.clone();
-        tokio::spawn(async move { websocket::write_loop(sink, &conn.session, WIRE).await })
+        tokio::spawn(async move {
+            websocket::write_loop_with(sink, &conn.session, WIRE, |item| conn.encode(item)).await;
+        })
     };
     tokio::join!(read_loop(&conn, stream), drive(sio, conn.clone()));
     let _ = writer.await;
@@ -109,7 +111,9 @@ async fn upgrade_polling(conn: Arc<Conn>, socket: WebSocket) {
     conn.transport.store(WEBSOCKET, Ordering::Release);
     let writer = {
         let conn = conn.clone();
-        tokio::spawn(async move { websocket::write_loop(sink, &conn.session, WIRE).await })
+        tokio::spawn(async move {
+            websocket::write_loop_with(sink, &conn.session, WIRE, |item| conn.encode(item)).await;
+        })
     };
     read_loop(&conn, stream).await;
     let _ = writer.await;
