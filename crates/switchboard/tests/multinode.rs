@@ -8,39 +8,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::redis::{self as fixture, RedisServer};
+use common::redis::{nodes, nodes_with, wait_ready, wait_status, RedisServer};
 use common::*;
-
-async fn nodes(redis: &RedisServer, n: usize) -> Vec<TestServer> {
-    let mut out = Vec::new();
-    for i in 0..n {
-        let mut c = fixture::config(redis);
-        c.node_name = format!("node-{i}");
-        let server = start(c).await;
-        wait_ready(&server.http_url("")).await;
-        out.push(server);
-    }
-    out
-}
-
-/// Waits until `/ready` answers `want` (200 or 503).
-async fn wait_status(base: &str, want: u16) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let status = reqwest::get(format!("{base}/ready"))
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0);
-        if status == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/ready stayed {status}, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 /// The next join push of `user` (a subscriber also hears its own join).
 async fn next_join_of(c: &mut Client, user: &str) -> Value {
@@ -50,10 +19,6 @@ async fn next_join_of(c: &mut Client, user: &str) -> Value {
             return p;
         }
     }
-}
-
-async fn wait_ready(base: &str) {
-    wait_status(base, 200).await;
 }
 
 async fn publish(server: &TestServer, channel: &str, data: Value) -> Value {
@@ -424,15 +389,7 @@ async fn connection_limit_and_user_status_count_every_node() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let mut nodes = Vec::new();
-    for i in 0..2 {
-        let mut c = fixture::config(&redis);
-        c.node_name = format!("node-{i}");
-        c.limits.max_connections_per_user = 2;
-        let server = start(c).await;
-        wait_ready(&server.http_url("")).await;
-        nodes.push(server);
-    }
+    let nodes = nodes_with(&redis, 2, |c| c.limits.max_connections_per_user = 2).await;
     let ann1 = Client::connect_user(&nodes[0], "ann").await;
     let _ann2 = Client::connect_user(&nodes[1], "ann").await;
     // Asked on node 1: ann has two connections, one on each node.

@@ -169,3 +169,50 @@ pub fn config(redis: &RedisServer) -> Config {
     c.presence_lease = Duration::from_millis(600);
     c
 }
+
+/// `n` nodes on `redis`, named `node-0`, `node-1`, ..., each ready.
+pub async fn nodes(redis: &RedisServer, n: usize) -> Vec<super::TestServer> {
+    nodes_with(redis, n, |_| {}).await
+}
+
+/// As [`nodes`], with `tweak` applied to each node's config.
+pub async fn nodes_with(
+    redis: &RedisServer,
+    n: usize,
+    tweak: impl Fn(&mut Config),
+) -> Vec<super::TestServer> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut c = config(redis);
+        c.node_name = format!("node-{i}");
+        tweak(&mut c);
+        let server = super::start(c).await;
+        wait_ready(&server.http_url("")).await;
+        out.push(server);
+    }
+    out
+}
+
+/// Waits until `/ready` answers `want` (200 or 503).
+pub async fn wait_status(base: &str, want: u16) {
+    let deadline = tokio::time::Instant::now() + super::TIMEOUT;
+    loop {
+        let status = reqwest::get(format!("{base}/ready"))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        if status == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/ready stayed {status}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until `/ready` answers 200.
+pub async fn wait_ready(base: &str) {
+    wait_status(base, 200).await;
+}
