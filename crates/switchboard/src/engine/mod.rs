@@ -15,6 +15,7 @@ use switchboard_protocol::{
 
 use crate::event::EventKind;
 pub use crate::history::{HistoryOptions, HistoryQuery};
+use crate::revocation::{MemoryRevocations, RevocationStore};
 
 pub mod memory;
 pub mod redis;
@@ -220,6 +221,12 @@ pub trait Engine: Send + Sync + 'static {
         _window: Duration,
     ) -> Result<(), EngineError> {
         Ok(())
+    }
+
+    /// Where revocation records live: shared by every node of the engine, so a node
+    /// started later refuses a token revoked earlier. With one node, its memory.
+    fn revocations(self: Arc<Self>) -> Arc<dyn RevocationStore> {
+        Arc::new(MemoryRevocations::default())
     }
 
     /// Periodic housekeeping (expiring idle streams); called about once a minute.

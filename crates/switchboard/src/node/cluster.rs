@@ -202,6 +202,7 @@ impl Node {
                     }
                 }
             }
+            UserCommand::Revoke { revocation } => self.apply_revocation(revocation).await,
         }
     }
 

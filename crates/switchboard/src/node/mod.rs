@@ -21,6 +21,7 @@ use crate::engine::redis::RedisEngine;
 use crate::engine::{Engine, EngineError, EventHandler, HistoryOptions, HistoryQuery};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::revocation::{Revocation, RevocationStore};
 use crate::rules::{RuleError, Rules};
 use crate::session::Session;
 use crate::status::{Change, StatusTracker, UserStatus};
@@ -93,7 +94,7 @@ pub struct Node {
     /// Proxies to the app backend.
     pub proxies: crate::proxy::Proxies,
     /// Revoked tokens and invalidated users.
-    pub revocations: Arc<dyn crate::revocation::RevocationStore>,
+    pub revocations: Arc<dyn RevocationStore>,
 }
 
 impl std::fmt::Debug for Node {
@@ -165,6 +166,7 @@ impl Node {
             config.node_name.clone()
         };
         let proxies = crate::proxy::Proxies::new(&config, metrics.clone());
+        let revocations = engine.clone().revocations();
         let node = Arc::new(Self {
             rules: Rules::new(&config),
             verifier: Verifier::new(&config)?,
@@ -180,7 +182,7 @@ impl Node {
             typing: Typing::default(),
             status: StatusTracker::default(),
             proxies,
-            revocations: Arc::new(crate::revocation::MemoryRevocations::default()),
+            revocations,
             uid: uuid::Uuid::new_v4().to_string(),
         });
         dispatch.link(&node);
@@ -392,19 +394,20 @@ impl Node {
         Ok(n)
     }
 
-    /// Applies the revocation records to every session on this node: a revoked
-    /// connection token closes its connection, a revoked subscription token ends its
-    /// subscription.
-    pub async fn apply_revocations(&self) {
-        for s in self.hub.sessions() {
-            s.apply_revocations().await;
-        }
-    }
-
-    /// [`Node::apply_revocations`] for one user's sessions.
-    pub async fn apply_user_revocations(&self, user: &str) {
-        for s in self.hub.user_sessions(user) {
-            s.apply_revocations().await;
+    /// Ends what `revocation` covers on this node: connections holding a revoked
+    /// connection token close, subscriptions granted by a revoked subscription token
+    /// end. A user's revocation also drops the subscribe proxy's cached answers for
+    /// them.
+    pub async fn apply_revocation(&self, revocation: &Revocation) {
+        let sessions = match revocation {
+            Revocation::Token { .. } => self.hub.sessions(),
+            Revocation::User { user, .. } => {
+                self.proxies.cache().forget_user(user);
+                self.hub.user_sessions(user)
+            }
+        };
+        for s in sessions {
+            s.apply_revocation(revocation).await;
         }
     }
 

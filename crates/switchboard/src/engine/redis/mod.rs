@@ -26,8 +26,11 @@ use super::{Claim, Engine, EngineError, EventHandler, HistoryOptions, HistoryQue
 use crate::config::RedisConfig;
 use crate::history::{new_epoch, window};
 
+mod revocations;
 mod scripts;
 mod subscriber;
+
+pub use revocations::RedisRevocations;
 
 use scripts::Scripts;
 use subscriber::Subscriber;
@@ -490,6 +493,10 @@ impl Engine for RedisEngine {
             Ok(r) => r.map(drop).map_err(|e| unavailable(&e)),
             Err(_) => Err(EngineError::Unavailable("redis command timed out".into())),
         }
+    }
+
+    fn revocations(self: Arc<Self>) -> Arc<dyn crate::revocation::RevocationStore> {
+        Arc::new(RedisRevocations::new(self))
     }
 
     async fn ready(&self) -> bool {
