@@ -212,3 +212,27 @@ async fn a_revocation_through_one_node_ends_connections_on_every_node_and_outliv
     assert_eq!(error_code(&again), Some(103), "{again}");
     Client::connect(&later, &stamped("42", "t-2", 1000)).await;
 }
+
+#[tokio::test]
+async fn without_redis_nothing_is_revoked_and_tokens_are_not_let_in_unchecked() {
+    let Some(mut redis) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let node = common::redis::nodes(&redis, 1).await.remove(0);
+    let mut live = Client::connect(&node, &stamped("42", "t-1", 1000)).await;
+    redis.kill();
+    common::redis::wait_status(&node.http_url(""), 503).await;
+    let r = api_call(&node, "revoke_token", json!({"uid": "t-1"})).await;
+    assert_eq!(r["error"]["code"], 100, "{r}");
+    assert!(live
+        .request(json!({"ping": {}}))
+        .await
+        .get("ping")
+        .is_some());
+    let mut c = Client::open(&node).await;
+    let r = c
+        .request(json!({"connect": {"token": stamped("42", "t-2", 1000)}}))
+        .await;
+    assert_eq!(error_code(&r), Some(100), "{r}");
+    assert_eq!(r["error"]["temporary"], json!(true), "{r}");
+}
