@@ -54,7 +54,7 @@ pub struct StatusTracker {
     users: Mutex<HashMap<Arc<str>, Entry>>,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     now_secs() * 1000
 }
 

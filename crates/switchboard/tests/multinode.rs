@@ -424,3 +424,90 @@ async fn connection_limit_and_user_status_count_every_node() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `user_status` of `user` asked at `base`, once `done` holds for it.
+async fn status_when(base: &str, user: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let s = api_at(base, "user_status", json!({"users": [user]})).await;
+        let status = s["result"]["statuses"][0].clone();
+        if done(&status) {
+            return status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn typing_crosses_nodes_and_one_user_on_two_nodes_is_throttled_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = nodes_with(&redis, 2, |c| {
+        c.namespaces.insert(
+            "typing".into(),
+            switchboard::config::NamespaceConfig {
+                subscribe: vec!["*".into()],
+                publish: true,
+                typing: true,
+                // Far longer than the test: a second signal is always throttled.
+                typing_interval: Duration::from_secs(60),
+                typing_timeout: Duration::from_millis(500),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let mut watcher = Client::connect_user(&nodes[1], "w").await;
+    watcher.subscribe("typing:42").await;
+    let mut on_a = Client::connect_user(&nodes[0], "ann").await;
+    let mut on_b = Client::connect_user(&nodes[1], "ann").await;
+    for c in [&mut on_a, &mut on_b] {
+        c.subscribe("typing:42").await;
+    }
+    for c in [&mut on_a, &mut on_b] {
+        let r = c.publish("typing:42", json!({"typing": true})).await;
+        assert!(r.get("publish").is_some(), "{r}");
+    }
+    // Node a's signal reaches the watcher on node b; node b throttles ann's second
+    // device; one of the nodes ends her typing once.
+    let start = watcher.next_pub("typing:42").await;
+    assert_eq!(start["data"], json!({"typing": true}), "{start}");
+    assert_eq!(start["info"]["user"], json!("ann"));
+    let stop = watcher.next_pub("typing:42").await;
+    assert_eq!(stop["data"], json!({"typing": false}), "{stop}");
+    assert_eq!(stop["info"]["user"], json!("ann"));
+    watcher.assert_quiet(Duration::from_millis(700)).await;
+    // Once ended, she may start again, from either node.
+    on_b.publish("typing:42", json!({"typing": true})).await;
+    let again = watcher.next_pub("typing:42").await;
+    assert_eq!(again["data"], json!({"typing": true}), "{again}");
+}
+
+#[tokio::test]
+async fn last_seen_is_the_same_from_every_node_and_outlives_a_killed_node() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let survivor = nodes(&redis, 1).await.remove(0);
+    let base = survivor.http_url("");
+    let mut doomed = Process::start(&redis).await;
+    let bob = Client::connect_url(&doomed.ws_url(), &token("bob")).await;
+    let _carol = Client::connect_url(&doomed.ws_url(), &token("carol")).await;
+    bob.close().await;
+    // Bob went offline on the other node: this one knows when.
+    let bob_seen = status_when(&base, "bob", |s| s["last_seen"].as_u64() > Some(0)).await;
+    assert_eq!(bob_seen["online"], json!(false), "{bob_seen}");
+    let carol = status_when(&base, "carol", |s| s["online"] == json!(true)).await;
+    assert!(carol["last_seen"].as_u64() > Some(0), "{carol}");
+
+    doomed.kill();
+    // Carol's connection stops counting when the dead node's lease ends; both times
+    // survive the node.
+    let carol = status_when(&base, "carol", |s| s["connections"] == json!(0)).await;
+    assert_eq!(carol["online"], json!(false), "{carol}");
+    assert!(carol["last_seen"].as_u64() > Some(0), "{carol}");
+    let bob = status_when(&base, "bob", |_| true).await;
+    assert_eq!(bob["last_seen"], bob_seen["last_seen"]);
+}

@@ -24,8 +24,8 @@ use crate::metrics::Metrics;
 use crate::revocation::{Revocation, RevocationStore};
 use crate::rules::{RuleError, Rules};
 use crate::session::Session;
-use crate::status::{Change, StatusTracker, UserStatus};
-use crate::typing::{self, Signal, Typing};
+use crate::status::{now_ms, Change, StatusTracker, UserStatus};
+use crate::typing::{self, Expiry, Signal, TypingStore};
 
 mod cluster;
 use crate::upstream::Upstream;
@@ -87,8 +87,8 @@ pub struct Node {
     pub tracker: TaskTracker,
     /// Counters and gauges (shared with the hub, which counts deliveries).
     pub metrics: Arc<Metrics>,
-    /// Who is typing where.
-    typing: Typing,
+    /// Who is typing where (shared by the nodes of a shared engine).
+    typing: Arc<dyn TypingStore>,
     /// Online status of users.
     status: StatusTracker,
     /// Proxies to the app backend.
@@ -167,6 +167,7 @@ impl Node {
         };
         let proxies = crate::proxy::Proxies::new(&config, metrics.clone());
         let revocations = engine.clone().revocations();
+        let typing = engine.clone().typing();
         let node = Arc::new(Self {
             rules: Rules::new(&config),
             verifier: Verifier::new(&config)?,
@@ -179,7 +180,7 @@ impl Node {
             shutdown,
             tracker: TaskTracker::new(),
             metrics,
-            typing: Typing::default(),
+            typing,
             status: StatusTracker::default(),
             proxies,
             revocations,
@@ -470,11 +471,24 @@ impl Node {
 
     /// Status of up to `limit` users.
     ///
-    /// With a shared engine, `connections` counts every live node and a user connected
-    /// on any node is online.
+    /// With a shared engine, `connections` counts every live node, a user connected
+    /// on any node is online, and `last_seen` is the latest any node recorded.
     pub async fn user_status(&self, users: &[String]) -> Vec<UserStatus> {
         let mut statuses = self.status.query(users);
-        match self.engine.connection_counts(users).await {
+        let (counts, seen) = tokio::join!(
+            self.engine.connection_counts(users),
+            self.engine.last_seen(users)
+        );
+        match seen {
+            Ok(Some(seen)) => {
+                for (s, at) in statuses.iter_mut().zip(seen) {
+                    s.last_seen = s.last_seen.max(at);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "last-seen times of other nodes unknown"),
+        }
+        match counts {
             Ok(Some(counts)) => {
                 for (s, n) in statuses.iter_mut().zip(counts) {
                     s.online |= n > 0;
@@ -522,11 +536,13 @@ impl Node {
         match self
             .typing
             .signal(&channel, &info, stop, ns.typing_interval, ns.typing_timeout)
+            .await?
         {
             Signal::Throttled => return Ok(()),
             Signal::Stop => {}
             Signal::Forward(deadline) => {
                 let node = self.clone();
+                let retry = ns.typing_timeout;
                 let (ch, user) = (channel.clone(), info.user.clone());
                 self.tracker.spawn(async move {
                     let mut deadline = deadline;
@@ -535,13 +551,18 @@ impl Node {
                             () = tokio::time::sleep_until(deadline) => {}
                             () = node.shutdown.cancelled() => return,
                         }
-                        match node.typing.expire(&ch, &user) {
-                            Ok(Some(info)) => {
+                        match node.typing.expire(&ch, &user).await {
+                            Ok(Expiry::Ended(info)) => {
                                 node.publish_typing_stop(&ch, info).await;
                                 return;
                             }
-                            Ok(None) => return,
-                            Err(later) => deadline = later,
+                            Ok(Expiry::Gone) => return,
+                            Ok(Expiry::Later(later)) => deadline = later,
+                            // Ask again shortly: the stop is late rather than lost.
+                            Err(e) => {
+                                tracing::warn!(channel = %ch, error = %e, "typing expiry check failed");
+                                deadline = tokio::time::Instant::now() + retry;
+                            }
                         }
                     }
                 });
@@ -648,8 +669,10 @@ impl Node {
             }
         }
         if ns.typing {
-            if let Some(typing) = self.typing.stop(channel, &info.user) {
-                self.publish_typing_stop(channel, typing).await;
+            match self.typing.stop(channel, &info.user).await {
+                Ok(Some(typing)) => self.publish_typing_stop(channel, typing).await,
+                Ok(None) => {}
+                Err(e) => tracing::warn!(%channel, error = %e, "typing stop failed"),
             }
         }
         if ns.join_leave && (last_of_user || !ns.presence_per_user) {
@@ -670,7 +693,11 @@ impl Node {
         if !self.hub.add_user_session(user, session, limit) {
             return false;
         }
-        match self.engine.count_connection(user, &self.uid, limit).await {
+        let (counted, ()) = tokio::join!(
+            self.engine.count_connection(user, &self.uid, limit),
+            self.record_seen(user)
+        );
+        match counted {
             Ok(true) => true,
             Ok(false) => {
                 self.hub.remove_user_session(user, session);
@@ -686,8 +713,20 @@ impl Node {
     /// Unregisters a session from its user.
     pub async fn unregister_session(&self, user: &str, session: &Session) {
         self.hub.remove_user_session(user, session);
-        if let Err(e) = self.engine.uncount_connection(user, &self.uid).await {
+        let (uncounted, ()) = tokio::join!(
+            self.engine.uncount_connection(user, &self.uid),
+            self.record_seen(user)
+        );
+        if let Err(e) = uncounted {
             tracing::warn!(%user, error = %e, "connection not uncounted across nodes");
+        }
+    }
+
+    /// Records now as `user`'s last-seen time where every node reads it.
+    async fn record_seen(&self, user: &str) {
+        let keep = self.config.user_status.last_seen_ttl;
+        if let Err(e) = self.engine.record_seen(user, now_ms(), keep).await {
+            tracing::warn!(%user, error = %e, "last-seen time not shared");
         }
     }
 

@@ -28,9 +28,12 @@ use crate::history::{new_epoch, window};
 
 mod revocations;
 mod scripts;
+mod status;
 mod subscriber;
+mod typing;
 
 pub use revocations::RedisRevocations;
+pub use typing::RedisTyping;
 
 use scripts::Scripts;
 use subscriber::Subscriber;
@@ -497,6 +500,18 @@ impl Engine for RedisEngine {
 
     fn revocations(self: Arc<Self>) -> Arc<dyn crate::revocation::RevocationStore> {
         Arc::new(RedisRevocations::new(self))
+    }
+
+    async fn record_seen(&self, user: &str, at_ms: u64, keep: Duration) -> Result<(), EngineError> {
+        self.record_seen_at(user, at_ms, keep).await
+    }
+
+    async fn last_seen(&self, users: &[String]) -> Result<Option<Vec<u64>>, EngineError> {
+        self.last_seen_of(users).await.map(Some)
+    }
+
+    fn typing(self: Arc<Self>) -> Arc<dyn crate::typing::TypingStore> {
+        Arc::new(RedisTyping::new(self))
     }
 
     async fn ready(&self) -> bool {
