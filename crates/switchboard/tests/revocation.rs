@@ -236,3 +236,23 @@ async fn without_redis_nothing_is_revoked_and_tokens_are_not_let_in_unchecked() 
     assert_eq!(error_code(&r), Some(100), "{r}");
     assert_eq!(r["error"]["temporary"], json!(true), "{r}");
 }
+
+#[tokio::test]
+async fn a_connection_refreshed_with_a_newer_token_is_judged_by_it() {
+    let server = start_default().await;
+    let mut c = Client::connect(&server, &stamped("42", "a", 1000)).await;
+    let r = c
+        .request(json!({"refresh": {"token": stamped("42", "b", 3000)}}))
+        .await;
+    assert!(r.get("refresh").is_some(), "{r}");
+    api_call(
+        &server,
+        "invalidate_user_tokens",
+        json!({"user": "42", "issued_before": 2000}),
+    )
+    .await;
+    assert!(c.request(json!({"ping": {}})).await.get("ping").is_some());
+    // The token it was refreshed with is what a revocation looks at.
+    api_call(&server, "revoke_token", json!({"uid": "b"})).await;
+    assert_eq!(c.closed().await.code, 3500);
+}
