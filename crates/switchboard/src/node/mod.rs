@@ -2,6 +2,7 @@
 //! server-side subscribe and disconnect, for transports and the server API alike.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -95,6 +96,8 @@ pub struct Node {
     pub proxies: crate::proxy::Proxies,
     /// Revoked tokens and invalidated users.
     pub revocations: Arc<dyn RevocationStore>,
+    /// Revocations applied here (see [`Node::revocations_applied`]).
+    revocations_applied: AtomicU64,
 }
 
 impl std::fmt::Debug for Node {
@@ -184,6 +187,7 @@ impl Node {
             status: StatusTracker::default(),
             proxies,
             revocations,
+            revocations_applied: AtomicU64::new(0),
             uid: uuid::Uuid::new_v4().to_string(),
         });
         dispatch.link(&node);
@@ -400,6 +404,9 @@ impl Node {
     /// end. A user's revocation also drops the subscribe proxy's cached answers for
     /// them.
     pub async fn apply_revocation(&self, revocation: &Revocation) {
+        // Before looking for sessions: a connect that registers after the look sees
+        // the count moved (see `revocations_applied`).
+        self.revocations_applied.fetch_add(1, Ordering::SeqCst);
         let sessions = match revocation {
             Revocation::Token { .. } => self.hub.sessions(),
             Revocation::User { user, .. } => {
@@ -410,6 +417,13 @@ impl Node {
         for s in sessions {
             s.apply_revocation(revocation).await;
         }
+    }
+
+    /// How many revocations this node has applied. A connect reads it before its
+    /// token is checked and again once its session is registered: if it moved, a
+    /// revocation may have missed the session, which checks its token again.
+    pub fn revocations_applied(&self) -> u64 {
+        self.revocations_applied.load(Ordering::SeqCst)
     }
 
     /// A connection of `user` was authenticated: announce them online if they were not.

@@ -321,6 +321,7 @@ impl Session {
             return Err(SessionError::Disconnect(Disconnect::BAD_REQUEST));
         }
         let node = self.node.clone();
+        let revocations_seen = node.revocations_applied();
         let mut proxy_expiry = None;
         let identity = if req.token.is_empty() && node.proxies.connect().is_some() {
             let (identity, expiry) = self.connect_via_proxy(&req).await?;
@@ -341,6 +342,21 @@ impl Session {
             let mut st = self.state();
             st.identity = Some(identity.clone());
             st.expires_at = identity.expires_at;
+        }
+        // A revocation applied on this node since the token was checked may have
+        // looked for this session before it was findable: check the store again (rare).
+        // One applied from now on finds it.
+        if node.revocations_applied() != revocations_seen {
+            if let Err(e) = self
+                .check_revoked(&identity.user, None, identity.token.as_ref())
+                .await
+            {
+                self.state().identity = None;
+                if !anonymous {
+                    node.unregister_session(&identity.user, self).await;
+                }
+                return Err(e);
+            }
         }
         // Connected: the connect deadline no longer applies; token expiry does.
         self.deadlines_moved();
