@@ -79,6 +79,7 @@ impl Node {
                     _ = refresh.tick() => {
                         node.refresh_presence().await;
                         node.heartbeat().await;
+                        node.refresh_seen().await;
                     }
                     _ = sweep.tick() => node.sweep_presence().await,
                     () = node.shutdown.cancelled() => return,

@@ -736,6 +736,27 @@ impl Node {
         }
     }
 
+    /// Records now as the last-seen time of every user connected here (called every
+    /// third of `presence_lease`), so a user whose node dies was last seen about when
+    /// it died.
+    pub(crate) async fn refresh_seen(&self) {
+        let keep = self.config.user_status.last_seen_ttl;
+        let now = now_ms();
+        let users = self.hub.users();
+        // The connection pipelines concurrent requests: one round trip per chunk.
+        for chunk in users.chunks(512) {
+            let writes = chunk.iter().map(|u| self.engine.record_seen(u, now, keep));
+            if let Some(Err(e)) = futures_util::future::join_all(writes)
+                .await
+                .into_iter()
+                .find(Result::is_err)
+            {
+                tracing::warn!(error = %e, "last-seen refresh failed");
+                return;
+            }
+        }
+    }
+
     /// Records now as `user`'s last-seen time where every node reads it.
     async fn record_seen(&self, user: &str) {
         let keep = self.config.user_status.last_seen_ttl;

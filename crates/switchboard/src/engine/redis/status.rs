@@ -2,7 +2,8 @@
 //! was last seen on any node, and the time outlives the node that saw it.
 //!
 //! Under prefix `P`: `P:{u:<user>}:seen`, the latest connect or disconnect of the user
-//! (Unix ms), kept `user_status.last_seen_ttl`. One key per command.
+//! (Unix ms), renewed while connected, kept `user_status.last_seen_ttl`. One key per
+//! command.
 
 use std::time::Duration;
 
