@@ -154,7 +154,9 @@ impl Process {
                 "engine = \"redis\"\npresence_lease = \"600ms\"\ntoken_hmac_secret = \"{SECRET}\"\n\
                  api_key = \"{API_KEY}\"\n[redis]\nurl = \"{}\"\n\
                  [namespaces.chat]\nsubscribe = [\"*\"]\npresence = true\njoin_leave = true\n\
-                 history_size = 100\nhistory_ttl = \"1h\"\n",
+                 history_size = 100\nhistory_ttl = \"1h\"\n\
+                 [namespaces.typing]\nsubscribe = [\"*\"]\npublish = true\npresence = true\n\
+                 typing = true\ntyping_timeout = \"60s\"\n",
                 redis.url()
             ),
         )
@@ -517,4 +519,41 @@ async fn last_seen_is_the_same_from_every_node_and_outlives_a_killed_node() {
     assert!(carol["last_seen"].as_u64() > Some(0), "{carol}");
     let bob = status_when(&base, "bob", |_| true).await;
     assert_eq!(bob["last_seen"], bob_seen["last_seen"]);
+}
+
+#[tokio::test]
+async fn a_killed_nodes_typists_stop_typing_when_their_presence_lease_ends() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let survivor = nodes_with(&redis, 1, |c| {
+        c.namespaces.insert(
+            "typing".into(),
+            switchboard::config::NamespaceConfig {
+                subscribe: vec!["*".into()],
+                publish: true,
+                presence: true,
+                typing: true,
+                // The stop must come from the lease, not from this timeout.
+                typing_timeout: Duration::from_secs(60),
+                ..Default::default()
+            },
+        );
+    })
+    .await
+    .remove(0);
+    let mut doomed = Process::start(&redis).await;
+    let mut watcher = Client::connect_user(&survivor, "w").await;
+    watcher.subscribe("typing:k").await;
+    let mut bob = Client::connect_url(&doomed.ws_url(), &token("bob")).await;
+    bob.subscribe("typing:k").await;
+    bob.publish("typing:k", json!({"typing": true})).await;
+    assert_eq!(
+        watcher.next_pub("typing:k").await["data"],
+        json!({"typing": true})
+    );
+    doomed.kill();
+    let stop = watcher.next_pub("typing:k").await;
+    assert_eq!(stop["data"], json!({"typing": false}), "{stop}");
+    assert_eq!(stop["info"]["user"], json!("bob"));
 }

@@ -255,6 +255,12 @@ impl Node {
             };
             for (info, last_of_user) in gone {
                 tracing::info!(%channel, client = %info.client, "presence lease expired");
+                // The dead node's typing timer died with it: end the typing here.
+                if ns.typing {
+                    if let Ok(Some(typing)) = self.typing.stop(&channel, &info.user).await {
+                        self.publish_typing_stop(&channel, typing).await;
+                    }
+                }
                 if ns.join_leave && (last_of_user || !ns.presence_per_user) {
                     let _ = self.engine.publish_leave(&channel, info).await;
                 }
