@@ -31,8 +31,9 @@ pub struct Identity {
     pub expires_at: Option<u64>,
     /// Private data the connect proxy attached, sent with every later proxy request.
     pub meta: Option<SharedJson>,
-    /// The connection token's id and issue time, for revocation; `None` for a
-    /// connection the connect proxy authenticated.
+    /// The connection token's id and issue time, for revocation. A connection the
+    /// connect proxy authenticated has no id, and the time of its last connect or
+    /// refresh proxy request as issue time.
     pub token: Option<TokenStamp>,
 }
 

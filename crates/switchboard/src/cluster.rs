@@ -61,6 +61,12 @@ pub enum UserCommand {
         /// New expiry (Unix seconds), `None` for never.
         expire_at: Option<u64>,
     },
+    /// End the connections and subscriptions whose token a revocation refuses (the
+    /// record is in the revocation store already).
+    Revoke {
+        /// What was revoked.
+        revocation: crate::revocation::Revocation,
+    },
 }
 
 /// A command on its way between nodes, with its origin (which ran it already).

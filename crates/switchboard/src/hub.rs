@@ -170,6 +170,16 @@ impl Hub {
         out
     }
 
+    /// Users with a session on this node.
+    pub fn users(&self) -> Vec<Arc<str>> {
+        let mut out = Vec::new();
+        for shard in self.users.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            out.extend(shard.keys().cloned());
+        }
+        out
+    }
+
     /// Distinct users and sessions on this node.
     pub fn counts(&self) -> (usize, usize) {
         let mut users = 0;

@@ -3,15 +3,59 @@
 //! applied at once to live connections and subscriptions.
 //!
 //! The records sit behind [`RevocationStore`] so that a multi-node engine can share
-//! them; [`MemoryRevocations`] keeps them in this process.
+//! them (checked when a token is presented); [`MemoryRevocations`] keeps them in this
+//! process. A [`Revocation`] travels to every node, which ends what it covers on its
+//! live connections without reading the store.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::{now_secs, TokenStamp};
 use crate::engine::EngineError;
+
+/// One revocation, as the server API made it and every node applies it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Revocation {
+    /// The token whose `jti` is `id` (connection or subscription token).
+    Token {
+        /// The token's id.
+        id: String,
+    },
+    /// `user`'s tokens issued before `issued_before`: all of them, or only the
+    /// subscription tokens of `channel`.
+    User {
+        /// User id.
+        user: String,
+        /// Only this channel's subscription tokens, when set.
+        channel: Option<String>,
+        /// Unix seconds.
+        issued_before: u64,
+    },
+}
+
+impl Revocation {
+    /// Whether this revocation refuses `token`, held by `user` as a connection token
+    /// (`channel` `None`) or as the subscription token of `channel`.
+    pub fn covers(&self, user: &str, channel: Option<&str>, token: &TokenStamp) -> bool {
+        match self {
+            Self::Token { id } => token.id.as_deref() == Some(id.as_str()),
+            Self::User {
+                user: u,
+                channel: only,
+                issued_before,
+            } => {
+                u == user
+                    && (only.is_none() || only.as_deref() == channel)
+                    // A token without `iat` can not show it was issued after the cut-off.
+                    && token.issued_at.unwrap_or(0) < *issued_before
+            }
+        }
+    }
+}
 
 /// Where revocation records live. Each record is kept until its `expire_at`.
 #[async_trait]
@@ -136,6 +180,37 @@ mod tests {
             id: id.map(str::to_owned),
             issued_at: iat,
         }
+    }
+
+    #[test]
+    fn a_revocation_covers_what_the_store_would_refuse() {
+        let by_id = Revocation::Token { id: "t1".into() };
+        assert!(by_id.covers("u", None, &stamp(Some("t1"), Some(5))));
+        assert!(by_id.covers("v", Some("c:1"), &stamp(Some("t1"), None)));
+        assert!(!by_id.covers("u", None, &stamp(Some("t2"), None)));
+        assert!(!by_id.covers("u", None, &stamp(None, None)));
+
+        let user = Revocation::User {
+            user: "u".into(),
+            channel: None,
+            issued_before: 100,
+        };
+        assert!(user.covers("u", None, &stamp(None, Some(99))));
+        assert!(user.covers("u", Some("c:1"), &stamp(None, Some(99))));
+        assert!(user.covers("u", None, &stamp(None, None)));
+        assert!(!user.covers("u", None, &stamp(None, Some(100))));
+        assert!(!user.covers("v", None, &stamp(None, Some(1))));
+
+        let one = Revocation::User {
+            user: "u".into(),
+            channel: Some("c:1".into()),
+            issued_before: 100,
+        };
+        assert!(one.covers("u", Some("c:1"), &stamp(None, Some(5))));
+        assert!(!one.covers("u", Some("c:2"), &stamp(None, Some(5))));
+        assert!(!one.covers("u", None, &stamp(None, Some(5))));
+        let json = serde_json::to_string(&one).unwrap();
+        assert_eq!(serde_json::from_str::<Revocation>(&json).unwrap(), one);
     }
 
     #[tokio::test]

@@ -22,7 +22,8 @@ pub struct UserStatus {
     pub online: bool,
     /// Open connections (on every node, with a shared engine).
     pub connections: u32,
-    /// Unix milliseconds of the last connect or disconnect; 0 if never seen.
+    /// Unix milliseconds of the last connect or disconnect (with a shared engine, also
+    /// renewed while connected); 0 if never seen.
     pub last_seen: u64,
 }
 
@@ -54,7 +55,7 @@ pub struct StatusTracker {
     users: Mutex<HashMap<Arc<str>, Entry>>,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     now_secs() * 1000
 }
 

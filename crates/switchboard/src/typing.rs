@@ -5,14 +5,21 @@
 //! never stores them, and publishes `{"typing":false}` itself once the user stops
 //! signalling for `typing_timeout`, unsubscribes or disconnects. No client ever has to
 //! clean up after another.
+//!
+//! The state sits behind [`TypingStore`], so that the nodes of a shared engine throttle
+//! and end a user's typing together (a user typing on two devices connected to two
+//! nodes); [`MemoryTyping`] keeps it in this process.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use serde::Deserialize;
 use switchboard_protocol::{ClientInfo, SharedJson};
 use tokio::time::Instant;
+
+use crate::engine::EngineError;
 
 /// What to do with a typing signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +32,49 @@ pub enum Signal {
     Throttled,
 }
 
+/// What an expiry check found.
+#[derive(Debug, Clone)]
+pub enum Expiry {
+    /// The user stopped signalling: publish the stop for them (this caller only).
+    Ended(ClientInfo),
+    /// Signals came meanwhile: check again at this instant.
+    Later(Instant),
+    /// Nothing to do: the typing was stopped already (or ended by another node).
+    Gone,
+}
+
+/// Where typing state lives.
+#[async_trait]
+pub trait TypingStore: Send + Sync + 'static {
+    /// Records a signal of `info.user` in `channel`: an explicit stop, or a signal
+    /// forwarded at most once per `interval`, which ends `timeout` after the last one.
+    ///
+    /// # Errors
+    /// The backing store failed.
+    async fn signal(
+        &self,
+        channel: &Arc<str>,
+        info: &ClientInfo,
+        stop: bool,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Result<Signal, EngineError>;
+
+    /// Checks whether `user`'s typing in `channel` has ended; whoever finds it ended
+    /// first publishes the stop.
+    ///
+    /// # Errors
+    /// The backing store failed.
+    async fn expire(&self, channel: &Arc<str>, user: &Arc<str>) -> Result<Expiry, EngineError>;
+
+    /// Ends `user`'s typing in `channel` at once (unsubscribe, disconnect); returns
+    /// their info if they were typing.
+    ///
+    /// # Errors
+    /// The backing store failed.
+    async fn stop(&self, channel: &str, user: &str) -> Result<Option<ClientInfo>, EngineError>;
+}
+
 /// Typing state keyed by (channel, user).
 type Entries = HashMap<(Arc<str>, Arc<str>), Entry>;
 
@@ -34,9 +84,9 @@ struct Entry {
     info: ClientInfo,
 }
 
-/// Who is typing where.
+/// Who is typing where, in this process.
 #[derive(Default)]
-pub struct Typing {
+pub struct MemoryTyping {
     /// Short critical sections only.
     entries: Mutex<Entries>,
 }
@@ -59,7 +109,35 @@ pub fn stop_payload() -> SharedJson {
     )
 }
 
-impl Typing {
+#[async_trait]
+impl TypingStore for MemoryTyping {
+    async fn signal(
+        &self,
+        channel: &Arc<str>,
+        info: &ClientInfo,
+        stop: bool,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Result<Signal, EngineError> {
+        Ok(MemoryTyping::signal(
+            self, channel, info, stop, interval, timeout,
+        ))
+    }
+
+    async fn expire(&self, channel: &Arc<str>, user: &Arc<str>) -> Result<Expiry, EngineError> {
+        Ok(match MemoryTyping::expire(self, channel, user) {
+            Ok(Some(info)) => Expiry::Ended(info),
+            Ok(None) => Expiry::Gone,
+            Err(later) => Expiry::Later(later),
+        })
+    }
+
+    async fn stop(&self, channel: &str, user: &str) -> Result<Option<ClientInfo>, EngineError> {
+        Ok(MemoryTyping::stop(self, channel, user))
+    }
+}
+
+impl MemoryTyping {
     /// Records a signal of `info.user` in `channel`.
     pub fn signal(
         &self,
@@ -148,7 +226,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn throttles_per_user_and_expires() {
-        let t = Typing::default();
+        let t = MemoryTyping::default();
         let ch: Arc<str> = "typing:1".into();
         let ann = info("ann");
         assert!(matches!(
@@ -176,7 +254,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn explicit_stop_and_disconnect() {
-        let t = Typing::default();
+        let t = MemoryTyping::default();
         let ch: Arc<str> = "typing:1".into();
         t.signal(&ch, &info("ann"), false, I, T);
         assert_eq!(t.signal(&ch, &info("ann"), true, I, T), Signal::Stop);

@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::value::RawValue;
+use switchboard::auth::{now_secs, TokenStamp};
 use switchboard::config::RedisConfig;
 use switchboard::engine::memory::MemoryEngine;
 use switchboard::engine::redis::RedisEngine;
 use switchboard::engine::{Engine, EventHandler, HistoryOptions, HistoryQuery};
 use switchboard::event::EventKind;
+use switchboard::typing::{Expiry, Signal};
 use switchboard_protocol::{ClientInfo, Publication, StreamPosition};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -168,6 +170,8 @@ conformance!(
     ensure_fixes_the_epoch_before_the_first_publication,
     presence_counts_users_once_and_expires_unrefreshed_entries,
     joins_and_leaves_reach_subscribers,
+    revocation_records_refuse_until_they_expire,
+    typing_is_throttled_and_ended_once,
 );
 
 async fn publications_get_offsets_and_arrive_in_order(mut f: Fixture) {
@@ -446,4 +450,122 @@ async fn started_before_redis(topology: Topology) {
         .await
         .expect("event");
     assert_eq!(event, Some(("chat:late".to_owned(), "pub:1".to_owned())));
+}
+
+fn stamp(id: Option<&str>, iat: Option<u64>) -> TokenStamp {
+    TokenStamp {
+        id: id.map(str::to_owned),
+        issued_at: iat,
+    }
+}
+
+async fn revocation_records_refuse_until_they_expire(f: Fixture) {
+    let store = f.engine.clone().revocations();
+    let later = now_secs() + 60;
+    let revoked = |user: &'static str, channel: Option<&'static str>, t: TokenStamp| {
+        let store = store.clone();
+        async move { store.is_revoked(user, channel, &t).await.unwrap() }
+    };
+    store.revoke_token("t1", later).await.unwrap();
+    assert!(revoked("u", None, stamp(Some("t1"), None)).await);
+    assert!(revoked("v", Some("c:1"), stamp(Some("t1"), Some(5))).await);
+    assert!(!revoked("u", None, stamp(Some("t2"), None)).await);
+    // An expired record refuses nothing; a later revocation extends, never shortens.
+    store.revoke_token("old", now_secs() - 1).await.unwrap();
+    assert!(!revoked("u", None, stamp(Some("old"), None)).await);
+    store.revoke_token("t1", now_secs() - 1).await.unwrap();
+    assert!(revoked("u", None, stamp(Some("t1"), None)).await);
+
+    store
+        .invalidate_user_tokens("u", None, 100, later)
+        .await
+        .unwrap();
+    // A smaller cut-off does not lower it.
+    store
+        .invalidate_user_tokens("u", None, 50, later)
+        .await
+        .unwrap();
+    assert!(revoked("u", None, stamp(None, Some(99))).await);
+    assert!(!revoked("u", None, stamp(None, Some(100))).await);
+    assert!(revoked("u", None, stamp(None, None)).await);
+    assert!(revoked("u", Some("c:1"), stamp(None, Some(5))).await);
+    assert!(!revoked("v", None, stamp(None, Some(1))).await);
+
+    store
+        .invalidate_user_tokens("w", Some("c:1"), 100, later)
+        .await
+        .unwrap();
+    assert!(revoked("w", Some("c:1"), stamp(None, Some(5))).await);
+    assert!(!revoked("w", Some("c:2"), stamp(None, Some(5))).await);
+    assert!(!revoked("w", None, stamp(None, Some(5))).await);
+}
+
+async fn typing_is_throttled_and_ended_once(f: Fixture) {
+    let typing = f.engine.clone().typing();
+    let ch: Arc<str> = "typing:1".into();
+    let ann = info("ann", "c1");
+    let user = ann.user.clone();
+    let (interval, timeout) = (Duration::from_secs(60), Duration::from_millis(300));
+    let Signal::Forward(deadline) = typing
+        .signal(&ch, &ann, false, interval, timeout)
+        .await
+        .unwrap()
+    else {
+        panic!("the first signal is forwarded");
+    };
+    // Another device of the same user, within the interval.
+    let other = info("ann", "c2");
+    assert_eq!(
+        typing
+            .signal(&ch, &other, false, interval, timeout)
+            .await
+            .unwrap(),
+        Signal::Throttled
+    );
+    assert!(matches!(
+        typing
+            .signal(&ch, &info("bob", "c3"), false, interval, timeout)
+            .await
+            .unwrap(),
+        Signal::Forward(_)
+    ));
+    // Check at the deadline, and again as long as it was extended, as a node does.
+    let mut at = deadline;
+    let ended = loop {
+        tokio::time::sleep_until(at).await;
+        match typing.expire(&ch, &user).await.unwrap() {
+            Expiry::Ended(info) => break info,
+            Expiry::Later(later) => at = later,
+            Expiry::Gone => panic!("ended by nobody"),
+        }
+    };
+    assert_eq!(ended.user, ann.user);
+    assert!(matches!(
+        typing.expire(&ch, &user).await.unwrap(),
+        Expiry::Gone
+    ));
+    // An explicit stop, and a stop at unsubscribe.
+    assert!(matches!(
+        typing
+            .signal(&ch, &ann, false, interval, timeout)
+            .await
+            .unwrap(),
+        Signal::Forward(_)
+    ));
+    assert_eq!(
+        typing
+            .signal(&ch, &ann, true, interval, timeout)
+            .await
+            .unwrap(),
+        Signal::Stop
+    );
+    assert!(typing.stop("typing:1", "ann").await.unwrap().is_none());
+    assert_eq!(
+        typing
+            .stop("typing:1", "bob")
+            .await
+            .unwrap()
+            .map(|i| i.client),
+        Some("c3".into())
+    );
 }

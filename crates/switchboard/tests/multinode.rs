@@ -8,39 +8,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::redis::{self as fixture, Process, Redis, Topology};
+use common::redis::{
+    nodes, nodes_with, wait_ready, wait_status, Process, Redis, RedisServer, Topology,
+};
 use common::*;
-
-async fn nodes(redis: &Redis, n: usize) -> Vec<TestServer> {
-    let mut out = Vec::new();
-    for i in 0..n {
-        let mut c = fixture::config_on(redis);
-        c.node_name = format!("node-{i}");
-        let server = start(c).await;
-        wait_ready(&server.http_url("")).await;
-        out.push(server);
-    }
-    out
-}
-
-/// Waits until `/ready` answers `want` (200 or 503).
-async fn wait_status(base: &str, want: u16) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let status = reqwest::get(format!("{base}/ready"))
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0);
-        if status == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/ready stayed {status}, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 /// The next join push of `user` (a subscriber also hears its own join).
 async fn next_join_of(c: &mut Client, user: &str) -> Value {
@@ -50,10 +21,6 @@ async fn next_join_of(c: &mut Client, user: &str) -> Value {
             return p;
         }
     }
-}
-
-async fn wait_ready(base: &str) {
-    wait_status(base, 200).await;
 }
 
 /// Runs each test on one redis-server and on a 3-master Redis Cluster.
@@ -367,15 +334,7 @@ async fn connection_limit_and_user_status_count_every_node(topology: Topology) {
     let Some(redis) = Redis::start(topology) else {
         return;
     };
-    let mut nodes = Vec::new();
-    for i in 0..2 {
-        let mut c = fixture::config_on(&redis);
-        c.node_name = format!("node-{i}");
-        c.limits.max_connections_per_user = 2;
-        let server = start(c).await;
-        wait_ready(&server.http_url("")).await;
-        nodes.push(server);
-    }
+    let nodes = nodes_with(&redis, 2, |c| c.limits.max_connections_per_user = 2).await;
     let ann1 = Client::connect_user(&nodes[0], "ann").await;
     let _ann2 = Client::connect_user(&nodes[1], "ann").await;
     // Asked on node 1: ann has two connections, one on each node.
@@ -472,6 +431,20 @@ impl PollingSession {
     }
 }
 
+/// `user_status` of `user` asked at `base`, once `done` holds for it.
+async fn status_when(base: &str, user: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let s = api_at(base, "user_status", json!({"users": [user]})).await;
+        let status = s["result"]["statuses"][0].clone();
+        if done(&status) {
+            return status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn socketio_long_polling_through_the_sticky_nginx_example() {
     let Some(redis) = Redis::start(Topology::Standalone) else {
@@ -546,4 +519,126 @@ async fn socketio_long_polling_through_the_sticky_nginx_example() {
     }
     nginx.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn typing_crosses_nodes_and_one_user_on_two_nodes_is_throttled_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = nodes_with(&redis, 2, |c| {
+        c.namespaces.insert(
+            "typing".into(),
+            switchboard::config::NamespaceConfig {
+                subscribe: vec!["*".into()],
+                publish: true,
+                typing: true,
+                // Far longer than the test: a second signal is always throttled.
+                typing_interval: Duration::from_secs(60),
+                typing_timeout: Duration::from_millis(500),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let mut watcher = Client::connect_user(&nodes[1], "w").await;
+    watcher.subscribe("typing:42").await;
+    let mut on_a = Client::connect_user(&nodes[0], "ann").await;
+    let mut on_b = Client::connect_user(&nodes[1], "ann").await;
+    for c in [&mut on_a, &mut on_b] {
+        c.subscribe("typing:42").await;
+    }
+    for c in [&mut on_a, &mut on_b] {
+        let r = c.publish("typing:42", json!({"typing": true})).await;
+        assert!(r.get("publish").is_some(), "{r}");
+    }
+    // Node a's signal reaches the watcher on node b; node b throttles ann's second
+    // device; one of the nodes ends her typing once.
+    let start = watcher.next_pub("typing:42").await;
+    assert_eq!(start["data"], json!({"typing": true}), "{start}");
+    assert_eq!(start["info"]["user"], json!("ann"));
+    let stop = watcher.next_pub("typing:42").await;
+    assert_eq!(stop["data"], json!({"typing": false}), "{stop}");
+    assert_eq!(stop["info"]["user"], json!("ann"));
+    watcher.assert_quiet(Duration::from_millis(700)).await;
+    // Once ended, she may start again, from either node.
+    on_b.publish("typing:42", json!({"typing": true})).await;
+    let again = watcher.next_pub("typing:42").await;
+    assert_eq!(again["data"], json!({"typing": true}), "{again}");
+}
+
+#[tokio::test]
+async fn last_seen_is_the_same_from_every_node_and_outlives_a_killed_node() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let survivor = nodes(&redis, 1).await.remove(0);
+    let base = survivor.http_url("");
+    let mut doomed = Process::start(&redis).await;
+    let bob = Client::connect_url(&doomed.ws_url(), &token("bob")).await;
+    let _carol = Client::connect_url(&doomed.ws_url(), &token("carol")).await;
+    bob.close().await;
+    // Bob went offline on the other node: this one knows when.
+    let bob_seen = status_when(&base, "bob", |s| s["last_seen"].as_u64() > Some(0)).await;
+    assert_eq!(bob_seen["online"], json!(false), "{bob_seen}");
+    let carol = status_when(&base, "carol", |s| s["online"] == json!(true)).await;
+    let first_seen = carol["last_seen"].as_u64().unwrap_or(0);
+    assert!(first_seen > 0, "{carol}");
+    // While connected she is seen again at every lease refresh (200 ms here; the
+    // times have whole seconds).
+    status_when(&base, "carol", |s| {
+        s["last_seen"].as_u64() > Some(first_seen)
+    })
+    .await;
+
+    doomed.kill();
+    // Carol's connection stops counting when the dead node's lease ends; both times
+    // survive the node.
+    let carol = status_when(&base, "carol", |s| s["connections"] == json!(0)).await;
+    assert_eq!(carol["online"], json!(false), "{carol}");
+    assert!(carol["last_seen"].as_u64() > Some(0), "{carol}");
+    let bob = status_when(&base, "bob", |_| true).await;
+    assert_eq!(bob["last_seen"], bob_seen["last_seen"]);
+}
+
+#[tokio::test]
+async fn a_killed_nodes_typists_stop_typing_when_their_presence_lease_ends() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let survivor = nodes_with(&redis, 1, |c| {
+        c.namespaces.insert(
+            "typing".into(),
+            switchboard::config::NamespaceConfig {
+                subscribe: vec!["*".into()],
+                publish: true,
+                presence: true,
+                typing: true,
+                // The stop must come from the lease, not from this timeout.
+                typing_timeout: Duration::from_secs(60),
+                ..Default::default()
+            },
+        );
+    })
+    .await
+    .remove(0);
+    let mut doomed = Process::start_with(
+        &redis,
+        "[namespaces.typing]\nsubscribe = [\"*\"]\npublish = true\npresence = true\n\
+         typing = true\ntyping_timeout = \"60s\"\n",
+    )
+    .await;
+    let mut watcher = Client::connect_user(&survivor, "w").await;
+    watcher.subscribe("typing:k").await;
+    let mut bob = Client::connect_url(&doomed.ws_url(), &token("bob")).await;
+    bob.subscribe("typing:k").await;
+    bob.publish("typing:k", json!({"typing": true})).await;
+    assert_eq!(
+        watcher.next_pub("typing:k").await["data"],
+        json!({"typing": true})
+    );
+    doomed.kill();
+    let stop = watcher.next_pub("typing:k").await;
+    assert_eq!(stop["data"], json!({"typing": false}), "{stop}");
+    assert_eq!(stop["info"]["user"], json!("bob"));
 }

@@ -89,6 +89,7 @@ async fn connect(State(app): State<Arc<App>>, h: HeaderMap, Json(b): Json<Value>
             "meta": {"plan": "pro"}
         }}),
         "session=expiring" => json!({"result": {"user": "eve", "expire_at": now_secs() + 1}}),
+        "session=eve" => json!({"result": {"user": "eve"}}),
         "session=anonymous" => json!({"result": {"user": ""}}),
         "session=banned" => json!({"disconnect": {"code": 4501, "reason": "banned"}}),
         _ if b["data"]["session"] == "bob" => json!({"result": {"user": "bob"}}),
@@ -481,6 +482,56 @@ async fn refresh_proxy_extends_a_proxied_connection_then_ends_it() {
     *app.refresh_expired.lock().unwrap() = true;
     let closed = eve.closed().await;
     assert_eq!(closed.code, 3005);
+}
+
+#[tokio::test]
+async fn invalidate_user_tokens_ends_proxied_connections_asked_for_before_its_time() {
+    let (app, server) = setup().await;
+    // A connection the connect proxy authenticated counts as issued when the proxy
+    // was asked; each refresh through the proxy renews that time.
+    let (mut stale, reply) = connect_with_cookie(&server, "session=eve").await;
+    assert!(reply.get("connect").is_some(), "{reply}");
+    let cutoff = now_secs() + 1;
+    let (mut refreshed, reply) = connect_with_cookie(&server, "session=expiring").await;
+    assert!(reply.get("connect").is_some(), "{reply}");
+    // The second refresh is asked for only once the first one was applied; the first
+    // is asked for a second or more after the connect, so at `cutoff` or later.
+    eventually("two refreshes", || app.calls("refresh").len() >= 2).await;
+
+    let r = api_call(
+        &server,
+        "invalidate_user_tokens",
+        json!({"user": "eve", "issued_before": cutoff}),
+    )
+    .await;
+    assert_eq!(r, json!({"result": {}}));
+    let closed = stale.closed().await;
+    assert_eq!(
+        (closed.code, closed.reason.as_str()),
+        (3500, "token revoked")
+    );
+    let pong = refreshed.request(json!({"ping": {}})).await;
+    assert!(
+        pong.get("ping").is_some(),
+        "refreshed after the cut-off: {pong}"
+    );
+    // A new connect through the proxy is newer than the cut-off.
+    let (_again, reply) = connect_with_cookie(&server, "session=eve").await;
+    assert!(reply.get("connect").is_some(), "{reply}");
+
+    // A cut-off in the future refuses proxied connects until then, like tokens.
+    api_call(
+        &server,
+        "invalidate_user_tokens",
+        json!({"user": "eve", "issued_before": now_secs() + 60}),
+    )
+    .await;
+    assert_eq!(refreshed.closed().await.code, 3500);
+    let mut refused = Client::open_with_headers(&server, &[("Cookie", "session=eve")]).await;
+    refused
+        .send_text(&json!({"id": 1, "connect": {}}).to_string())
+        .await;
+    assert_eq!(refused.closed().await.code, 3500);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ use crate::auth::now_secs;
 use crate::cluster::UserCommand;
 use crate::engine::HistoryQuery;
 use crate::node::PublishOptions;
+use crate::revocation::Revocation;
 
 impl Api {
     /// Runs one command (a request of its own, or an item of a batch).
@@ -206,7 +207,12 @@ pub(super) async fn revoke_token(api: &Api, req: &RevokeTokenRequest) -> Result<
         .revoke_token(&req.uid, record_expiry(api, req.expire_at))
         .await
         .map_err(crate::node::NodeError::from)?;
-    node.apply_revocations().await;
+    node.run_everywhere(UserCommand::Revoke {
+        revocation: Revocation::Token {
+            id: req.uid.clone(),
+        },
+    })
+    .await?;
     Ok(Empty {})
 }
 
@@ -232,8 +238,14 @@ pub(super) async fn invalidate_user_tokens(
         )
         .await
         .map_err(crate::node::NodeError::from)?;
-    node.proxies.cache().forget_user(&req.user);
-    node.apply_user_revocations(&req.user).await;
+    node.run_everywhere(UserCommand::Revoke {
+        revocation: Revocation::User {
+            user: req.user.clone(),
+            channel: req.channel.clone(),
+            issued_before: before,
+        },
+    })
+    .await?;
     Ok(Empty {})
 }
 

@@ -15,6 +15,8 @@ use switchboard_protocol::{
 
 use crate::event::EventKind;
 pub use crate::history::{HistoryOptions, HistoryQuery};
+use crate::revocation::{MemoryRevocations, RevocationStore};
+use crate::typing::{MemoryTyping, TypingStore};
 
 pub mod memory;
 pub mod redis;
@@ -193,6 +195,30 @@ pub trait Engine: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Records that `user` connected or disconnected at `at_ms` (Unix ms), for
+    /// [`Engine::last_seen`], kept for `keep`. With one node the node's own record is
+    /// enough.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the backing store fails.
+    async fn record_seen(
+        &self,
+        _user: &str,
+        _at_ms: u64,
+        _keep: Duration,
+    ) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// The latest time (Unix ms, 0: never) any node recorded for each user; `None`
+    /// when the engine sees no node but this one.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the backing store fails.
+    async fn last_seen(&self, _users: &[String]) -> Result<Option<Vec<u64>>, EngineError> {
+        Ok(None)
+    }
+
     /// Claims a publish `idempotency_key` of `channel` for `window` across nodes.
     /// With one node the API's own cache is enough: every claim is first.
     ///
@@ -220,6 +246,18 @@ pub trait Engine: Send + Sync + 'static {
         _window: Duration,
     ) -> Result<(), EngineError> {
         Ok(())
+    }
+
+    /// Where revocation records live: shared by every node of the engine, so a node
+    /// started later refuses a token revoked earlier. With one node, its memory.
+    fn revocations(self: Arc<Self>) -> Arc<dyn RevocationStore> {
+        Arc::new(MemoryRevocations::default())
+    }
+
+    /// Where typing state lives: shared by every node of the engine, so a user typing
+    /// through two nodes is throttled and ended once. With one node, its memory.
+    fn typing(self: Arc<Self>) -> Arc<dyn TypingStore> {
+        Arc::new(MemoryTyping::default())
     }
 
     /// Periodic housekeeping (expiring idle streams); called about once a minute.

@@ -79,6 +79,7 @@ impl Node {
                     _ = refresh.tick() => {
                         node.refresh_presence().await;
                         node.heartbeat().await;
+                        node.refresh_seen().await;
                     }
                     _ = sweep.tick() => node.sweep_presence().await,
                     () = node.shutdown.cancelled() => return,
@@ -202,6 +203,7 @@ impl Node {
                     }
                 }
             }
+            UserCommand::Revoke { revocation } => self.apply_revocation(revocation).await,
         }
     }
 
@@ -258,6 +260,12 @@ impl Node {
                         channel: channel.clone(),
                         info: info.clone(),
                     });
+                }
+                // The dead node's typing timer died with it: end the typing here.
+                if ns.typing {
+                    if let Ok(Some(typing)) = self.typing.stop(&channel, &info.user).await {
+                        self.publish_typing_stop(&channel, typing).await;
+                    }
                 }
                 if ns.join_leave && (last_of_user || !ns.presence_per_user) {
                     let _ = self.engine.publish_leave(&channel, info).await;

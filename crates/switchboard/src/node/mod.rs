@@ -2,6 +2,7 @@
 //! server-side subscribe and disconnect, for transports and the server API alike.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,10 +23,11 @@ use crate::engine::{Engine, EngineError, EventHandler, HistoryOptions, HistoryQu
 use crate::hooks::{Hooks, Lifecycle, NoHooks};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::revocation::{Revocation, RevocationStore};
 use crate::rules::{RuleError, Rules};
 use crate::session::Session;
-use crate::status::{Change, StatusTracker, UserStatus};
-use crate::typing::{self, Signal, Typing};
+use crate::status::{now_ms, Change, StatusTracker, UserStatus};
+use crate::typing::{self, Expiry, Signal, TypingStore};
 
 mod cluster;
 mod kept;
@@ -91,14 +93,16 @@ pub struct Node {
     pub tracker: TaskTracker,
     /// Counters and gauges (shared with the hub, which counts deliveries).
     pub metrics: Arc<Metrics>,
-    /// Who is typing where.
-    typing: Typing,
+    /// Who is typing where (shared by the nodes of a shared engine).
+    typing: Arc<dyn TypingStore>,
     /// Online status of users.
     status: StatusTracker,
     /// Proxies to the app backend.
     pub proxies: crate::proxy::Proxies,
     /// Revoked tokens and invalidated users.
-    pub revocations: Arc<dyn crate::revocation::RevocationStore>,
+    pub revocations: Arc<dyn RevocationStore>,
+    /// Revocations applied here (see [`Node::revocations_applied`]).
+    revocations_applied: AtomicU64,
     /// Observes the hook points (connect, online, occupied, join, ...).
     hooks: Arc<dyn Hooks>,
 }
@@ -184,6 +188,8 @@ impl Node {
             Some(webhooks) => webhooks,
             None => Arc::new(NoHooks),
         };
+        let revocations = engine.clone().revocations();
+        let typing = engine.clone().typing();
         let node = Arc::new(Self {
             rules: Rules::new(&config),
             verifier: Verifier::new(&config)?,
@@ -197,10 +203,11 @@ impl Node {
             shutdown,
             tracker: TaskTracker::new(),
             metrics,
-            typing: Typing::default(),
+            typing,
             status: StatusTracker::default(),
             proxies,
-            revocations: Arc::new(crate::revocation::MemoryRevocations::default()),
+            revocations,
+            revocations_applied: AtomicU64::new(0),
             uid,
         });
         dispatch.link(&node);
@@ -421,20 +428,31 @@ impl Node {
         Ok(n)
     }
 
-    /// Applies the revocation records to every session on this node: a revoked
-    /// connection token closes its connection, a revoked subscription token ends its
-    /// subscription.
-    pub async fn apply_revocations(&self) {
-        for s in self.hub.sessions() {
-            s.apply_revocations().await;
+    /// Ends what `revocation` covers on this node: connections holding a revoked
+    /// connection token close, subscriptions granted by a revoked subscription token
+    /// end. A user's revocation also drops the subscribe proxy's cached answers for
+    /// them.
+    pub async fn apply_revocation(&self, revocation: &Revocation) {
+        // Before looking for sessions: a connect that registers after the look sees
+        // the count moved (see `revocations_applied`).
+        self.revocations_applied.fetch_add(1, Ordering::SeqCst);
+        let sessions = match revocation {
+            Revocation::Token { .. } => self.hub.sessions(),
+            Revocation::User { user, .. } => {
+                self.proxies.cache().forget_user(user);
+                self.hub.user_sessions(user)
+            }
+        };
+        for s in sessions {
+            s.apply_revocation(revocation).await;
         }
     }
 
-    /// [`Node::apply_revocations`] for one user's sessions.
-    pub async fn apply_user_revocations(&self, user: &str) {
-        for s in self.hub.user_sessions(user) {
-            s.apply_revocations().await;
-        }
+    /// How many revocations this node has applied. A connect reads it before its
+    /// token is checked and again once its session is registered: if it moved, a
+    /// revocation may have missed the session, which checks its token again.
+    pub fn revocations_applied(&self) -> u64 {
+        self.revocations_applied.load(Ordering::SeqCst)
     }
 
     /// A client authenticated (hook point `connect`).
@@ -533,11 +551,24 @@ impl Node {
 
     /// Status of up to `limit` users.
     ///
-    /// With a shared engine, `connections` counts every live node and a user connected
-    /// on any node is online.
+    /// With a shared engine, `connections` counts every live node, a user connected
+    /// on any node is online, and `last_seen` is the latest any node recorded.
     pub async fn user_status(&self, users: &[String]) -> Vec<UserStatus> {
         let mut statuses = self.status.query(users);
-        match self.engine.connection_counts(users).await {
+        let (counts, seen) = tokio::join!(
+            self.engine.connection_counts(users),
+            self.engine.last_seen(users)
+        );
+        match seen {
+            Ok(Some(seen)) => {
+                for (s, at) in statuses.iter_mut().zip(seen) {
+                    s.last_seen = s.last_seen.max(at);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "last-seen times of other nodes unknown"),
+        }
+        match counts {
             Ok(Some(counts)) => {
                 for (s, n) in statuses.iter_mut().zip(counts) {
                     s.online |= n > 0;
@@ -585,11 +616,13 @@ impl Node {
         match self
             .typing
             .signal(&channel, &info, stop, ns.typing_interval, ns.typing_timeout)
+            .await?
         {
             Signal::Throttled => return Ok(()),
             Signal::Stop => {}
             Signal::Forward(deadline) => {
                 let node = self.clone();
+                let retry = ns.typing_timeout;
                 let (ch, user) = (channel.clone(), info.user.clone());
                 self.tracker.spawn(async move {
                     let mut deadline = deadline;
@@ -598,13 +631,18 @@ impl Node {
                             () = tokio::time::sleep_until(deadline) => {}
                             () = node.shutdown.cancelled() => return,
                         }
-                        match node.typing.expire(&ch, &user) {
-                            Ok(Some(info)) => {
+                        match node.typing.expire(&ch, &user).await {
+                            Ok(Expiry::Ended(info)) => {
                                 node.publish_typing_stop(&ch, info).await;
                                 return;
                             }
-                            Ok(None) => return,
-                            Err(later) => deadline = later,
+                            Ok(Expiry::Gone) => return,
+                            Ok(Expiry::Later(later)) => deadline = later,
+                            // Ask again shortly: the stop is late rather than lost.
+                            Err(e) => {
+                                tracing::warn!(channel = %ch, error = %e, "typing expiry check failed");
+                                deadline = tokio::time::Instant::now() + retry;
+                            }
                         }
                     }
                 });
@@ -731,8 +769,10 @@ impl Node {
             });
         }
         if ns.typing {
-            if let Some(typing) = self.typing.stop(channel, &info.user) {
-                self.publish_typing_stop(channel, typing).await;
+            match self.typing.stop(channel, &info.user).await {
+                Ok(Some(typing)) => self.publish_typing_stop(channel, typing).await,
+                Ok(None) => {}
+                Err(e) => tracing::warn!(%channel, error = %e, "typing stop failed"),
             }
         }
         if ns.join_leave && (last_of_user || !ns.presence_per_user) {
@@ -753,7 +793,11 @@ impl Node {
         if !self.hub.add_user_session(user, session, limit) {
             return false;
         }
-        match self.engine.count_connection(user, &self.uid, limit).await {
+        let (counted, ()) = tokio::join!(
+            self.engine.count_connection(user, &self.uid, limit),
+            self.record_seen(user)
+        );
+        match counted {
             Ok(true) => true,
             Ok(false) => {
                 self.hub.remove_user_session(user, session);
@@ -769,8 +813,41 @@ impl Node {
     /// Unregisters a session from its user.
     pub async fn unregister_session(&self, user: &str, session: &Session) {
         self.hub.remove_user_session(user, session);
-        if let Err(e) = self.engine.uncount_connection(user, &self.uid).await {
+        let (uncounted, ()) = tokio::join!(
+            self.engine.uncount_connection(user, &self.uid),
+            self.record_seen(user)
+        );
+        if let Err(e) = uncounted {
             tracing::warn!(%user, error = %e, "connection not uncounted across nodes");
+        }
+    }
+
+    /// Records now as the last-seen time of every user connected here (called every
+    /// third of `presence_lease`), so a user whose node dies was last seen about when
+    /// it died.
+    pub(crate) async fn refresh_seen(&self) {
+        let keep = self.config.user_status.last_seen_ttl;
+        let now = now_ms();
+        let users = self.hub.users();
+        // The connection pipelines concurrent requests: one round trip per chunk.
+        for chunk in users.chunks(512) {
+            let writes = chunk.iter().map(|u| self.engine.record_seen(u, now, keep));
+            if let Some(Err(e)) = futures_util::future::join_all(writes)
+                .await
+                .into_iter()
+                .find(Result::is_err)
+            {
+                tracing::warn!(error = %e, "last-seen refresh failed");
+                return;
+            }
+        }
+    }
+
+    /// Records now as `user`'s last-seen time where every node reads it.
+    async fn record_seen(&self, user: &str) {
+        let keep = self.config.user_status.last_seen_ttl;
+        if let Err(e) = self.engine.record_seen(user, now_ms(), keep).await {
+            tracing::warn!(%user, error = %e, "last-seen time not shared");
         }
     }
 

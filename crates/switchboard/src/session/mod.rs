@@ -321,6 +321,7 @@ impl Session {
             return Err(SessionError::Disconnect(Disconnect::BAD_REQUEST));
         }
         let node = self.node.clone();
+        let revocations_seen = node.revocations_applied();
         let mut proxy_expiry = None;
         let identity = if req.token.is_empty() && node.proxies.connect().is_some() {
             let (identity, expiry) = self.connect_via_proxy(&req).await?;
@@ -341,6 +342,21 @@ impl Session {
             let mut st = self.state();
             st.identity = Some(identity.clone());
             st.expires_at = identity.expires_at;
+        }
+        // A revocation applied on this node since the token was checked may have
+        // looked for this session before it was findable: check the store again (rare).
+        // One applied from now on finds it.
+        if node.revocations_applied() != revocations_seen {
+            if let Err(e) = self
+                .check_revoked(&identity.user, None, identity.token.as_ref())
+                .await
+            {
+                self.state().identity = None;
+                if !anonymous {
+                    node.unregister_session(&identity.user, self).await;
+                }
+                return Err(e);
+            }
         }
         // Connected: the connect deadline no longer applies; token expiry does.
         self.deadlines_moved();
@@ -446,37 +462,48 @@ impl Session {
         }
     }
 
-    /// Ends what revocation records now refuse: the connection, when its token is
-    /// revoked (3500 "token revoked"); else each subscription whose token is (an
-    /// `unsubscribe` push with code 2000, reason "token revoked").
-    pub async fn apply_revocations(&self) {
+    /// Ends what `revocation` covers: the connection, when its token is revoked (3500
+    /// "token revoked"); else each subscription whose token is (an `unsubscribe` push
+    /// with code 2000, reason "token revoked").
+    pub async fn apply_revocation(&self, revocation: &crate::revocation::Revocation) {
         let Some(identity) = self.identity() else {
             return;
         };
-        if self
-            .check_revoked(&identity.user, None, identity.token.as_ref())
-            .await
-            .is_err()
+        if identity
+            .token
+            .as_ref()
+            .is_some_and(|t| revocation.covers(&identity.user, None, t))
         {
             if self.close(Disconnect::TOKEN_REVOKED) {
                 self.node.metrics.revoked_disconnects.inc();
             }
             return;
         }
-        let tokens: Vec<(Arc<str>, crate::auth::TokenStamp)> = self
+        let revoked: Vec<Arc<str>> = self
             .state()
             .subs
             .iter()
-            .filter_map(|(ch, sub)| Some((ch.clone(), sub.token.clone()?)))
+            .filter(|(ch, sub)| {
+                sub.token
+                    .as_ref()
+                    .is_some_and(|t| revocation.covers(&identity.user, Some(ch), t))
+            })
+            .map(|(ch, _)| ch.clone())
             .collect();
-        for (channel, token) in tokens {
-            let refused = self
-                .check_revoked(&identity.user, Some(&channel), Some(&token))
+        for channel in revoked {
+            self.unsubscribe_with(&channel, Unsubscribe::TOKEN_REVOKED)
                 .await;
-            if refused.is_err() {
-                self.unsubscribe_with(&channel, Unsubscribe::TOKEN_REVOKED)
-                    .await;
-            }
+        }
+    }
+
+    /// Replaces the connection's token stamp (a refreshed token, a proxy refresh), so
+    /// revocation judges the connection by its newest credential.
+    fn set_token_stamp(&self, token: Option<crate::auth::TokenStamp>) {
+        let mut st = self.state();
+        if let Some(identity) = &st.identity {
+            let mut fresh = Identity::clone(identity);
+            fresh.token = token;
+            st.identity = Some(Arc::new(fresh));
         }
     }
 
@@ -503,6 +530,7 @@ impl Session {
         }
         self.check_revoked(&fresh.user, None, fresh.token.as_ref())
             .await?;
+        self.set_token_stamp(fresh.token.clone());
         self.state().expires_at = fresh.expires_at;
         self.deadlines_moved();
         let (expires, ttl) = ttl_of(fresh.expires_at);

@@ -30,6 +30,16 @@ impl From<ProxyError> for SessionError {
     }
 }
 
+/// The stamp of a credential the connect or refresh proxy gives now: no `jti`, issued
+/// now (taken before the request, so an answer that crosses an invalidation is judged
+/// by when it was asked for).
+fn proxy_stamp() -> crate::auth::TokenStamp {
+    crate::auth::TokenStamp {
+        id: None,
+        issued_at: Some(now_secs()),
+    }
+}
+
 fn raw(json: Option<Box<RawValue>>) -> Option<SharedJson> {
     json.map(SharedJson::from)
 }
@@ -75,6 +85,9 @@ impl Session {
             data: req.data.as_deref(),
             channels: &channels,
         };
+        // The proxy's answer stands in for a token issued when it was asked: a user's
+        // invalidation (`invalidate_user_tokens`) covers it like a token's `iat`.
+        let issued = proxy_stamp();
         let result: wire::ConnectResult = node
             .proxies
             .call(ProxyKind::Connect, endpoint, self.origin(), &body, true)
@@ -89,8 +102,11 @@ impl Session {
             meta: raw(result.meta),
             roles: result.roles,
             tenant: result.tenant.filter(|t| !t.is_empty()),
+            token: Some(issued),
             ..Identity::default()
         };
+        self.check_revoked(&identity.user, None, identity.token.as_ref())
+            .await?;
         Ok((identity, (result.expire_at > 0).then_some(result.expire_at)))
     }
 
@@ -139,6 +155,7 @@ impl Session {
         let body = wire::RefreshRequest {
             conn: self.conn(Some(&identity)),
         };
+        let issued = proxy_stamp();
         let result: wire::RefreshResult = node
             .proxies
             .call(ProxyKind::Refresh, endpoint, self.origin(), &body, true)
@@ -146,6 +163,11 @@ impl Session {
         if result.expired || result.expire_at <= now_secs() {
             return Ok(None);
         }
+        // A refresh renews the connection's credential: one asked for before a user's
+        // invalidation time still falls under it.
+        self.check_revoked(&identity.user, None, Some(&issued))
+            .await?;
+        self.set_token_stamp(Some(issued));
         Ok(Some(result.expire_at))
     }
 

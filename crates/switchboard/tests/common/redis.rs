@@ -438,10 +438,10 @@ impl Redis {
 
 /// The test config on the Redis engine at `redis`, with a short presence lease so
 /// crash tests take a second, not half a minute.
-pub fn config(redis: &RedisServer) -> Config {
+pub fn config(redis: &impl Target) -> Config {
     let mut c = super::config();
     c.engine = EngineKind::Redis;
-    c.redis.url = redis.url();
+    redis.configure(&mut c.redis);
     c.presence_lease = Duration::from_millis(600);
     c
 }
@@ -452,6 +452,11 @@ pub trait Target {
     fn url(&self) -> String;
     /// The `[redis] cluster` value.
     fn is_cluster(&self) -> bool;
+    /// Points an in-process node's `[redis]` settings here.
+    fn configure(&self, c: &mut switchboard::config::RedisConfig) {
+        c.url = self.url();
+        c.cluster = self.is_cluster();
+    }
 }
 
 impl Target for RedisServer {
@@ -469,6 +474,9 @@ impl Target for Redis {
     }
     fn is_cluster(&self) -> bool {
         Redis::is_cluster(self)
+    }
+    fn configure(&self, c: &mut switchboard::config::RedisConfig) {
+        Redis::configure(self, c)
     }
 }
 
@@ -562,11 +570,49 @@ impl Drop for Process {
     }
 }
 
-/// [`config`] on either topology.
-pub fn config_on(redis: &Redis) -> Config {
-    let mut c = super::config();
-    c.engine = EngineKind::Redis;
-    redis.configure(&mut c.redis);
-    c.presence_lease = Duration::from_millis(600);
-    c
+/// `n` nodes on `redis`, named `node-0`, `node-1`, ..., each ready.
+pub async fn nodes(redis: &impl Target, n: usize) -> Vec<super::TestServer> {
+    nodes_with(redis, n, |_| {}).await
+}
+
+/// As [`nodes`], with `tweak` applied to each node's config.
+pub async fn nodes_with(
+    redis: &impl Target,
+    n: usize,
+    tweak: impl Fn(&mut Config),
+) -> Vec<super::TestServer> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut c = config(redis);
+        c.node_name = format!("node-{i}");
+        tweak(&mut c);
+        let server = super::start(c).await;
+        wait_ready(&server.http_url("")).await;
+        out.push(server);
+    }
+    out
+}
+
+/// Waits until `/ready` answers `want` (200 or 503).
+pub async fn wait_status(base: &str, want: u16) {
+    let deadline = tokio::time::Instant::now() + super::TIMEOUT;
+    loop {
+        let status = reqwest::get(format!("{base}/ready"))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        if status == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/ready stayed {status}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until `/ready` answers 200.
+pub async fn wait_ready(base: &str) {
+    wait_status(base, 200).await;
 }

@@ -27,8 +27,14 @@ use crate::config::RedisConfig;
 use crate::history::{new_epoch, window};
 
 mod connection;
+mod revocations;
 mod scripts;
+mod status;
 mod subscriber;
+mod typing;
+
+pub use revocations::RedisRevocations;
+pub use typing::RedisTyping;
 
 use connection::Connection;
 use scripts::Scripts;
@@ -515,6 +521,22 @@ impl Engine for RedisEngine {
             Ok(r) => r.map(drop).map_err(|e| unavailable(&e)),
             Err(_) => Err(EngineError::Unavailable("redis command timed out".into())),
         }
+    }
+
+    fn revocations(self: Arc<Self>) -> Arc<dyn crate::revocation::RevocationStore> {
+        Arc::new(RedisRevocations::new(self))
+    }
+
+    async fn record_seen(&self, user: &str, at_ms: u64, keep: Duration) -> Result<(), EngineError> {
+        self.record_seen_at(user, at_ms, keep).await
+    }
+
+    async fn last_seen(&self, users: &[String]) -> Result<Option<Vec<u64>>, EngineError> {
+        self.last_seen_of(users).await.map(Some)
+    }
+
+    fn typing(self: Arc<Self>) -> Arc<dyn crate::typing::TypingStore> {
+        Arc::new(RedisTyping::new(self))
     }
 
     async fn ready(&self) -> bool {

@@ -5,7 +5,7 @@
 use redis::Script;
 
 /// Current Redis time in milliseconds, as a Lua prelude.
-const NOW: &str = "local t = redis.call('time')
+pub(super) const NOW: &str = "local t = redis.call('time')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
