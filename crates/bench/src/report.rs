@@ -111,7 +111,9 @@ fn fmt_value(v: f64, unit: Unit) -> String {
         Unit::Ms => format!("{v:.2} ms"),
         Unit::Us => format!("{v:.2} µs"),
         Unit::Bytes => {
-            if v >= 1024.0 {
+            if v >= 1024.0 * 1024.0 {
+                format!("{:.1} MiB", v / 1024.0 / 1024.0)
+            } else if v >= 1024.0 {
                 format!("{:.1} KiB", v / 1024.0)
             } else {
                 format!("{} B", thousands(v))
@@ -756,6 +758,7 @@ mod tests {
         assert_eq!(thousands(1_234_567.0), "1,234,567");
         assert_eq!(fmt_value(3000.0, Unit::Bytes), "2.9 KiB");
         assert_eq!(fmt_value(900.0, Unit::Bytes), "900 B");
+        assert_eq!(fmt_value(12_771_328.0, Unit::Bytes), "12.2 MiB");
         assert_eq!(today().len(), 10);
     }
 }
