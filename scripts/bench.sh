@@ -9,8 +9,23 @@
 #   scripts/bench.sh --quick                      # a few seconds, 200 connections
 #   scripts/bench.sh --scale 0.5 --runs 1         # half size, one run
 #   scripts/bench.sh --targets switchboard,floor --scenarios broadcast
+#
+# With `--section NAME` the run fills docs/benchmarks.md's NAME blocks instead of the main
+# table, writes no charts and keeps its raw report in docs/bench/report-NAME.json, e.g. the
+# Redis engine against the memory engine (needs redis-server; the tool starts its own):
+#   scripts/bench.sh --section redis \
+#       --targets switchboard,switchboard-redis,switchboard-redis-2nodes
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+section=""
+args=("$@")
+for i in "${!args[@]}"; do
+    case "${args[$i]}" in
+        --section) section="${args[$((i + 1))]:-}" ;;
+        --section=*) section="${args[$i]#--section=}" ;;
+    esac
+done
 
 cargo build --release --locked -p switchboard -p switchboard-bench
 if command -v node >/dev/null && command -v npm >/dev/null; then
@@ -19,10 +34,20 @@ else
     echo "node/npm not found: the socketio target will fail (pass --targets switchboard,floor)" >&2
 fi
 
+if [[ "$*" == *redis* ]] && ! command -v redis-server >/dev/null; then
+    echo "redis-server not found: the Redis targets will fail (Debian: apt-get install redis-server)" >&2
+fi
+
+charts=(--charts docs/bench)
+raw=docs/bench/report.json
+if [[ -n "$section" ]]; then
+    charts=()
+    raw="docs/bench/report-$section.json"
+fi
 target/release/switchboard-bench run \
     --out bench-results \
     --doc docs/benchmarks.md \
-    --charts docs/bench \
+    "${charts[@]}" \
     "$@"
 # bench-results/ is not committed; keep the raw report behind the documented table.
-cp bench-results/report.json docs/bench/report.json
+cp bench-results/report.json "$raw"

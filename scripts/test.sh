@@ -92,7 +92,12 @@ cargo build -p switchboard -p switchboard-bench --locked --quiet
 bench_out="$(mktemp -d)"
 target/debug/switchboard-bench run --quick --strict --targets switchboard,switchboard-sio --out "$bench_out" >/dev/null
 test -s "$bench_out/report.json" && test -s "$bench_out/summary.json"
-echo "bench smoke: report written to $bench_out/report.json"
+# Redis mode across two nodes (the tool starts its own redis-server on a free port):
+# broadcast and chat only, ~10 s; the full Redis comparison is scripts/bench.sh --section redis.
+target/debug/switchboard-bench run --quick --strict --targets switchboard-redis-2nodes \
+  --scenarios broadcast,chat --out "$bench_out/redis" >/dev/null
+test -s "$bench_out/redis/report.json"
+echo "bench smoke: reports written to $bench_out/report.json and $bench_out/redis/report.json"
 
 echo "== python tests (cent and schemathesis against the real binary)"
 SWITCHBOARD_BIN="$bin" bash tests/python/run.sh

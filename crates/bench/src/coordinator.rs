@@ -1,6 +1,7 @@
-//! The coordinator: for each target, scenario and run it starts the server, spreads the
-//! connections over worker processes, walks them through connect, subscribe and measure,
-//! drives publications, and reads the server's memory and CPU from /proc.
+//! The coordinator: for each target, scenario and run it starts the server (or the nodes
+//! and their Redis), spreads the connections over worker processes, walks them through
+//! connect, subscribe and measure, drives publications, and reads the servers' memory
+//! and CPU from /proc.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -15,7 +16,7 @@ use crate::histogram::Histogram;
 use crate::procfs;
 use crate::publisher::{Drive, Publisher};
 use crate::scenario::{room_channel, Plan, ScenarioKind, Sizes, BROADCAST_CHANNEL};
-use crate::target::{Programs, ServerProcess, Target, SECRET};
+use crate::target::{Deployment, Programs, Target, SECRET};
 use crate::worker::{WorkerEvent, WorkerSpec, Workers};
 
 /// How a run is set up, beyond the scenario sizes.
@@ -31,6 +32,8 @@ pub(crate) struct Setup {
     pub(crate) programs: Programs,
     /// Where server logs go.
     pub(crate) log_dir: PathBuf,
+    /// Ports the Redis targets' redis-server may take (any free port if none).
+    pub(crate) redis_ports: Option<(u16, u16)>,
 }
 
 /// The most connections one worker holds (a process may open 20,000 files here).
@@ -43,6 +46,9 @@ pub(crate) struct RunResult {
     pub(crate) scenario: String,
     pub(crate) run: usize,
     pub(crate) connections: usize,
+    /// Server processes (switchboard nodes); memory and CPU are summed over them.
+    #[serde(default)]
+    pub(crate) nodes: usize,
     pub(crate) workers: usize,
     pub(crate) publisher: Option<String>,
     pub(crate) error: Option<String>,
@@ -71,6 +77,9 @@ pub(crate) struct ConnectStats {
     /// The whole machine's busy CPU during the connects, in cores (other tenants
     /// included): a run near 2.0 competed for the cores.
     pub(crate) machine_busy_cores: f64,
+    /// The Redis's CPU during the connects, in cores (Redis targets only).
+    #[serde(default)]
+    pub(crate) redis_cores: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -97,6 +106,9 @@ pub(crate) struct MemoryStats {
     /// peak / subscribed: how much fan-out grows memory over the subscribed idle state.
     #[serde(default)]
     pub(crate) peak_over_subscribed: Option<f64>,
+    /// The Redis's VmRSS once every client is subscribed (Redis targets only).
+    #[serde(default)]
+    pub(crate) redis_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -139,6 +151,19 @@ pub(crate) struct Measure {
     pub(crate) clients_cores: f64,
     /// The whole machine's busy CPU, in cores (the rest is other tenants).
     pub(crate) machine_busy_cores: f64,
+    /// The Redis's CPU over the window (Redis targets only).
+    #[serde(default)]
+    pub(crate) redis_cpu_seconds: Option<f64>,
+    /// The Redis's CPU per delivery, µs (Redis targets only).
+    #[serde(default)]
+    pub(crate) redis_cpu_us_per_delivery: Option<f64>,
+    /// Servers' and Redis's CPU together per delivery, µs: the whole cost of a delivery
+    /// (the server's alone for targets without Redis).
+    #[serde(default)]
+    pub(crate) total_cpu_us_per_delivery: Option<f64>,
+    /// The Redis's CPU in cores (Redis targets only).
+    #[serde(default)]
+    pub(crate) redis_cores: Option<f64>,
 }
 
 fn bar(len: u64, msg: String) -> ProgressBar {
@@ -155,16 +180,19 @@ fn bar(len: u64, msg: String) -> ProgressBar {
 /// CPU counters at one instant.
 struct CpuMark {
     at: Instant,
+    /// Every node of the target together.
     server: f64,
+    redis: Option<f64>,
     clients: f64,
     machine_busy: f64,
 }
 
 impl CpuMark {
-    fn take(server_pid: u32, workers: &Workers) -> Self {
+    fn take(servers: &Deployment, workers: &Workers) -> Self {
         Self {
             at: Instant::now(),
-            server: procfs::cpu_seconds(server_pid),
+            server: servers.server_cpu_seconds(),
+            redis: servers.redis_cpu_seconds(),
             clients: workers.cpu_seconds(),
             machine_busy: procfs::machine_cpu().0,
         }
@@ -183,6 +211,7 @@ pub(crate) async fn run_once(
         scenario: kind.name().to_owned(),
         run,
         connections: setup.sizes.connections(kind),
+        nodes: target.cluster.nodes(),
         ..RunResult::default()
     };
     if let Err(e) = run_inner(target, kind, run, setup, &mut result).await {
@@ -203,10 +232,10 @@ async fn run_inner(
     let log = setup
         .log_dir
         .join(format!("{}-{}-{run}.log", target.name, kind.name()));
-    let mut server = ServerProcess::start(target.server, &setup.programs, &log).await?;
-    let pid = server.pid;
+    let mut servers = Deployment::start(target, &setup.programs, &log, setup.redis_ports).await?;
     tokio::time::sleep(sizes.settle).await;
-    r.memory.base_bytes = procfs::rss_bytes(pid);
+    r.memory.base_bytes = servers.rss_bytes();
+    let addrs = servers.addrs();
 
     let n = r.connections;
     let plan = sizes.plan(kind);
@@ -219,7 +248,7 @@ async fn run_inner(
             let last = n * (w + 1) / nworkers;
             WorkerSpec {
                 proto: target.proto,
-                server: server.addr,
+                servers: addrs.clone(),
                 first,
                 count: last - first,
                 sources: setup.sources,
@@ -229,15 +258,21 @@ async fn run_inner(
             }
         })
         .collect();
-    let mut workers = Workers::spawn(specs).await?;
-    let outcome = drive(&mut server, &mut workers, target, kind, &label, setup, r).await;
+    let mut workers = match Workers::spawn(specs).await {
+        Ok(w) => w,
+        Err(e) => {
+            servers.stop().await;
+            return Err(e);
+        }
+    };
+    let outcome = drive(&mut servers, &mut workers, target, kind, &label, setup, r).await;
     workers.shutdown().await;
-    server.stop().await;
+    servers.stop().await;
     outcome
 }
 
 async fn drive(
-    server: &mut ServerProcess,
+    servers: &mut Deployment,
     workers: &mut Workers,
     target: Target,
     kind: ScenarioKind,
@@ -246,7 +281,6 @@ async fn drive(
     r: &mut RunResult,
 ) -> anyhow::Result<()> {
     let sizes = &setup.sizes;
-    let pid = server.pid;
     let n = r.connections;
     let plan = sizes.plan(kind);
     workers
@@ -261,7 +295,7 @@ async fn drive(
     // Connect.
     let pb = bar(n as u64, format!("{label}: connect"));
     let overflows = procfs::listen_overflows();
-    let cpu_before = CpuMark::take(pid, workers);
+    let cpu_before = CpuMark::take(servers, workers);
     let started = Instant::now();
     workers.send("connect").await?;
     let connected = workers
@@ -282,8 +316,12 @@ async fn drive(
         .await?;
     let seconds = started.elapsed().as_secs_f64();
     r.connect.listen_overflows = procfs::listen_overflows().saturating_sub(overflows);
-    let cpu_after = CpuMark::take(pid, workers);
+    let cpu_after = CpuMark::take(servers, workers);
     r.connect.server_cores = (cpu_after.server - cpu_before.server) / seconds.max(1e-9);
+    r.connect.redis_cores = cpu_after
+        .redis
+        .zip(cpu_before.redis)
+        .map(|(a, b)| (a - b) / seconds.max(1e-9));
     r.connect.machine_busy_cores =
         (cpu_after.machine_busy - cpu_before.machine_busy) / seconds.max(1e-9);
     pb.finish_and_clear();
@@ -306,7 +344,7 @@ async fn drive(
         );
     }
     tokio::time::sleep(sizes.settle).await;
-    r.memory.connected_bytes = procfs::rss_bytes(pid);
+    r.memory.connected_bytes = servers.rss_bytes();
     r.memory.per_connection_bytes =
         per_conn(r.memory.connected_bytes, r.memory.base_bytes, r.connect.ok);
 
@@ -337,8 +375,9 @@ async fn drive(
         }
         r.subscribe = Some(s);
         tokio::time::sleep(sizes.settle).await;
-        let rss = procfs::rss_bytes(pid);
+        let rss = servers.rss_bytes();
         r.memory.subscribed_bytes = Some(rss);
+        r.memory.redis_bytes = servers.redis_rss_bytes();
         r.memory.per_connection_subscribed_bytes =
             Some(per_conn(rss, r.memory.base_bytes, r.connect.ok));
     }
@@ -349,13 +388,13 @@ async fn drive(
         ScenarioKind::Idle => {
             let pb = bar(sizes.duration.as_millis() as u64, format!("{label}: hold"));
             workers.send("measure").await?;
-            let before = CpuMark::take(pid, workers);
+            let before = CpuMark::take(servers, workers);
             while before.at.elapsed() < sizes.duration {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 pb.set_position(before.at.elapsed().as_millis() as u64);
             }
             pb.finish_and_clear();
-            let after = CpuMark::take(pid, workers);
+            let after = CpuMark::take(servers, workers);
             r.measure = Some(measure(&before, &after, 0, 0, 0, &Histogram::default()));
         }
         ScenarioKind::Broadcast | ScenarioKind::Chat => {
@@ -363,7 +402,12 @@ async fn drive(
                 ScenarioKind::Chat => (0..sizes.chat_rooms).map(room_channel).collect(),
                 _ => vec![BROADCAST_CHANNEL.to_owned()],
             };
-            let publisher = Publisher::new(target.server, server.addr, &channels).await?;
+            // Through the first node: with several, the others get the publications
+            // only through Redis.
+            let Some(&first) = servers.addrs().first() else {
+                bail!("no server to publish through");
+            };
+            let publisher = Publisher::new(target.server, first, &channels).await?;
             r.publisher = Some(publisher.via().to_owned());
             let mut drive = Drive::new(
                 publisher,
@@ -375,7 +419,7 @@ async fn drive(
             drive.run(workers, sizes.warmup, &pb).await?;
             pb.finish_and_clear();
             workers.send("measure").await?;
-            let before = CpuMark::take(pid, workers);
+            let before = CpuMark::take(servers, workers);
             let published_before = drive.published.load(Ordering::Relaxed);
             let pb = bar(
                 sizes.duration.as_millis() as u64,
@@ -383,7 +427,7 @@ async fn drive(
             );
             drive.run(workers, sizes.duration, &pb).await?;
             workers.send("stop").await?;
-            let after = CpuMark::take(pid, workers);
+            let after = CpuMark::take(servers, workers);
             pb.finish_and_clear();
             let results = workers
                 .collect(
@@ -420,15 +464,18 @@ async fn drive(
         }
     }
     r.closed = r.closed.max(workers.closed());
-    r.memory.end_bytes = procfs::rss_bytes(pid);
-    r.memory.peak_bytes = procfs::peak_rss_bytes(pid);
+    r.memory.end_bytes = servers.rss_bytes();
+    r.memory.peak_bytes = servers.peak_rss_bytes();
+    if r.memory.redis_bytes.is_none() {
+        r.memory.redis_bytes = servers.redis_rss_bytes();
+    }
     r.memory.peak_over_subscribed = r
         .memory
         .subscribed_bytes
         .filter(|&b| b > 0)
         .map(|b| (r.memory.peak_bytes as f64 / b as f64 * 100.0).round() / 100.0);
-    if !server.running() {
-        bail!("the server exited during the run");
+    if !servers.running() {
+        bail!("a server process exited during the run");
     }
     Ok(())
 }
@@ -447,6 +494,10 @@ fn measure(
 ) -> Measure {
     let seconds = after.at.duration_since(before.at).as_secs_f64().max(1e-9);
     let server_cpu = after.server - before.server;
+    let redis_cpu = after.redis.zip(before.redis).map(|(a, b)| a - b);
+    let per_delivery = |cpu: f64| {
+        (delivered > 0).then(|| (cpu * 1e6 / delivered as f64 * 1000.0).round() / 1000.0)
+    };
     Measure {
         seconds,
         published,
@@ -455,8 +506,11 @@ fn measure(
         deliveries_per_second: (delivered as f64 / seconds).round(),
         latency_ms: Latency::from_us(hist),
         server_cpu_seconds: server_cpu,
-        server_cpu_us_per_delivery: (delivered > 0)
-            .then(|| (server_cpu * 1e6 / delivered as f64 * 1000.0).round() / 1000.0),
+        server_cpu_us_per_delivery: per_delivery(server_cpu),
+        redis_cpu_seconds: redis_cpu,
+        redis_cpu_us_per_delivery: redis_cpu.and_then(per_delivery),
+        total_cpu_us_per_delivery: per_delivery(server_cpu + redis_cpu.unwrap_or(0.0)),
+        redis_cores: redis_cpu.map(|c| c / seconds),
         server_cores: server_cpu / seconds,
         clients_cores: (after.clients - before.clients) / seconds,
         machine_busy_cores: (after.machine_busy - before.machine_busy) / seconds,

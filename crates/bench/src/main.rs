@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`scenario`]: idle, broadcast, chat, connect storm; sizes and presets.
-//! - [`target`]: the servers measured and how they are started.
+//! - [`target`]: the servers measured and how they are started (one process, or
+//!   switchboard nodes on a Redis the tool starts).
 //! - [`client`]: the load clients' wire protocols (Centrifugo JSON, Socket.IO, floor).
 //! - [`worker`]: a client worker process (the tool re-executes itself as `worker`),
 //!   and the coordinator's handle on the workers of a run.
@@ -75,11 +76,17 @@ struct Outputs {
     /// Write SVG charts into this directory.
     #[arg(long)]
     charts: Option<PathBuf>,
+    /// Splice into the `<!-- bench:SECTION-machine -->` and `<!-- bench:SECTION-table -->`
+    /// blocks of --doc instead of the main ones (e.g. `redis`, so that a run of the Redis
+    /// targets leaves the main table alone).
+    #[arg(long)]
+    section: Option<String>,
 }
 
 #[derive(Args)]
 struct RunArgs {
-    /// Targets, comma-separated (known: switchboard, switchboard-sio, floor, socketio).
+    /// Targets, comma-separated (known: switchboard, switchboard-sio, floor, socketio,
+    /// switchboard-redis, switchboard-redis-2nodes).
     #[arg(
         long,
         value_delimiter = ',',
@@ -156,6 +163,25 @@ struct RunArgs {
     /// The socket.io peer's directory (default: bench/node of this repository).
     #[arg(long)]
     node_dir: Option<PathBuf>,
+    /// redis-server for the Redis targets (default: from PATH).
+    #[arg(long)]
+    redis_server: Option<PathBuf>,
+    /// Ports the Redis targets' redis-server may listen on, FIRST-LAST (default: any free
+    /// port).
+    #[arg(long, value_parser = parse_port_range)]
+    redis_ports: Option<(u16, u16)>,
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or("expected FIRST-LAST, e.g. 19500-19999")?;
+    let first: u16 = a.trim().parse().map_err(|e| format!("{a}: {e}"))?;
+    let last: u16 = b.trim().parse().map_err(|e| format!("{b}: {e}"))?;
+    if first == 0 || last < first {
+        return Err(format!("{s}: not a range of ports"));
+    }
+    Ok((first, last))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -234,6 +260,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(p) = &args.node_dir {
         programs.node_dir = p.clone();
     }
+    if let Some(p) = &args.redis_server {
+        programs.redis_server = p.clone();
+    }
     let runs = if args.quick && !std::env::args().any(|a| a.starts_with("--runs")) {
         1
     } else {
@@ -247,6 +276,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         connect_concurrency: args.connect_concurrency,
         programs,
         log_dir: args.out.join("logs"),
+        redis_ports: args.redis_ports,
     };
     let command = std::iter::once("switchboard-bench".to_owned())
         .chain(std::env::args().skip(1))
@@ -314,11 +344,17 @@ fn one_line(r: &coordinator::RunResult) -> String {
                 m.latency_ms.p999,
                 m.server_cpu_us_per_delivery.unwrap_or(0.0)
             );
+            if let Some(redis) = m.redis_cpu_us_per_delivery {
+                s += &format!(" + {redis:.2} µs Redis");
+            }
         }
         s += &format!(
             ", server {:.2} cores, clients {:.2}, machine {:.2}",
             m.server_cores, m.clients_cores, m.machine_busy_cores
         );
+        if let Some(redis) = m.redis_cores {
+            s += &format!(", Redis {redis:.2} cores");
+        }
     }
     if r.connect.listen_overflows > 0 {
         s += &format!(", {} listen-queue overflows", r.connect.listen_overflows);
@@ -344,7 +380,7 @@ fn write_outputs(report: &Report, dir: &std::path::Path, outputs: &Outputs) -> a
     std::fs::write(dir.join("table.md"), &table)?;
     println!("{table}");
     if let Some(doc) = &outputs.doc {
-        report::update_doc(doc, report, &table)?;
+        report::update_doc(doc, outputs.section.as_deref(), report, &table)?;
     }
     if let Some(charts) = &outputs.charts {
         chart::write_charts(charts, report, &medians)?;

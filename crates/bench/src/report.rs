@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::coordinator::RunResult;
 use crate::procfs::MachineInfo;
 use crate::scenario::Sizes;
+use crate::target::{self, Cluster, Ratio, REDIS_2_NODES_TARGET, REDIS_TARGET};
 
 /// Everything one invocation measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,7 +111,9 @@ fn fmt_value(v: f64, unit: Unit) -> String {
         Unit::Ms => format!("{v:.2} ms"),
         Unit::Us => format!("{v:.2} µs"),
         Unit::Bytes => {
-            if v >= 1024.0 {
+            if v >= 1024.0 * 1024.0 {
+                format!("{:.1} MiB", v / 1024.0 / 1024.0)
+            } else if v >= 1024.0 {
                 format!("{:.1} KiB", v / 1024.0)
             } else {
                 format!("{} B", thousands(v))
@@ -154,6 +157,24 @@ struct Row {
 }
 
 const SUBJECT: &str = "switchboard";
+
+/// The goal of Redis mode: a delivery costs at most this many times the memory engine's
+/// (servers' and Redis's CPU together, on one node).
+const REDIS_CPU_GOAL: f64 = 1.5;
+
+fn redis_cpu_check(get: Get<'_>, _: &Sizes) -> Option<bool> {
+    Some(get(REDIS_TARGET)? <= REDIS_CPU_GOAL * get(SUBJECT)?)
+}
+
+/// The chat goal holds for switchboard in memory and in Redis mode, on one node and
+/// across two (each that the run measured).
+fn chat_p99_check(get: Get<'_>, _: &Sizes) -> Option<bool> {
+    let values: Vec<f64> = [SUBJECT, REDIS_TARGET, REDIS_2_NODES_TARGET]
+        .iter()
+        .filter_map(|t| get(t))
+        .collect();
+    (!values.is_empty()).then(|| values.iter().all(|&v| v <= 5.0))
+}
 
 const ROWS: &[Row] = &[
     Row {
@@ -226,7 +247,7 @@ const ROWS: &[Row] = &[
         path: "measure.latency_ms.p99",
         unit: Unit::Ms,
         goal: "≤ 5 ms at 10,000 connections",
-        check: Some(|get, _| Some(get(SUBJECT)? <= 5.0)),
+        check: Some(chat_p99_check),
     },
     Row {
         scenario: "chat",
@@ -310,42 +331,143 @@ const ROWS: &[Row] = &[
     },
 ];
 
+/// Rows shown only when a Redis target was measured: what Redis itself costs.
+const REDIS_ROWS: &[Row] = &[
+    Row {
+        scenario: "broadcast",
+        metric: "Redis CPU per delivery",
+        path: "measure.redis_cpu_us_per_delivery",
+        unit: Unit::Us,
+        goal: "",
+        check: None,
+    },
+    Row {
+        scenario: "broadcast",
+        metric: "servers + Redis CPU per delivery",
+        path: "measure.total_cpu_us_per_delivery",
+        unit: Unit::Us,
+        goal: "switchboard-redis ≤ 1.5× switchboard",
+        check: Some(redis_cpu_check),
+    },
+    Row {
+        scenario: "broadcast",
+        metric: "Redis CPU (cores)",
+        path: "measure.redis_cores",
+        unit: Unit::Cores,
+        goal: "",
+        check: None,
+    },
+    Row {
+        scenario: "chat",
+        metric: "Redis CPU per delivery",
+        path: "measure.redis_cpu_us_per_delivery",
+        unit: Unit::Us,
+        goal: "",
+        check: None,
+    },
+    Row {
+        scenario: "chat",
+        metric: "servers + Redis CPU per delivery",
+        path: "measure.total_cpu_us_per_delivery",
+        unit: Unit::Us,
+        goal: "switchboard-redis ≤ 1.5× switchboard",
+        check: Some(redis_cpu_check),
+    },
+    Row {
+        scenario: "idle",
+        metric: "Redis memory (RSS) with every client subscribed",
+        path: "memory.redis_bytes",
+        unit: Unit::Bytes,
+        goal: "",
+        check: None,
+    },
+    Row {
+        scenario: "connect",
+        metric: "Redis CPU during the connects (cores)",
+        path: "connect.redis_cores",
+        unit: Unit::Cores,
+        goal: "",
+        check: None,
+    },
+];
+
+/// The rows of the table in order: each scenario's rows, then its Redis rows when a
+/// Redis target was measured.
+fn rows(with_redis: bool) -> Vec<&'static Row> {
+    let mut out = Vec::new();
+    for (i, row) in ROWS.iter().enumerate() {
+        out.push(row);
+        let scenario_ends = ROWS
+            .get(i + 1)
+            .is_none_or(|next| next.scenario != row.scenario);
+        if with_redis && scenario_ends {
+            out.extend(REDIS_ROWS.iter().filter(|r| r.scenario == row.scenario));
+        }
+    }
+    out
+}
+
+/// Which way the ratio column between switchboard and `peer` reads.
+fn ratio_of(peer: &str) -> Ratio {
+    target::find(peer).map_or(Ratio::SubjectOverTarget, |t| t.ratio)
+}
+
+fn ratio_header(peer: &str) -> String {
+    match ratio_of(peer) {
+        Ratio::SubjectOverTarget => format!("{SUBJECT} ÷ {peer}"),
+        Ratio::TargetOverSubject => format!("{peer} ÷ {SUBJECT}"),
+    }
+}
+
+fn ratio_value(peer: &str, subject: f64, value: f64) -> Option<f64> {
+    let (num, den) = match ratio_of(peer) {
+        Ratio::SubjectOverTarget => (subject, value),
+        Ratio::TargetOverSubject => (value, subject),
+    };
+    (den > 0.0).then(|| num / den)
+}
+
 /// The results table in Markdown.
 pub(crate) fn table(report: &Report, m: &Medians) -> String {
     let targets = &report.targets;
     let peers: Vec<&String> = targets.iter().filter(|t| *t != SUBJECT).collect();
     let subject_present = targets.iter().any(|t| t == SUBJECT);
+    let with_redis = targets
+        .iter()
+        .any(|t| target::find(t).is_some_and(|t| matches!(t.cluster, Cluster::Redis { .. })));
+    let ratios: &[&String] = if subject_present { &peers } else { &[] };
     let mut out = String::new();
     let _ = write!(out, "| scenario | metric |");
     for t in targets {
         let _ = write!(out, " {t} |");
     }
-    if subject_present {
-        for p in &peers {
-            let _ = write!(out, " {SUBJECT} ÷ {p} |");
-        }
+    for p in ratios {
+        let _ = write!(out, " {} |", ratio_header(p));
     }
     let _ = writeln!(out, " goal | met |");
-    let cols = 2 + targets.len() + if subject_present { peers.len() } else { 0 } + 2;
+    let cols = 2 + targets.len() + ratios.len() + 2;
     let _ = writeln!(out, "|{}", "---|".repeat(cols));
-    for row in ROWS {
+    for row in rows(with_redis) {
         if !m.values().any(|s| s.contains_key(row.scenario)) {
             continue;
         }
         let get = |t: &str| lookup(m, t, row.scenario, row.path);
+        if targets.iter().all(|t| get(t).is_none()) {
+            continue;
+        }
         let _ = write!(out, "| {} | {} |", row.scenario, row.metric);
         for t in targets {
             let cell = get(t).map_or_else(|| "–".to_owned(), |v| fmt_value(v, row.unit));
             let _ = write!(out, " {cell} |");
         }
-        if subject_present {
-            for p in &peers {
-                let cell = match (get(SUBJECT), get(p)) {
-                    (Some(s), Some(v)) if v > 0.0 => format!("{:.2}×", s / v),
-                    _ => "–".to_owned(),
-                };
-                let _ = write!(out, " {cell} |");
-            }
+        for p in ratios {
+            let cell = match (get(SUBJECT), get(p)) {
+                (Some(s), Some(v)) => {
+                    ratio_value(p, s, v).map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×"))
+                }
+                _ => "–".to_owned(),
+            };
+            let _ = write!(out, " {cell} |");
         }
         let met = row
             .check
@@ -367,6 +489,18 @@ pub(crate) fn table(report: &Report, m: &Medians) -> String {
         report.sizes.duration.as_secs_f64(),
         report.sizes.warmup.as_secs_f64(),
     );
+    let several: BTreeMap<&str, usize> = report
+        .runs
+        .iter()
+        .filter(|r| r.nodes > 1)
+        .map(|r| (r.target.as_str(), r.nodes))
+        .collect();
+    for (t, nodes) in several {
+        let _ = writeln!(
+            out,
+            "\n{t}: {nodes} nodes on one Redis, connection i on node i mod {nodes}, publications through the first node; server memory and CPU are summed over the nodes."
+        );
+    }
     let failed: Vec<&RunResult> = report.runs.iter().filter(|r| r.error.is_some()).collect();
     if !failed.is_empty() {
         let _ = writeln!(out, "\nRuns that failed (left out of the medians):\n");
@@ -452,13 +586,21 @@ pub(crate) fn splice(doc: &str, name: &str, content: &str) -> Option<String> {
     ))
 }
 
-/// Updates the generated parts of the benchmarks doc in place.
-pub(crate) fn update_doc(path: &Path, report: &Report, table_md: &str) -> anyhow::Result<()> {
+/// Updates the generated parts of the benchmarks doc in place: the main machine block
+/// and table, or those of `section` (`<!-- bench:SECTION-machine:start -->`, …).
+pub(crate) fn update_doc(
+    path: &Path,
+    section: Option<&str>,
+    report: &Report,
+    table_md: &str,
+) -> anyhow::Result<()> {
     let doc = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
-    let doc = splice(&doc, "machine", &machine_block(report))
-        .context("docs: missing <!-- bench:machine:start/end --> markers")?;
-    let doc = splice(&doc, "table", table_md)
-        .context("docs: missing <!-- bench:table:start/end --> markers")?;
+    let name = |block: &str| section.map_or_else(|| block.to_owned(), |s| format!("{s}-{block}"));
+    let (machine, table) = (name("machine"), name("table"));
+    let doc = splice(&doc, &machine, &machine_block(report))
+        .with_context(|| format!("docs: missing <!-- bench:{machine}:start/end --> markers"))?;
+    let doc = splice(&doc, &table, table_md)
+        .with_context(|| format!("docs: missing <!-- bench:{table}:start/end --> markers"))?;
     std::fs::write(path, doc)?;
     Ok(())
 }
@@ -508,11 +650,115 @@ mod tests {
         assert!(splice(doc, "machine", "x").is_none());
     }
 
+    fn broadcast_run(target: &str, server_us: f64, redis_us: Option<f64>) -> RunResult {
+        RunResult {
+            target: target.to_owned(),
+            scenario: "broadcast".to_owned(),
+            run: 1,
+            measure: Some(crate::coordinator::Measure {
+                server_cpu_us_per_delivery: Some(server_us),
+                redis_cpu_us_per_delivery: redis_us,
+                total_cpu_us_per_delivery: Some(server_us + redis_us.unwrap_or(0.0)),
+                ..Default::default()
+            }),
+            ..RunResult::default()
+        }
+    }
+
+    fn report_of(runs: Vec<RunResult>) -> Report {
+        let mut targets: Vec<String> = Vec::new();
+        for r in &runs {
+            if !targets.contains(&r.target) {
+                targets.push(r.target.clone());
+            }
+        }
+        Report {
+            date: "2026-12-01".to_owned(),
+            command: "test".to_owned(),
+            machine: MachineInfo::read(),
+            sizes: Sizes::quick(),
+            runs_per_scenario: 1,
+            targets,
+            runs,
+        }
+    }
+
+    fn row<'a>(table: &'a str, metric: &str) -> &'a str {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("| broadcast | {metric} |")))
+            .unwrap_or_else(|| panic!("no row {metric:?} in\n{table}"))
+    }
+
+    #[test]
+    fn redis_targets_read_as_a_multiple_of_the_memory_engine() {
+        let report = report_of(vec![
+            broadcast_run(SUBJECT, 0.5, None),
+            broadcast_run(REDIS_TARGET, 0.6, Some(0.3)),
+            broadcast_run("floor", 0.25, None),
+        ]);
+        let t = table(&report, &medians(&report.runs));
+        let header = t.lines().next().unwrap_or_default();
+        assert!(
+            header.contains("| switchboard-redis ÷ switchboard |"),
+            "{header}"
+        );
+        assert!(header.contains("| switchboard ÷ floor |"), "{header}");
+        // servers + Redis: 0.9 µs against 0.5 µs is 1.8×, over the 1.5× goal.
+        let total = row(&t, "servers + Redis CPU per delivery");
+        assert!(
+            total.contains("| 0.90 µs |") && total.contains("| 1.80× |"),
+            "{total}"
+        );
+        assert!(total.ends_with("| **no** |"), "{total}");
+        assert!(row(&t, "Redis CPU per delivery").contains("| 0.30 µs |"));
+        // The server's own CPU: switchboard ÷ floor is 2.00×.
+        assert!(row(&t, "server CPU per delivery").contains("| 2.00× |"));
+    }
+
+    #[test]
+    fn redis_rows_only_with_a_redis_target() {
+        let report = report_of(vec![
+            broadcast_run(SUBJECT, 0.5, None),
+            broadcast_run("floor", 0.5, None),
+        ]);
+        let t = table(&report, &medians(&report.runs));
+        assert!(!t.contains("Redis"), "{t}");
+    }
+
+    #[test]
+    fn sections_splice_their_own_blocks() {
+        let dir = std::env::temp_dir().join(format!("bench-doc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("doc.md");
+        let blocks = |name: &str| {
+            format!("<!-- bench:{name}:start -->\nold {name}\n<!-- bench:{name}:end -->\n")
+        };
+        let doc = ["machine", "table", "redis-machine", "redis-table"]
+            .map(blocks)
+            .concat();
+        std::fs::write(&path, doc).unwrap();
+        let report = report_of(vec![broadcast_run(SUBJECT, 0.5, None)]);
+        update_doc(&path, Some("redis"), &report, "NEW TABLE").unwrap();
+        let out = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            out.contains("old machine") && out.contains("old table"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("old redis-table") && out.contains("NEW TABLE"),
+            "{out}"
+        );
+        assert!(!out.contains("old redis-machine"), "{out}");
+    }
+
     #[test]
     fn formats() {
         assert_eq!(thousands(1_234_567.0), "1,234,567");
         assert_eq!(fmt_value(3000.0, Unit::Bytes), "2.9 KiB");
         assert_eq!(fmt_value(900.0, Unit::Bytes), "900 B");
+        assert_eq!(fmt_value(12_771_328.0, Unit::Bytes), "12.2 MiB");
         assert_eq!(today().len(), 10);
     }
 }

@@ -1,7 +1,8 @@
 //! The servers measured side by side, and how the tool starts, watches and stops them.
 //!
-//! Adding a target is one line in [`TARGETS`]: a name, the server process to start and
-//! the wire protocol its clients speak.
+//! Adding a target is one entry in [`TARGETS`]: a name, the server process to start, the
+//! wire protocol its clients speak, and whether it is one process or several switchboard
+//! nodes on a Redis the tool starts itself ([`Deployment`]).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::client::Proto;
+use crate::procfs;
 
 /// Which server process a target runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,12 +25,45 @@ pub(crate) enum ServerKind {
     SocketIo,
 }
 
+/// How many server processes a target runs, and what they share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cluster {
+    /// One process on its own (switchboard's memory engine, the floor, node).
+    Single,
+    /// `nodes` switchboard processes with `engine = "redis"` on one redis-server that
+    /// the tool starts for the run. Connection `i` goes to node `i % nodes`;
+    /// publications go through the first node.
+    Redis { nodes: usize },
+}
+
+impl Cluster {
+    /// Server processes of the target (Redis not counted).
+    pub(crate) fn nodes(self) -> usize {
+        match self {
+            Cluster::Single => 1,
+            Cluster::Redis { nodes } => nodes.max(1),
+        }
+    }
+}
+
+/// Which way the report's ratio column between switchboard and this target reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ratio {
+    /// `switchboard ÷ target`: a peer that switchboard is measured against.
+    SubjectOverTarget,
+    /// `target ÷ switchboard`: a way of running switchboard, priced against the memory
+    /// engine on one node (the Redis goals read "≤ 1.5× the memory engine").
+    TargetOverSubject,
+}
+
 /// A server and the protocol its load clients speak.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Target {
     pub(crate) name: &'static str,
     pub(crate) server: ServerKind,
     pub(crate) proto: Proto,
+    pub(crate) cluster: Cluster,
+    pub(crate) ratio: Ratio,
 }
 
 /// Every known target, in report order (the first is the one compared to the others).
@@ -37,23 +72,51 @@ pub(crate) const TARGETS: &[Target] = &[
         name: "switchboard",
         server: ServerKind::Switchboard,
         proto: Proto::Centrifuge,
+        cluster: Cluster::Single,
+        ratio: Ratio::SubjectOverTarget,
     },
     Target {
         name: "switchboard-sio",
         server: ServerKind::Switchboard,
         proto: Proto::SocketIo,
+        cluster: Cluster::Single,
+        ratio: Ratio::SubjectOverTarget,
     },
     Target {
         name: "floor",
         server: ServerKind::Floor,
         proto: Proto::Floor,
+        cluster: Cluster::Single,
+        ratio: Ratio::SubjectOverTarget,
     },
     Target {
         name: "socketio",
         server: ServerKind::SocketIo,
         proto: Proto::SocketIo,
+        cluster: Cluster::Single,
+        ratio: Ratio::SubjectOverTarget,
+    },
+    Target {
+        name: REDIS_TARGET,
+        server: ServerKind::Switchboard,
+        proto: Proto::Centrifuge,
+        cluster: Cluster::Redis { nodes: 1 },
+        ratio: Ratio::TargetOverSubject,
+    },
+    Target {
+        name: REDIS_2_NODES_TARGET,
+        server: ServerKind::Switchboard,
+        proto: Proto::Centrifuge,
+        cluster: Cluster::Redis { nodes: 2 },
+        ratio: Ratio::TargetOverSubject,
     },
 ];
+
+/// switchboard with `engine = "redis"`, one node: the price of Redis mode.
+pub(crate) const REDIS_TARGET: &str = "switchboard-redis";
+
+/// Two switchboard nodes on one Redis, clients spread over both.
+pub(crate) const REDIS_2_NODES_TARGET: &str = "switchboard-redis-2nodes";
 
 /// Looks a target up by name.
 pub(crate) fn find(name: &str) -> Option<Target> {
@@ -66,6 +129,8 @@ pub(crate) struct Programs {
     pub(crate) switchboard: PathBuf,
     pub(crate) floor: PathBuf,
     pub(crate) node_dir: PathBuf,
+    /// redis-server, for the Redis targets (found on `PATH` by default).
+    pub(crate) redis_server: PathBuf,
 }
 
 impl Programs {
@@ -79,6 +144,7 @@ impl Programs {
             switchboard: dir.join("switchboard"),
             floor: dir.join("bench-floor"),
             node_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/node"),
+            redis_server: PathBuf::from("redis-server"),
         }
     }
 }
@@ -86,6 +152,13 @@ impl Programs {
 /// Secrets shared by the tool and the servers it starts.
 pub(crate) const SECRET: &str = "switchboard-bench-secret";
 pub(crate) const API_KEY: &str = "switchboard-bench-api-key";
+
+/// Where the switchboard nodes of a Redis target find their Redis.
+#[derive(Debug, Clone)]
+pub(crate) struct RedisLink {
+    pub(crate) url: String,
+    pub(crate) node_name: String,
+}
 
 /// A running server process.
 pub(crate) struct ServerProcess {
@@ -98,14 +171,39 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn switchboard_config(addr: SocketAddr) -> String {
+/// A free port in `first..=last`, or any free port when no range is given (a machine
+/// shared by several users may hand each a range).
+fn free_port_in(range: Option<(u16, u16)>) -> anyhow::Result<u16> {
+    let Some((first, last)) = range else {
+        return free_port();
+    };
+    // Start at a different place per process so parallel runs rarely collide.
+    let span = u32::from(last.saturating_sub(first)) + 1;
+    let offset = std::process::id() % span;
+    for k in 0..span {
+        let port = first + ((offset + k) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port in {first}-{last}")
+}
+
+fn switchboard_config(addr: SocketAddr, redis: Option<&RedisLink>) -> String {
+    let engine = match redis {
+        None => String::new(),
+        Some(link) => format!(
+            "engine = \"redis\"\nnode_name = \"{}\"\n\n[redis]\nurl = \"{}\"\nprefix = \"bench\"\n",
+            link.node_name, link.url
+        ),
+    };
     format!(
         r#"# Generated by switchboard-bench.
 bind = "{addr}"
 token_hmac_secret = "{SECRET}"
 api_key = "{API_KEY}"
 auto_subscribe = []
-
+{engine}
 [limits]
 # The WebSocket fallback publisher subscribes to every chat room and publishes
 # thousands of times a second.
@@ -121,24 +219,52 @@ publish = true
     )
 }
 
+/// Waits until `addr` accepts connections, failing early when `child` exits.
+async fn wait_listening(
+    child: &mut tokio::process::Child,
+    what: &str,
+    addr: SocketAddr,
+    log: &Path,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited at start ({status}); see {}", log.display());
+        }
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on {addr}; see {}", log.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn log_files(log: &Path) -> anyhow::Result<(std::fs::File, std::fs::File)> {
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let out = std::fs::File::create(log).with_context(|| log.display().to_string())?;
+    let err = out.try_clone()?;
+    Ok((out, err))
+}
+
 impl ServerProcess {
     /// Starts the server of `kind` on a fresh port, logging to `log`, and waits until it
-    /// accepts connections.
+    /// accepts connections. `redis` makes a switchboard server a node of a Redis engine.
     pub(crate) async fn start(
         kind: ServerKind,
         programs: &Programs,
         log: &Path,
+        redis: Option<&RedisLink>,
     ) -> anyhow::Result<Self> {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-        if let Some(dir) = log.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let out = std::fs::File::create(log).with_context(|| log.display().to_string())?;
-        let err = out.try_clone()?;
+        let (out, err) = log_files(log)?;
         let mut cmd = match kind {
             ServerKind::Switchboard => {
                 let config = log.with_extension("toml");
-                std::fs::write(&config, switchboard_config(addr))?;
+                std::fs::write(&config, switchboard_config(addr, redis))?;
                 let mut c = tokio::process::Command::new(&programs.switchboard);
                 c.arg("serve").arg("--config").arg(&config);
                 c.env("SWITCHBOARD_LOG", "warn");
@@ -171,19 +297,7 @@ impl ServerProcess {
             .spawn()
             .with_context(|| format!("starting {kind:?}"))?;
         let pid = child.id().context("server pid")?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                bail!("{kind:?} exited at start ({status}); see {}", log.display());
-            }
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("{kind:?} did not listen on {addr}; see {}", log.display());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_listening(&mut child, &format!("{kind:?}"), addr, log).await?;
         Ok(Self { child, pid, addr })
     }
 
@@ -196,5 +310,152 @@ impl ServerProcess {
     /// states land on the server's port rather than on the clients' ephemeral ports).
     pub(crate) async fn stop(mut self) {
         let _ = self.child.kill().await;
+    }
+}
+
+/// A redis-server started for one run: empty, no persistence, on loopback.
+pub(crate) struct RedisProcess {
+    server: ServerProcess,
+}
+
+impl RedisProcess {
+    async fn start(program: &Path, ports: Option<(u16, u16)>, log: &Path) -> anyhow::Result<Self> {
+        let port = free_port_in(ports)?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let (out, err) = log_files(log)?;
+        let mut child = tokio::process::Command::new(program)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (Debian: apt-get install redis-server)",
+                    program.display()
+                )
+            })?;
+        let pid = child.id().context("redis-server pid")?;
+        wait_listening(&mut child, "redis-server", addr, log).await?;
+        Ok(Self {
+            server: ServerProcess { child, pid, addr },
+        })
+    }
+}
+
+/// The processes of one target for one run: its server, or its switchboard nodes and
+/// their Redis.
+pub(crate) struct Deployment {
+    pub(crate) nodes: Vec<ServerProcess>,
+    redis: Option<RedisProcess>,
+}
+
+impl Deployment {
+    /// Starts `target`'s processes, logging to `log` (`log` with `-node1`, `-redis`, …
+    /// for the further ones).
+    pub(crate) async fn start(
+        target: Target,
+        programs: &Programs,
+        log: &Path,
+        redis_ports: Option<(u16, u16)>,
+    ) -> anyhow::Result<Self> {
+        let sibling = |suffix: &str| {
+            let stem = log
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            log.with_file_name(format!("{stem}-{suffix}.log"))
+        };
+        let mut deployment = Self {
+            nodes: Vec::new(),
+            redis: None,
+        };
+        match target.cluster {
+            Cluster::Single => {
+                let server = ServerProcess::start(target.server, programs, log, None).await?;
+                deployment.nodes.push(server);
+            }
+            Cluster::Redis { nodes } => {
+                let redis =
+                    RedisProcess::start(&programs.redis_server, redis_ports, &sibling("redis"))
+                        .await?;
+                let url = format!("redis://{}", redis.server.addr);
+                deployment.redis = Some(redis);
+                for k in 0..nodes.max(1) {
+                    let link = RedisLink {
+                        url: url.clone(),
+                        node_name: format!("bench-node{k}"),
+                    };
+                    let log = if k == 0 {
+                        log.to_path_buf()
+                    } else {
+                        sibling(&format!("node{k}"))
+                    };
+                    let started =
+                        ServerProcess::start(target.server, programs, &log, Some(&link)).await;
+                    match started {
+                        Ok(node) => deployment.nodes.push(node),
+                        Err(e) => {
+                            deployment.stop().await;
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(deployment)
+    }
+
+    /// The address clients and publishers reach each node at.
+    pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.addr).collect()
+    }
+
+    /// CPU seconds of every node together (Redis not included).
+    pub(crate) fn server_cpu_seconds(&self) -> f64 {
+        self.nodes.iter().map(|n| procfs::cpu_seconds(n.pid)).sum()
+    }
+
+    /// CPU seconds of the Redis, if the target has one.
+    pub(crate) fn redis_cpu_seconds(&self) -> Option<f64> {
+        self.redis
+            .as_ref()
+            .map(|r| procfs::cpu_seconds(r.server.pid))
+    }
+
+    /// VmRSS of every node together.
+    pub(crate) fn rss_bytes(&self) -> u64 {
+        self.nodes.iter().map(|n| procfs::rss_bytes(n.pid)).sum()
+    }
+
+    /// VmHWM of every node together.
+    pub(crate) fn peak_rss_bytes(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| procfs::peak_rss_bytes(n.pid))
+            .sum()
+    }
+
+    /// VmRSS of the Redis, if the target has one.
+    pub(crate) fn redis_rss_bytes(&self) -> Option<u64> {
+        self.redis.as_ref().map(|r| procfs::rss_bytes(r.server.pid))
+    }
+
+    /// Whether every process still runs.
+    pub(crate) fn running(&mut self) -> bool {
+        self.nodes.iter_mut().all(ServerProcess::running)
+            && self.redis.as_mut().is_none_or(|r| r.server.running())
+    }
+
+    /// Stops the nodes, then their Redis.
+    pub(crate) async fn stop(self) {
+        for node in self.nodes {
+            node.stop().await;
+        }
+        if let Some(redis) = self.redis {
+            redis.server.stop().await;
+        }
     }
 }

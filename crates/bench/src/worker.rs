@@ -27,7 +27,8 @@ use crate::scenario::Plan;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct WorkerSpec {
     pub(crate) proto: Proto,
-    pub(crate) server: SocketAddr,
+    /// The server's nodes: connection `i` goes to node `i % servers.len()`.
+    pub(crate) servers: Vec<SocketAddr>,
     /// Global index of this worker's first connection.
     pub(crate) first: usize,
     pub(crate) count: usize,
@@ -220,6 +221,14 @@ async fn progress(shared: Arc<Shared>) {
     }
 }
 
+fn server_addr(spec: &WorkerSpec, i: usize) -> anyhow::Result<SocketAddr> {
+    let n = spec.servers.len();
+    if n == 0 {
+        bail!("no server address");
+    }
+    Ok(spec.servers[i % n])
+}
+
 fn source_ip(spec: &WorkerSpec, i: usize) -> Ipv4Addr {
     let n = spec.sources.max(1) as usize;
     Ipv4Addr::new(127, 0, 0, 1 + (i % n) as u8)
@@ -236,7 +245,7 @@ async fn connection(
     let permit = sem.acquire_owned().await;
     let started = Instant::now();
     let opened = tokio::time::timeout(client::CONNECT_TIMEOUT, async {
-        let mut ws = client::open(spec.server, source_ip(&spec, i), spec.proto).await?;
+        let mut ws = client::open(server_addr(&spec, i)?, source_ip(&spec, i), spec.proto).await?;
         client::handshake(&mut ws, spec.proto, token.as_deref()).await?;
         anyhow::Ok(ws)
     })
