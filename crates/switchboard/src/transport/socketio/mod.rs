@@ -34,7 +34,7 @@ use switchboard_protocol::{ClientInfo, Disconnect, SharedJson, SubscribeResult};
 use tokio::sync::Notify;
 
 use crate::config::Config;
-use crate::event::{ChannelEvent, Codec, Control, EventKind, Outgoing, Protocol, TextFrame};
+use crate::event::{ChannelEvent, Codec, Control, EventKind, Frame, Outgoing};
 use crate::front_door::Peer;
 use crate::node::Node;
 use crate::session::Session;
@@ -156,7 +156,7 @@ impl Conn {
     ) -> Arc<Self> {
         let node = &sio.node;
         sio.pending.fetch_add(1, Ordering::AcqRel);
-        let session = Session::new(node.clone(), CODEC);
+        let session = Session::new(node.clone(), *CODEC);
         session.set_origin(node.proxies.origin("socketio", headers));
         Arc::new(Self {
             sid: uuid::Builder::from_random_bytes(rand::random())
@@ -338,10 +338,11 @@ fn with_cors(config: &Config, headers: &HeaderMap, mut response: Response) -> Re
 }
 
 /// How this transport encodes channel events.
-const CODEC: Codec = Codec {
-    protocol: Protocol::SocketIo,
-    encode_event: encode_channel_event,
-};
+static CODEC: std::sync::LazyLock<Codec> = std::sync::LazyLock::new(|| {
+    Codec::register("socketio", |ev, config| {
+        Frame::from(encode_channel_event(ev, config))
+    })
+});
 
 /// What a `publication` event carries; a tagged publication's second argument, without
 /// `data`.
@@ -488,10 +489,10 @@ fn encode_channel_event(ev: &ChannelEvent, config: &crate::Config) -> String {
     }
 }
 
-fn encode(item: Outgoing) -> TextFrame {
+fn encode(item: Outgoing) -> Frame {
     match item {
         Outgoing::Event { frame, .. } | Outgoing::Frame(frame) => frame,
-        Outgoing::Control(c) => TextFrame::from(match *c {
+        Outgoing::Control(c) => Frame::from(match *c {
             Control::Subscribed { channel, result } => encode_event(
                 "subscribe",
                 &SubscribePush {
@@ -522,7 +523,7 @@ fn encode(item: Outgoing) -> TextFrame {
 /// the client should not reconnect, the namespace `DISCONNECT` (which stops
 /// `socket.io-client` from reconnecting). A reconnectable close is a plain transport
 /// close, after which the client reconnects by itself.
-fn farewell(session: &Session, reason: Disconnect) -> Vec<TextFrame> {
+fn farewell(session: &Session, reason: Disconnect) -> Vec<Frame> {
     // Nothing to say to a client that never joined, or that left by itself.
     if !session.is_connected() || reason == Disconnect::CONNECTION_CLOSED {
         return Vec::new();
@@ -532,9 +533,9 @@ fn farewell(session: &Session, reason: Disconnect) -> Vec<TextFrame> {
         reason: reason.reason,
         reconnect: reason.reconnect(),
     };
-    let mut frames = vec![TextFrame::from(encode_event("server_disconnect", &push))];
+    let mut frames = vec![Frame::from(encode_event("server_disconnect", &push))];
     if !reason.reconnect() {
-        frames.push(TextFrame::from_static(DISCONNECT));
+        frames.push(Frame::from_static(DISCONNECT));
     }
     frames
 }

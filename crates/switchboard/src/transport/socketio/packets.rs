@@ -12,7 +12,7 @@ use switchboard_protocol::{Disconnect, ErrorCode};
 use tracing::Instrument;
 
 use super::Conn;
-use crate::event::{Outgoing, TextFrame};
+use crate::event::{Frame, Outgoing};
 use crate::session::{Session, SessionError};
 use crate::transport::command::{self, Executed};
 
@@ -54,7 +54,7 @@ async fn socketio_packet(conn: &Conn, text: &str) -> Option<Disconnect> {
         if packet.kind == SioKind::Connect {
             let body = serde_json::json!({ "message": "Invalid namespace" });
             let frame = format!("44{},{body}", packet.namespace);
-            session.enqueue(Outgoing::Frame(TextFrame::from(frame)));
+            session.enqueue(Outgoing::Frame(Frame::from(frame)));
         }
         return None;
     }
@@ -109,7 +109,7 @@ async fn connect(conn: &Conn, data: &str) -> Option<Disconnect> {
     match command::connect(session, req).await {
         Ok(c) => {
             let rejoin = !session.node().config.socketio.rejoin_window.is_zero();
-            let connected = TextFrame::from(if rejoin {
+            let connected = Frame::from(if rejoin {
                 encode_connect_with_pid(&session.id, &conn.pid)
             } else {
                 encode_connect(&session.id)
@@ -119,7 +119,7 @@ async fn connect(conn: &Conn, data: &str) -> Option<Disconnect> {
             // recovery state, expiry), right after the namespace is joined.
             let result = encode_event("connected", &c.result);
             c.activation
-                .complete(Some(Outgoing::Frame(TextFrame::from(result))));
+                .complete(Some(Outgoing::Frame(Frame::from(result))));
             if let Some(pid) = pid.filter(|_| rejoin) {
                 rejoin_channels(conn, &pid).await;
             }
@@ -129,18 +129,18 @@ async fn connect(conn: &Conn, data: &str) -> Option<Disconnect> {
         // the client may retry on the same connection (with a fresh token, say).
         Err(SessionError::Reply(code)) => {
             let frame = encode_connect_error(code.message(), &ErrorReply::from(code));
-            session.enqueue(Outgoing::Frame(TextFrame::from(frame)));
+            session.enqueue(Outgoing::Frame(Frame::from(frame)));
             None
         }
         Err(SessionError::Rejected(e)) => {
             let frame = encode_connect_error(&e.message, &*e);
-            session.enqueue(Outgoing::Frame(TextFrame::from(frame)));
+            session.enqueue(Outgoing::Frame(Frame::from(frame)));
             None
         }
         Err(SessionError::Disconnect(d)) => {
             let data = serde_json::json!({ "code": d.code, "message": d.reason });
             let frame = encode_connect_error(d.reason, &data);
-            session.enqueue(Outgoing::Frame(TextFrame::from(frame)));
+            session.enqueue(Outgoing::Frame(Frame::from(frame)));
             Some(d)
         }
     }
@@ -206,7 +206,7 @@ async fn event(conn: &Conn, packet: &SioPacket<'_>) -> Option<Disconnect> {
         Ok(Executed::Subscribed(s)) => {
             let first = ack.map(|id| {
                 let frame = encode_ack(id, &AckReply(&ReplyBody::Subscribe(s.result)));
-                Outgoing::Frame(TextFrame::from(frame))
+                Outgoing::Frame(Frame::from(frame))
             });
             s.activation.complete(first);
             None
@@ -231,7 +231,7 @@ async fn event(conn: &Conn, packet: &SioPacket<'_>) -> Option<Disconnect> {
 
 fn acknowledge(session: &Session, id: u64, body: &ReplyBody) {
     let frame = encode_ack(id, &AckReply(body));
-    session.enqueue(Outgoing::Frame(TextFrame::from(frame)));
+    session.enqueue(Outgoing::Frame(Frame::from(frame)));
 }
 
 /// Answers a failed event: in its acknowledgement, or as an `error` event when the
@@ -260,7 +260,7 @@ pub(super) fn send_error(session: &Session, ack: Option<u64>, event: &str, e: Er
             }
             let push = ErrorPush { error: e, event };
             let frame = encode_event("error", &push);
-            session.enqueue(Outgoing::Frame(TextFrame::from(frame)));
+            session.enqueue(Outgoing::Frame(Frame::from(frame)));
         }
     }
 }
