@@ -1,4 +1,6 @@
-//! The Centrifugo client protocol v2 over WebSocket at `/connection/websocket`.
+//! The Centrifugo client protocol v2 over WebSocket at `/connection/websocket`, in
+//! either encoding: JSON (text frames) or Protobuf (binary frames), chosen at the
+//! upgrade as the official SDKs ask for it.
 //!
 //! One task per connection runs a reader (commands, timers) and a writer (drains the
 //! outbox, flushes once per batch) side by side. The reader and the command path are
@@ -6,13 +8,15 @@
 //! replies and pushes into frames.
 //!
 //! - [`json`]: newline-delimited JSON in text frames.
+//! - [`protobuf`]: length-delimited Protobuf in binary frames.
 
 mod json;
+mod protobuf;
 
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::SplitStream;
@@ -54,11 +58,27 @@ trait Encoding: 'static {
     fn push(channel: &str, body: &PushBody<'_>) -> Frame;
 }
 
-/// Upgrades `GET /connection/websocket`.
+/// The subprotocol centrifuge-js asks for over WebSocket with its Protobuf build.
+const PROTOBUF_SUBPROTOCOL: &str = "centrifuge-protobuf";
+/// The JSON subprotocol, selected when a client offers it.
+const JSON_SUBPROTOCOL: &str = "centrifuge-json";
+
+/// Whether the query asks for Protobuf: `cf_protocol=protobuf` (the SDKs) or
+/// `format=protobuf` (older clients), as Centrifugo reads them.
+fn wants_protobuf(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|pair| matches!(pair, "cf_protocol=protobuf" | "format=protobuf"))
+    })
+}
+
+/// Upgrades `GET /connection/websocket`: Protobuf when the query or the subprotocol asks
+/// for it, JSON otherwise.
 pub async fn handler(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     peer: Peer,
+    RawQuery(query): RawQuery,
     ws: WebSocketUpgrade,
 ) -> Response {
     if !super::origin_allowed(&node.config, &headers) {
@@ -71,9 +91,21 @@ pub async fn handler(
         return busy.into_response();
     }
     let origin = node.proxies.origin("websocket", &headers);
-    websocket::configure(ws, &node.config).on_upgrade(move |socket| {
+    let ws =
+        websocket::configure(ws, &node.config).protocols([JSON_SUBPROTOCOL, PROTOBUF_SUBPROTOCOL]);
+    let protobuf = wants_protobuf(query.as_deref())
+        || ws
+            .selected_protocol()
+            .is_some_and(|p| p == PROTOBUF_SUBPROTOCOL);
+    ws.on_upgrade(move |socket| {
         let tracker = node.tracker.clone();
-        tracker.track_future(serve::<json::Json>(node, socket, origin))
+        tracker.track_future(async move {
+            if protobuf {
+                serve::<protobuf::Protobuf>(node, socket, origin).await;
+            } else {
+                serve::<json::Json>(node, socket, origin).await;
+            }
+        })
     })
 }
 
