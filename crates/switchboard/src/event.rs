@@ -218,3 +218,67 @@ pub enum Outgoing {
     /// A session-level push (boxed: rare, and it keeps outbox slots small).
     Control(Box<Control>),
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::LazyLock;
+
+    use super::*;
+
+    static TEXT_CALLS: AtomicUsize = AtomicUsize::new(0);
+    static BINARY_CALLS: AtomicUsize = AtomicUsize::new(0);
+    static TEXT: LazyLock<Codec> = LazyLock::new(|| {
+        Codec::register("text", |_, _| {
+            TEXT_CALLS.fetch_add(1, Ordering::Relaxed);
+            Frame::from_static("t")
+        })
+    });
+    static BINARY: LazyLock<Codec> = LazyLock::new(|| {
+        Codec::register("binary", |_, _| {
+            BINARY_CALLS.fetch_add(1, Ordering::Relaxed);
+            Frame::from(vec![1])
+        })
+    });
+
+    #[test]
+    fn an_event_is_encoded_once_per_codec_and_shared() {
+        let config = crate::Config::default();
+        let info = ClientInfo {
+            user: "u".into(),
+            client: "c".into(),
+            conn_info: None,
+            chan_info: None,
+        };
+        let ev = ChannelEvent::new("chat:1".into(), EventKind::Join(info));
+        for _ in 0..3 {
+            assert_eq!(ev.encoded(*TEXT, &config), Frame::from_static("t"));
+            assert_eq!(ev.encoded(*BINARY, &config), Frame::from(vec![1]));
+        }
+        assert_eq!(TEXT_CALLS.load(Ordering::Relaxed), 1);
+        assert_eq!(BINARY_CALLS.load(Ordering::Relaxed), 1);
+        // The shared frame is the same allocation, not a copy.
+        let (a, b) = (ev.encoded(*BINARY, &config), ev.encoded(*BINARY, &config));
+        assert_eq!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr());
+    }
+
+    #[test]
+    fn a_codec_past_the_slots_still_encodes_per_recipient() {
+        let codec = Codec {
+            name: "late",
+            slot: None,
+            encode_event: |_, _| Frame::from_static("late"),
+        };
+        let ev = ChannelEvent::new(
+            "chat:1".into(),
+            EventKind::Leave(ClientInfo {
+                user: "u".into(),
+                client: "c".into(),
+                conn_info: None,
+                chan_info: None,
+            }),
+        );
+        let config = crate::Config::default();
+        assert_eq!(ev.encoded(codec, &config), Frame::from_static("late"));
+    }
+}
