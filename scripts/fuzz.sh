@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes the decoders a client or API caller can reach (fuzz/fuzz_targets): Centrifugo
-# commands, Engine.IO and Socket.IO packets, server API bodies, tokens. Needs the nightly
+# commands (JSON and Protobuf), Engine.IO and Socket.IO packets, server API bodies, tokens. Needs the nightly
 # toolchain and cargo-fuzz; installs cargo-fuzz (and nightly) if missing.
 #
 #   scripts/fuzz.sh                     # CI: the wire decoders, FUZZ_SECONDS (20) each
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 which="${1:-wire}"
 seconds="${2:-${FUZZ_SECONDS:-20}}"
 runs="${3:--1}"
-targets=(centrifuge_command socketio_packet)
+targets=(centrifuge_command centrifuge_protobuf socketio_packet)
 features=()
 if [ "$which" = all ]; then
   targets+=(api_body token)

@@ -124,11 +124,15 @@ class WsClient:
         self.next_id += 1
         command = {"id": self.next_id, **command}
         self.ws.send(json.dumps(command))
+        # What arrives before the reply stays queued, in order, for `read`; it is set
+        # aside meanwhile, or `read` would hand the same message back forever.
+        skipped = []
         while True:
             message = self.read()
             if message.get("id") == self.next_id:
+                self.pending[:0] = skipped
                 return message
-            self.pending.append(message)
+            skipped.append(message)
 
     def read(self) -> dict:
         if self.pending:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The Python tests against the real binary: the `cent` API client under pytest, then
-# schemathesis fuzzing the API from the OpenAPI document the server serves.
+# The Python tests against the real binary: the `cent` API client and the centrifuge-python
+# SDK (Protobuf) under pytest, then schemathesis fuzzing the API from the OpenAPI document
+# the server serves.
 # Installs what they need into target/pyvenv (or with `pip --user` where venv is
 # missing); a second run installs nothing unless requirements.txt/constraints.txt changed.
 set -euo pipefail

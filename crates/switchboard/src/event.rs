@@ -1,35 +1,124 @@
 //! What flows from the engine to sessions: channel events, encoded at most once per
-//! wire protocol and shared by reference count among all recipients.
+//! wire codec and shared by reference count among all recipients.
+//!
+//! A codec is registered at startup ([`Codec::register`]) and gets one cache slot in
+//! every event, so a transport adds its own encoding without editing the core.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use switchboard_protocol::{ClientInfo, Publication, SubscribeResult};
 
-/// A text frame ready to write: cheap to clone (reference-counted bytes).
+/// A text frame: reference-counted UTF-8 bytes.
 pub type TextFrame = Utf8Bytes;
 
-/// The wire protocols that can encode events; each owns one cache slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// Centrifugo client protocol v2, JSON.
-    CentrifugeJson = 0,
-    /// Socket.IO v5 over Engine.IO v4.
-    SocketIo = 1,
+/// A frame ready to write, text or binary: cheap to clone (reference-counted bytes), so
+/// one encoded event is shared by all its recipients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A text frame (JSON, Engine.IO packets).
+    Text(TextFrame),
+    /// A binary frame (Protobuf).
+    Binary(Bytes),
 }
 
-const PROTOCOLS: usize = 2;
+impl Frame {
+    /// A text frame of a static string.
+    pub const fn from_static(s: &'static str) -> Self {
+        Self::Text(TextFrame::from_static(s))
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Text(t) => t.len(),
+            Self::Binary(b) => b.len(),
+        }
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Its bytes, whichever the kind.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Text(t) => t.as_bytes(),
+            Self::Binary(b) => b,
+        }
+    }
+}
+
+impl From<String> for Frame {
+    fn from(s: String) -> Self {
+        Self::Text(TextFrame::from(s))
+    }
+}
+
+impl From<&'static str> for Frame {
+    fn from(s: &'static str) -> Self {
+        Self::from_static(s)
+    }
+}
+
+impl From<TextFrame> for Frame {
+    fn from(t: TextFrame) -> Self {
+        Self::Text(t)
+    }
+}
+
+impl From<Vec<u8>> for Frame {
+    fn from(b: Vec<u8>) -> Self {
+        Self::Binary(Bytes::from(b))
+    }
+}
+
+/// Cache slots in every event: more than the codecs switchboard registers, so a new
+/// transport fits without touching this number. A codec registered beyond them still
+/// works, encoding per recipient (logged once at registration).
+const SLOTS: usize = 8;
+
+/// Slots handed out so far.
+static REGISTERED: AtomicUsize = AtomicUsize::new(0);
 
 /// How a transport encodes channel events. A session carries its transport's codec, so
-/// the hub hands it an encoded frame (encoded once per protocol, shared by all).
+/// the hub hands it an encoded frame (encoded once per codec, shared by all).
 #[derive(Debug, Clone, Copy)]
 pub struct Codec {
-    /// The cache slot of this protocol.
-    pub protocol: Protocol,
+    /// What it is called in logs.
+    pub name: &'static str,
+    /// Its cache slot in every event; `None` past [`SLOTS`].
+    slot: Option<usize>,
     /// Encodes one event; the node's configuration may name events (Socket.IO's
     /// `[socketio.pushes]`), and is the same for every session that shares the frame.
-    pub encode_event: fn(&ChannelEvent, &crate::Config) -> String,
+    pub encode_event: fn(&ChannelEvent, &crate::Config) -> Frame,
+}
+
+impl Codec {
+    /// Registers a codec and gives it the next cache slot. Call it once per codec (a
+    /// transport keeps the result in a `LazyLock`): each call takes a slot.
+    pub fn register(
+        name: &'static str,
+        encode_event: fn(&ChannelEvent, &crate::Config) -> Frame,
+    ) -> Self {
+        let n = REGISTERED.fetch_add(1, Ordering::Relaxed);
+        let slot = (n < SLOTS).then_some(n);
+        if slot.is_none() {
+            tracing::warn!(
+                codec = name,
+                "no event cache slot left: encoding per recipient"
+            );
+        }
+        Self {
+            name,
+            slot,
+            encode_event,
+        }
+    }
 }
 
 /// What happened in a channel.
@@ -53,7 +142,7 @@ pub struct ChannelEvent {
     /// When this node created the event (published it, or received it from the engine):
     /// the start of the publish-to-delivery latency metric.
     pub published: Instant,
-    encoded: [OnceLock<TextFrame>; PROTOCOLS],
+    encoded: [OnceLock<Frame>; SLOTS],
 }
 
 impl ChannelEvent {
@@ -68,10 +157,13 @@ impl ChannelEvent {
     }
 
     /// The event encoded with `codec`, encoding it on first use only.
-    pub fn encoded(&self, codec: Codec, config: &crate::Config) -> TextFrame {
-        self.encoded[codec.protocol as usize]
-            .get_or_init(|| TextFrame::from((codec.encode_event)(self, config)))
-            .clone()
+    pub fn encoded(&self, codec: Codec, config: &crate::Config) -> Frame {
+        match codec.slot {
+            Some(slot) => self.encoded[slot]
+                .get_or_init(|| (codec.encode_event)(self, config))
+                .clone(),
+            None => (codec.encode_event)(self, config),
+        }
     }
 
     /// The publication offset, 0 for joins and leaves.
@@ -117,12 +209,76 @@ pub enum Outgoing {
     /// A channel event, encoded for the session's protocol.
     Event {
         /// The shared encoded frame.
-        frame: TextFrame,
+        frame: Frame,
         /// When this node created the event, for the latency metric.
         published: Instant,
     },
     /// A frame the transport already encoded (a command reply, a ping).
-    Frame(TextFrame),
+    Frame(Frame),
     /// A session-level push (boxed: rare, and it keeps outbox slots small).
     Control(Box<Control>),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::LazyLock;
+
+    use super::*;
+
+    static TEXT_CALLS: AtomicUsize = AtomicUsize::new(0);
+    static BINARY_CALLS: AtomicUsize = AtomicUsize::new(0);
+    static TEXT: LazyLock<Codec> = LazyLock::new(|| {
+        Codec::register("text", |_, _| {
+            TEXT_CALLS.fetch_add(1, Ordering::Relaxed);
+            Frame::from_static("t")
+        })
+    });
+    static BINARY: LazyLock<Codec> = LazyLock::new(|| {
+        Codec::register("binary", |_, _| {
+            BINARY_CALLS.fetch_add(1, Ordering::Relaxed);
+            Frame::from(vec![1])
+        })
+    });
+
+    #[test]
+    fn an_event_is_encoded_once_per_codec_and_shared() {
+        let config = crate::Config::default();
+        let info = ClientInfo {
+            user: "u".into(),
+            client: "c".into(),
+            conn_info: None,
+            chan_info: None,
+        };
+        let ev = ChannelEvent::new("chat:1".into(), EventKind::Join(info));
+        for _ in 0..3 {
+            assert_eq!(ev.encoded(*TEXT, &config), Frame::from_static("t"));
+            assert_eq!(ev.encoded(*BINARY, &config), Frame::from(vec![1]));
+        }
+        assert_eq!(TEXT_CALLS.load(Ordering::Relaxed), 1);
+        assert_eq!(BINARY_CALLS.load(Ordering::Relaxed), 1);
+        // The shared frame is the same allocation, not a copy.
+        let (a, b) = (ev.encoded(*BINARY, &config), ev.encoded(*BINARY, &config));
+        assert_eq!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr());
+    }
+
+    #[test]
+    fn a_codec_past_the_slots_still_encodes_per_recipient() {
+        let codec = Codec {
+            name: "late",
+            slot: None,
+            encode_event: |_, _| Frame::from_static("late"),
+        };
+        let ev = ChannelEvent::new(
+            "chat:1".into(),
+            EventKind::Leave(ClientInfo {
+                user: "u".into(),
+                client: "c".into(),
+                conn_info: None,
+                chan_info: None,
+            }),
+        );
+        let config = crate::Config::default();
+        assert_eq!(ev.encoded(codec, &config), Frame::from_static("late"));
+    }
 }

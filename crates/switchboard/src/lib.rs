@@ -9,13 +9,15 @@
 //! - [`hub`]: node-local index channel -> sessions, user -> sessions; `upstream` keeps
 //!   each channel's engine subscription in step with it.
 //! - [`session`]: one connection's identity, subscriptions, limits and [`outbox`].
-//! - [`event`]: what flows to sessions, encoded once per wire protocol.
+//! - [`event`]: what flows to sessions: frames (text or binary), encoded once per codec a
+//!   transport registers.
 //! - [`engine`]: cross-node pub/sub, presence and history ([`engine::memory`] by default,
 //!   [`engine::redis`] for several nodes).
 //! - [`history`], [`presence`]: a channel's stream and presence set.
 //! - [`cluster`]: commands between nodes, and each node's status for `info`/`channels`.
 //! - [`status`], [`typing`]: user online status and typing signals.
-//! - [`transport`]: wire protocols ([`transport::centrifuge`], [`transport::socketio`]).
+//! - [`transport`]: wire protocols ([`transport::centrifuge`] in JSON and Protobuf,
+//!   [`transport::socketio`]).
 //! - [`server`]: HTTP routes, `run`, graceful shutdown.
 //! - [`front_door`]: accepting TCP connections: caps, rates, timeouts, lingering close.
 //! - [`hooks`]: the named hook points of the core (connect, online, occupied, join...)

@@ -181,10 +181,10 @@ fn signed(n: usize) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::TextFrame;
+    use crate::event::Frame;
 
     fn frame(s: &'static str) -> Outgoing {
-        Outgoing::Frame(TextFrame::from_static(s))
+        Outgoing::Frame(Frame::from_static(s))
     }
 
     fn outbox(items: usize, bytes: usize, total: usize, metrics: &Arc<Metrics>) -> Outbox {
@@ -198,7 +198,7 @@ mod tests {
     }
 
     fn sized(n: usize) -> Outgoing {
-        Outgoing::Frame(TextFrame::from("x".repeat(n)))
+        Outgoing::Frame(Frame::from("x".repeat(n)))
     }
 
     #[test]
@@ -245,7 +245,7 @@ mod tests {
         let texts: Vec<_> = buf
             .iter()
             .map(|o| match o {
-                Outgoing::Frame(f) => f.as_str().to_owned(),
+                Outgoing::Frame(f) => String::from_utf8_lossy(f.as_bytes()).into_owned(),
                 _ => String::new(),
             })
             .collect();

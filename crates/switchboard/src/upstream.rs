@@ -100,7 +100,7 @@ mod tests {
 
     use super::*;
     use crate::engine::{HistoryOptions, HistoryQuery};
-    use crate::event::{Codec, Protocol};
+    use crate::event::{Codec, Frame};
     use crate::node::Node;
 
     /// Tracks what the node is subscribed to upstream; unsubscribing takes a while,
@@ -159,10 +159,9 @@ mod tests {
     }
 
     fn codec() -> Codec {
-        Codec {
-            protocol: Protocol::CentrifugeJson,
-            encode_event: |_, _| String::new(),
-        }
+        static CODEC: std::sync::LazyLock<Codec> =
+            std::sync::LazyLock::new(|| Codec::register("test", |_, _| Frame::from_static("")));
+        *CODEC
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,6 +12,8 @@ const path = require('node:path');
 
 const WebSocket = require('ws');
 const { Centrifuge } = require('centrifuge');
+// The SDK's Protobuf build: binary frames, the `centrifuge-protobuf` subprotocol.
+const { Centrifuge: CentrifugeProtobuf } = require('centrifuge/build/protobuf');
 
 /** HMAC secret shared by the server config and the tokens minted here. */
 const SECRET = 'switchboard-js-test-secret';
@@ -256,17 +258,20 @@ async function startServer({ config = DEFAULT_CONFIG, port } = {}) {
 }
 
 /**
- * A centrifuge-js client for `server` (not yet connected), with short reconnect delays.
- * Keep it in `clients` so `closeAll` disconnects it.
+ * A centrifuge-js client for `server` (not yet connected), with short reconnect delays;
+ * with `protobuf: true`, the SDK's Protobuf build. Keep it in `clients` so `closeAll`
+ * disconnects it.
  */
 function newClient(server, options = {}, clients) {
-  const client = new Centrifuge(server.wsUrl, {
+  const { protobuf, ...rest } = options;
+  const Sdk = protobuf ? CentrifugeProtobuf : Centrifuge;
+  const client = new Sdk(server.wsUrl, {
     websocket: WebSocket,
     minReconnectDelay: 100,
     maxReconnectDelay: 500,
     timeout: 3000,
     debug: Boolean(process.env.CENTRIFUGE_DEBUG),
-    ...options,
+    ...rest,
   });
   if (clients) clients.push(client);
   return client;
@@ -309,6 +314,7 @@ module.exports = {
   TIMEOUT,
   WebSocket,
   Centrifuge,
+  CentrifugeProtobuf,
   closeAll,
   connectUser,
   connectionToken,

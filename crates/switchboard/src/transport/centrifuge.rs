@@ -1,35 +1,84 @@
-//! The Centrifugo client protocol v2 (JSON) over WebSocket at `/connection/websocket`.
+//! The Centrifugo client protocol v2 over WebSocket at `/connection/websocket`, in
+//! either encoding: JSON (text frames) or Protobuf (binary frames), chosen at the
+//! upgrade as the official SDKs ask for it.
 //!
 //! One task per connection runs a reader (commands, timers) and a writer (drains the
-//! outbox, flushes once per batch) side by side.
+//! outbox, flushes once per batch) side by side. The reader and the command path are
+//! the same for every encoding: an [`Encoding`] only turns frames into commands and
+//! replies and pushes into frames.
+//!
+//! - [`json`]: newline-delimited JSON in text frames.
+//! - [`protobuf`]: length-delimited Protobuf in binary frames.
+
+mod json;
+mod protobuf;
 
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
-use switchboard_protocol::command::{decode_frame, Command, ConnectRequest, DecodeError, Request};
-use switchboard_protocol::reply::{encode_push, encode_reply, ErrorReply, PushBody, ReplyBody};
-use switchboard_protocol::{Disconnect, ErrorCode, PING};
+use switchboard_protocol::command::{Command, ConnectRequest, DecodeError, Request};
+use switchboard_protocol::reply::{ErrorReply, PushBody, ReplyBody};
+use switchboard_protocol::{Disconnect, ErrorCode};
 use tokio::time::sleep_until;
 use tracing::Instrument;
 
 use super::command::{self, Executed};
 use super::heartbeat::Heartbeat;
 use super::websocket::{self, Wire};
-use crate::event::{ChannelEvent, Codec, Control, EventKind, Outgoing, Protocol, TextFrame};
+use crate::event::{ChannelEvent, Codec, Control, EventKind, Frame, Outgoing};
 use crate::front_door::Peer;
 use crate::node::Node;
 use crate::session::{Session, SessionError};
 
-/// Upgrades `GET /connection/websocket`.
+/// One encoding of the Centrifugo protocol, at the edge: frames into commands, replies
+/// and pushes into frames. Everything between (the session, limits, metrics) is shared.
+trait Encoding: 'static {
+    /// Its name in logs.
+    const NAME: &'static str;
+    /// What separates text frames joined into one WebSocket message (binary frames
+    /// delimit themselves).
+    const JOIN: &'static str;
+    /// How channel events are encoded: once per encoding, shared by its sessions.
+    fn codec() -> Codec;
+    /// The server's ping.
+    fn ping() -> Frame;
+    /// The commands in one received message.
+    ///
+    /// # Errors
+    /// The disconnect for a message that is not of this encoding at all.
+    fn decode(message: Frame) -> Result<Vec<Result<Command, DecodeError>>, Disconnect>;
+    /// A reply to command `id`.
+    fn reply(id: u32, body: &ReplyBody) -> Frame;
+    /// A push about `channel` (empty for connection-level pushes).
+    fn push(channel: &str, body: &PushBody<'_>) -> Frame;
+}
+
+/// The subprotocol centrifuge-js asks for over WebSocket with its Protobuf build.
+const PROTOBUF_SUBPROTOCOL: &str = "centrifuge-protobuf";
+/// The JSON subprotocol, selected when a client offers it.
+const JSON_SUBPROTOCOL: &str = "centrifuge-json";
+
+/// Whether the query asks for Protobuf: `cf_protocol=protobuf` (the SDKs) or
+/// `format=protobuf` (older clients), as Centrifugo reads them.
+fn wants_protobuf(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|pair| matches!(pair, "cf_protocol=protobuf" | "format=protobuf"))
+    })
+}
+
+/// Upgrades `GET /connection/websocket`: Protobuf when the query or the subprotocol asks
+/// for it, JSON otherwise.
 pub async fn handler(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     peer: Peer,
+    RawQuery(query): RawQuery,
     ws: WebSocketUpgrade,
 ) -> Response {
     if !super::origin_allowed(&node.config, &headers) {
@@ -42,77 +91,85 @@ pub async fn handler(
         return busy.into_response();
     }
     let origin = node.proxies.origin("websocket", &headers);
-    websocket::configure(ws, &node.config).on_upgrade(move |socket| {
+    let ws =
+        websocket::configure(ws, &node.config).protocols([JSON_SUBPROTOCOL, PROTOBUF_SUBPROTOCOL]);
+    let protobuf = wants_protobuf(query.as_deref())
+        || ws
+            .selected_protocol()
+            .is_some_and(|p| p == PROTOBUF_SUBPROTOCOL);
+    ws.on_upgrade(move |socket| {
         let tracker = node.tracker.clone();
-        tracker.track_future(serve(node, socket, origin))
+        tracker.track_future(async move {
+            if protobuf {
+                serve::<protobuf::Protobuf>(node, socket, origin).await;
+            } else {
+                serve::<json::Json>(node, socket, origin).await;
+            }
+        })
     })
 }
 
-async fn serve(node: Arc<Node>, socket: WebSocket, origin: crate::proxy::ClientOrigin) {
+async fn serve<E: Encoding>(
+    node: Arc<Node>,
+    socket: WebSocket,
+    origin: crate::proxy::ClientOrigin,
+) {
     node.metrics.connections.inc();
-    let session = Session::new(node.clone(), CODEC);
+    let session = Session::new(node.clone(), E::codec());
     session.set_origin(origin);
     let (sink, stream) = socket.split();
     // The writer is a task of its own, so a delivery wakes only the writer, not the
     // reader's timers and cancellation futures as well.
     let writer = {
         let session = session.clone();
-        tokio::spawn(async move { websocket::write_loop(sink, &session, WIRE).await })
+        let wire = Wire {
+            encode: encode::<E>,
+            join: Some(E::JOIN),
+            // The close frame carries the code and reason.
+            farewell: |_, _| Vec::new(),
+        };
+        tokio::spawn(async move { websocket::write_loop(sink, &session, wire).await })
     };
     // The reader returns as soon as the session closes, so presence and subscriptions
     // are released then, not after the close frame got through to a client that may
     // have stopped reading.
-    read_loop(stream, &session).await;
+    read_loop::<E>(stream, &session).await;
     Box::pin(session.cleanup()).await;
     let _ = writer.await;
     node.metrics.connections.dec();
-    super::log_closed(&session, "centrifuge");
+    super::log_closed(&session, E::NAME);
 }
 
-/// How this transport encodes channel events.
-const CODEC: Codec = Codec {
-    protocol: Protocol::CentrifugeJson,
-    encode_event,
-};
-
-fn encode_event(ev: &ChannelEvent, _: &crate::Config) -> String {
+/// A channel event as a push: what every encoding's codec sends.
+fn event_push<E: Encoding>(ev: &ChannelEvent) -> Frame {
     let body = match &ev.kind {
         EventKind::Publication(p) => PushBody::Pub(p),
         EventKind::Join(info) => PushBody::Join { info },
         EventKind::Leave(info) => PushBody::Leave { info },
     };
-    encode_push(&ev.channel, &body)
+    E::push(&ev.channel, &body)
 }
 
-const WIRE: Wire = Wire {
-    encode,
-    join: Some('\n'),
-    // The close frame carries the code and reason.
-    farewell: |_, _| Vec::new(),
-};
-
-fn encode(item: Outgoing) -> TextFrame {
+fn encode<E: Encoding>(item: Outgoing) -> Frame {
     match item {
         Outgoing::Event { frame, .. } => frame,
         Outgoing::Frame(f) => f,
-        Outgoing::Control(c) => TextFrame::from(match *c {
+        Outgoing::Control(c) => match *c {
             Control::Subscribed { channel, result } => {
-                encode_push(&channel, &PushBody::Subscribe(&result))
+                E::push(&channel, &PushBody::Subscribe(&result))
             }
-            Control::Refresh { expires, ttl } => {
-                encode_push("", &PushBody::Refresh { expires, ttl })
-            }
+            Control::Refresh { expires, ttl } => E::push("", &PushBody::Refresh { expires, ttl }),
             Control::Unsubscribed {
                 channel,
                 code,
                 reason,
-            } => encode_push(&channel, &PushBody::Unsubscribe { code, reason }),
-        }),
+            } => E::push(&channel, &PushBody::Unsubscribe { code, reason }),
+        },
     }
 }
 
-async fn read_loop(mut stream: SplitStream<WebSocket>, session: &Arc<Session>) {
-    let mut heartbeat = Heartbeat::new(session, PING);
+async fn read_loop<E: Encoding>(mut stream: SplitStream<WebSocket>, session: &Arc<Session>) {
+    let mut heartbeat = Heartbeat::new(session, E::ping());
     loop {
         let deadline = heartbeat.deadline(session);
         tokio::select! {
@@ -134,28 +191,9 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, session: &Arc<Session>) {
                     session.close(Disconnect::CONNECTION_CLOSED);
                     return;
                 };
-                match msg {
-                    Ok(Message::Text(text)) => {
-                        heartbeat.pong();
-                        // Boxed: command handling is deep and rare next to idling, so it must not
-                        // inflate every idle connection's task.
-                        // Log lines about commands carry the client id and user. The span
-                        // lives only while a frame is handled: a span per idle connection
-                        // would cost memory, and entering it on every writer wake-up time.
-                        let span = tracing::info_span!("connection", client = %session.id, user = %session.user());
-                        let handled = handle_frame(session, text.as_str()).instrument(span);
-                        if let Some(d) = Box::pin(handled).await {
-                            session.close(d);
-                            return;
-                        }
-                        if session.is_connected() {
-                            heartbeat.start_pings(session);
-                        }
-                    }
-                    Ok(Message::Binary(_)) => {
-                        session.close(Disconnect::BAD_REQUEST);
-                        return;
-                    }
+                let message = match msg {
+                    Ok(Message::Text(text)) => Frame::Text(text),
+                    Ok(Message::Binary(bytes)) => Frame::Binary(bytes),
                     Ok(Message::Close(_)) => {
                         session.close(Disconnect::CONNECTION_CLOSED);
                         return;
@@ -165,9 +203,33 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, session: &Arc<Session>) {
                             session.close(d);
                             return;
                         }
+                        continue;
                     }
                     Err(e) => {
                         session.close(websocket::read_error(e));
+                        return;
+                    }
+                };
+                match E::decode(message) {
+                    Ok(commands) => {
+                        heartbeat.pong();
+                        // Boxed: command handling is deep and rare next to idling, so it must not
+                        // inflate every idle connection's task.
+                        // Log lines about commands carry the client id and user. The span
+                        // lives only while a frame is handled: a span per idle connection
+                        // would cost memory, and entering it on every writer wake-up time.
+                        let span = tracing::info_span!("connection", client = %session.id, user = %session.user());
+                        let handled = handle_frame::<E>(session, commands).instrument(span);
+                        if let Some(d) = Box::pin(handled).await {
+                            session.close(d);
+                            return;
+                        }
+                        if session.is_connected() {
+                            heartbeat.start_pings(session);
+                        }
+                    }
+                    Err(d) => {
+                        session.close(d);
                         return;
                     }
                 }
@@ -176,23 +238,26 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, session: &Arc<Session>) {
     }
 }
 
-fn reply(session: &Session, id: u32, body: &ReplyBody) {
+fn reply<E: Encoding>(session: &Session, id: u32, body: &ReplyBody) {
     if id != 0 {
-        session.enqueue(Outgoing::Frame(TextFrame::from(encode_reply(id, body))));
+        session.enqueue(Outgoing::Frame(E::reply(id, body)));
     }
 }
 
-fn reply_error(session: &Session, id: u32, code: ErrorCode, message: Option<String>) {
+fn reply_error<E: Encoding>(session: &Session, id: u32, code: ErrorCode, message: Option<String>) {
     let mut e = ErrorReply::from(code);
     if let Some(m) = message {
         e.message = m;
     }
-    reply(session, id, &ReplyBody::Error(e));
+    reply::<E>(session, id, &ReplyBody::Error(e));
 }
 
-/// Handles one frame of newline-delimited commands. Returns a disconnect to apply.
-async fn handle_frame(session: &Arc<Session>, text: &str) -> Option<Disconnect> {
-    for cmd in decode_frame(text) {
+/// Handles the commands of one frame. Returns a disconnect to apply.
+async fn handle_frame<E: Encoding>(
+    session: &Arc<Session>,
+    commands: Vec<Result<Command, DecodeError>>,
+) -> Option<Disconnect> {
+    for cmd in commands {
         let cmd = match cmd {
             Ok(cmd) => cmd,
             Err(DecodeError::Malformed { id, detail }) => {
@@ -200,7 +265,7 @@ async fn handle_frame(session: &Arc<Session>, text: &str) -> Option<Disconnect> 
                     return Some(Disconnect::BAD_REQUEST);
                 }
                 session.node().metrics.command_errors.inc();
-                reply_error(
+                reply_error::<E>(
                     session,
                     id,
                     ErrorCode::BadRequest,
@@ -216,60 +281,60 @@ async fn handle_frame(session: &Arc<Session>, text: &str) -> Option<Disconnect> 
                     return Some(Disconnect::BAD_REQUEST);
                 }
                 session.node().metrics.command_errors.inc();
-                reply_error(session, id, ErrorCode::MethodNotFound, None);
+                reply_error::<E>(session, id, ErrorCode::MethodNotFound, None);
                 if let Some(d) = session.protocol_error() {
                     return Some(d);
                 }
                 continue;
             }
         };
-        if let Some(d) = handle_command(session, cmd).await {
+        if let Some(d) = handle_command::<E>(session, cmd).await {
             return Some(d);
         }
     }
     None
 }
 
-async fn handle_command(session: &Arc<Session>, cmd: Command) -> Option<Disconnect> {
+async fn handle_command<E: Encoding>(session: &Arc<Session>, cmd: Command) -> Option<Disconnect> {
     let id = cmd.id;
     let executed = match cmd.request {
-        Request::Connect(req) => connect(session, id, req).await,
+        Request::Connect(req) => connect::<E>(session, id, req).await,
         request => command::execute(session, request).await,
     };
     match executed {
         Ok(Executed::Reply(body)) => {
-            reply(session, id, &body);
+            reply::<E>(session, id, &body);
             None
         }
         Ok(Executed::Subscribed(s)) => {
-            let frame = TextFrame::from(encode_reply(id, &ReplyBody::Subscribe(s.result)));
+            let frame = E::reply(id, &ReplyBody::Subscribe(s.result));
             s.activation.complete(Some(Outgoing::Frame(frame)));
             None
         }
         Ok(Executed::Nothing) => None,
-        Err(e) => fail(session, id, e),
+        Err(e) => fail::<E>(session, id, e),
     }
 }
 
-async fn connect(
+async fn connect<E: Encoding>(
     session: &Arc<Session>,
     id: u32,
     req: ConnectRequest,
 ) -> Result<Executed, SessionError> {
     let c = command::connect(session, Ok(req)).await?;
-    let frame = TextFrame::from(encode_reply(id, &ReplyBody::Connect(c.result)));
+    let frame = E::reply(id, &ReplyBody::Connect(c.result));
     c.activation.complete(Some(Outgoing::Frame(frame)));
     Ok(Executed::Nothing)
 }
 
-fn fail(session: &Session, id: u32, e: SessionError) -> Option<Disconnect> {
+fn fail<E: Encoding>(session: &Session, id: u32, e: SessionError) -> Option<Disconnect> {
     match e {
         SessionError::Reply(code) => {
-            reply_error(session, id, code, None);
+            reply_error::<E>(session, id, code, None);
             None
         }
         SessionError::Rejected(e) => {
-            reply(session, id, &ReplyBody::Error(*e));
+            reply::<E>(session, id, &ReplyBody::Error(*e));
             None
         }
         SessionError::Disconnect(d) => Some(d),

@@ -7,7 +7,7 @@ use switchboard_protocol::Disconnect;
 use tokio::time::Instant;
 
 use crate::auth::now_secs;
-use crate::event::{Outgoing, TextFrame};
+use crate::event::{Frame, Outgoing};
 use crate::session::Session;
 
 /// One connection's deadlines. The transport sleeps until [`Heartbeat::deadline`] and
@@ -16,7 +16,7 @@ pub(crate) struct Heartbeat {
     connect_deadline: Instant,
     next_ping: Option<Instant>,
     pong_deadline: Option<Instant>,
-    ping: &'static str,
+    ping: Frame,
 }
 
 fn unix_to_instant(unix: u64) -> Instant {
@@ -25,12 +25,12 @@ fn unix_to_instant(unix: u64) -> Instant {
 
 impl Heartbeat {
     /// Timers of a new connection whose protocol pings with the frame `ping`.
-    pub(crate) fn new(session: &Session, ping: &'static str) -> Self {
+    pub(crate) fn new(session: &Session, ping: impl Into<Frame>) -> Self {
         Self {
             connect_deadline: Instant::now() + session.node().config.client.connect_timeout,
             next_ping: None,
             pong_deadline: None,
-            ping,
+            ping: ping.into(),
         }
     }
 
@@ -75,7 +75,7 @@ impl Heartbeat {
             return Some(Disconnect::NO_PONG);
         }
         if self.next_ping.is_some_and(|p| now >= p) {
-            session.enqueue(Outgoing::Frame(TextFrame::from_static(self.ping)));
+            session.enqueue(Outgoing::Frame(self.ping.clone()));
             self.pong_deadline = Some(now + client.pong_timeout);
             self.next_ping = Some(now + client.ping_interval);
         }

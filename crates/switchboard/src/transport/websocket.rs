@@ -1,5 +1,6 @@
-//! What every WebSocket transport shares: buffer sizes, the writer that drains a
-//! session's outbox and flushes once per batch, and how read errors become disconnects.
+//! What every WebSocket transport shares: buffer sizes, the one writer that drains a
+//! session's outbox and flushes once per batch (text or binary frames), and how read
+//! errors become disconnects.
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use futures_util::stream::SplitSink;
@@ -7,7 +8,7 @@ use futures_util::SinkExt;
 use switchboard_protocol::Disconnect;
 
 use crate::config::Config;
-use crate::event::{Outgoing, TextFrame};
+use crate::event::{Frame, Outgoing};
 use crate::session::Session;
 
 /// Bytes read per read call, and the read buffer a connection starts with. Clients send
@@ -41,12 +42,70 @@ const MAX_JOINED: usize = WRITE_BUFFER_SIZE;
 #[derive(Clone, Copy)]
 pub(crate) struct Wire {
     /// Encodes one outbox item.
-    pub(crate) encode: fn(Outgoing) -> TextFrame,
+    pub(crate) encode: fn(Outgoing) -> Frame,
     /// When the protocol allows several frames in one WebSocket message, what separates
-    /// them (a newline for Centrifugo's JSON protocol).
-    pub(crate) join: Option<char>,
+    /// text frames (a newline for Centrifugo's JSON protocol). Binary frames are joined
+    /// as they are: the protocols that allow it delimit their messages themselves.
+    pub(crate) join: Option<&'static str>,
     /// Frames sent before the close frame (the protocol's own disconnect message).
-    pub(crate) farewell: fn(&Session, Disconnect) -> Vec<TextFrame>,
+    pub(crate) farewell: fn(&Session, Disconnect) -> Vec<Frame>,
+}
+
+/// A frame as a WebSocket message of its kind.
+fn message(frame: Frame) -> Message {
+    match frame {
+        Frame::Text(t) => Message::Text(t),
+        Frame::Binary(b) => Message::Binary(b),
+    }
+}
+
+/// Frames gathered into one WebSocket message; frames of one kind only.
+enum Joined {
+    Empty,
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+impl Joined {
+    /// Adds `frame`. Returns the message gathered so far when `frame` does not join
+    /// it (it is of the other kind, or the message would grow past [`MAX_JOINED`]):
+    /// send that first.
+    fn push(&mut self, frame: Frame, sep: &str) -> Option<Message> {
+        let fits = match (&*self, &frame) {
+            (Self::Empty, _) => true,
+            (Self::Text(t), Frame::Text(f)) => t.len() + sep.len() + f.len() < MAX_JOINED,
+            (Self::Binary(b), Frame::Binary(f)) => b.len() + f.len() < MAX_JOINED,
+            _ => false,
+        };
+        let full = if fits { None } else { self.take() };
+        match (&mut *self, frame) {
+            (Self::Text(t), Frame::Text(f)) => {
+                t.push_str(sep);
+                t.push_str(&f);
+            }
+            (Self::Binary(b), Frame::Binary(f)) => b.extend_from_slice(&f),
+            (joined, Frame::Text(f)) => {
+                let mut t = String::with_capacity(MAX_JOINED.min(f.len() * 8));
+                t.push_str(&f);
+                *joined = Self::Text(t);
+            }
+            (joined, Frame::Binary(f)) => {
+                let mut b = Vec::with_capacity(MAX_JOINED.min(f.len() * 8));
+                b.extend_from_slice(&f);
+                *joined = Self::Binary(b);
+            }
+        }
+        full
+    }
+
+    /// The message gathered, if any; leaves this empty.
+    fn take(&mut self) -> Option<Message> {
+        match std::mem::replace(self, Self::Empty) {
+            Self::Empty => None,
+            Self::Text(t) => Some(Message::Text(t.into())),
+            Self::Binary(b) => Some(Message::Binary(b.into())),
+        }
+    }
 }
 
 /// Writes the session's outbox to the socket until the session closes, then what was
@@ -61,7 +120,7 @@ pub(crate) async fn write_loop_with(
     mut sink: SplitSink<WebSocket, Message>,
     session: &Session,
     wire: Wire,
-    encode: impl Fn(Outgoing) -> TextFrame + Send,
+    encode: impl Fn(Outgoing) -> Frame + Send,
 ) {
     let mut batch = Vec::new();
     // Registered once: a fresh `cancelled()` per batch would lock the token's waiter list
@@ -86,25 +145,19 @@ pub(crate) async fn write_loop_with(
                 // for the client to take apart, instead of one per push. Only what is
                 // already queued is joined; nothing waits for company.
                 Some(sep) if batch.len() > 1 => {
-                    let mut joined = String::new();
+                    let mut joined = Joined::Empty;
                     for item in batch.drain(..) {
-                        let frame = encode(item);
-                        if !joined.is_empty() && joined.len() + frame.len() >= MAX_JOINED {
-                            let full = std::mem::take(&mut joined);
-                            sink.feed(Message::Text(full.into())).await?;
+                        if let Some(full) = joined.push(encode(item), sep) {
+                            sink.feed(full).await?;
                         }
-                        if joined.is_empty() {
-                            joined.reserve(MAX_JOINED.min(frame.len() * 8));
-                        } else {
-                            joined.push(sep);
-                        }
-                        joined.push_str(&frame);
                     }
-                    sink.feed(Message::Text(joined.into())).await?;
+                    if let Some(last) = joined.take() {
+                        sink.feed(last).await?;
+                    }
                 }
                 _ => {
                     for item in batch.drain(..) {
-                        sink.feed(Message::Text(encode(item))).await?;
+                        sink.feed(message(encode(item))).await?;
                     }
                 }
             }
@@ -131,12 +184,12 @@ pub(crate) async fn write_loop_with(
         if reason != Disconnect::SLOW && reason != Disconnect::WRITE_ERROR {
             batch.clear();
             while let Some(item) = session.outbox().try_recv() {
-                if sink.feed(Message::Text(encode(item))).await.is_err() {
+                if sink.feed(message(encode(item))).await.is_err() {
                     return;
                 }
             }
             for frame in (wire.farewell)(session, reason) {
-                if sink.feed(Message::Text(frame)).await.is_err() {
+                if sink.feed(message(frame)).await.is_err() {
                     return;
                 }
             }
@@ -179,5 +232,38 @@ pub(crate) fn read_error(e: axum::Error) -> Disconnect {
         )) => Disconnect::CONNECTION_CLOSED,
         Some(tungstenite::Error::Protocol(_)) => Disconnect::PROTOCOL_ERROR,
         _ => Disconnect::CONNECTION_CLOSED,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(m: Message) -> (bool, Vec<u8>) {
+        match m {
+            Message::Text(t) => (true, t.as_bytes().to_vec()),
+            Message::Binary(b) => (false, b.to_vec()),
+            _ => panic!("not a data message"),
+        }
+    }
+
+    #[test]
+    fn joins_frames_of_one_kind_into_one_message() {
+        let mut joined = Joined::Empty;
+        assert!(joined.push(Frame::from_static("a"), "\n").is_none());
+        assert!(joined.push(Frame::from_static("b"), "\n").is_none());
+        // A binary frame does not join text: the text goes first.
+        let text = joined.push(Frame::from(vec![1, 2]), "\n").unwrap();
+        assert_eq!(bytes(text), (true, b"a\nb".to_vec()));
+        // Binary frames are joined as they are (they delimit themselves).
+        assert!(joined.push(Frame::from(vec![3]), "\n").is_none());
+        assert_eq!(bytes(joined.take().unwrap()), (false, vec![1, 2, 3]));
+        assert!(joined.take().is_none());
+        // Past MAX_JOINED a new message starts.
+        let big = Frame::from("x".repeat(MAX_JOINED - 1));
+        assert!(joined.push(big, "\n").is_none());
+        let full = joined.push(Frame::from_static("y"), "\n").unwrap();
+        assert_eq!(bytes(full).1.len(), MAX_JOINED - 1);
+        assert_eq!(bytes(joined.take().unwrap()), (true, b"y".to_vec()));
     }
 }

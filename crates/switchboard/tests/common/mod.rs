@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod nginx;
+pub mod protobuf;
 pub mod redis;
 
 pub const SECRET: &str = "test-secret";

@@ -37,7 +37,7 @@ use switchboard_protocol::{SharedJson, SubscribeResult};
 use tokio::sync::Notify;
 
 use crate::config::Config;
-use crate::event::{Outgoing, TextFrame};
+use crate::event::{Frame, Outgoing};
 use crate::front_door::Peer;
 use crate::node::Node;
 use crate::session::Session;
@@ -156,7 +156,7 @@ impl Conn {
     ) -> Arc<Self> {
         let node = &sio.node;
         sio.pending.fetch_add(1, Ordering::AcqRel);
-        let session = Session::new(node.clone(), CODEC);
+        let session = Session::new(node.clone(), *CODEC);
         session.set_origin(node.proxies.origin("socketio", headers));
         Arc::new(Self {
             sid: uuid::Builder::from_random_bytes(rand::random())
@@ -204,10 +204,15 @@ impl Conn {
 
     /// Encodes an outbox item as the writer sends it, noting the publications that
     /// carry an offset for recovery.
-    fn encode(&self, item: Outgoing) -> TextFrame {
+    fn encode(&self, item: Outgoing) -> Frame {
         let recovering = &self.session.node().config.socketio;
-        if let (Outgoing::Event { frame, .. }, false) =
-            (&item, recovering.recovery_window.is_zero())
+        if let (
+            Outgoing::Event {
+                frame: Frame::Text(frame),
+                ..
+            },
+            false,
+        ) = (&item, recovering.recovery_window.is_zero())
         {
             self.tracker()
                 .wrote(frame, recovering.recovery_max_publications);

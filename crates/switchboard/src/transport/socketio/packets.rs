@@ -19,7 +19,7 @@ use switchboard_protocol::{Publication, StreamPosition};
 use super::recovery::{self, Kept};
 use super::Conn;
 use crate::event::{ChannelEvent, EventKind};
-use crate::event::{Outgoing, TextFrame};
+use crate::event::{Frame, Outgoing};
 use crate::session::Connected;
 use crate::session::EXCLUDE_CLIENT_TAG;
 use crate::session::{Session, SessionError};
@@ -63,7 +63,7 @@ async fn socketio_packet(conn: &Conn, text: &str) -> Option<Disconnect> {
         if packet.kind == SioKind::Connect {
             let body = serde_json::json!({ "message": "Invalid namespace" });
             let frame = format!("44{},{body}", packet.namespace);
-            session.enqueue(Outgoing::Frame(TextFrame::from(frame)));
+            session.enqueue(Outgoing::Frame(Frame::from(frame)));
         }
         return None;
     }
@@ -148,18 +148,18 @@ async fn connect(conn: &Conn, data: &str) -> Option<Disconnect> {
         // the client may retry on the same connection (with a fresh token, say).
         Err(SessionError::Reply(code)) => {
             let frame = encode_connect_error(code.message(), &ErrorReply::from(code));
-            session.enqueue(Outgoing::Frame(TextFrame::from(frame)));
+            session.enqueue(Outgoing::Frame(Frame::from(frame)));
             None
         }
         Err(SessionError::Rejected(e)) => {
             let frame = encode_connect_error(&e.message, &*e);
-            session.enqueue(Outgoing::Frame(TextFrame::from(frame)));
+            session.enqueue(Outgoing::Frame(Frame::from(frame)));
             None
         }
         Err(SessionError::Disconnect(d)) => {
             let data = serde_json::json!({ "code": d.code, "message": d.reason });
             let frame = encode_connect_error(d.reason, &data);
-            session.enqueue(Outgoing::Frame(TextFrame::from(frame)));
+            session.enqueue(Outgoing::Frame(Frame::from(frame)));
             Some(d)
         }
     }
@@ -295,7 +295,7 @@ async fn joined(conn: &Conn, mut c: Connected, comeback: Option<Comeback>) {
         None => conn.pid(),
     };
     let window = !config.rejoin_window.is_zero() || !config.recovery_window.is_zero();
-    let connected = TextFrame::from(if window {
+    let connected = Frame::from(if window {
         encode_connect_with_pid(&session.id, &pid)
     } else {
         encode_connect(&session.id)
@@ -304,7 +304,7 @@ async fn joined(conn: &Conn, mut c: Connected, comeback: Option<Comeback>) {
     // What Centrifugo's connect reply says (server-side subscriptions and their
     // recovery state, expiry), right after the namespace is joined.
     let result = encode_event("connected", &c.result);
-    session.enqueue(Outgoing::Frame(TextFrame::from(result)));
+    session.enqueue(Outgoing::Frame(Frame::from(result)));
     if recovered {
         let node_config = &session.node().config;
         for (channel, publications) in replay {
@@ -319,7 +319,7 @@ async fn joined(conn: &Conn, mut c: Connected, comeback: Option<Comeback>) {
                 }
                 let ev = ChannelEvent::new(channel.clone(), EventKind::Publication(p));
                 session.enqueue(Outgoing::Event {
-                    frame: ev.encoded(super::CODEC, node_config),
+                    frame: ev.encoded(*super::CODEC, node_config),
                     published: ev.published,
                 });
             }
@@ -372,7 +372,7 @@ async fn event(conn: &Conn, packet: &SioPacket<'_>) -> Option<Disconnect> {
         Ok(Executed::Subscribed(s)) => {
             let first = ack.map(|id| {
                 let frame = encode_ack(id, &AckReply(&ReplyBody::Subscribe(s.result)));
-                Outgoing::Frame(TextFrame::from(frame))
+                Outgoing::Frame(Frame::from(frame))
             });
             s.activation.complete(first);
             None
@@ -397,7 +397,7 @@ async fn event(conn: &Conn, packet: &SioPacket<'_>) -> Option<Disconnect> {
 
 fn acknowledge(session: &Session, id: u64, body: &ReplyBody) {
     let frame = encode_ack(id, &AckReply(body));
-    session.enqueue(Outgoing::Frame(TextFrame::from(frame)));
+    session.enqueue(Outgoing::Frame(Frame::from(frame)));
 }
 
 /// Answers a failed event: in its acknowledgement, or as an `error` event when the
@@ -426,7 +426,7 @@ pub(super) fn send_error(session: &Session, ack: Option<u64>, event: &str, e: Er
             }
             let push = ErrorPush { error: e, event };
             let frame = encode_event("error", &push);
-            session.enqueue(Outgoing::Frame(TextFrame::from(frame)));
+            session.enqueue(Outgoing::Frame(Frame::from(frame)));
         }
     }
 }

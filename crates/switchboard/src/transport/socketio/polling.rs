@@ -18,6 +18,7 @@ use tokio::time::sleep_until;
 
 use super::{farewell, packets, with_cors, Conn, EngineError, SocketIo};
 use super::{POLLING, UPGRADING, WEBSOCKET};
+use crate::event::Frame;
 use crate::front_door::Peer;
 use crate::transport::heartbeat::Heartbeat;
 use crate::transport::websocket::{observe_latency, BATCH};
@@ -145,6 +146,13 @@ impl Drop for PollGuard<'_> {
     }
 }
 
+/// Appends a queued frame: Socket.IO's are all text (its codec makes no binary ones).
+fn push_frame(body: &mut String, frame: &Frame) {
+    if let Frame::Text(packet) = frame {
+        push_packet(body, packet);
+    }
+}
+
 fn push_packet(body: &mut String, packet: &str) {
     if !body.is_empty() {
         body.push(RECORD_SEPARATOR);
@@ -183,16 +191,16 @@ async fn poll(conn: &Conn) -> Result<Response, EngineError> {
     observe_latency(session, &batch);
     let mut body = String::new();
     for item in batch {
-        push_packet(&mut body, &conn.encode(item));
+        push_frame(&mut body, &conn.encode(item));
     }
     if session.closed().is_cancelled() && !conn.farewell_sent.swap(true, Ordering::AcqRel) {
         let reason = session.disconnect_reason();
         if reason != Disconnect::SLOW {
             while let Some(item) = session.outbox().try_recv() {
-                push_packet(&mut body, &conn.encode(item));
+                push_frame(&mut body, &conn.encode(item));
             }
             for frame in farewell(session, reason) {
-                push_packet(&mut body, &frame);
+                push_frame(&mut body, &frame);
             }
         }
         if !body.is_empty() {

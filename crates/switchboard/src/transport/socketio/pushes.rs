@@ -7,14 +7,15 @@ use switchboard_protocol::socketio::{encode_event, encode_event2, DISCONNECT};
 use switchboard_protocol::{ClientInfo, Disconnect, Publication, SharedJson, SubscribeResult};
 
 use super::{recovery, EVENT_TAG, RESERVED_EVENTS};
-use crate::event::{ChannelEvent, Codec, Control, EventKind, Outgoing, Protocol, TextFrame};
+use crate::event::{ChannelEvent, Codec, Control, EventKind, Frame, Outgoing};
 use crate::session::Session;
 
 /// How this transport encodes channel events.
-pub(super) const CODEC: Codec = Codec {
-    protocol: Protocol::SocketIo,
-    encode_event: encode_channel_event,
-};
+pub(super) static CODEC: std::sync::LazyLock<Codec> = std::sync::LazyLock::new(|| {
+    Codec::register("socketio", |ev, config| {
+        Frame::from(encode_channel_event(ev, config))
+    })
+});
 
 /// What a `publication` event carries; a tagged publication's second argument, without
 /// `data`.
@@ -207,10 +208,10 @@ fn encode_channel_event(ev: &ChannelEvent, config: &crate::Config) -> String {
     }
 }
 
-pub(super) fn encode(item: Outgoing) -> TextFrame {
+pub(super) fn encode(item: Outgoing) -> Frame {
     match item {
         Outgoing::Event { frame, .. } | Outgoing::Frame(frame) => frame,
-        Outgoing::Control(c) => TextFrame::from(match *c {
+        Outgoing::Control(c) => Frame::from(match *c {
             Control::Subscribed { channel, result } => encode_event(
                 "subscribe",
                 &SubscribePush {
@@ -241,7 +242,7 @@ pub(super) fn encode(item: Outgoing) -> TextFrame {
 /// the client should not reconnect, the namespace `DISCONNECT` (which stops
 /// `socket.io-client` from reconnecting). A reconnectable close is a plain transport
 /// close, after which the client reconnects by itself.
-pub(super) fn farewell(session: &Session, reason: Disconnect) -> Vec<TextFrame> {
+pub(super) fn farewell(session: &Session, reason: Disconnect) -> Vec<Frame> {
     // Nothing to say to a client that never joined, or that left by itself.
     if !session.is_connected() || reason == Disconnect::CONNECTION_CLOSED {
         return Vec::new();
@@ -251,9 +252,9 @@ pub(super) fn farewell(session: &Session, reason: Disconnect) -> Vec<TextFrame> 
         reason: reason.reason,
         reconnect: reason.reconnect(),
     };
-    let mut frames = vec![TextFrame::from(encode_event("server_disconnect", &push))];
+    let mut frames = vec![Frame::from(encode_event("server_disconnect", &push))];
     if !reason.reconnect() {
-        frames.push(TextFrame::from_static(DISCONNECT));
+        frames.push(Frame::from_static(DISCONNECT));
     }
     frames
 }
