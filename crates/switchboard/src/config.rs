@@ -790,6 +790,17 @@ impl Config {
         }
         errors.extend(self.socketio.pushes.errors());
         errors.extend(self.webhooks.errors(&self.namespaces));
+        // The webhooks' shared view (who is online, which channels are occupied, the
+        // queues) uses one Redis connection; on a cluster it would reach one shard only.
+        if !self.webhooks.endpoints.is_empty()
+            && self.engine == EngineKind::Redis
+            && self.redis.cluster
+        {
+            errors.push(
+                "webhooks: not supported yet with redis.cluster = true (one redis-server only)"
+                    .to_owned(),
+            );
+        }
         let feed = &self.user_status.feed;
         if !feed.is_empty()
             && !self
@@ -1135,6 +1146,20 @@ mod tests {
         c.redis.cluster = true;
         c.redis.prefix = "app{1}".into();
         assert!(c.validate().unwrap_err().to_string().contains("prefix"));
+        // Webhooks keep their shared view on one redis-server only, for now.
+        c.redis.prefix = "app".into();
+        c.validate().expect("a valid cluster config");
+        c.webhooks.endpoints.insert(
+            "app".into(),
+            WebhookEndpointConfig {
+                url: "http://127.0.0.1:9/hook".into(),
+                secret: "s".into(),
+                events: vec!["connect".into()],
+                ..WebhookEndpointConfig::default()
+            },
+        );
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("redis.cluster"), "{err}");
     }
 
     #[test]
