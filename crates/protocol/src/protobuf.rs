@@ -246,6 +246,7 @@ pub fn encode_reply(id: u32, body: &ReplyBody) -> Vec<u8> {
                 ping: r.ping,
                 pong: r.pong,
                 node: r.node.clone(),
+                data: bytes_of(r.data.as_deref()),
                 ..Default::default()
             });
         }

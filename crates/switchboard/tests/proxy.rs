@@ -86,7 +86,7 @@ async fn connect(State(app): State<Arc<App>>, h: HeaderMap, Json(b): Json<Value>
     Json(match cookie {
         "session=alice" => json!({"result": {
             "user": "alice", "info": {"name": "Alice"}, "channels": ["news:alice"],
-            "meta": {"plan": "pro"}
+            "meta": {"plan": "pro"}, "data": {"welcome": "Alice"}
         }}),
         "session=expiring" => json!({"result": {"user": "eve", "expire_at": now_secs() + 1}}),
         "session=eve" => json!({"result": {"user": "eve"}}),
@@ -100,7 +100,8 @@ async fn connect(State(app): State<Arc<App>>, h: HeaderMap, Json(b): Json<Value>
 async fn refresh(State(app): State<Arc<App>>, h: HeaderMap, Json(b): Json<Value>) -> Json<Value> {
     record(&app, "refresh", &h, &b);
     let expired = *app.refresh_expired.lock().unwrap();
-    Json(json!({"result": {"expired": expired, "expire_at": now_secs() + 1}}))
+    let info = json!({"name": "Eve", "refreshed": true});
+    Json(json!({"result": {"expired": expired, "expire_at": now_secs() + 1, "info": info}}))
 }
 
 async fn subscribe(State(app): State<Arc<App>>, h: HeaderMap, Json(b): Json<Value>) -> Json<Value> {
@@ -248,6 +249,7 @@ async fn connect_proxy_authenticates_a_cookie_session_and_subscribes_its_channel
     );
     // A proxied connection's expiry is refreshed server-side: the client is not told.
     assert!(reply["connect"].get("expires").is_none(), "{reply}");
+    assert_eq!(reply["connect"]["data"], json!({"welcome": "Alice"}));
 
     let call = &app.calls("connect")[0];
     assert_eq!(call.cookie.as_deref(), Some("session=alice"));
@@ -354,6 +356,8 @@ async fn socketio_handshake_cookie_and_auth_object_reach_the_connect_proxy() {
     let connected = next_text(&mut ws).await.unwrap();
     assert!(connected.starts_with(r#"42["connected""#), "{connected}");
     assert!(connected.contains("news:alice"), "{connected}");
+    let connected: Value = serde_json::from_str(&connected[2..]).unwrap();
+    assert_eq!(connected[1]["data"], json!({"welcome": "Alice"}));
 
     let call = &app.calls("connect")[0];
     assert_eq!(call.body["transport"], "socketio");
@@ -479,6 +483,21 @@ async fn refresh_proxy_extends_a_proxied_connection_then_ends_it() {
     }
     assert!(app.calls("refresh").len() >= 2, "refreshed twice");
     assert_eq!(app.calls("refresh")[0].body["user"], "eve");
+    // The refresh answer's info replaced the connection's: presence shows it.
+    app.admit("eve", "conversation:1");
+    assert!(eve
+        .subscribe("conversation:1")
+        .await
+        .get("subscribe")
+        .is_some());
+    let presence = eve
+        .request(json!({"presence": {"channel": "conversation:1"}}))
+        .await;
+    let info = presence["presence"]["presence"]
+        .as_object()
+        .and_then(|m| m.values().next().cloned())
+        .expect("one client present");
+    assert_eq!(info["conn_info"], json!({"name": "Eve", "refreshed": true}));
     *app.refresh_expired.lock().unwrap() = true;
     let closed = eve.closed().await;
     assert_eq!(closed.code, 3005);

@@ -140,6 +140,8 @@ pub struct ConnectResult {
     pub roles: Vec<String>,
     /// Tenant, as the token's `tenant` claim (a switchboard extension).
     pub tenant: Option<String>,
+    /// Sent to the client in the connect reply's `data`.
+    pub data: Option<RawJson>,
 }
 
 /// `result` of a refresh or sub_refresh answer.
@@ -150,6 +152,9 @@ pub struct RefreshResult {
     pub expired: bool,
     /// New expiry, Unix seconds; 0 keeps the schedule.
     pub expire_at: u64,
+    /// Replaces the connection's info (refresh only), for later presence and
+    /// publications.
+    pub info: Option<RawJson>,
 }
 
 /// `result` of a subscribe answer.

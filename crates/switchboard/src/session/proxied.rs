@@ -44,6 +44,16 @@ fn raw(json: Option<Box<RawValue>>) -> Option<SharedJson> {
     json.map(SharedJson::from)
 }
 
+/// What the connect proxy's answer gives a connection.
+pub(super) struct ProxiedConnect {
+    /// Who the client is.
+    pub identity: Identity,
+    /// When the refresh proxy is asked to extend the connection.
+    pub expire_at: Option<u64>,
+    /// The connect reply's `data`.
+    pub data: Option<SharedJson>,
+}
+
 impl Session {
     /// Records what the client's HTTP request said, for the proxies of this connection.
     /// The first call wins.
@@ -67,12 +77,11 @@ impl Session {
         }
     }
 
-    /// Asks the connect proxy who this token-less client is. Returns the identity and
-    /// the expiry the refresh proxy extends.
+    /// Asks the connect proxy who this token-less client is.
     pub(super) async fn connect_via_proxy(
         &self,
         req: &ConnectRequest,
-    ) -> SessionResult<(Identity, Option<u64>)> {
+    ) -> SessionResult<ProxiedConnect> {
         let node = &self.node;
         let Some(endpoint) = node.proxies.connect() else {
             return Err(SessionError::Disconnect(Disconnect::INVALID_TOKEN));
@@ -107,7 +116,11 @@ impl Session {
         };
         self.check_revoked(&identity.user, None, identity.token.as_ref())
             .await?;
-        Ok((identity, (result.expire_at > 0).then_some(result.expire_at)))
+        Ok(ProxiedConnect {
+            identity,
+            expire_at: (result.expire_at > 0).then_some(result.expire_at),
+            data: raw(result.data),
+        })
     }
 
     /// Keeps a proxied connection until `expire_at`, then asks the refresh proxy to
@@ -167,7 +180,7 @@ impl Session {
         // invalidation time still falls under it.
         self.check_revoked(&identity.user, None, Some(&issued))
             .await?;
-        self.set_token_stamp(Some(issued));
+        self.renew_identity(Some(issued), raw(result.info));
         Ok(Some(result.expire_at))
     }
 
