@@ -210,6 +210,7 @@ fn subscribe_result(r: &SubscribeResult) -> wire::SubscribeResult {
         offset: r.offset,
         positioned: r.positioned,
         was_recovering: r.was_recovering,
+        data: bytes_of(r.data.as_deref()),
         ..Default::default()
     }
 }

@@ -140,6 +140,9 @@ pub struct SubscribeResult {
     /// Whether the client asked to recover.
     #[serde(skip_serializing_if = "is_false")]
     pub was_recovering: bool,
+    /// What the app backend's proxy gave the subscriber.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<SharedJson>,
 }
 
 /// Result of `presence`.

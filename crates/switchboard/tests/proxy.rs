@@ -86,7 +86,8 @@ async fn connect(State(app): State<Arc<App>>, h: HeaderMap, Json(b): Json<Value>
     Json(match cookie {
         "session=alice" => json!({"result": {
             "user": "alice", "info": {"name": "Alice"}, "channels": ["news:alice"],
-            "meta": {"plan": "pro"}, "data": {"welcome": "Alice"}
+            "meta": {"plan": "pro"}, "data": {"welcome": "Alice"},
+            "subs": {"conversation:lobby": {"info": {"seat": 1}, "data": {"topic": "hi"}}}
         }}),
         "session=expiring" => json!({"result": {"user": "eve", "expire_at": now_secs() + 1}}),
         "session=eve" => json!({"result": {"user": "eve"}}),
@@ -250,6 +251,18 @@ async fn connect_proxy_authenticates_a_cookie_session_and_subscribes_its_channel
     // A proxied connection's expiry is refreshed server-side: the client is not told.
     assert!(reply["connect"].get("expires").is_none(), "{reply}");
     assert_eq!(reply["connect"]["data"], json!({"welcome": "Alice"}));
+    // `subs`: a server-side subscription the subscribe proxy is not asked about,
+    // with the backend's data and channel info.
+    let lobby = &reply["connect"]["subs"]["conversation:lobby"];
+    assert_eq!(lobby["data"], json!({"topic": "hi"}), "{reply}");
+    let presence = alice
+        .request(json!({"presence": {"channel": "conversation:lobby"}}))
+        .await;
+    let info = presence["presence"]["presence"]
+        .as_object()
+        .and_then(|m| m.values().next().cloned())
+        .expect("one client present");
+    assert_eq!(info["chan_info"], json!({"seat": 1}));
 
     let call = &app.calls("connect")[0];
     assert_eq!(call.cookie.as_deref(), Some("session=alice"));

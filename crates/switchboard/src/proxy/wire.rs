@@ -142,6 +142,18 @@ pub struct ConnectResult {
     pub tenant: Option<String>,
     /// Sent to the client in the connect reply's `data`.
     pub data: Option<RawJson>,
+    /// More server-side channels, each with its subscription options.
+    pub subs: BTreeMap<String, SubscribeOptions>,
+}
+
+/// Options of one server-side subscription the connect proxy gives (`subs`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SubscribeOptions {
+    /// Channel info shown in presence (`chan_info`).
+    pub info: Option<RawJson>,
+    /// Sent to the client in this subscription's `data`.
+    pub data: Option<RawJson>,
 }
 
 /// `result` of a refresh or sub_refresh answer.

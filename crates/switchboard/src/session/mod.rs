@@ -324,10 +324,12 @@ impl Session {
         let revocations_seen = node.revocations_applied();
         let mut proxy_expiry = None;
         let mut data = None;
+        let mut proxied_subs = HashMap::new();
         let identity = if req.token.is_empty() && node.proxies.connect().is_some() {
             let proxied = self.connect_via_proxy(&req).await?;
             proxy_expiry = proxied.expire_at;
             data = proxied.data;
+            proxied_subs = proxied.subs;
             Arc::new(proxied.identity)
         } else {
             self.verify_token(&req.token).await?
@@ -386,10 +388,22 @@ impl Session {
                     offset: r.offset,
                     epoch: r.epoch,
                 });
+            let (grant, sub_data) = match proxied_subs.remove(&channel) {
+                Some((info, sub_data)) => (
+                    Some(crate::auth::Grant {
+                        info,
+                        expires_at: None,
+                        token: None,
+                    }),
+                    sub_data,
+                ),
+                None => (None, None),
+            };
             let channel: Arc<str> = channel.into();
-            match self.subscribe_inner(&channel, ns, None, since).await {
+            match self.subscribe_inner(&channel, ns, grant, since).await {
                 Ok(mut s) => {
                     activation.channels.append(&mut s.activation.channels);
+                    s.result.data = sub_data;
                     subs.insert(channel.to_string(), s.result);
                 }
                 Err(e) => {

@@ -52,6 +52,9 @@ pub(super) struct ProxiedConnect {
     pub expire_at: Option<u64>,
     /// The connect reply's `data`.
     pub data: Option<SharedJson>,
+    /// What the backend gave for each of its `subs`: the subscriber's channel info,
+    /// and the subscription's `data`.
+    pub subs: HashMap<String, (Option<SharedJson>, Option<SharedJson>)>,
 }
 
 impl Session {
@@ -104,10 +107,18 @@ impl Session {
         if result.expire_at > 0 && result.expire_at <= now_secs() {
             return Err(ErrorCode::Expired.into());
         }
+        let mut channels = result.channels;
+        let mut subs = HashMap::new();
+        for (channel, options) in result.subs {
+            if !channels.contains(&channel) {
+                channels.push(channel.clone());
+            }
+            subs.insert(channel, (raw(options.info), raw(options.data)));
+        }
         let identity = Identity {
             user: result.user.into(),
             info: raw(result.info),
-            channels: result.channels,
+            channels,
             meta: raw(result.meta),
             roles: result.roles,
             tenant: result.tenant.filter(|t| !t.is_empty()),
@@ -120,6 +131,7 @@ impl Session {
             identity,
             expire_at: (result.expire_at > 0).then_some(result.expire_at),
             data: raw(result.data),
+            subs,
         })
     }
 
