@@ -107,11 +107,19 @@ async fn refresh(State(app): State<Arc<App>>, h: HeaderMap, Json(b): Json<Value>
 
 async fn subscribe(State(app): State<Arc<App>>, h: HeaderMap, Json(b): Json<Value>) -> Json<Value> {
     record(&app, "subscribe", &h, &b);
-    Json(if app.is_member(&b) {
-        json!({"result": {"info": {"role": "member"}}})
-    } else {
-        json!({"error": {"code": 103, "message": "not a member"}})
-    })
+    Json(
+        if b["channel"] == "conversation:quiet" && app.is_member(&b) {
+            // Data for the subscriber; its presence hidden, its join and leave sent.
+            json!({"result": {
+                "data": {"unread": 3},
+                "override": {"presence": {"value": false}, "join_leave": {"value": true}}
+            }})
+        } else if app.is_member(&b) {
+            json!({"result": {"info": {"role": "member"}}})
+        } else {
+            json!({"error": {"code": 103, "message": "not a member"}})
+        },
+    )
 }
 
 async fn sub_refresh(
@@ -615,6 +623,37 @@ async fn subscribe_proxy_decides_membership_and_caches_positive_answers() {
         .get("subscribe")
         .is_some());
     assert_eq!(app.calls("subscribe").len(), asked);
+}
+
+#[tokio::test]
+async fn subscribe_proxy_data_reaches_the_client_and_overrides_apply_to_the_subscriber() {
+    let (app, server) = setup().await;
+    let mut alice = Client::connect_user(&server, "alice").await;
+    let mut bob = Client::connect_user(&server, "bob").await;
+    app.admit("alice", "conversation:1");
+    app.admit("alice", "conversation:quiet");
+    app.admit("bob", "conversation:quiet");
+    let plain = alice.subscribe("conversation:1").await;
+    assert!(plain["subscribe"].get("data").is_none(), "{plain}");
+    let quiet = alice.subscribe("conversation:quiet").await;
+    assert_eq!(quiet["subscribe"]["data"], json!({"unread": 3}), "{quiet}");
+    // `join_leave: true` in a namespace without join_leave: her own join, then bob's,
+    // reach alice.
+    let push = alice.next_push().await;
+    assert_eq!(push["join"]["info"]["user"], "alice", "{push}");
+    assert!(bob
+        .subscribe("conversation:quiet")
+        .await
+        .get("subscribe")
+        .is_some());
+    let push = alice.next_push().await;
+    assert_eq!(push["channel"], "conversation:quiet", "{push}");
+    assert_eq!(push["join"]["info"]["user"], "bob", "{push}");
+    // `presence: false`: neither is in the channel's presence.
+    let presence = alice
+        .request(json!({"presence": {"channel": "conversation:quiet"}}))
+        .await;
+    assert_eq!(presence["presence"]["presence"], json!({}), "{presence}");
 }
 
 #[tokio::test]

@@ -397,13 +397,24 @@ pub struct SubscribeCache {
     entries: Mutex<HashMap<UserChannel, Cached>>,
 }
 
+/// What a positive subscribe answer gives the subscriber.
+#[derive(Debug, Clone, Default)]
+pub struct Admitted {
+    /// The subscriber's channel info.
+    pub info: Option<SharedJson>,
+    /// Sent to the client in the subscribe reply's `data`.
+    pub data: Option<SharedJson>,
+    /// Namespace options changed for this subscriber.
+    pub overrides: wire::SubscribeOverride,
+}
+
 /// A positive subscribe answer.
 #[derive(Clone)]
 pub struct Cached {
     /// Until when it may be reused.
     until: Instant,
-    /// The channel info the backend gave.
-    pub info: Option<SharedJson>,
+    /// What the backend gave.
+    pub answer: Admitted,
 }
 
 impl SubscribeCache {
@@ -417,7 +428,7 @@ impl SubscribeCache {
     }
 
     /// Remembers a positive answer for `ttl`.
-    pub fn put(&self, user: Arc<str>, channel: Arc<str>, info: Option<SharedJson>, ttl: Duration) {
+    pub fn put(&self, user: Arc<str>, channel: Arc<str>, answer: Admitted, ttl: Duration) {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= MAX_CACHED {
@@ -430,7 +441,7 @@ impl SubscribeCache {
             (user, channel),
             Cached {
                 until: now + ttl,
-                info,
+                answer,
             },
         );
     }

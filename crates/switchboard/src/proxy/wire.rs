@@ -178,6 +178,31 @@ pub struct SubscribeResult {
     /// Unix seconds at which the sub_refresh proxy is asked again (if sooner than
     /// `sub_refresh_interval`); 0: at the interval.
     pub expire_at: u64,
+    /// Sent to the client in the subscribe reply's `data`.
+    pub data: Option<RawJson>,
+    /// Namespace options changed for this subscriber.
+    #[serde(rename = "override")]
+    pub overrides: SubscribeOverride,
+}
+
+/// Centrifugo's `SubscribeOptionOverride`, as far as switchboard's namespace options
+/// go: `force_recovery`, `force_positioning` and `force_push_join_leave` are ignored.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(default)]
+pub struct SubscribeOverride {
+    /// Keep this subscriber in presence; only turns presence off (presence is answered
+    /// per namespace).
+    pub presence: Option<BoolValue>,
+    /// Send this subscriber's join and leave to the channel.
+    pub join_leave: Option<BoolValue>,
+}
+
+/// A protobuf `BoolValue` in JSON: `{"value": true}`.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(default)]
+pub struct BoolValue {
+    /// The value.
+    pub value: bool,
 }
 
 /// `result` of a publish answer.

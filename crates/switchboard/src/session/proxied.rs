@@ -9,7 +9,7 @@ use switchboard_protocol::command::SubscribeRequest;
 
 use super::*;
 use crate::auth::Grant;
-use crate::proxy::{wire, ClientOrigin, ProxyError, ProxyKind};
+use crate::proxy::{wire, Admitted, ClientOrigin, ProxyError, ProxyKind};
 
 impl From<ProxyError> for SessionError {
     /// What a client sees of a proxy call: the backend's own error or disconnect, or
@@ -55,6 +55,23 @@ pub(super) struct ProxiedConnect {
     /// What the backend gave for each of its `subs`: the subscriber's channel info,
     /// and the subscription's `data`.
     pub subs: HashMap<String, (Option<SharedJson>, Option<SharedJson>)>,
+}
+
+/// The namespace as this subscriber sees it: with presence turned off, or join and
+/// leave turned on or off, when the subscribe proxy said so.
+pub(super) fn overridden(
+    ns: Arc<NamespaceConfig>,
+    overrides: wire::SubscribeOverride,
+) -> Arc<NamespaceConfig> {
+    let presence = overrides.presence.map(|b| b.value && ns.presence);
+    let join_leave = overrides.join_leave.map(|b| b.value);
+    if presence.is_none_or(|p| p == ns.presence) && join_leave.is_none_or(|j| j == ns.join_leave) {
+        return ns;
+    }
+    let mut changed = NamespaceConfig::clone(&ns);
+    changed.presence = presence.unwrap_or(ns.presence);
+    changed.join_leave = join_leave.unwrap_or(ns.join_leave);
+    Arc::new(changed)
 }
 
 impl Session {
@@ -197,13 +214,14 @@ impl Session {
     }
 
     /// Asks the namespace's subscribe proxy (or its cache) whether the client may
-    /// subscribe; a yes grants the channel with the info the backend gave.
+    /// subscribe; a yes grants the channel with the info the backend gave, and the
+    /// data and namespace overrides the subscription gets.
     pub(super) async fn subscribe_via_proxy(
         &self,
         identity: &Identity,
         ns: &NamespaceConfig,
         req: &SubscribeRequest,
-    ) -> SessionResult<Grant> {
+    ) -> SessionResult<(Grant, Admitted)> {
         let node = &self.node;
         let Some(endpoint) = node.proxies.named(&ns.subscribe_proxy) else {
             return Err(ErrorCode::PermissionDenied.into());
@@ -213,11 +231,12 @@ impl Session {
         let cacheable = !ns.subscribe_proxy_cache_ttl.is_zero() && !identity.user.is_empty();
         if cacheable {
             if let Some(hit) = node.proxies.cache().get(&identity.user, &channel) {
-                return Ok(Grant {
-                    info: hit.info,
+                let grant = Grant {
+                    info: hit.answer.info.clone(),
                     expires_at: None,
                     token: None,
-                });
+                };
+                return Ok((grant, hit.answer));
             }
         }
         let body = wire::ChannelRequest {
@@ -230,20 +249,25 @@ impl Session {
             .proxies
             .call(ProxyKind::Subscribe, endpoint, self.origin(), &body, false)
             .await?;
-        let info = raw(result.info);
+        let admitted = Admitted {
+            info: raw(result.info),
+            data: raw(result.data),
+            overrides: result.overrides,
+        };
         if cacheable {
             node.proxies.cache().put(
                 identity.user.clone(),
                 channel,
-                info.clone(),
+                admitted.clone(),
                 ns.subscribe_proxy_cache_ttl,
             );
         }
-        Ok(Grant {
-            info,
+        let grant = Grant {
+            info: admitted.info.clone(),
             expires_at: (result.expire_at > 0).then_some(result.expire_at),
             token: None,
-        })
+        };
+        Ok((grant, admitted))
     }
 
     /// Asks the namespace's sub_refresh proxy every `sub_refresh_interval` (or at the
