@@ -91,6 +91,10 @@ async fn connect(State(app): State<Arc<App>>, h: HeaderMap, Json(b): Json<Value>
         }}),
         "session=expiring" => json!({"result": {"user": "eve", "expire_at": now_secs() + 1}}),
         "session=eve" => json!({"result": {"user": "eve"}}),
+        // `{"name":"Bee"}` and `{"via":"b64"}`, as a backend with binary payloads sends them.
+        "session=b64" => json!({"result": {
+            "user": "bee", "b64info": "eyJuYW1lIjoiQmVlIn0=", "b64data": "eyJ2aWEiOiJiNjQifQ=="
+        }}),
         "session=anonymous" => json!({"result": {"user": ""}}),
         "session=banned" => json!({"disconnect": {"code": 4501, "reason": "banned"}}),
         _ if b["data"]["session"] == "bob" => json!({"result": {"user": "bob"}}),
@@ -150,6 +154,9 @@ async fn rpc(State(app): State<Arc<App>>, h: HeaderMap, Json(b): Json<Value>) ->
         Some("conversation:mark_read") => {
             json!({"result": {"data": {"read": b["data"]["id"], "user": b["user"]}}})
         }
+        // `{"via":"b64"}`, then bytes that are not JSON (`not json`).
+        Some("conversation:b64") => json!({"result": {"b64data": "eyJ2aWEiOiJiNjQifQ=="}}),
+        Some("conversation:b64_bytes") => json!({"result": {"b64data": "bm90IGpzb24="}}),
         _ => json!({"error": {"code": 1404, "message": "no such method"}}),
     })
 }
@@ -654,6 +661,39 @@ async fn subscribe_proxy_data_reaches_the_client_and_overrides_apply_to_the_subs
         .request(json!({"presence": {"channel": "conversation:quiet"}}))
         .await;
     assert_eq!(presence["presence"]["presence"], json!({}), "{presence}");
+}
+
+#[tokio::test]
+async fn base64_payloads_are_decoded_and_bytes_that_are_not_json_are_a_bad_answer() {
+    let (app, server) = setup().await;
+    let (mut bee, reply) = connect_with_cookie(&server, "session=b64").await;
+    assert_eq!(reply["connect"]["data"], json!({"via": "b64"}), "{reply}");
+    // The decoded `b64info` is the connection's info.
+    app.admit("bee", "conversation:1");
+    assert!(bee
+        .subscribe("conversation:1")
+        .await
+        .get("subscribe")
+        .is_some());
+    let presence = bee
+        .request(json!({"presence": {"channel": "conversation:1"}}))
+        .await;
+    let info = presence["presence"]["presence"]
+        .as_object()
+        .and_then(|m| m.values().next().cloned())
+        .expect("one client present");
+    assert_eq!(info["conn_info"], json!({"name": "Bee"}));
+
+    let rpc = bee
+        .request(json!({"rpc": {"method": "conversation:b64"}}))
+        .await;
+    assert_eq!(rpc["rpc"]["data"], json!({"via": "b64"}), "{rpc}");
+    let bad = bee
+        .request(json!({"rpc": {"method": "conversation:b64_bytes"}}))
+        .await;
+    assert_temporary(&bad);
+    let bad_answers = r#"switchboard_proxy_requests_total{proxy="rpc",result="bad_answer"}"#;
+    assert_eq!(metric(&server, bad_answers).await, 1);
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -142,6 +143,10 @@ pub struct ConnectResult {
     pub tenant: Option<String>,
     /// Sent to the client in the connect reply's `data`.
     pub data: Option<RawJson>,
+    /// `info`, base64-encoded JSON text.
+    pub b64info: Option<String>,
+    /// `data`, base64-encoded JSON text.
+    pub b64data: Option<String>,
     /// More server-side channels, each with its subscription options.
     pub subs: BTreeMap<String, SubscribeOptions>,
 }
@@ -154,6 +159,10 @@ pub struct SubscribeOptions {
     pub info: Option<RawJson>,
     /// Sent to the client in this subscription's `data`.
     pub data: Option<RawJson>,
+    /// `info`, base64-encoded JSON text.
+    pub b64info: Option<String>,
+    /// `data`, base64-encoded JSON text.
+    pub b64data: Option<String>,
 }
 
 /// `result` of a refresh or sub_refresh answer.
@@ -167,6 +176,8 @@ pub struct RefreshResult {
     /// Replaces the connection's info (refresh only), for later presence and
     /// publications.
     pub info: Option<RawJson>,
+    /// `info`, base64-encoded JSON text.
+    pub b64info: Option<String>,
 }
 
 /// `result` of a subscribe answer.
@@ -180,6 +191,10 @@ pub struct SubscribeResult {
     pub expire_at: u64,
     /// Sent to the client in the subscribe reply's `data`.
     pub data: Option<RawJson>,
+    /// `info`, base64-encoded JSON text.
+    pub b64info: Option<String>,
+    /// `data`, base64-encoded JSON text.
+    pub b64data: Option<String>,
     /// Namespace options changed for this subscriber.
     #[serde(rename = "override")]
     pub overrides: SubscribeOverride,
@@ -211,6 +226,8 @@ pub struct BoolValue {
 pub struct PublishResult {
     /// Replaces the client's data.
     pub data: Option<RawJson>,
+    /// `data`, base64-encoded JSON text.
+    pub b64data: Option<String>,
     /// Do not keep this publication in history.
     pub skip_history: bool,
     /// Tags of the publication (`event` names the Socket.IO event).
@@ -223,4 +240,71 @@ pub struct PublishResult {
 pub struct RpcResult {
     /// What the caller receives.
     pub data: Option<RawJson>,
+    /// `data`, base64-encoded JSON text.
+    pub b64data: Option<String>,
+}
+
+/// A result whose payloads may come base64-encoded (`b64info`, `b64data`), as
+/// Centrifugo allows for binary payloads. switchboard keeps payloads as JSON, so the
+/// decoded bytes must be JSON text.
+pub trait Payloads {
+    /// Moves each base64 payload, decoded, into its JSON field (it wins over the field).
+    ///
+    /// # Errors
+    /// Which payload is not base64 of JSON text.
+    fn decode_b64(&mut self) -> Result<(), String>;
+}
+
+fn from_b64(field: &mut Option<RawJson>, b64: Option<String>, name: &str) -> Result<(), String> {
+    // Go backends omit empty strings; an explicit "" means "not set" as well.
+    let Some(text) = b64.filter(|t| !t.is_empty()) else {
+        return Ok(());
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| format!("{name} is not base64: {e}"))?;
+    let text = String::from_utf8(bytes).map_err(|_| format!("{name} is not JSON text"))?;
+    let json = RawValue::from_string(text).map_err(|e| format!("{name} is not JSON: {e}"))?;
+    *field = Some(json);
+    Ok(())
+}
+
+impl Payloads for ConnectResult {
+    fn decode_b64(&mut self) -> Result<(), String> {
+        from_b64(&mut self.info, self.b64info.take(), "b64info")?;
+        from_b64(&mut self.data, self.b64data.take(), "b64data")?;
+        self.subs.values_mut().try_for_each(Payloads::decode_b64)
+    }
+}
+
+impl Payloads for SubscribeOptions {
+    fn decode_b64(&mut self) -> Result<(), String> {
+        from_b64(&mut self.info, self.b64info.take(), "b64info")?;
+        from_b64(&mut self.data, self.b64data.take(), "b64data")
+    }
+}
+
+impl Payloads for RefreshResult {
+    fn decode_b64(&mut self) -> Result<(), String> {
+        from_b64(&mut self.info, self.b64info.take(), "b64info")
+    }
+}
+
+impl Payloads for SubscribeResult {
+    fn decode_b64(&mut self) -> Result<(), String> {
+        from_b64(&mut self.info, self.b64info.take(), "b64info")?;
+        from_b64(&mut self.data, self.b64data.take(), "b64data")
+    }
+}
+
+impl Payloads for PublishResult {
+    fn decode_b64(&mut self) -> Result<(), String> {
+        from_b64(&mut self.data, self.b64data.take(), "b64data")
+    }
+}
+
+impl Payloads for RpcResult {
+    fn decode_b64(&mut self) -> Result<(), String> {
+        from_b64(&mut self.data, self.b64data.take(), "b64data")
+    }
 }
