@@ -389,3 +389,39 @@ impl Session {
         Some(result.map(|r| raw(r.data)).map_err(SessionError::from))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_change_join_leave_both_ways_and_presence_only_to_off() {
+        let off = Some(wire::BoolValue { value: false });
+        let on = Some(wire::BoolValue { value: true });
+        let ns = Arc::new(NamespaceConfig {
+            presence: true,
+            join_leave: true,
+            ..NamespaceConfig::default()
+        });
+        let quiet = overridden(
+            ns.clone(),
+            wire::SubscribeOverride {
+                presence: off,
+                join_leave: off,
+            },
+        );
+        assert!(!quiet.presence && !quiet.join_leave);
+        // Nothing to change: the namespace itself, not a copy.
+        let same = overridden(ns.clone(), wire::SubscribeOverride::default());
+        assert!(Arc::ptr_eq(&same, &ns));
+        let plain = Arc::new(NamespaceConfig::default());
+        let loud = overridden(
+            plain,
+            wire::SubscribeOverride {
+                presence: on,
+                join_leave: on,
+            },
+        );
+        assert!(!loud.presence && loud.join_leave);
+    }
+}
