@@ -210,6 +210,7 @@ fn subscribe_result(r: &SubscribeResult) -> wire::SubscribeResult {
         offset: r.offset,
         positioned: r.positioned,
         was_recovering: r.was_recovering,
+        data: bytes_of(r.data.as_deref()),
         ..Default::default()
     }
 }
@@ -246,6 +247,7 @@ pub fn encode_reply(id: u32, body: &ReplyBody) -> Vec<u8> {
                 ping: r.ping,
                 pong: r.pong,
                 node: r.node.clone(),
+                data: bytes_of(r.data.as_deref()),
                 ..Default::default()
             });
         }

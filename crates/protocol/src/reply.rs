@@ -105,6 +105,9 @@ pub struct ConnectResult {
     /// Node id that accepted the connection.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub node: String,
+    /// What the app backend's connect proxy gave the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<SharedJson>,
 }
 
 /// Result of `subscribe` (and of each server-side subscription).
@@ -137,6 +140,9 @@ pub struct SubscribeResult {
     /// Whether the client asked to recover.
     #[serde(skip_serializing_if = "is_false")]
     pub was_recovering: bool,
+    /// What the app backend's proxy gave the subscriber.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<SharedJson>,
 }
 
 /// Result of `presence`.

@@ -86,10 +86,15 @@ async fn connect(State(app): State<Arc<App>>, h: HeaderMap, Json(b): Json<Value>
     Json(match cookie {
         "session=alice" => json!({"result": {
             "user": "alice", "info": {"name": "Alice"}, "channels": ["news:alice"],
-            "meta": {"plan": "pro"}
+            "meta": {"plan": "pro"}, "data": {"welcome": "Alice"},
+            "subs": {"conversation:lobby": {"info": {"seat": 1}, "data": {"topic": "hi"}}}
         }}),
         "session=expiring" => json!({"result": {"user": "eve", "expire_at": now_secs() + 1}}),
         "session=eve" => json!({"result": {"user": "eve"}}),
+        // `{"name":"Bee"}` and `{"via":"b64"}`, as a backend with binary payloads sends them.
+        "session=b64" => json!({"result": {
+            "user": "bee", "b64info": "eyJuYW1lIjoiQmVlIn0=", "b64data": "eyJ2aWEiOiJiNjQifQ=="
+        }}),
         "session=anonymous" => json!({"result": {"user": ""}}),
         "session=banned" => json!({"disconnect": {"code": 4501, "reason": "banned"}}),
         _ if b["data"]["session"] == "bob" => json!({"result": {"user": "bob"}}),
@@ -100,16 +105,25 @@ async fn connect(State(app): State<Arc<App>>, h: HeaderMap, Json(b): Json<Value>
 async fn refresh(State(app): State<Arc<App>>, h: HeaderMap, Json(b): Json<Value>) -> Json<Value> {
     record(&app, "refresh", &h, &b);
     let expired = *app.refresh_expired.lock().unwrap();
-    Json(json!({"result": {"expired": expired, "expire_at": now_secs() + 1}}))
+    let info = json!({"name": "Eve", "refreshed": true});
+    Json(json!({"result": {"expired": expired, "expire_at": now_secs() + 1, "info": info}}))
 }
 
 async fn subscribe(State(app): State<Arc<App>>, h: HeaderMap, Json(b): Json<Value>) -> Json<Value> {
     record(&app, "subscribe", &h, &b);
-    Json(if app.is_member(&b) {
-        json!({"result": {"info": {"role": "member"}}})
-    } else {
-        json!({"error": {"code": 103, "message": "not a member"}})
-    })
+    Json(
+        if b["channel"] == "conversation:quiet" && app.is_member(&b) {
+            // Data for the subscriber; its presence hidden, its join and leave sent.
+            json!({"result": {
+                "data": {"unread": 3},
+                "override": {"presence": {"value": false}, "join_leave": {"value": true}}
+            }})
+        } else if app.is_member(&b) {
+            json!({"result": {"info": {"role": "member"}}})
+        } else {
+            json!({"error": {"code": 103, "message": "not a member"}})
+        },
+    )
 }
 
 async fn sub_refresh(
@@ -140,6 +154,9 @@ async fn rpc(State(app): State<Arc<App>>, h: HeaderMap, Json(b): Json<Value>) ->
         Some("conversation:mark_read") => {
             json!({"result": {"data": {"read": b["data"]["id"], "user": b["user"]}}})
         }
+        // `{"via":"b64"}`, then bytes that are not JSON (`not json`).
+        Some("conversation:b64") => json!({"result": {"b64data": "eyJ2aWEiOiJiNjQifQ=="}}),
+        Some("conversation:b64_bytes") => json!({"result": {"b64data": "bm90IGpzb24="}}),
         _ => json!({"error": {"code": 1404, "message": "no such method"}}),
     })
 }
@@ -248,6 +265,19 @@ async fn connect_proxy_authenticates_a_cookie_session_and_subscribes_its_channel
     );
     // A proxied connection's expiry is refreshed server-side: the client is not told.
     assert!(reply["connect"].get("expires").is_none(), "{reply}");
+    assert_eq!(reply["connect"]["data"], json!({"welcome": "Alice"}));
+    // `subs`: a server-side subscription the subscribe proxy is not asked about,
+    // with the backend's data and channel info.
+    let lobby = &reply["connect"]["subs"]["conversation:lobby"];
+    assert_eq!(lobby["data"], json!({"topic": "hi"}), "{reply}");
+    let presence = alice
+        .request(json!({"presence": {"channel": "conversation:lobby"}}))
+        .await;
+    let info = presence["presence"]["presence"]
+        .as_object()
+        .and_then(|m| m.values().next().cloned())
+        .expect("one client present");
+    assert_eq!(info["chan_info"], json!({"seat": 1}));
 
     let call = &app.calls("connect")[0];
     assert_eq!(call.cookie.as_deref(), Some("session=alice"));
@@ -354,6 +384,8 @@ async fn socketio_handshake_cookie_and_auth_object_reach_the_connect_proxy() {
     let connected = next_text(&mut ws).await.unwrap();
     assert!(connected.starts_with(r#"42["connected""#), "{connected}");
     assert!(connected.contains("news:alice"), "{connected}");
+    let connected: Value = serde_json::from_str(&connected[2..]).unwrap();
+    assert_eq!(connected[1]["data"], json!({"welcome": "Alice"}));
 
     let call = &app.calls("connect")[0];
     assert_eq!(call.body["transport"], "socketio");
@@ -479,6 +511,21 @@ async fn refresh_proxy_extends_a_proxied_connection_then_ends_it() {
     }
     assert!(app.calls("refresh").len() >= 2, "refreshed twice");
     assert_eq!(app.calls("refresh")[0].body["user"], "eve");
+    // The refresh answer's info replaced the connection's: presence shows it.
+    app.admit("eve", "conversation:1");
+    assert!(eve
+        .subscribe("conversation:1")
+        .await
+        .get("subscribe")
+        .is_some());
+    let presence = eve
+        .request(json!({"presence": {"channel": "conversation:1"}}))
+        .await;
+    let info = presence["presence"]["presence"]
+        .as_object()
+        .and_then(|m| m.values().next().cloned())
+        .expect("one client present");
+    assert_eq!(info["conn_info"], json!({"name": "Eve", "refreshed": true}));
     *app.refresh_expired.lock().unwrap() = true;
     let closed = eve.closed().await;
     assert_eq!(closed.code, 3005);
@@ -583,6 +630,70 @@ async fn subscribe_proxy_decides_membership_and_caches_positive_answers() {
         .get("subscribe")
         .is_some());
     assert_eq!(app.calls("subscribe").len(), asked);
+}
+
+#[tokio::test]
+async fn subscribe_proxy_data_reaches_the_client_and_overrides_apply_to_the_subscriber() {
+    let (app, server) = setup().await;
+    let mut alice = Client::connect_user(&server, "alice").await;
+    let mut bob = Client::connect_user(&server, "bob").await;
+    app.admit("alice", "conversation:1");
+    app.admit("alice", "conversation:quiet");
+    app.admit("bob", "conversation:quiet");
+    let plain = alice.subscribe("conversation:1").await;
+    assert!(plain["subscribe"].get("data").is_none(), "{plain}");
+    let quiet = alice.subscribe("conversation:quiet").await;
+    assert_eq!(quiet["subscribe"]["data"], json!({"unread": 3}), "{quiet}");
+    // `join_leave: true` in a namespace without join_leave: her own join, then bob's,
+    // reach alice.
+    let push = alice.next_push().await;
+    assert_eq!(push["join"]["info"]["user"], "alice", "{push}");
+    assert!(bob
+        .subscribe("conversation:quiet")
+        .await
+        .get("subscribe")
+        .is_some());
+    let push = alice.next_push().await;
+    assert_eq!(push["channel"], "conversation:quiet", "{push}");
+    assert_eq!(push["join"]["info"]["user"], "bob", "{push}");
+    // `presence: false`: neither is in the channel's presence.
+    let presence = alice
+        .request(json!({"presence": {"channel": "conversation:quiet"}}))
+        .await;
+    assert_eq!(presence["presence"]["presence"], json!({}), "{presence}");
+}
+
+#[tokio::test]
+async fn base64_payloads_are_decoded_and_bytes_that_are_not_json_are_a_bad_answer() {
+    let (app, server) = setup().await;
+    let (mut bee, reply) = connect_with_cookie(&server, "session=b64").await;
+    assert_eq!(reply["connect"]["data"], json!({"via": "b64"}), "{reply}");
+    // The decoded `b64info` is the connection's info.
+    app.admit("bee", "conversation:1");
+    assert!(bee
+        .subscribe("conversation:1")
+        .await
+        .get("subscribe")
+        .is_some());
+    let presence = bee
+        .request(json!({"presence": {"channel": "conversation:1"}}))
+        .await;
+    let info = presence["presence"]["presence"]
+        .as_object()
+        .and_then(|m| m.values().next().cloned())
+        .expect("one client present");
+    assert_eq!(info["conn_info"], json!({"name": "Bee"}));
+
+    let rpc = bee
+        .request(json!({"rpc": {"method": "conversation:b64"}}))
+        .await;
+    assert_eq!(rpc["rpc"]["data"], json!({"via": "b64"}), "{rpc}");
+    let bad = bee
+        .request(json!({"rpc": {"method": "conversation:b64_bytes"}}))
+        .await;
+    assert_temporary(&bad);
+    let bad_answers = r#"switchboard_proxy_requests_total{proxy="rpc",result="bad_answer"}"#;
+    assert_eq!(metric(&server, bad_answers).await, 1);
 }
 
 #[tokio::test]

@@ -282,7 +282,7 @@ impl Proxies {
     /// # Errors
     /// The backend's refusal or disconnect, or why it failed; never waits longer than
     /// the endpoint's `timeout`.
-    pub async fn call<T: DeserializeOwned + Default>(
+    pub async fn call<T: DeserializeOwned + Default + wire::Payloads>(
         &self,
         kind: ProxyKind,
         endpoint: &Endpoint,
@@ -357,7 +357,7 @@ pub(crate) fn without_url(e: &reqwest::Error) -> String {
     e
 }
 
-fn read_answer<T: DeserializeOwned + Default>(
+fn read_answer<T: DeserializeOwned + Default + wire::Payloads>(
     answer: &[u8],
     require_result: bool,
 ) -> Result<T, ProxyError> {
@@ -377,7 +377,10 @@ fn read_answer<T: DeserializeOwned + Default>(
         return Err(ProxyError::Refused(e));
     }
     match answer.result {
-        Some(r) => Ok(r),
+        Some(mut r) => {
+            r.decode_b64().map_err(ProxyError::BadAnswer)?;
+            Ok(r)
+        }
         None if require_result => Err(ProxyError::BadAnswer("no result".into())),
         None => Ok(T::default()),
     }
@@ -397,13 +400,24 @@ pub struct SubscribeCache {
     entries: Mutex<HashMap<UserChannel, Cached>>,
 }
 
+/// What a positive subscribe answer gives the subscriber.
+#[derive(Debug, Clone, Default)]
+pub struct Admitted {
+    /// The subscriber's channel info.
+    pub info: Option<SharedJson>,
+    /// Sent to the client in the subscribe reply's `data`.
+    pub data: Option<SharedJson>,
+    /// Namespace options changed for this subscriber.
+    pub overrides: wire::SubscribeOverride,
+}
+
 /// A positive subscribe answer.
 #[derive(Clone)]
 pub struct Cached {
     /// Until when it may be reused.
     until: Instant,
-    /// The channel info the backend gave.
-    pub info: Option<SharedJson>,
+    /// What the backend gave.
+    pub answer: Admitted,
 }
 
 impl SubscribeCache {
@@ -417,7 +431,7 @@ impl SubscribeCache {
     }
 
     /// Remembers a positive answer for `ttl`.
-    pub fn put(&self, user: Arc<str>, channel: Arc<str>, info: Option<SharedJson>, ttl: Duration) {
+    pub fn put(&self, user: Arc<str>, channel: Arc<str>, answer: Admitted, ttl: Duration) {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= MAX_CACHED {
@@ -430,7 +444,7 @@ impl SubscribeCache {
             (user, channel),
             Cached {
                 until: now + ttl,
-                info,
+                answer,
             },
         );
     }
@@ -445,6 +459,54 @@ impl SubscribeCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_payloads_of_every_result_are_decoded_json_text() {
+        // eyJhIjoxfQ== is `{"a":1}`; bm90IGpzb24= is `not json`.
+        let json = |o: &Option<wire::RawJson>| {
+            o.as_deref()
+                .map(serde_json::value::RawValue::get)
+                .map(str::to_owned)
+        };
+        let a = Some(r#"{"a":1}"#.to_owned());
+        let r: wire::ConnectResult = read_answer(
+            br#"{"result":{"user":"5","b64info":"eyJhIjoxfQ==","b64data":"eyJhIjoxfQ==",
+                "subs":{"c:1":{"b64info":"eyJhIjoxfQ==","b64data":"eyJhIjoxfQ=="}}}}"#,
+            true,
+        )
+        .unwrap();
+        assert_eq!((json(&r.info), json(&r.data)), (a.clone(), a.clone()));
+        assert_eq!(json(&r.subs["c:1"].info), a);
+        assert_eq!(json(&r.subs["c:1"].data), a);
+        let r: wire::RefreshResult =
+            read_answer(br#"{"result":{"b64info":"eyJhIjoxfQ=="}}"#, false).unwrap();
+        assert_eq!(json(&r.info), a);
+        let r: wire::SubscribeResult = read_answer(
+            br#"{"result":{"b64info":"eyJhIjoxfQ==","b64data":"eyJhIjoxfQ=="}}"#,
+            false,
+        )
+        .unwrap();
+        assert_eq!((json(&r.info), json(&r.data)), (a.clone(), a.clone()));
+        let r: wire::PublishResult =
+            read_answer(br#"{"result":{"b64data":"eyJhIjoxfQ=="}}"#, false).unwrap();
+        assert_eq!(json(&r.data), a);
+        for bad in [
+            &br#"{"result":{"b64data":"bm90IGpzb24="}}"#[..],
+            br#"{"result":{"b64data":"%%%"}}"#,
+        ] {
+            assert!(matches!(
+                read_answer::<wire::PublishResult>(bad, false),
+                Err(ProxyError::BadAnswer(_))
+            ));
+        }
+        assert!(matches!(
+            read_answer::<wire::ConnectResult>(
+                br#"{"result":{"subs":{"c:1":{"b64info":"bm90IGpzb24="}}}}"#,
+                true
+            ),
+            Err(ProxyError::BadAnswer(_))
+        ));
+    }
 
     #[test]
     fn answers_read_as_centrifugo_defines_them() {

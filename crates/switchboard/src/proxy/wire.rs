@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -140,6 +141,28 @@ pub struct ConnectResult {
     pub roles: Vec<String>,
     /// Tenant, as the token's `tenant` claim (a switchboard extension).
     pub tenant: Option<String>,
+    /// Sent to the client in the connect reply's `data`.
+    pub data: Option<RawJson>,
+    /// `info`, base64-encoded JSON text.
+    pub b64info: Option<String>,
+    /// `data`, base64-encoded JSON text.
+    pub b64data: Option<String>,
+    /// More server-side channels, each with its subscription options.
+    pub subs: BTreeMap<String, SubscribeOptions>,
+}
+
+/// Options of one server-side subscription the connect proxy gives (`subs`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SubscribeOptions {
+    /// Channel info shown in presence (`chan_info`).
+    pub info: Option<RawJson>,
+    /// Sent to the client in this subscription's `data`.
+    pub data: Option<RawJson>,
+    /// `info`, base64-encoded JSON text.
+    pub b64info: Option<String>,
+    /// `data`, base64-encoded JSON text.
+    pub b64data: Option<String>,
 }
 
 /// `result` of a refresh or sub_refresh answer.
@@ -150,6 +173,11 @@ pub struct RefreshResult {
     pub expired: bool,
     /// New expiry, Unix seconds; 0 keeps the schedule.
     pub expire_at: u64,
+    /// Replaces the connection's info (refresh only), for later presence and
+    /// publications.
+    pub info: Option<RawJson>,
+    /// `info`, base64-encoded JSON text.
+    pub b64info: Option<String>,
 }
 
 /// `result` of a subscribe answer.
@@ -161,6 +189,35 @@ pub struct SubscribeResult {
     /// Unix seconds at which the sub_refresh proxy is asked again (if sooner than
     /// `sub_refresh_interval`); 0: at the interval.
     pub expire_at: u64,
+    /// Sent to the client in the subscribe reply's `data`.
+    pub data: Option<RawJson>,
+    /// `info`, base64-encoded JSON text.
+    pub b64info: Option<String>,
+    /// `data`, base64-encoded JSON text.
+    pub b64data: Option<String>,
+    /// Namespace options changed for this subscriber.
+    #[serde(rename = "override")]
+    pub overrides: SubscribeOverride,
+}
+
+/// Centrifugo's `SubscribeOptionOverride`, as far as switchboard's namespace options
+/// go: `force_recovery`, `force_positioning` and `force_push_join_leave` are ignored.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(default)]
+pub struct SubscribeOverride {
+    /// Keep this subscriber in presence; only turns presence off (presence is answered
+    /// per namespace).
+    pub presence: Option<BoolValue>,
+    /// Send this subscriber's join and leave to the channel.
+    pub join_leave: Option<BoolValue>,
+}
+
+/// A protobuf `BoolValue` in JSON: `{"value": true}`.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(default)]
+pub struct BoolValue {
+    /// The value.
+    pub value: bool,
 }
 
 /// `result` of a publish answer.
@@ -169,6 +226,8 @@ pub struct SubscribeResult {
 pub struct PublishResult {
     /// Replaces the client's data.
     pub data: Option<RawJson>,
+    /// `data`, base64-encoded JSON text.
+    pub b64data: Option<String>,
     /// Do not keep this publication in history.
     pub skip_history: bool,
     /// Tags of the publication (`event` names the Socket.IO event).
@@ -181,4 +240,71 @@ pub struct PublishResult {
 pub struct RpcResult {
     /// What the caller receives.
     pub data: Option<RawJson>,
+    /// `data`, base64-encoded JSON text.
+    pub b64data: Option<String>,
+}
+
+/// A result whose payloads may come base64-encoded (`b64info`, `b64data`), as
+/// Centrifugo allows for binary payloads. switchboard keeps payloads as JSON, so the
+/// decoded bytes must be JSON text.
+pub trait Payloads {
+    /// Moves each base64 payload, decoded, into its JSON field (it wins over the field).
+    ///
+    /// # Errors
+    /// Which payload is not base64 of JSON text.
+    fn decode_b64(&mut self) -> Result<(), String>;
+}
+
+fn from_b64(field: &mut Option<RawJson>, b64: Option<String>, name: &str) -> Result<(), String> {
+    // Go backends omit empty strings; an explicit "" means "not set" as well.
+    let Some(text) = b64.filter(|t| !t.is_empty()) else {
+        return Ok(());
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| format!("{name} is not base64: {e}"))?;
+    let text = String::from_utf8(bytes).map_err(|_| format!("{name} is not JSON text"))?;
+    let json = RawValue::from_string(text).map_err(|e| format!("{name} is not JSON: {e}"))?;
+    *field = Some(json);
+    Ok(())
+}
+
+impl Payloads for ConnectResult {
+    fn decode_b64(&mut self) -> Result<(), String> {
+        from_b64(&mut self.info, self.b64info.take(), "b64info")?;
+        from_b64(&mut self.data, self.b64data.take(), "b64data")?;
+        self.subs.values_mut().try_for_each(Payloads::decode_b64)
+    }
+}
+
+impl Payloads for SubscribeOptions {
+    fn decode_b64(&mut self) -> Result<(), String> {
+        from_b64(&mut self.info, self.b64info.take(), "b64info")?;
+        from_b64(&mut self.data, self.b64data.take(), "b64data")
+    }
+}
+
+impl Payloads for RefreshResult {
+    fn decode_b64(&mut self) -> Result<(), String> {
+        from_b64(&mut self.info, self.b64info.take(), "b64info")
+    }
+}
+
+impl Payloads for SubscribeResult {
+    fn decode_b64(&mut self) -> Result<(), String> {
+        from_b64(&mut self.info, self.b64info.take(), "b64info")?;
+        from_b64(&mut self.data, self.b64data.take(), "b64data")
+    }
+}
+
+impl Payloads for PublishResult {
+    fn decode_b64(&mut self) -> Result<(), String> {
+        from_b64(&mut self.data, self.b64data.take(), "b64data")
+    }
+}
+
+impl Payloads for RpcResult {
+    fn decode_b64(&mut self) -> Result<(), String> {
+        from_b64(&mut self.data, self.b64data.take(), "b64data")
+    }
 }

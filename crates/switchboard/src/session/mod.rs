@@ -323,10 +323,14 @@ impl Session {
         let node = self.node.clone();
         let revocations_seen = node.revocations_applied();
         let mut proxy_expiry = None;
+        let mut data = None;
+        let mut proxied_subs = HashMap::new();
         let identity = if req.token.is_empty() && node.proxies.connect().is_some() {
-            let (identity, expiry) = self.connect_via_proxy(&req).await?;
-            proxy_expiry = expiry;
-            Arc::new(identity)
+            let proxied = self.connect_via_proxy(&req).await?;
+            proxy_expiry = proxied.expire_at;
+            data = proxied.data;
+            proxied_subs = proxied.subs;
+            Arc::new(proxied.identity)
         } else {
             self.verify_token(&req.token).await?
         };
@@ -384,10 +388,22 @@ impl Session {
                     offset: r.offset,
                     epoch: r.epoch,
                 });
+            let (grant, sub_data) = match proxied_subs.remove(&channel) {
+                Some((info, sub_data)) => (
+                    Some(crate::auth::Grant {
+                        info,
+                        expires_at: None,
+                        token: None,
+                    }),
+                    sub_data,
+                ),
+                None => (None, None),
+            };
             let channel: Arc<str> = channel.into();
-            match self.subscribe_inner(&channel, ns, None, since).await {
+            match self.subscribe_inner(&channel, ns, grant, since).await {
                 Ok(mut s) => {
                     activation.channels.append(&mut s.activation.channels);
+                    s.result.data = sub_data;
                     subs.insert(channel.to_string(), s.result);
                 }
                 Err(e) => {
@@ -410,6 +426,7 @@ impl Session {
                 ping: u32::try_from(node.config.client.ping_interval.as_secs()).unwrap_or(25),
                 pong: true,
                 node: node.name.clone(),
+                data,
             },
             activation,
         })
@@ -497,12 +514,16 @@ impl Session {
     }
 
     /// Replaces the connection's token stamp (a refreshed token, a proxy refresh), so
-    /// revocation judges the connection by its newest credential.
-    fn set_token_stamp(&self, token: Option<crate::auth::TokenStamp>) {
+    /// revocation judges the connection by its newest credential; and its info, when
+    /// the refresh proxy gave one, for later presence and publications.
+    fn renew_identity(&self, token: Option<crate::auth::TokenStamp>, info: Option<SharedJson>) {
         let mut st = self.state();
         if let Some(identity) = &st.identity {
             let mut fresh = Identity::clone(identity);
             fresh.token = token;
+            if info.is_some() {
+                fresh.info = info;
+            }
             st.identity = Some(Arc::new(fresh));
         }
     }
@@ -530,7 +551,7 @@ impl Session {
         }
         self.check_revoked(&fresh.user, None, fresh.token.as_ref())
             .await?;
-        self.set_token_stamp(fresh.token.clone());
+        self.renew_identity(fresh.token.clone(), None);
         self.state().expires_at = fresh.expires_at;
         self.deadlines_moved();
         let (expires, ttl) = ttl_of(fresh.expires_at);

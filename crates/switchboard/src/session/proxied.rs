@@ -9,7 +9,7 @@ use switchboard_protocol::command::SubscribeRequest;
 
 use super::*;
 use crate::auth::Grant;
-use crate::proxy::{wire, ClientOrigin, ProxyError, ProxyKind};
+use crate::proxy::{wire, Admitted, ClientOrigin, ProxyError, ProxyKind};
 
 impl From<ProxyError> for SessionError {
     /// What a client sees of a proxy call: the backend's own error or disconnect, or
@@ -44,6 +44,36 @@ fn raw(json: Option<Box<RawValue>>) -> Option<SharedJson> {
     json.map(SharedJson::from)
 }
 
+/// What the connect proxy's answer gives a connection.
+pub(super) struct ProxiedConnect {
+    /// Who the client is.
+    pub identity: Identity,
+    /// When the refresh proxy is asked to extend the connection.
+    pub expire_at: Option<u64>,
+    /// The connect reply's `data`.
+    pub data: Option<SharedJson>,
+    /// What the backend gave for each of its `subs`: the subscriber's channel info,
+    /// and the subscription's `data`.
+    pub subs: HashMap<String, (Option<SharedJson>, Option<SharedJson>)>,
+}
+
+/// The namespace as this subscriber sees it: with presence turned off, or join and
+/// leave turned on or off, when the subscribe proxy said so.
+pub(super) fn overridden(
+    ns: Arc<NamespaceConfig>,
+    overrides: wire::SubscribeOverride,
+) -> Arc<NamespaceConfig> {
+    let presence = overrides.presence.map(|b| b.value && ns.presence);
+    let join_leave = overrides.join_leave.map(|b| b.value);
+    if presence.is_none_or(|p| p == ns.presence) && join_leave.is_none_or(|j| j == ns.join_leave) {
+        return ns;
+    }
+    let mut changed = NamespaceConfig::clone(&ns);
+    changed.presence = presence.unwrap_or(ns.presence);
+    changed.join_leave = join_leave.unwrap_or(ns.join_leave);
+    Arc::new(changed)
+}
+
 impl Session {
     /// Records what the client's HTTP request said, for the proxies of this connection.
     /// The first call wins.
@@ -67,12 +97,11 @@ impl Session {
         }
     }
 
-    /// Asks the connect proxy who this token-less client is. Returns the identity and
-    /// the expiry the refresh proxy extends.
+    /// Asks the connect proxy who this token-less client is.
     pub(super) async fn connect_via_proxy(
         &self,
         req: &ConnectRequest,
-    ) -> SessionResult<(Identity, Option<u64>)> {
+    ) -> SessionResult<ProxiedConnect> {
         let node = &self.node;
         let Some(endpoint) = node.proxies.connect() else {
             return Err(SessionError::Disconnect(Disconnect::INVALID_TOKEN));
@@ -95,10 +124,18 @@ impl Session {
         if result.expire_at > 0 && result.expire_at <= now_secs() {
             return Err(ErrorCode::Expired.into());
         }
+        let mut channels = result.channels;
+        let mut subs = HashMap::new();
+        for (channel, options) in result.subs {
+            if !channels.contains(&channel) {
+                channels.push(channel.clone());
+            }
+            subs.insert(channel, (raw(options.info), raw(options.data)));
+        }
         let identity = Identity {
             user: result.user.into(),
             info: raw(result.info),
-            channels: result.channels,
+            channels,
             meta: raw(result.meta),
             roles: result.roles,
             tenant: result.tenant.filter(|t| !t.is_empty()),
@@ -107,7 +144,12 @@ impl Session {
         };
         self.check_revoked(&identity.user, None, identity.token.as_ref())
             .await?;
-        Ok((identity, (result.expire_at > 0).then_some(result.expire_at)))
+        Ok(ProxiedConnect {
+            identity,
+            expire_at: (result.expire_at > 0).then_some(result.expire_at),
+            data: raw(result.data),
+            subs,
+        })
     }
 
     /// Keeps a proxied connection until `expire_at`, then asks the refresh proxy to
@@ -167,18 +209,19 @@ impl Session {
         // invalidation time still falls under it.
         self.check_revoked(&identity.user, None, Some(&issued))
             .await?;
-        self.set_token_stamp(Some(issued));
+        self.renew_identity(Some(issued), raw(result.info));
         Ok(Some(result.expire_at))
     }
 
     /// Asks the namespace's subscribe proxy (or its cache) whether the client may
-    /// subscribe; a yes grants the channel with the info the backend gave.
+    /// subscribe; a yes grants the channel with the info the backend gave, and the
+    /// data and namespace overrides the subscription gets.
     pub(super) async fn subscribe_via_proxy(
         &self,
         identity: &Identity,
         ns: &NamespaceConfig,
         req: &SubscribeRequest,
-    ) -> SessionResult<Grant> {
+    ) -> SessionResult<(Grant, Admitted)> {
         let node = &self.node;
         let Some(endpoint) = node.proxies.named(&ns.subscribe_proxy) else {
             return Err(ErrorCode::PermissionDenied.into());
@@ -188,11 +231,12 @@ impl Session {
         let cacheable = !ns.subscribe_proxy_cache_ttl.is_zero() && !identity.user.is_empty();
         if cacheable {
             if let Some(hit) = node.proxies.cache().get(&identity.user, &channel) {
-                return Ok(Grant {
-                    info: hit.info,
+                let grant = Grant {
+                    info: hit.answer.info.clone(),
                     expires_at: None,
                     token: None,
-                });
+                };
+                return Ok((grant, hit.answer));
             }
         }
         let body = wire::ChannelRequest {
@@ -205,20 +249,25 @@ impl Session {
             .proxies
             .call(ProxyKind::Subscribe, endpoint, self.origin(), &body, false)
             .await?;
-        let info = raw(result.info);
+        let admitted = Admitted {
+            info: raw(result.info),
+            data: raw(result.data),
+            overrides: result.overrides,
+        };
         if cacheable {
             node.proxies.cache().put(
                 identity.user.clone(),
                 channel,
-                info.clone(),
+                admitted.clone(),
                 ns.subscribe_proxy_cache_ttl,
             );
         }
-        Ok(Grant {
-            info,
+        let grant = Grant {
+            info: admitted.info.clone(),
             expires_at: (result.expire_at > 0).then_some(result.expire_at),
             token: None,
-        })
+        };
+        Ok((grant, admitted))
     }
 
     /// Asks the namespace's sub_refresh proxy every `sub_refresh_interval` (or at the
@@ -338,5 +387,41 @@ impl Session {
             .call::<wire::RpcResult>(ProxyKind::Rpc, endpoint, self.origin(), &body, false)
             .await;
         Some(result.map(|r| raw(r.data)).map_err(SessionError::from))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_change_join_leave_both_ways_and_presence_only_to_off() {
+        let off = Some(wire::BoolValue { value: false });
+        let on = Some(wire::BoolValue { value: true });
+        let ns = Arc::new(NamespaceConfig {
+            presence: true,
+            join_leave: true,
+            ..NamespaceConfig::default()
+        });
+        let quiet = overridden(
+            ns.clone(),
+            wire::SubscribeOverride {
+                presence: off,
+                join_leave: off,
+            },
+        );
+        assert!(!quiet.presence && !quiet.join_leave);
+        // Nothing to change: the namespace itself, not a copy.
+        let same = overridden(ns.clone(), wire::SubscribeOverride::default());
+        assert!(Arc::ptr_eq(&same, &ns));
+        let plain = Arc::new(NamespaceConfig::default());
+        let loud = overridden(
+            plain,
+            wire::SubscribeOverride {
+                presence: on,
+                join_leave: on,
+            },
+        );
+        assert!(!loud.presence && loud.join_leave);
     }
 }

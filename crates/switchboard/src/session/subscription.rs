@@ -131,6 +131,7 @@ impl Session {
         };
         let mut grant = grant;
         let mut proxied = false;
+        let mut data = None;
         let ns = match node
             .rules
             .check_subscribe(&identity, &req.channel, grant.is_some())
@@ -142,9 +143,11 @@ impl Session {
                 if ns.subscribe_proxy.is_empty() {
                     return Err(ErrorCode::PermissionDenied.into());
                 }
-                grant = Some(self.subscribe_via_proxy(&identity, &ns, &req).await?);
+                let (granted, admitted) = self.subscribe_via_proxy(&identity, &ns, &req).await?;
+                grant = Some(granted);
                 proxied = true;
-                ns
+                data = admitted.data;
+                super::proxied::overridden(ns, admitted.overrides)
             }
             Err(e) => return Err(e.into()),
         };
@@ -159,9 +162,10 @@ impl Session {
             .as_mut()
             .filter(|_| proxied)
             .and_then(|g| g.expires_at.take());
-        let subscribed = self
+        let mut subscribed = self
             .subscribe_inner(&channel, ns.clone(), grant, since)
             .await?;
+        subscribed.result.data = data;
         if proxied {
             if let Some(guard) = self.spawn_sub_refresh(channel.clone(), &ns, proxy_expiry) {
                 if let Some(sub) = self.state().subs.get_mut(&channel) {
