@@ -168,6 +168,21 @@ pub struct Closed {
     pub reason: String,
 }
 
+impl Closed {
+    /// What a close frame says; none at all reads as 1005 (no status).
+    pub fn from_frame(frame: Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>) -> Self {
+        frame
+            .map(|f| Closed {
+                code: u16::from(f.code),
+                reason: f.reason.to_string(),
+            })
+            .unwrap_or(Closed {
+                code: u16::from(CloseCode::Status),
+                reason: String::new(),
+            })
+    }
+}
+
 impl Client {
     /// Opens a socket without sending connect.
     pub async fn open(server: &TestServer) -> Client {
@@ -469,17 +484,7 @@ where
             .expect("read timeout");
         match msg {
             Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
-            Some(Ok(Message::Close(frame))) => {
-                return Err(frame
-                    .map(|f| Closed {
-                        code: u16::from(f.code),
-                        reason: f.reason.to_string(),
-                    })
-                    .unwrap_or(Closed {
-                        code: u16::from(CloseCode::Status),
-                        reason: String::new(),
-                    }));
-            }
+            Some(Ok(Message::Close(frame))) => return Err(Closed::from_frame(frame)),
             Some(Ok(_)) => continue,
             Some(Err(e)) => {
                 return Err(Closed {

@@ -8,7 +8,6 @@ use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use switchboard_protocol::protobuf::wire::{self, Command, Reply};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{Closed, TestServer, Ws, TIMEOUT};
@@ -158,17 +157,7 @@ impl ProtoClient {
                     }
                 }
                 Some(Ok(Message::Text(t))) => panic!("text frame on a Protobuf connection: {t}"),
-                Some(Ok(Message::Close(frame))) => {
-                    return Err(frame
-                        .map(|f| Closed {
-                            code: u16::from(f.code),
-                            reason: f.reason.to_string(),
-                        })
-                        .unwrap_or(Closed {
-                            code: u16::from(CloseCode::Status),
-                            reason: String::new(),
-                        }))
-                }
+                Some(Ok(Message::Close(frame))) => return Err(Closed::from_frame(frame)),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => {
                     return Err(Closed {
