@@ -307,6 +307,39 @@ function closeAll(clients) {
   for (const c of clients.splice(0)) c.disconnect();
 }
 
+/** Forwards every connection to `target.port`; `switchTo` moves new ones and drops the old. */
+function startBalancer(port) {
+  const sockets = new Set();
+  const target = { port };
+  const server = net.createServer((down) => {
+    const up = net.connect(target.port, '127.0.0.1');
+    sockets.add(down);
+    sockets.add(up);
+    down.pipe(up);
+    up.pipe(down);
+    const close = () => {
+      down.destroy();
+      up.destroy();
+      sockets.delete(down);
+      sockets.delete(up);
+    };
+    down.on('error', close).on('close', close);
+    up.on('error', close).on('close', close);
+  });
+  return new Promise((resolve) => {
+    server.listen(0, '127.0.0.1', () => {
+      resolve({
+        port: server.address().port,
+        switchTo(port) {
+          target.port = port;
+          for (const s of sockets) s.destroy();
+        },
+        close: () => new Promise((r) => server.close(r)),
+      });
+    });
+  });
+}
+
 module.exports = {
   BIN,
   DEFAULT_CONFIG,
@@ -326,6 +359,7 @@ module.exports = {
   nowSecs,
   record,
   sleep,
+  startBalancer,
   startServer,
   subscribe,
   subscriptionToken,

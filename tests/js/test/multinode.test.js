@@ -21,38 +21,6 @@ let nodes = [];
 let balancer;
 const clients = [];
 
-/** Forwards every connection to `target.port`; `switchTo` moves new ones and drops the old. */
-function startBalancer(port) {
-  const sockets = new Set();
-  const target = { port };
-  const server = net.createServer((down) => {
-    const up = net.connect(target.port, '127.0.0.1');
-    sockets.add(down);
-    sockets.add(up);
-    down.pipe(up);
-    up.pipe(down);
-    const close = () => {
-      down.destroy();
-      up.destroy();
-      sockets.delete(down);
-      sockets.delete(up);
-    };
-    down.on('error', close).on('close', close);
-    up.on('error', close).on('close', close);
-  });
-  return new Promise((resolve) => {
-    server.listen(0, '127.0.0.1', () => {
-      resolve({
-        port: server.address().port,
-        switchTo(port) {
-          target.port = port;
-          for (const s of sockets) s.destroy();
-        },
-        close: () => new Promise((r) => server.close(r)),
-      });
-    });
-  });
-}
 
 async function waitRedis(port) {
   const deadline = Date.now() + h.TIMEOUT;
@@ -85,7 +53,7 @@ before(async () => {
 url = "redis://127.0.0.1:${redisPort}"
 `;
   nodes = [await h.startServer({ config }), await h.startServer({ config })];
-  balancer = await startBalancer(nodes[0].port);
+  balancer = await h.startBalancer(nodes[0].port);
 });
 afterEach(() => h.closeAll(clients));
 after(async () => {

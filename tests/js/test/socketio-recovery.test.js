@@ -157,36 +157,6 @@ let redis;
 let nodes = [];
 let balancer;
 
-function startBalancer(port) {
-  const sockets = new Set();
-  const target = { port };
-  const server = net.createServer((down) => {
-    const up = net.connect(target.port, '127.0.0.1');
-    for (const s of [down, up]) sockets.add(s);
-    down.pipe(up);
-    up.pipe(down);
-    const close = () => {
-      down.destroy();
-      up.destroy();
-      sockets.delete(down);
-      sockets.delete(up);
-    };
-    down.on('error', close).on('close', close);
-    up.on('error', close).on('close', close);
-  });
-  return new Promise((resolve) => {
-    server.listen(0, '127.0.0.1', () => {
-      resolve({
-        port: server.address().port,
-        switchTo(port) {
-          target.port = port;
-          for (const s of sockets) s.destroy();
-        },
-        close: () => new Promise((r) => server.close(r)),
-      });
-    });
-  });
-}
 
 before(async () => {
   if (!hasRedis) return;
@@ -199,7 +169,7 @@ before(async () => {
     s.on('error', () => resolve(false));
   }));
   nodes = [await h.startServer({ config }), await h.startServer({ config })];
-  balancer = await startBalancer(nodes[0].port);
+  balancer = await h.startBalancer(nodes[0].port);
 });
 after(async () => {
   for (const n of nodes) await n.stop('SIGKILL');
