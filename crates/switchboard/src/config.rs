@@ -172,6 +172,22 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
 }
 
+/// `scheme://user:password@host...` with the password replaced by [`REDACTED`].
+fn hide_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let (userinfo, host) = rest.split_at(at);
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:{REDACTED}{host}"),
+        None => url.to_owned(),
+    }
+}
+
 impl RedisConfig {
     /// The URLs in `url` (several only with `cluster`).
     pub fn urls(&self) -> Vec<&str> {
@@ -681,6 +697,16 @@ impl Config {
                     .collect(),
                 ..self.webhooks.clone()
             },
+            redis: RedisConfig {
+                url: self
+                    .redis
+                    .urls()
+                    .into_iter()
+                    .map(hide_url_password)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                ..self.redis.clone()
+            },
             ..self.clone()
         }
     }
@@ -1041,6 +1067,18 @@ mod tests {
         assert_eq!(c.api_key, REDACTED);
         assert_eq!(c.api_keys, vec![REDACTED]);
         assert_eq!(Config::default().redacted().api_key, "");
+    }
+
+    #[test]
+    fn redacted_hides_redis_passwords() {
+        let mut c = Config::default();
+        c.redis.url = "redis://:pw@a:6379/0, rediss://app:pw2@b:7000,redis://c:7000".into();
+        let url = c.redacted().redis.url;
+        assert_eq!(
+            url,
+            format!("redis://:{REDACTED}@a:6379/0,rediss://app:{REDACTED}@b:7000,redis://c:7000")
+        );
+        assert!(!url.contains("pw"));
     }
 
     #[test]
