@@ -210,6 +210,23 @@ pub trait Engine: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Records `at_ms` for every user connected here (the periodic renewal). The
+    /// default records them one by one.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the backing store fails.
+    async fn refresh_seen(
+        &self,
+        users: &[Arc<str>],
+        at_ms: u64,
+        keep: Duration,
+    ) -> Result<(), EngineError> {
+        for user in users {
+            self.record_seen(user, at_ms, keep).await?;
+        }
+        Ok(())
+    }
+
     /// The latest time (Unix ms, 0: never) any node recorded for each user; `None`
     /// when the engine sees no node but this one.
     ///

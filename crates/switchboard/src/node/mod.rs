@@ -827,19 +827,9 @@ impl Node {
     /// it died.
     pub(crate) async fn refresh_seen(&self) {
         let keep = self.config.user_status.last_seen_ttl;
-        let now = now_ms();
         let users = self.hub.users();
-        // The connection pipelines concurrent requests: one round trip per chunk.
-        for chunk in users.chunks(512) {
-            let writes = chunk.iter().map(|u| self.engine.record_seen(u, now, keep));
-            if let Some(Err(e)) = futures_util::future::join_all(writes)
-                .await
-                .into_iter()
-                .find(Result::is_err)
-            {
-                tracing::warn!(error = %e, "last-seen refresh failed");
-                return;
-            }
+        if let Err(e) = self.engine.refresh_seen(&users, now_ms(), keep).await {
+            tracing::warn!(error = %e, "last-seen refresh failed");
         }
     }
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, PushInfo, RedisFuture, Value};
+use redis::io::tcp::TcpSettings;
+use redis::{Cmd, IntoConnectionInfo, Pipeline, PushInfo, RedisFuture, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::config::RedisConfig;
@@ -41,29 +42,41 @@ impl Connection {
     /// # Errors
     /// A malformed URL.
     pub(super) fn open(config: &RedisConfig) -> Result<(Self, Feed), EngineError> {
-        let bad_url = |e: redis::RedisError| EngineError::Unavailable(format!("redis.url: {e}"));
         if config.cluster {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            let client = ClusterClientBuilder::new(config.urls())
-                .use_protocol(redis::ProtocolVersion::RESP3)
-                .build()
-                .map_err(bad_url)?;
-            let conn = client.get_pending_async_connection_with_config(
-                ClusterConfig::new()
-                    .set_connection_timeout(config.connect_timeout)
-                    .set_response_timeout(config.command_timeout)
-                    .set_push_sender(tx),
+            let conn = cluster_client(config)?.get_pending_async_connection_with_config(
+                cluster_config(config).set_push_sender(tx),
             );
             return Ok((Self::Cluster(conn.clone()), Feed::Cluster(conn, rx)));
         }
-        let client = redis::Client::open(config.url.as_str()).map_err(bad_url)?;
+        let client = single_client(config)?;
+        Ok((Self::single(client.clone(), config)?, Feed::Single(client)))
+    }
+
+    /// A second connection for the periodic bulk renewals (presence leases, last-seen
+    /// times: thousands of commands at once), so that publications do not queue behind
+    /// them on the same socket: Redis serves the two sockets in turns.
+    ///
+    /// # Errors
+    /// A malformed URL.
+    pub(super) fn open_bulk(config: &RedisConfig) -> Result<Self, EngineError> {
+        if config.cluster {
+            return Ok(Self::Cluster(
+                cluster_client(config)?
+                    .get_pending_async_connection_with_config(cluster_config(config)),
+            ));
+        }
+        Self::single(single_client(config)?, config)
+    }
+
+    fn single(client: redis::Client, config: &RedisConfig) -> Result<Self, EngineError> {
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.command_timeout))
             .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
-        Ok((Self::Single(conn), Feed::Single(client)))
+        ConnectionManager::new_lazy_with_config(client, manager_config)
+            .map(Self::Single)
+            .map_err(|e| EngineError::Unavailable(e.to_string()))
     }
 
     /// The command that publishes to a pub/sub channel: sharded on a cluster, so a
@@ -74,6 +87,41 @@ impl Connection {
             Self::Cluster(_) => "spublish",
         }
     }
+}
+
+fn bad_url(e: &redis::RedisError) -> EngineError {
+    EngineError::Unavailable(format!("redis.url: {e}"))
+}
+
+fn single_client(config: &RedisConfig) -> Result<redis::Client, EngineError> {
+    let info = config
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| bad_url(&e))?
+        .set_tcp_settings(tcp_settings());
+    redis::Client::open(info).map_err(|e| bad_url(&e))
+}
+
+fn cluster_client(config: &RedisConfig) -> Result<redis::cluster::ClusterClient, EngineError> {
+    ClusterClientBuilder::new(config.urls())
+        .use_protocol(redis::ProtocolVersion::RESP3)
+        .tcp_settings(tcp_settings())
+        .build()
+        .map_err(|e| bad_url(&e))
+}
+
+fn cluster_config(config: &RedisConfig) -> ClusterConfig {
+    ClusterConfig::new()
+        .set_connection_timeout(config.connect_timeout)
+        .set_response_timeout(config.command_timeout)
+}
+
+/// Commands and pub/sub messages are small writes pipelined on one socket: with Nagle's
+/// algorithm on (the redis crate's default) a write waits for the previous one's ACK,
+/// which put tens of milliseconds into the tail of delivery latency across nodes.
+fn tcp_settings() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
 }
 
 impl ConnectionLike for Connection {

@@ -101,6 +101,8 @@ impl Keys {
 /// Engine state shared by several nodes through Redis.
 pub struct RedisEngine {
     conn: Connection,
+    /// Periodic bulk renewals only (see [`Connection::open_bulk`]).
+    bulk: Connection,
     keys: Keys,
     scripts: Scripts,
     subscriber: Arc<Subscriber>,
@@ -138,6 +140,7 @@ impl RedisEngine {
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, EngineError> {
         let (conn, feed) = Connection::open(config)?;
+        let bulk = Connection::open_bulk(config)?;
         let keys = Keys {
             prefix: config.prefix.clone(),
         };
@@ -151,6 +154,7 @@ impl RedisEngine {
         );
         Ok(Arc::new(Self {
             conn,
+            bulk,
             keys,
             scripts: Scripts::new(),
             subscriber,
@@ -170,7 +174,34 @@ impl RedisEngine {
         &self,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, EngineError> {
-        let mut conn = self.conn.clone();
+        self.run_on(&self.conn, invocation).await
+    }
+
+    /// Runs a batch of scripts on the bulk connection, `BULK_CHUNK` at a time.
+    async fn run_bulk(
+        &self,
+        invocations: &[redis::ScriptInvocation<'_>],
+    ) -> Result<(), EngineError> {
+        for chunk in invocations.chunks(BULK_CHUNK) {
+            let results = futures_util::future::join_all(
+                chunk
+                    .iter()
+                    .map(|inv| self.run_on::<redis::Value>(&self.bulk, inv)),
+            )
+            .await;
+            if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_on<T: redis::FromRedisValue>(
+        &self,
+        conn: &Connection,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, EngineError> {
+        let mut conn = conn.clone();
         match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await {
             Ok(r) => r.map_err(|e| unavailable(&e)),
             Err(_) => Err(EngineError::Unavailable("redis command timed out".into())),
@@ -217,6 +248,10 @@ impl RedisEngine {
 fn meta_ttl(history_ttl: Duration) -> Duration {
     history_ttl.max(Duration::from_secs(7 * 24 * 3600))
 }
+
+/// Scripts of a bulk renewal in flight at once: one round trip each, and Redis, which
+/// runs a socket's pipelined commands back to back, turns to other sockets between them.
+const BULK_CHUNK: usize = 128;
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -289,20 +324,11 @@ impl Engine for RedisEngine {
         &self,
         entries: &[(Arc<str>, ClientInfo)],
     ) -> Result<(), EngineError> {
-        // The connection pipelines concurrent requests: one round trip per chunk.
-        for chunk in entries.chunks(512) {
-            let invocations = chunk
-                .iter()
-                .map(|(channel, info)| self.presence_invocation(channel, info))
-                .collect::<Result<Vec<_>, _>>()?;
-            let results =
-                futures_util::future::join_all(invocations.iter().map(|inv| self.run::<i64>(inv)))
-                    .await;
-            if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-                return Err(e);
-            }
-        }
-        Ok(())
+        let invocations = entries
+            .iter()
+            .map(|(channel, info)| self.presence_invocation(channel, info))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.run_bulk(&invocations).await
     }
 
     async fn remove_presence(
@@ -529,6 +555,15 @@ impl Engine for RedisEngine {
 
     async fn record_seen(&self, user: &str, at_ms: u64, keep: Duration) -> Result<(), EngineError> {
         self.record_seen_at(user, at_ms, keep).await
+    }
+
+    async fn refresh_seen(
+        &self,
+        users: &[Arc<str>],
+        at_ms: u64,
+        keep: Duration,
+    ) -> Result<(), EngineError> {
+        self.refresh_seen_at(users, at_ms, keep).await
     }
 
     async fn last_seen(&self, users: &[String]) -> Result<Option<Vec<u64>>, EngineError> {

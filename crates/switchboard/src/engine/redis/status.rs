@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use redis::Script;
+use std::sync::Arc;
+
+use redis::{Script, ScriptInvocation};
 
 use super::{millis, unavailable, RedisEngine};
 use crate::engine::EngineError;
@@ -31,11 +33,30 @@ impl RedisEngine {
         at_ms: u64,
         keep: Duration,
     ) -> Result<(), EngineError> {
+        self.run::<i64>(&self.seen_invocation(user, at_ms, keep))
+            .await
+            .map(drop)
+    }
+
+    pub(super) async fn refresh_seen_at(
+        &self,
+        users: &[Arc<str>],
+        at_ms: u64,
+        keep: Duration,
+    ) -> Result<(), EngineError> {
+        let invocations: Vec<_> = users
+            .iter()
+            .map(|u| self.seen_invocation(u, at_ms, keep))
+            .collect();
+        self.run_bulk(&invocations).await
+    }
+
+    fn seen_invocation(&self, user: &str, at_ms: u64, keep: Duration) -> ScriptInvocation<'static> {
         static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
         let script = SCRIPT.get_or_init(|| Script::new(RECORD));
         let mut inv = script.key(self.seen_key(user));
         inv.arg(at_ms).arg(millis(keep));
-        self.run::<i64>(&inv).await.map(drop)
+        inv
     }
 
     pub(super) async fn last_seen_of(&self, users: &[String]) -> Result<Vec<u64>, EngineError> {
