@@ -170,6 +170,14 @@ pub struct RedisConfig {
     /// "engine unavailable".
     #[serde(with = "duration")]
     pub command_timeout: Duration,
+    /// With `rediss://`: a PEM file of the certificate authorities that sign Redis's
+    /// certificate (empty: the system's trusted roots).
+    pub tls_ca: String,
+    /// With `rediss://`: a PEM client certificate, for a Redis that requires one
+    /// (`tls-auth-clients yes`); set together with `tls_key`.
+    pub tls_cert: String,
+    /// The private key (PEM) of `tls_cert`.
+    pub tls_key: String,
 }
 
 /// `scheme://user:password@host...` with the password replaced by [`REDACTED`].
@@ -212,6 +220,13 @@ impl RedisConfig {
         if self.cluster && self.prefix.contains(['{', '}']) {
             out.push("redis.prefix must not contain { or } with redis.cluster".to_owned());
         }
+        let tls_files = !self.tls_ca.is_empty() || !self.tls_cert.is_empty();
+        if tls_files && !urls.iter().all(|u| u.starts_with("rediss://")) {
+            out.push("redis.tls_ca/tls_cert need rediss:// URLs in redis.url".to_owned());
+        }
+        if self.tls_cert.is_empty() != self.tls_key.is_empty() {
+            out.push("redis.tls_cert and redis.tls_key go together".to_owned());
+        }
         out
     }
 }
@@ -224,6 +239,9 @@ impl Default for RedisConfig {
             prefix: "switchboard".to_owned(),
             connect_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_secs(2),
+            tls_ca: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
         }
     }
 }
@@ -1067,6 +1085,21 @@ mod tests {
         assert_eq!(c.api_key, REDACTED);
         assert_eq!(c.api_keys, vec![REDACTED]);
         assert_eq!(Config::default().redacted().api_key, "");
+    }
+
+    #[test]
+    fn redis_tls_files_need_rediss_and_come_in_pairs() {
+        let mut c = RedisConfig {
+            tls_ca: "/ca.pem".into(),
+            ..RedisConfig::default()
+        };
+        assert!(c.problems()[0].contains("rediss://"), "{:?}", c.problems());
+        c.url = "rediss://127.0.0.1:6380".into();
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        c.tls_cert = "/client.pem".into();
+        assert!(c.problems()[0].contains("tls_key"), "{:?}", c.problems());
+        c.tls_key = "/client.key".into();
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
     }
 
     #[test]

@@ -62,6 +62,41 @@ async fn publish(server: &TestServer, channel: &str, data: Value) -> Value {
     .await
 }
 
+/// Nodes that reach Redis over TLS (`rediss://`, the CA from `redis.tls_ca`, a client
+/// certificate where Redis requires one) are one gateway; a node that does not trust
+/// Redis's certificate is not ready and refuses publishes instead of going plain.
+#[tokio::test]
+async fn nodes_reach_redis_over_tls_and_refuse_an_untrusted_certificate() {
+    let dir = std::env::temp_dir().join(format!("switchboard-redis-tls-{}", std::process::id()));
+    let Some((redis, tls_port)) = RedisServer::start_tls(&dir, true) else {
+        return;
+    };
+    let pem = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let url = format!("rediss://localhost:{tls_port}");
+    let tls = |c: &mut switchboard::Config| {
+        c.redis.url = url.clone();
+        c.redis.tls_ca = pem("ca.pem");
+        c.redis.tls_cert = pem("client.pem");
+        c.redis.tls_key = pem("client.key");
+    };
+    let nodes = nodes_with(&redis, 2, tls).await;
+    let mut alice = Client::connect_user(&nodes[1], "alice").await;
+    assert!(alice.subscribe("news:tls").await.get("subscribe").is_some());
+    let r = publish(&nodes[0], "news:tls", json!("over tls")).await;
+    assert!(r.get("error").is_none(), "{r}");
+    assert_eq!(alice.next_pub("news:tls").await["data"], json!("over tls"));
+
+    // The system's roots do not include the test CA.
+    let mut untrusting = common::redis::config(&redis);
+    untrusting.redis.url = url.clone();
+    let stranger = start(untrusting).await;
+    wait_status(&stranger.http_url(""), 503).await;
+    let r = publish(&stranger, "news:tls", json!("lost?")).await;
+    assert_eq!(r["error"]["code"], json!(100), "never a silent loss: {r}");
+    alice.assert_quiet(Duration::from_millis(300)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 async fn a_publication_through_any_node_reaches_every_subscriber_once_in_order(topology: Topology) {
     let Some(redis) = Redis::start(topology) else {
         return;

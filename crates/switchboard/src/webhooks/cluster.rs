@@ -85,8 +85,8 @@ impl Cluster {
         uid: &str,
         lease: Duration,
     ) -> Result<Self, WebhookError> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| WebhookError::Redis(format!("redis.url: {e}")))?;
+        let client =
+            crate::engine::redis::client(config).map_err(|e| WebhookError::Redis(e.to_string()))?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.command_timeout))

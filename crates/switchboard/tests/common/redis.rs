@@ -105,7 +105,7 @@ impl RedisServer {
     }
 
     fn start_with(extra: &[String], dir: Option<&std::path::Path>) -> Self {
-        let cluster = !extra.is_empty();
+        let cluster = extra.iter().any(|a| a == "--cluster-enabled");
         for _ in 0..5 {
             // A cluster node also listens on its bus port, port + 10000.
             let port = loop {
@@ -182,6 +182,63 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts a redis-server that also serves TLS (on the returned port) with a
+    /// certificate for `localhost` signed by a fresh CA, whose PEM is written to
+    /// `dir/ca.pem`. Clients must present a certificate when `client_certs` (written
+    /// to `dir/client.pem`, `dir/client.key`, signed by the same CA).
+    pub fn start_tls(dir: &std::path::Path, client_certs: bool) -> Option<(Self, u16)> {
+        if !installed() {
+            return None;
+        }
+        std::fs::create_dir_all(dir).expect("tls dir");
+        let ca_key = rcgen::KeyPair::generate().expect("ca key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        // OpenSSL (redis-server checking the client's certificate) does not find an
+        // issuer with an empty name.
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "switchboard test CA");
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+        let issue = |name: &str| {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params");
+            let cert = params.signed_by(&key, &ca, &ca_key).expect("signed");
+            (cert.pem(), key.serialize_pem())
+        };
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write pem");
+            path.to_string_lossy().into_owned()
+        };
+        let ca_pem = write("ca.pem", &ca.pem());
+        let (cert, key) = issue("localhost");
+        let (client_cert, client_key) = issue("switchboard");
+        write("client.pem", &client_cert);
+        write("client.key", &client_key);
+        let tls_port = free_port();
+        let extra: Vec<String> = [
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &write("server.pem", &cert),
+            "--tls-key-file",
+            &write("server.key", &key),
+            "--tls-ca-cert-file",
+            &ca_pem,
+            "--tls-auth-clients",
+            if client_certs { "yes" } else { "no" },
+        ]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+        Some((Self::start_with(&extra, None), tls_port))
     }
 
     /// Kills the server (SIGKILL): every key is lost. The port stays reserved.

@@ -10,7 +10,10 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::TcpSettings;
-use redis::{Cmd, IntoConnectionInfo, Pipeline, PushInfo, RedisFuture, Value};
+use redis::{
+    ClientTlsConfig, Cmd, IntoConnectionInfo, Pipeline, PushInfo, RedisFuture, TlsCertificates,
+    Value,
+};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::config::RedisConfig;
@@ -30,7 +33,7 @@ pub(super) enum Connection {
 pub(super) enum Feed {
     /// A dedicated pub/sub connection to the one server, opened (and reopened) by the
     /// subscriber.
-    Single(redis::Client),
+    Single(Box<redis::Client>),
     /// The cluster connection's pushes (`SSUBSCRIBE` goes through [`Connection`]).
     Cluster(ClusterConnection, UnboundedReceiver<PushInfo>),
 }
@@ -50,7 +53,7 @@ impl Connection {
             return Ok((Self::Cluster(conn.clone()), Feed::Cluster(conn, rx)));
         }
         let client = single_client(config)?;
-        Ok((Self::single(client.clone(), config)?, Feed::Single(client)))
+        Ok((Self::single(client.clone(), config)?, Feed::Single(Box::new(client))))
     }
 
     /// A second connection for the periodic bulk renewals (presence leases, last-seen
@@ -93,22 +96,60 @@ fn bad_url(e: &redis::RedisError) -> EngineError {
     EngineError::Unavailable(format!("redis.url: {e}"))
 }
 
-fn single_client(config: &RedisConfig) -> Result<redis::Client, EngineError> {
+/// A client of the one server in `config.url`, with the settings every connection of
+/// this process to Redis uses (the engine's and the webhook queues').
+///
+/// # Errors
+/// A malformed URL, or TLS files that can not be read.
+pub(crate) fn single_client(config: &RedisConfig) -> Result<redis::Client, EngineError> {
     let info = config
         .url
         .as_str()
         .into_connection_info()
         .map_err(|e| bad_url(&e))?
         .set_tcp_settings(tcp_settings());
-    redis::Client::open(info).map_err(|e| bad_url(&e))
+    match tls_certificates(config)? {
+        Some(certs) => redis::Client::build_with_tls(info, certs),
+        None => redis::Client::open(info),
+    }
+    .map_err(|e| bad_url(&e))
 }
 
 fn cluster_client(config: &RedisConfig) -> Result<redis::cluster::ClusterClient, EngineError> {
-    ClusterClientBuilder::new(config.urls())
+    let mut builder = ClusterClientBuilder::new(config.urls())
         .use_protocol(redis::ProtocolVersion::RESP3)
-        .tcp_settings(tcp_settings())
-        .build()
-        .map_err(|e| bad_url(&e))
+        .tcp_settings(tcp_settings());
+    if let Some(certs) = tls_certificates(config)? {
+        builder = builder.certs(certs);
+    }
+    builder.build().map_err(|e| bad_url(&e))
+}
+
+/// The CA and client certificate files of `[redis]`, when any is set (without them a
+/// `rediss://` URL trusts the system's roots).
+fn tls_certificates(config: &RedisConfig) -> Result<Option<TlsCertificates>, EngineError> {
+    if config.tls_ca.is_empty() && config.tls_cert.is_empty() {
+        return Ok(None);
+    }
+    let read = |key: &str, path: &str| {
+        std::fs::read(path)
+            .map_err(|e| EngineError::Unavailable(format!("redis.{key} {path}: {e}")))
+    };
+    let root_cert = match config.tls_ca.as_str() {
+        "" => None,
+        path => Some(read("tls_ca", path)?),
+    };
+    let client_tls = match (config.tls_cert.as_str(), config.tls_key.as_str()) {
+        ("", _) | (_, "") => None,
+        (cert, key) => Some(ClientTlsConfig {
+            client_cert: read("tls_cert", cert)?,
+            client_key: read("tls_key", key)?,
+        }),
+    };
+    Ok(Some(TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
 }
 
 fn cluster_config(config: &RedisConfig) -> ClusterConfig {

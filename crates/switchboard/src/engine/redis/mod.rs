@@ -36,6 +36,8 @@ mod typing;
 pub use revocations::RedisRevocations;
 pub use typing::RedisTyping;
 
+pub(crate) use connection::single_client as client;
+
 use connection::Connection;
 use scripts::Scripts;
 use subscriber::Subscriber;

@@ -89,7 +89,7 @@ impl Subscriber {
         });
         match feed {
             Feed::Single(client) => {
-                tokio::spawn(me.clone().run(client, handler, connect_timeout, shutdown));
+                tokio::spawn(me.clone().run(*client, handler, connect_timeout, shutdown));
             }
             Feed::Cluster(conn, pushes) => {
                 tokio::spawn(me.clone().run_cluster(conn, pushes, handler, shutdown));
