@@ -27,11 +27,14 @@ pub fn inbox_keep(ns: &NamespaceConfig) -> Duration {
     ns.history_ttl.max(Duration::from_secs(7 * 24 * 3600))
 }
 
+/// A user and an inbox channel.
+type UserChannel = (Arc<str>, Arc<str>);
+
 /// Delivered positions noted on the delivery path, not yet in the store: the last
 /// offset per (user, channel). Short critical sections only.
 #[derive(Default)]
 pub(crate) struct PendingMarks {
-    marks: Mutex<HashMap<(Arc<str>, Arc<str>), StreamPosition>>,
+    marks: Mutex<HashMap<UserChannel, StreamPosition>>,
     wake: tokio::sync::Notify,
 }
 
@@ -139,7 +142,7 @@ impl Node {
     /// session about to read it must not get what another of the user's connections
     /// was just handed.
     pub(crate) async fn flush_inbox_of(&self, user: &str, channel: &str) {
-        let key: (Arc<str>, Arc<str>) = (user.into(), channel.into());
+        let key: UserChannel = (user.into(), channel.into());
         let position = self
             .inbox_pending
             .marks

@@ -145,9 +145,8 @@ pub struct Session {
     timers_changed: tokio::sync::Notify,
     /// What the client's HTTP request said, for proxies; set once by the transport.
     origin: OnceLock<crate::proxy::ClientOrigin>,
-    /// Inbox channels subscribed here: channel -> (stream epoch, user). Read on the
-    /// delivery path; short sections only.
-    inbox: Mutex<HashMap<Arc<str>, (Arc<str>, Arc<str>)>>,
+    /// Inbox channels subscribed here. Read on the delivery path; short sections only.
+    inbox: Mutex<HashMap<Arc<str>, InboxTrack>>,
     /// Whether `inbox` holds anything, so other deliveries skip its lock.
     has_inbox: AtomicBool,
 }
@@ -157,6 +156,9 @@ impl std::fmt::Debug for Session {
         f.debug_struct("Session").field("id", &self.id).finish()
     }
 }
+
+/// An inbox channel of a session: the stream epoch it subscribed in, and its user.
+type InboxTrack = (Arc<str>, Arc<str>);
 
 /// Outcome of a successful connect.
 pub struct Connected {
