@@ -1050,6 +1050,30 @@ mod tests {
     }
 
     #[test]
+    fn an_inbox_needs_history_and_read_receipts_need_an_inbox() {
+        let err = load_toml("inbox", "[namespaces.note]\ninbox = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("namespaces.note: inbox needs history"),
+            "{err}"
+        );
+        let err = load_toml("receipts", "[namespaces.note]\nread_receipts = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("read_receipts needs inbox"), "{err}");
+        load_toml(
+            "inbox-ok",
+            "[namespaces.note]\nhistory_size = 5\nhistory_ttl = \"1m\"\ninbox = true\nread_receipts = true\n",
+        )
+        .unwrap();
+        assert!(
+            Config::default().namespaces["user"].inbox,
+            "the personal channel"
+        );
+    }
+
+    #[test]
     fn redacted_hides_every_secret() {
         let c = Config {
             token_hmac_secret: "s".into(),
