@@ -25,7 +25,7 @@ pub enum ErrorCode {
     LimitExceeded,
     /// 107: the command is malformed or sent in the wrong order.
     BadRequest,
-    /// 108: the feature is off for this channel (presence, history, ...).
+    /// 108: the feature is off for this channel (presence, history, inbox, ...).
     NotAvailable,
     /// 109: the token has expired; get a new one and retry.
     TokenExpired,
@@ -33,7 +33,8 @@ pub enum ErrorCode {
     Expired,
     /// 111: too many requests; slow down.
     TooManyRequests,
-    /// 112: the stream position can not be recovered.
+    /// 112: the stream position can not be recovered (or an inbox receipt names
+    /// another epoch than the stream's).
     UnrecoverablePosition,
 }
 

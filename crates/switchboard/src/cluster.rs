@@ -61,6 +61,18 @@ pub enum UserCommand {
         /// New expiry (Unix seconds), `None` for never.
         expire_at: Option<u64>,
     },
+    /// Tell a user's connections (but `except`) that their read position in a channel
+    /// moved (the store has it already).
+    InboxRead {
+        /// User id.
+        user: String,
+        /// Channel.
+        channel: String,
+        /// The positions after the read.
+        marks: crate::inbox::Marks,
+        /// The connection that marked it (it has the answer).
+        except: Option<String>,
+    },
     /// End the connections and subscriptions whose token a revocation refuses (the
     /// record is in the revocation store already).
     Revoke {

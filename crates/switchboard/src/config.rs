@@ -531,6 +531,14 @@ pub struct NamespaceConfig {
     pub sub_refresh_interval: Duration,
     /// Named proxy every client publication goes through first.
     pub publish_proxy: String,
+    /// Each subscriber user's delivered and read positions are kept per channel: a
+    /// session that subscribes with no position gets what the user has not received
+    /// yet (bounded by `history_size` and `history_ttl`, which it needs). See
+    /// docs/protocol.md, "Inbox".
+    pub inbox: bool,
+    /// In an `inbox` namespace: each member's read position is pushed to the
+    /// channel's subscribers when it advances, and the server API lists them.
+    pub read_receipts: bool,
 }
 
 impl Default for NamespaceConfig {
@@ -553,6 +561,8 @@ impl Default for NamespaceConfig {
             sub_refresh_proxy: String::new(),
             sub_refresh_interval: Duration::from_secs(60),
             publish_proxy: String::new(),
+            inbox: false,
+            read_receipts: false,
         }
     }
 }
@@ -566,6 +576,7 @@ impl Default for Config {
                 subscribe: vec!["user:{sub}".to_owned()],
                 history_size: 100,
                 history_ttl: Duration::from_secs(24 * 3600),
+                inbox: true,
                 ..NamespaceConfig::default()
             },
         );
@@ -784,6 +795,16 @@ impl Config {
             if ns.history_size > 0 && ns.history_ttl.is_zero() {
                 errors.push(format!(
                     "namespaces.{name}: history_size needs a positive history_ttl"
+                ));
+            }
+            if ns.inbox && (ns.history_size == 0 || ns.history_ttl.is_zero()) {
+                errors.push(format!(
+                    "namespaces.{name}: inbox needs history (history_size and history_ttl)"
+                ));
+            }
+            if ns.read_receipts && !ns.inbox {
+                errors.push(format!(
+                    "namespaces.{name}: read_receipts needs inbox = true"
                 ));
             }
             for t in ns.subscribe.iter().filter(|t| t.as_str() != "*") {
@@ -1070,6 +1091,30 @@ mod tests {
             "auto_subscribe = [\"user:{sub}\", \"role:{roles}\"]\n[namespaces.role]\nsubscribe = [\"role:{roles}\"]\n",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn an_inbox_needs_history_and_read_receipts_need_an_inbox() {
+        let err = load_toml("inbox", "[namespaces.note]\ninbox = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("namespaces.note: inbox needs history"),
+            "{err}"
+        );
+        let err = load_toml("receipts", "[namespaces.note]\nread_receipts = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("read_receipts needs inbox"), "{err}");
+        load_toml(
+            "inbox-ok",
+            "[namespaces.note]\nhistory_size = 5\nhistory_ttl = \"1m\"\ninbox = true\nread_receipts = true\n",
+        )
+        .unwrap();
+        assert!(
+            Config::default().namespaces["user"].inbox,
+            "the personal channel"
+        );
     }
 
     #[test]

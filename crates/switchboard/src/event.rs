@@ -192,6 +192,14 @@ pub enum Control {
         /// Seconds left.
         ttl: u32,
     },
+    /// The user's read position in an inbox channel moved (on another connection, or
+    /// through the server API).
+    InboxRead {
+        /// Channel.
+        channel: Arc<str>,
+        /// The positions after the read.
+        marks: crate::inbox::Marks,
+    },
     /// The server unsubscribed the session from a channel.
     Unsubscribed {
         /// Channel.

@@ -16,6 +16,8 @@
 //! - [`history`], [`presence`]: a channel's stream and presence set.
 //! - [`cluster`]: commands between nodes, and each node's status for `info`/`channels`.
 //! - [`status`], [`typing`]: user online status and typing signals.
+//! - [`inbox`]: users' delivered and read positions in inbox channels (what a fresh
+//!   session still gets, read state across devices, read receipts).
 //! - [`transport`]: wire protocols ([`transport::centrifuge`] in JSON and Protobuf,
 //!   [`transport::socketio`]).
 //! - [`server`]: HTTP routes, `run`, graceful shutdown.
@@ -42,6 +44,7 @@ pub mod front_door;
 pub mod history;
 pub mod hooks;
 pub mod hub;
+pub mod inbox;
 pub mod limiter;
 pub mod metrics;
 pub mod node;

@@ -922,6 +922,55 @@ async fn server_side_subscribe_unsubscribe_and_refresh_arrive_as_events() {
 }
 
 #[tokio::test]
+async fn a_fresh_client_gets_the_users_inbox_as_events_and_reads_reach_the_other_devices() {
+    let server = start_default().await;
+    let (first, _) = SioWs::connect(&server, &token("ann")).await;
+    drop(first);
+    eventually("the first connection released", || {
+        server.node.user_sessions("ann", None).is_empty()
+    })
+    .await;
+    for i in 0..5 {
+        api(
+            &server,
+            "publish",
+            json!({"channel": "user:ann", "data": i}),
+        )
+        .await;
+    }
+    // No pid, no offset: a fresh socket.io-client.
+    let (mut c, connected) = SioWs::connect(&server, &token("ann")).await;
+    let sub = &connected["subs"]["user:ann"];
+    assert_eq!(sub["recovered"], json!(true), "{connected}");
+    assert!(
+        sub.get("publications").is_none(),
+        "they come as events: {connected}"
+    );
+    for i in 0..5 {
+        let p = c.event("publication").await.remove(0);
+        assert_eq!(
+            (p["channel"].clone(), p["data"].clone()),
+            (json!("user:ann"), json!(i))
+        );
+    }
+    let (mut other, _) = SioWs::connect(&server, &token("ann")).await;
+    let ack = c
+        .emit("inbox:read", json!({"channel": "user:ann", "offset": 5}))
+        .await;
+    assert_eq!(ack["result"]["read"], json!(5), "{ack}");
+    let push = other.event("inbox:read").await.remove(0);
+    assert_eq!(
+        (push["channel"].clone(), push["read"].clone()),
+        (json!("user:ann"), json!(5)),
+        "{push}"
+    );
+    let ack = c
+        .emit("inbox:read", json!({"channel": "chat:1", "offset": 1}))
+        .await;
+    assert_eq!(ack_error(&ack), 103, "not subscribed: {ack}");
+}
+
+#[tokio::test]
 async fn centrifugo_and_socketio_clients_see_each_others_publications_and_presence() {
     let server = start_default().await;
     let (mut sio, _) = SioWs::connect(&server, &token("ann")).await;

@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::wire::*;
 
 /// Every method of `POST /api/<method>` except `batch`, as the path names it.
-pub const METHODS: [&str; 15] = [
+pub const METHODS: [&str; 18] = [
     "publish",
     "broadcast",
     "subscribe",
@@ -27,6 +27,9 @@ pub const METHODS: [&str; 15] = [
     "user_status",
     "revoke_token",
     "invalidate_user_tokens",
+    "inbox_status",
+    "inbox_read",
+    "inbox_readers",
 ];
 
 impl Command {
@@ -94,6 +97,12 @@ impl Command {
                     None => Ok(()),
                 }
             }
+            Self::InboxStatus(r) => non_empty("user", &r.user),
+            Self::InboxRead(r) => {
+                non_empty("user", &r.user)?;
+                non_empty("channel", &r.channel)
+            }
+            Self::InboxReaders(r) => non_empty("channel", &r.channel),
             Self::UserStatus(r) => {
                 if r.users.len() > crate::session::MAX_STATUS_USERS {
                     return Err(bad("users holds more than 1000 ids"));
@@ -125,6 +134,9 @@ impl Command {
             "user_status" => Self::UserStatus(decode(body)?),
             "revoke_token" => Self::RevokeToken(decode(body)?),
             "invalidate_user_tokens" => Self::InvalidateUserTokens(decode(body)?),
+            "inbox_status" => Self::InboxStatus(decode(body)?),
+            "inbox_read" => Self::InboxRead(decode(body)?),
+            "inbox_readers" => Self::InboxReaders(decode(body)?),
             _ => return Err(ApiError::MethodNotFound),
         };
         Ok(command)

@@ -45,6 +45,13 @@ impl Api {
             Command::InvalidateUserTokens(r) => {
                 Reply::InvalidateUserTokens(invalidate_user_tokens(self, &r).await?)
             }
+            Command::InboxStatus(r) => {
+                Reply::InboxStatus(super::inbox::inbox_status(self, r).await?)
+            }
+            Command::InboxRead(r) => Reply::InboxRead(super::inbox::inbox_read(self, r).await?),
+            Command::InboxReaders(r) => {
+                Reply::InboxReaders(super::inbox::inbox_readers(self, r).await?)
+            }
         })
     }
 }

@@ -7,7 +7,8 @@
 //! # Layout
 //! - [`wire`]: request and result shapes (and so the OpenAPI schemas).
 //! - [`decode`]: bodies into checked commands; what makes a request a 400.
-//! - [`methods`]: what each method does, through the [`Node`].
+//! - [`methods`]: what each method does, through the [`Node`]; [`inbox`]: the inbox
+//!   methods with their shapes.
 //! - [`error`]: [`ApiError`] and the one mapping to HTTP status and error code.
 //! - [`key`], [`idempotency`], [`pattern`]: API keys, idempotent publish, channel globs.
 //! - [`openapi`]: the generated document.
@@ -27,6 +28,7 @@ use crate::node::Node;
 pub mod decode;
 pub mod error;
 pub mod idempotency;
+pub mod inbox;
 pub mod key;
 pub mod methods;
 pub mod openapi;

@@ -11,8 +11,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityRequirement, Securi
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::methods;
 use super::wire::*;
+use super::{inbox, methods};
 
 /// The document's source: every method and the shared schemas.
 #[derive(OpenApi)]
@@ -20,7 +20,8 @@ use super::wire::*;
     info(
         title = "switchboard server API",
         description = "Centrifugo-compatible server HTTP API: publish, broadcast, \
-            server-side subscribe and disconnect, presence, history, channels, info, batch. \
+            server-side subscribe and disconnect, presence, history, channels, info, user status, \
+            inbox (unread counts, mark read, read receipts), batch. \
             Requests are `POST /api/<method>` with a JSON object body and `X-API-Key: <key>` \
             (or `Authorization: apikey <key>`). Errors about the request itself get a 4xx \
             status; errors about channels (102 unknown channel, 108 not available) get 200 \
@@ -43,6 +44,9 @@ use super::wire::*;
         methods::user_status,
         methods::revoke_token,
         methods::invalidate_user_tokens,
+        inbox::inbox_status,
+        inbox::inbox_read,
+        inbox::inbox_readers,
         methods::batch,
     ),
     components(schemas(ErrorResponse, Command, Reply)),

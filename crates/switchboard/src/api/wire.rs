@@ -9,6 +9,11 @@ use serde_json::value::RawValue;
 use switchboard_protocol::{ClientInfo, Publication};
 use utoipa::ToSchema;
 
+use super::inbox::{
+    InboxMarksView, InboxReadRequest, InboxReadersRequest, InboxReadersResult, InboxStatusRequest,
+    InboxStatusResult,
+};
+
 /// Any JSON value, kept as the caller wrote it.
 pub type RawJson = Box<RawValue>;
 
@@ -261,6 +266,12 @@ pub enum Command {
     RevokeToken(RevokeTokenRequest),
     /// See `POST /api/invalidate_user_tokens`.
     InvalidateUserTokens(InvalidateUserTokensRequest),
+    /// See `POST /api/inbox_status`.
+    InboxStatus(InboxStatusRequest),
+    /// See `POST /api/inbox_read`.
+    InboxRead(InboxReadRequest),
+    /// See `POST /api/inbox_readers`.
+    InboxReaders(InboxReadersRequest),
 }
 
 /// `user_status`: online state, connections and last-seen time of up to 1000 users.
@@ -519,6 +530,12 @@ pub enum Reply {
     RevokeToken(Empty),
     /// See `invalidate_user_tokens`.
     InvalidateUserTokens(Empty),
+    /// See `inbox_status`.
+    InboxStatus(InboxStatusResult),
+    /// See `inbox_read`.
+    InboxRead(InboxMarksView),
+    /// See `inbox_readers`.
+    InboxReaders(InboxReadersResult),
 }
 
 impl Reply {
@@ -544,6 +561,9 @@ impl Reply {
             Self::Channels(r) => ok(r),
             Self::Info(r) => ok(r),
             Self::UserStatus(r) => ok(r),
+            Self::InboxStatus(r) => ok(r),
+            Self::InboxRead(r) => ok(r),
+            Self::InboxReaders(r) => ok(r),
         };
         // Serializing these plain structs (strings, numbers, valid raw JSON) can not fail.
         encoded.unwrap_or_else(|_| {

@@ -15,6 +15,7 @@ use switchboard_protocol::{
 
 use crate::event::EventKind;
 pub use crate::history::{HistoryOptions, HistoryQuery};
+use crate::inbox::{InboxStore, MemoryInbox};
 use crate::revocation::{MemoryRevocations, RevocationStore};
 use crate::typing::{MemoryTyping, TypingStore};
 
@@ -275,6 +276,13 @@ pub trait Engine: Send + Sync + 'static {
     /// through two nodes is throttled and ended once. With one node, its memory.
     fn typing(self: Arc<Self>) -> Arc<dyn TypingStore> {
         Arc::new(MemoryTyping::default())
+    }
+
+    /// Where users' inbox positions live: shared by every node of the engine, so a
+    /// session on any node gets what the user has not received. With one node, its
+    /// memory.
+    fn inbox(self: Arc<Self>) -> Arc<dyn InboxStore> {
+        Arc::new(MemoryInbox::default())
     }
 
     /// Periodic housekeeping (expiring idle streams); called about once a minute.

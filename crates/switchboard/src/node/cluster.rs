@@ -60,6 +60,7 @@ impl Node {
     /// a minute, presence leases refreshed every third of the lease and swept every
     /// quarter of it.
     pub fn spawn_maintenance(self: &Arc<Self>) {
+        self.spawn_inbox_flusher();
         let node = self.clone();
         tokio::spawn(async move {
             let lease = node.config.presence_lease;
@@ -74,6 +75,7 @@ impl Node {
                 tokio::select! {
                     _ = tick.tick() => {
                         node.engine.maintain().await;
+                        node.inbox.maintain().await;
                         node.status.sweep(node.config.user_status.last_seen_ttl);
                     }
                     _ = refresh.tick() => {
@@ -204,6 +206,12 @@ impl Node {
                 }
             }
             UserCommand::Revoke { revocation } => self.apply_revocation(revocation).await,
+            UserCommand::InboxRead {
+                user,
+                channel,
+                marks,
+                except,
+            } => self.push_inbox_read(user, channel, marks, except.as_deref()),
         }
     }
 

@@ -30,8 +30,10 @@ use crate::status::{now_ms, Change, StatusTracker, UserStatus};
 use crate::typing::{self, Expiry, Signal, TypingStore};
 
 mod cluster;
+mod inbox;
 mod kept;
 use crate::upstream::Upstream;
+pub use inbox::{inbox_keep, read_push_data, InboxChannel, InboxUpdate, RECEIPT_EVENT};
 
 /// Why a node operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +97,10 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     /// Who is typing where (shared by the nodes of a shared engine).
     typing: Arc<dyn TypingStore>,
+    /// Users' delivered and read positions (shared by the nodes of a shared engine).
+    inbox: Arc<dyn crate::inbox::InboxStore>,
+    /// Delivered positions noted on the delivery path, on their way to `inbox`.
+    inbox_pending: inbox::PendingMarks,
     /// Online status of users.
     status: StatusTracker,
     /// Proxies to the app backend.
@@ -190,6 +196,7 @@ impl Node {
         };
         let revocations = engine.clone().revocations();
         let typing = engine.clone().typing();
+        let inbox = engine.clone().inbox();
         let node = Arc::new(Self {
             rules: Rules::new(&config),
             verifier: Verifier::new(&config)?,
@@ -204,6 +211,8 @@ impl Node {
             tracker: TaskTracker::new(),
             metrics,
             typing,
+            inbox,
+            inbox_pending: inbox::PendingMarks::default(),
             status: StatusTracker::default(),
             proxies,
             revocations,

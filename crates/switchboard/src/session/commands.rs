@@ -130,8 +130,9 @@ impl Session {
     }
 
     /// Calls a built-in server method: `user_status` (`{"users": [...]}`, at most
-    /// [`MAX_STATUS_USERS`]) when `user_status.query` allows it; other methods go to the
-    /// proxy `rpc_proxies` maps them to, if any.
+    /// [`MAX_STATUS_USERS`]) when `user_status.query` allows it, `inbox.delivered` and
+    /// `inbox.read` (a [`super::Receipt`]); other methods go to the proxy `rpc_proxies`
+    /// maps them to, if any.
     ///
     /// # Errors
     /// `MethodNotFound`, `PermissionDenied`, `BadRequest`, `LimitExceeded`.
@@ -162,6 +163,8 @@ impl Session {
                     .map_err(|_| SessionError::Reply(ErrorCode::Internal))?;
                 Ok(Some(SharedJson::from(raw)))
             }
+            "inbox.delivered" => self.inbox_rpc(crate::inbox::Mark::Delivered, data).await,
+            "inbox.read" => self.inbox_rpc(crate::inbox::Mark::Read, data).await,
             _ => {
                 if let Some(answer) = self.rpc_via_proxy(method, data).await {
                     return answer;

@@ -6,17 +6,21 @@
 //! - [`subscription`]: subscribe/unsubscribe, recovery, and the pending phase that puts
 //!   a subscribe reply before the channel's events.
 //! - [`commands`]: publish, presence, history and RPC on behalf of the client.
+//! - [`inbox`]: publications of inbox channels noted delivered, and the client's
+//!   receipts.
 //! - [`proxied`]: what the session asks the app backend through proxies, and the
 //!   timers that ask again (refresh, sub_refresh).
 
 mod commands;
+mod inbox;
 mod proxied;
 mod subscription;
 
+pub use inbox::Receipt;
 pub use subscription::{Activation, Subscribed, EXCLUDE_CLIENT_TAG};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use switchboard_protocol::command::{ConnectRequest, HistoryRequest, SubscribeRequest};
@@ -141,6 +145,10 @@ pub struct Session {
     timers_changed: tokio::sync::Notify,
     /// What the client's HTTP request said, for proxies; set once by the transport.
     origin: OnceLock<crate::proxy::ClientOrigin>,
+    /// Inbox channels subscribed here. Read on the delivery path; short sections only.
+    inbox: Mutex<HashMap<Arc<str>, InboxTrack>>,
+    /// Whether `inbox` holds anything, so other deliveries skip its lock.
+    has_inbox: AtomicBool,
 }
 
 impl std::fmt::Debug for Session {
@@ -149,12 +157,18 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// An inbox channel of a session: the stream epoch it subscribed in, and its user.
+type InboxTrack = (Arc<str>, Arc<str>);
+
 /// Outcome of a successful connect.
 pub struct Connected {
     /// The reply.
     pub result: ConnectResult,
     /// Server-side subscriptions to activate once the reply is queued.
     pub activation: Activation,
+    /// Server-side subscriptions whose recovery came from the user's inbox (the client
+    /// gave no position): their publications are what the user had not received.
+    pub inbox: Vec<String>,
 }
 
 impl Session {
@@ -182,6 +196,8 @@ impl Session {
             abuse: Mutex::new(abuse),
             timers_changed: tokio::sync::Notify::new(),
             origin: OnceLock::new(),
+            inbox: Mutex::default(),
+            has_inbox: AtomicBool::new(false),
         })
     }
 
@@ -378,6 +394,7 @@ impl Session {
             channels: Vec::new(),
         };
         let mut subs = HashMap::new();
+        let mut inbox = Vec::new();
         let mut recover = req.subs;
         for channel in channels {
             let ns = node.rules.namespace(&channel)?.clone();
@@ -403,6 +420,9 @@ impl Session {
             match self.subscribe_inner(&channel, ns, grant, since).await {
                 Ok(mut s) => {
                     activation.channels.append(&mut s.activation.channels);
+                    if s.from_inbox {
+                        inbox.push(channel.to_string());
+                    }
                     s.result.data = sub_data;
                     subs.insert(channel.to_string(), s.result);
                 }
@@ -429,6 +449,7 @@ impl Session {
                 data,
             },
             activation,
+            inbox,
         })
     }
 
@@ -586,8 +607,20 @@ impl Session {
                 st.identity.clone(),
             )
         };
+        let inbox: Vec<(Arc<str>, Arc<str>)> = self
+            .inbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(channel, (_, user))| (channel.clone(), user.clone()))
+            .collect();
         for ch in channels {
             self.remove_subscription(&ch).await;
+        }
+        // What this connection received is on record before it is gone, so the user's
+        // next session starts after it.
+        for (channel, user) in inbox {
+            self.node.flush_inbox_of(&user, &channel).await;
         }
         if let Some(id) = &identity {
             self.node

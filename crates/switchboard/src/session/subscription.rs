@@ -35,6 +35,9 @@ impl Drop for Activation {
 pub struct Subscribed {
     /// The reply.
     pub result: SubscribeResult,
+    /// The recovery in the reply came from the user's inbox (the client gave no
+    /// position): its publications are what the user had not received.
+    pub from_inbox: bool,
     /// Activate once the reply is queued.
     pub activation: Activation,
 }
@@ -50,6 +53,9 @@ impl Session {
             let excluded = p.tags.as_deref().and_then(|t| t.get(EXCLUDE_CLIENT_TAG));
             if excluded.is_some_and(|c| **c == *self.id) {
                 return;
+            }
+            if p.offset > 0 && self.has_inbox.load(Ordering::Acquire) {
+                self.note_delivered(&event.channel, p.offset);
             }
         }
         if self.pending_count.load(Ordering::Acquire) > 0 {
@@ -232,15 +238,15 @@ impl Session {
             drop(activation);
             return Err(e.into());
         }
-        let (mut result, offset) = match self.prepare_subscription(channel, &ns, &info, since).await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                node.unsubscribe_session(channel, self).await;
-                drop(activation);
-                return Err(e);
-            }
-        };
+        let (mut result, offset, from_inbox) =
+            match self.prepare_subscription(channel, &ns, &info, since).await {
+                Ok(r) => r,
+                Err(e) => {
+                    node.unsubscribe_session(channel, self).await;
+                    drop(activation);
+                    return Err(e);
+                }
+            };
         let token = grant.as_ref().and_then(|g| g.token.clone());
         let expires_at = grant.and_then(|g| g.expires_at);
         // The client schedules its sub_refresh from these.
@@ -262,24 +268,49 @@ impl Session {
         let mut activation = activation;
         activation.channels[0].1 = offset;
         node.metrics.subscriptions.inc();
-        Ok(Subscribed { result, activation })
+        Ok(Subscribed {
+            result,
+            from_inbox,
+            activation,
+        })
     }
 
+    /// Reads what the reply needs from the stream (a recovery from the client's
+    /// position, or in an inbox namespace from the user's delivered position) and
+    /// joins. Returns the reply, the offset it covers, and whether it came from the
+    /// inbox.
     async fn prepare_subscription(
         &self,
         channel: &Arc<str>,
         ns: &NamespaceConfig,
         info: &ClientInfo,
         since: Option<StreamPosition>,
-    ) -> SessionResult<(SubscribeResult, u64)> {
+    ) -> SessionResult<(SubscribeResult, u64, bool)> {
         let node = &self.node;
         let mut result = SubscribeResult::default();
         let mut offset = 0;
+        let inbox = ns.inbox && !info.user.is_empty();
+        let from_inbox = inbox && since.is_none();
         if let Some(opts) = node.history_options(ns) {
-            let recovering = since.is_some();
+            let marks = if from_inbox {
+                node.flush_inbox_of(&info.user, channel).await;
+                node.inbox_marks(&info.user, channel).await?
+            } else {
+                None
+            };
+            let since = since.or_else(|| {
+                marks.as_ref().map(|m| StreamPosition {
+                    offset: m.delivered,
+                    epoch: m.epoch.clone(),
+                })
+            });
             let query = HistoryQuery {
                 since: since.clone(),
-                limit: if recovering { None } else { Some(0) },
+                limit: if since.is_some() || from_inbox {
+                    None
+                } else {
+                    Some(0)
+                },
                 reverse: false,
                 ensure: Some(opts),
             };
@@ -289,14 +320,32 @@ impl Session {
             result.positioned = true;
             result.epoch = h.epoch.clone();
             result.offset = h.offset;
+            // A user never seen in the channel missed all of it (from offset 0).
+            let since = match since {
+                None if from_inbox => Some(StreamPosition {
+                    offset: 0,
+                    epoch: h.epoch.clone(),
+                }),
+                since => since,
+            };
             if let Some(since) = since {
                 result.was_recovering = true;
+                // A position in a stream that is gone (its epoch changed) can not tell
+                // what was lost with it.
                 result.recovered = recovered(&since, &h);
                 result.publications = h.publications;
             }
+            if inbox {
+                let top = StreamPosition {
+                    offset: h.offset,
+                    epoch: h.epoch,
+                };
+                self.track_inbox(channel, &info.user, &top.epoch);
+                node.inbox_subscribed(&info.user, channel, ns, &top).await;
+            }
         }
         node.join(channel, ns, info).await?;
-        Ok((result, offset))
+        Ok((result, offset, from_inbox))
     }
 
     /// Unsubscribes on the client's request.
@@ -331,6 +380,7 @@ impl Session {
 
     pub(super) async fn remove_subscription(&self, channel: &str) -> Option<Arc<str>> {
         let (channel, sub) = self.state().subs.remove_entry(channel)?;
+        self.untrack_inbox(&channel);
         let node = &self.node;
         node.metrics.subscriptions.dec();
         node.unsubscribe_session(&channel, self).await;

@@ -159,6 +159,17 @@ fn encode<E: Encoding>(item: Outgoing) -> Frame {
                 E::push(&channel, &PushBody::Subscribe(&result))
             }
             Control::Refresh { expires, ttl } => E::push("", &PushBody::Refresh { expires, ttl }),
+            Control::InboxRead { channel, marks } => {
+                match crate::node::read_push_data(&channel, &marks) {
+                    Some(data) => E::push("", &PushBody::Message { data: &data }),
+                    None => E::push(
+                        "",
+                        &PushBody::Message {
+                            data: serde_json::value::RawValue::NULL,
+                        },
+                    ),
+                }
+            }
             Control::Unsubscribed {
                 channel,
                 code,

@@ -8,8 +8,9 @@
 //! Keys of channel `c` under prefix `P` share the hash tag `{c}`: `P:{c}:h` (history
 //! list), `P:{c}:m` (epoch `e`, top offset `s`), `P:{c}:p` / `P:{c}:z` / `P:{c}:u`
 //! (presence infos, lease deadlines, users' client counts), and the pub/sub channel
-//! `P:{c}:c`. Every script touches the keys of one hash tag only, so on a Redis
-//! Cluster each runs on one shard (see [`connection`]).
+//! `P:{c}:c`; users' inbox positions and channels' readers are in [`inbox`]. Every
+//! script touches the keys of one hash tag only, so on a Redis Cluster each runs on one
+//! shard (see [`connection`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -27,12 +28,14 @@ use crate::config::RedisConfig;
 use crate::history::{new_epoch, window};
 
 mod connection;
+mod inbox;
 mod revocations;
 mod scripts;
 mod status;
 mod subscriber;
 mod typing;
 
+pub use inbox::RedisInbox;
 pub use revocations::RedisRevocations;
 pub use typing::RedisTyping;
 
@@ -574,6 +577,10 @@ impl Engine for RedisEngine {
 
     fn typing(self: Arc<Self>) -> Arc<dyn crate::typing::TypingStore> {
         Arc::new(RedisTyping::new(self))
+    }
+
+    fn inbox(self: Arc<Self>) -> Arc<dyn crate::inbox::InboxStore> {
+        Arc::new(RedisInbox::new(self))
     }
 
     async fn ready(&self) -> bool {

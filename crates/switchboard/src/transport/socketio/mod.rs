@@ -61,6 +61,7 @@ const RESERVED_EVENTS: &[&str] = &[
     "refresh",
     "error",
     "server_disconnect",
+    "inbox:read",
 ];
 
 /// The publication tag that names the Socket.IO event a publication is delivered as.

@@ -20,9 +20,10 @@ use super::recovery::{self, Kept};
 use super::Conn;
 use crate::event::{ChannelEvent, EventKind};
 use crate::event::{Frame, Outgoing};
+use crate::inbox::Mark;
 use crate::session::Connected;
 use crate::session::EXCLUDE_CLIENT_TAG;
-use crate::session::{Session, SessionError};
+use crate::session::{Receipt, Session, SessionError};
 use crate::transport::command::{self, Executed};
 
 /// Handles one Engine.IO packet. Returns the disconnect to apply.
@@ -245,9 +246,15 @@ async fn joined(conn: &Conn, mut c: Connected, comeback: Option<Comeback>) {
     let config = &session.node().config.socketio;
     let mut recovered = comeback.as_ref().is_some_and(|b| b.positions.is_some());
     let mut replay: Vec<(Arc<str>, Vec<Publication>)> = Vec::new();
+    // What the user had not received (the inbox): sent whatever the recovery of the
+    // connection's own state found.
+    let mut inbox: Vec<(Arc<str>, Vec<Publication>)> = Vec::new();
     for (channel, result) in &mut c.result.subs {
         conn.tracker().joined(channel, result, false);
-        if result.was_recovering {
+        if c.inbox.contains(channel) {
+            let publications = std::mem::take(&mut result.publications);
+            inbox.push((Arc::from(channel.as_str()), publications));
+        } else if result.was_recovering {
             recovered &= result.recovered;
             // They arrive as events, not inside `connected`.
             let publications = std::mem::take(&mut result.publications);
@@ -305,8 +312,17 @@ async fn joined(conn: &Conn, mut c: Connected, comeback: Option<Comeback>) {
     // recovery state, expiry), right after the namespace is joined.
     let result = encode_event("connected", &c.result);
     session.enqueue(Outgoing::Frame(Frame::from(result)));
+    let node_config = &session.node().config;
+    for (channel, publications) in inbox {
+        for p in publications {
+            let ev = ChannelEvent::new(channel.clone(), EventKind::Publication(p));
+            session.enqueue(Outgoing::Event {
+                frame: ev.encoded(*super::CODEC, node_config),
+                published: ev.published,
+            });
+        }
+    }
     if recovered {
-        let node_config = &session.node().config;
         for (channel, publications) in replay {
             for p in publications {
                 let skipped = p
@@ -344,6 +360,14 @@ async fn event(conn: &Conn, packet: &SioPacket<'_>) -> Option<Disconnect> {
     };
     if let Some(route) = super::routes::find(session, &name) {
         return super::routes::run(conn, route, ack, &args).await;
+    }
+    let mark = match &*name {
+        "inbox:read" => Some(Mark::Read),
+        "inbox:delivered" => Some(Mark::Delivered),
+        _ => None,
+    };
+    if let Some(mark) = mark {
+        return inbox_receipt(session, ack, &name, mark, args.first().map(|a| a.get())).await;
     }
     let body = args.first().map(|a| a.get());
     let request = match Request::decode_named(&name, body) {
@@ -389,6 +413,59 @@ async fn event(conn: &Conn, packet: &SioPacket<'_>) -> Option<Disconnect> {
         }
         Err(SessionError::Rejected(e)) => {
             send_error(session, ack, &name, *e);
+            None
+        }
+        Err(SessionError::Disconnect(d)) => Some(d),
+    }
+}
+
+/// `inbox:read` / `inbox:delivered` with `{channel, offset, epoch?}`: acknowledged with
+/// `{"result": {"epoch", "delivered", "read"}}`.
+async fn inbox_receipt(
+    session: &Session,
+    ack: Option<u64>,
+    name: &str,
+    mark: Mark,
+    body: Option<&str>,
+) -> Option<Disconnect> {
+    if let Err(e) = session.admit_command() {
+        return match e {
+            SessionError::Disconnect(d) => Some(d),
+            _ => {
+                reply_error(
+                    session,
+                    ack,
+                    name,
+                    ErrorCode::TooManyRequests,
+                    ErrorCode::TooManyRequests.message(),
+                );
+                None
+            }
+        };
+    }
+    let Some(receipt) = body.and_then(|b| serde_json::from_str::<Receipt>(b).ok()) else {
+        return protocol_error(
+            session,
+            ack,
+            name,
+            ErrorCode::BadRequest,
+            "bad request: expected {channel, offset}",
+        );
+    };
+    match session.inbox_receipt(mark, receipt).await {
+        Ok(marks) => {
+            if let Some(id) = ack {
+                let frame = encode_ack(id, &serde_json::json!({ "result": marks }));
+                session.enqueue(Outgoing::Frame(Frame::from(frame)));
+            }
+            None
+        }
+        Err(SessionError::Reply(code)) => {
+            reply_error(session, ack, name, code, code.message());
+            None
+        }
+        Err(SessionError::Rejected(e)) => {
+            send_error(session, ack, name, *e);
             None
         }
         Err(SessionError::Disconnect(d)) => Some(d),

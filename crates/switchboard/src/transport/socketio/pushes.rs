@@ -222,6 +222,16 @@ pub(super) fn encode(item: Outgoing) -> Frame {
             Control::Refresh { expires, ttl } => {
                 encode_event("refresh", &RefreshPush { expires, ttl })
             }
+            Control::InboxRead { channel, marks } => encode_event(
+                "inbox:read",
+                &crate::node::InboxUpdate {
+                    user: None,
+                    channel: channel.to_string(),
+                    epoch: marks.epoch,
+                    delivered: marks.delivered,
+                    read: marks.read,
+                },
+            ),
             Control::Unsubscribed {
                 channel,
                 code,
