@@ -223,7 +223,9 @@
     const H = 180;
     svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
     const PAD = 22;
-    const max = Math.max(1, ...history.map((p) => Math.max(p.clients, p.users)));
+    // An even top, so the three grid labels are whole numbers.
+    const peak = Math.max(0, ...history.map((p) => Math.max(p.clients, p.users)));
+    const max = Math.max(2, Math.ceil(peak / 2) * 2);
     const ns = 'http://www.w3.org/2000/svg';
     svg.replaceChildren();
     for (const frac of [0, 0.5, 1]) {
