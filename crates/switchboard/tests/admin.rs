@@ -152,6 +152,9 @@ async fn the_page_is_served_from_the_binary_with_a_strict_policy() {
         .to_owned();
     assert!(csp.contains("default-src 'none'"), "{csp}");
     assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(resp.headers()["x-frame-options"], "DENY");
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    assert_eq!(resp.headers()["referrer-policy"], "no-referrer");
     let page = resp.text().await.expect("text");
     assert!(page.contains("/admin/console.js"));
     assert!(!page.contains("https://"), "nothing loads from elsewhere");
@@ -255,18 +258,31 @@ impl std::io::Write for Lines {
 
 #[tokio::test]
 async fn actions_need_a_session_and_its_csrf_token_and_are_audited() {
-    let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("switchboard::admin::audit=info")
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // One subscriber for the whole test binary (a thread's own default misses events
+    // whose call site another test's thread registered first); lines of this test are
+    // told apart by its session id.
+    static AUDIT: std::sync::OnceLock<Lines> = std::sync::OnceLock::new();
+    let lines = AUDIT
+        .get_or_init(|| {
+            let lines = Lines::default();
+            let writer = lines.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter("switchboard::admin::audit=info")
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
+            lines
+        })
+        .clone();
 
     let server = start(admin_config()).await;
     let mut alice = Client::connect_user(&server, "alice").await;
     assert!(alice.subscribe("chat:1").await.get("subscribe").is_some());
+    assert_eq!(
+        login_attempt(&server, "wrong").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     let console = login(&server).await;
     let publish = json!({"channel": "chat:1", "data": {"text": "from the console"}});
 
@@ -340,7 +356,15 @@ async fn actions_need_a_session_and_its_csrf_token_and_are_audited() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(alice.closed().await.code, 3503);
 
-    let audit = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let all = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    // The session id's first 8 characters, as the audit lines name the session.
+    let id = console.cookie.split('.').nth(1).expect("session id");
+    let me = format!("admin=\"{}\"", &id[..8]);
+    let audit: String = all
+        .lines()
+        .filter(|l| l.contains(&me) || l.contains("login failed"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     let actions: Vec<&str> = audit
         .lines()
         .filter(|l| l.contains("admin action"))
@@ -364,6 +388,11 @@ async fn actions_need_a_session_and_its_csrf_token_and_are_audited() {
         !audit.contains("from the console"),
         "no published data in the audit log"
     );
+    assert!(
+        audit.contains("admin login failed: wrong password"),
+        "{audit}"
+    );
+    assert!(audit.contains("admin logged in"), "{audit}");
     server.stop().await;
 }
 

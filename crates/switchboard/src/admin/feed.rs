@@ -292,4 +292,32 @@ mod tests {
         assert!(is_feed("_admin:stats") && is_feed("_admin:x"));
         assert!(!is_feed("_adminx:stats") && !is_feed("user:42") && !is_feed("_admin"));
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_runs_only_while_a_view_is_watched() {
+        use crate::event::{Codec, Frame};
+        static CODEC: std::sync::LazyLock<Codec> = std::sync::LazyLock::new(|| {
+            Codec::register("feed-test", |_, _| Frame::from_static(""))
+        });
+        let mut config = crate::Config::default();
+        config.admin.enabled = true;
+        config.admin.password = "pw".into();
+        let interval = config.admin.stats_interval;
+        let node = Node::new(config).unwrap();
+        let console = node.admin.clone().unwrap();
+        let running = || console.feed.running.load(Ordering::Acquire);
+        assert!(!running(), "nothing runs before a console watches");
+        let session = crate::session::Session::new(node.clone(), *CODEC);
+        let stats: Arc<str> = STATS.into();
+        node.watch_channel(&stats, &session).await.unwrap();
+        assert!(running());
+        node.unwatch_channel(&stats, &session).await;
+        // The loop notices at its next round and ends.
+        for _ in 0..3 {
+            tokio::time::sleep(interval).await;
+        }
+        assert!(!running(), "nothing runs once no console watches");
+        node.watch_channel(&stats, &session).await.unwrap();
+        assert!(running(), "and it starts again with the next watch");
+    }
 }
