@@ -232,7 +232,10 @@ test('publishing from the console reaches the real client and shows in the live 
 
 test('disconnecting a user from the console disconnects the real client', async () => {
   const { client } = globalThis.carol;
+  // A new document (a hash change alone would not load one): the cookie keeps the login.
   await page.goto(`${server.httpUrl}/admin/#user`);
+  await page.reload();
+  await expectText(page, '#action-status', '', 'a fresh page');
   await expectText(page, '#feed-state', 'live', 'the feed after a reload (the session cookie)');
   await page.locator('#user-id').fill('carol');
   await page.locator('#user-form button[type="submit"]').click();
