@@ -35,6 +35,9 @@ pub struct Identity {
     /// connect proxy authenticated has no id, and the time of its last connect or
     /// refresh proxy request as issue time.
     pub token: Option<TokenStamp>,
+    /// An operator console's connection (see [`crate::admin`]): no user, watches any
+    /// channel without joining it, publishes nothing, and no hook hears of it.
+    pub console: bool,
 }
 
 /// What revocation needs to know of a verified token.
@@ -303,6 +306,7 @@ impl Verifier {
                 id: c.jti,
                 issued_at: c.iat,
             }),
+            console: false,
         })
     }
 

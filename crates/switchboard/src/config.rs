@@ -127,6 +127,73 @@ pub struct Config {
     pub socketio: SocketIoConfig,
     /// Lifecycle webhooks to the app backend (see docs/webhooks.md).
     pub webhooks: WebhooksConfig,
+    /// The operator console at `/admin` (see docs/admin.md); off by default.
+    pub admin: AdminConfig,
+}
+
+/// The operator console at `/admin`: its login, sessions and live feed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve the console; refused at start without a `password`.
+    pub enabled: bool,
+    /// The password the login form asks for.
+    pub password: String,
+    /// Key that signs console sessions and connection tokens. Empty: a random key per
+    /// process, so sessions end with a restart and are valid on this node only; set the
+    /// same secret on every node behind one load balancer.
+    pub secret: String,
+    /// How long a login lasts.
+    #[serde(with = "duration")]
+    pub session_ttl: Duration,
+    /// Login attempts per minute from one client address, right or wrong; more get 429.
+    pub login_attempts_per_minute: u32,
+    /// How long the token the console connects its WebSocket with may wait to be used.
+    #[serde(with = "duration")]
+    pub token_ttl: Duration,
+    /// How often the node pushes the views a console watches (nothing is computed while
+    /// no console watches).
+    #[serde(with = "duration")]
+    pub stats_interval: Duration,
+    /// Most channels the channels view lists (those with the most subscribers).
+    pub stats_channels: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            password: String::new(),
+            secret: String::new(),
+            session_ttl: Duration::from_secs(8 * 3600),
+            login_attempts_per_minute: 10,
+            token_ttl: Duration::from_secs(30),
+            stats_interval: Duration::from_secs(2),
+            stats_channels: 100,
+        }
+    }
+}
+
+impl AdminConfig {
+    fn problems(&self) -> Vec<String> {
+        if !self.enabled {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        if self.password.is_empty() {
+            out.push("admin.enabled needs admin.password (SWITCHBOARD_ADMIN__PASSWORD)".to_owned());
+        }
+        if self.session_ttl.is_zero() || self.token_ttl.is_zero() {
+            out.push("admin.session_ttl and admin.token_ttl must be positive".to_owned());
+        }
+        if self.stats_interval < Duration::from_millis(100) {
+            out.push("admin.stats_interval must be at least 100ms".to_owned());
+        }
+        if self.login_attempts_per_minute == 0 {
+            out.push("admin.login_attempts_per_minute must be at least 1".to_owned());
+        }
+        out
+    }
 }
 
 /// How log lines are written to stderr.
@@ -616,6 +683,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             socketio: SocketIoConfig::default(),
             webhooks: WebhooksConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -735,6 +803,11 @@ impl Config {
                     .collect::<Vec<_>>()
                     .join(","),
                 ..self.redis.clone()
+            },
+            admin: AdminConfig {
+                password: hide(&self.admin.password),
+                secret: hide(&self.admin.secret),
+                ..self.admin.clone()
             },
             ..self.clone()
         }
@@ -865,6 +938,13 @@ impl Config {
                 "webhooks: not supported yet with redis.cluster = true (one redis-server only)"
                     .to_owned(),
             );
+        }
+        errors.extend(self.admin.problems());
+        if self.namespaces.contains_key(crate::admin::FEED_NAMESPACE) {
+            errors.push(format!(
+                "namespace {:?} is reserved for the admin console's feed",
+                crate::admin::FEED_NAMESPACE
+            ));
         }
         let feed = &self.user_status.feed;
         if !feed.is_empty()
@@ -1115,6 +1195,47 @@ mod tests {
             Config::default().namespaces["user"].inbox,
             "the personal channel"
         );
+    }
+
+    #[test]
+    fn the_admin_console_needs_a_password_and_its_secrets_are_redacted() {
+        let mut c = Config::default();
+        c.admin.enabled = true;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("admin.password"), "{err}");
+        c.admin.password = "pw".into();
+        c.admin.secret = "key".into();
+        c.validate().unwrap();
+        let shown = c.redacted();
+        assert_eq!(
+            (shown.admin.password.as_str(), shown.admin.secret.as_str()),
+            (REDACTED, REDACTED)
+        );
+        c.admin.login_attempts_per_minute = 0;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.namespaces.insert(
+            crate::admin::FEED_NAMESPACE.into(),
+            NamespaceConfig::default(),
+        );
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("reserved"), "{err}");
+    }
+
+    #[test]
+    fn admin_settings_come_from_variables() {
+        let _env = env_lock();
+        std::env::set_var("SWITCHBOARD_ADMIN__ENABLED", "true");
+        std::env::set_var("SWITCHBOARD_ADMIN__PASSWORD", "s3cret");
+        std::env::set_var("SWITCHBOARD_ADMIN__LOGIN_ATTEMPTS_PER_MINUTE", "3");
+        let c = Config::load(None, &[]);
+        std::env::remove_var("SWITCHBOARD_ADMIN__ENABLED");
+        std::env::remove_var("SWITCHBOARD_ADMIN__PASSWORD");
+        std::env::remove_var("SWITCHBOARD_ADMIN__LOGIN_ATTEMPTS_PER_MINUTE");
+        let c = c.unwrap();
+        assert!(c.admin.enabled);
+        assert_eq!(c.admin.password, "s3cret");
+        assert_eq!(c.admin.login_attempts_per_minute, 3);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use switchboard_protocol::Disconnect;
@@ -28,6 +29,12 @@ pub struct Hub {
     hasher: std::collections::hash_map::RandomState,
     /// Where deliveries are counted per namespace, when the hub belongs to a node.
     metrics: Option<Arc<Metrics>>,
+    /// Sessions that watch channels without subscribing (operator consoles): delivered
+    /// to like subscribers, never counted in [`Hub::channels`]. Usually empty, so a
+    /// delivery looks at `watched` before taking this lock. Short sections only.
+    watchers: Mutex<Index>,
+    /// How many channels have watchers.
+    watched: AtomicUsize,
 }
 
 impl std::fmt::Debug for Hub {
@@ -43,6 +50,8 @@ impl Default for Hub {
             users: (0..USER_SHARDS).map(|_| Mutex::default()).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             metrics: None,
+            watchers: Mutex::default(),
+            watched: AtomicUsize::new(0),
         }
     }
 }
@@ -90,21 +99,94 @@ impl Hub {
         false
     }
 
-    /// Delivers an event to every local subscriber of its channel. Returns how many.
+    /// Delivers an event to every local subscriber of its channel (and its watchers).
+    /// Returns how many subscribers.
     pub fn broadcast(&self, event: &Arc<ChannelEvent>) -> usize {
-        let shard = self.channels[self.index(&event.channel, CHANNEL_SHARDS)]
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        let Some(subs) = shard.get(&event.channel) else {
-            return 0;
+        let delivered = {
+            let shard = self.channels[self.index(&event.channel, CHANNEL_SHARDS)]
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            match shard.get(&event.channel) {
+                Some(subs) => {
+                    for s in subs {
+                        s.deliver(event);
+                    }
+                    if let Some(m) = &self.metrics {
+                        m.namespaces.delivered(&event.channel, subs.len());
+                    }
+                    subs.len()
+                }
+                None => 0,
+            }
         };
-        for s in subs {
-            s.deliver(event);
+        if self.watched.load(Ordering::Acquire) > 0 {
+            for s in self.watchers_of(&event.channel) {
+                s.deliver(event);
+            }
         }
-        if let Some(m) = &self.metrics {
-            m.namespaces.delivered(&event.channel, subs.len());
+        delivered
+    }
+
+    /// Whether the channel has subscribers on this node (watchers aside).
+    pub fn has_subscribers(&self, channel: &str) -> bool {
+        self.channels[self.index(channel, CHANNEL_SHARDS)]
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(channel)
+    }
+
+    fn watcher_index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.watchers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn watchers_of(&self, channel: &str) -> Vec<Arc<Session>> {
+        self.watcher_index()
+            .get(channel)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Adds a watcher: it receives the channel's events but is no subscriber (not
+    /// counted, no presence). Returns true when it is the channel's first watcher.
+    pub fn watch(&self, channel: &Arc<str>, session: &Arc<Session>) -> bool {
+        let mut watchers = self.watcher_index();
+        let list = watchers.entry(channel.clone()).or_default();
+        if !list.iter().any(|s| Arc::ptr_eq(s, session)) {
+            list.push(session.clone());
         }
-        subs.len()
+        let first = list.len() == 1;
+        if first {
+            self.watched.fetch_add(1, Ordering::AcqRel);
+        }
+        first
+    }
+
+    /// Removes a watcher. Returns true when the channel has no watcher left.
+    pub fn unwatch(&self, channel: &str, session: &Session) -> bool {
+        let mut watchers = self.watcher_index();
+        let Some(list) = watchers.get_mut(channel) else {
+            return false;
+        };
+        list.retain(|s| !std::ptr::eq(Arc::as_ptr(s), session));
+        if list.is_empty() {
+            watchers.remove(channel);
+            self.watched.fetch_sub(1, Ordering::AcqRel);
+            return true;
+        }
+        false
+    }
+
+    /// Whether the channel has watchers on this node.
+    pub fn is_watched(&self, channel: &str) -> bool {
+        self.watched.load(Ordering::Acquire) > 0 && self.watcher_index().contains_key(channel)
+    }
+
+    /// Channels with watchers on this node.
+    pub fn watched_channels(&self) -> Vec<Arc<str>> {
+        if self.watched.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
+        self.watcher_index().keys().cloned().collect()
     }
 
     /// Channels with local subscribers and their counts.
@@ -199,12 +281,15 @@ impl EventHandler for Hub {
     }
 
     fn on_lost(&self, channel: &Arc<str>) {
-        let subs = self.channels[self.index(channel, CHANNEL_SHARDS)]
+        let mut subs = self.channels[self.index(channel, CHANNEL_SHARDS)]
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(channel)
             .cloned()
             .unwrap_or_default();
+        if self.watched.load(Ordering::Acquire) > 0 {
+            subs.extend(self.watchers_of(channel));
+        }
         if !subs.is_empty() {
             tracing::warn!(%channel, sessions = subs.len(), "missed events: subscribers reconnect to recover");
         }

@@ -30,8 +30,11 @@
 //! - [`api`]: the Centrifugo-compatible server HTTP API; [`metrics`] at `/metrics`.
 //! - [`webhooks`]: lifecycle events POSTed to the app backend, signed, batched, retried.
 //! - [`cli`]: the operator CLI's client of a running server's API.
+//! - [`admin`]: the operator console at `/admin`: login, audited actions through the
+//!   server API, and its live feed over the client protocol.
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod channel;

@@ -28,6 +28,18 @@ impl TokenBucket {
         }
     }
 
+    /// A full bucket of `amount` tokens that refills at `amount` per `period` (login
+    /// attempts per minute, say). An `amount` of 0 means unlimited.
+    pub fn per_period(amount: u32, period: std::time::Duration) -> Self {
+        let secs = period.as_secs_f64().max(f64::MIN_POSITIVE);
+        Self {
+            rate: f64::from(amount) / secs,
+            burst: f64::from(amount.max(1)),
+            tokens: f64::from(amount.max(1)),
+            last: Instant::now(),
+        }
+    }
+
     /// Takes one token; false when none is left.
     pub fn try_take(&mut self) -> bool {
         if self.rate == 0.0 {
@@ -55,6 +67,8 @@ const MAX_ADDRESSES: usize = 65_536;
 pub struct PerIpRate {
     rate: u32,
     burst: u32,
+    /// When set, `rate` tokens per this period instead of per second.
+    period: Option<std::time::Duration>,
     /// Short sections only: one look-up and one take.
     buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
 }
@@ -65,6 +79,17 @@ impl PerIpRate {
         Self {
             rate,
             burst,
+            period: None,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// `amount` per `period` per address, as many at once; 0 means unlimited.
+    pub fn per_period(amount: u32, period: std::time::Duration) -> Self {
+        Self {
+            rate: amount,
+            burst: amount,
+            period: Some(period),
             buckets: Mutex::default(),
         }
     }
@@ -80,7 +105,10 @@ impl PerIpRate {
         }
         buckets
             .entry(ip)
-            .or_insert_with(|| TokenBucket::new(self.rate, self.burst))
+            .or_insert_with(|| match self.period {
+                Some(period) => TokenBucket::per_period(self.rate, period),
+                None => TokenBucket::new(self.rate, self.burst),
+            })
             .try_take()
     }
 }
@@ -110,5 +138,17 @@ mod tests {
         assert!(r.admit(b));
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(r.admit(a));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_period_refills_over_the_period() {
+        let r = PerIpRate::per_period(3, Duration::from_secs(60));
+        let a: IpAddr = [127, 0, 0, 1].into();
+        assert_eq!((0..5).filter(|_| r.admit(a)).count(), 3);
+        tokio::time::advance(Duration::from_secs(19)).await;
+        assert!(!r.admit(a), "one attempt comes back every 20 s");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(r.admit(a));
+        assert!(!r.admit(a));
     }
 }

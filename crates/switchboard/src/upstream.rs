@@ -55,9 +55,12 @@ impl Upstream {
     ) -> Result<(), EngineError> {
         let _order = self.lock(channel).lock().await;
         if hub.subscribe(channel, session) {
-            if let Err(e) = engine.subscribe(channel).await {
-                hub.unsubscribe(channel, session);
-                return Err(e);
+            // A watched channel is subscribed upstream already.
+            if !hub.is_watched(channel) {
+                if let Err(e) = engine.subscribe(channel).await {
+                    hub.unsubscribe(channel, session);
+                    return Err(e);
+                }
             }
             self.hooks.on_lifecycle(Lifecycle::ChannelOccupied {
                 channel: channel.clone(),
@@ -78,12 +81,54 @@ impl Upstream {
     ) {
         let _order = self.lock(channel).lock().await;
         if hub.unsubscribe(channel, session) {
-            if let Err(e) = engine.unsubscribe(channel).await {
-                tracing::warn!(%channel, error = %e, "engine unsubscribe failed");
+            if !hub.is_watched(channel) {
+                if let Err(e) = engine.unsubscribe(channel).await {
+                    tracing::warn!(%channel, error = %e, "engine unsubscribe failed");
+                }
             }
             self.hooks.on_lifecycle(Lifecycle::ChannelVacated {
                 channel: Arc::from(channel),
             });
+        }
+    }
+
+    /// Adds a watcher (an operator console) to the channel, subscribing the node
+    /// upstream if nobody here listened yet. Watchers are no subscribers: the channel's
+    /// hooks (occupied, vacated) never hear of them.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe, as [`Upstream::subscribe`].
+    pub(crate) async fn watch(
+        &self,
+        hub: &Hub,
+        engine: &dyn Engine,
+        channel: &Arc<str>,
+        session: &Arc<Session>,
+    ) -> Result<(), EngineError> {
+        let _order = self.lock(channel).lock().await;
+        if hub.watch(channel, session) && !hub.has_subscribers(channel) {
+            if let Err(e) = engine.subscribe(channel).await {
+                hub.unwatch(channel, session);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a watcher, unsubscribing the node upstream when nobody here listens any
+    /// more.
+    pub(crate) async fn unwatch(
+        &self,
+        hub: &Hub,
+        engine: &dyn Engine,
+        channel: &str,
+        session: &Session,
+    ) {
+        let _order = self.lock(channel).lock().await;
+        if hub.unwatch(channel, session) && !hub.has_subscribers(channel) {
+            if let Err(e) = engine.unsubscribe(channel).await {
+                tracing::warn!(%channel, error = %e, "engine unsubscribe failed");
+            }
         }
     }
 }
@@ -193,5 +238,38 @@ mod tests {
             engine.subscribed.lock().unwrap().contains("news:1"),
             "so the node must still be subscribed upstream"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watcher_keeps_the_channel_upstream_and_is_never_counted() {
+        let engine = Arc::new(SlowUpstream::default());
+        let e = engine.clone();
+        let node = Node::with_engine(crate::Config::default(), move |_, _| Ok(e)).unwrap();
+        let hub = Hub::default();
+        let upstream = Upstream::new(Arc::new(crate::hooks::NoHooks));
+        let channel: Arc<str> = "news:1".into();
+        let upstream_has = |c: &str| engine.subscribed.lock().unwrap().contains(c);
+        let (console, reader) = (
+            Session::new(node.clone(), codec()),
+            Session::new(node.clone(), codec()),
+        );
+        upstream
+            .watch(&hub, &*engine, &channel, &console)
+            .await
+            .unwrap();
+        assert!(upstream_has("news:1"), "a watcher alone listens upstream");
+        assert!(hub.channels().is_empty(), "but is no subscriber");
+        upstream
+            .subscribe(&hub, &*engine, &channel, &reader)
+            .await
+            .unwrap();
+        assert_eq!(hub.channels(), vec![(channel.clone(), 1)]);
+        upstream
+            .unsubscribe(&hub, &*engine, &channel, &reader)
+            .await;
+        assert!(upstream_has("news:1"), "still watched");
+        upstream.unwatch(&hub, &*engine, &channel, &console).await;
+        assert!(!upstream_has("news:1"));
+        assert!(hub.watched_channels().is_empty());
     }
 }

@@ -111,6 +111,8 @@ pub struct Node {
     revocations_applied: AtomicU64,
     /// Observes the hook points (connect, online, occupied, join, ...).
     hooks: Arc<dyn Hooks>,
+    /// The operator console, when `admin.enabled`.
+    pub admin: Option<Arc<crate::admin::Console>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -197,6 +199,10 @@ impl Node {
         let revocations = engine.clone().revocations();
         let typing = engine.clone().typing();
         let inbox = engine.clone().inbox();
+        let config_admin = config
+            .admin
+            .enabled
+            .then(|| Arc::new(crate::admin::Console::new(&config.admin)));
         let node = Arc::new(Self {
             rules: Rules::new(&config),
             verifier: Verifier::new(&config)?,
@@ -218,6 +224,7 @@ impl Node {
             revocations,
             revocations_applied: AtomicU64::new(0),
             uid,
+            admin: config_admin,
         });
         dispatch.link(&node);
         Ok(node)
@@ -699,6 +706,64 @@ impl Node {
             .upstream
             .subscribe(&self.hub, &*self.engine, channel, session)
             .await?)
+    }
+
+    /// Adds an operator console's `session` to a channel's watchers: it receives the
+    /// channel's events without being a subscriber (no presence, counts or hooks). A
+    /// channel of the console's feed stays on this node; the node computes it (see
+    /// [`crate::admin::feed`]).
+    ///
+    /// # Errors
+    /// The engine could not subscribe; the session was not added.
+    pub async fn watch_channel(
+        self: &Arc<Self>,
+        channel: &Arc<str>,
+        session: &Arc<Session>,
+    ) -> Result<(), NodeError> {
+        if crate::admin::feed::is_feed(channel) {
+            self.hub.watch(channel, session);
+            if let Some(console) = &self.admin {
+                console.feed.wake(self);
+            }
+            return Ok(());
+        }
+        Ok(self
+            .upstream
+            .watch(&self.hub, &*self.engine, channel, session)
+            .await?)
+    }
+
+    /// Removes a watcher added by [`Node::watch_channel`].
+    pub async fn unwatch_channel(&self, channel: &str, session: &Session) {
+        if crate::admin::feed::is_feed(channel) {
+            self.hub.unwatch(channel, session);
+            return;
+        }
+        self.upstream
+            .unwatch(&self.hub, &*self.engine, channel, session)
+            .await;
+    }
+
+    /// The console feed's channels watched on this node.
+    pub(crate) fn watched_feeds(&self) -> Vec<Arc<str>> {
+        let mut feeds = self.hub.watched_channels();
+        feeds.retain(|c| crate::admin::feed::is_feed(c));
+        feeds
+    }
+
+    /// Delivers `data` as a publication to this node's watchers and subscribers of
+    /// `channel`, without the engine: for what this node computed for its own consoles.
+    pub(crate) fn deliver_local(&self, channel: &Arc<str>, data: SharedJson) {
+        let publication = Publication {
+            data,
+            info: None,
+            offset: 0,
+            tags: None,
+        };
+        self.hub.broadcast(&crate::event::ChannelEvent::new(
+            channel.clone(),
+            crate::event::EventKind::Publication(publication),
+        ));
     }
 
     /// Removes `session` from a channel's local subscribers; the last one unsubscribes

@@ -27,6 +27,10 @@ impl Session {
         tags: Option<Arc<std::collections::BTreeMap<String, String>>>,
     ) -> SessionResult<()> {
         let identity = self.require_identity()?;
+        // A console publishes through the console's API (audited), not as a client.
+        if identity.console {
+            return Err(ErrorCode::PermissionDenied.into());
+        }
         let data = data.ok_or(SessionError::Reply(ErrorCode::BadRequest))?;
         let (ns, info) = {
             let mut st = self.state();

@@ -109,6 +109,8 @@ struct Sub {
     _proxy_checks: Option<tokio_util::sync::DropGuard>,
     /// The subscription token that granted the channel, for revocation.
     token: Option<crate::auth::TokenStamp>,
+    /// A console's watch (see [`Node::watch_channel`]), not a subscription.
+    watching: bool,
 }
 
 #[derive(Default)]
@@ -380,11 +382,17 @@ impl Session {
         }
         // Connected: the connect deadline no longer applies; token expiry does.
         self.deadlines_moved();
-        node.client_connected(&self.id, &identity.user);
+        if !identity.console {
+            node.client_connected(&self.id, &identity.user);
+        }
         if !anonymous {
             node.user_connected(&identity.user);
         }
-        let channels = node.rules.server_side_channels(&identity);
+        let channels = if identity.console {
+            Vec::new()
+        } else {
+            node.rules.server_side_channels(&identity)
+        };
         let max_channels = node.config.limits.max_channels_per_connection;
         if max_channels > 0 && channels.len() > max_channels {
             return Err(SessionError::Disconnect(Disconnect::CHANNEL_LIMIT));
@@ -417,7 +425,10 @@ impl Session {
                 None => (None, None),
             };
             let channel: Arc<str> = channel.into();
-            match self.subscribe_inner(&channel, ns, grant, since).await {
+            match self
+                .subscribe_inner(&channel, ns, grant, since, false)
+                .await
+            {
                 Ok(mut s) => {
                     activation.channels.append(&mut s.activation.channels);
                     if s.from_inbox {
@@ -453,9 +464,23 @@ impl Session {
         })
     }
 
-    /// Verifies a connection token.
+    /// Verifies a connection token (or an operator console's token).
     async fn verify_token(&self, token: &str) -> SessionResult<Arc<Identity>> {
         let node = &self.node;
+        if let Some(console) = node
+            .admin
+            .as_ref()
+            .filter(|_| crate::admin::is_console_token(token))
+        {
+            return match console.verify_connection(node, token).await {
+                Some(identity) => Ok(Arc::new(identity)),
+                None => {
+                    node.metrics.auth_failures.inc();
+                    tracing::info!(client = %self.id, "connect refused: invalid console token");
+                    Err(SessionError::Disconnect(Disconnect::INVALID_TOKEN))
+                }
+            };
+        }
         match node.verifier.verify_connect(token).await {
             Ok(id) => {
                 if let Err(e) = self.check_revoked(&id.user, None, id.token.as_ref()).await {
@@ -622,7 +647,7 @@ impl Session {
         for (channel, user) in inbox {
             self.node.flush_inbox_of(&user, &channel).await;
         }
-        if let Some(id) = &identity {
+        if let Some(id) = identity.as_ref().filter(|id| !id.console) {
             self.node
                 .client_disconnected(&self.id, &id.user, self.disconnect_reason());
         }

@@ -112,6 +112,9 @@ impl Session {
     /// expired; an invalid subscription token is `PermissionDenied`.
     pub async fn subscribe(self: &Arc<Self>, req: SubscribeRequest) -> SessionResult<Subscribed> {
         let identity = self.require_identity()?;
+        if identity.console {
+            return self.watch(req).await;
+        }
         let node = self.node.clone();
         // Validate the name before verifying any token.
         node.rules.namespace(&req.channel)?;
@@ -169,7 +172,7 @@ impl Session {
             .filter(|_| proxied)
             .and_then(|g| g.expires_at.take());
         let mut subscribed = self
-            .subscribe_inner(&channel, ns.clone(), grant, since)
+            .subscribe_inner(&channel, ns.clone(), grant, since, false)
             .await?;
         subscribed.result.data = data;
         if proxied {
@@ -189,7 +192,9 @@ impl Session {
     pub async fn server_subscribe(self: &Arc<Self>, channel: &str) -> SessionResult<()> {
         let ns = self.node.rules.namespace(channel)?.clone();
         let channel: Arc<str> = channel.into();
-        let s = self.subscribe_inner(&channel, ns, None, None).await?;
+        let s = self
+            .subscribe_inner(&channel, ns, None, None, false)
+            .await?;
         s.activation
             .complete(Some(Outgoing::Control(Box::new(Control::Subscribed {
                 channel,
@@ -198,12 +203,36 @@ impl Session {
         Ok(())
     }
 
+    /// An operator console's subscribe: to a channel of its feed, or to any channel of
+    /// a configured namespace as a watcher, which gets the channel's events (and may
+    /// read its presence and history) but joins nothing: no presence entry, no join or
+    /// leave, not counted, no hook.
+    async fn watch(self: &Arc<Self>, req: SubscribeRequest) -> SessionResult<Subscribed> {
+        let node = self.node.clone();
+        let ns = if crate::admin::feed::is_feed(&req.channel) {
+            if !crate::admin::feed::is_view(&req.channel, &node.rules) {
+                return Err(ErrorCode::UnknownChannel.into());
+            }
+            Arc::new(NamespaceConfig::default())
+        } else {
+            node.rules.namespace(&req.channel)?.clone()
+        };
+        let since = req.recover.then(|| StreamPosition {
+            offset: req.offset,
+            epoch: req.epoch.clone(),
+        });
+        let channel: Arc<str> = req.channel.into();
+        self.subscribe_inner(&channel, ns, None, since, true).await
+    }
+
+    /// Subscribes (or, `watching`, adds a console's watch) once permission is settled.
     pub(super) async fn subscribe_inner(
         self: &Arc<Self>,
         channel: &Arc<str>,
         ns: Arc<NamespaceConfig>,
         grant: Option<crate::auth::Grant>,
         since: Option<StreamPosition>,
+        watching: bool,
     ) -> SessionResult<Subscribed> {
         let identity = self.require_identity()?;
         let node = self.node.clone();
@@ -234,19 +263,30 @@ impl Session {
             conn_info: identity.info.clone(),
             chan_info: grant.as_ref().and_then(|g| g.info.clone()),
         };
-        if let Err(e) = node.subscribe_session(channel, self).await {
+        let listening = if watching {
+            node.watch_channel(channel, self).await
+        } else {
+            node.subscribe_session(channel, self).await
+        };
+        if let Err(e) = listening {
             drop(activation);
             return Err(e.into());
         }
-        let (mut result, offset, from_inbox) =
-            match self.prepare_subscription(channel, &ns, &info, since).await {
-                Ok(r) => r,
-                Err(e) => {
+        let prepared = self
+            .prepare_subscription(channel, &ns, &info, since, !watching)
+            .await;
+        let (mut result, offset, from_inbox) = match prepared {
+            Ok(r) => r,
+            Err(e) => {
+                if watching {
+                    node.unwatch_channel(channel, self).await;
+                } else {
                     node.unsubscribe_session(channel, self).await;
-                    drop(activation);
-                    return Err(e);
                 }
-            };
+                drop(activation);
+                return Err(e);
+            }
+        };
         let token = grant.as_ref().and_then(|g| g.token.clone());
         let expires_at = grant.and_then(|g| g.expires_at);
         // The client schedules its sub_refresh from these.
@@ -260,6 +300,7 @@ impl Session {
                 expires_at,
                 _proxy_checks: None,
                 token,
+                watching,
             },
         );
         if expires_at.is_some() {
@@ -285,6 +326,7 @@ impl Session {
         ns: &NamespaceConfig,
         info: &ClientInfo,
         since: Option<StreamPosition>,
+        join: bool,
     ) -> SessionResult<(SubscribeResult, u64, bool)> {
         let node = &self.node;
         let mut result = SubscribeResult::default();
@@ -344,7 +386,9 @@ impl Session {
                 node.inbox_subscribed(&info.user, channel, ns, &top).await;
             }
         }
-        node.join(channel, ns, info).await?;
+        if join {
+            node.join(channel, ns, info).await?;
+        }
         Ok((result, offset, from_inbox))
     }
 
@@ -383,9 +427,18 @@ impl Session {
         self.untrack_inbox(&channel);
         let node = &self.node;
         node.metrics.subscriptions.dec();
-        node.unsubscribe_session(&channel, self).await;
-        node.leave(&channel, &sub.ns, sub.info).await;
+        if sub.watching {
+            node.unwatch_channel(&channel, self).await;
+        } else {
+            node.unsubscribe_session(&channel, self).await;
+            node.leave(&channel, &sub.ns, sub.info).await;
+        }
         Some(channel)
+    }
+
+    /// The channels this session is subscribed to (a console's watches included).
+    pub fn channels(&self) -> Vec<Arc<str>> {
+        self.state().subs.keys().cloned().collect()
     }
 
     /// Whether the session holds a subscription to `channel`.
@@ -398,7 +451,7 @@ impl Session {
         self.state()
             .subs
             .iter()
-            .filter(|(_, sub)| sub.ns.presence)
+            .filter(|(_, sub)| sub.ns.presence && !sub.watching)
             .map(|(ch, sub)| (ch.clone(), sub.info.clone()))
             .collect()
     }

@@ -66,7 +66,7 @@ pub(crate) fn cors_grant(config: &Config, headers: &HeaderMap) -> Option<CorsGra
 
 /// Whether `origin` (`scheme://host[:port]`) names the `Host` the request was sent to.
 /// Behind a proxy this needs the client's `Host` passed on (nginx: `$http_host`).
-fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
+pub(crate) fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
     let Some((_, authority)) = origin.split_once("://") else {
         return false;
     };

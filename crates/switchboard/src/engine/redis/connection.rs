@@ -53,7 +53,10 @@ impl Connection {
             return Ok((Self::Cluster(conn.clone()), Feed::Cluster(conn, rx)));
         }
         let client = single_client(config)?;
-        Ok((Self::single(client.clone(), config)?, Feed::Single(Box::new(client))))
+        Ok((
+            Self::single(client.clone(), config)?,
+            Feed::Single(Box::new(client)),
+        ))
     }
 
     /// A second connection for the periodic bulk renewals (presence leases, last-seen
