@@ -12,9 +12,11 @@ use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod diagnose;
+mod persistence;
 mod socketio;
 mod webhooks;
 
+pub use persistence::{Durability, PersistenceConfig};
 pub use socketio::{PushesConfig, RouteAction, RouteConfig, SocketIoConfig};
 pub use webhooks::{WebhookEndpointConfig, WebhooksConfig, EVENT_KINDS};
 
@@ -32,6 +34,9 @@ pub const NOT_CONFIG_VARIABLES: &[&str] = &[
     "SWITCHBOARD_TEST_LOGS",
     "SWITCHBOARD_TEST_REDIS_PORTS",
 ];
+
+/// Sections whose keys may also be set as `SWITCHBOARD_<SECTION>_<KEY>` (one underscore).
+const ALIASED_SECTIONS: [&str; 2] = ["redis", "persistence"];
 
 /// What `check-config` prints instead of a secret.
 pub const REDACTED: &str = "<redacted>";
@@ -114,6 +119,8 @@ pub struct Config {
     pub engine: EngineKind,
     /// The Redis engine's connection and keys (used when `engine = "redis"`).
     pub redis: RedisConfig,
+    /// The memory engine's data directory and durability (off by default).
+    pub persistence: PersistenceConfig,
     /// How long a presence entry lives unless its node refreshes it: after a node dies,
     /// its clients leave presence within this lease (plus one sweep, a quarter of it).
     #[serde(with = "duration")]
@@ -678,6 +685,7 @@ impl Default for Config {
             rpc_proxies: BTreeMap::new(),
             engine: EngineKind::Memory,
             redis: RedisConfig::default(),
+            persistence: PersistenceConfig::default(),
             presence_lease: Duration::from_secs(20),
             shutdown_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
@@ -738,24 +746,31 @@ impl Config {
         }
         // Every SWITCHBOARD_* variable but a few is configuration; an unknown one fails
         // through the structs' deny_unknown_fields (a typo must not pass silently).
-        // `SWITCHBOARD_REDIS_<KEY>` is left to the `[redis]` provider below, whose
-        // deny_unknown_fields refuses a typo there.
+        // `SWITCHBOARD_REDIS_<KEY>` and `SWITCHBOARD_PERSISTENCE_<KEY>` are left to the
+        // section providers below, whose deny_unknown_fields refuse a typo there.
         fig = fig.merge(Env::prefixed("SWITCHBOARD_").split("__").filter(|k| {
             let key = k.as_str();
-            let redis_alias =
-                key.len() > "redis_".len() && key[.."redis_".len()].eq_ignore_ascii_case("redis_");
-            !redis_alias
+            let section_alias = ALIASED_SECTIONS.iter().any(|section| {
+                key.len() > section.len() + 1
+                    && key
+                        .get(..section.len())
+                        .is_some_and(|k| k.eq_ignore_ascii_case(section))
+                    && key.as_bytes().get(section.len()) == Some(&b'_')
+            });
+            !section_alias
                 && !NOT_CONFIG_VARIABLES
                     .iter()
                     .any(|v| key.eq_ignore_ascii_case(&v["SWITCHBOARD_".len()..]))
         }));
         // `SWITCHBOARD_REDIS_URL` reads more naturally than `SWITCHBOARD_REDIS__URL`
-        // (both work): one underscore after `REDIS` names a key of `[redis]`.
-        fig = fig.merge(
-            Env::prefixed("SWITCHBOARD_REDIS_")
-                .filter(|k| !k.as_str().starts_with('_'))
-                .map(|k| format!("redis.{k}").into()),
-        );
+        // (both work): one underscore after a section's name names one of its keys.
+        for section in ALIASED_SECTIONS {
+            fig = fig.merge(
+                Env::prefixed(&format!("SWITCHBOARD_{}_", section.to_ascii_uppercase()))
+                    .filter(|k| !k.as_str().starts_with('_'))
+                    .map(move |k| format!("{section}.{k}").into()),
+            );
+        }
         for (key, value) in overrides {
             fig = fig.merge(Serialized::default(key, value));
         }
@@ -847,6 +862,14 @@ impl Config {
         }
         if self.engine == EngineKind::Redis {
             errors.extend(self.redis.problems());
+        }
+        errors.extend(self.persistence.errors());
+        // The Redis engine keeps histories and last-seen times in Redis already.
+        if self.engine == EngineKind::Redis && self.persistence.enabled() {
+            errors.push(
+                "persistence.dir: only the memory engine persists to disk (engine = \"redis\" keeps its state in Redis)"
+                    .to_owned(),
+            );
         }
         if self.client.ping_interval.is_zero() {
             errors.push("client.ping_interval must be positive".to_owned());
@@ -1333,6 +1356,47 @@ mod tests {
         assert_eq!(c.redis.prefix, "app1");
         let err = Config::load(None, &[("engine", "redis2".into())]).unwrap_err();
         assert!(err.to_string().contains("redis2"), "{err}");
+    }
+
+    #[test]
+    fn persistence_from_the_environment_and_its_limits() {
+        let _env = env_lock();
+        std::env::set_var("SWITCHBOARD_PERSISTENCE_DIR", "/var/lib/switchboard");
+        std::env::set_var("SWITCHBOARD_PERSISTENCE__DURABILITY", "sync");
+        std::env::set_var("SWITCHBOARD_PERSISTENCE_FLUSH_INTERVAL", "200ms");
+        let c = Config::load(None, &[]);
+        std::env::remove_var("SWITCHBOARD_PERSISTENCE_DIR");
+        std::env::remove_var("SWITCHBOARD_PERSISTENCE__DURABILITY");
+        std::env::remove_var("SWITCHBOARD_PERSISTENCE_FLUSH_INTERVAL");
+        let mut c = c.unwrap();
+        assert!(c.persistence.enabled());
+        assert_eq!(c.persistence.dir, Path::new("/var/lib/switchboard"));
+        assert_eq!(c.persistence.durability, Durability::Sync);
+        assert_eq!(c.persistence.flush_interval, Duration::from_millis(200));
+        assert!(!Config::default().persistence.enabled(), "off by default");
+        c.persistence.flush_interval = Duration::ZERO;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("flush_interval"));
+        c.persistence.flush_interval = Duration::from_secs(1);
+        c.persistence.max_pending = 0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_pending"));
+        c.persistence.max_pending = 1;
+        c.validate().unwrap();
+        c.engine = EngineKind::Redis;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("persistence.dir"));
+        let err = Config::load(None, &[("persistence.durability", "fsync".into())]).unwrap_err();
+        assert!(err.to_string().contains("\"sync\""), "{err}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! publications (by count and by age) that recovery and the `history` command read.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_protocol::{HistoryResult, Publication, StreamPosition};
@@ -33,9 +34,15 @@ pub struct HistoryQuery {
 /// A channel's stream.
 #[derive(Debug)]
 pub struct Stream {
-    epoch: String,
+    epoch: Arc<str>,
+    /// Offset of the newest visible publication: what readers and positions see.
     top: u64,
+    /// Highest offset handed out; above `top` while publications wait for the disk
+    /// (see [`Stream::reserve`]).
+    reserved: u64,
     items: VecDeque<(Publication, Instant)>,
+    /// Publications given an offset but not visible yet, oldest first.
+    pending: VecDeque<(Publication, Instant)>,
     /// When the stream was last written; an idle stream is dropped after its TTL.
     touched: Instant,
     bytes: usize,
@@ -44,12 +51,26 @@ pub struct Stream {
 impl Stream {
     /// A new stream with a fresh random epoch.
     pub fn new(now: Instant) -> Self {
+        Self::restore(new_epoch().into(), 0, Vec::new(), now)
+    }
+
+    /// A stream as it was kept: its epoch, its top offset, and its publications (oldest
+    /// first, with their expiry).
+    pub fn restore(
+        epoch: Arc<str>,
+        top: u64,
+        items: Vec<(Publication, Instant)>,
+        now: Instant,
+    ) -> Self {
+        let bytes = items.iter().map(|(p, _)| approx_size(p)).sum();
         Self {
-            epoch: new_epoch(),
-            top: 0,
-            items: VecDeque::new(),
+            epoch,
+            top,
+            reserved: top,
+            items: items.into(),
+            pending: VecDeque::new(),
             touched: now,
-            bytes: 0,
+            bytes,
         }
     }
 
@@ -61,16 +82,99 @@ impl Stream {
         opts: HistoryOptions,
         now: Instant,
     ) -> u64 {
+        self.reserved += 1;
+        publication.offset = self.reserved;
+        self.push(publication, now + opts.ttl, opts, now);
+        self.top
+    }
+
+    fn push(
+        &mut self,
+        publication: Publication,
+        expires: Instant,
+        opts: HistoryOptions,
+        now: Instant,
+    ) {
         self.expire(now);
-        self.top += 1;
-        publication.offset = self.top;
+        self.top = publication.offset;
         self.touched = now;
         self.bytes += approx_size(&publication);
-        self.items.push_back((publication, now + opts.ttl));
+        self.items.push_back((publication, expires));
         while self.items.len() > opts.size.max(1) {
             self.pop_front();
         }
+    }
+
+    /// Gives a publication the next offset without making it visible: readers and
+    /// positions see it only after [`Stream::reveal_through`] (once it is on disk).
+    /// Returns the offset.
+    pub fn reserve(
+        &mut self,
+        mut publication: Publication,
+        opts: HistoryOptions,
+        now: Instant,
+    ) -> u64 {
+        self.reserved += 1;
+        publication.offset = self.reserved;
+        self.touched = now;
+        self.pending.push_back((publication, now + opts.ttl));
+        self.reserved
+    }
+
+    /// Makes every reserved publication up to `offset` visible, in offset order, handing
+    /// each to `deliver`. Publications reserved before `offset` were written with or
+    /// before it, so they are revealed too (by whichever publisher comes first).
+    pub fn reveal_through(
+        &mut self,
+        offset: u64,
+        opts: HistoryOptions,
+        now: Instant,
+        mut deliver: impl FnMut(&Publication),
+    ) {
+        while self
+            .pending
+            .front()
+            .is_some_and(|(p, _)| p.offset <= offset)
+        {
+            let Some((publication, expires)) = self.pending.pop_front() else {
+                break;
+            };
+            deliver(&publication);
+            self.push(publication, expires, opts, now);
+        }
+    }
+
+    /// Forgets a reserved publication that could not be written: its offset is skipped.
+    pub fn discard(&mut self, offset: u64) {
+        self.pending.retain(|(p, _)| p.offset != offset);
+    }
+
+    /// The lowest offset kept (`top + 1` when none is).
+    pub fn first_offset(&self) -> u64 {
+        self.items.front().map_or(self.top + 1, |(p, _)| p.offset)
+    }
+
+    /// The lowest offset kept once a publication at `offset` is appended under `opts`.
+    pub fn first_offset_with(&self, offset: u64, opts: HistoryOptions) -> u64 {
+        let size = u64::try_from(opts.size.max(1)).unwrap_or(u64::MAX);
+        self.first_offset()
+            .max((offset + 1).saturating_sub(size))
+            .min(offset)
+    }
+
+    /// The stream's epoch.
+    pub fn epoch(&self) -> &Arc<str> {
+        &self.epoch
+    }
+
+    /// Offset of the newest visible publication.
+    pub fn top(&self) -> u64 {
         self.top
+    }
+
+    /// The highest offset handed out, visible or not.
+    pub fn reserved(&self) -> u64 {
+        self.reserved
     }
 
     fn pop_front(&mut self) {
@@ -95,14 +199,14 @@ impl Stream {
 
     /// Whether the stream saw no write for `ttl` and holds nothing.
     pub fn idle(&self, ttl: Duration, now: Instant) -> bool {
-        self.items.is_empty() && now.duration_since(self.touched) >= ttl
+        self.items.is_empty() && self.pending.is_empty() && now.duration_since(self.touched) >= ttl
     }
 
     /// Current position.
     pub fn position(&self) -> StreamPosition {
         StreamPosition {
             offset: self.top,
-            epoch: self.epoch.clone(),
+            epoch: self.epoch.to_string(),
         }
     }
 
@@ -176,8 +280,6 @@ pub fn new_epoch() -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use serde_json::value::RawValue;
 
     use super::*;
@@ -240,6 +342,39 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(s.read(&other_epoch, now).publications.len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reserved_publications_show_only_once_revealed_and_in_order() {
+        let now = Instant::now();
+        let mut s = Stream::new(now);
+        s.append(publication(1), OPTS, now);
+        let two = s.reserve(publication(2), OPTS, now);
+        let three = s.reserve(publication(3), OPTS, now);
+        let four = s.reserve(publication(4), OPTS, now);
+        assert_eq!((two, three, four), (2, 3, 4));
+        assert_eq!(s.position().offset, 1, "nothing reserved is visible");
+        assert_eq!(s.read(&HistoryQuery::default(), now).publications.len(), 1);
+        assert_eq!(s.first_offset_with(4, OPTS), 2, "size 3 keeps 2..=4");
+        assert!(
+            !s.idle(Duration::ZERO, now),
+            "a stream waiting for the disk stays"
+        );
+        // 3's writer answers first: 2 was written with or before it and shows too.
+        let mut delivered = Vec::new();
+        s.reveal_through(3, OPTS, now, |p| delivered.push(p.offset));
+        s.reveal_through(2, OPTS, now, |p| delivered.push(p.offset));
+        assert_eq!(delivered, vec![2, 3]);
+        assert_eq!(s.position().offset, 3);
+        // 4 failed: skipped, and the next offset is not reused.
+        s.discard(4);
+        assert_eq!(s.append(publication(5), OPTS, now), 5);
+        let r = s.read(&HistoryQuery::default(), now);
+        assert_eq!(
+            r.publications.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            vec![2, 3, 5]
+        );
+        assert_eq!(s.reserved(), 5);
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,7 +12,8 @@
 //! - [`event`]: what flows to sessions: frames (text or binary), encoded once per codec a
 //!   transport registers.
 //! - [`engine`]: cross-node pub/sub, presence and history ([`engine::memory`] by default,
-//!   [`engine::redis`] for several nodes).
+//!   kept on disk by [`engine::persistence`] when configured; [`engine::redis`] for
+//!   several nodes).
 //! - [`history`], [`presence`]: a channel's stream and presence set.
 //! - [`cluster`]: commands between nodes, and each node's status for `info`/`channels`.
 //! - [`status`], [`typing`]: user online status and typing signals.

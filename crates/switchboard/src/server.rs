@@ -114,6 +114,7 @@ impl Server {
         {
             tracing::warn!(?timeout, "connections did not drain in time");
         }
+        node.close().await;
         tracing::info!("stopped");
         Ok(())
     }

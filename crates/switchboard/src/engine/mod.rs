@@ -2,7 +2,8 @@
 //!
 //! Local delivery goes through the engine too (it calls the [`EventHandler`], which
 //! is the hub), so one node and many nodes take the same path. The memory engine is
-//! the default; a Redis engine implements the same trait for several nodes.
+//! the default (kept on disk with [`persistence`] when configured); a Redis engine
+//! implements the same trait for several nodes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::revocation::{MemoryRevocations, RevocationStore};
 use crate::typing::{MemoryTyping, TypingStore};
 
 pub mod memory;
+pub mod persistence;
 pub mod redis;
 
 /// Receives every event of channels this node is subscribed to, from any node.
@@ -287,6 +289,10 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Periodic housekeeping (expiring idle streams); called about once a minute.
     async fn maintain(&self) {}
+
+    /// Graceful stop, once connections drained: writes what the engine still holds for
+    /// later (the memory engine's persistence). Nothing is published afterwards.
+    async fn close(&self) {}
 
     /// Whether the engine can serve requests (for `/ready`).
     async fn ready(&self) -> bool {

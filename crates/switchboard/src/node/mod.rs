@@ -18,6 +18,8 @@ use crate::auth::{AuthError, Verifier};
 use crate::cluster::Dispatch;
 use crate::config::{Config, EngineKind, NamespaceConfig};
 use crate::engine::memory::MemoryEngine;
+use crate::engine::persistence::datafile::DataFile;
+use crate::engine::persistence::PersistError;
 use crate::engine::redis::RedisEngine;
 use crate::engine::{Engine, EngineError, EventHandler, HistoryOptions, HistoryQuery};
 use crate::hooks::{Hooks, Lifecycle, NoHooks};
@@ -67,6 +69,9 @@ pub enum StartError {
     /// Webhooks could not be set up.
     #[error("webhooks: {0}")]
     Webhooks(#[from] crate::webhooks::WebhookError),
+    /// The data directory could not be opened or read.
+    #[error("persistence: {0}")]
+    Persistence(#[from] PersistError),
 }
 
 /// One gateway process.
@@ -142,6 +147,15 @@ impl Node {
         let cap = config.history_max_bytes;
         let lease = config.presence_lease;
         match config.engine {
+            EngineKind::Memory if config.persistence.enabled() => {
+                let persistence = config.persistence.clone();
+                Self::with_engine(config, move |handler, _| {
+                    let store = DataFile::open(&persistence.dir)?;
+                    let engine =
+                        MemoryEngine::persistent(handler, cap, Box::new(store), &persistence)?;
+                    Ok(Arc::new(engine.with_presence_lease(lease)))
+                })
+            }
             EngineKind::Memory => Self::with_engine(config, move |handler, _| {
                 Ok(Arc::new(
                     MemoryEngine::new(handler, cap).with_presence_lease(lease),
@@ -928,6 +942,11 @@ impl Node {
     /// Whether the engine can serve requests.
     pub async fn ready(&self) -> bool {
         self.engine.ready().await
+    }
+
+    /// Ends the engine's work once connections drained (persistence writes the rest).
+    pub async fn close(&self) {
+        self.engine.close().await;
     }
 
     /// Starts shutdown: every session is told to reconnect elsewhere.

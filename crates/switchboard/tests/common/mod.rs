@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod nginx;
+pub mod process;
 pub mod protobuf;
 pub mod redis;
 
@@ -419,6 +420,26 @@ pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// As [`eventually`] for a check that needs the network: polls `probe` every 25 ms
+/// until it returns `Some`, for at most [`TIMEOUT`].
+pub async fn eventually_value<T, F, Fut>(mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for a value"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

@@ -537,13 +537,7 @@ impl Target for Redis {
     }
 }
 
-/// A switchboard process (the real binary) on the Redis engine, killed with SIGKILL on
-/// drop: what a crashed node looks like to the others.
-pub struct Process {
-    child: std::process::Child,
-    pub base: String,
-    _dir: std::path::PathBuf,
-}
+pub use super::process::Process;
 
 impl Process {
     /// A node on `redis` with a `chat` namespace (presence, join/leave, history).
@@ -553,77 +547,13 @@ impl Process {
 
     /// As [`Process::start`], with `extra` TOML appended (more tables).
     pub async fn start_with(redis: &impl Target, extra: &str) -> Process {
-        use super::{API_KEY, SECRET};
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("sb-node-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("node.toml");
-        std::fs::write(
-            &file,
-            format!(
-                "engine = \"redis\"\npresence_lease = \"600ms\"\ntoken_hmac_secret = \"{SECRET}\"\n\
-                 api_key = \"{API_KEY}\"\n[redis]\nurl = \"{}\"\ncluster = {}\n\
-                 [namespaces.chat]\nsubscribe = [\"*\"]\npresence = true\njoin_leave = true\n\
-                 history_size = 100\nhistory_ttl = \"1h\"\n{extra}",
-                redis.url(),
-                redis.is_cluster(),
-            ),
-        )
-        .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-        // Every SWITCHBOARD_* variable is a config key to the binary: pass only ours.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("SWITCHBOARD_") {
-                cmd.env_remove(name);
-            }
-        }
-        let child = cmd
-            .args(["serve", "--config"])
-            .arg(&file)
-            .args(["--bind", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn switchboard");
-        let base = format!("http://127.0.0.1:{port}");
-        let deadline = tokio::time::Instant::now() + super::TIMEOUT;
-        loop {
-            let status = reqwest::get(format!("{base}/ready"))
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0);
-            if status == 200 {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "node not ready");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        Process {
-            child,
-            base,
-            _dir: dir,
-        }
-    }
-
-    pub fn ws_url(&self) -> String {
-        format!(
-            "{}/connection/websocket",
-            self.base.replacen("http", "ws", 1)
-        )
-    }
-
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
+        Process::start_toml(&format!(
+            "engine = \"redis\"\npresence_lease = \"600ms\"\n\
+             [redis]\nurl = \"{}\"\ncluster = {}\n{extra}",
+            redis.url(),
+            redis.is_cluster(),
+        ))
+        .await
     }
 }
 
