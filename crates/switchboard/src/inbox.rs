@@ -149,6 +149,31 @@ impl MemoryInbox {
             .collect()
     }
 
+    /// `user`'s inbox, for a durable store to save after it changed.
+    pub fn user(&self, user: &str) -> Option<UserInbox> {
+        self.state().users.get(user).map(|(inbox, _)| inbox.clone())
+    }
+
+    /// Drops records past their `keep`, returning the users dropped.
+    pub fn sweep(&self) -> Vec<Arc<str>> {
+        let now = Instant::now();
+        let mut st = self.state();
+        let mut gone = Vec::new();
+        st.users.retain(|user, (_, expires)| {
+            let keep = *expires > now;
+            if !keep {
+                gone.push(user.clone());
+            }
+            keep
+        });
+        let State { users, readers } = &mut *st;
+        readers.retain(|_, set| {
+            set.retain(|u| users.contains_key(u));
+            !set.is_empty()
+        });
+        gone
+    }
+
     /// Loads users' inboxes saved by [`MemoryInbox::export`]; `receipts` says which
     /// channels keep a list of readers. Records past their expiry are skipped.
     pub fn import(&self, users: BTreeMap<String, UserInbox>, receipts: impl Fn(&str) -> bool) {
@@ -241,14 +266,7 @@ impl InboxStore for MemoryInbox {
     }
 
     async fn maintain(&self) {
-        let now = Instant::now();
-        let mut st = self.state();
-        st.users.retain(|_, (_, expires)| *expires > now);
-        let State { users, readers } = &mut *st;
-        readers.retain(|_, set| {
-            set.retain(|u| users.contains_key(u));
-            !set.is_empty()
-        });
+        self.sweep();
     }
 }
 

@@ -175,6 +175,54 @@ async fn graceful_restart_keeps_history_epoch_and_last_seen_in_flush_mode() {
     );
 }
 
+/// Read state follows a user across a restart: the inbox positions are in the data file
+/// with the histories they point into.
+#[tokio::test]
+async fn a_restart_keeps_each_users_read_position_and_unread_count() {
+    let data = DataDir::new("inbox");
+    let toml = data.toml("durability = \"sync\"");
+    let mut node = Process::start_toml(&toml).await;
+    for i in 1..=5 {
+        publish(&node.base, "user:ann", json!(i)).await;
+    }
+    let r = api_at(
+        &node.base,
+        "inbox_read",
+        json!({"user": "ann", "channel": "user:ann", "offset": 3}),
+    )
+    .await;
+    assert_eq!(r["result"]["read"], json!(3), "{r}");
+    let status = |base: String| async move {
+        let r = api_at(&base, "inbox_status", json!({"user": "ann"})).await;
+        let ch = r["result"]["channels"][0].clone();
+        (
+            ch["channel"].clone(),
+            ch["read"].clone(),
+            ch["unread"].clone(),
+        )
+    };
+    let before = status(node.base.clone()).await;
+    assert_eq!(before, (json!("user:ann"), json!(3), json!(2)));
+    node.terminate().await;
+
+    let node = Process::start_toml(&toml).await;
+    assert_eq!(
+        status(node.base.clone()).await,
+        before,
+        "kept across the restart"
+    );
+    // A fresh session of ann gets what is past her delivered position (a read implies
+    // delivered): 4 and 5.
+    let phone = Client::connect_url(&node.ws_url(), &token("ann")).await;
+    let subs = &phone.connect_reply["connect"]["subs"]["user:ann"];
+    let offsets: Vec<u64> = subs["publications"]
+        .as_array()
+        .map(|ps| ps.iter().filter_map(|p| p["offset"].as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(offsets, vec![4, 5], "{subs}");
+    phone.close().await;
+}
+
 #[tokio::test]
 async fn flush_crash_keeps_a_prefix_within_max_pending_and_changes_the_epoch() {
     let data = DataDir::new("flush-kill");

@@ -28,6 +28,7 @@ use crate::history::Stream;
 use crate::presence::PresenceSet;
 
 mod durable;
+mod inbox;
 
 const SHARDS: usize = 64;
 
@@ -103,6 +104,9 @@ pub struct MemoryEngine {
     /// without it the node's own status record is all there is. Short critical
     /// sections only.
     seen: Mutex<HashMap<Arc<str>, (u64, u64)>>,
+    /// Users' inbox positions (restored from and written to the data directory with
+    /// persistence).
+    inbox: Arc<crate::inbox::MemoryInbox>,
 }
 
 impl MemoryEngine {
@@ -116,6 +120,7 @@ impl MemoryEngine {
             presence_lease: Duration::from_secs(20),
             journal: None,
             seen: Mutex::new(HashMap::new()),
+            inbox: Arc::default(),
         }
     }
 
@@ -500,6 +505,16 @@ impl Engine for MemoryEngine {
                 .map(|u| seen.get(u.as_str()).map_or(0, |(at, _)| *at))
                 .collect(),
         ))
+    }
+
+    fn inbox(self: Arc<Self>) -> Arc<dyn crate::inbox::InboxStore> {
+        if self.journal.is_none() {
+            return self.inbox.clone();
+        }
+        Arc::new(inbox::DurableInbox {
+            inner: self.inbox.clone(),
+            engine: self,
+        })
     }
 
     async fn close(&self) {

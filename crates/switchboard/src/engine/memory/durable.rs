@@ -1,5 +1,6 @@
 //! Starting the memory engine from its data directory: streams come back with their
-//! epochs and offsets, last-seen times with their expiry, and the journal takes over.
+//! epochs and offsets, last-seen times with their expiry, users' inbox positions, and
+//! the journal takes over.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use crate::engine::persistence::{
 };
 use crate::engine::{EventHandler, HistoryOptions};
 use crate::history::{new_epoch, Stream};
+use crate::inbox::UserInbox;
 
 impl MemoryEngine {
     /// An engine restored from `store`, writing every later change back to it.
@@ -97,6 +99,28 @@ impl MemoryEngine {
                 }
             }
         }
+        let mut inboxes = std::collections::BTreeMap::new();
+        for (user, value) in snapshot.records(Keyspace::Inbox) {
+            let record = serde_json::from_slice::<UserInbox>(&value)
+                .ok()
+                .filter(|inbox| inbox.expires_at_ms > now_ms);
+            match (String::from_utf8(user), record) {
+                (Ok(user), Some(record)) => {
+                    inboxes.insert(user, record);
+                }
+                (Ok(user), None) => changes.push(Change::Delete {
+                    space: Keyspace::Inbox,
+                    key: user.into_bytes().into(),
+                }),
+                (Err(e), _) => changes.push(Change::Delete {
+                    space: Keyspace::Inbox,
+                    key: e.into_bytes().into(),
+                }),
+            }
+        }
+        // Every channel with a read position goes in the readers index: only
+        // `read_receipts` channels are ever asked for theirs.
+        engine.inbox.import(inboxes, |_| true);
         let journal = Journal::start(store, config)?;
         for change in changes {
             journal.record(change);

@@ -25,16 +25,19 @@ pub use crate::config::Durability;
 pub enum Keyspace {
     /// User id -> last-seen time and its expiry ([`encode_seen`]).
     Seen,
+    /// User id -> the user's inbox positions ([`crate::inbox::UserInbox`] as JSON).
+    Inbox,
 }
 
 impl Keyspace {
     /// Every keyspace, so a store can create and read them all.
-    pub const ALL: [Keyspace; 1] = [Keyspace::Seen];
+    pub const ALL: [Keyspace; 2] = [Keyspace::Seen, Keyspace::Inbox];
 
     /// The table's name in the data file: never change one, it is the stored data's key.
     pub fn table(self) -> &'static str {
         match self {
             Keyspace::Seen => "seen",
+            Keyspace::Inbox => "inbox",
         }
     }
 }
