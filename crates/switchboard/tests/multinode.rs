@@ -613,12 +613,6 @@ async fn last_seen_is_the_same_from_every_node_and_outlives_a_killed_node() {
     let bob = Client::connect_url(&doomed.ws_url(), &token("bob")).await;
     let _carol = Client::connect_url(&doomed.ws_url(), &token("carol")).await;
     bob.close().await;
-    // Bob went offline on the other node: this one knows when. (His connect already
-    // set a last_seen, so wait for the disconnect, not for any time at all.)
-    let bob_seen = status_when(&base, "bob", |s| {
-        s["online"] == json!(false) && s["last_seen"].as_u64() > Some(0)
-    })
-    .await;
     let carol = status_when(&base, "carol", |s| s["online"] == json!(true)).await;
     let first_seen = carol["last_seen"].as_u64().unwrap_or(0);
     assert!(first_seen > 0, "{carol}");
@@ -626,6 +620,13 @@ async fn last_seen_is_the_same_from_every_node_and_outlives_a_killed_node() {
     // times have whole seconds).
     status_when(&base, "carol", |s| {
         s["last_seen"].as_u64() > Some(first_seen)
+    })
+    .await;
+    // Bob went offline on the other node: this one knows when. Read after carol's
+    // refresh, so that his disconnect's own write (which follows the connection count
+    // going to zero) has landed; until then a lease refresh's earlier time shows.
+    let bob_seen = status_when(&base, "bob", |s| {
+        s["online"] == json!(false) && s["last_seen"].as_u64() > Some(0)
     })
     .await;
 
