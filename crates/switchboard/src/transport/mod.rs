@@ -11,6 +11,7 @@ pub mod centrifuge;
 mod command;
 mod heartbeat;
 pub mod socketio;
+pub mod streaming;
 mod websocket;
 mod writer;
 

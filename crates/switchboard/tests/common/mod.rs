@@ -20,6 +20,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub mod nginx;
 pub mod protobuf;
 pub mod redis;
+pub mod streaming;
 
 pub const SECRET: &str = "test-secret";
 pub const API_KEY: &str = "test-api-key";
