@@ -41,6 +41,11 @@ echo "== rust tests"
 if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
   apt_install nginx
 fi
+# curl, for the test that reads /connection/uni_sse with it as docs/protocol.md shows
+# (crates/switchboard/tests/streaming.rs; skipped with a SKIPPED line without it).
+if ! command -v curl >/dev/null; then
+  apt_install curl
+fi
 cargo test --workspace --locked
 
 echo "== the README's run command, as written"

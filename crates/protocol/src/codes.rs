@@ -166,6 +166,9 @@ impl Disconnect {
     pub const CHANNEL_LIMIT: Self = Self::new(3505, "channel limit");
     /// 3506: a frame larger than the configured maximum message size.
     pub const MESSAGE_TOO_LARGE: Self = Self::new(3506, "message size limit exceeded");
+    /// 3507: a unidirectional connection's connect was refused with "permission
+    /// denied" (error 103 has no reply to go in there).
+    pub const PERMISSION_DENIED: Self = Self::new(3507, "permission denied");
 
     const fn new(code: u16, reason: &'static str) -> Self {
         Self { code, reason }

@@ -78,6 +78,32 @@ pub fn decode_stream(mut frame: Bytes) -> Result<Vec<Result<Command, DecodeError
     Ok(commands)
 }
 
+/// An HTTP-streaming client's commands for its session, as its Protobuf build sends
+/// them to `/emulation`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmulationRequest {
+    /// The node holding the session (the connect result's `node`).
+    pub node: String,
+    /// The session (the connect result's `session`).
+    pub session: String,
+    /// Length-delimited `Command`s (see [`decode_stream`]).
+    pub data: Bytes,
+}
+
+/// Decodes a Protobuf `EmulationRequest`.
+///
+/// # Errors
+/// [`FramingError`] for bytes that are not one.
+pub fn decode_emulation(body: Bytes) -> Result<EmulationRequest, FramingError> {
+    let r = wire::EmulationRequest::decode(body)
+        .map_err(|e| FramingError(format!("not an emulation request: {e}")))?;
+    Ok(EmulationRequest {
+        node: r.node,
+        session: r.session,
+        data: r.data,
+    })
+}
+
 /// A payload as raw JSON: `None` when empty.
 fn json(id: u32, data: &Bytes) -> Result<Option<RawJson>, DecodeError> {
     if data.is_empty() {
@@ -247,6 +273,7 @@ pub fn encode_reply(id: u32, body: &ReplyBody) -> Vec<u8> {
                 ping: r.ping,
                 pong: r.pong,
                 node: r.node.clone(),
+                session: r.session.clone(),
                 data: bytes_of(r.data.as_deref()),
                 ..Default::default()
             });
@@ -350,6 +377,25 @@ pub fn encode_push(channel: &str, body: &PushBody<'_>) -> Vec<u8> {
             push.refresh = Some(wire::Refresh {
                 expires: *expires,
                 ttl: *ttl,
+            });
+        }
+        PushBody::Connect(r) => {
+            push.connect = Some(wire::Connect {
+                client: r.client.clone(),
+                version: r.version.clone(),
+                data: bytes_of(r.data.as_deref()),
+                subs: r
+                    .subs
+                    .iter()
+                    .map(|(ch, s)| (ch.clone(), subscribe_result(s)))
+                    .collect(),
+                expires: r.expires,
+                ttl: r.ttl,
+                ping: r.ping,
+                pong: r.pong,
+                session: r.session.clone(),
+                node: r.node.clone(),
+                ..Default::default()
             });
         }
     }

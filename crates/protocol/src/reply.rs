@@ -105,6 +105,11 @@ pub struct ConnectResult {
     /// Node id that accepted the connection.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub node: String,
+    /// The id an HTTP-streaming or SSE client names its session by in `/emulation`
+    /// requests (and a unidirectional client's session); empty over WebSocket. Not the
+    /// client id: that one is public (presence), this one lets its holder send commands.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub session: String,
     /// What the app backend's connect proxy gave the client.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<SharedJson>,
@@ -251,13 +256,30 @@ fn internal_error(id: u32) -> String {
 #[allow(missing_docs)]
 pub enum PushBody<'a> {
     Pub(&'a Publication),
-    Join { info: &'a ClientInfo },
-    Leave { info: &'a ClientInfo },
-    Unsubscribe { code: u32, reason: &'a str },
+    Join {
+        info: &'a ClientInfo,
+    },
+    Leave {
+        info: &'a ClientInfo,
+    },
+    Unsubscribe {
+        code: u32,
+        reason: &'a str,
+    },
     Subscribe(&'a SubscribeResult),
-    Message { data: &'a RawValue },
-    Disconnect { code: u32, reason: &'a str },
-    Refresh { expires: bool, ttl: u32 },
+    Message {
+        data: &'a RawValue,
+    },
+    Disconnect {
+        code: u32,
+        reason: &'a str,
+    },
+    Refresh {
+        expires: bool,
+        ttl: u32,
+    },
+    /// The connect result, as unidirectional transports push it.
+    Connect(&'a ConnectResult),
 }
 
 #[derive(Serialize)]
@@ -279,6 +301,12 @@ pub fn encode_push(channel: &str, body: &PushBody<'_>) -> String {
         push: PushInner { channel, body },
     })
     .unwrap_or_else(|_| String::from("{}"))
+}
+
+/// Encodes a push without the `{"push": ...}` envelope, as unidirectional transports
+/// send it (`{"channel":"chat:1","pub":{...}}`, `{"connect":{...}}`).
+pub fn encode_bare_push(channel: &str, body: &PushBody<'_>) -> String {
+    serde_json::to_string(&PushInner { channel, body }).unwrap_or_else(|_| String::from("{}"))
 }
 
 /// The server's ping: an empty object.

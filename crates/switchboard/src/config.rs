@@ -134,6 +134,9 @@ pub struct Config {
     pub socketio: SocketIoConfig,
     /// Lifecycle webhooks to the app backend (see docs/webhooks.md).
     pub webhooks: WebhooksConfig,
+    /// Which HTTP-streaming, SSE and unidirectional endpoints are served (see
+    /// docs/protocol.md); `/connection/websocket` and `/socket.io/` always are.
+    pub transports: TransportsConfig,
     /// The operator console at `/admin` (see docs/admin.md); off by default.
     pub admin: AdminConfig,
 }
@@ -200,6 +203,39 @@ impl AdminConfig {
             out.push("admin.login_attempts_per_minute must be at least 1".to_owned());
         }
         out
+    }
+}
+
+/// The optional transports, each on by default so that the official SDKs' fallbacks
+/// and one-way clients work without configuration. Each authenticates like WebSocket
+/// (a token, or the connect proxy); turn off what an app does not use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportsConfig {
+    /// `POST /connection/http_stream` with `POST /emulation`: centrifuge-js's
+    /// `http_stream` fallback, JSON or Protobuf.
+    pub http_stream: bool,
+    /// `GET /connection/sse` with `POST /emulation`: centrifuge-js's `sse` fallback.
+    pub sse: bool,
+    /// `GET /connection/uni_websocket`: pushes only, the connect request as the first
+    /// message (or in `cf_connect`).
+    pub uni_websocket: bool,
+    /// `GET /connection/uni_sse` (connect request in `cf_connect`) or `POST` (in the
+    /// body): pushes only, as server-sent events.
+    pub uni_sse: bool,
+    /// `POST /connection/uni_http_stream`: pushes only, newline-delimited JSON.
+    pub uni_http_stream: bool,
+}
+
+impl Default for TransportsConfig {
+    fn default() -> Self {
+        Self {
+            http_stream: true,
+            sse: true,
+            uni_websocket: true,
+            uni_sse: true,
+            uni_http_stream: true,
+        }
     }
 }
 
@@ -692,6 +728,7 @@ impl Default for Config {
             socketio: SocketIoConfig::default(),
             webhooks: WebhooksConfig::default(),
             admin: AdminConfig::default(),
+            transports: TransportsConfig::default(),
         }
     }
 }

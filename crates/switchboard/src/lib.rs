@@ -20,7 +20,9 @@
 //! - [`inbox`]: users' delivered and read positions in inbox channels (what a fresh
 //!   session still gets, read state across devices, read receipts).
 //! - [`transport`]: wire protocols ([`transport::centrifuge`] in JSON and Protobuf,
-//!   [`transport::socketio`]).
+//!   [`transport::socketio`]), over WebSocket or streaming HTTP responses
+//!   ([`transport::streaming`]: HTTP-streaming, SSE, the unidirectional transports), all
+//!   written by one writer driver.
 //! - [`server`]: HTTP routes, `run`, graceful shutdown.
 //! - [`front_door`]: accepting TCP connections: caps, rates, timeouts, lingering close.
 //! - [`hooks`]: the named hook points of the core (connect, online, occupied, join...)

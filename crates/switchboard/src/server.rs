@@ -160,6 +160,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node.clone())
         .merge(transport::socketio::router(node.clone()))
         .merge(crate::admin::router(node.clone()))
+        .merge(transport::streaming::router(node.clone()))
         .merge(crate::api::router(node))
 }
 

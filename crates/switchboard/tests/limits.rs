@@ -219,6 +219,28 @@ async fn missing_pong_disconnects_with_3012_and_cleans_presence() {
 }
 
 #[tokio::test]
+async fn a_silent_client_is_closed_with_3012_when_pong_timeout_exceeds_ping_interval() {
+    // The pong deadline runs from the first unanswered ping: later pings, due before
+    // it, must not push it back.
+    let mut cfg = config();
+    cfg.client.ping_interval = Duration::from_millis(200);
+    cfg.client.pong_timeout = Duration::from_millis(700);
+    let server = start(cfg).await;
+    let mut silent = Client::connect_user(&server, "silent").await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match silent.read().await {
+                Ok(_) => {}
+                Err(closed) => return closed,
+            }
+        }
+    })
+    .await
+    .expect("a client that never answers pings is closed");
+    assert_eq!(closed.code, 3012, "{closed:?}");
+}
+
+#[tokio::test]
 async fn shutdown_tells_clients_to_reconnect_with_3001() {
     let server = start_default().await;
     let mut a = Client::connect_user(&server, "ann").await;

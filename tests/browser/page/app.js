@@ -3,6 +3,9 @@
 // browser bundle (global `Centrifuge`), a connection token, one room subscription.
 // Parameters come in the URL fragment, so the token never reaches a server log:
 //   index.html#ws=ws://127.0.0.1:8000/connection/websocket&token=<JWT>&room=room:lobby
+// With `transport=http_stream` or `transport=sse` and `http=http://127.0.0.1:8000` it
+// uses only that fallback transport (and `/emulation`) instead of WebSocket. The same
+// script runs in protobuf.html with the SDK's Protobuf build, whose payloads are bytes.
 (function () {
   const params = new URLSearchParams(location.hash.slice(1));
   const room = params.get('room') || 'room:lobby';
@@ -14,7 +17,8 @@
     const li = document.createElement('li');
     li.dataset.channel = ctx.channel;
     if (ctx.info) li.dataset.user = ctx.info.user;
-    li.textContent = JSON.stringify(ctx.data);
+    const data = ctx.data instanceof Uint8Array ? JSON.parse(new TextDecoder().decode(ctx.data)) : ctx.data;
+    li.textContent = JSON.stringify(data);
     $('publications').appendChild(li);
   }
   function showError(where, err) {
@@ -31,11 +35,17 @@
     showError('token', String(err));
   }
 
-  const client = new Centrifuge(params.get('ws'), {
-    token,
-    minReconnectDelay: 100,
-    maxReconnectDelay: 1000,
-  });
+  const transport = params.get('transport');
+  const http = params.get('http');
+  const options = { token, minReconnectDelay: 100, maxReconnectDelay: 1000 };
+  let endpoint = params.get('ws');
+  if (transport && transport !== 'websocket') {
+    endpoint = [{ transport, endpoint: `${http}/connection/${transport}` }];
+    options.emulationEndpoint = `${http}/emulation`;
+  }
+  const client = new Centrifuge(endpoint, options);
+  const protobuf = client._codec && client._codec.name() === 'protobuf';
+  const payload = (value) => (protobuf ? new TextEncoder().encode(JSON.stringify(value)) : value);
   const serverSubs = new Set();
   const renderServerSubs = () => {
     $('server-subs').textContent = [...serverSubs].sort().join(' ') || '-';
@@ -46,6 +56,7 @@
   });
   client.on('connected', (ctx) => {
     $('client').textContent = ctx.client;
+    $('transport').textContent = ctx.transport;
   });
   client.on('error', (ctx) => showError('client', ctx.error));
   client.on('disconnected', (ctx) => showError('disconnected', ctx));
@@ -77,7 +88,7 @@
     event.preventDefault();
     const text = $('text').value;
     $('send-state').textContent = 'sending';
-    sub.publish({ text, from: claims.sub }).then(
+    sub.publish(payload({ text, from: claims.sub })).then(
       () => {
         $('send-state').textContent = `sent: ${text}`;
         $('text').value = '';

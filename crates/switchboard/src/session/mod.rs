@@ -457,6 +457,7 @@ impl Session {
                 ping: u32::try_from(node.config.client.ping_interval.as_secs()).unwrap_or(25),
                 pong: true,
                 node: node.name.clone(),
+                session: String::new(),
                 data,
             },
             activation,

@@ -1,17 +1,18 @@
 //! The Centrifugo client protocol v2 over WebSocket at `/connection/websocket`, in
 //! either encoding: JSON (text frames) or Protobuf (binary frames), chosen at the
-//! upgrade as the official SDKs ask for it.
+//! upgrade as the official SDKs ask for it. HTTP-streaming and SSE
+//! ([`super::streaming`]) run the same connection over other links.
 //!
-//! One task per connection runs a reader (commands, timers) and a writer (drains the
-//! outbox, flushes once per batch) side by side. The reader and the command path are
-//! the same for every encoding: an [`Encoding`] only turns frames into commands and
-//! replies and pushes into frames.
+//! One task per connection runs a reader (commands, timers) and the writer driver
+//! ([`super::writer`]) side by side. The reader and the command path are the same for
+//! every encoding and link: an [`Encoding`] only turns frames into commands and replies
+//! and pushes into frames, a [`Link`] says what differs between links.
 //!
 //! - [`json`]: newline-delimited JSON in text frames.
 //! - [`protobuf`]: length-delimited Protobuf in binary frames.
 
-mod json;
-mod protobuf;
+pub(crate) mod json;
+pub(crate) mod protobuf;
 
 use std::sync::Arc;
 
@@ -19,8 +20,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::SplitStream;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use switchboard_protocol::command::{Command, ConnectRequest, DecodeError, Request};
 use switchboard_protocol::reply::{ErrorReply, PushBody, ReplyBody};
 use switchboard_protocol::{Disconnect, ErrorCode};
@@ -29,7 +29,8 @@ use tracing::Instrument;
 
 use super::command::{self, Executed};
 use super::heartbeat::Heartbeat;
-use super::websocket::{self, Wire};
+use super::websocket::{self, WsSink};
+use super::writer::{self, FrameSink, Wire};
 use crate::event::{ChannelEvent, Codec, Control, EventKind, Frame, Outgoing};
 use crate::front_door::Peer;
 use crate::node::Node;
@@ -37,7 +38,7 @@ use crate::session::{Session, SessionError};
 
 /// One encoding of the Centrifugo protocol, at the edge: frames into commands, replies
 /// and pushes into frames. Everything between (the session, limits, metrics) is shared.
-trait Encoding: 'static {
+pub(crate) trait Encoding: 'static {
     /// Its name in logs.
     const NAME: &'static str;
     /// What separates text frames joined into one WebSocket message (binary frames
@@ -114,34 +115,101 @@ async fn serve<E: Encoding>(
     socket: WebSocket,
     origin: crate::proxy::ClientOrigin,
 ) {
-    node.metrics.connections.inc();
-    let session = Session::new(node.clone(), E::codec());
+    let session = Session::new(node, E::codec());
     session.set_origin(origin);
     let (sink, stream) = socket.split();
+    let link = Link {
+        name: E::NAME,
+        emulation: None,
+        // The close frame carries the code and reason.
+        farewell: |_, _| Vec::new(),
+    };
+    run::<E>(
+        session,
+        WsSink::new(sink, Some(E::JOIN)),
+        stream.map(ws_inbound),
+        link,
+    )
+    .await;
+}
+
+/// What a reader gets from its connection.
+pub(crate) enum Inbound {
+    /// A message with commands.
+    Frame(Frame),
+    /// A frame that carries no command (a WebSocket ping or pong): metered only.
+    Control,
+    /// The connection ended, or broke the rules of its link.
+    Closed(Disconnect),
+}
+
+/// A WebSocket message as what a reader gets.
+pub(crate) fn ws_inbound(msg: Result<Message, axum::Error>) -> Inbound {
+    match msg {
+        Ok(Message::Text(text)) => Inbound::Frame(Frame::Text(text)),
+        Ok(Message::Binary(bytes)) => Inbound::Frame(Frame::Binary(bytes)),
+        Ok(Message::Close(_)) => Inbound::Closed(Disconnect::CONNECTION_CLOSED),
+        Ok(Message::Ping(_) | Message::Pong(_)) => Inbound::Control,
+        Err(e) => Inbound::Closed(websocket::read_error(e)),
+    }
+}
+
+/// What differs between the links a Centrifugo connection runs over.
+pub(crate) struct Link {
+    /// The transport's name in logs.
+    pub(crate) name: &'static str,
+    /// The session id an emulated connection (HTTP-streaming, SSE) is told in its
+    /// connect reply, with the node's name, to send its commands to `/emulation`.
+    pub(crate) emulation: Option<Arc<str>>,
+    /// Frames written before the connection ends.
+    pub(crate) farewell: fn(&Session, Disconnect) -> Vec<Frame>,
+}
+
+/// A `disconnect` push: how a link without close frames tells the code and reason.
+pub(crate) fn disconnect_push<E: Encoding>(_: &Session, reason: Disconnect) -> Vec<Frame> {
+    if reason == Disconnect::CONNECTION_CLOSED {
+        // The client went away (or closed): there is no one to tell.
+        return Vec::new();
+    }
+    let body = PushBody::Disconnect {
+        code: u32::from(reason.code),
+        reason: reason.reason,
+    };
+    vec![E::push("", &body)]
+}
+
+/// Runs one connection: the reader on `inbound` here, the writer driver on `sink` in a
+/// task of its own, until the session closes; then releases the session.
+pub(crate) async fn run<E: Encoding>(
+    session: Arc<Session>,
+    sink: impl FrameSink + 'static,
+    inbound: impl Stream<Item = Inbound> + Send + Unpin,
+    link: Link,
+) {
+    let node = session.node().clone();
+    node.metrics.connections.inc();
     // The writer is a task of its own, so a delivery wakes only the writer, not the
     // reader's timers and cancellation futures as well.
     let writer = {
         let session = session.clone();
         let wire = Wire {
             encode: encode::<E>,
-            join: Some(E::JOIN),
-            // The close frame carries the code and reason.
-            farewell: |_, _| Vec::new(),
+            farewell: link.farewell,
         };
-        tokio::spawn(async move { websocket::write_loop(sink, &session, wire).await })
+        tokio::spawn(async move { writer::write_loop(sink, &session, wire).await })
     };
     // The reader returns as soon as the session closes, so presence and subscriptions
     // are released then, not after the close frame got through to a client that may
     // have stopped reading.
-    read_loop::<E>(stream, &session).await;
+    read_loop::<E>(inbound, &session, &link).await;
     Box::pin(session.cleanup()).await;
     let _ = writer.await;
     node.metrics.connections.dec();
-    super::log_closed(&session, E::NAME);
+    super::log_closed(&session, link.name);
 }
 
 /// A channel event as a push: what every encoding's codec sends.
-fn event_push<E: Encoding>(ev: &ChannelEvent) -> Frame {
+pub(crate) fn event_push<E: Encoding>(ev: &ChannelEvent) -> Frame {
     let body = match &ev.kind {
         EventKind::Publication(p) => PushBody::Pub(p),
         EventKind::Join(info) => PushBody::Join { info },
@@ -150,7 +218,7 @@ fn event_push<E: Encoding>(ev: &ChannelEvent) -> Frame {
     E::push(&ev.channel, &body)
 }
 
-fn encode<E: Encoding>(item: Outgoing) -> Frame {
+pub(crate) fn encode<E: Encoding>(item: Outgoing) -> Frame {
     match item {
         Outgoing::Event { frame, .. } => frame,
         Outgoing::Frame(f) => f,
@@ -179,7 +247,11 @@ fn encode<E: Encoding>(item: Outgoing) -> Frame {
     }
 }
 
-async fn read_loop<E: Encoding>(mut stream: SplitStream<WebSocket>, session: &Arc<Session>) {
+async fn read_loop<E: Encoding>(
+    mut inbound: impl Stream<Item = Inbound> + Unpin,
+    session: &Arc<Session>,
+    link: &Link,
+) {
     let mut heartbeat = Heartbeat::new(session, E::ping());
     loop {
         let deadline = heartbeat.deadline(session);
@@ -197,27 +269,22 @@ async fn read_loop<E: Encoding>(mut stream: SplitStream<WebSocket>, session: &Ar
                 }
             }
             // Cancel-safe: `next()` holds no state of its own.
-            msg = stream.next() => {
-                let Some(msg) = msg else {
-                    session.close(Disconnect::CONNECTION_CLOSED);
-                    return;
-                };
+            msg = inbound.next() => {
                 let message = match msg {
-                    Ok(Message::Text(text)) => Frame::Text(text),
-                    Ok(Message::Binary(bytes)) => Frame::Binary(bytes),
-                    Ok(Message::Close(_)) => {
-                        session.close(Disconnect::CONNECTION_CLOSED);
-                        return;
-                    }
-                    Ok(Message::Ping(_) | Message::Pong(_)) => {
+                    Some(Inbound::Frame(frame)) => frame,
+                    Some(Inbound::Control) => {
                         if let Some(d) = command::meter_control(session) {
                             session.close(d);
                             return;
                         }
                         continue;
                     }
-                    Err(e) => {
-                        session.close(websocket::read_error(e));
+                    Some(Inbound::Closed(d)) => {
+                        session.close(d);
+                        return;
+                    }
+                    None => {
+                        session.close(Disconnect::CONNECTION_CLOSED);
                         return;
                     }
                 };
@@ -230,7 +297,7 @@ async fn read_loop<E: Encoding>(mut stream: SplitStream<WebSocket>, session: &Ar
                         // lives only while a frame is handled: a span per idle connection
                         // would cost memory, and entering it on every writer wake-up time.
                         let span = tracing::info_span!("connection", client = %session.id, user = %session.user());
-                        let handled = handle_frame::<E>(session, commands).instrument(span);
+                        let handled = handle_frame::<E>(session, commands, link).instrument(span);
                         if let Some(d) = Box::pin(handled).await {
                             session.close(d);
                             return;
@@ -267,6 +334,7 @@ fn reply_error<E: Encoding>(session: &Session, id: u32, code: ErrorCode, message
 async fn handle_frame<E: Encoding>(
     session: &Arc<Session>,
     commands: Vec<Result<Command, DecodeError>>,
+    link: &Link,
 ) -> Option<Disconnect> {
     for cmd in commands {
         let cmd = match cmd {
@@ -299,17 +367,21 @@ async fn handle_frame<E: Encoding>(
                 continue;
             }
         };
-        if let Some(d) = handle_command::<E>(session, cmd).await {
+        if let Some(d) = handle_command::<E>(session, cmd, link).await {
             return Some(d);
         }
     }
     None
 }
 
-async fn handle_command<E: Encoding>(session: &Arc<Session>, cmd: Command) -> Option<Disconnect> {
+async fn handle_command<E: Encoding>(
+    session: &Arc<Session>,
+    cmd: Command,
+    link: &Link,
+) -> Option<Disconnect> {
     let id = cmd.id;
     let executed = match cmd.request {
-        Request::Connect(req) => connect::<E>(session, id, req).await,
+        Request::Connect(req) => connect::<E>(session, id, req, link).await,
         request => command::execute(session, request).await,
     };
     match executed {
@@ -331,8 +403,12 @@ async fn connect<E: Encoding>(
     session: &Arc<Session>,
     id: u32,
     req: ConnectRequest,
+    link: &Link,
 ) -> Result<Executed, SessionError> {
-    let c = command::connect(session, Ok(req)).await?;
+    let mut c = command::connect(session, Ok(req)).await?;
+    if let Some(emulation) = &link.emulation {
+        c.result.session = emulation.to_string();
+    }
     let frame = E::reply(id, &ReplyBody::Connect(c.result));
     c.activation.complete(Some(Outgoing::Frame(frame)));
     Ok(Executed::Nothing)

@@ -17,6 +17,8 @@ pub(crate) struct Heartbeat {
     next_ping: Option<Instant>,
     pong_deadline: Option<Instant>,
     ping: Frame,
+    /// Whether the client answers pings (unidirectional clients can not).
+    expects_pong: bool,
 }
 
 fn unix_to_instant(unix: u64) -> Instant {
@@ -31,6 +33,16 @@ impl Heartbeat {
             next_ping: None,
             pong_deadline: None,
             ping: ping.into(),
+            expects_pong: true,
+        }
+    }
+
+    /// Timers of a unidirectional connection: it is pinged (so proxies keep it open and
+    /// the client sees the stream alive) but can not answer.
+    pub(crate) fn one_way(session: &Session, ping: impl Into<Frame>) -> Self {
+        Self {
+            expects_pong: false,
+            ..Self::new(session, ping)
         }
     }
 
@@ -76,7 +88,11 @@ impl Heartbeat {
         }
         if self.next_ping.is_some_and(|p| now >= p) {
             session.enqueue(Outgoing::Frame(self.ping.clone()));
-            self.pong_deadline = Some(now + client.pong_timeout);
+            // The deadline runs from the first unanswered ping: a later ping must not
+            // move it, or with `pong_timeout` above `ping_interval` it never arrives.
+            if self.expects_pong && self.pong_deadline.is_none() {
+                self.pong_deadline = Some(now + client.pong_timeout);
+            }
             self.next_ping = Some(now + client.ping_interval);
         }
         let unix = now_secs();

@@ -1,15 +1,22 @@
 //! Transports: one per wire protocol. Each decodes frames into [`Session`] calls and
 //! encodes replies and pushes; adding a protocol touches nothing in the core.
 //!
+//! One writer driver ([`writer`]) drains every connection's outbox, into a WebSocket
+//! ([`websocket`]) or a streaming response ([`streaming`]); one command path
+//! ([`command`]) runs what any of them decodes.
+//!
 //! [`Session`]: crate::session::Session
 
 pub mod centrifuge;
 mod command;
 mod heartbeat;
 pub mod socketio;
+pub mod streaming;
 mod websocket;
+mod writer;
 
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 
 use crate::config::Config;
 
@@ -62,6 +69,55 @@ pub(crate) fn cors_grant(config: &Config, headers: &HeaderMap) -> Option<CorsGra
     } else {
         CorsGrant::Anyone
     })
+}
+
+/// Lets browsers on allowed origins poll across origins (see [`cors_grant`]).
+///
+/// [`cors_grant`]: cors_grant
+pub(crate) fn with_cors(config: &Config, headers: &HeaderMap, mut response: Response) -> Response {
+    let Some(grant) = cors_grant(config, headers) else {
+        return response;
+    };
+    let h = response.headers_mut();
+    match grant {
+        CorsGrant::Anyone => {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+        }
+        CorsGrant::WithCredentials(origin) => {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+    }
+    h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    response
+}
+
+/// The answer to a cross-origin browser's CORS preflight of an endpoint taking
+/// `methods`: 403 for an origin that is not allowed.
+pub(crate) fn preflight(config: &Config, headers: &HeaderMap, methods: &'static str) -> Response {
+    if !origin_allowed(config, headers) {
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(methods),
+    );
+    if let Some(asked) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+    }
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("300"),
+    );
+    with_cors(config, headers, response)
 }
 
 /// Whether `origin` (`scheme://host[:port]`) names the `Host` the request was sent to.

@@ -1,15 +1,15 @@
-//! What every WebSocket transport shares: buffer sizes, the one writer that drains a
-//! session's outbox and flushes once per batch (text or binary frames), and how read
-//! errors become disconnects.
+//! What every WebSocket transport shares: buffer sizes, the [`FrameSink`] the one
+//! writer driver ([`super::writer`]) feeds (text or binary frames, joined into one
+//! message where the protocol allows it), and how read errors become disconnects.
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
 use switchboard_protocol::Disconnect;
 
+use super::writer::{FrameSink, SinkClosed};
 use crate::config::Config;
-use crate::event::{Frame, Outgoing};
-use crate::session::Session;
+use crate::event::Frame;
 
 /// Bytes read per read call, and the read buffer a connection starts with. Clients send
 /// small commands and the buffer is held for the connection's whole life (it grows to
@@ -17,11 +17,6 @@ use crate::session::Session;
 const READ_BUFFER_SIZE: usize = 256;
 /// Bytes of frames gathered before a write: one syscall carries many small pushes.
 const WRITE_BUFFER_SIZE: usize = 4096;
-/// Batch capacity a writer keeps between bursts.
-const KEEP_BATCH: usize = 32;
-/// Most outbox items taken for one write: enough to fill the write buffer several times
-/// over, few enough that the batch stays small under fan-out.
-pub(crate) const BATCH: usize = 64;
 
 /// Applies switchboard's buffer sizes and the configured message size limit.
 pub(crate) fn configure(ws: WebSocketUpgrade, config: &Config) -> WebSocketUpgrade {
@@ -38,19 +33,6 @@ pub(crate) fn configure(ws: WebSocketUpgrade, config: &Config) -> WebSocketUpgra
 /// buffer's capacity, sized by the largest message written).
 const MAX_JOINED: usize = WRITE_BUFFER_SIZE;
 
-/// How a transport turns outbox items into frames, and what it says before closing.
-#[derive(Clone, Copy)]
-pub(crate) struct Wire {
-    /// Encodes one outbox item.
-    pub(crate) encode: fn(Outgoing) -> Frame,
-    /// When the protocol allows several frames in one WebSocket message, what separates
-    /// text frames (a newline for Centrifugo's JSON protocol). Binary frames are joined
-    /// as they are: the protocols that allow it delimit their messages themselves.
-    pub(crate) join: Option<&'static str>,
-    /// Frames sent before the close frame (the protocol's own disconnect message).
-    pub(crate) farewell: fn(&Session, Disconnect) -> Vec<Frame>,
-}
-
 /// A frame as a WebSocket message of its kind.
 fn message(frame: Frame) -> Message {
     match frame {
@@ -59,9 +41,11 @@ fn message(frame: Frame) -> Message {
     }
 }
 
-/// Frames gathered into one WebSocket message; frames of one kind only.
+/// Frames gathered into one WebSocket message; frames of one kind only. A lone frame
+/// stays as it is (a shared event frame is not copied).
 enum Joined {
     Empty,
+    One(Frame),
     Text(String),
     Binary(Vec<u8>),
 }
@@ -73,28 +57,41 @@ impl Joined {
     fn push(&mut self, frame: Frame, sep: &str) -> Option<Message> {
         let fits = match (&*self, &frame) {
             (Self::Empty, _) => true,
+            (Self::One(Frame::Text(t)), Frame::Text(f)) => {
+                t.len() + sep.len() + f.len() < MAX_JOINED
+            }
             (Self::Text(t), Frame::Text(f)) => t.len() + sep.len() + f.len() < MAX_JOINED,
+            (Self::One(Frame::Binary(b)), Frame::Binary(f)) => b.len() + f.len() < MAX_JOINED,
             (Self::Binary(b), Frame::Binary(f)) => b.len() + f.len() < MAX_JOINED,
             _ => false,
         };
         let full = if fits { None } else { self.take() };
-        match (&mut *self, frame) {
-            (Self::Text(t), Frame::Text(f)) => {
+        *self = match (std::mem::replace(self, Self::Empty), frame) {
+            (Self::One(Frame::Text(first)), Frame::Text(f)) => {
+                let mut t = String::with_capacity(MAX_JOINED.min((first.len() + f.len()) * 4));
+                t.push_str(&first);
                 t.push_str(sep);
                 t.push_str(&f);
+                Self::Text(t)
             }
-            (Self::Binary(b), Frame::Binary(f)) => b.extend_from_slice(&f),
-            (joined, Frame::Text(f)) => {
-                let mut t = String::with_capacity(MAX_JOINED.min(f.len() * 8));
+            (Self::Text(mut t), Frame::Text(f)) => {
+                t.push_str(sep);
                 t.push_str(&f);
-                *joined = Self::Text(t);
+                Self::Text(t)
             }
-            (joined, Frame::Binary(f)) => {
-                let mut b = Vec::with_capacity(MAX_JOINED.min(f.len() * 8));
+            (Self::One(Frame::Binary(first)), Frame::Binary(f)) => {
+                let mut b = Vec::with_capacity(MAX_JOINED.min((first.len() + f.len()) * 4));
+                b.extend_from_slice(&first);
                 b.extend_from_slice(&f);
-                *joined = Self::Binary(b);
+                Self::Binary(b)
             }
-        }
+            (Self::Binary(mut b), Frame::Binary(f)) => {
+                b.extend_from_slice(&f);
+                Self::Binary(b)
+            }
+            // Empty (a message that did not fit was taken above).
+            (_, f) => Self::One(f),
+        };
         full
     }
 
@@ -102,121 +99,64 @@ impl Joined {
     fn take(&mut self) -> Option<Message> {
         match std::mem::replace(self, Self::Empty) {
             Self::Empty => None,
+            Self::One(f) => Some(message(f)),
             Self::Text(t) => Some(Message::Text(t.into())),
             Self::Binary(b) => Some(Message::Binary(b.into())),
         }
     }
 }
 
-/// Writes the session's outbox to the socket until the session closes, then what was
-/// still queued, the farewell and a close frame with the disconnect code.
-pub(crate) async fn write_loop(sink: SplitSink<WebSocket, Message>, session: &Session, wire: Wire) {
-    write_loop_with(sink, session, wire, wire.encode).await;
+/// The write half of a WebSocket as the writer driver's sink.
+pub(crate) struct WsSink {
+    sink: SplitSink<WebSocket, Message>,
+    /// When the protocol allows several frames in one WebSocket message, what separates
+    /// text frames (a newline for Centrifugo's JSON protocol). Binary frames are joined
+    /// as they are: the protocols that allow it delimit their messages themselves.
+    join: Option<&'static str>,
+    joined: Joined,
 }
 
-/// [`write_loop`] with an encoder of the transport's own, which may note what it
-/// writes (Socket.IO's recovery remembers the order of publications).
-pub(crate) async fn write_loop_with(
-    mut sink: SplitSink<WebSocket, Message>,
-    session: &Session,
-    wire: Wire,
-    encode: impl Fn(Outgoing) -> Frame + Send,
-) {
-    let mut batch = Vec::new();
-    // Registered once: a fresh `cancelled()` per batch would lock the token's waiter list
-    // on every wake-up. Polled last: while there is work, a cheap flag check suffices.
-    let cancelled = session.closed().cancelled();
-    tokio::pin!(cancelled);
-    loop {
-        if session.closed().is_cancelled() {
-            break;
-        }
-        tokio::select! {
-            biased;
-            // Cancel-safe: `recv_many` loses nothing when dropped.
-            _ = session.outbox().recv_many(&mut batch, BATCH) => {}
-            // Cancel-safe: polling by reference keeps the registration.
-            () = &mut cancelled => break,
-        }
-        observe_latency(session, &batch);
-        let write = async {
-            match wire.join {
-                // Several queued frames in one message: one frame header, and one message
-                // for the client to take apart, instead of one per push. Only what is
-                // already queued is joined; nothing waits for company.
-                Some(sep) if batch.len() > 1 => {
-                    let mut joined = Joined::Empty;
-                    for item in batch.drain(..) {
-                        if let Some(full) = joined.push(encode(item), sep) {
-                            sink.feed(full).await?;
-                        }
-                    }
-                    if let Some(last) = joined.take() {
-                        sink.feed(last).await?;
-                    }
-                }
-                _ => {
-                    for item in batch.drain(..) {
-                        sink.feed(message(encode(item))).await?;
-                    }
-                }
-            }
-            sink.flush().await
-        };
-        tokio::select! {
-            biased;
-            r = write => if r.is_err() {
-                session.close(Disconnect::WRITE_ERROR);
-                break;
-            },
-            // A client that stopped reading blocks the write; closing must not wait for it.
-            () = &mut cancelled => break,
-        }
-        // Give a burst's memory back: idle connections are the common case.
-        if batch.capacity() > KEEP_BATCH {
-            batch = Vec::new();
+impl WsSink {
+    /// A sink writing one message per frame, or joining the frames of one batch with
+    /// `join` (see the `join` field).
+    pub(crate) fn new(sink: SplitSink<WebSocket, Message>, join: Option<&'static str>) -> Self {
+        Self {
+            sink,
+            join,
+            joined: Joined::Empty,
         }
     }
-    let reason = session.disconnect_reason();
-    // What was queued before the close (an error reply, say) still goes out, unless the
-    // client is closed for being slow: then it would not read it anyway.
-    let flush_rest = async {
-        if reason != Disconnect::SLOW && reason != Disconnect::WRITE_ERROR {
-            batch.clear();
-            while let Some(item) = session.outbox().try_recv() {
-                if sink.feed(message(encode(item))).await.is_err() {
-                    return;
-                }
-            }
-            for frame in (wire.farewell)(session, reason) {
-                if sink.feed(message(frame)).await.is_err() {
-                    return;
-                }
-            }
+}
+
+impl FrameSink for WsSink {
+    async fn feed(&mut self, frame: Frame) -> Result<(), SinkClosed> {
+        // Several queued frames in one message: one frame header, and one message for
+        // the client to take apart, instead of one per push. Only what one batch holds
+        // is joined; nothing waits for company.
+        let ready = match self.join {
+            Some(sep) => self.joined.push(frame, sep),
+            None => Some(message(frame)),
+        };
+        match ready {
+            Some(m) => self.sink.feed(m).await.map_err(|_| SinkClosed),
+            None => Ok(()),
         }
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkClosed> {
+        if let Some(last) = self.joined.take() {
+            self.sink.feed(last).await.map_err(|_| SinkClosed)?;
+        }
+        self.sink.flush().await.map_err(|_| SinkClosed)
+    }
+
+    async fn close(mut self, reason: Disconnect) {
         let frame = CloseFrame {
             code: reason.code,
             reason: reason.reason.into(),
         };
-        let _ = sink.send(Message::Close(Some(frame))).await;
-        let _ = sink.close().await;
-    };
-    // Boxed: only closing connections pay for this state. Bounded like the lingering
-    // close that follows: a client that does not read never gets the close frame.
-    let linger = session.node().config.network.close_linger;
-    let _ = Box::pin(tokio::time::timeout(linger, flush_rest)).await;
-}
-
-/// Records publish-to-write latency once per batch, for its oldest channel event: one
-/// sample per write instead of three shared atomic updates per delivery.
-pub(crate) fn observe_latency(session: &Session, batch: &[Outgoing]) {
-    let oldest = batch.iter().find_map(|item| match item {
-        Outgoing::Event { published, .. } => Some(*published),
-        _ => None,
-    });
-    if let Some(published) = oldest {
-        let waited = std::time::Instant::now().saturating_duration_since(published);
-        session.node().metrics.delivery_latency.observe(waited);
+        let _ = self.sink.send(Message::Close(Some(frame))).await;
+        let _ = self.sink.close().await;
     }
 }
 

@@ -21,6 +21,7 @@ pub mod nginx;
 pub mod process;
 pub mod protobuf;
 pub mod redis;
+pub mod streaming;
 
 pub const SECRET: &str = "test-secret";
 pub const API_KEY: &str = "test-api-key";

@@ -10,7 +10,7 @@ use super::{event_push, Encoding};
 use crate::event::{Codec, Frame};
 
 /// Centrifugo's JSON encoding.
-pub(super) struct Json;
+pub(crate) struct Json;
 
 static CODEC: LazyLock<Codec> =
     LazyLock::new(|| Codec::register("centrifuge-json", |ev, _| event_push::<Json>(ev)));

@@ -12,7 +12,7 @@ use super::{event_push, Encoding};
 use crate::event::{Codec, Frame};
 
 /// Centrifugo's Protobuf encoding.
-pub(super) struct Protobuf;
+pub(crate) struct Protobuf;
 
 static CODEC: LazyLock<Codec> =
     LazyLock::new(|| Codec::register("centrifuge-protobuf", |ev, _| event_push::<Protobuf>(ev)));

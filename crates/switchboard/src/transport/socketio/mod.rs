@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -36,12 +36,11 @@ use switchboard_protocol::socketio::Handshake;
 use switchboard_protocol::{SharedJson, SubscribeResult};
 use tokio::sync::Notify;
 
-use crate::config::Config;
 use crate::event::{Frame, Outgoing};
 use crate::front_door::Peer;
 use crate::node::Node;
 use crate::session::Session;
-use crate::transport::CorsGrant;
+use crate::transport::with_cors;
 
 /// Event names `socket.io-client` keeps for itself, and those of switchboard's own
 /// events: a publication tagged with one of them is delivered as a plain `publication`
@@ -345,31 +344,4 @@ impl IntoResponse for EngineError {
         let body = serde_json::json!({ "code": self as u8, "message": self.message() });
         (status, axum::Json(body)).into_response()
     }
-}
-
-/// Lets browsers on allowed origins poll across origins (see [`cors_grant`]).
-///
-/// [`cors_grant`]: crate::transport::cors_grant
-fn with_cors(config: &Config, headers: &HeaderMap, mut response: Response) -> Response {
-    let Some(grant) = crate::transport::cors_grant(config, headers) else {
-        return response;
-    };
-    let h = response.headers_mut();
-    match grant {
-        CorsGrant::Anyone => {
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                HeaderValue::from_static("*"),
-            );
-        }
-        CorsGrant::WithCredentials(origin) => {
-            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                HeaderValue::from_static("true"),
-            );
-        }
-    }
-    h.insert(header::VARY, HeaderValue::from_static("Origin"));
-    response
 }

@@ -21,7 +21,7 @@ use super::{POLLING, UPGRADING, WEBSOCKET};
 use crate::event::Frame;
 use crate::front_door::Peer;
 use crate::transport::heartbeat::Heartbeat;
-use crate::transport::websocket::{observe_latency, BATCH};
+use crate::transport::writer::{observe_latency, BATCH};
 
 /// How long a closed polling connection waits for the poll that collects its close
 /// packet (it also bounds how long shutdown waits for it).
@@ -266,19 +266,7 @@ async fn receive(
 
 /// `OPTIONS /socket.io/`: the CORS preflight of a cross-origin browser.
 pub(super) async fn preflight(State(sio): State<SocketIo>, headers: HeaderMap) -> Response {
-    if !crate::transport::origin_allowed(&sio.node.config, &headers) {
-        return EngineError::Forbidden.into_response();
-    }
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    let h = response.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, POST, OPTIONS"),
-    );
-    if let Some(asked) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
-        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
-    }
-    with_cors(&sio.node.config, &headers, response)
+    crate::transport::preflight(&sio.node.config, &headers, "GET, POST, OPTIONS")
 }
 
 /// Runs a connection's timers (pings, connect deadline, token expiry) until its

@@ -17,14 +17,10 @@ use super::{encode, farewell, packets, Conn, EngineError, SocketIo};
 use super::{POLLING, UPGRADING, WEBSOCKET};
 use crate::event::TextFrame;
 use crate::front_door::Peer;
-use crate::transport::websocket::{self, Wire};
+use crate::transport::websocket::{self, WsSink};
+use crate::transport::writer::{self, Wire};
 
-/// One Engine.IO packet per WebSocket message: the protocol has no separator there.
-const WIRE: Wire = Wire {
-    encode,
-    join: None,
-    farewell,
-};
+const WIRE: Wire = Wire { encode, farewell };
 
 /// Upgrades to WebSocket: a new connection (`conn` is `None`), or the upgrade of a
 /// polling one. `token` is the handshake's token (see `handshake_token`), for a new
@@ -66,7 +62,9 @@ async fn serve_new(sio: SocketIo, conn: Arc<Conn>, mut socket: WebSocket) {
     let writer = {
         let conn = conn.clone();
         tokio::spawn(async move {
-            websocket::write_loop_with(sink, &conn.session, WIRE, |item| conn.encode(item)).await;
+            // One Engine.IO packet per WebSocket message: the protocol has no separator.
+            let sink = WsSink::new(sink, None);
+            writer::write_loop_with(sink, &conn.session, WIRE, |item| conn.encode(item)).await;
         })
     };
     tokio::join!(read_loop(&conn, stream), drive(sio, conn.clone()));
@@ -112,7 +110,9 @@ async fn upgrade_polling(conn: Arc<Conn>, socket: WebSocket) {
     let writer = {
         let conn = conn.clone();
         tokio::spawn(async move {
-            websocket::write_loop_with(sink, &conn.session, WIRE, |item| conn.encode(item)).await;
+            // One Engine.IO packet per WebSocket message: the protocol has no separator.
+            let sink = WsSink::new(sink, None);
+            writer::write_loop_with(sink, &conn.session, WIRE, |item| conn.encode(item)).await;
         })
     };
     read_loop(&conn, stream).await;

@@ -1,0 +1,367 @@
+//! The unidirectional transports, as Centrifugo serves them: the client connects once
+//! and only listens. Its channels are the server-side ones (the token's `subs`,
+//! `auto_subscribe`, a connect proxy's `subs`).
+//!
+//! - `GET /connection/uni_websocket`: the connect request (a JSON `ConnectRequest`,
+//!   `{"token": "..."}`) as the first text message, or in `cf_connect`; pushes as text
+//!   messages; later messages are ignored (and metered).
+//! - `GET /connection/uni_sse?cf_connect=<ConnectRequest JSON>` (or `POST` with it as
+//!   the body): pushes as server-sent events.
+//! - `POST /connection/uni_http_stream` with the `ConnectRequest` as the body: pushes as
+//!   newline-delimited JSON.
+//!
+//! Pushes have no `{"push": ...}` envelope: the first is `{"connect": {...}}`, then
+//! `{"channel": "...", "pub": {...}}` and so on. The server pings with `{}` and expects
+//! no answer. A refused connect closes with a code: an expired token 3005, too many
+//! requests 3013, permission denied 3507, an invalid token 3500, other errors 3004.
+
+use std::sync::{Arc, LazyLock};
+
+use axum::body::Body;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method};
+use axum::response::{IntoResponse, Response};
+use futures_util::{Stream, StreamExt};
+use serde::Deserialize;
+use switchboard_protocol::command::{decode_frame, Command, ConnectRequest, DecodeError};
+use switchboard_protocol::reply::{encode_bare_push, encode_reply, PushBody, ReplyBody};
+use switchboard_protocol::{Disconnect, ErrorCode, PING};
+use tokio::time::sleep_until;
+
+use super::body::{self, Framing};
+use super::{read_body, streaming_response, Refusal, Streams};
+use crate::event::{Codec, Frame, Outgoing};
+use crate::front_door::Peer;
+use crate::session::{Session, SessionError};
+use crate::transport::centrifuge::{
+    self, disconnect_push, event_push, ws_inbound, Encoding, Inbound,
+};
+use crate::transport::command;
+use crate::transport::heartbeat::Heartbeat;
+use crate::transport::websocket::{self, WsSink};
+use crate::transport::writer::{self, FrameSink, Wire};
+use crate::transport::{preflight as cors_preflight, with_cors};
+
+/// The JSON encoding of unidirectional transports: bare pushes.
+pub(crate) struct Uni;
+
+static CODEC: LazyLock<Codec> =
+    LazyLock::new(|| Codec::register("centrifuge-uni", |ev, _| event_push::<Uni>(ev)));
+
+impl Encoding for Uni {
+    const NAME: &'static str = "uni";
+    const JOIN: &'static str = "\n";
+
+    fn codec() -> Codec {
+        *CODEC
+    }
+
+    fn ping() -> Frame {
+        Frame::from_static(PING)
+    }
+
+    /// A unidirectional client sends no commands after its connect.
+    fn decode(message: Frame) -> Result<Vec<Result<Command, DecodeError>>, Disconnect> {
+        match message {
+            Frame::Text(text) => Ok(decode_frame(text.as_str()).collect()),
+            Frame::Binary(_) => Err(Disconnect::BAD_REQUEST),
+        }
+    }
+
+    /// Not sent: a unidirectional client gets no replies (its connect result is a push).
+    fn reply(id: u32, body: &ReplyBody) -> Frame {
+        Frame::from(encode_reply(id, body))
+    }
+
+    fn push(channel: &str, body: &PushBody<'_>) -> Frame {
+        Frame::from(encode_bare_push(channel, body))
+    }
+}
+
+/// The query of the unidirectional endpoints.
+#[derive(Debug, Deserialize)]
+pub(super) struct UniQuery {
+    /// The connect request, JSON.
+    cf_connect: Option<String>,
+}
+
+/// A connect request in JSON; `null` stands for an empty one, as in Centrifugo.
+fn connect_request(json: &[u8]) -> Result<ConnectRequest, Refusal> {
+    serde_json::from_slice::<Option<ConnectRequest>>(json)
+        .map(Option::unwrap_or_default)
+        .map_err(|_| Refusal::bad_request("invalid connect request"))
+}
+
+/// The connect request of `cf_connect`, if there is one.
+fn query_request(query: UniQuery, limit: usize) -> Result<Option<ConnectRequest>, Refusal> {
+    match query.cf_connect.filter(|c| !c.is_empty()) {
+        Some(c) if c.len() > limit => Err(Refusal::TOO_LARGE),
+        Some(c) => connect_request(c.as_bytes()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// `GET /connection/uni_sse?cf_connect=...` or `POST /connection/uni_sse`. Without
+/// `cf_connect` a `GET` connects with an empty request (the connect proxy decides,
+/// from the cookies it is passed).
+pub(super) async fn sse(
+    State(streams): State<Streams>,
+    method: Method,
+    headers: HeaderMap,
+    peer: Peer,
+    Query(query): Query<UniQuery>,
+    body: Body,
+) -> Response {
+    let response = async {
+        streams.admit(&headers, &peer)?;
+        let limit = streams.node.config.limits.max_message_size;
+        let req = if method == Method::POST {
+            let data = read_body(body, limit).await?;
+            connect_request(&data)?
+        } else {
+            query_request(query, limit)?.unwrap_or_default()
+        };
+        Ok::<_, Refusal>(open(&streams, &headers, req, Framing::Events, "uni_sse"))
+    }
+    .await
+    .unwrap_or_else(IntoResponse::into_response);
+    with_cors(&streams.node.config, &headers, response)
+}
+
+/// `POST /connection/uni_http_stream` with the connect request as the body.
+pub(super) async fn http_stream(
+    State(streams): State<Streams>,
+    headers: HeaderMap,
+    peer: Peer,
+    body: Body,
+) -> Response {
+    let response = async {
+        streams.admit(&headers, &peer)?;
+        let limit = streams.node.config.limits.max_message_size;
+        let data = read_body(body, limit).await?;
+        let req = connect_request(&data)?;
+        Ok::<_, Refusal>(open(
+            &streams,
+            &headers,
+            req,
+            Framing::Lines,
+            "uni_http_stream",
+        ))
+    }
+    .await
+    .unwrap_or_else(IntoResponse::into_response);
+    with_cors(&streams.node.config, &headers, response)
+}
+
+/// The CORS preflight of `uni_sse` and `uni_http_stream`.
+pub(super) async fn preflight(State(streams): State<Streams>, headers: HeaderMap) -> Response {
+    cors_preflight(&streams.node.config, &headers, "GET, POST, OPTIONS")
+}
+
+fn open(
+    streams: &Streams,
+    headers: &HeaderMap,
+    req: ConnectRequest,
+    framing: Framing,
+    transport: &'static str,
+) -> Response {
+    let node = &streams.node;
+    let session = Session::new(node.clone(), Uni::codec());
+    session.set_origin(node.proxies.origin(transport, headers));
+    let preamble = (framing == Framing::Events).then_some(&b"\r\n"[..]);
+    let (sink, body) = body::stream(session.clone(), framing, preamble);
+    // Nothing to read: the client ends the connection by going away, which drops the
+    // body and closes the session.
+    let inbound = futures_util::stream::pending();
+    node.tracker
+        .spawn(run(session, sink, inbound, Some(req), transport));
+    let content_type = match framing {
+        Framing::Events => "text/event-stream; charset=utf-8",
+        Framing::Lines | Framing::Delimited => "application/json",
+    };
+    streaming_response(content_type, body)
+}
+
+/// `GET /connection/uni_websocket`.
+pub(super) async fn websocket(
+    State(streams): State<Streams>,
+    headers: HeaderMap,
+    peer: Peer,
+    Query(query): Query<UniQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Err(refused) = streams.admit(&headers, &peer) {
+        return refused.into_response();
+    }
+    let node = streams.node;
+    let req = match query_request(query, node.config.limits.max_message_size) {
+        Ok(req) => req,
+        Err(bad) => return bad.into_response(),
+    };
+    let origin = node.proxies.origin("uni_websocket", &headers);
+    websocket::configure(ws, &node.config).on_upgrade(move |socket| {
+        let tracker = node.tracker.clone();
+        tracker.track_future(async move {
+            let session = Session::new(node, Uni::codec());
+            session.set_origin(origin);
+            let (sink, stream) = socket.split();
+            let sink = WsSink::new(sink, None);
+            run(session, sink, stream.map(ws_inbound), req, "uni_websocket").await;
+        })
+    })
+}
+
+/// Runs a unidirectional connection: connects with `connect` (or the first message
+/// read, when `None`), then pings and keeps the timers until the session closes.
+async fn run(
+    session: Arc<Session>,
+    sink: impl FrameSink + 'static,
+    mut inbound: impl Stream<Item = Inbound> + Send + Unpin,
+    mut connect: Option<ConnectRequest>,
+    transport: &'static str,
+) {
+    let node = session.node().clone();
+    node.metrics.connections.inc();
+    let writer = {
+        let session = session.clone();
+        let wire = Wire {
+            encode: centrifuge::encode::<Uni>,
+            farewell: disconnect_push::<Uni>,
+        };
+        tokio::spawn(async move { writer::write_loop(sink, &session, wire).await })
+    };
+    let mut heartbeat = Heartbeat::one_way(&session, Uni::ping());
+    let mut asked = false;
+    loop {
+        if let Some(req) = connect.take() {
+            asked = true;
+            if let Some(d) = Box::pin(uni_connect(&session, req)).await {
+                session.close(d);
+                break;
+            }
+            heartbeat.start_pings(&session);
+        }
+        let deadline = heartbeat.deadline(&session);
+        tokio::select! {
+            biased;
+            // Cancel-safe: holds no state.
+            () = session.closed().cancelled() => break,
+            // Cancel-safe (see `timers_changed`): loop to recompute the deadline.
+            () = session.timers_changed() => {}
+            // Cancel-safe: a timer.
+            () = sleep_until(deadline) => {
+                if let Some(d) = heartbeat.fire(&session) {
+                    session.close(d);
+                    break;
+                }
+            }
+            // Cancel-safe: `next()` holds no state of its own.
+            msg = inbound.next() => match msg {
+                Some(Inbound::Frame(first)) if !asked => {
+                    match serde_json::from_slice::<Option<ConnectRequest>>(first.as_bytes()) {
+                        Ok(req) => connect = Some(req.unwrap_or_default()),
+                        Err(_) => {
+                            session.close(Disconnect::BAD_REQUEST);
+                            break;
+                        }
+                    }
+                }
+                // A unidirectional client has nothing more to say: metered, then dropped.
+                Some(Inbound::Frame(_) | Inbound::Control) => {
+                    if let Some(d) = command::meter_control(&session) {
+                        session.close(d);
+                        break;
+                    }
+                }
+                Some(Inbound::Closed(d)) => {
+                    session.close(d);
+                    break;
+                }
+                None => {
+                    session.close(Disconnect::CONNECTION_CLOSED);
+                    break;
+                }
+            }
+        }
+    }
+    Box::pin(session.cleanup()).await;
+    let _ = writer.await;
+    node.metrics.connections.dec();
+    crate::transport::log_closed(&session, transport);
+}
+
+/// Connects; the connect result goes out as a `connect` push. Returns the disconnect
+/// for a refused connect: there is no reply to carry an error.
+async fn uni_connect(session: &Arc<Session>, req: ConnectRequest) -> Option<Disconnect> {
+    match command::connect(session, Ok(req)).await {
+        Ok(c) => {
+            let mut result = c.result;
+            // The client can not answer pings.
+            result.pong = false;
+            let frame = Uni::push("", &PushBody::Connect(&result));
+            c.activation.complete(Some(Outgoing::Frame(frame)));
+            None
+        }
+        Err(e) => Some(refusal(&e)),
+    }
+}
+
+/// The disconnect an error reply to a unidirectional connect becomes (Centrifugo's
+/// mapping).
+fn refusal(e: &SessionError) -> Disconnect {
+    let code = match e {
+        SessionError::Disconnect(d) => return *d,
+        SessionError::Reply(code) => code.code(),
+        SessionError::Rejected(reply) => reply.code,
+    };
+    match code {
+        c if c == ErrorCode::TokenExpired.code() || c == ErrorCode::Expired.code() => {
+            Disconnect::EXPIRED
+        }
+        c if c == ErrorCode::TooManyRequests.code() => Disconnect::TOO_MANY_REQUESTS,
+        c if c == ErrorCode::PermissionDenied.code() => Disconnect::PERMISSION_DENIED,
+        _ => Disconnect::SERVER_ERROR,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_protocol::reply::ErrorReply;
+
+    use super::*;
+
+    #[test]
+    fn refused_connects_become_centrifugos_disconnects() {
+        let reply = |c: ErrorCode| refusal(&SessionError::Reply(c));
+        assert_eq!(reply(ErrorCode::TokenExpired), Disconnect::EXPIRED);
+        assert_eq!(
+            reply(ErrorCode::TooManyRequests),
+            Disconnect::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            reply(ErrorCode::PermissionDenied),
+            Disconnect::PERMISSION_DENIED
+        );
+        assert_eq!(reply(ErrorCode::Internal), Disconnect::SERVER_ERROR);
+        let proxy = SessionError::Rejected(Box::new(ErrorReply::from(ErrorCode::Expired)));
+        assert_eq!(refusal(&proxy), Disconnect::EXPIRED);
+        let invalid = SessionError::Disconnect(Disconnect::INVALID_TOKEN);
+        assert_eq!(refusal(&invalid), Disconnect::INVALID_TOKEN);
+    }
+
+    #[test]
+    fn pushes_go_without_the_envelope() {
+        let frame = Uni::push(
+            "",
+            &PushBody::Disconnect {
+                code: 3005,
+                reason: "connection expired",
+            },
+        );
+        assert_eq!(
+            frame.as_bytes(),
+            br#"{"disconnect":{"code":3005,"reason":"connection expired"}}"#
+        );
+    }
+}

@@ -1,0 +1,136 @@
+//! The one writer driver of every connection-oriented transport: it drains a session's
+//! outbox in batches, encodes each item, feeds the frames to the transport's
+//! [`FrameSink`] and flushes once per batch; at the close it writes what was still
+//! queued and the protocol's farewell, then ends the connection with the disconnect.
+//!
+//! A sink is what differs: WebSocket messages ([`super::websocket`]), or the chunks of a
+//! streaming HTTP response ([`super::streaming`]).
+
+use std::future::Future;
+
+use switchboard_protocol::Disconnect;
+
+use crate::event::{Frame, Outgoing};
+use crate::session::Session;
+
+/// Batch capacity a writer keeps between bursts.
+const KEEP_BATCH: usize = 32;
+/// Most outbox items taken for one write: enough to fill the write buffer several times
+/// over, few enough that the batch stays small under fan-out.
+pub(crate) const BATCH: usize = 64;
+
+/// The peer stopped taking data: the connection is gone.
+#[derive(Debug)]
+pub(crate) struct SinkClosed;
+
+/// Where a transport's frames go.
+pub(crate) trait FrameSink: Send {
+    /// Takes one frame for the next flush (it may already write when its buffer fills).
+    fn feed(&mut self, frame: Frame) -> impl Future<Output = Result<(), SinkClosed>> + Send;
+    /// Writes what was fed: one write for the whole batch.
+    fn flush(&mut self) -> impl Future<Output = Result<(), SinkClosed>> + Send;
+    /// Ends the connection after what was fed: a WebSocket close frame carrying
+    /// `reason`, or the end of a response stream.
+    fn close(self, reason: Disconnect) -> impl Future<Output = ()> + Send;
+}
+
+/// How a transport turns outbox items into frames, and what it says before closing.
+#[derive(Clone, Copy)]
+pub(crate) struct Wire {
+    /// Encodes one outbox item.
+    pub(crate) encode: fn(Outgoing) -> Frame,
+    /// Frames sent before the connection ends (the protocol's own disconnect message:
+    /// a stream has no close frame to carry the code).
+    pub(crate) farewell: fn(&Session, Disconnect) -> Vec<Frame>,
+}
+
+/// Writes the session's outbox to `sink` until the session closes, then what was still
+/// queued, the farewell, and the close.
+pub(crate) async fn write_loop(sink: impl FrameSink, session: &Session, wire: Wire) {
+    write_loop_with(sink, session, wire, wire.encode).await;
+}
+
+/// [`write_loop`] with an encoder of the transport's own, which may note what it
+/// writes (Socket.IO's recovery remembers the order of publications).
+pub(crate) async fn write_loop_with(
+    mut sink: impl FrameSink,
+    session: &Session,
+    wire: Wire,
+    encode: impl Fn(Outgoing) -> Frame + Send,
+) {
+    let mut batch = Vec::new();
+    // Registered once: a fresh `cancelled()` per batch would lock the token's waiter list
+    // on every wake-up. Polled last: while there is work, a cheap flag check suffices.
+    let cancelled = session.closed().cancelled();
+    tokio::pin!(cancelled);
+    loop {
+        if session.closed().is_cancelled() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            // Cancel-safe: `recv_many` loses nothing when dropped.
+            _ = session.outbox().recv_many(&mut batch, BATCH) => {}
+            // Cancel-safe: polling by reference keeps the registration.
+            () = &mut cancelled => break,
+        }
+        observe_latency(session, &batch);
+        let write = async {
+            for item in batch.drain(..) {
+                sink.feed(encode(item)).await?;
+            }
+            sink.flush().await
+        };
+        tokio::select! {
+            biased;
+            r = write => if r.is_err() {
+                session.close(Disconnect::WRITE_ERROR);
+                break;
+            },
+            // A client that stopped reading blocks the write; closing must not wait for it.
+            () = &mut cancelled => break,
+        }
+        // Give a burst's memory back: idle connections are the common case.
+        if batch.capacity() > KEEP_BATCH {
+            batch = Vec::new();
+        }
+    }
+    let reason = session.disconnect_reason();
+    // What was queued before the close (an error reply, say) still goes out, unless the
+    // client is closed for being slow: then it would not read it anyway.
+    let flush_rest = async move {
+        if reason != Disconnect::SLOW && reason != Disconnect::WRITE_ERROR {
+            batch.clear();
+            let rest = async {
+                while let Some(item) = session.outbox().try_recv() {
+                    sink.feed(encode(item)).await?;
+                }
+                for frame in (wire.farewell)(session, reason) {
+                    sink.feed(frame).await?;
+                }
+                sink.flush().await
+            };
+            if rest.await.is_err() {
+                return;
+            }
+        }
+        sink.close(reason).await;
+    };
+    // Boxed: only closing connections pay for this state. Bounded like the lingering
+    // close that follows: a client that does not read never gets the close frame.
+    let linger = session.node().config.network.close_linger;
+    let _ = Box::pin(tokio::time::timeout(linger, flush_rest)).await;
+}
+
+/// Records publish-to-write latency once per batch, for its oldest channel event: one
+/// sample per write instead of three shared atomic updates per delivery.
+pub(crate) fn observe_latency(session: &Session, batch: &[Outgoing]) {
+    let oldest = batch.iter().find_map(|item| match item {
+        Outgoing::Event { published, .. } => Some(*published),
+        _ => None,
+    });
+    if let Some(published) = oldest {
+        let waited = std::time::Instant::now().saturating_duration_since(published);
+        session.node().metrics.delivery_latency.observe(waited);
+    }
+}
