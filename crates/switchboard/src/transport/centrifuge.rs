@@ -127,6 +127,7 @@ async fn serve<E: Encoding>(
             join: Some(E::JOIN),
             // The close frame carries the code and reason.
             farewell: |_, _| Vec::new(),
+            close: websocket::same_close,
         };
         tokio::spawn(async move { websocket::write_loop(sink, &session, wire).await })
     };

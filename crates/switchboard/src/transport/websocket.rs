@@ -49,6 +49,15 @@ pub(crate) struct Wire {
     pub(crate) join: Option<&'static str>,
     /// Frames sent before the close frame (the protocol's own disconnect message).
     pub(crate) farewell: fn(&Session, Disconnect) -> Vec<Frame>,
+    /// The close code and reason the client is sent for a disconnect: the protocol's
+    /// own numbers where its clients act on them (Pusher's 4000-4299), the
+    /// disconnect as it is otherwise ([`same_close`]).
+    pub(crate) close: fn(Disconnect) -> Disconnect,
+}
+
+/// Closes with switchboard's own code and reason.
+pub(crate) fn same_close(reason: Disconnect) -> Disconnect {
+    reason
 }
 
 /// A frame as a WebSocket message of its kind.
@@ -194,9 +203,10 @@ pub(crate) async fn write_loop_with(
                 }
             }
         }
+        let close = (wire.close)(reason);
         let frame = CloseFrame {
-            code: reason.code,
-            reason: reason.reason.into(),
+            code: close.code,
+            reason: close.reason.into(),
         };
         let _ = sink.send(Message::Close(Some(frame))).await;
         let _ = sink.close().await;

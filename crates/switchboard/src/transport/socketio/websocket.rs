@@ -24,6 +24,7 @@ const WIRE: Wire = Wire {
     encode,
     join: None,
     farewell,
+    close: websocket::same_close,
 };
 
 /// Upgrades to WebSocket: a new connection (`conn` is `None`), or the upgrade of a
