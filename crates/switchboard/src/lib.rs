@@ -1,5 +1,5 @@
-//! switchboard: a self-hosted real-time gateway speaking the Centrifugo client protocol
-//! and Socket.IO.
+//! switchboard: a self-hosted real-time gateway speaking the Centrifugo client protocol,
+//! Socket.IO and Pusher's protocol.
 //!
 //! # Layout
 //! - [`config`]: defaults, TOML file, `SWITCHBOARD_*` variables, flags.
@@ -17,7 +17,7 @@
 //! - [`cluster`]: commands between nodes, and each node's status for `info`/`channels`.
 //! - [`status`], [`typing`]: user online status and typing signals.
 //! - [`transport`]: wire protocols ([`transport::centrifuge`] in JSON and Protobuf,
-//!   [`transport::socketio`]).
+//!   [`transport::socketio`], [`transport::pusher`] with its HTTP API).
 //! - [`server`]: HTTP routes, `run`, graceful shutdown.
 //! - [`front_door`]: accepting TCP connections: caps, rates, timeouts, lingering close.
 //! - [`hooks`]: the named hook points of the core (connect, online, occupied, join...)

@@ -158,6 +158,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(crate::metrics::prometheus::handler))
         .with_state(node.clone())
         .merge(transport::socketio::router(node.clone()))
+        .merge(transport::pusher::router(node.clone()))
         .merge(crate::api::router(node))
 }
 

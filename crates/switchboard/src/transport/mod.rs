@@ -6,6 +6,7 @@
 pub mod centrifuge;
 mod command;
 mod heartbeat;
+pub mod pusher;
 pub mod socketio;
 mod websocket;
 

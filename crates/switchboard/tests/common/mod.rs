@@ -19,6 +19,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod nginx;
 pub mod protobuf;
+pub mod pusher;
 pub mod redis;
 
 pub const SECRET: &str = "test-secret";
