@@ -10,10 +10,13 @@ use serde::{Deserialize, Serialize};
 #[serde(default, deny_unknown_fields)]
 pub struct PusherConfig {
     /// The app id, in HTTP API paths (`/apps/<app_id>/events`).
+    #[serde(deserialize_with = "text")]
     pub app_id: String,
     /// The app key: clients connect to `/app/<key>`, the HTTP API is signed with it.
+    #[serde(deserialize_with = "text")]
     pub key: String,
     /// The app secret: signs channel authorizations, user sign-ins and HTTP API calls.
+    #[serde(deserialize_with = "text")]
     pub secret: String,
     /// How far an HTTP API request's `auth_timestamp` may be from this node's clock,
     /// either way, before the request is refused as a replay (Pusher allows 600 s).
@@ -23,6 +26,23 @@ pub struct PusherConfig {
     pub max_event_channels: usize,
     /// Most events in one `POST /apps/<app_id>/batch_events` (Pusher: 10).
     pub max_batch_events: usize,
+}
+
+/// A string, or a number taken as its text: Pusher app ids are numbers, and
+/// `SWITCHBOARD_PUSHER__APP_ID=1234` reads as one.
+fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Text(String),
+        Unsigned(u64),
+        Signed(i64),
+    }
+    Ok(match Text::deserialize(d)? {
+        Text::Text(s) => s,
+        Text::Unsigned(n) => n.to_string(),
+        Text::Signed(n) => n.to_string(),
+    })
 }
 
 impl Default for PusherConfig {
