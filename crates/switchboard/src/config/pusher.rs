@@ -33,15 +33,15 @@ pub struct PusherConfig {
 fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum Text {
+    enum Raw {
         Text(String),
         Unsigned(u64),
         Signed(i64),
     }
-    Ok(match Text::deserialize(d)? {
-        Text::Text(s) => s,
-        Text::Unsigned(n) => n.to_string(),
-        Text::Signed(n) => n.to_string(),
+    Ok(match Raw::deserialize(d)? {
+        Raw::Text(s) => s,
+        Raw::Unsigned(n) => n.to_string(),
+        Raw::Signed(n) => n.to_string(),
     })
 }
 
