@@ -1,5 +1,5 @@
 //! The load clients' wire protocols: switchboard's Centrifugo JSON, a minimal Socket.IO v5
-//! (Engine.IO v4, WebSocket only) and the floor's bare text protocol.
+//! (Engine.IO v4, WebSocket only), Pusher's protocol 7 and the floor's bare text protocol.
 //!
 //! Clients only do what the scenarios need: authenticate, subscribe, answer pings, and
 //! spot publications and their send timestamp without parsing the whole frame.
@@ -29,6 +29,8 @@ pub(crate) enum Proto {
     SocketIo,
     /// The floor server's text protocol: `subscribe ROOM`, then raw payloads.
     Floor,
+    /// Pusher's protocol 7 at `/app/<key>`, public channels (no auth).
+    Pusher,
 }
 
 impl Proto {
@@ -38,9 +40,13 @@ impl Proto {
             Proto::Centrifuge => "/connection/websocket",
             Proto::SocketIo => "/socket.io/?EIO=4&transport=websocket",
             Proto::Floor => "/",
+            Proto::Pusher => PUSHER_PATH,
         }
     }
 }
+
+/// Where Pusher clients connect: the bench config's app key, protocol 7.
+const PUSHER_PATH: &str = "/app/bench-key?protocol=7&client=bench&version=1";
 
 /// What one incoming message (or line of a multi-line frame) means to a load client.
 #[derive(Debug, PartialEq, Eq)]
@@ -148,6 +154,13 @@ pub(crate) async fn handshake(
             }
         }
         Proto::Floor => Ok(()),
+        Proto::Pusher => {
+            let hello = next_text(ws, proto).await?;
+            if !hello.starts_with(r#"{"event":"pusher:connection_established""#) {
+                bail!("expected pusher:connection_established, got {hello}");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -169,6 +182,10 @@ pub(crate) fn subscribe_frames(proto: Proto, channels: &[String]) -> Vec<String>
             .map(|(i, c)| format!(r#"42{i}["subscribe","{c}"]"#))
             .collect(),
         Proto::Floor => channels.iter().map(|c| format!("subscribe {c}")).collect(),
+        Proto::Pusher => channels
+            .iter()
+            .map(|c| format!(r#"{{"event":"pusher:subscribe","data":{{"channel":"{c}"}}}}"#))
+            .collect(),
     }
 }
 
@@ -178,6 +195,7 @@ pub(crate) fn pong(proto: Proto) -> &'static str {
         Proto::Centrifuge => "{}",
         Proto::SocketIo => "3",
         Proto::Floor => "",
+        Proto::Pusher => r#"{"event":"pusher:pong","data":"{}"}"#,
     }
 }
 
@@ -225,6 +243,19 @@ fn classify_one(proto: Proto, m: &str) -> Incoming {
                 Incoming::Other
             }
         }
+        Proto::Pusher => {
+            if m.starts_with(r#"{"event":"pusher:ping""#) {
+                Incoming::Ping
+            } else if m.starts_with(r#"{"event":"publication""#) {
+                Incoming::Publication(sent_at(m))
+            } else if m.starts_with(r#"{"event":"pusher_internal:subscription_succeeded""#) {
+                Incoming::SubscribeReply { ok: true }
+            } else if m.starts_with(r#"{"event":"pusher:subscription_error""#) {
+                Incoming::SubscribeReply { ok: false }
+            } else {
+                Incoming::Other
+            }
+        }
         Proto::Floor => {
             if m == "subscribed" {
                 Incoming::SubscribeReply { ok: true }
@@ -237,9 +268,13 @@ fn classify_one(proto: Proto, m: &str) -> Incoming {
     }
 }
 
-/// The `"t":<micros>` field of a bench payload, found without parsing the JSON.
+/// The `"t":<micros>` field of a bench payload, found without parsing the JSON (also
+/// inside a JSON-encoded string, as Pusher's `data` carries it: `\"t\":`).
 fn sent_at(m: &str) -> Option<u64> {
-    let i = m.find(r#""t":"#)? + 4;
+    let i = match m.find(r#""t":"#) {
+        Some(i) => i + 4,
+        None => m.find(r#"\"t\":"#)? + 6,
+    };
     let digits = m[i..].bytes().take_while(u8::is_ascii_digit).count();
     m[i..i + digits].parse().ok()
 }
@@ -322,6 +357,24 @@ mod tests {
         assert_eq!(
             classify_one(Proto::Floor, r#"{"t":9}"#),
             Incoming::Publication(Some(9))
+        );
+        assert_eq!(
+            classify_one(
+                Proto::Pusher,
+                r#"{"event":"publication","channel":"b","data":"{\"t\":11,\"s\":1}"}"#
+            ),
+            Incoming::Publication(Some(11))
+        );
+        assert_eq!(
+            classify_one(Proto::Pusher, r#"{"event":"pusher:ping","data":"{}"}"#),
+            Incoming::Ping
+        );
+        assert_eq!(
+            classify_one(
+                Proto::Pusher,
+                r#"{"event":"pusher_internal:subscription_succeeded","channel":"b","data":"{}"}"#
+            ),
+            Incoming::SubscribeReply { ok: true }
         );
         assert_eq!(
             subscribe_frames(Proto::Centrifuge, &["a".into(), "b".into()]),

@@ -85,8 +85,8 @@ struct Outputs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Targets, comma-separated (known: switchboard, switchboard-sio, floor, socketio,
-    /// switchboard-redis, switchboard-redis-2nodes).
+    /// Targets, comma-separated (known: switchboard, switchboard-sio, switchboard-pusher,
+    /// floor, socketio, switchboard-redis, switchboard-redis-2nodes).
     #[arg(
         long,
         value_delimiter = ',',

@@ -83,6 +83,13 @@ pub(crate) const TARGETS: &[Target] = &[
         ratio: Ratio::SubjectOverTarget,
     },
     Target {
+        name: PUSHER_TARGET,
+        server: ServerKind::Switchboard,
+        proto: Proto::Pusher,
+        cluster: Cluster::Single,
+        ratio: Ratio::SubjectOverTarget,
+    },
+    Target {
         name: "floor",
         server: ServerKind::Floor,
         proto: Proto::Floor,
@@ -111,6 +118,9 @@ pub(crate) const TARGETS: &[Target] = &[
         ratio: Ratio::TargetOverSubject,
     },
 ];
+
+/// switchboard's Pusher transport, with pusher-protocol load clients.
+pub(crate) const PUSHER_TARGET: &str = "switchboard-pusher";
 
 /// switchboard with `engine = "redis"`, one node: the price of Redis mode.
 pub(crate) const REDIS_TARGET: &str = "switchboard-redis";
@@ -215,6 +225,12 @@ command_burst = 1000000
 [namespaces.bench]
 subscribe = ["*"]
 publish = true
+
+# The switchboard-pusher target's clients: public channels of namespace bench.
+[pusher]
+app_id = "bench"
+key = "bench-key"
+secret = "bench-secret"
 "#
     )
 }

@@ -170,6 +170,27 @@ impl Disconnect {
     /// denied" (error 103 has no reply to go in there).
     pub const PERMISSION_DENIED: Self = Self::new(3507, "permission denied");
 
+    /// Pusher 4001: the app key in `/app/<key>` is not the configured one (Pusher
+    /// clients only; pusher-js does not reconnect after 4000-4099).
+    pub const PUSHER_APP_UNKNOWN: Self = Self::new(4001, "app key not found");
+    /// Pusher 4006: the `protocol` query parameter is not a number.
+    pub const PUSHER_BAD_PROTOCOL: Self = Self::new(4006, "invalid version string format");
+    /// Pusher 4007: a protocol version other than 5, 6 or 7.
+    pub const PUSHER_UNSUPPORTED_PROTOCOL: Self = Self::new(4007, "unsupported protocol version");
+    /// Pusher 4008: no `protocol` query parameter.
+    pub const PUSHER_NO_PROTOCOL: Self = Self::new(4008, "no protocol version supplied");
+    /// Pusher 4009: what a Pusher client is closed with instead of 3500-3999 (invalid
+    /// credentials, a forced disconnect, a limit); the reason stays switchboard's.
+    pub const PUSHER_REFUSED: Self = Self::new(4009, "connection is unauthorized");
+    /// Pusher 4100: instead of 3008 (slow), 3013 (too many requests) and 3004 (server
+    /// error): pusher-js reconnects after a pause.
+    pub const PUSHER_BACKOFF: Self = Self::new(4100, "over capacity");
+    /// Pusher 4200: instead of the other codes below 3500 (shutdown, forced
+    /// reconnect, expiry): pusher-js reconnects at once.
+    pub const PUSHER_RECONNECT: Self = Self::new(4200, "generic reconnect immediately");
+    /// Pusher 4201: instead of 3012, no pong in time.
+    pub const PUSHER_NO_PONG: Self = Self::new(4201, "pong reply not received");
+
     const fn new(code: u16, reason: &'static str) -> Self {
         Self { code, reason }
     }

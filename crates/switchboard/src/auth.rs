@@ -49,11 +49,15 @@ pub struct TokenStamp {
     pub issued_at: Option<u64>,
 }
 
-/// What a subscription token grants.
-#[derive(Debug, Clone)]
+/// What a subscription token (or a transport's own authorization) grants.
+#[derive(Debug, Clone, Default)]
 pub struct Grant {
     /// Channel info shown in presence (`info` claim of the subscription token).
     pub info: Option<SharedJson>,
+    /// The user the subscription is shown as in presence and publications, when not
+    /// the connection's: a Pusher presence channel names its member in the auth
+    /// endpoint's `channel_data`, per channel, on a connection that has no user.
+    pub user: Option<Arc<str>>,
     /// Expiry as Unix seconds.
     pub expires_at: Option<u64>,
     /// The subscription token's id and issue time, for revocation; `None` when no
@@ -329,6 +333,7 @@ impl Verifier {
         }
         Ok(Grant {
             info: c.info.map(Arc::from),
+            user: None,
             expires_at: c.exp,
             token: Some(TokenStamp {
                 id: c.jti,

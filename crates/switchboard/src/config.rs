@@ -13,10 +13,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod diagnose;
 mod persistence;
+mod pusher;
 mod socketio;
 mod webhooks;
 
 pub use persistence::{Durability, PersistenceConfig};
+pub use pusher::PusherConfig;
 pub use socketio::{PushesConfig, RouteAction, RouteConfig, SocketIoConfig};
 pub use webhooks::{WebhookEndpointConfig, WebhooksConfig, EVENT_KINDS};
 
@@ -132,6 +134,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Socket.IO event routes.
     pub socketio: SocketIoConfig,
+    /// The Pusher app served at `/app/<key>` and `/apps/<app_id>` (off by default).
+    pub pusher: PusherConfig,
     /// Lifecycle webhooks to the app backend (see docs/webhooks.md).
     pub webhooks: WebhooksConfig,
     /// Which HTTP-streaming, SSE and unidirectional endpoints are served (see
@@ -726,6 +730,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
             socketio: SocketIoConfig::default(),
+            pusher: PusherConfig::default(),
             webhooks: WebhooksConfig::default(),
             admin: AdminConfig::default(),
             transports: TransportsConfig::default(),
@@ -831,6 +836,10 @@ impl Config {
             token_hmac_secret: hide(&self.token_hmac_secret),
             api_key: hide(&self.api_key),
             api_keys: self.api_keys.iter().map(|k| hide(k)).collect(),
+            pusher: PusherConfig {
+                secret: hide(&self.pusher.secret),
+                ..self.pusher.clone()
+            },
             webhooks: WebhooksConfig {
                 endpoints: self
                     .webhooks
@@ -987,6 +996,7 @@ impl Config {
             errors.extend(self.template_error("auto_subscribe", t, None));
         }
         errors.extend(self.socketio.pushes.errors());
+        errors.extend(self.pusher.errors());
         errors.extend(self.webhooks.errors(&self.namespaces));
         // The webhooks' shared view (who is online, which channels are occupied, the
         // queues) uses one Redis connection; on a cluster it would reach one shard only.
@@ -1310,6 +1320,17 @@ mod tests {
         assert_eq!(c.token_hmac_secret, REDACTED);
         assert_eq!(c.api_key, REDACTED);
         assert_eq!(c.api_keys, vec![REDACTED]);
+        let pusher = Config {
+            pusher: PusherConfig {
+                app_id: "1".into(),
+                key: "k".into(),
+                secret: "s".into(),
+                ..PusherConfig::default()
+            },
+            ..Config::default()
+        };
+        assert_eq!(pusher.redacted().pusher.secret, REDACTED);
+        assert_eq!(pusher.redacted().pusher.key, "k");
         assert_eq!(Config::default().redacted().api_key, "");
     }
 
@@ -1498,6 +1519,37 @@ mod tests {
         );
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("redis.cluster"), "{err}");
+    }
+
+    #[test]
+    fn the_pusher_app_comes_from_variables_and_is_set_whole() {
+        let _env = env_lock();
+        std::env::set_var("SWITCHBOARD_PUSHER__APP_ID", "7");
+        std::env::set_var("SWITCHBOARD_PUSHER__KEY", "k");
+        std::env::set_var("SWITCHBOARD_PUSHER__SECRET", "s");
+        std::env::set_var("SWITCHBOARD_PUSHER__MAX_CLOCK_SKEW", "30s");
+        let c = Config::load(None, &[]);
+        for v in ["APP_ID", "KEY", "SECRET", "MAX_CLOCK_SKEW"] {
+            std::env::remove_var(format!("SWITCHBOARD_PUSHER__{v}"));
+        }
+        let c = c.unwrap();
+        assert!(c.pusher.enabled());
+        assert_eq!(
+            (c.pusher.app_id.as_str(), c.pusher.secret.as_str()),
+            ("7", "s")
+        );
+        assert_eq!(c.pusher.max_clock_skew, Duration::from_secs(30));
+        assert!(!Config::default().pusher.enabled(), "off by default");
+        let mut half = c.clone();
+        half.pusher.secret.clear();
+        let err = half.validate().unwrap_err().to_string();
+        assert!(err.contains("pusher"), "{err}");
+        let mut odd = c.clone();
+        odd.pusher.key = "a/b".into();
+        assert!(odd.validate().is_err());
+        let mut none = c;
+        none.pusher.max_batch_events = 0;
+        assert!(none.validate().is_err());
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub struct Codec {
     /// Encodes one event; the node's configuration may name events (Socket.IO's
     /// `[socketio.pushes]`), and is the same for every session that shares the frame.
     pub encode_event: fn(&ChannelEvent, &crate::Config) -> Frame,
+    /// Whether a session is sent its own join and leave. Centrifugo clients are; a
+    /// Pusher client is not (`member_added` announces others only).
+    pub own_presence: bool,
 }
 
 impl Codec {
@@ -117,6 +120,15 @@ impl Codec {
             name,
             slot,
             encode_event,
+            own_presence: true,
+        }
+    }
+
+    /// This codec, with sessions not sent their own join and leave.
+    pub const fn without_own_presence(self) -> Self {
+        Self {
+            own_presence: false,
+            ..self
         }
     }
 }
@@ -276,6 +288,7 @@ mod tests {
             name: "late",
             slot: None,
             encode_event: |_, _| Frame::from_static("late"),
+            own_presence: true,
         };
         let ev = ChannelEvent::new(
             "chat:1".into(),

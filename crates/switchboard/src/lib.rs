@@ -1,5 +1,5 @@
-//! switchboard: a self-hosted real-time gateway speaking the Centrifugo client protocol
-//! and Socket.IO.
+//! switchboard: a self-hosted real-time gateway speaking the Centrifugo client protocol,
+//! Socket.IO and Pusher's protocol.
 //!
 //! # Layout
 //! - [`config`]: defaults, TOML file, `SWITCHBOARD_*` variables, flags.
@@ -20,9 +20,9 @@
 //! - [`inbox`]: users' delivered and read positions in inbox channels (what a fresh
 //!   session still gets, read state across devices, read receipts).
 //! - [`transport`]: wire protocols ([`transport::centrifuge`] in JSON and Protobuf,
-//!   [`transport::socketio`]), over WebSocket or streaming HTTP responses
-//!   ([`transport::streaming`]: HTTP-streaming, SSE, the unidirectional transports), all
-//!   written by one writer driver.
+//!   [`transport::socketio`], [`transport::pusher`] with its HTTP API), over WebSocket or
+//!   streaming HTTP responses ([`transport::streaming`]: HTTP-streaming, SSE, the
+//!   unidirectional transports), all written by one writer driver.
 //! - [`server`]: HTTP routes, `run`, graceful shutdown.
 //! - [`front_door`]: accepting TCP connections: caps, rates, timeouts, lingering close.
 //! - [`hooks`]: the named hook points of the core (connect, online, occupied, join...)

@@ -161,6 +161,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .merge(transport::socketio::router(node.clone()))
         .merge(crate::admin::router(node.clone()))
         .merge(transport::streaming::router(node.clone()))
+        .merge(transport::pusher::router(node.clone()))
         .merge(crate::api::router(node))
 }
 

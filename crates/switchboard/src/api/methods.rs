@@ -430,7 +430,7 @@ fn saturate(n: usize) -> u32 {
 
 /// The payload to publish. Structural newlines are removed: clients read
 /// newline-delimited frames, so a pretty-printed payload would split in two.
-fn payload(data: RawJson) -> SharedJson {
+pub(crate) fn payload(data: RawJson) -> SharedJson {
     if data.get().contains(['\n', '\r']) {
         if let Ok(compact) = RawValue::from_string(minify(data.get())) {
             return compact.into();

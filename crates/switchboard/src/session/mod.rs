@@ -176,17 +176,24 @@ pub struct Connected {
 impl Session {
     /// A new, unauthenticated session with an outbox bounded by `limits`.
     pub fn new(node: Arc<Node>, codec: Codec) -> Arc<Self> {
+        // A v4 UUID from the thread-local generator: no getrandom syscall per connect.
+        let id = uuid::Builder::from_random_bytes(rand::random())
+            .into_uuid()
+            .to_string();
+        Self::with_id(node, codec, id.into())
+    }
+
+    /// A new session whose connection id the transport chose: a protocol that shows
+    /// the id to its clients in a shape of its own (Pusher's `socket_id`, `123.456`).
+    /// The id must be unique on every node: the hub and publication exclusion key on it.
+    pub fn with_id(node: Arc<Node>, codec: Codec, id: Arc<str>) -> Arc<Self> {
         let limits = &node.config.limits;
         let abuse = Abuse {
             commands: TokenBucket::new(limits.command_rate, limits.command_burst),
             errors: 0,
         };
         Arc::new(Self {
-            // A v4 UUID from the thread-local generator: no getrandom syscall per connect.
-            id: uuid::Builder::from_random_bytes(rand::random())
-                .into_uuid()
-                .to_string()
-                .into(),
+            id,
             cancel: node.shutdown.child_token(),
             outbox: Outbox::new(limits, node.metrics.clone()),
             codec,
@@ -417,8 +424,7 @@ impl Session {
                 Some((info, sub_data)) => (
                     Some(crate::auth::Grant {
                         info,
-                        expires_at: None,
-                        token: None,
+                        ..crate::auth::Grant::default()
                     }),
                     sub_data,
                 ),
@@ -463,6 +469,60 @@ impl Session {
             activation,
             inbox,
         })
+    }
+
+    /// Connects with an identity the transport established by its own means (a
+    /// Pusher connection is anonymous until it signs in): no token, no connect proxy,
+    /// no server-side subscriptions. A user's connection counts against
+    /// `max_connections_per_user` and their online status, as any other.
+    ///
+    /// # Errors
+    /// A disconnect for a second connect, or at the per-user connection limit.
+    pub async fn connect_as(self: &Arc<Self>, identity: Identity) -> SessionResult<()> {
+        if self.is_connected() {
+            return Err(SessionError::Disconnect(Disconnect::BAD_REQUEST));
+        }
+        let identity = Arc::new(identity);
+        let node = self.node.clone();
+        let anonymous = identity.user.is_empty();
+        let limit = node.config.limits.max_connections_per_user;
+        if !anonymous && !node.register_session(&identity.user, self, limit).await {
+            return Err(SessionError::Disconnect(Disconnect::CONNECTION_LIMIT));
+        }
+        {
+            let mut st = self.state();
+            st.identity = Some(identity.clone());
+            st.expires_at = identity.expires_at;
+        }
+        self.deadlines_moved();
+        node.client_connected(&self.id, &identity.user);
+        if !anonymous {
+            node.user_connected(&identity.user);
+        }
+        Ok(())
+    }
+
+    /// Gives an anonymous connection a user (Pusher's `pusher:signin`): from now on it
+    /// is that user's, for the per-user limit, online status and the server API's
+    /// user commands. Subscriptions made before keep the identity they were made with.
+    ///
+    /// # Errors
+    /// `BadRequest` for a connection that already has a user; a disconnect at the
+    /// per-user connection limit.
+    pub async fn sign_in(self: &Arc<Self>, identity: Identity) -> SessionResult<()> {
+        let current = self.require_identity()?;
+        if !current.user.is_empty() || identity.user.is_empty() {
+            return Err(ErrorCode::BadRequest.into());
+        }
+        let identity = Arc::new(identity);
+        let node = self.node.clone();
+        let limit = node.config.limits.max_connections_per_user;
+        if !node.register_session(&identity.user, self, limit).await {
+            return Err(SessionError::Disconnect(Disconnect::CONNECTION_LIMIT));
+        }
+        self.state().identity = Some(identity.clone());
+        node.user_connected(&identity.user);
+        Ok(())
     }
 
     /// Verifies a connection token (or an operator console's token).

@@ -233,8 +233,7 @@ impl Session {
             if let Some(hit) = node.proxies.cache().get(&identity.user, &channel) {
                 let grant = Grant {
                     info: hit.answer.info.clone(),
-                    expires_at: None,
-                    token: None,
+                    ..Grant::default()
                 };
                 return Ok((grant, hit.answer));
             }
@@ -265,7 +264,7 @@ impl Session {
         let grant = Grant {
             info: admitted.info.clone(),
             expires_at: (result.expire_at > 0).then_some(result.expire_at),
-            token: None,
+            ..Grant::default()
         };
         Ok((grant, admitted))
     }

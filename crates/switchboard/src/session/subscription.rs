@@ -49,13 +49,20 @@ pub const EXCLUDE_CLIENT_TAG: &str = "exclude_client";
 impl Session {
     /// Delivers a channel event (called by the hub; never blocks).
     pub fn deliver(&self, event: &Arc<ChannelEvent>) {
-        if let EventKind::Publication(p) = &event.kind {
-            let excluded = p.tags.as_deref().and_then(|t| t.get(EXCLUDE_CLIENT_TAG));
-            if excluded.is_some_and(|c| **c == *self.id) {
-                return;
+        match &event.kind {
+            EventKind::Publication(p) => {
+                let excluded = p.tags.as_deref().and_then(|t| t.get(EXCLUDE_CLIENT_TAG));
+                if excluded.is_some_and(|c| **c == *self.id) {
+                    return;
+                }
+                if p.offset > 0 && self.has_inbox.load(Ordering::Acquire) {
+                    self.note_delivered(&event.channel, p.offset);
+                }
             }
-            if p.offset > 0 && self.has_inbox.load(Ordering::Acquire) {
-                self.note_delivered(&event.channel, p.offset);
+            EventKind::Join(info) | EventKind::Leave(info) => {
+                if !self.codec.own_presence && info.client == self.id {
+                    return;
+                }
             }
         }
         if self.pending_count.load(Ordering::Acquire) > 0 {
@@ -138,6 +145,23 @@ impl Session {
                 }
             }
         };
+        self.subscribe_granted(req, grant).await
+    }
+
+    /// Subscribes with what a transport's own authorization granted (a Pusher auth
+    /// signature), or with nothing: then the rules decide, and the subscribe proxy
+    /// when they refuse, as for [`Session::subscribe`] without a token.
+    ///
+    /// # Errors
+    /// As for [`Session::subscribe`].
+    pub async fn subscribe_granted(
+        self: &Arc<Self>,
+        req: SubscribeRequest,
+        grant: Option<crate::auth::Grant>,
+    ) -> SessionResult<Subscribed> {
+        let identity = self.require_identity()?;
+        let node = self.node.clone();
+        node.rules.namespace(&req.channel)?;
         let mut grant = grant;
         let mut proxied = false;
         let mut data = None;
@@ -258,7 +282,10 @@ impl Session {
             channels: vec![(channel.clone(), u64::MAX)],
         };
         let info = ClientInfo {
-            user: identity.user.clone(),
+            user: grant
+                .as_ref()
+                .and_then(|g| g.user.clone())
+                .unwrap_or_else(|| identity.user.clone()),
             client: self.id.clone(),
             conn_info: identity.info.clone(),
             chan_info: grant.as_ref().and_then(|g| g.info.clone()),

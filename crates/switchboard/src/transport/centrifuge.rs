@@ -195,6 +195,7 @@ pub(crate) async fn run<E: Encoding>(
         let wire = Wire {
             encode: encode::<E>,
             farewell: link.farewell,
+            close: writer::same_close,
         };
         tokio::spawn(async move { writer::write_loop(sink, &session, wire).await })
     };

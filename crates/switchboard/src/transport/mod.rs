@@ -10,6 +10,7 @@
 pub mod centrifuge;
 mod command;
 mod heartbeat;
+pub mod pusher;
 pub mod socketio;
 pub mod streaming;
 mod websocket;

@@ -42,6 +42,15 @@ pub(crate) struct Wire {
     /// Frames sent before the connection ends (the protocol's own disconnect message:
     /// a stream has no close frame to carry the code).
     pub(crate) farewell: fn(&Session, Disconnect) -> Vec<Frame>,
+    /// The close code and reason the client is sent for a disconnect: the protocol's
+    /// own numbers where its clients act on them (Pusher's 4000-4299), the disconnect
+    /// as it is otherwise ([`same_close`]).
+    pub(crate) close: fn(Disconnect) -> Disconnect,
+}
+
+/// Closes with switchboard's own code and reason.
+pub(crate) fn same_close(reason: Disconnect) -> Disconnect {
+    reason
 }
 
 /// Writes the session's outbox to `sink` until the session closes, then what was still
@@ -114,7 +123,7 @@ pub(crate) async fn write_loop_with(
                 return;
             }
         }
-        sink.close(reason).await;
+        sink.close((wire.close)(reason)).await;
     };
     // Boxed: only closing connections pay for this state. Bounded like the lingering
     // close that follows: a client that does not read never gets the close frame.

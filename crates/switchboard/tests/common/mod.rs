@@ -20,6 +20,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub mod nginx;
 pub mod process;
 pub mod protobuf;
+pub mod pusher;
 pub mod redis;
 pub mod streaming;
 

@@ -20,7 +20,11 @@ use crate::front_door::Peer;
 use crate::transport::websocket::{self, WsSink};
 use crate::transport::writer::{self, Wire};
 
-const WIRE: Wire = Wire { encode, farewell };
+const WIRE: Wire = Wire {
+    encode,
+    farewell,
+    close: writer::same_close,
+};
 
 /// Upgrades to WebSocket: a new connection (`conn` is `None`), or the upgrade of a
 /// polling one. `token` is the handshake's token (see `handshake_token`), for a new

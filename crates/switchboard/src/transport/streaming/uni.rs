@@ -228,6 +228,7 @@ async fn run(
         let wire = Wire {
             encode: centrifuge::encode::<Uni>,
             farewell: disconnect_push::<Uni>,
+            close: writer::same_close,
         };
         tokio::spawn(async move { writer::write_loop(sink, &session, wire).await })
     };

@@ -1,0 +1,502 @@
+//! The Pusher HTTP API for the app's backend (the Pusher server libraries): trigger
+//! events, read channels and presence members, terminate a user's connections. Every
+//! call is signed (see [`super::signature`]) and acts through the [`Node`], so with the
+//! Redis engine it reaches every node.
+//!
+//! Errors are answered as Pusher answers them: a status (400, 401, 404, 413, 500) and a
+//! plain-text message.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use switchboard_protocol::{Disconnect, SharedJson};
+
+use super::names::{self, Kind};
+use super::signature;
+use super::socket::MAX_EVENT_NAME;
+use super::wire;
+use crate::cluster::UserCommand;
+use crate::node::{Node, NodeError, PublishOptions};
+use crate::session::EXCLUDE_CLIENT_TAG;
+use crate::transport::socketio::EVENT_TAG;
+
+/// A refused call: its status and what the caller is told.
+#[derive(Debug)]
+struct HttpError(StatusCode, String);
+
+impl HttpError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, message.into())
+    }
+}
+
+impl From<NodeError> for HttpError {
+    /// Internal details stay in the logs.
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::Channel(r) => Self::bad_request(r.to_string()),
+            NodeError::NotAvailable => {
+                Self::bad_request("presence is not kept in this channel's namespace")
+            }
+            NodeError::BadRequest(m) => Self::bad_request(m),
+            e => {
+                tracing::error!(error = %e, "pusher http api");
+                Self(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+            }
+        }
+    }
+}
+
+type Answer = Result<Value, HttpError>;
+
+/// The parts of a request its signature covers.
+struct Signed {
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+}
+
+impl Signed {
+    /// A request without a body.
+    fn get(method: Method, uri: Uri) -> Self {
+        Self {
+            method,
+            uri,
+            body: Bytes::new(),
+        }
+    }
+}
+
+/// Checks the app id and the signature; returns the query parameters.
+fn authorize(node: &Node, app_id: &str, req: &Signed) -> Result<Vec<(String, String)>, HttpError> {
+    let config = &node.config.pusher;
+    if app_id != config.app_id {
+        return Err(HttpError(StatusCode::NOT_FOUND, "unknown app".into()));
+    }
+    let Query(params) = Query::<Vec<(String, String)>>::try_from_uri(&req.uri)
+        .map_err(|_| HttpError::bad_request("malformed query string"))?;
+    let now = crate::auth::now_secs();
+    if let Err(e) = signature::verify_request(
+        config,
+        req.method.as_str(),
+        req.uri.path(),
+        &params,
+        &req.body,
+        now,
+    ) {
+        node.metrics.api_auth_failures.inc();
+        return Err(HttpError(StatusCode::UNAUTHORIZED, e.to_string()));
+    }
+    Ok(params)
+}
+
+/// Counts and answers one call.
+fn finish(node: &Node, method: &'static str, started: Instant, answer: Answer) -> Response {
+    let (status, body, content_type) = match answer {
+        Ok(v) => (StatusCode::OK, v.to_string(), "application/json"),
+        Err(HttpError(status, message)) => (status, message, "text/plain; charset=utf-8"),
+    };
+    let metrics = &node.metrics.api;
+    metrics.record(method, status.as_u16(), None);
+    metrics.duration.observe(started.elapsed());
+    tracing::info!(target: "switchboard::api", method, status = status.as_u16(), "pusher api call");
+    (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, HttpError> {
+    serde_json::from_slice(body).map_err(|e| HttpError::bad_request(format!("invalid JSON: {e}")))
+}
+
+/// One event for one or more channels, checked and ready to publish.
+struct Event {
+    channels: Vec<String>,
+    data: SharedJson,
+    options: PublishOptions,
+}
+
+impl Event {
+    /// Checks an event as a caller sent it: its name, socket id, channels (mapped to
+    /// switchboard's, in configured namespaces) and data.
+    fn check(
+        node: &Node,
+        name: &str,
+        data: &RawValue,
+        channels: &[String],
+        socket_id: Option<&str>,
+    ) -> Result<Self, HttpError> {
+        if name.is_empty() || name.len() > MAX_EVENT_NAME || wire::is_reserved(name) {
+            return Err(HttpError::bad_request(format!(
+                "invalid event name {name:?}"
+            )));
+        }
+        if channels.is_empty() {
+            return Err(HttpError::bad_request("no channel named"));
+        }
+        let max = node.config.pusher.max_event_channels;
+        if channels.len() > max {
+            return Err(HttpError::bad_request(format!(
+                "at most {max} channels per event"
+            )));
+        }
+        let socket_id = socket_id.filter(|s| !s.is_empty());
+        if socket_id.is_some_and(|s| !valid_socket_id(s)) {
+            return Err(HttpError::bad_request("invalid socket_id"));
+        }
+        let channels = channels
+            .iter()
+            .map(|name| {
+                let (channel, _) = names::to_switchboard(name)
+                    .ok_or_else(|| HttpError::bad_request(format!("invalid channel {name:?}")))?;
+                node.rules
+                    .namespace(&channel)
+                    .map_err(|e| HttpError::bad_request(format!("channel {name:?}: {e}")))?;
+                Ok(channel)
+            })
+            .collect::<Result<Vec<_>, HttpError>>()?;
+        // The libraries send `data` as a string; any other JSON is taken as it is.
+        let data = match serde_json::from_str::<String>(data.get()) {
+            Ok(text) => {
+                wire::payload_of(&text).ok_or_else(|| HttpError::bad_request("invalid data"))?
+            }
+            Err(_) => crate::api::methods::payload(data.to_owned()),
+        };
+        let mut tags = BTreeMap::new();
+        tags.insert(EVENT_TAG.to_owned(), name.to_owned());
+        if let Some(id) = socket_id {
+            tags.insert(EXCLUDE_CLIENT_TAG.to_owned(), id.to_owned());
+        }
+        Ok(Self {
+            channels,
+            data,
+            options: PublishOptions {
+                tags: Some(Arc::new(tags)),
+                skip_history: false,
+            },
+        })
+    }
+
+    async fn publish(self, node: &Node) -> Result<(), HttpError> {
+        for channel in &self.channels {
+            node.publish(channel, self.data.clone(), self.options.clone())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `id` has the shape of a socket id (`\d+\.\d+`).
+fn valid_socket_id(id: &str) -> bool {
+    id.split_once('.').is_some_and(|(a, b)| {
+        !a.is_empty() && !b.is_empty() && (a.bytes().chain(b.bytes())).all(|c| c.is_ascii_digit())
+    })
+}
+
+#[derive(Deserialize)]
+struct EventRequest {
+    name: String,
+    data: Box<RawValue>,
+    #[serde(default)]
+    channels: Vec<String>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    socket_id: Option<String>,
+}
+
+/// `POST /apps/<app_id>/events`: one event into one or more channels.
+pub(super) async fn events(
+    State(node): State<Arc<Node>>,
+    Path(app_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let answer = trigger(&node, &app_id, &Signed { method, uri, body }).await;
+    finish(&node, "pusher_events", started, answer)
+}
+
+async fn trigger(node: &Node, app_id: &str, req: &Signed) -> Answer {
+    authorize(node, app_id, req)?;
+    let r: EventRequest = decode(&req.body)?;
+    let mut channels = r.channels;
+    channels.extend(r.channel);
+    Event::check(node, &r.name, &r.data, &channels, r.socket_id.as_deref())?
+        .publish(node)
+        .await?;
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+struct BatchRequest {
+    batch: Vec<BatchEvent>,
+}
+
+#[derive(Deserialize)]
+struct BatchEvent {
+    channel: String,
+    name: String,
+    data: Box<RawValue>,
+    #[serde(default)]
+    socket_id: Option<String>,
+}
+
+/// `POST /apps/<app_id>/batch_events`: several events, each into one channel; all are
+/// checked before any is published.
+pub(super) async fn batch_events(
+    State(node): State<Arc<Node>>,
+    Path(app_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let answer = trigger_batch(&node, &app_id, &Signed { method, uri, body }).await;
+    finish(&node, "pusher_batch_events", started, answer)
+}
+
+async fn trigger_batch(node: &Node, app_id: &str, req: &Signed) -> Answer {
+    authorize(node, app_id, req)?;
+    let r: BatchRequest = decode(&req.body)?;
+    let max = node.config.pusher.max_batch_events;
+    if r.batch.len() > max {
+        return Err(HttpError::bad_request(format!(
+            "at most {max} events per batch"
+        )));
+    }
+    let events = r
+        .batch
+        .iter()
+        .map(|e| {
+            let channel = std::slice::from_ref(&e.channel);
+            Event::check(node, &e.name, &e.data, channel, e.socket_id.as_deref())
+        })
+        .collect::<Result<Vec<_>, HttpError>>()?;
+    for event in events {
+        event.publish(node).await?;
+    }
+    Ok(json!({}))
+}
+
+/// What `info` asks for.
+#[derive(Default)]
+struct Info {
+    user_count: bool,
+    subscription_count: bool,
+}
+
+impl Info {
+    fn of(params: &[(String, String)]) -> Self {
+        let mut info = Self::default();
+        for (_, value) in params.iter().filter(|(k, _)| k == "info") {
+            for field in value.split(',') {
+                match field.trim() {
+                    "user_count" => info.user_count = true,
+                    "subscription_count" => info.subscription_count = true,
+                    _ => {}
+                }
+            }
+        }
+        info
+    }
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Connections subscribed to each channel, summed over the live nodes (the others'
+/// counts as of their last heartbeat), by switchboard channel.
+async fn subscription_counts(node: &Node) -> Result<BTreeMap<String, u32>, HttpError> {
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    for status in node.cluster_status().await? {
+        for (channel, n) in status.channels {
+            let total = counts.entry(channel).or_default();
+            *total = total.saturating_add(n);
+        }
+    }
+    Ok(counts)
+}
+
+/// Distinct members of a presence channel.
+async fn users(node: &Node, channel: &str) -> Result<BTreeSet<String>, HttpError> {
+    let presence = node.presence(channel).await?;
+    Ok(presence
+        .presence
+        .into_values()
+        .map(|info| info.user.to_string())
+        .collect())
+}
+
+/// `GET /apps/<app_id>/channels`: occupied channels, optionally those whose name starts
+/// with `filter_by_prefix`, with `info=subscription_count,user_count` (the user count
+/// for presence channels only, as Pusher has it).
+pub(super) async fn channels(
+    State(node): State<Arc<Node>>,
+    Path(app_id): Path<String>,
+    method: Method,
+    uri: Uri,
+) -> Response {
+    let started = Instant::now();
+    let answer = list_channels(&node, &app_id, &Signed::get(method, uri)).await;
+    finish(&node, "pusher_channels", started, answer)
+}
+
+async fn list_channels(node: &Node, app_id: &str, req: &Signed) -> Answer {
+    let params = authorize(node, app_id, req)?;
+    let prefix = param(&params, "filter_by_prefix").unwrap_or("");
+    let info = Info::of(&params);
+    if info.user_count && !prefix.starts_with("presence-") {
+        return Err(HttpError::bad_request(
+            "user_count may only be requested with filter_by_prefix=presence-",
+        ));
+    }
+    let mut channels = serde_json::Map::new();
+    for (channel, n) in subscription_counts(node).await? {
+        let name = names::to_pusher(&channel);
+        // Only names a Pusher client can subscribe to.
+        let reachable = names::to_switchboard(&name).is_some_and(|(c, _)| c == channel);
+        if n == 0 || !reachable || !name.starts_with(prefix) {
+            continue;
+        }
+        let mut fields = serde_json::Map::new();
+        if info.subscription_count {
+            fields.insert("subscription_count".into(), n.into());
+        }
+        if info.user_count {
+            fields.insert(
+                "user_count".into(),
+                users(node, &channel).await?.len().into(),
+            );
+        }
+        channels.insert(name.into_owned(), Value::Object(fields));
+    }
+    Ok(json!({ "channels": channels }))
+}
+
+/// A Pusher channel name from a path, mapped.
+fn channel_of(name: &str) -> Result<(String, Kind), HttpError> {
+    names::to_switchboard(name)
+        .ok_or_else(|| HttpError::bad_request(format!("invalid channel {name:?}")))
+}
+
+/// `GET /apps/<app_id>/channels/<name>`: whether it is occupied, with
+/// `info=subscription_count,user_count` (user count for presence channels only).
+pub(super) async fn channel(
+    State(node): State<Arc<Node>>,
+    Path((app_id, name)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+) -> Response {
+    let started = Instant::now();
+    let answer = one_channel(&node, &app_id, &name, &Signed::get(method, uri)).await;
+    finish(&node, "pusher_channel", started, answer)
+}
+
+async fn one_channel(node: &Node, app_id: &str, name: &str, req: &Signed) -> Answer {
+    let params = authorize(node, app_id, req)?;
+    let (channel, kind) = channel_of(name)?;
+    let info = Info::of(&params);
+    if info.user_count && kind != Kind::Presence {
+        return Err(HttpError::bad_request(
+            "user_count may only be requested for presence channels",
+        ));
+    }
+    let n = subscription_counts(node)
+        .await?
+        .get(&channel)
+        .copied()
+        .unwrap_or(0);
+    let mut out = json!({ "occupied": n > 0 });
+    if info.subscription_count {
+        out["subscription_count"] = n.into();
+    }
+    if info.user_count {
+        out["user_count"] = users(node, &channel).await?.len().into();
+    }
+    Ok(out)
+}
+
+/// `GET /apps/<app_id>/channels/<name>/users`: a presence channel's members.
+pub(super) async fn channel_users(
+    State(node): State<Arc<Node>>,
+    Path((app_id, name)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+) -> Response {
+    let started = Instant::now();
+    let answer = members(&node, &app_id, &name, &Signed::get(method, uri)).await;
+    finish(&node, "pusher_users", started, answer)
+}
+
+async fn members(node: &Node, app_id: &str, name: &str, req: &Signed) -> Answer {
+    authorize(node, app_id, req)?;
+    let (channel, kind) = channel_of(name)?;
+    if kind != Kind::Presence {
+        return Err(HttpError::bad_request(
+            "users may only be requested for presence channels",
+        ));
+    }
+    let users: Vec<Value> = users(node, &channel)
+        .await?
+        .into_iter()
+        .map(|id| json!({ "id": id }))
+        .collect();
+    Ok(json!({ "users": users }))
+}
+
+/// `POST /apps/<app_id>/users/<user_id>/terminate_connections`: closes the user's
+/// connections on every node, whatever their protocol (3503, which Pusher clients get
+/// as 4009: they do not reconnect).
+pub(super) async fn terminate_connections(
+    State(node): State<Arc<Node>>,
+    Path((app_id, user)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let answer = terminate(&node, &app_id, user, &Signed { method, uri, body }).await;
+    finish(&node, "pusher_terminate_connections", started, answer)
+}
+
+async fn terminate(node: &Node, app_id: &str, user: String, req: &Signed) -> Answer {
+    authorize(node, app_id, req)?;
+    if user.is_empty() {
+        return Err(HttpError::bad_request("no user"));
+    }
+    let d = Disconnect::FORCE_NO_RECONNECT;
+    node.run_everywhere(UserCommand::Disconnect {
+        user,
+        client: None,
+        whitelist: Vec::new(),
+        code: d.code,
+        reason: d.reason.to_owned(),
+    })
+    .await?;
+    Ok(json!({}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_ids_are_two_numbers() {
+        assert!(valid_socket_id("123.456"));
+        for bad in ["123", "123.", ".4", "1.2.3", "a.1", "1.-2", ""] {
+            assert!(!valid_socket_id(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! The Pusher Channels protocol 7 at `/app/<key>` (pusher-js, Laravel Echo) and the
+//! Pusher HTTP API at `/apps/<app_id>/...` (the Pusher server libraries), for the one
+//! app `[pusher]` configures; off while it has no key. Pusher channels are switchboard
+//! channels under the mapping in [`names`], so Pusher clients share them with the
+//! other protocols. See docs/pusher.md.
+//!
+//! - [`names`]: Pusher channel names and switchboard channels.
+//! - [`signature`]: channel authorization, user sign-in and HTTP API signatures.
+//! - [`wire`]: the protocol's messages, and how channel events are encoded.
+//! - [`socket`]: one WebSocket connection: subscribe, client events, sign-in, pings.
+//! - [`http`]: the HTTP API.
+
+mod http;
+mod names;
+mod signature;
+mod socket;
+mod wire;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::node::Node;
+
+/// The routes of this transport and its HTTP API; none while Pusher is off.
+pub fn router(node: Arc<Node>) -> Router {
+    if !node.config.pusher.enabled() {
+        return Router::new();
+    }
+    let limit = node.config.api_max_body_size;
+    Router::new()
+        .route("/app/{key}", get(socket::handler))
+        .route("/apps/{app_id}/events", post(http::events))
+        .route("/apps/{app_id}/batch_events", post(http::batch_events))
+        .route("/apps/{app_id}/channels", get(http::channels))
+        .route("/apps/{app_id}/channels/{name}", get(http::channel))
+        .route(
+            "/apps/{app_id}/channels/{name}/users",
+            get(http::channel_users),
+        )
+        .route(
+            "/apps/{app_id}/users/{user_id}/terminate_connections",
+            post(http::terminate_connections),
+        )
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(node)
+}

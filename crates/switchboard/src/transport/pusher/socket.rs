@@ -1,0 +1,457 @@
+//! One Pusher WebSocket connection at `/app/<key>`: the handshake's checks, then a
+//! reader (client messages, the heartbeat's timers) beside the shared writer.
+//!
+//! A connection is anonymous: it is connected as soon as it opens, subscribes public
+//! channels as the namespaces' rules (or the subscribe proxy) allow, private and
+//! presence channels with the app's signature, and becomes a user's by `pusher:signin`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::SplitStream;
+use futures_util::StreamExt;
+use serde_json::value::RawValue;
+use switchboard_protocol::command::SubscribeRequest;
+use switchboard_protocol::{Disconnect, ErrorCode};
+use tokio::time::sleep_until;
+use tracing::Instrument;
+
+use super::names::{self, Kind};
+use super::signature;
+use super::wire::{self, Incoming, CODEC};
+use crate::auth::{Grant, Identity};
+use crate::event::{Frame, Outgoing};
+use crate::front_door::Peer;
+use crate::node::Node;
+use crate::session::{Session, SessionError, SessionResult, EXCLUDE_CLIENT_TAG};
+use crate::transport::command;
+use crate::transport::heartbeat::Heartbeat;
+use crate::transport::socketio::EVENT_TAG;
+use crate::transport::websocket::{self, WsSink};
+use crate::transport::writer::{self, Wire};
+
+/// One Pusher message per WebSocket message: the protocol has no separator.
+const WIRE: Wire = Wire {
+    encode: wire::encode_outgoing,
+    farewell: wire::farewell,
+    close: wire::close,
+};
+
+/// Protocol versions spoken: pusher-js 8 asks for 7; 5 and 6 differ from it only in
+/// what this server does not use.
+const PROTOCOLS: std::ops::RangeInclusive<u32> = 5..=7;
+
+/// Longest event name (Pusher: 200 characters).
+pub(super) const MAX_EVENT_NAME: usize = 200;
+
+/// Upgrades `GET /app/<key>`. A wrong key or protocol version is refused after the
+/// upgrade, as Pusher does: pusher-js reads the close code to decide what to do.
+pub(super) async fn handler(
+    State(node): State<Arc<Node>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    peer: Peer,
+    RawQuery(query): RawQuery,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !crate::transport::origin_allowed(&node.config, &headers) {
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
+    if node.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    if let Err(busy) = peer.admit_handshake() {
+        return busy.into_response();
+    }
+    let refusal = refusal(&node, &key, query.as_deref());
+    let origin = node.proxies.origin("pusher", &headers);
+    let ws = websocket::configure(ws, &node.config);
+    ws.on_upgrade(move |socket| {
+        let tracker = node.tracker.clone();
+        tracker.track_future(async move {
+            match refusal {
+                Some(d) => refuse(&node, socket, d).await,
+                None => serve(node, socket, origin).await,
+            }
+        })
+    })
+}
+
+/// Why a connection is refused: an unknown app key, or a protocol version missing,
+/// malformed or not spoken.
+fn refusal(node: &Node, key: &str, query: Option<&str>) -> Option<Disconnect> {
+    if key != node.config.pusher.key {
+        return Some(Disconnect::PUSHER_APP_UNKNOWN);
+    }
+    let version = query.and_then(|q| q.split('&').find_map(|p| p.strip_prefix("protocol=")));
+    match version.map(str::parse::<u32>) {
+        None => Some(Disconnect::PUSHER_NO_PROTOCOL),
+        Some(Err(_)) => Some(Disconnect::PUSHER_BAD_PROTOCOL),
+        Some(Ok(v)) if !PROTOCOLS.contains(&v) => Some(Disconnect::PUSHER_UNSUPPORTED_PROTOCOL),
+        Some(Ok(_)) => None,
+    }
+}
+
+/// Says why, then closes with the code.
+async fn refuse(node: &Node, mut socket: WebSocket, d: Disconnect) {
+    node.metrics.connections_refused.inc();
+    let say = async {
+        let error = wire::error(Some(u32::from(d.code)), d.reason);
+        socket.send(Message::Text(error.into())).await?;
+        let frame = CloseFrame {
+            code: d.code,
+            reason: d.reason.into(),
+        };
+        socket.send(Message::Close(Some(frame))).await
+    };
+    let _ = tokio::time::timeout(node.config.network.close_linger, say).await;
+}
+
+/// A fresh socket id: two numbers, as Pusher's server libraries check (`\d+\.\d+`).
+fn socket_id() -> Arc<str> {
+    format!("{}.{}", rand::random::<u32>(), rand::random::<u32>()).into()
+}
+
+async fn serve(node: Arc<Node>, socket: WebSocket, origin: crate::proxy::ClientOrigin) {
+    node.metrics.connections.inc();
+    let session = Session::with_id(node.clone(), *CODEC, socket_id());
+    session.set_origin(origin);
+    let (sink, stream) = socket.split();
+    // The writer is a task of its own, so a delivery wakes only the writer.
+    let writer = {
+        let session = session.clone();
+        tokio::spawn(async move {
+            writer::write_loop(WsSink::new(sink, None), &session, WIRE).await;
+        })
+    };
+    if establish(&session).await {
+        read_loop(stream, &session).await;
+    }
+    Box::pin(session.cleanup()).await;
+    let _ = writer.await;
+    node.metrics.connections.dec();
+    crate::transport::log_closed(&session, "pusher");
+}
+
+/// Connects the session anonymously and says `pusher:connection_established`.
+/// Returns whether it is connected.
+async fn establish(session: &Arc<Session>) -> bool {
+    let metrics = &session.node().metrics;
+    metrics.commands.inc();
+    let result = match session.admit_command() {
+        Ok(()) => session.connect_as(Identity::default()).await,
+        Err(e) => Err(e),
+    };
+    metrics.command_kinds.record("connect", result.is_ok());
+    match result {
+        Ok(()) => {
+            // pusher-js pings after this much silence; the server's own pings, every
+            // ping_interval, keep it from having to.
+            let activity = session.node().config.client.ping_interval.as_secs().max(1);
+            let hello = wire::connection_established(&session.id, activity);
+            session.enqueue(Outgoing::Frame(Frame::from(hello)));
+            true
+        }
+        Err(e) => {
+            session.close(match e {
+                SessionError::Disconnect(d) => d,
+                _ => Disconnect::SERVER_ERROR,
+            });
+            false
+        }
+    }
+}
+
+async fn read_loop(mut stream: SplitStream<WebSocket>, session: &Arc<Session>) {
+    let mut heartbeat = Heartbeat::new(session, Frame::from_static(wire::PING));
+    heartbeat.start_pings(session);
+    loop {
+        let deadline = heartbeat.deadline(session);
+        tokio::select! {
+            biased;
+            // Cancel-safe: holds no state.
+            () = session.closed().cancelled() => return,
+            // Cancel-safe (see `timers_changed`): loop to recompute the deadline.
+            () = session.timers_changed() => {}
+            // Cancel-safe: a timer.
+            () = sleep_until(deadline) => {
+                if let Some(d) = heartbeat.fire(session) {
+                    session.close(d);
+                    return;
+                }
+            }
+            // Cancel-safe: `next()` holds no state of its own.
+            msg = stream.next() => {
+                let text = match msg {
+                    None | Some(Ok(Message::Close(_))) => {
+                        session.close(Disconnect::CONNECTION_CLOSED);
+                        return;
+                    }
+                    Some(Ok(Message::Text(text))) => text,
+                    // Pusher's protocol is JSON text only.
+                    Some(Ok(Message::Binary(_))) => {
+                        session.close(Disconnect::BAD_REQUEST);
+                        return;
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                        if let Some(d) = command::meter_control(session) {
+                            session.close(d);
+                            return;
+                        }
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        session.close(websocket::read_error(e));
+                        return;
+                    }
+                };
+                heartbeat.pong();
+                // Boxed: message handling is deep and rare next to idling. The span
+                // lives only while a message is handled.
+                let span = tracing::info_span!("connection", client = %session.id, user = %session.user());
+                if let Some(d) = Box::pin(handle(session, text.as_str()).instrument(span)).await {
+                    session.close(d);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A refused message: what the session said, and the channel of a refused
+/// subscription (answered with `pusher:subscription_error` rather than `pusher:error`).
+struct Refused {
+    error: SessionError,
+    channel: Option<String>,
+}
+
+impl From<SessionError> for Refused {
+    fn from(error: SessionError) -> Self {
+        Self {
+            error,
+            channel: None,
+        }
+    }
+}
+
+impl From<ErrorCode> for Refused {
+    fn from(code: ErrorCode) -> Self {
+        SessionError::from(code).into()
+    }
+}
+
+/// Handles one client message. Returns a disconnect to apply.
+async fn handle(session: &Arc<Session>, text: &str) -> Option<Disconnect> {
+    let Ok(msg) = serde_json::from_str::<Incoming>(text) else {
+        return malformed(session, "malformed message");
+    };
+    let data = msg.data.as_deref();
+    let (kind, result) = match msg.event.as_str() {
+        // The answer to the server's ping: the read itself showed the client alive.
+        "pusher:pong" => return command::meter_control(session),
+        "pusher:ping" => ("ping", ping(session)),
+        "pusher:subscribe" => ("subscribe", subscribe(session, data).await),
+        "pusher:unsubscribe" => ("unsubscribe", unsubscribe(session, data).await),
+        "pusher:signin" => ("signin", signin(session, data).await),
+        event if event.starts_with("client-") => ("publish", client_event(session, &msg).await),
+        _ => return malformed(session, "unknown event"),
+    };
+    let metrics = &session.node().metrics;
+    metrics.commands.inc();
+    metrics.command_kinds.record(kind, result.is_ok());
+    let Err(refused) = result else {
+        return None;
+    };
+    let reply = match refused.error {
+        SessionError::Disconnect(d) => return Some(d),
+        e => e.reply()?,
+    };
+    metrics.command_errors.inc();
+    let frame = match refused.channel {
+        Some(channel) => {
+            let (kind, status) = subscription_status(reply.code);
+            wire::subscription_error(&channel, kind, &reply.message, status)
+        }
+        // Pusher's own code for a client event over the rate.
+        None if kind == "publish" && reply.code == ErrorCode::TooManyRequests.code() => {
+            wire::error(Some(CLIENT_EVENT_RATE), &reply.message)
+        }
+        None => wire::error(Some(reply.code), &reply.message),
+    };
+    session.enqueue(Outgoing::Frame(Frame::from(frame)));
+    None
+}
+
+/// 4301: a client event refused for the rate limit (Pusher's code).
+const CLIENT_EVENT_RATE: u32 = 4301;
+
+/// The `type` and HTTP-like `status` of a `pusher:subscription_error` for an error
+/// code (what pusher-js reports when the auth endpoint refuses).
+fn subscription_status(code: u32) -> (&'static str, u16) {
+    let is = |c: ErrorCode| code == c.code();
+    if is(ErrorCode::PermissionDenied) {
+        ("AuthError", 403)
+    } else if is(ErrorCode::UnknownChannel) {
+        ("SubscriptionError", 404)
+    } else if is(ErrorCode::LimitExceeded) || is(ErrorCode::TooManyRequests) {
+        ("SubscriptionError", 429)
+    } else if is(ErrorCode::Internal) {
+        ("SubscriptionError", 500)
+    } else {
+        ("SubscriptionError", 400)
+    }
+}
+
+/// Counts a message that is not JSON or not an event this server knows.
+fn malformed(session: &Session, why: &str) -> Option<Disconnect> {
+    session.node().metrics.command_errors.inc();
+    let error = wire::error(Some(ErrorCode::BadRequest.code()), why);
+    session.enqueue(Outgoing::Frame(Frame::from(error)));
+    session.protocol_error()
+}
+
+fn ping(session: &Session) -> Result<(), Refused> {
+    session.admit_command()?;
+    session.enqueue(Outgoing::Frame(Frame::from_static(wire::PONG)));
+    Ok(())
+}
+
+async fn subscribe(session: &Arc<Session>, data: Option<&RawValue>) -> Result<(), Refused> {
+    let req: wire::SubscribeData = wire::data_as(data).ok_or(ErrorCode::BadRequest)?;
+    let result = async {
+        session.admit_command()?;
+        subscribe_channel(session, &req).await
+    }
+    .await;
+    result.map_err(|error| Refused {
+        error,
+        channel: Some(req.channel),
+    })
+}
+
+async fn subscribe_channel(session: &Arc<Session>, req: &wire::SubscribeData) -> SessionResult<()> {
+    let node = session.node();
+    let (channel, kind) = names::to_switchboard(&req.channel).ok_or(ErrorCode::UnknownChannel)?;
+    let ns = node.rules.namespace(&channel)?.clone();
+    let grant = if kind.needs_auth() {
+        let channel_data =
+            (kind == Kind::Presence).then(|| req.channel_data.as_deref().unwrap_or(""));
+        let auth = req.auth.as_deref().unwrap_or("");
+        let config = &node.config.pusher;
+        if !signature::verify_channel(config, auth, &session.id, &req.channel, channel_data) {
+            node.metrics.auth_failures.inc();
+            tracing::info!(channel = %req.channel, "subscription refused: invalid auth signature");
+            return Err(ErrorCode::PermissionDenied.into());
+        }
+        Some(match channel_data {
+            Some(text) => member(text)?,
+            None => Grant::default(),
+        })
+    } else {
+        None
+    };
+    if kind == Kind::Presence && !ns.presence {
+        return Err(ErrorCode::NotAvailable.into());
+    }
+    let request = SubscribeRequest {
+        channel: channel.clone(),
+        ..SubscribeRequest::default()
+    };
+    let subscribed = session.subscribe_granted(request, grant).await?;
+    let data = if kind == Kind::Presence {
+        match node.presence(&channel).await {
+            Ok(p) => wire::presence_data(p.presence.values()),
+            Err(e) => {
+                drop(subscribed.activation);
+                session.unsubscribe(&channel).await?;
+                return Err(e.into());
+            }
+        }
+    } else {
+        "{}".to_owned()
+    };
+    let succeeded = wire::subscription_succeeded(&req.channel, &data);
+    subscribed
+        .activation
+        .complete(Some(Outgoing::Frame(Frame::from(succeeded))));
+    Ok(())
+}
+
+/// The presence member the signed `channel_data` names.
+fn member(channel_data: &str) -> SessionResult<Grant> {
+    let data: wire::ChannelData =
+        serde_json::from_str(channel_data).map_err(|_| ErrorCode::BadRequest)?;
+    let user = data.user_id.into_string();
+    if user.is_empty() {
+        return Err(ErrorCode::BadRequest.into());
+    }
+    Ok(Grant {
+        info: data.user_info.map(crate::api::methods::payload),
+        user: Some(user.into()),
+        ..Grant::default()
+    })
+}
+
+async fn unsubscribe(session: &Session, data: Option<&RawValue>) -> Result<(), Refused> {
+    let req: wire::SubscribeData = wire::data_as(data).ok_or(ErrorCode::BadRequest)?;
+    session.admit_command()?;
+    if let Some((channel, _)) = names::to_switchboard(&req.channel) {
+        session.unsubscribe(&channel).await?;
+    }
+    Ok(())
+}
+
+/// A `client-` event: a publication tagged with its name, skipping its sender, into a
+/// private or presence channel whose namespace lets subscribers publish.
+async fn client_event(session: &Session, msg: &Incoming) -> Result<(), Refused> {
+    session.admit_command()?;
+    let name = msg.channel.as_deref().unwrap_or("");
+    let (channel, kind) = names::to_switchboard(name).ok_or(ErrorCode::UnknownChannel)?;
+    if !kind.allows_client_events() || msg.event.len() > MAX_EVENT_NAME {
+        return Err(ErrorCode::PermissionDenied.into());
+    }
+    let data = match &msg.data {
+        Some(d) => crate::api::methods::payload(d.clone()),
+        None => crate::api::methods::payload(RawValue::NULL.to_owned()),
+    };
+    let mut tags = BTreeMap::new();
+    tags.insert(EVENT_TAG.to_owned(), msg.event.clone());
+    tags.insert(EXCLUDE_CLIENT_TAG.to_owned(), session.id.to_string());
+    session
+        .publish_tagged(&channel, Some(data), Some(Arc::new(tags)))
+        .await?;
+    Ok(())
+}
+
+/// `pusher:signin`: the app's signature over `user_data` makes the connection that
+/// user's (for `terminate_connections`, its `#server-to-user-<id>` channel, the
+/// per-user limit and online status).
+async fn signin(session: &Arc<Session>, data: Option<&RawValue>) -> Result<(), Refused> {
+    session.admit_command()?;
+    let req: wire::SigninData = wire::data_as(data).ok_or(ErrorCode::BadRequest)?;
+    let config = &session.node().config.pusher;
+    if !signature::verify_signin(config, &req.auth, &session.id, &req.user_data) {
+        session.node().metrics.auth_failures.inc();
+        tracing::info!("sign-in refused: invalid auth signature");
+        return Err(ErrorCode::PermissionDenied.into());
+    }
+    let user: wire::UserData =
+        serde_json::from_str(&req.user_data).map_err(|_| ErrorCode::BadRequest)?;
+    let id = user.id.into_string();
+    if id.is_empty() {
+        return Err(ErrorCode::BadRequest.into());
+    }
+    let identity = Identity {
+        user: id.into(),
+        info: user.user_info.map(crate::api::methods::payload),
+        ..Identity::default()
+    };
+    session.sign_in(identity).await?;
+    let success = wire::signin_success(&req.user_data);
+    session.enqueue(Outgoing::Frame(Frame::from(success)));
+    Ok(())
+}

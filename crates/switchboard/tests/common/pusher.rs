@@ -1,0 +1,301 @@
+//! A Pusher protocol client (raw WebSocket JSON, as pusher-js speaks it), the app's
+//! signatures as a backend computes them, and signed calls of the Pusher HTTP API.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use md5::{Digest, Md5};
+use serde_json::{json, Value};
+use switchboard::config::{NamespaceConfig, PusherConfig};
+use switchboard::Config;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{next_text, Closed, TestServer, TIMEOUT};
+
+pub const APP_ID: &str = "123";
+pub const KEY: &str = "app-key";
+pub const APP_SECRET: &str = "app-secret";
+
+/// The test config with the Pusher app, and the namespaces Pusher channels map to:
+/// `default` (public names without `:`), `private` (client events allowed), `presence`
+/// (members per user), `quiet` (private, no client publishing).
+pub fn config() -> Config {
+    let mut c = super::config();
+    c.pusher = PusherConfig {
+        app_id: APP_ID.into(),
+        key: KEY.into(),
+        secret: APP_SECRET.into(),
+        ..PusherConfig::default()
+    };
+    c.namespaces.insert(
+        "default".into(),
+        NamespaceConfig {
+            subscribe: vec!["*".into()],
+            ..NamespaceConfig::default()
+        },
+    );
+    c.namespaces.insert(
+        "private".into(),
+        NamespaceConfig {
+            publish: true,
+            ..NamespaceConfig::default()
+        },
+    );
+    c.namespaces.insert(
+        "presence".into(),
+        NamespaceConfig {
+            publish: true,
+            presence: true,
+            join_leave: true,
+            presence_per_user: true,
+            ..NamespaceConfig::default()
+        },
+    );
+    c
+}
+
+/// Lowercase hex HMAC-SHA256 with the app secret.
+pub fn hmac(message: &str) -> String {
+    switchboard::webhooks::delivery::sign(APP_SECRET.as_bytes(), message.as_bytes())
+}
+
+/// The `auth` an app's auth endpoint returns for `socket_id` on `channel`.
+pub fn channel_auth(socket_id: &str, channel: &str, channel_data: Option<&str>) -> String {
+    let message = match channel_data {
+        Some(d) => format!("{socket_id}:{channel}:{d}"),
+        None => format!("{socket_id}:{channel}"),
+    };
+    format!("{KEY}:{}", hmac(&message))
+}
+
+/// The `auth` of a `pusher:signin` for `user_data`.
+pub fn signin_auth(socket_id: &str, user_data: &str) -> String {
+    format!("{KEY}:{}", hmac(&format!("{socket_id}::user::{user_data}")))
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A Pusher client: sends events, reads messages (with `data` strings decoded).
+pub struct PusherClient {
+    ws: Ws,
+    pub socket_id: String,
+    pub activity_timeout: u64,
+}
+
+/// `data` as JSON: Pusher sends it as a JSON-encoded string, errors as an object.
+pub fn data(message: &Value) -> Value {
+    match &message["data"] {
+        Value::String(s) => serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone())),
+        other => other.clone(),
+    }
+}
+
+impl PusherClient {
+    /// Opens `/app/<key>?<query>` and returns the socket before anything is read.
+    async fn open_raw(server: &TestServer, key: &str, query: &str) -> Ws {
+        let url = format!("ws://{}/app/{key}?{query}", server.addr);
+        let (ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("open timeout")
+            .expect("open");
+        ws
+    }
+
+    /// Opens `/app/<key>?<query>` without reading anything.
+    pub async fn open(server: &TestServer, key: &str, query: &str) -> PusherClient {
+        PusherClient {
+            ws: Self::open_raw(server, key, query).await,
+            socket_id: String::new(),
+            activity_timeout: 0,
+        }
+    }
+
+    /// Connects as pusher-js does and reads `pusher:connection_established`.
+    pub async fn connect(server: &TestServer) -> PusherClient {
+        let query = "protocol=7&client=js&version=8.4.0&flash=false";
+        let mut c = Self::open(server, KEY, query).await;
+        let hello = c.next().await.expect("connection_established");
+        assert_eq!(hello["event"], "pusher:connection_established", "{hello}");
+        let d = data(&hello);
+        c.socket_id = d["socket_id"].as_str().expect("socket_id").to_owned();
+        c.activity_timeout = d["activity_timeout"].as_u64().expect("activity_timeout");
+        c
+    }
+
+    pub async fn send(&mut self, event: &str, channel: Option<&str>, data: Value) {
+        let mut m = json!({"event": event, "data": data});
+        if let Some(ch) = channel {
+            m["channel"] = json!(ch);
+        }
+        self.ws
+            .send(Message::text(m.to_string()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text.to_owned()))
+            .await
+            .expect("send");
+    }
+
+    /// The next message, or how the socket closed.
+    pub async fn next(&mut self) -> Result<Value, Closed> {
+        let text = next_text(&mut self.ws).await?;
+        Ok(serde_json::from_str(&text).expect("json message"))
+    }
+
+    /// The next message that is not the server's ping.
+    pub async fn next_event(&mut self) -> Value {
+        loop {
+            let m = self
+                .next()
+                .await
+                .unwrap_or_else(|c| panic!("closed waiting for an event: {c:?}"));
+            if m["event"] != "pusher:ping" {
+                return m;
+            }
+        }
+    }
+
+    /// The next message with this event name, skipping others.
+    pub async fn next_named(&mut self, event: &str) -> Value {
+        loop {
+            let m = self.next_event().await;
+            if m["event"] == event {
+                return m;
+            }
+        }
+    }
+
+    /// Subscribes; returns the answer (`subscription_succeeded` or an error).
+    pub async fn subscribe(
+        &mut self,
+        channel: &str,
+        auth: Option<&str>,
+        channel_data: Option<&str>,
+    ) -> Value {
+        let mut d = json!({"channel": channel});
+        if let Some(a) = auth {
+            d["auth"] = json!(a);
+        }
+        if let Some(cd) = channel_data {
+            d["channel_data"] = json!(cd);
+        }
+        self.send("pusher:subscribe", None, d).await;
+        self.next_event().await
+    }
+
+    /// Subscribes to a private channel with a valid signature; panics unless it works.
+    pub async fn subscribe_private(&mut self, channel: &str) {
+        let auth = channel_auth(&self.socket_id, channel, None);
+        let m = self.subscribe(channel, Some(&auth), None).await;
+        assert_eq!(m["event"], "pusher_internal:subscription_succeeded", "{m}");
+    }
+
+    /// Joins a presence channel as `user_id`; returns the presence data.
+    pub async fn join(&mut self, channel: &str, user_id: &str, name: &str) -> Value {
+        let cd = json!({"user_id": user_id, "user_info": {"name": name}}).to_string();
+        let auth = channel_auth(&self.socket_id, channel, Some(&cd));
+        let m = self.subscribe(channel, Some(&auth), Some(&cd)).await;
+        assert_eq!(m["event"], "pusher_internal:subscription_succeeded", "{m}");
+        data(&m)["presence"].clone()
+    }
+
+    /// Waits until the server closes the socket.
+    pub async fn closed(&mut self) -> Closed {
+        loop {
+            if let Err(c) = self.next().await {
+                return c;
+            }
+        }
+    }
+
+    /// Asserts that nothing but pings arrives within `wait`.
+    pub async fn assert_quiet(&mut self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    let m: Value = serde_json::from_str(t.as_str()).expect("json");
+                    assert_eq!(m["event"], "pusher:ping", "unexpected message {m}");
+                }
+                Ok(other) => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+/// A signed HTTP API call, as the Pusher server libraries make it: `path` below
+/// `/apps/<app_id>`, `params` in the query, `body` JSON for POST.
+pub async fn api(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    params: &[(&str, &str)],
+    body: Option<&Value>,
+) -> (u16, String) {
+    api_signed(
+        server,
+        method,
+        &format!("/apps/{APP_ID}{path}"),
+        params,
+        body,
+        switchboard::auth::now_secs(),
+        APP_SECRET,
+    )
+    .await
+}
+
+/// A call with everything chosen: the full path, the timestamp and the secret it is
+/// signed with.
+pub async fn api_signed(
+    server: &TestServer,
+    method: &str,
+    full_path: &str,
+    params: &[(&str, &str)],
+    body: Option<&Value>,
+    timestamp: u64,
+    secret: &str,
+) -> (u16, String) {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut query: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    query.push(("auth_key".into(), KEY.into()));
+    query.push(("auth_timestamp".into(), timestamp.to_string()));
+    query.push(("auth_version".into(), "1.0".into()));
+    if !body.is_empty() {
+        let md5: String = Md5::digest(body.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        query.push(("body_md5".into(), md5));
+    }
+    query.sort();
+    let q = query
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let signature = switchboard::webhooks::delivery::sign(
+        secret.as_bytes(),
+        format!("{method}\n{full_path}\n{q}").as_bytes(),
+    );
+    let url = server.http_url(&format!("{full_path}?{q}&auth_signature={signature}"));
+    let client = reqwest::Client::new();
+    let req = match method {
+        "GET" => client.get(url),
+        _ => client
+            .post(url)
+            .header("Content-Type", "application/json")
+            .body(body),
+    };
+    let resp = req.timeout(TIMEOUT).send().await.expect("pusher api");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.expect("body"))
+}
