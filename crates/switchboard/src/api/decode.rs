@@ -230,6 +230,13 @@ where
         .ok_or_else(|| serde::de::Error::custom(format!("{n} is not an integer in range")))
 }
 
+/// A stream offset: an integer from 0 to 2^63 - 1, the range the schema gives
+/// (`maximum` of a signed 64-bit integer), `2.0` counting as 2 like [`integer`].
+pub(super) fn offset<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v: i64 = integer(d)?;
+    u64::try_from(v).map_err(|_| serde::de::Error::custom(format!("{v} is not an offset")))
+}
+
 /// An optional integer field (`null` or absent: `None`).
 pub(super) fn optional_integer<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
@@ -294,6 +301,18 @@ mod tests {
         assert!(limit(r#"{"channel":"c","limit":2.5}"#).is_err());
         assert!(limit(r#"{"channel":"c","limit":4294967296}"#).is_err());
         assert!(limit(r#"{"channel":"c","limit":"2"}"#).is_err());
+    }
+
+    #[test]
+    fn offsets_are_integers_within_the_schemas_range() {
+        #[derive(Deserialize)]
+        struct Off(#[serde(deserialize_with = "offset")] u64);
+        let read = |j: &str| serde_json::from_str::<Off>(j).map(|Off(v)| v);
+        assert_eq!(read("168.0").unwrap(), 168);
+        assert_eq!(read("9223372036854775807").unwrap(), i64::MAX as u64);
+        assert!(read("9223372036854775808").is_err());
+        assert!(read("-1").is_err());
+        assert!(read("1.5").is_err());
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct InboxReadRequest {
     #[schema(min_length = 1, example = "user:42")]
     pub channel: String,
     /// Read up to this offset (capped at the stream's top).
+    #[serde(deserialize_with = "super::decode::offset")]
+    #[schema(maximum = 9_223_372_036_854_775_807_u64)]
     pub offset: u64,
     /// The epoch of `offset`; empty: the stream's current one (another: error 112).
     #[serde(default)]
