@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Measures switchboard beside its peers (bench-floor, socket.io 4.8) in one run: builds in
-# release, installs the socket.io peer, runs every scenario against every target (medians
+# Measures switchboard beside its peers (bench-floor, socket.io 4.8, Node ws) in one run:
+# builds in release, installs the Node peers, runs every scenario against every target (medians
 # of 3 runs), writes bench-results/*.json, the table and machine block of
 # docs/benchmarks.md, the charts docs/bench/*.svg and a copy of the raw report in
 # docs/bench/report.json.
@@ -15,6 +15,13 @@
 # Redis engine against the memory engine (needs redis-server; the tool starts its own):
 #   scripts/bench.sh --section redis \
 #       --targets switchboard,switchboard-redis,switchboard-redis-2nodes
+#
+# sockudo (the Pusher-compatible Rust server) is not built here: install it once
+# (`apt-get install protobuf-compiler; cargo install sockudo --locked`, ~20 min on 2 cores),
+# put it on PATH or set SOCKUDO_BIN, then e.g.:
+#   scripts/bench.sh --section protocols --targets \
+#       switchboard,switchboard-protobuf,switchboard-uni,switchboard-sio,switchboard-pusher,sockudo
+# Without it the sockudo target is reported as not measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +38,7 @@ cargo build --release --locked -p switchboard -p switchboard-bench
 if command -v node >/dev/null && command -v npm >/dev/null; then
     (cd bench/node && npm ci --no-audit --no-fund --loglevel=error)
 else
-    echo "node/npm not found: the socketio target will fail (pass --targets switchboard,floor)" >&2
+    echo "node/npm not found: the socketio and node-ws targets will fail (pass --targets switchboard,floor)" >&2
 fi
 
 if [[ "$*" == *redis* ]] && ! command -v redis-server >/dev/null; then

@@ -1,5 +1,6 @@
-//! The load clients' wire protocols: switchboard's Centrifugo JSON, a minimal Socket.IO v5
-//! (Engine.IO v4, WebSocket only), Pusher's protocol 7 and the floor's bare text protocol.
+//! The load clients' wire protocols: switchboard's Centrifugo JSON and Protobuf, a minimal
+//! Socket.IO v5 (Engine.IO v4, WebSocket only), Pusher's protocol 7 and the floor's bare
+//! text protocol.
 //!
 //! Clients only do what the scenarios need: authenticate, subscribe, answer pings, and
 //! spot publications and their send timestamp without parsing the whole frame.
@@ -16,6 +17,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::protobuf;
+
 /// A client WebSocket over plain TCP.
 pub(crate) type Ws = WebSocketStream<TcpStream>;
 
@@ -25,6 +28,11 @@ pub(crate) type Ws = WebSocketStream<TcpStream>;
 pub(crate) enum Proto {
     /// Centrifugo client protocol v2, JSON, at `/connection/websocket`.
     Centrifuge,
+    /// Centrifugo client protocol v2, Protobuf (`cf_protocol=protobuf`), binary frames.
+    CentrifugeProtobuf,
+    /// Centrifugo's unidirectional WebSocket (`/connection/uni_websocket`): the connect
+    /// request is the only message sent; channels come from the token's `channels`.
+    Uni,
     /// Socket.IO v5 over Engine.IO v4, WebSocket transport only.
     SocketIo,
     /// The floor server's text protocol: `subscribe ROOM`, then raw payloads.
@@ -38,10 +46,27 @@ impl Proto {
     pub(crate) fn path(self) -> &'static str {
         match self {
             Proto::Centrifuge => "/connection/websocket",
+            Proto::CentrifugeProtobuf => "/connection/websocket?cf_protocol=protobuf",
+            Proto::Uni => "/connection/uni_websocket",
             Proto::SocketIo => "/socket.io/?EIO=4&transport=websocket",
             Proto::Floor => "/",
             Proto::Pusher => PUSHER_PATH,
         }
+    }
+
+    /// Whether connects carry an HS256 token (the floor's and Pusher's public channels
+    /// take none).
+    pub(crate) fn uses_token(self) -> bool {
+        matches!(
+            self,
+            Proto::Centrifuge | Proto::CentrifugeProtobuf | Proto::SocketIo | Proto::Uni
+        )
+    }
+
+    /// Whether the connection's channels are named in its token and subscribed at
+    /// connect, so there is nothing to send to subscribe.
+    pub(crate) fn subscribes_at_connect(self) -> bool {
+        self == Proto::Uni
     }
 }
 
@@ -94,7 +119,7 @@ async fn next_text(ws: &mut Ws, proto: Proto) -> anyhow::Result<String> {
             Some(Ok(Message::Text(t))) => {
                 let t = t.as_str();
                 if classify_one(proto, t) == Incoming::Ping {
-                    ws.send(Message::text(pong(proto))).await?;
+                    ws.send(pong(proto)).await?;
                     continue;
                 }
                 return Ok(t.to_owned());
@@ -153,6 +178,44 @@ pub(crate) async fn handshake(
                 }
             }
         }
+        Proto::CentrifugeProtobuf => {
+            ws.send(Message::binary(protobuf::connect(token.unwrap_or(""))))
+                .await?;
+            loop {
+                let frame = match ws.next().await {
+                    Some(Ok(Message::Binary(b))) => b,
+                    Some(Ok(Message::Close(f))) => bail!("closed: {f:?}"),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(e.into()),
+                    None => bail!("closed"),
+                };
+                let mut answer = None;
+                let mut pings = 0;
+                protobuf::replies(&frame, |r| match r {
+                    protobuf::Reply::Ping => pings += 1,
+                    protobuf::Reply::Answer { id: 1, result } => answer = Some(result),
+                    _ => {}
+                });
+                for _ in 0..pings {
+                    ws.send(pong(proto)).await?;
+                }
+                match answer {
+                    Some(Some(protobuf::Reply::CONNECT)) => return Ok(()),
+                    Some(_) => bail!("connect refused"),
+                    None => {}
+                }
+            }
+        }
+        Proto::Uni => {
+            let token = token.unwrap_or("");
+            ws.send(Message::text(format!(r#"{{"token":"{token}"}}"#)))
+                .await?;
+            let first = next_text(ws, proto).await?;
+            if !first.starts_with(r#"{"connect":"#) {
+                bail!("expected a connect push, got {first}");
+            }
+            Ok(())
+        }
         Proto::Floor => Ok(()),
         Proto::Pusher => {
             let hello = next_text(ws, proto).await?;
@@ -164,10 +227,13 @@ pub(crate) async fn handshake(
     }
 }
 
-/// The frames that subscribe to `channels`; each is answered by one
+/// The messages that subscribe to `channels`; each channel is answered by one
 /// [`Incoming::SubscribeReply`].
-pub(crate) fn subscribe_frames(proto: Proto, channels: &[String]) -> Vec<String> {
-    match proto {
+pub(crate) fn subscribe_frames(proto: Proto, channels: &[String]) -> Vec<Message> {
+    if proto == Proto::CentrifugeProtobuf {
+        return vec![Message::binary(protobuf::subscribe(channels))];
+    }
+    let texts = match proto {
         // One frame of newline-delimited commands; ids after the connect's 1.
         Proto::Centrifuge => vec![channels
             .iter()
@@ -186,22 +252,42 @@ pub(crate) fn subscribe_frames(proto: Proto, channels: &[String]) -> Vec<String>
             .iter()
             .map(|c| format!(r#"{{"event":"pusher:subscribe","data":{{"channel":"{c}"}}}}"#))
             .collect(),
-    }
+        Proto::CentrifugeProtobuf | Proto::Uni => Vec::new(),
+    };
+    texts.into_iter().map(Message::text).collect()
 }
 
 /// The answer to a server ping.
-pub(crate) fn pong(proto: Proto) -> &'static str {
+pub(crate) fn pong(proto: Proto) -> Message {
     match proto {
-        Proto::Centrifuge => "{}",
-        Proto::SocketIo => "3",
-        Proto::Floor => "",
-        Proto::Pusher => r#"{"event":"pusher:pong","data":"{}"}"#,
+        Proto::Centrifuge | Proto::Uni => Message::text("{}"),
+        Proto::CentrifugeProtobuf => Message::binary(protobuf::PONG),
+        Proto::SocketIo => Message::text("3"),
+        Proto::Floor => Message::text(""),
+        Proto::Pusher => Message::text(r#"{"event":"pusher:pong","data":"{}"}"#),
     }
 }
 
-/// Calls `f` for each message in a text frame (Centrifugo frames may hold several lines).
-pub(crate) fn classify(proto: Proto, frame: &str, mut f: impl FnMut(Incoming)) {
-    if proto == Proto::Centrifuge && frame.contains('\n') {
+/// Calls `f` for each message in a frame (Centrifugo frames may hold several, as lines
+/// or length-delimited replies).
+pub(crate) fn classify(proto: Proto, frame: &[u8], mut f: impl FnMut(Incoming)) {
+    if proto == Proto::CentrifugeProtobuf {
+        protobuf::replies(frame, |r| {
+            f(match r {
+                protobuf::Reply::Ping => Incoming::Ping,
+                protobuf::Reply::Publication(p) => Incoming::Publication(sent_at(p)),
+                protobuf::Reply::Answer { result, .. } => Incoming::SubscribeReply {
+                    ok: result == Some(protobuf::Reply::SUBSCRIBE),
+                },
+                protobuf::Reply::Other => Incoming::Other,
+            });
+        });
+        return;
+    }
+    let Ok(frame) = std::str::from_utf8(frame) else {
+        return;
+    };
+    if matches!(proto, Proto::Centrifuge | Proto::Uni) && frame.contains('\n') {
         for line in frame.split('\n').filter(|l| !l.is_empty()) {
             f(classify_one(proto, line));
         }
@@ -212,12 +298,22 @@ pub(crate) fn classify(proto: Proto, frame: &str, mut f: impl FnMut(Incoming)) {
 
 fn classify_one(proto: Proto, m: &str) -> Incoming {
     match proto {
+        // Binary: see `classify`.
+        Proto::CentrifugeProtobuf => Incoming::Other,
+        // Pushes without the `{"push":…}` envelope; pings (`{}`) want no answer.
+        Proto::Uni => {
+            if m.starts_with(r#"{"channel":"#) && m.contains(r#""pub":{"#) {
+                Incoming::Publication(sent_at(m.as_bytes()))
+            } else {
+                Incoming::Other
+            }
+        }
         Proto::Centrifuge => {
             if m == "{}" {
                 Incoming::Ping
             } else if m.starts_with(r#"{"push":"#) {
                 if m.contains(r#""pub":{"#) {
-                    Incoming::Publication(sent_at(m))
+                    Incoming::Publication(sent_at(m.as_bytes()))
                 } else {
                     Incoming::Other
                 }
@@ -233,7 +329,7 @@ fn classify_one(proto: Proto, m: &str) -> Incoming {
             if m == "2" {
                 Incoming::Ping
             } else if m.starts_with(r#"42["pub","#) || m.starts_with(r#"42["publication","#) {
-                Incoming::Publication(sent_at(m))
+                Incoming::Publication(sent_at(m.as_bytes()))
             } else if m.starts_with("43") {
                 // socket.io's peer acks `true`; switchboard acks `{"result":…}` or `{"error":…}`.
                 Incoming::SubscribeReply {
@@ -247,7 +343,7 @@ fn classify_one(proto: Proto, m: &str) -> Incoming {
             if m.starts_with(r#"{"event":"pusher:ping""#) {
                 Incoming::Ping
             } else if m.starts_with(r#"{"event":"publication""#) {
-                Incoming::Publication(sent_at(m))
+                Incoming::Publication(sent_at(m.as_bytes()))
             } else if m.starts_with(r#"{"event":"pusher_internal:subscription_succeeded""#) {
                 Incoming::SubscribeReply { ok: true }
             } else if m.starts_with(r#"{"event":"pusher:subscription_error""#) {
@@ -260,7 +356,7 @@ fn classify_one(proto: Proto, m: &str) -> Incoming {
             if m == "subscribed" {
                 Incoming::SubscribeReply { ok: true }
             } else if m.starts_with('{') {
-                Incoming::Publication(sent_at(m))
+                Incoming::Publication(sent_at(m.as_bytes()))
             } else {
                 Incoming::Other
             }
@@ -269,14 +365,17 @@ fn classify_one(proto: Proto, m: &str) -> Incoming {
 }
 
 /// The `"t":<micros>` field of a bench payload, found without parsing the JSON (also
-/// inside a JSON-encoded string, as Pusher's `data` carries it: `\"t\":`).
-fn sent_at(m: &str) -> Option<u64> {
-    let i = match m.find(r#""t":"#) {
-        Some(i) => i + 4,
-        None => m.find(r#"\"t\":"#)? + 6,
+/// inside a JSON-encoded string, as Pusher's `data` carries it: `\"t\":`, and in a
+/// Protobuf publication's `data` bytes).
+fn sent_at(m: &[u8]) -> Option<u64> {
+    let find = |needle: &[u8]| {
+        m.windows(needle.len())
+            .position(|w| w == needle)
+            .map(|i| i + needle.len())
     };
-    let digits = m[i..].bytes().take_while(u8::is_ascii_digit).count();
-    m[i..i + digits].parse().ok()
+    let i = find(br#""t":"#).or_else(|| find(br#"\"t\":"#))?;
+    let digits = m[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&m[i..i + digits]).ok()?.parse().ok()
 }
 
 /// A bench payload of about `size` bytes: `{"t":<send µs>,"s":<seq>,"p":"xxx…"}`.
@@ -296,18 +395,22 @@ pub(crate) fn now_us() -> u64 {
 }
 
 /// Claims of the connection tokens the load clients present (what `switchboard token`
-/// mints: a `sub` and an expiry).
+/// mints: a `sub` and an expiry; `channels` to subscribe on connect, for [`Proto::Uni`]).
 #[derive(Serialize)]
 struct Claims<'a> {
     sub: &'a str,
     exp: u64,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    channels: &'a [String],
 }
 
-/// An HS256 connection token for user `sub`, valid for an hour.
-pub(crate) fn token(secret: &str, sub: &str) -> anyhow::Result<String> {
+/// An HS256 connection token for user `sub`, valid for an hour, subscribing `channels`
+/// on connect.
+pub(crate) fn token(secret: &str, sub: &str, channels: &[String]) -> anyhow::Result<String> {
     let claims = Claims {
         sub,
         exp: now_us() / 1_000_000 + 3600,
+        channels,
     };
     Ok(jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -328,14 +431,14 @@ mod tests {
         let p = payload(1_700_000_000_000_000, 42, 100);
         assert_eq!(p.len(), 100);
         serde_json::from_str::<serde_json::Value>(&p).unwrap();
-        assert_eq!(sent_at(&p), Some(1_700_000_000_000_000));
+        assert_eq!(sent_at(p.as_bytes()), Some(1_700_000_000_000_000));
     }
 
     #[test]
     fn classifies_each_protocol() {
         let mut seen = Vec::new();
         let frame = "{}\n{\"push\":{\"channel\":\"b\",\"pub\":{\"data\":{\"t\":5,\"s\":1},\"offset\":1}}}\n{\"id\":2,\"subscribe\":{}}\n{\"id\":3,\"error\":{\"code\":103}}";
-        classify(Proto::Centrifuge, frame, |i| seen.push(i));
+        classify(Proto::Centrifuge, frame.as_bytes(), |i| seen.push(i));
         assert_eq!(
             seen,
             vec![
@@ -359,6 +462,11 @@ mod tests {
             Incoming::Publication(Some(9))
         );
         assert_eq!(
+            classify_one(Proto::Uni, r#"{"channel":"b","pub":{"data":{"t":13}}}"#),
+            Incoming::Publication(Some(13))
+        );
+        assert_eq!(classify_one(Proto::Uni, "{}"), Incoming::Other);
+        assert_eq!(
             classify_one(
                 Proto::Pusher,
                 r#"{"event":"publication","channel":"b","data":"{\"t\":11,\"s\":1}"}"#
@@ -378,7 +486,7 @@ mod tests {
         );
         assert_eq!(
             subscribe_frames(Proto::Centrifuge, &["a".into(), "b".into()]),
-            vec!["{\"id\":2,\"subscribe\":{\"channel\":\"a\"}}\n{\"id\":3,\"subscribe\":{\"channel\":\"b\"}}"]
+            vec![Message::text("{\"id\":2,\"subscribe\":{\"channel\":\"a\"}}\n{\"id\":3,\"subscribe\":{\"channel\":\"b\"}}")]
         );
     }
 }

@@ -11,10 +11,9 @@ use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::client::Proto;
 use crate::histogram::Histogram;
 use crate::procfs;
-use crate::publisher::{Drive, Publisher};
+use crate::publisher::{Drive, Endpoint, Publisher};
 use crate::scenario::{room_channel, Plan, ScenarioKind, Sizes, BROADCAST_CHANNEL};
 use crate::target::{Deployment, Programs, Target, SECRET};
 use crate::worker::{WorkerEvent, WorkerSpec, Workers};
@@ -52,6 +51,10 @@ pub(crate) struct RunResult {
     pub(crate) workers: usize,
     pub(crate) publisher: Option<String>,
     pub(crate) error: Option<String>,
+    /// Why the target was not measured (its server is not installed here): not a
+    /// failure.
+    #[serde(default)]
+    pub(crate) skipped: Option<String>,
     pub(crate) connect: ConnectStats,
     pub(crate) subscribe: Option<SubscribeStats>,
     pub(crate) memory: MemoryStats,
@@ -214,6 +217,10 @@ pub(crate) async fn run_once(
         nodes: target.cluster.nodes(),
         ..RunResult::default()
     };
+    if let Some(why) = setup.programs.missing(target.server) {
+        result.skipped = Some(why);
+        return result;
+    }
     if let Err(e) = run_inner(target, kind, run, setup, &mut result).await {
         result.error = Some(format!("{e:#}"));
     }
@@ -241,7 +248,7 @@ async fn run_inner(
     let plan = sizes.plan(kind);
     let nworkers = setup.workers.max(n.div_ceil(MAX_PER_WORKER)).min(n.max(1));
     r.workers = nworkers;
-    let secret = (target.proto != Proto::Floor).then(|| SECRET.to_owned());
+    let secret = target.proto.uses_token().then(|| SECRET.to_owned());
     let specs: Vec<WorkerSpec> = (0..nworkers)
         .map(|w| {
             let first = n * w / nworkers;
@@ -407,7 +414,7 @@ async fn drive(
             let Some(&first) = servers.addrs().first() else {
                 bail!("no server to publish through");
             };
-            let publisher = Publisher::new(target.server, first, &channels).await?;
+            let publisher = Publisher::new(Endpoint::of(target), first, &channels).await?;
             r.publisher = Some(publisher.via().to_owned());
             let mut drive = Drive::new(
                 publisher,

@@ -1,6 +1,8 @@
 //! Publishing for each target: switchboard's server API (`POST /api/publish`), the
-//! socket.io peer's `POST /publish`, the floor's `POST /publish?room=`; or, while
-//! switchboard has no server API, a client connection publishing over WebSocket.
+//! socket.io peer's `POST /publish`, the floor's and the Node `ws` peer's
+//! `POST /publish?room=`, Pusher's signed HTTP API (`POST /apps/<id>/events`) for the
+//! Pusher-protocol targets (switchboard-pusher and sockudo alike); or, while switchboard
+//! has no server API, a client connection publishing over WebSocket.
 //! [`Drive`] paces publications for the broadcast and chat scenarios.
 
 use std::net::SocketAddr;
@@ -17,8 +19,38 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Proto, Ws};
 use crate::scenario::{room_channel, ScenarioKind, Sizes, BROADCAST_CHANNEL};
-use crate::target::{ServerKind, API_KEY, SECRET};
+use crate::target::{
+    ServerKind, Target, API_KEY, PUSHER_APP_ID, PUSHER_KEY, PUSHER_SECRET, SECRET,
+};
 use crate::worker::Workers;
+
+/// The HTTP endpoint a target publishes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    /// switchboard's `POST /api/publish`.
+    ServerApi,
+    /// The socket.io peer's `POST /publish` (`io.to(room).emit`).
+    SocketIoTrigger,
+    /// `POST /publish?room=` with the payload as the body (floor, Node `ws`).
+    RoomTrigger,
+    /// Pusher's `POST /apps/<app_id>/events`, signed with the app secret.
+    PusherEvents,
+}
+
+impl Endpoint {
+    /// How `target` is published to: Pusher-protocol targets through the Pusher API, so
+    /// that switchboard-pusher and sockudo are driven the same way.
+    pub(crate) fn of(target: Target) -> Self {
+        match (target.server, target.proto) {
+            (ServerKind::Sockudo, _) | (ServerKind::Switchboard, Proto::Pusher) => {
+                Endpoint::PusherEvents
+            }
+            (ServerKind::Switchboard, _) => Endpoint::ServerApi,
+            (ServerKind::SocketIo, _) => Endpoint::SocketIoTrigger,
+            (ServerKind::Floor | ServerKind::NodeWs, _) => Endpoint::RoomTrigger,
+        }
+    }
+}
 
 /// Publishes bench payloads to one server. Cheap to clone; usable from many tasks.
 #[derive(Clone)]
@@ -26,7 +58,7 @@ pub(crate) enum Publisher {
     /// An HTTP endpoint.
     Http {
         client: reqwest::Client,
-        kind: ServerKind,
+        endpoint: Endpoint,
         base: String,
     },
     /// A switchboard client connection in the `bench` namespace (publish = true).
@@ -41,10 +73,10 @@ pub(crate) struct WsPublisher {
 }
 
 impl Publisher {
-    /// Sets up publishing to `server`. For switchboard, probes the server API and falls
+    /// Sets up publishing to `server`. For switchboard's server API, probes it and falls
     /// back to a WebSocket publisher subscribed to `ws_channels` when it is missing.
     pub(crate) async fn new(
-        kind: ServerKind,
+        endpoint: Endpoint,
         server: SocketAddr,
         ws_channels: &[String],
     ) -> anyhow::Result<Self> {
@@ -54,10 +86,10 @@ impl Publisher {
             .build()?;
         let http = Publisher::Http {
             client,
-            kind,
+            endpoint,
             base: format!("http://{server}"),
         };
-        if kind != ServerKind::Switchboard {
+        if endpoint != Endpoint::ServerApi {
             return Ok(http);
         }
         match http.try_publish("bench:probe", "{}").await {
@@ -72,15 +104,12 @@ impl Publisher {
     /// How publications are sent, for the report.
     pub(crate) fn via(&self) -> &'static str {
         match self {
-            Publisher::Http {
-                kind: ServerKind::Switchboard,
-                ..
-            } => "server API (POST /api/publish)",
-            Publisher::Http {
-                kind: ServerKind::SocketIo,
-                ..
-            } => "HTTP trigger (POST /publish -> io.to(room).emit)",
-            Publisher::Http { .. } => "HTTP trigger (POST /publish?room=)",
+            Publisher::Http { endpoint, .. } => match endpoint {
+                Endpoint::ServerApi => "server API (POST /api/publish)",
+                Endpoint::SocketIoTrigger => "HTTP trigger (POST /publish -> io.to(room).emit)",
+                Endpoint::RoomTrigger => "HTTP trigger (POST /publish?room=)",
+                Endpoint::PusherEvents => "Pusher HTTP API (signed POST /apps/<id>/events)",
+            },
             Publisher::Ws(_) => "client publish over WebSocket (server API missing)",
         }
     }
@@ -112,20 +141,36 @@ impl Publisher {
     }
 
     async fn try_publish(&self, channel: &str, payload: &str) -> Result<(), ProbeError> {
-        let Publisher::Http { client, kind, base } = self else {
+        let Publisher::Http {
+            client,
+            endpoint,
+            base,
+        } = self
+        else {
             return Err(ProbeError::Missing);
         };
-        let request = match kind {
-            ServerKind::Switchboard => client
+        let request = match endpoint {
+            Endpoint::ServerApi => client
                 .post(format!("{base}/api/publish"))
                 .header("X-API-Key", API_KEY)
                 .body(format!(r#"{{"channel":"{channel}","data":{payload}}}"#)),
-            ServerKind::SocketIo => client
+            Endpoint::SocketIoTrigger => client
                 .post(format!("{base}/publish"))
                 .body(format!(r#"{{"room":"{channel}","data":{payload}}}"#)),
-            ServerKind::Floor => client
+            Endpoint::RoomTrigger => client
                 .post(format!("{base}/publish?room={channel}"))
                 .body(payload.to_owned()),
+            Endpoint::PusherEvents => {
+                // Pusher's `data` is a string: the payload, JSON-encoded once more.
+                let data =
+                    serde_json::to_string(payload).map_err(|e| ProbeError::Other(e.into()))?;
+                let body =
+                    format!(r#"{{"name":"publication","channel":"{channel}","data":{data}}}"#);
+                let path = format!("/apps/{PUSHER_APP_ID}/events");
+                let now = client::now_us() / 1_000_000;
+                let query = pusher_query(PUSHER_KEY, PUSHER_SECRET, &path, &body, now);
+                client.post(format!("{base}{path}?{query}")).body(body)
+            }
         };
         let response = request
             .header("content-type", "application/json")
@@ -154,10 +199,32 @@ enum ProbeError {
     Other(anyhow::Error),
 }
 
+/// The signed query string of a Pusher HTTP API `POST`: `auth_signature` is the
+/// HMAC-SHA256 (app secret) of `POST\nPATH\nQUERY`, the query's parameters sorted.
+fn pusher_query(key: &str, secret: &str, path: &str, body: &str, unix_seconds: u64) -> String {
+    use hmac::{Hmac, Mac};
+    use md5::{Digest, Md5};
+    let query = format!(
+        "auth_key={key}&auth_timestamp={unix_seconds}&auth_version=1.0&body_md5={}",
+        hex(&Md5::digest(body.as_bytes()))
+    );
+    let signature = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+        .map(|mut mac| {
+            mac.update(format!("POST\n{path}\n{query}").as_bytes());
+            hex(&mac.finalize().into_bytes())
+        })
+        .unwrap_or_default();
+    format!("{query}&auth_signature={signature}")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl WsPublisher {
     async fn connect(server: SocketAddr, channels: &[String]) -> anyhow::Result<Self> {
         let mut ws = client::open(server, [127, 0, 0, 1].into(), Proto::Centrifuge).await?;
-        let token = client::token(SECRET, "bench-publisher")?;
+        let token = client::token(SECRET, "bench-publisher", &[])?;
         client::handshake(&mut ws, Proto::Centrifuge, Some(&token)).await?;
         // Client publishing needs a subscription; subscribe in batches of 500.
         let mut id = 1u32;
@@ -253,9 +320,9 @@ impl Drive {
         sizes: &Sizes,
         subscribers: usize,
     ) -> Self {
-        let concurrency: u32 = match kind {
+        let concurrency = match kind {
             ScenarioKind::Chat => 256,
-            _ => 4,
+            _ => u32::try_from(sizes.publishers.max(1)).unwrap_or(u32::MAX),
         };
         Self {
             publisher,
@@ -341,5 +408,29 @@ impl Drive {
         // Let the publications in flight finish.
         let _all = self.in_flight.acquire_many(self.concurrency).await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pusher_requests_are_signed_as_pushers_reference_shows() {
+        // The example of Pusher's "Generating authentication signatures" reference.
+        let body = r#"{"name":"foo","channels":["project-3"],"data":"{\"some\":\"data\"}"}"#;
+        let query = pusher_query(
+            "278d425bdf160c739803",
+            "7ad3773142a6692b25b8",
+            "/apps/3/events",
+            body,
+            1_353_088_179,
+        );
+        assert_eq!(
+            query,
+            "auth_key=278d425bdf160c739803&auth_timestamp=1353088179&auth_version=1.0\
+             &body_md5=ec365a775a4cd0599faeb73354201b6f\
+             &auth_signature=da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c"
+        );
     }
 }

@@ -32,7 +32,10 @@ pub(crate) type Medians = BTreeMap<String, BTreeMap<String, Value>>;
 /// The median of each numeric field over the runs without error.
 pub(crate) fn medians(runs: &[RunResult]) -> Medians {
     let mut groups: BTreeMap<(String, String), Vec<Value>> = BTreeMap::new();
-    for r in runs.iter().filter(|r| r.error.is_none()) {
+    for r in runs
+        .iter()
+        .filter(|r| r.error.is_none() && r.skipped.is_none())
+    {
         if let Ok(v) = serde_json::to_value(r) {
             groups
                 .entry((r.target.clone(), r.scenario.clone()))
@@ -407,22 +410,27 @@ fn rows(with_redis: bool) -> Vec<&'static Row> {
     out
 }
 
-/// Which way the ratio column between switchboard and `peer` reads.
-fn ratio_of(peer: &str) -> Ratio {
-    target::find(peer).map_or(Ratio::SubjectOverTarget, |t| t.ratio)
+/// The target the ratio column of `peer` compares it with, and whether it reads
+/// `base ÷ peer` (else `peer ÷ base`).
+fn ratio_of(peer: &str) -> (&'static str, bool) {
+    match target::find(peer).map_or(Ratio::SubjectOverTarget, |t| t.ratio) {
+        Ratio::SubjectOverTarget => (SUBJECT, true),
+        Ratio::TargetOverSubject => (SUBJECT, false),
+        Ratio::SiblingOverTarget(sibling) => (sibling, true),
+    }
 }
 
 fn ratio_header(peer: &str) -> String {
     match ratio_of(peer) {
-        Ratio::SubjectOverTarget => format!("{SUBJECT} ÷ {peer}"),
-        Ratio::TargetOverSubject => format!("{peer} ÷ {SUBJECT}"),
+        (base, true) => format!("{base} ÷ {peer}"),
+        (base, false) => format!("{peer} ÷ {base}"),
     }
 }
 
-fn ratio_value(peer: &str, subject: f64, value: f64) -> Option<f64> {
+fn ratio_value(peer: &str, base: f64, value: f64) -> Option<f64> {
     let (num, den) = match ratio_of(peer) {
-        Ratio::SubjectOverTarget => (subject, value),
-        Ratio::TargetOverSubject => (value, subject),
+        (_, true) => (base, value),
+        (_, false) => (value, base),
     };
     (den > 0.0).then(|| num / den)
 }
@@ -430,18 +438,23 @@ fn ratio_value(peer: &str, subject: f64, value: f64) -> Option<f64> {
 /// The results table in Markdown.
 pub(crate) fn table(report: &Report, m: &Medians) -> String {
     let targets = &report.targets;
-    let peers: Vec<&String> = targets.iter().filter(|t| *t != SUBJECT).collect();
-    let subject_present = targets.iter().any(|t| t == SUBJECT);
+    // A ratio column for each target whose base (switchboard, or its sibling) is in the run.
+    let ratios: Vec<&String> = targets
+        .iter()
+        .filter(|t| {
+            let (base, _) = ratio_of(t);
+            t.as_str() != base && targets.iter().any(|x| x == base)
+        })
+        .collect();
     let with_redis = targets
         .iter()
         .any(|t| target::find(t).is_some_and(|t| matches!(t.cluster, Cluster::Redis { .. })));
-    let ratios: &[&String] = if subject_present { &peers } else { &[] };
     let mut out = String::new();
     let _ = write!(out, "| scenario | metric |");
     for t in targets {
         let _ = write!(out, " {t} |");
     }
-    for p in ratios {
+    for p in &ratios {
         let _ = write!(out, " {} |", ratio_header(p));
     }
     let _ = writeln!(out, " goal | met |");
@@ -460,8 +473,8 @@ pub(crate) fn table(report: &Report, m: &Medians) -> String {
             let cell = get(t).map_or_else(|| "–".to_owned(), |v| fmt_value(v, row.unit));
             let _ = write!(out, " {cell} |");
         }
-        for p in ratios {
-            let cell = match (get(SUBJECT), get(p)) {
+        for p in &ratios {
+            let cell = match (get(ratio_of(p).0), get(p)) {
                 (Some(s), Some(v)) => {
                     ratio_value(p, s, v).map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×"))
                 }
@@ -500,6 +513,17 @@ pub(crate) fn table(report: &Report, m: &Medians) -> String {
             out,
             "\n{t}: {nodes} nodes on one Redis, connection i on node i mod {nodes}, publications through the first node; server memory and CPU are summed over the nodes."
         );
+    }
+    let skipped: BTreeMap<&str, &str> = report
+        .runs
+        .iter()
+        .filter_map(|r| Some((r.target.as_str(), r.skipped.as_deref()?)))
+        .collect();
+    if !skipped.is_empty() {
+        let _ = writeln!(out, "\nNot measured:\n");
+        for (t, why) in skipped {
+            let _ = writeln!(out, "- {t}: {why}");
+        }
     }
     let failed: Vec<&RunResult> = report.runs.iter().filter(|r| r.error.is_some()).collect();
     if !failed.is_empty() {
@@ -625,6 +649,7 @@ pub(crate) fn today() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::target::PUSHER_TARGET;
 
     #[test]
     fn medians_of_numbers_and_objects() {
@@ -724,6 +749,37 @@ mod tests {
         ]);
         let t = table(&report, &medians(&report.runs));
         assert!(!t.contains("Redis"), "{t}");
+    }
+
+    #[test]
+    fn sockudo_is_compared_with_switchboard_pusher_and_a_missing_one_is_noted() {
+        let mut missing = broadcast_run("node-ws", 0.0, None);
+        missing.measure = None;
+        missing.skipped = Some("node-ws not installed".to_owned());
+        let report = report_of(vec![
+            broadcast_run(SUBJECT, 0.5, None),
+            broadcast_run(PUSHER_TARGET, 0.6, None),
+            broadcast_run("sockudo", 1.2, None),
+            missing,
+        ]);
+        let t = table(&report, &medians(&report.runs));
+        let header = t.lines().next().unwrap_or_default();
+        assert!(
+            header.contains("| switchboard-pusher ÷ sockudo |"),
+            "{header}"
+        );
+        assert!(!header.contains("switchboard ÷ sockudo"), "{header}");
+        // switchboard ÷ switchboard-pusher 0.83×, then switchboard-pusher ÷ sockudo 0.50×.
+        let cpu = row(&t, "server CPU per delivery");
+        assert!(
+            cpu.contains("| 0.83× |") && cpu.contains("| 0.50× |"),
+            "{cpu}"
+        );
+        assert!(
+            t.contains("Not measured:\n\n- node-ws: node-ws not installed"),
+            "{t}"
+        );
+        assert!(!t.contains("Runs that failed"), "{t}");
     }
 
     #[test]

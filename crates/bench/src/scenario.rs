@@ -58,6 +58,13 @@ pub(crate) struct Sizes {
     pub(crate) settle: Duration,
     /// Broadcast: publications in flight (published, not yet delivered to everyone).
     pub(crate) window: usize,
+    /// Broadcast: publish requests in flight at once (within the window).
+    #[serde(default = "default_publishers")]
+    pub(crate) publishers: usize,
+}
+
+fn default_publishers() -> usize {
+    4
 }
 
 impl Sizes {
@@ -75,6 +82,7 @@ impl Sizes {
             warmup: Duration::from_secs(2),
             settle: Duration::from_secs(1),
             window: 64,
+            publishers: default_publishers(),
         }
     }
 

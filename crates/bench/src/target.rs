@@ -23,6 +23,11 @@ pub(crate) enum ServerKind {
     Floor,
     /// `node bench/node/server.js`: socket.io 4.8.
     SocketIo,
+    /// `node bench/node/ws-server.js`: a plain `ws` server that broadcasts as the floor
+    /// does, in Node.
+    NodeWs,
+    /// `sockudo --config <generated>`: the Rust Pusher-compatible server, one app.
+    Sockudo,
 }
 
 /// How many server processes a target runs, and what they share.
@@ -54,6 +59,9 @@ pub(crate) enum Ratio {
     /// `target ÷ switchboard`: a way of running switchboard, priced against the memory
     /// engine on one node (the Redis goals read "≤ 1.5× the memory engine").
     TargetOverSubject,
+    /// `sibling ÷ target`: a peer of one of switchboard's transports (sockudo beside
+    /// switchboard-pusher), shown when the sibling is in the run.
+    SiblingOverTarget(&'static str),
 }
 
 /// A server and the protocol its load clients speak.
@@ -90,6 +98,20 @@ pub(crate) const TARGETS: &[Target] = &[
         ratio: Ratio::SubjectOverTarget,
     },
     Target {
+        name: "switchboard-protobuf",
+        server: ServerKind::Switchboard,
+        proto: Proto::CentrifugeProtobuf,
+        cluster: Cluster::Single,
+        ratio: Ratio::SubjectOverTarget,
+    },
+    Target {
+        name: "switchboard-uni",
+        server: ServerKind::Switchboard,
+        proto: Proto::Uni,
+        cluster: Cluster::Single,
+        ratio: Ratio::SubjectOverTarget,
+    },
+    Target {
         name: "floor",
         server: ServerKind::Floor,
         proto: Proto::Floor,
@@ -102,6 +124,20 @@ pub(crate) const TARGETS: &[Target] = &[
         proto: Proto::SocketIo,
         cluster: Cluster::Single,
         ratio: Ratio::SubjectOverTarget,
+    },
+    Target {
+        name: "node-ws",
+        server: ServerKind::NodeWs,
+        proto: Proto::Floor,
+        cluster: Cluster::Single,
+        ratio: Ratio::SubjectOverTarget,
+    },
+    Target {
+        name: "sockudo",
+        server: ServerKind::Sockudo,
+        proto: Proto::Pusher,
+        cluster: Cluster::Single,
+        ratio: Ratio::SiblingOverTarget(PUSHER_TARGET),
     },
     Target {
         name: REDIS_TARGET,
@@ -117,7 +153,18 @@ pub(crate) const TARGETS: &[Target] = &[
         cluster: Cluster::Redis { nodes: 2 },
         ratio: Ratio::TargetOverSubject,
     },
+    Target {
+        name: REDIS_6_NODES_TARGET,
+        server: ServerKind::Switchboard,
+        proto: Proto::Centrifuge,
+        cluster: Cluster::Redis { nodes: 6 },
+        ratio: Ratio::TargetOverSubject,
+    },
 ];
+
+/// Six switchboard nodes on one Redis: 100,000 connections where one process may open
+/// at most 20,000 files (about 16,700 connections a node).
+pub(crate) const REDIS_6_NODES_TARGET: &str = "switchboard-redis-6nodes";
 
 /// switchboard's Pusher transport, with pusher-protocol load clients.
 pub(crate) const PUSHER_TARGET: &str = "switchboard-pusher";
@@ -141,6 +188,9 @@ pub(crate) struct Programs {
     pub(crate) node_dir: PathBuf,
     /// redis-server, for the Redis targets (found on `PATH` by default).
     pub(crate) redis_server: PathBuf,
+    /// sockudo (`$SOCKUDO_BIN`, else found on `PATH`); none: the target is reported
+    /// as not measured.
+    pub(crate) sockudo: Option<PathBuf>,
 }
 
 impl Programs {
@@ -155,8 +205,35 @@ impl Programs {
             floor: dir.join("bench-floor"),
             node_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/node"),
             redis_server: PathBuf::from("redis-server"),
+            sockudo: std::env::var_os("SOCKUDO_BIN")
+                .map(PathBuf::from)
+                .or_else(|| on_path("sockudo")),
         }
     }
+
+    /// Why `kind` can not run here (its program is not installed), if it can not:
+    /// such a target is reported as not measured rather than as failed.
+    pub(crate) fn missing(&self, kind: ServerKind) -> Option<String> {
+        match kind {
+            ServerKind::Sockudo => match &self.sockudo {
+                None => Some(
+                    "sockudo not found (cargo install sockudo --locked; then put it on PATH, \
+                     set SOCKUDO_BIN or pass --sockudo-bin)"
+                        .to_owned(),
+                ),
+                Some(p) if !p.is_file() => Some(format!("sockudo not found at {}", p.display())),
+                Some(_) => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// `program` in one of `PATH`'s directories.
+fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
 }
 
 /// Secrets shared by the tool and the servers it starts.
@@ -228,12 +305,64 @@ publish = true
 
 # The switchboard-pusher target's clients: public channels of namespace bench.
 [pusher]
-app_id = "bench"
-key = "bench-key"
-secret = "bench-secret"
+app_id = "{PUSHER_APP_ID}"
+key = "{PUSHER_KEY}"
+secret = "{PUSHER_SECRET}"
 "#
     )
 }
+
+/// sockudo's configuration: the Pusher app switchboard-pusher's clients expect (same id,
+/// key and secret, a `bench` namespace so that `bench:…` names are valid), the memory
+/// drivers of a single node, and no rate limits or metrics listener (sockudo's defaults
+/// allow 20 connects a minute per address and bind a metrics port).
+fn sockudo_config(addr: SocketAddr) -> String {
+    format!(
+        r#"# Generated by switchboard-bench.
+host = "{ip}"
+port = {port}
+debug = false
+mode = "production"
+
+[app_manager]
+driver = "memory"
+
+[[app_manager.array.apps]]
+id = "{PUSHER_APP_ID}"
+key = "{PUSHER_KEY}"
+secret = "{PUSHER_SECRET}"
+enabled = true
+enable_client_messages = false
+max_connections = 0
+max_client_events_per_second = 1000000
+
+[[app_manager.array.apps.channel_namespaces]]
+name = "bench"
+
+[adapter]
+driver = "local"
+
+[cache]
+driver = "memory"
+
+[queue]
+driver = "memory"
+
+[metrics]
+enabled = false
+
+[rate_limiter]
+enabled = false
+"#,
+        ip = addr.ip(),
+        port = addr.port(),
+    )
+}
+
+/// The Pusher app of the Pusher-protocol targets (switchboard's `[pusher]`, sockudo's app).
+pub(crate) const PUSHER_APP_ID: &str = "bench";
+pub(crate) const PUSHER_KEY: &str = "bench-key";
+pub(crate) const PUSHER_SECRET: &str = "bench-secret";
 
 /// Waits until `addr` accepts connections, failing early when `child` exits.
 async fn wait_listening(
@@ -291,17 +420,39 @@ impl ServerProcess {
                 c.arg("--bind").arg(addr.to_string());
                 c
             }
-            ServerKind::SocketIo => {
-                if !programs.node_dir.join("node_modules/socket.io").exists() {
+            ServerKind::SocketIo | ServerKind::NodeWs => {
+                let (script, module) = match kind {
+                    ServerKind::SocketIo => ("server.js", "socket.io"),
+                    _ => ("ws-server.js", "ws"),
+                };
+                if !programs.node_dir.join("node_modules").join(module).exists() {
                     bail!(
                         "{}/node_modules is missing: run `npm ci` there (scripts/bench.sh does)",
                         programs.node_dir.display()
                     );
                 }
                 let mut c = tokio::process::Command::new("node");
-                c.arg("server.js").current_dir(&programs.node_dir);
+                c.arg(script).current_dir(&programs.node_dir);
                 c.env("PORT", addr.port().to_string());
                 c.env("BENCH_SECRET", SECRET);
+                c
+            }
+            ServerKind::Sockudo => {
+                let Some(program) = &programs.sockudo else {
+                    bail!("sockudo not found");
+                };
+                let config = log.with_extension("toml");
+                std::fs::write(&config, sockudo_config(addr))?;
+                let mut c = tokio::process::Command::new(program);
+                c.arg("--config").arg(&config);
+                // Its environment overrides the file: keep the bench's own values.
+                c.env("HOST", addr.ip().to_string());
+                c.env("PORT", addr.port().to_string());
+                c.env("RUST_LOG", "warn");
+                // It reads config/config.toml of its working directory first.
+                if let Some(dir) = log.parent() {
+                    c.current_dir(dir);
+                }
                 c
             }
         };

@@ -122,9 +122,15 @@ async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
     let spec = Arc::new(spec);
     let tokens: Vec<Option<String>> = (0..spec.count)
         .map(|k| {
+            let i = spec.first + k;
+            let channels = if spec.proto.subscribes_at_connect() {
+                spec.plan.channels(i)
+            } else {
+                Vec::new()
+            };
             spec.secret
                 .as_ref()
-                .map(|s| client::token(s, &format!("u{}", spec.first + k)).unwrap_or_default())
+                .map(|s| client::token(s, &format!("u{i}"), &channels).unwrap_or_default())
         })
         .collect();
     let shared = Arc::new(Shared::default());
@@ -274,13 +280,13 @@ async fn connection(
     let mut subscribed = false;
     loop {
         if !subscribed && awaiting.is_none() && *phase.borrow() == Phase::Subscribe {
-            if channels.is_empty() {
+            if channels.is_empty() || proto.subscribes_at_connect() {
                 subscribed = true;
                 shared.subscribed.fetch_add(1, Ordering::Relaxed);
             } else {
                 awaiting = Some((channels.len(), true));
                 for f in client::subscribe_frames(proto, &channels) {
-                    if ws.send(Message::text(f)).await.is_err() {
+                    if ws.send(f).await.is_err() {
                         break;
                     }
                 }
@@ -295,13 +301,13 @@ async fn connection(
             }
             // Cancel-safe: `next()` keeps no state of its own.
             msg = ws.next() => {
-                let text = match msg {
-                    Some(Ok(Message::Text(t))) => t,
+                let frame = match msg {
+                    Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => m.into_data(),
                     Some(Ok(Message::Close(_)) | Err(_)) | None => break,
                     Some(Ok(_)) => continue,
                 };
                 let mut pings = 0;
-                client::classify(proto, text.as_str(), |m| match m {
+                client::classify(proto, &frame, |m| match m {
                     Incoming::Publication(sent) => on_publication(&shared, sent),
                     Incoming::Ping => pings += 1,
                     Incoming::SubscribeReply { ok } => {
@@ -322,7 +328,7 @@ async fn connection(
                     }
                 }
                 for _ in 0..pings {
-                    if ws.send(Message::text(client::pong(proto))).await.is_err() {
+                    if ws.send(client::pong(proto)).await.is_err() {
                         break;
                     }
                 }
