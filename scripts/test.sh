@@ -100,6 +100,12 @@ cargo build -p switchboard -p switchboard-bench --locked --quiet
 bench_out="$(mktemp -d)"
 target/debug/switchboard-bench run --quick --strict --targets switchboard,switchboard-sio --out "$bench_out" >/dev/null
 test -s "$bench_out/report.json" && test -s "$bench_out/summary.json"
+# The other client protocols (Protobuf, uni_websocket, Pusher through its signed HTTP API),
+# broadcast only (~15 s); sockudo is not built in CI, so it is reported as not measured.
+target/debug/switchboard-bench run --quick --strict --scenarios broadcast \
+  --targets switchboard-protobuf,switchboard-uni,switchboard-pusher,sockudo \
+  --out "$bench_out/protocols" >/dev/null
+grep -q "sockudo" "$bench_out/protocols/table.md"
 # Redis mode across two nodes (the tool starts its own redis-server on a free port):
 # broadcast and chat only, ~10 s; the full Redis comparison is scripts/bench.sh --section redis.
 target/debug/switchboard-bench run --quick --strict --targets switchboard-redis-2nodes \
