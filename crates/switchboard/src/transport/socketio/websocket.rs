@@ -12,19 +12,13 @@ use futures_util::{SinkExt, StreamExt};
 use switchboard_protocol::socketio::PROBE_PONG;
 use switchboard_protocol::Disconnect;
 
-use super::polling::drive;
-use super::{encode, farewell, packets, Conn, EngineError, SocketIo};
+use super::polling::serve;
+use super::sink::EngineSink;
+use super::{packets, Conn, EngineError, SocketIo};
 use super::{POLLING, UPGRADING, WEBSOCKET};
 use crate::event::TextFrame;
 use crate::front_door::Peer;
 use crate::transport::websocket::{self, WsSink};
-use crate::transport::writer::{self, Wire};
-
-const WIRE: Wire = Wire {
-    encode,
-    farewell,
-    close: writer::same_close,
-};
 
 /// Upgrades to WebSocket: a new connection (`conn` is `None`), or the upgrade of a
 /// polling one. `token` is the handshake's token (see `handshake_token`), for a new
@@ -63,16 +57,9 @@ async fn serve_new(sio: SocketIo, conn: Arc<Conn>, mut socket: WebSocket) {
         return;
     }
     let (sink, stream) = socket.split();
-    let writer = {
-        let conn = conn.clone();
-        tokio::spawn(async move {
-            // One Engine.IO packet per WebSocket message: the protocol has no separator.
-            let sink = WsSink::new(sink, None);
-            writer::write_loop_with(sink, &conn.session, WIRE, |item| conn.encode(item)).await;
-        })
-    };
-    tokio::join!(read_loop(&conn, stream), drive(sio, conn.clone()));
-    let _ = writer.await;
+    // One Engine.IO packet per WebSocket message: the protocol has no separator.
+    let sink = EngineSink::websocket(conn.clone(), WsSink::new(sink, None));
+    serve(sio, conn.clone(), sink, read_loop(&conn, stream)).await;
 }
 
 /// Waits for the next text message, at most a pong timeout.
@@ -111,16 +98,10 @@ async fn upgrade_polling(conn: Arc<Conn>, socket: WebSocket) {
         return;
     }
     conn.transport.store(WEBSOCKET, Ordering::Release);
-    let writer = {
-        let conn = conn.clone();
-        tokio::spawn(async move {
-            // One Engine.IO packet per WebSocket message: the protocol has no separator.
-            let sink = WsSink::new(sink, None);
-            writer::write_loop_with(sink, &conn.session, WIRE, |item| conn.encode(item)).await;
-        })
-    };
-    read_loop(&conn, stream).await;
-    let _ = writer.await;
+    // The connection's writer moves over: one Engine.IO packet per WebSocket message.
+    if conn.upgraded(WsSink::new(sink, None)) {
+        read_loop(&conn, stream).await;
+    }
 }
 
 async fn read_loop(conn: &Conn, mut stream: SplitStream<WebSocket>) {
