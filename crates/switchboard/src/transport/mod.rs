@@ -20,6 +20,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::config::Config;
+use crate::metrics::connections::Transport;
+use crate::session::Session;
 
 /// Whether a browser's `Origin` may connect (no header: not a browser, allowed). A
 /// same-origin request (the `Origin` names the `Host` it is sent to) is always allowed;
@@ -133,13 +135,21 @@ pub(crate) fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
         .is_some_and(|host| host.eq_ignore_ascii_case(authority))
 }
 
-/// Logs the end of a connection, with why it ended.
-pub(crate) fn log_closed(session: &crate::session::Session, transport: &'static str) {
+/// Counts a connection opened on `transport`; [`closed`] counts its end.
+pub(crate) fn opened(session: &Session, transport: Transport) {
+    session.node().metrics.connections.opened(transport);
+}
+
+/// Counts the end of a connection on `transport` by its disconnect code, and logs it
+/// with why it ended.
+pub(crate) fn closed(session: &Session, transport: Transport) {
     let reason = session.disconnect_reason();
+    session.node().metrics.connections.closed(transport, reason);
     tracing::debug!(
         client = %session.id,
         user = %session.user(),
-        transport,
+        transport = transport.name(),
+        encoding = transport.encoding(),
         code = reason.code,
         reason = reason.reason,
         "connection closed"

@@ -26,6 +26,7 @@ use super::wire::{self, Incoming, CODEC};
 use crate::auth::{Grant, Identity};
 use crate::event::{Frame, Outgoing};
 use crate::front_door::Peer;
+use crate::metrics::connections::Transport;
 use crate::node::Node;
 use crate::session::{Session, SessionError, SessionResult, EXCLUDE_CLIENT_TAG};
 use crate::transport::command;
@@ -117,9 +118,9 @@ fn socket_id() -> Arc<str> {
 }
 
 async fn serve(node: Arc<Node>, socket: WebSocket, origin: crate::proxy::ClientOrigin) {
-    node.metrics.connections.inc();
-    let session = Session::with_id(node.clone(), *CODEC, socket_id());
+    let session = Session::with_id(node, *CODEC, socket_id());
     session.set_origin(origin);
+    crate::transport::opened(&session, Transport::Pusher);
     let (sink, stream) = socket.split();
     // The writer is a task of its own, so a delivery wakes only the writer.
     let writer = {
@@ -133,8 +134,7 @@ async fn serve(node: Arc<Node>, socket: WebSocket, origin: crate::proxy::ClientO
     }
     Box::pin(session.cleanup()).await;
     let _ = writer.await;
-    node.metrics.connections.dec();
-    crate::transport::log_closed(&session, "pusher");
+    crate::transport::closed(&session, Transport::Pusher);
 }
 
 /// Connects the session anonymously and says `pusher:connection_established`.

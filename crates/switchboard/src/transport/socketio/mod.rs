@@ -41,6 +41,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::event::{Frame, Outgoing};
 use crate::front_door::Peer;
+use crate::metrics::connections::Transport;
 use crate::node::Node;
 use crate::session::Session;
 use crate::transport::websocket::WsSink;
@@ -272,8 +273,20 @@ impl Conn {
     /// Moves the writer of this polling connection onto `ws`, the WebSocket it
     /// upgraded to. False when the writer has ended (the connection closed).
     fn upgraded(&self, ws: WsSink) -> bool {
-        let upgrade = self.upgrade.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let upgrade = self
+            .upgrade
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         upgrade.is_some_and(|tx| tx.send(ws).is_ok())
+    }
+
+    /// The transport it is on, as metrics count it (upgrading: still polling).
+    fn metrics_transport(&self) -> Transport {
+        match self.transport() {
+            WEBSOCKET => Transport::SocketIoWebSocket,
+            _ => Transport::SocketIoPolling,
+        }
     }
 
     fn transport(&self) -> u8 {

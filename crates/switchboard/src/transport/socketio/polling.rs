@@ -22,6 +22,7 @@ use super::sink::EngineSink;
 use super::{packets, with_cors, Conn, EngineError, SocketIo, WIRE};
 use super::{POLLING, UPGRADING, WEBSOCKET};
 use crate::front_door::Peer;
+use crate::metrics::connections::Transport;
 use crate::transport::heartbeat::Heartbeat;
 use crate::transport::writer;
 
@@ -131,6 +132,8 @@ fn handshake(
         .insert(conn.sid.clone(), conn.clone());
     let open = conn.handshake(&["websocket"]);
     let sink = EngineSink::polling(conn.clone());
+    // Counted before the handshake is answered, so the client sees itself counted.
+    crate::transport::opened(&conn.session, Transport::SocketIoPolling);
     let tracker = sio.node.tracker.clone();
     // No reader: the client's packets come in `POST`s.
     tracker.spawn(serve(sio.clone(), conn, sink, std::future::ready(())));
@@ -233,15 +236,14 @@ pub(super) async fn preflight(State(sio): State<SocketIo>, headers: HeaderMap) -
 }
 
 /// Serves a connection until it ends: the writer (into `sink`), the reader (`read`:
-/// a WebSocket's; nothing for long-polling) and the timers; then forgets it.
+/// a WebSocket's; nothing for long-polling) and the timers; then forgets it. The
+/// caller counted it opened.
 pub(super) async fn serve(
     sio: SocketIo,
     conn: Arc<Conn>,
     sink: EngineSink,
     read: impl Future<Output = ()>,
 ) {
-    let node = conn.session.node().clone();
-    node.metrics.connections.inc();
     let writer = {
         let conn = conn.clone();
         tokio::spawn(async move {
@@ -254,8 +256,7 @@ pub(super) async fn serve(
     // connection findable until then), bounded by `network.close_linger`.
     let _ = writer.await;
     sio.remove(&conn.sid);
-    node.metrics.connections.dec();
-    crate::transport::log_closed(&conn.session, "socket.io");
+    crate::transport::closed(&conn.session, conn.metrics_transport());
 }
 
 /// Runs a connection's timers (pings, connect deadline, token expiry) until its

@@ -18,6 +18,7 @@ use super::{packets, Conn, EngineError, SocketIo};
 use super::{POLLING, UPGRADING, WEBSOCKET};
 use crate::event::TextFrame;
 use crate::front_door::Peer;
+use crate::metrics::connections::Transport;
 use crate::transport::websocket::{self, WsSink};
 
 /// Upgrades to WebSocket: a new connection (`conn` is `None`), or the upgrade of a
@@ -56,6 +57,7 @@ async fn serve_new(sio: SocketIo, conn: Arc<Conn>, mut socket: WebSocket) {
     if socket.send(Message::Text(open.into())).await.is_err() {
         return;
     }
+    crate::transport::opened(&conn.session, Transport::SocketIoWebSocket);
     let (sink, stream) = socket.split();
     // One Engine.IO packet per WebSocket message: the protocol has no separator.
     let sink = EngineSink::websocket(conn.clone(), WsSink::new(sink, None));
@@ -98,6 +100,10 @@ async fn upgrade_polling(conn: Arc<Conn>, socket: WebSocket) {
         return;
     }
     conn.transport.store(WEBSOCKET, Ordering::Release);
+    let metrics = &conn.session.node().metrics;
+    metrics
+        .connections
+        .moved(Transport::SocketIoPolling, Transport::SocketIoWebSocket);
     // The connection's writer moves over: one Engine.IO packet per WebSocket message.
     if conn.upgraded(WsSink::new(sink, None)) {
         read_loop(&conn, stream).await;

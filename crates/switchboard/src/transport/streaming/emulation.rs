@@ -22,6 +22,7 @@ use super::body::{self, Framing};
 use super::{is_protobuf, read_body, session_id, streaming_response, Refusal, Streams};
 use crate::event::Frame;
 use crate::front_door::Peer;
+use crate::metrics::connections::Transport;
 use crate::session::Session;
 use crate::transport::centrifuge::json::Json;
 use crate::transport::centrifuge::protobuf::Protobuf;
@@ -57,7 +58,7 @@ pub(super) async fn http_stream(
                 &headers,
                 first,
                 Framing::Delimited,
-                "http_stream",
+                Transport::HttpStreamProtobuf,
             ))
         } else {
             let first = text(&data)?;
@@ -66,7 +67,7 @@ pub(super) async fn http_stream(
                 &headers,
                 first,
                 Framing::Lines,
-                "http_stream",
+                Transport::HttpStreamJson,
             ))
         }
     }
@@ -105,7 +106,7 @@ pub(super) async fn sse(
             &headers,
             first,
             Framing::Events,
-            "sse",
+            Transport::Sse,
         ))
     }
     .await
@@ -127,11 +128,11 @@ fn open<E: Encoding>(
     headers: &HeaderMap,
     first: Frame,
     framing: Framing,
-    transport: &'static str,
+    transport: Transport,
 ) -> Response {
     let node = &streams.node;
     let session = Session::new(node.clone(), E::codec());
-    session.set_origin(node.proxies.origin(transport, headers));
+    session.set_origin(node.proxies.origin(transport.name(), headers));
     let id = session_id();
     let (commands, inbox) = mpsc::channel(INBOX);
     // The channel is new and empty: this can not fail.
@@ -142,7 +143,7 @@ fn open<E: Encoding>(
     let preamble = (framing == Framing::Events).then_some(&b"\r\n"[..]);
     let (sink, body) = body::stream(session.clone(), framing, preamble);
     let link = Link {
-        name: transport,
+        transport,
         emulation: Some(id.clone()),
         farewell: disconnect_push::<E>,
     };

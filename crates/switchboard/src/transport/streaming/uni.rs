@@ -33,6 +33,7 @@ use super::body::{self, Framing};
 use super::{read_body, streaming_response, Refusal, Streams};
 use crate::event::{Codec, Frame, Outgoing};
 use crate::front_door::Peer;
+use crate::metrics::connections::Transport;
 use crate::session::{Session, SessionError};
 use crate::transport::centrifuge::{
     self, disconnect_push, event_push, ws_inbound, Encoding, Inbound,
@@ -50,7 +51,6 @@ static CODEC: LazyLock<Codec> =
     LazyLock::new(|| Codec::register("centrifuge-uni", |ev, _| event_push::<Uni>(ev)));
 
 impl Encoding for Uni {
-    const NAME: &'static str = "uni";
     const JOIN: &'static str = "\n";
 
     fn codec() -> Codec {
@@ -122,7 +122,13 @@ pub(super) async fn sse(
         } else {
             query_request(query, limit)?.unwrap_or_default()
         };
-        Ok::<_, Refusal>(open(&streams, &headers, req, Framing::Events, "uni_sse"))
+        Ok::<_, Refusal>(open(
+            &streams,
+            &headers,
+            req,
+            Framing::Events,
+            Transport::UniSse,
+        ))
     }
     .await
     .unwrap_or_else(IntoResponse::into_response);
@@ -146,7 +152,7 @@ pub(super) async fn http_stream(
             &headers,
             req,
             Framing::Lines,
-            "uni_http_stream",
+            Transport::UniHttpStream,
         ))
     }
     .await
@@ -164,11 +170,11 @@ fn open(
     headers: &HeaderMap,
     req: ConnectRequest,
     framing: Framing,
-    transport: &'static str,
+    transport: Transport,
 ) -> Response {
     let node = &streams.node;
     let session = Session::new(node.clone(), Uni::codec());
-    session.set_origin(node.proxies.origin(transport, headers));
+    session.set_origin(node.proxies.origin(transport.name(), headers));
     let preamble = (framing == Framing::Events).then_some(&b"\r\n"[..]);
     let (sink, body) = body::stream(session.clone(), framing, preamble);
     // Nothing to read: the client ends the connection by going away, which drops the
@@ -199,7 +205,8 @@ pub(super) async fn websocket(
         Ok(req) => req,
         Err(bad) => return bad.into_response(),
     };
-    let origin = node.proxies.origin("uni_websocket", &headers);
+    let transport = Transport::UniWebSocket;
+    let origin = node.proxies.origin(transport.name(), &headers);
     websocket::configure(ws, &node.config).on_upgrade(move |socket| {
         let tracker = node.tracker.clone();
         tracker.track_future(async move {
@@ -207,7 +214,7 @@ pub(super) async fn websocket(
             session.set_origin(origin);
             let (sink, stream) = socket.split();
             let sink = WsSink::new(sink, None);
-            run(session, sink, stream.map(ws_inbound), req, "uni_websocket").await;
+            run(session, sink, stream.map(ws_inbound), req, transport).await;
         })
     })
 }
@@ -219,10 +226,9 @@ async fn run(
     sink: impl FrameSink + 'static,
     mut inbound: impl Stream<Item = Inbound> + Send + Unpin,
     mut connect: Option<ConnectRequest>,
-    transport: &'static str,
+    transport: Transport,
 ) {
-    let node = session.node().clone();
-    node.metrics.connections.inc();
+    crate::transport::opened(&session, transport);
     let writer = {
         let session = session.clone();
         let wire = Wire {
@@ -288,8 +294,7 @@ async fn run(
     }
     Box::pin(session.cleanup()).await;
     let _ = writer.await;
-    node.metrics.connections.dec();
-    crate::transport::log_closed(&session, transport);
+    crate::transport::closed(&session, transport);
 }
 
 /// Connects; the connect result goes out as a `connect` push. Returns the disconnect
