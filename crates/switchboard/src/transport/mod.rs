@@ -16,8 +16,11 @@ pub mod streaming;
 mod websocket;
 mod writer;
 
+use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 
 use crate::config::Config;
 use crate::metrics::connections::Transport;
@@ -133,6 +136,31 @@ pub(crate) fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .is_some_and(|host| host.eq_ignore_ascii_case(authority))
+}
+
+/// Why a request body carrying client messages was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyError {
+    /// Over the limit: refused as soon as it is exceeded, without buffering the rest.
+    TooLarge,
+    /// The client stopped sending, or sent too slowly.
+    Unread,
+}
+
+/// Reads a request body of at most `limit` bytes (`limits.max_message_size`): every
+/// transport that takes client messages over HTTP applies the limit a WebSocket
+/// applies to a message, rather than the HTTP framework's own default.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyError> {
+    let mut data = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = data.next().await {
+        let chunk = chunk.map_err(|_| BodyError::Unread)?;
+        if buf.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
 }
 
 /// Counts a connection opened on `transport`; [`closed`] counts its end.

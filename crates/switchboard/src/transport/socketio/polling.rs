@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
@@ -24,7 +24,7 @@ use super::{POLLING, UPGRADING, WEBSOCKET};
 use crate::front_door::Peer;
 use crate::metrics::connections::Transport;
 use crate::transport::heartbeat::Heartbeat;
-use crate::transport::writer;
+use crate::transport::{read_body, writer, BodyError};
 
 /// The query every Engine.IO request carries (others, such as the cache buster `t`,
 /// are ignored).
@@ -188,9 +188,9 @@ pub(super) async fn post(
     State(sio): State<SocketIo>,
     Query(q): Query<EngineQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    let response = match receive(&sio, &q, &headers, &body).await {
+    let response = match receive(&sio, &q, &headers, body).await {
         Ok(()) => text("ok".to_owned()),
         Err(e) => e.into_response(),
     };
@@ -201,7 +201,7 @@ async fn receive(
     sio: &SocketIo,
     q: &EngineQuery,
     headers: &HeaderMap,
-    body: &[u8],
+    body: Body,
 ) -> Result<(), EngineError> {
     q.check(sio, headers)?;
     if q.transport.as_deref() != Some("polling") {
@@ -213,11 +213,15 @@ async fn receive(
         return Err(EngineError::BadRequest);
     }
     let session = &conn.session;
-    if body.len() > sio.node.config.limits.max_message_size {
-        session.close(Disconnect::MESSAGE_TOO_LARGE);
-        return Err(EngineError::BadRequest);
-    }
-    let Ok(text) = std::str::from_utf8(body) else {
+    let body = match read_body(body, sio.node.config.limits.max_message_size).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
+            session.close(Disconnect::MESSAGE_TOO_LARGE);
+            return Err(EngineError::BadRequest);
+        }
+        Err(BodyError::Unread) => return Err(EngineError::BadRequest),
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
         session.close(Disconnect::BAD_REQUEST);
         return Err(EngineError::BadRequest);
     };

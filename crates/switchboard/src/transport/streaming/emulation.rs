@@ -19,7 +19,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::body::{self, Framing};
-use super::{is_protobuf, read_body, session_id, streaming_response, Refusal, Streams};
+use super::{is_protobuf, session_id, streaming_response, Refusal, Streams};
 use crate::event::Frame;
 use crate::front_door::Peer;
 use crate::metrics::connections::Transport;
@@ -27,7 +27,7 @@ use crate::session::Session;
 use crate::transport::centrifuge::json::Json;
 use crate::transport::centrifuge::protobuf::Protobuf;
 use crate::transport::centrifuge::{self, disconnect_push, Encoding, Inbound, Link};
-use crate::transport::{preflight as cors_preflight, with_cors};
+use crate::transport::{preflight as cors_preflight, read_body, with_cors};
 
 /// Command messages queued for a session's reader: `/emulation` requests arriving
 /// faster than it handles them get 429 past this.

@@ -23,10 +23,9 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+use super::BodyError;
 use crate::event::Frame;
 use crate::front_door::Peer;
 use crate::node::Node;
@@ -144,19 +143,13 @@ impl IntoResponse for Refusal {
     }
 }
 
-/// Reads a request body of at most `limit` bytes.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, Refusal> {
-    let mut data = body.into_data_stream();
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = data.next().await {
-        // The client stopped sending, or sent too slowly.
-        let chunk = chunk.map_err(|_| Refusal::bad_request("request body not read"))?;
-        if buf.len() + chunk.len() > limit {
-            return Err(Refusal::TOO_LARGE);
+impl From<BodyError> for Refusal {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge => Self::TOO_LARGE,
+            BodyError::Unread => Self::bad_request("request body not read"),
         }
-        buf.extend_from_slice(&chunk);
     }
-    Ok(buf.freeze())
 }
 
 /// Whether the request's body is Protobuf (`application/octet-stream`), as the SDKs

@@ -30,7 +30,7 @@ use switchboard_protocol::{Disconnect, ErrorCode, PING};
 use tokio::time::sleep_until;
 
 use super::body::{self, Framing};
-use super::{read_body, streaming_response, Refusal, Streams};
+use super::{streaming_response, Refusal, Streams};
 use crate::event::{Codec, Frame, Outgoing};
 use crate::front_door::Peer;
 use crate::metrics::connections::Transport;
@@ -39,6 +39,7 @@ use crate::transport::centrifuge::{
     self, disconnect_push, event_push, ws_inbound, Encoding, Inbound,
 };
 use crate::transport::command;
+use crate::transport::read_body;
 use crate::transport::heartbeat::Heartbeat;
 use crate::transport::websocket::{self, WsSink};
 use crate::transport::writer::{self, FrameSink, Wire};
