@@ -19,7 +19,8 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::body::{self, Framing};
-use super::{is_protobuf, session_id, streaming_response, Refusal, Streams};
+use super::{is_protobuf, opening, session_id, streaming_response};
+use super::{ConnectQuery, Refusal, Streams};
 use crate::event::Frame;
 use crate::front_door::Peer;
 use crate::metrics::connections::Transport;
@@ -32,13 +33,6 @@ use crate::transport::{preflight as cors_preflight, read_body, with_cors};
 /// Command messages queued for a session's reader: `/emulation` requests arriving
 /// faster than it handles them get 429 past this.
 const INBOX: usize = 32;
-
-/// The query of `GET /connection/sse`.
-#[derive(Debug, Deserialize)]
-pub(super) struct SseQuery {
-    /// The client's first commands, encoded as in an `/emulation` request's `data`.
-    cf_connect: Option<String>,
-}
 
 /// `POST /connection/http_stream`.
 pub(super) async fn http_stream(
@@ -82,29 +76,18 @@ pub(super) async fn sse(
     method: Method,
     headers: HeaderMap,
     peer: Peer,
-    Query(query): Query<SseQuery>,
+    Query(query): Query<ConnectQuery>,
     body: Body,
 ) -> Response {
     let response = async {
         streams.admit(&headers, &peer)?;
-        let limit = streams.node.config.limits.max_message_size;
-        let first = if method == Method::POST {
-            let data = read_body(body, limit).await?;
-            text(&data)?
-        } else {
-            let connect = query
-                .cf_connect
-                .filter(|c| !c.is_empty())
-                .ok_or(Refusal::bad_request("no cf_connect"))?;
-            if connect.len() > limit {
-                return Err(Refusal::TOO_LARGE);
-            }
-            Frame::from(connect)
-        };
+        let first = opening(&streams, &method, query, body)
+            .await?
+            .ok_or(Refusal::bad_request("no cf_connect"))?;
         Ok::<_, Refusal>(open::<Json>(
             &streams,
             &headers,
-            first,
+            text(&first)?,
             Framing::Events,
             Transport::Sse,
         ))

@@ -23,24 +23,24 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt};
-use serde::Deserialize;
-use switchboard_protocol::command::{decode_frame, Command, ConnectRequest, DecodeError};
-use switchboard_protocol::reply::{encode_bare_push, encode_reply, PushBody, ReplyBody};
-use switchboard_protocol::{Disconnect, ErrorCode, PING};
+use switchboard_protocol::command::{Command, ConnectRequest, DecodeError};
+use switchboard_protocol::reply::{encode_bare_push, PushBody, ReplyBody};
+use switchboard_protocol::{Disconnect, ErrorCode};
 use tokio::time::sleep_until;
 
 use super::body::{self, Framing};
-use super::{streaming_response, Refusal, Streams};
+use super::{opening, streaming_response, ConnectQuery, Refusal, Streams};
 use crate::event::{Codec, Frame, Outgoing};
 use crate::front_door::Peer;
 use crate::metrics::connections::Transport;
 use crate::session::{Session, SessionError};
+use crate::transport::centrifuge::json::Json;
 use crate::transport::centrifuge::{
     self, disconnect_push, event_push, ws_inbound, Encoding, Inbound,
 };
 use crate::transport::command;
-use crate::transport::read_body;
 use crate::transport::heartbeat::Heartbeat;
+use crate::transport::read_body;
 use crate::transport::websocket::{self, WsSink};
 use crate::transport::writer::{self, FrameSink, Wire};
 use crate::transport::{preflight as cors_preflight, with_cors};
@@ -51,28 +51,26 @@ pub(crate) struct Uni;
 static CODEC: LazyLock<Codec> =
     LazyLock::new(|| Codec::register("centrifuge-uni", |ev, _| event_push::<Uni>(ev)));
 
+/// JSON's, but for the pushes: those go without the envelope.
 impl Encoding for Uni {
-    const JOIN: &'static str = "\n";
+    const JOIN: &'static str = Json::JOIN;
 
     fn codec() -> Codec {
         *CODEC
     }
 
     fn ping() -> Frame {
-        Frame::from_static(PING)
+        Json::ping()
     }
 
     /// A unidirectional client sends no commands after its connect.
     fn decode(message: Frame) -> Result<Vec<Result<Command, DecodeError>>, Disconnect> {
-        match message {
-            Frame::Text(text) => Ok(decode_frame(text.as_str()).collect()),
-            Frame::Binary(_) => Err(Disconnect::BAD_REQUEST),
-        }
+        Json::decode(message)
     }
 
     /// Not sent: a unidirectional client gets no replies (its connect result is a push).
     fn reply(id: u32, body: &ReplyBody) -> Frame {
-        Frame::from(encode_reply(id, body))
+        Json::reply(id, body)
     }
 
     fn push(channel: &str, body: &PushBody<'_>) -> Frame {
@@ -80,27 +78,11 @@ impl Encoding for Uni {
     }
 }
 
-/// The query of the unidirectional endpoints.
-#[derive(Debug, Deserialize)]
-pub(super) struct UniQuery {
-    /// The connect request, JSON.
-    cf_connect: Option<String>,
-}
-
 /// A connect request in JSON; `null` stands for an empty one, as in Centrifugo.
 fn connect_request(json: &[u8]) -> Result<ConnectRequest, Refusal> {
     serde_json::from_slice::<Option<ConnectRequest>>(json)
         .map(Option::unwrap_or_default)
         .map_err(|_| Refusal::bad_request("invalid connect request"))
-}
-
-/// The connect request of `cf_connect`, if there is one.
-fn query_request(query: UniQuery, limit: usize) -> Result<Option<ConnectRequest>, Refusal> {
-    match query.cf_connect.filter(|c| !c.is_empty()) {
-        Some(c) if c.len() > limit => Err(Refusal::TOO_LARGE),
-        Some(c) => connect_request(c.as_bytes()).map(Some),
-        None => Ok(None),
-    }
 }
 
 /// `GET /connection/uni_sse?cf_connect=...` or `POST /connection/uni_sse`. Without
@@ -111,17 +93,14 @@ pub(super) async fn sse(
     method: Method,
     headers: HeaderMap,
     peer: Peer,
-    Query(query): Query<UniQuery>,
+    Query(query): Query<ConnectQuery>,
     body: Body,
 ) -> Response {
     let response = async {
         streams.admit(&headers, &peer)?;
-        let limit = streams.node.config.limits.max_message_size;
-        let req = if method == Method::POST {
-            let data = read_body(body, limit).await?;
-            connect_request(&data)?
-        } else {
-            query_request(query, limit)?.unwrap_or_default()
+        let req = match opening(&streams, &method, query, body).await? {
+            Some(data) => connect_request(&data)?,
+            None => ConnectRequest::default(),
         };
         Ok::<_, Refusal>(open(
             &streams,
@@ -195,14 +174,17 @@ pub(super) async fn websocket(
     State(streams): State<Streams>,
     headers: HeaderMap,
     peer: Peer,
-    Query(query): Query<UniQuery>,
+    Query(query): Query<ConnectQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
     if let Err(refused) = streams.admit(&headers, &peer) {
         return refused.into_response();
     }
     let node = streams.node;
-    let req = match query_request(query, node.config.limits.max_message_size) {
+    let req = query
+        .within(node.config.limits.max_message_size)
+        .and_then(|data| data.map(|d| connect_request(&d)).transpose());
+    let req = match req {
         Ok(req) => req,
         Err(bad) => return bad.into_response(),
     };
