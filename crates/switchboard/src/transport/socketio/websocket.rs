@@ -55,6 +55,8 @@ pub(super) fn upgrade(
 async fn serve_new(sio: SocketIo, conn: Arc<Conn>, mut socket: WebSocket) {
     let open = conn.handshake(&[]);
     if socket.send(Message::Text(open.into())).await.is_err() {
+        // Gone before its handshake: it must not hold a place among the pending.
+        conn.not_pending();
         return;
     }
     crate::transport::opened(&conn.session, Transport::SocketIoWebSocket);
