@@ -191,6 +191,41 @@ impl Disconnect {
     /// Pusher 4201: instead of 3012, no pong in time.
     pub const PUSHER_NO_PONG: Self = Self::new(4201, "pong reply not received");
 
+    /// Every disconnect above, in code order: what metrics count code by code (a custom
+    /// code from the server API's `disconnect` is none of them).
+    pub const ALL: [Self; 30] = [
+        Self::PROTOCOL_ERROR,
+        Self::INVALID_PAYLOAD,
+        Self::CONNECTION_CLOSED,
+        Self::SHUTDOWN,
+        Self::SERVER_ERROR,
+        Self::EXPIRED,
+        Self::SUB_EXPIRED,
+        Self::SLOW,
+        Self::WRITE_ERROR,
+        Self::INSUFFICIENT_STATE,
+        Self::FORCE_RECONNECT,
+        Self::NO_PONG,
+        Self::TOO_MANY_REQUESTS,
+        Self::INVALID_TOKEN,
+        Self::TOKEN_REVOKED,
+        Self::BAD_REQUEST,
+        Self::STALE,
+        Self::FORCE_NO_RECONNECT,
+        Self::CONNECTION_LIMIT,
+        Self::CHANNEL_LIMIT,
+        Self::MESSAGE_TOO_LARGE,
+        Self::PERMISSION_DENIED,
+        Self::PUSHER_APP_UNKNOWN,
+        Self::PUSHER_BAD_PROTOCOL,
+        Self::PUSHER_UNSUPPORTED_PROTOCOL,
+        Self::PUSHER_NO_PROTOCOL,
+        Self::PUSHER_REFUSED,
+        Self::PUSHER_BACKOFF,
+        Self::PUSHER_RECONNECT,
+        Self::PUSHER_NO_PONG,
+    ];
+
     const fn new(code: u16, reason: &'static str) -> Self {
         Self { code, reason }
     }

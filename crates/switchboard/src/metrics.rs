@@ -1,6 +1,7 @@
 //! Counters and gauges of one node, cheap to bump on the hot path (relaxed atomics).
 //!
-//! [`prometheus`] renders them at `/metrics`; [`histogram`] holds latency buckets.
+//! [`prometheus`] renders them at `/metrics`; [`histogram`] holds latency buckets;
+//! [`connections`] counts connections by transport.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -8,9 +9,11 @@ use std::sync::Mutex;
 
 use crate::channel;
 
+pub mod connections;
 pub mod histogram;
 pub mod prometheus;
 
+use connections::ConnectionCounters;
 use histogram::Histogram;
 
 /// A monotonically increasing count.
@@ -58,8 +61,8 @@ impl Gauge {
 /// The node's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Open client connections.
-    pub connections: Gauge,
+    /// Client connections by transport: open, opened, closed by code.
+    pub connections: ConnectionCounters,
     /// Active subscriptions.
     pub subscriptions: Gauge,
     /// Publications accepted (API and clients).

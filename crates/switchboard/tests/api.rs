@@ -842,7 +842,7 @@ async fn metrics_ready_health_and_openapi() {
     assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
     let text = resp.text().await.unwrap();
     for line in [
-        "switchboard_connections 1",
+        "switchboard_connections{transport=\"websocket\",encoding=\"json\"} 1",
         "switchboard_users 1",
         "switchboard_subscriptions 2",
         "switchboard_commands_total{command=\"connect\",result=\"ok\"} 1",

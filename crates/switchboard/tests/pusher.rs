@@ -583,3 +583,61 @@ async fn binary_and_malformed_messages_count_as_protocol_errors() {
     assert_eq!(closed.code, 4009, "bad request, for good");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn cache_channels_send_the_last_event_on_subscribe_or_a_cache_miss() {
+    let mut cfg = config();
+    for ns in ["default", "private"] {
+        let ns = cfg.namespaces.get_mut(ns).expect("namespace");
+        ns.history_size = 1;
+        ns.history_ttl = Duration::from_secs(60);
+    }
+    let server = start(cfg).await;
+    let mut a = PusherClient::connect(&server).await;
+    let ok = a.subscribe("cache-prices", None, None).await;
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    let miss = a.next_event().await;
+    assert_eq!(miss["event"], "pusher:cache_miss", "{miss}");
+    assert_eq!(miss["channel"], "cache-prices", "{miss}");
+
+    // Two events: the subscriber gets both, a later subscriber the last one only.
+    for price in ["1", "2"] {
+        let event = json!({"name": "price", "channel": "cache-prices", "data": price});
+        let (status, _) = api(&server, "POST", "/events", &[], Some(&event)).await;
+        assert_eq!(status, 200);
+        assert_eq!(a.next_event().await["data"], price);
+    }
+    let mut b = PusherClient::connect(&server).await;
+    let ok = b.subscribe("cache-prices", None, None).await;
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    let last = b.next_event().await;
+    assert_eq!(last["event"], "price", "{last}");
+    assert_eq!(last["channel"], "cache-prices", "{last}");
+    assert_eq!(last["data"], "2", "{last}");
+    b.assert_quiet(Duration::from_millis(100)).await;
+
+    // A private cache channel: the same, once the signature admits the subscriber.
+    let auth = channel_auth(&b.socket_id, "private-cache-x", None);
+    let ok = b.subscribe("private-cache-x", Some(&auth), None).await;
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    assert_eq!(b.next_event().await["event"], "pusher:cache_miss");
+
+    // Without history in its namespace, a cache channel can not keep its last event.
+    let cd = json!({"user_id": "ann"}).to_string();
+    let auth = channel_auth(&b.socket_id, "presence-cache-room", Some(&cd));
+    let m = b
+        .subscribe("presence-cache-room", Some(&auth), Some(&cd))
+        .await;
+    assert_eq!(m["event"], "pusher:subscription_error", "{m}");
+    assert_eq!(data(&m)["status"], 400, "{m}");
+    server.stop().await;
+}

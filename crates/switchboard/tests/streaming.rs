@@ -95,7 +95,8 @@ async fn http_stream_carries_replies_and_pushes_and_takes_commands_by_emulation(
             .any(|m| m["id"] == 4 && m["presence_stats"]["num_clients"] == 1),
         "{seen:?}"
     );
-    assert_eq!(metric(&server, "switchboard_connections").await, 1);
+    let open = r#"switchboard_connections{transport="http_stream",encoding="json"}"#;
+    assert_eq!(metric(&server, open).await, 1);
 
     // The server ends the connection: a disconnect push, then the end of the stream.
     api_call(&server, "disconnect", json!({"user": "ann"})).await;
@@ -340,17 +341,22 @@ async fn a_client_that_goes_away_releases_its_session() {
     .await;
 }
 
-#[tokio::test]
-async fn uni_sse_pushes_the_connect_and_server_side_channels() {
-    let server = start_default().await;
-    let cf_connect = json!({"token": token("ann")}).to_string();
+/// `GET /connection/uni_sse` connecting as `user` with `cf_connect`.
+async fn uni_sse(server: &TestServer, user: &str) -> Stream {
+    let cf_connect = json!({"token": token(user)}).to_string();
     let resp = http()
         .get(server.http_url("/connection/uni_sse"))
         .query(&[("cf_connect", cf_connect.as_str())])
         .send()
         .await
-        .expect("send");
-    let mut stream = Stream::new(resp);
+        .expect("uni_sse");
+    Stream::new(resp)
+}
+
+#[tokio::test]
+async fn uni_sse_pushes_the_connect_and_server_side_channels() {
+    let server = start_default().await;
+    let mut stream = uni_sse(&server, "ann").await;
     let first = stream.event_message().await.expect("connect push");
     assert!(first["connect"]["client"].is_string(), "{first}");
     assert!(first["connect"]["subs"]["user:ann"].is_object(), "{first}");
@@ -580,4 +586,79 @@ async fn next_data(
             }
         }
     }
+}
+
+/// The value of the sample `name{labels}` at `/metrics`, 0 when it is not listed.
+async fn sample(server: &TestServer, name: &str, labels: &str) -> u64 {
+    metric(server, &format!("{name}{{{labels}}}")).await
+}
+
+#[tokio::test]
+async fn connections_are_counted_by_transport_encoding_and_close_code() {
+    let server = start(common::pusher::config()).await;
+    let mut json_ws = Client::connect_user(&server, "ann").await;
+    let (mut proto_ws, _) = common::protobuf::ProtoClient::connect(&server, &token("ann")).await;
+    let mut stream = http_stream(&server, &connect(&token("ann"))).await;
+    stream.message().await.expect("connect reply");
+    let mut uni = uni_sse(&server, "ann").await;
+    uni.event_message().await.expect("connect push");
+    let pusher = common::pusher::PusherClient::connect(&server).await;
+    let handshake = http()
+        .get(server.http_url("/socket.io/?EIO=4&transport=polling"))
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .expect("engine.io handshake");
+    assert_eq!(handshake.status(), 200);
+
+    let labels = [
+        r#"transport="websocket",encoding="json""#,
+        r#"transport="websocket",encoding="protobuf""#,
+        r#"transport="http_stream",encoding="json""#,
+        r#"transport="uni_sse",encoding="json""#,
+        r#"transport="pusher",encoding="json""#,
+        r#"transport="socketio_polling",encoding="json""#,
+    ];
+    for l in labels {
+        assert_eq!(
+            sample(&server, "switchboard_connections", l).await,
+            1,
+            "{l}"
+        );
+        assert_eq!(
+            sample(&server, "switchboard_connects_total", l).await,
+            1,
+            "{l}"
+        );
+    }
+    let none = r#"transport="sse",encoding="json""#;
+    assert_eq!(sample(&server, "switchboard_connections", none).await, 0);
+
+    // Ann's four connections are closed by the API (3503); the Pusher client leaves
+    // (3000).
+    api_call(&server, "disconnect", json!({"user": "ann"})).await;
+    assert_eq!(json_ws.closed().await.code, 3503);
+    assert_eq!(proto_ws.closed().await.code, 3503);
+    stream.until_end().await;
+    uni.until_end().await;
+    pusher.close().await;
+    for (l, code) in labels[..4]
+        .iter()
+        .map(|l| (l, 3503))
+        .chain([(&labels[4], 3000)])
+    {
+        let closed = format!("{l},code=\"{code}\"");
+        let (server, closed) = (&server, closed.as_str());
+        eventually_value(|| async move {
+            let n = sample(server, "switchboard_disconnects_total", closed).await;
+            (n == 1).then_some(())
+        })
+        .await;
+        assert_eq!(sample(server, "switchboard_connections", l).await, 0, "{l}");
+    }
+    // Still open: the Engine.IO session.
+    assert_eq!(
+        sample(&server, "switchboard_connections", labels[5]).await,
+        1
+    );
 }

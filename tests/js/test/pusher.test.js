@@ -13,6 +13,8 @@ const PusherServer = require('pusher');
 const { SECRET, closeAll, connectUser, startServer, subscribe, waitEvent, withTimeout, TIMEOUT } = require('../lib/harness');
 
 const APP = { appId: '42', key: 'js-app-key', secret: 'js-app-secret' };
+/** The app's key for end-to-end encrypted channels: the server never has it. */
+const MASTER_KEY = Buffer.alloc(32, 7).toString('base64');
 const API_KEY = 'js-api-key';
 
 const CONFIG = `
@@ -30,6 +32,9 @@ secret = "${APP.secret}"
 [namespaces.default]
 subscribe = ["*"]
 publish = true
+# Cache channels (\`cache-ticker\`) keep their last event in the channel's history.
+history_size = 1
+history_ttl = "1h"
 
 [namespaces.chat]
 subscribe = ["*"]
@@ -153,7 +158,13 @@ function nextEvent(channel, event) {
 before(async () => {
   ({ default: Echo } = await import('laravel-echo'));
   server = await startServer({ config: CONFIG });
-  backend = new PusherServer({ ...APP, host: '127.0.0.1', port: String(server.port), useTLS: false });
+  backend = new PusherServer({
+    ...APP,
+    host: '127.0.0.1',
+    port: String(server.port),
+    useTLS: false,
+    encryptionMasterKeyBase64: MASTER_KEY,
+  });
   auth = await startAuthServer(backend);
 });
 
@@ -231,6 +242,40 @@ test('private channels: the auth endpoint signs, client events reach the others,
   assert.equal(echoed, false, 'a client event is not echoed to its sender');
 
   await assert.rejects(pusherSubscribe(ann, 'private-forbidden'), /AuthError|403/);
+});
+
+test('encrypted channels: pusher-js decrypts what the pusher library encrypted, the server relays ciphertext', async () => {
+  // pusher-js's Node build is its encryption build (tweetnacl inside, as
+  // pusher-js/with-encryption for browsers); the auth endpoint adds the channel's
+  // shared_secret, derived from the master key the server never sees.
+  const p = await connectPusher('ann');
+  const relayed = [];
+  p.connection.bind('message', (m) => m.channel === 'private-encrypted-vault' && relayed.push(m));
+  const vault = await pusherSubscribe(p, 'private-encrypted-vault');
+  const secret = nextEvent(vault, 'secret');
+  const res = await backend.trigger('private-encrypted-vault', 'secret', { note: 'plaintext-marker' });
+  assert.equal(res.status, 200);
+  assert.deepEqual((await secret).data, { note: 'plaintext-marker' });
+  const sent = relayed.find((m) => m.event === 'secret');
+  assert.ok(sent, 'the event came through the connection');
+  const sealed = typeof sent.data === 'string' ? JSON.parse(sent.data) : sent.data;
+  assert.ok(sealed.ciphertext && sealed.nonce, JSON.stringify(sent));
+  assert.ok(!JSON.stringify(sent).includes('plaintext-marker'), 'only ciphertext on the wire');
+});
+
+test('cache channels: pusher:cache_miss while empty, then a new subscriber gets the last event at once', async () => {
+  const ann = await connectPusher('ann');
+  const annTicker = ann.subscribe('cache-ticker');
+  await withTimeout(
+    new Promise((resolve) => annTicker.bind('pusher:cache_miss', resolve)),
+    TIMEOUT,
+    'pusher:cache_miss',
+  );
+  const res = await backend.trigger('cache-ticker', 'tick', { n: 1 });
+  assert.equal(res.status, 200);
+  const bob = await connectPusher('bob');
+  const tick = nextEvent(bob.subscribe('cache-ticker'), 'tick');
+  assert.deepEqual((await tick).data, { n: 1 });
 });
 
 test('presence: members, member_added and member_removed, and the channels and users the library reads', async () => {

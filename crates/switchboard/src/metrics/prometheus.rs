@@ -47,9 +47,35 @@ pub fn render(node: &Node) -> String {
     out.family(
         "switchboard_connections",
         "gauge",
-        "Open client connections.",
+        "Open client connections, by transport and encoding.",
     );
-    out.sample("switchboard_connections", &[], m.connections.get());
+    for (t, open, _) in m.connections.snapshot() {
+        let labels = [("transport", t.name()), ("encoding", t.encoding())];
+        out.sample("switchboard_connections", &labels, open);
+    }
+    out.family(
+        "switchboard_connects_total",
+        "counter",
+        "Client connections opened, by transport and encoding.",
+    );
+    for (t, _, opened) in m.connections.snapshot() {
+        let labels = [("transport", t.name()), ("encoding", t.encoding())];
+        out.sample("switchboard_connects_total", &labels, opened);
+    }
+    out.family(
+        "switchboard_disconnects_total",
+        "counter",
+        "Client connections closed, by transport, encoding and disconnect code.",
+    );
+    for (t, code, n) in m.connections.closes() {
+        let code = code.map_or_else(|| "other".to_owned(), |c| c.to_string());
+        let labels = [
+            ("transport", t.name()),
+            ("encoding", t.encoding()),
+            ("code", code.as_str()),
+        ];
+        out.sample("switchboard_disconnects_total", &labels, n);
+    }
     out.family(
         "switchboard_users",
         "gauge",

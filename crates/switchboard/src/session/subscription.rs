@@ -20,6 +20,17 @@ impl Activation {
         self.session
             .activate(first, std::mem::take(&mut self.channels));
     }
+
+    /// Queues `first`, then `read` (what the transport read from the channel's history
+    /// after subscribing: a Pusher cache channel's last event, at offset `seen`), then
+    /// releases buffered events newer than `seen`: none is sent twice.
+    pub fn complete_with(mut self, first: Outgoing, read: Outgoing, seen: u64) {
+        let mut channels = std::mem::take(&mut self.channels);
+        for (_, offset) in &mut channels {
+            *offset = (*offset).max(seen);
+        }
+        self.session.activate([first, read], channels);
+    }
 }
 
 impl Drop for Activation {
@@ -94,10 +105,10 @@ impl Session {
         }
     }
 
-    fn activate(&self, first: Option<Outgoing>, channels: Vec<(Arc<str>, u64)>) {
+    fn activate(&self, first: impl IntoIterator<Item = Outgoing>, channels: Vec<(Arc<str>, u64)>) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(first) = first {
-            self.enqueue(first);
+        for item in first {
+            self.enqueue(item);
         }
         for (channel, offset) in channels {
             if let Some(buf) = pending.remove(&channel) {

@@ -33,14 +33,13 @@ use super::websocket::{self, WsSink};
 use super::writer::{self, FrameSink, Wire};
 use crate::event::{ChannelEvent, Codec, Control, EventKind, Frame, Outgoing};
 use crate::front_door::Peer;
+use crate::metrics::connections::Transport;
 use crate::node::Node;
 use crate::session::{Session, SessionError};
 
 /// One encoding of the Centrifugo protocol, at the edge: frames into commands, replies
 /// and pushes into frames. Everything between (the session, limits, metrics) is shared.
 pub(crate) trait Encoding: 'static {
-    /// Its name in logs.
-    const NAME: &'static str;
     /// What separates text frames joined into one WebSocket message (binary frames
     /// delimit themselves).
     const JOIN: &'static str;
@@ -102,9 +101,10 @@ pub async fn handler(
         let tracker = node.tracker.clone();
         tracker.track_future(async move {
             if protobuf {
-                serve::<protobuf::Protobuf>(node, socket, origin).await;
+                let transport = Transport::WebSocketProtobuf;
+                serve::<protobuf::Protobuf>(node, socket, origin, transport).await;
             } else {
-                serve::<json::Json>(node, socket, origin).await;
+                serve::<json::Json>(node, socket, origin, Transport::WebSocketJson).await;
             }
         })
     })
@@ -114,12 +114,13 @@ async fn serve<E: Encoding>(
     node: Arc<Node>,
     socket: WebSocket,
     origin: crate::proxy::ClientOrigin,
+    transport: Transport,
 ) {
     let session = Session::new(node, E::codec());
     session.set_origin(origin);
     let (sink, stream) = socket.split();
     let link = Link {
-        name: E::NAME,
+        transport,
         emulation: None,
         // The close frame carries the code and reason.
         farewell: |_, _| Vec::new(),
@@ -156,8 +157,8 @@ pub(crate) fn ws_inbound(msg: Result<Message, axum::Error>) -> Inbound {
 
 /// What differs between the links a Centrifugo connection runs over.
 pub(crate) struct Link {
-    /// The transport's name in logs.
-    pub(crate) name: &'static str,
+    /// The transport, for metrics and logs.
+    pub(crate) transport: Transport,
     /// The session id an emulated connection (HTTP-streaming, SSE) is told in its
     /// connect reply, with the node's name, to send its commands to `/emulation`.
     pub(crate) emulation: Option<Arc<str>>,
@@ -186,8 +187,7 @@ pub(crate) async fn run<E: Encoding>(
     inbound: impl Stream<Item = Inbound> + Send + Unpin,
     link: Link,
 ) {
-    let node = session.node().clone();
-    node.metrics.connections.inc();
+    super::opened(&session, link.transport);
     // The writer is a task of its own, so a delivery wakes only the writer, not the
     // reader's timers and cancellation futures as well.
     let writer = {
@@ -205,8 +205,7 @@ pub(crate) async fn run<E: Encoding>(
     read_loop::<E>(inbound, &session, &link).await;
     Box::pin(session.cleanup()).await;
     let _ = writer.await;
-    node.metrics.connections.dec();
-    super::log_closed(&session, link.name);
+    super::closed(&session, link.transport);
 }
 
 /// A channel event as a push: what every encoding's codec sends.

@@ -16,10 +16,15 @@ pub mod streaming;
 mod websocket;
 mod writer;
 
+use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 
 use crate::config::Config;
+use crate::metrics::connections::Transport;
+use crate::session::Session;
 
 /// Whether a browser's `Origin` may connect (no header: not a browser, allowed). A
 /// same-origin request (the `Origin` names the `Host` it is sent to) is always allowed;
@@ -133,13 +138,46 @@ pub(crate) fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
         .is_some_and(|host| host.eq_ignore_ascii_case(authority))
 }
 
-/// Logs the end of a connection, with why it ended.
-pub(crate) fn log_closed(session: &crate::session::Session, transport: &'static str) {
+/// Why a request body carrying client messages was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyError {
+    /// Over the limit: refused as soon as it is exceeded, without buffering the rest.
+    TooLarge,
+    /// The client stopped sending, or sent too slowly.
+    Unread,
+}
+
+/// Reads a request body of at most `limit` bytes (`limits.max_message_size`): every
+/// transport that takes client messages over HTTP applies the limit a WebSocket
+/// applies to a message, rather than the HTTP framework's own default.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, BodyError> {
+    let mut data = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = data.next().await {
+        let chunk = chunk.map_err(|_| BodyError::Unread)?;
+        if buf.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Counts a connection opened on `transport`; [`closed`] counts its end.
+pub(crate) fn opened(session: &Session, transport: Transport) {
+    session.node().metrics.connections.opened(transport);
+}
+
+/// Counts the end of a connection on `transport` by its disconnect code, and logs it
+/// with why it ended.
+pub(crate) fn closed(session: &Session, transport: Transport) {
     let reason = session.disconnect_reason();
+    session.node().metrics.connections.closed(transport, reason);
     tracing::debug!(
         client = %session.id,
         user = %session.user(),
-        transport,
+        transport = transport.name(),
+        encoding = transport.encoding(),
         code = reason.code,
         reason = reason.reason,
         "connection closed"

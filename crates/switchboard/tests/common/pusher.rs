@@ -147,6 +147,11 @@ impl PusherClient {
         Ok(serde_json::from_str(&text).expect("json message"))
     }
 
+    /// Closes the socket, as a client that leaves.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+
     /// The next message that is not the server's ping.
     pub async fn next_event(&mut self) -> Value {
         loop {

@@ -16,7 +16,6 @@ static CODEC: LazyLock<Codec> =
     LazyLock::new(|| Codec::register("centrifuge-json", |ev, _| event_push::<Json>(ev)));
 
 impl Encoding for Json {
-    const NAME: &'static str = "centrifuge";
     const JOIN: &'static str = "\n";
 
     fn codec() -> Codec {

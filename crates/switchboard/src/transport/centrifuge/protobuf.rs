@@ -18,7 +18,6 @@ static CODEC: LazyLock<Codec> =
     LazyLock::new(|| Codec::register("centrifuge-protobuf", |ev, _| event_push::<Protobuf>(ev)));
 
 impl Encoding for Protobuf {
-    const NAME: &'static str = "centrifuge-protobuf";
     // Replies are length-delimited: joined as they are.
     const JOIN: &'static str = "";
 

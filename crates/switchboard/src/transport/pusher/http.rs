@@ -7,6 +7,7 @@
 //! plain-text message.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -98,9 +99,10 @@ fn authorize(node: &Node, app_id: &str, req: &Signed) -> Result<Vec<(String, Str
     Ok(params)
 }
 
-/// Counts and answers one call.
-fn finish(node: &Node, method: &'static str, started: Instant, answer: Answer) -> Response {
-    let (status, body, content_type) = match answer {
+/// Runs one call, then counts and answers it as `method`.
+async fn answer(node: &Node, method: &'static str, call: impl Future<Output = Answer>) -> Response {
+    let started = Instant::now();
+    let (status, body, content_type) = match call.await {
         Ok(v) => (StatusCode::OK, v.to_string(), "application/json"),
         Err(HttpError(status, message)) => (status, message, "text/plain; charset=utf-8"),
     };
@@ -219,9 +221,8 @@ pub(super) async fn events(
     uri: Uri,
     body: Bytes,
 ) -> Response {
-    let started = Instant::now();
-    let answer = trigger(&node, &app_id, &Signed { method, uri, body }).await;
-    finish(&node, "pusher_events", started, answer)
+    let req = Signed { method, uri, body };
+    answer(&node, "pusher_events", trigger(&node, &app_id, &req)).await
 }
 
 async fn trigger(node: &Node, app_id: &str, req: &Signed) -> Answer {
@@ -258,9 +259,13 @@ pub(super) async fn batch_events(
     uri: Uri,
     body: Bytes,
 ) -> Response {
-    let started = Instant::now();
-    let answer = trigger_batch(&node, &app_id, &Signed { method, uri, body }).await;
-    finish(&node, "pusher_batch_events", started, answer)
+    let req = Signed { method, uri, body };
+    answer(
+        &node,
+        "pusher_batch_events",
+        trigger_batch(&node, &app_id, &req),
+    )
+    .await
 }
 
 async fn trigger_batch(node: &Node, app_id: &str, req: &Signed) -> Answer {
@@ -348,9 +353,13 @@ pub(super) async fn channels(
     method: Method,
     uri: Uri,
 ) -> Response {
-    let started = Instant::now();
-    let answer = list_channels(&node, &app_id, &Signed::get(method, uri)).await;
-    finish(&node, "pusher_channels", started, answer)
+    let req = Signed::get(method, uri);
+    answer(
+        &node,
+        "pusher_channels",
+        list_channels(&node, &app_id, &req),
+    )
+    .await
 }
 
 async fn list_channels(node: &Node, app_id: &str, req: &Signed) -> Answer {
@@ -392,16 +401,30 @@ fn channel_of(name: &str) -> Result<(String, Kind), HttpError> {
 }
 
 /// `GET /apps/<app_id>/channels/<name>`: whether it is occupied, with
-/// `info=subscription_count,user_count` (user count for presence channels only).
+/// `info=subscription_count,user_count` (user count for presence channels only);
+/// `GET /apps/<app_id>/channels/<name>/users`: a presence channel's members. Pusher
+/// channel names hold no `/`, so `rest` says which.
 pub(super) async fn channel(
     State(node): State<Arc<Node>>,
-    Path((app_id, name)): Path<(String, String)>,
+    Path((app_id, rest)): Path<(String, String)>,
     method: Method,
     uri: Uri,
 ) -> Response {
-    let started = Instant::now();
-    let answer = one_channel(&node, &app_id, &name, &Signed::get(method, uri)).await;
-    finish(&node, "pusher_channel", started, answer)
+    let req = Signed::get(method, uri);
+    match rest.split_once('/') {
+        None => {
+            answer(
+                &node,
+                "pusher_channel",
+                one_channel(&node, &app_id, &rest, &req),
+            )
+            .await
+        }
+        Some((name, "users")) => {
+            answer(&node, "pusher_users", members(&node, &app_id, name, &req)).await
+        }
+        Some(_) => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 async fn one_channel(node: &Node, app_id: &str, name: &str, req: &Signed) -> Answer {
@@ -426,18 +449,6 @@ async fn one_channel(node: &Node, app_id: &str, name: &str, req: &Signed) -> Ans
         out["user_count"] = users(node, &channel).await?.len().into();
     }
     Ok(out)
-}
-
-/// `GET /apps/<app_id>/channels/<name>/users`: a presence channel's members.
-pub(super) async fn channel_users(
-    State(node): State<Arc<Node>>,
-    Path((app_id, name)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-) -> Response {
-    let started = Instant::now();
-    let answer = members(&node, &app_id, &name, &Signed::get(method, uri)).await;
-    finish(&node, "pusher_users", started, answer)
 }
 
 async fn members(node: &Node, app_id: &str, name: &str, req: &Signed) -> Answer {
@@ -466,9 +477,9 @@ pub(super) async fn terminate_connections(
     uri: Uri,
     body: Bytes,
 ) -> Response {
-    let started = Instant::now();
-    let answer = terminate(&node, &app_id, user, &Signed { method, uri, body }).await;
-    finish(&node, "pusher_terminate_connections", started, answer)
+    let req = Signed { method, uri, body };
+    let call = terminate(&node, &app_id, user, &req);
+    answer(&node, "pusher_terminate_connections", call).await
 }
 
 async fn terminate(node: &Node, app_id: &str, user: String, req: &Signed) -> Answer {

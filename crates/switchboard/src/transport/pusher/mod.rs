@@ -35,11 +35,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/apps/{app_id}/events", post(http::events))
         .route("/apps/{app_id}/batch_events", post(http::batch_events))
         .route("/apps/{app_id}/channels", get(http::channels))
-        .route("/apps/{app_id}/channels/{name}", get(http::channel))
-        .route(
-            "/apps/{app_id}/channels/{name}/users",
-            get(http::channel_users),
-        )
+        // A channel, and its users.
+        .route("/apps/{app_id}/channels/{*rest}", get(http::channel))
         .route(
             "/apps/{app_id}/users/{user_id}/terminate_connections",
             post(http::terminate_connections),

@@ -15,6 +15,9 @@ const ENCRYPTED: &str = "private-encrypted-";
 const PRESENCE: &str = "presence-";
 /// Prefix of the channel pusher-js subscribes after `pusher:signin`.
 const USER: &str = "#server-to-user-";
+/// Prefix of cache channels, after the kind's own (`cache-x`, `private-cache-x`,
+/// `presence-cache-x`, `private-encrypted-cache-x`).
+const CACHE: &str = "cache-";
 
 /// The namespaces Pusher's prefixes map to, in the order of their prefixes.
 const MAPPED: [(&str, &str); 3] = [(PRIVATE, "private"), (PRESENCE, "presence"), (USER, "user")];
@@ -60,6 +63,16 @@ impl Kind {
     pub(super) fn allows_client_events(self) -> bool {
         matches!(self, Self::Private | Self::Presence)
     }
+}
+
+/// Whether `name` is a cache channel: a subscriber gets its last event at once, or
+/// `pusher:cache_miss`.
+pub(super) fn is_cache(name: &str) -> bool {
+    [ENCRYPTED, PRIVATE, PRESENCE]
+        .iter()
+        .find_map(|prefix| name.strip_prefix(prefix))
+        .unwrap_or(name)
+        .starts_with(CACHE)
 }
 
 /// The switchboard channel of the Pusher channel `name`, and its kind; `None` for a
@@ -136,6 +149,27 @@ mod tests {
             "#other",
         ] {
             assert_eq!(to_switchboard(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn cache_channels_of_every_kind() {
+        for name in [
+            "cache-x",
+            "private-cache-x",
+            "presence-cache-x",
+            "private-encrypted-cache-x",
+        ] {
+            assert!(is_cache(name), "{name}");
+        }
+        for name in [
+            "x",
+            "cachex",
+            "private-x",
+            "presence-x-cache-",
+            "#server-to-user-cache-1",
+        ] {
+            assert!(!is_cache(name), "{name}");
         }
     }
 

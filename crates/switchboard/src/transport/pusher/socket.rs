@@ -26,7 +26,9 @@ use super::wire::{self, Incoming, CODEC};
 use crate::auth::{Grant, Identity};
 use crate::event::{Frame, Outgoing};
 use crate::front_door::Peer;
-use crate::node::Node;
+use crate::history::HistoryQuery;
+use crate::metrics::connections::Transport;
+use crate::node::{Node, NodeError};
 use crate::session::{Session, SessionError, SessionResult, EXCLUDE_CLIENT_TAG};
 use crate::transport::command;
 use crate::transport::heartbeat::Heartbeat;
@@ -117,9 +119,9 @@ fn socket_id() -> Arc<str> {
 }
 
 async fn serve(node: Arc<Node>, socket: WebSocket, origin: crate::proxy::ClientOrigin) {
-    node.metrics.connections.inc();
-    let session = Session::with_id(node.clone(), *CODEC, socket_id());
+    let session = Session::with_id(node, *CODEC, socket_id());
     session.set_origin(origin);
+    crate::transport::opened(&session, Transport::Pusher);
     let (sink, stream) = socket.split();
     // The writer is a task of its own, so a delivery wakes only the writer.
     let writer = {
@@ -133,8 +135,7 @@ async fn serve(node: Arc<Node>, socket: WebSocket, origin: crate::proxy::ClientO
     }
     Box::pin(session.cleanup()).await;
     let _ = writer.await;
-    node.metrics.connections.dec();
-    crate::transport::log_closed(&session, "pusher");
+    crate::transport::closed(&session, Transport::Pusher);
 }
 
 /// Connects the session anonymously and says `pusher:connection_established`.
@@ -357,27 +358,62 @@ async fn subscribe_channel(session: &Arc<Session>, req: &wire::SubscribeData) ->
     if kind == Kind::Presence && !ns.presence {
         return Err(ErrorCode::NotAvailable.into());
     }
+    // A cache channel's last event is read from its history, so every node knows it.
+    let cache = names::is_cache(&req.channel);
+    if cache && node.history_options(&ns).is_none() {
+        return Err(ErrorCode::NotAvailable.into());
+    }
     let request = SubscribeRequest {
         channel: channel.clone(),
         ..SubscribeRequest::default()
     };
     let subscribed = session.subscribe_granted(request, grant).await?;
-    let data = if kind == Kind::Presence {
-        match node.presence(&channel).await {
-            Ok(p) => wire::presence_data(p.presence.values()),
-            Err(e) => {
-                drop(subscribed.activation);
-                session.unsubscribe(&channel).await?;
-                return Err(e.into());
-            }
-        }
-    } else {
-        "{}".to_owned()
+    let read = async {
+        let members = match kind {
+            Kind::Presence => Some(node.presence(&channel).await?),
+            _ => None,
+        };
+        let last = if cache {
+            let query = HistoryQuery {
+                limit: Some(1),
+                reverse: true,
+                ..HistoryQuery::default()
+            };
+            Some(node.history(&channel, query).await?.publications.pop())
+        } else {
+            None
+        };
+        Ok::<_, NodeError>((members, last))
     };
-    let succeeded = wire::subscription_succeeded(&req.channel, &data);
-    subscribed
-        .activation
-        .complete(Some(Outgoing::Frame(Frame::from(succeeded))));
+    let (members, last) = match read.await {
+        Ok(read) => read,
+        Err(e) => {
+            drop(subscribed.activation);
+            session.unsubscribe(&channel).await?;
+            return Err(e.into());
+        }
+    };
+    let data = match members {
+        Some(p) => wire::presence_data(p.presence.values()),
+        None => "{}".to_owned(),
+    };
+    let succeeded = Outgoing::Frame(Frame::from(wire::subscription_succeeded(
+        &req.channel,
+        &data,
+    )));
+    let activation = subscribed.activation;
+    match last {
+        None => activation.complete(Some(succeeded)),
+        Some(None) => {
+            let miss = Outgoing::Frame(Frame::from(wire::cache_miss(&req.channel)));
+            activation.complete_with(succeeded, miss, 0);
+        }
+        Some(Some(p)) => {
+            let seen = p.offset;
+            let last = Outgoing::Frame(Frame::from(wire::cached(&channel, p)));
+            activation.complete_with(succeeded, last, seen);
+        }
+    }
     Ok(())
 }
 

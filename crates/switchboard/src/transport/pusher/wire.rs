@@ -8,7 +8,7 @@ use std::sync::{Arc, LazyLock};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use switchboard_protocol::{ClientInfo, Disconnect, SharedJson};
+use switchboard_protocol::{ClientInfo, Disconnect, Publication, SharedJson};
 
 use super::names::to_pusher;
 use crate::event::{ChannelEvent, Codec, Control, EventKind, Frame, Outgoing};
@@ -269,6 +269,20 @@ fn encode_event(ev: &ChannelEvent) -> String {
             )
         }
     }
+}
+
+/// A cache channel's last publication, as a new subscriber gets it: as it was
+/// delivered.
+pub(super) fn cached(channel: &str, publication: Publication) -> String {
+    encode_event(&ChannelEvent::new(
+        channel.into(),
+        EventKind::Publication(publication),
+    ))
+}
+
+/// What a cache channel's new subscriber gets when the channel has no event yet.
+pub(super) fn cache_miss(channel: &str) -> String {
+    message("pusher:cache_miss", Some(channel), "{}")
 }
 
 /// An outbox item as a frame. Pushes Pusher has no message for are sent as

@@ -11,6 +11,8 @@
 //! - [`pushes`]: what the server sends, as Socket.IO events.
 //! - [`routes`]: the app's own client events, mapped to actions by the configuration.
 //! - [`recovery`]: rooms joined again and missed events replayed after a reconnect.
+//! - [`sink`]: where the one writer driver writes: long-poll responses, then the
+//!   WebSocket the connection upgrades to.
 //! - [`websocket`]: WebSocket, direct or upgraded from polling.
 
 mod packets;
@@ -18,6 +20,7 @@ mod polling;
 mod pushes;
 mod recovery;
 mod routes;
+mod sink;
 mod websocket;
 
 pub(crate) use routes::route_errors;
@@ -34,13 +37,24 @@ use axum::routing::get;
 use axum::Router;
 use switchboard_protocol::socketio::Handshake;
 use switchboard_protocol::{SharedJson, SubscribeResult};
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 
 use crate::event::{Frame, Outgoing};
 use crate::front_door::Peer;
+use crate::metrics::connections::Transport;
 use crate::node::Node;
 use crate::session::Session;
+use crate::transport::websocket::WsSink;
 use crate::transport::with_cors;
+use crate::transport::writer::{self, Wire};
+
+/// How the writer driver writes Socket.IO: its close is the WebSocket's own (a
+/// long-poll gets the close packet, see [`sink`]).
+const WIRE: Wire = Wire {
+    encode,
+    farewell,
+    close: writer::same_close,
+};
 
 /// Event names `socket.io-client` keeps for itself, and those of switchboard's own
 /// events: a publication tagged with one of them is delivered as a plain `publication`
@@ -129,10 +143,10 @@ struct Conn {
     release_poll: Notify,
     /// The client answered a ping.
     pong: Notify,
-    /// A long-poll carried what was queued at the close, and the farewell.
-    farewell_sent: AtomicBool,
-    /// The last long-poll carried the close packet.
-    flushed: Notify,
+    /// The pending long-poll, waiting for the writer.
+    polls: sink::Polls,
+    /// Hands the WebSocket of a completed upgrade to the writer. Short sections only.
+    upgrade: Mutex<Option<oneshot::Sender<WsSink>>>,
     /// Counted in [`SocketIo::pending`] until it joins or closes.
     pending: AtomicBool,
     pending_count: Arc<AtomicUsize>,
@@ -169,8 +183,8 @@ impl Conn {
             polling: AtomicBool::new(false),
             release_poll: Notify::new(),
             pong: Notify::new(),
-            farewell_sent: AtomicBool::new(false),
-            flushed: Notify::new(),
+            polls: sink::Polls::default(),
+            upgrade: Mutex::new(None),
             pending: AtomicBool::new(true),
             pending_count: sio.pending.clone(),
             handshake_token,
@@ -253,6 +267,25 @@ impl Conn {
     fn not_pending(&self) {
         if self.pending.swap(false, Ordering::AcqRel) {
             self.pending_count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Moves the writer of this polling connection onto `ws`, the WebSocket it
+    /// upgraded to. False when the writer has ended (the connection closed).
+    fn upgraded(&self, ws: WsSink) -> bool {
+        let upgrade = self
+            .upgrade
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        upgrade.is_some_and(|tx| tx.send(ws).is_ok())
+    }
+
+    /// The transport it is on, as metrics count it (upgrading: still polling).
+    fn metrics_transport(&self) -> Transport {
+        match self.transport() {
+            WEBSOCKET => Transport::SocketIoWebSocket,
+            _ => Transport::SocketIoPolling,
         }
     }
 

@@ -1,31 +1,30 @@
 //! HTTP long-polling, the transport `socket.io-client` starts with: the handshake, the
 //! long-poll (`GET`) that carries the server's packets, the `POST` that carries the
-//! client's, and the driver task that runs each connection's timers.
+//! client's; and how every connection runs: its writer, its reader, its timers.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use switchboard_protocol::socketio::{split_payload, CLOSE, NOOP, PING, RECORD_SEPARATOR};
+use switchboard_protocol::socketio::{split_payload, CLOSE, NOOP, PING};
 use switchboard_protocol::Disconnect;
+use tokio::sync::oneshot;
 use tokio::time::sleep_until;
 
-use super::{farewell, packets, with_cors, Conn, EngineError, SocketIo};
+use super::sink::EngineSink;
+use super::{packets, with_cors, Conn, EngineError, SocketIo, WIRE};
 use super::{POLLING, UPGRADING, WEBSOCKET};
-use crate::event::Frame;
 use crate::front_door::Peer;
+use crate::metrics::connections::Transport;
 use crate::transport::heartbeat::Heartbeat;
-use crate::transport::writer::{observe_latency, BATCH};
-
-/// How long a closed polling connection waits for the poll that collects its close
-/// packet (it also bounds how long shutdown waits for it).
-const FINAL_POLL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+use crate::transport::{read_body, writer, BodyError};
 
 /// The query every Engine.IO request carries (others, such as the cache buster `t`,
 /// are ignored).
@@ -132,8 +131,12 @@ fn handshake(
         .unwrap_or_else(|e| e.into_inner())
         .insert(conn.sid.clone(), conn.clone());
     let open = conn.handshake(&["websocket"]);
+    let sink = EngineSink::polling(conn.clone());
+    // Counted before the handshake is answered, so the client sees itself counted.
+    crate::transport::opened(&conn.session, Transport::SocketIoPolling);
     let tracker = sio.node.tracker.clone();
-    tracker.spawn(drive(sio.clone(), conn));
+    // No reader: the client's packets come in `POST`s.
+    tracker.spawn(serve(sio.clone(), conn, sink, std::future::ready(())));
     Ok(text(open))
 }
 
@@ -144,20 +147,6 @@ impl Drop for PollGuard<'_> {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
     }
-}
-
-/// Appends a queued frame: Socket.IO's are all text (its codec makes no binary ones).
-fn push_frame(body: &mut String, frame: &Frame) {
-    if let Frame::Text(packet) = frame {
-        push_packet(body, packet);
-    }
-}
-
-fn push_packet(body: &mut String, packet: &str) {
-    if !body.is_empty() {
-        body.push(RECORD_SEPARATOR);
-    }
-    body.push_str(packet);
 }
 
 /// A long-poll: waits for packets, then answers with all that are queued.
@@ -176,45 +165,22 @@ async fn poll(conn: &Conn) -> Result<Response, EngineError> {
         return Err(EngineError::BadRequest);
     }
     let _guard = PollGuard(&conn.polling);
-    let mut batch = Vec::new();
-    if !session.closed().is_cancelled() {
-        tokio::select! {
-            biased;
-            // Cancel-safe: holds no state.
-            () = session.closed().cancelled() => {}
-            // Cancel-safe: `recv_many` loses nothing when dropped.
-            _ = session.outbox().recv_many(&mut batch, BATCH) => {}
-            // Cancel-safe: a notification that arrives while nobody waits is kept.
-            () = conn.release_poll.notified() => return Ok(text(NOOP.to_owned())),
+    let (reply, mut body) = oneshot::channel();
+    conn.polls.offer(reply);
+    tokio::select! {
+        biased;
+        // Cancel-safe: the receiver is polled by reference.
+        r = &mut body => {
+            // No reply: the writer ended, and the connection with it.
+            return Ok(text(r.unwrap_or_else(|_| CLOSE.to_owned())));
         }
+        // Cancel-safe: a notification that arrives while nobody waits is kept.
+        () = conn.release_poll.notified() => {}
     }
-    observe_latency(session, &batch);
-    let mut body = String::new();
-    for item in batch {
-        push_frame(&mut body, &conn.encode(item));
-    }
-    if session.closed().is_cancelled() && !conn.farewell_sent.swap(true, Ordering::AcqRel) {
-        let reason = session.disconnect_reason();
-        if reason != Disconnect::SLOW {
-            while let Some(item) = session.outbox().try_recv() {
-                push_frame(&mut body, &conn.encode(item));
-            }
-            for frame in farewell(session, reason) {
-                push_frame(&mut body, &frame);
-            }
-        }
-        if !body.is_empty() {
-            // The close packet goes in the next poll: `engine.io-client` acts on it at
-            // once, before `socket.io-client` has handled the packets before it (a
-            // `connect_error`, `server_disconnect`, `41`).
-            return Ok(text(body));
-        }
-    }
-    if session.closed().is_cancelled() {
-        push_packet(&mut body, CLOSE);
-        conn.flushed.notify_one();
-    }
-    Ok(text(body))
+    // Released while the client upgrades; packets the writer handed over meanwhile
+    // still go out.
+    body.close();
+    Ok(text(body.try_recv().unwrap_or_else(|_| NOOP.to_owned())))
 }
 
 /// `POST /socket.io/`: the client's packets.
@@ -222,9 +188,9 @@ pub(super) async fn post(
     State(sio): State<SocketIo>,
     Query(q): Query<EngineQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    let response = match receive(&sio, &q, &headers, &body).await {
+    let response = match receive(&sio, &q, &headers, body).await {
         Ok(()) => text("ok".to_owned()),
         Err(e) => e.into_response(),
     };
@@ -235,7 +201,7 @@ async fn receive(
     sio: &SocketIo,
     q: &EngineQuery,
     headers: &HeaderMap,
-    body: &[u8],
+    body: Body,
 ) -> Result<(), EngineError> {
     q.check(sio, headers)?;
     if q.transport.as_deref() != Some("polling") {
@@ -247,11 +213,15 @@ async fn receive(
         return Err(EngineError::BadRequest);
     }
     let session = &conn.session;
-    if body.len() > sio.node.config.limits.max_message_size {
-        session.close(Disconnect::MESSAGE_TOO_LARGE);
-        return Err(EngineError::BadRequest);
-    }
-    let Ok(text) = std::str::from_utf8(body) else {
+    let body = match read_body(body, sio.node.config.limits.max_message_size).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
+            session.close(Disconnect::MESSAGE_TOO_LARGE);
+            return Err(EngineError::BadRequest);
+        }
+        Err(BodyError::Unread) => return Err(EngineError::BadRequest),
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
         session.close(Disconnect::BAD_REQUEST);
         return Err(EngineError::BadRequest);
     };
@@ -269,12 +239,34 @@ pub(super) async fn preflight(State(sio): State<SocketIo>, headers: HeaderMap) -
     crate::transport::preflight(&sio.node.config, &headers, "GET, POST, OPTIONS")
 }
 
+/// Serves a connection until it ends: the writer (into `sink`), the reader (`read`:
+/// a WebSocket's; nothing for long-polling) and the timers; then forgets it. The
+/// caller counted it opened.
+pub(super) async fn serve(
+    sio: SocketIo,
+    conn: Arc<Conn>,
+    sink: EngineSink,
+    read: impl Future<Output = ()>,
+) {
+    let writer = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            let session = &conn.session;
+            writer::write_loop_with(sink, session, WIRE, |item| conn.encode(item)).await;
+        })
+    };
+    tokio::join!(read, drive(&conn));
+    // The writer ends after the close went out (to a long-poll, which keeps the
+    // connection findable until then), bounded by `network.close_linger`.
+    let _ = writer.await;
+    sio.remove(&conn.sid);
+    crate::transport::closed(&conn.session, conn.metrics_transport());
+}
+
 /// Runs a connection's timers (pings, connect deadline, token expiry) until its
-/// session closes, then releases the session and forgets the connection.
-pub(super) async fn drive(sio: SocketIo, conn: Arc<Conn>) {
+/// session closes, then releases the session.
+async fn drive(conn: &Conn) {
     let session = &conn.session;
-    let node = session.node().clone();
-    node.metrics.connections.inc();
     let mut heartbeat = Heartbeat::new(session, PING);
     // Engine.IO pings from the start, before the client joins a namespace.
     heartbeat.start_pings(session);
@@ -300,12 +292,4 @@ pub(super) async fn drive(sio: SocketIo, conn: Arc<Conn>) {
     conn.not_pending();
     conn.keep_state().await;
     Box::pin(session.cleanup()).await;
-    if matches!(conn.transport(), POLLING | UPGRADING) {
-        // A polling client has a poll pending nearly all the time, so the close packet
-        // goes out at once; if it closed between two polls, the next one collects it.
-        let _ = tokio::time::timeout(FINAL_POLL_WAIT, conn.flushed.notified()).await;
-    }
-    sio.remove(&conn.sid);
-    node.metrics.connections.dec();
-    crate::transport::log_closed(session, "socket.io");
 }

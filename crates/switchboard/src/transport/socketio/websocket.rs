@@ -12,19 +12,14 @@ use futures_util::{SinkExt, StreamExt};
 use switchboard_protocol::socketio::PROBE_PONG;
 use switchboard_protocol::Disconnect;
 
-use super::polling::drive;
-use super::{encode, farewell, packets, Conn, EngineError, SocketIo};
+use super::polling::serve;
+use super::sink::EngineSink;
+use super::{packets, Conn, EngineError, SocketIo};
 use super::{POLLING, UPGRADING, WEBSOCKET};
 use crate::event::TextFrame;
 use crate::front_door::Peer;
+use crate::metrics::connections::Transport;
 use crate::transport::websocket::{self, WsSink};
-use crate::transport::writer::{self, Wire};
-
-const WIRE: Wire = Wire {
-    encode,
-    farewell,
-    close: writer::same_close,
-};
 
 /// Upgrades to WebSocket: a new connection (`conn` is `None`), or the upgrade of a
 /// polling one. `token` is the handshake's token (see `handshake_token`), for a new
@@ -60,19 +55,15 @@ pub(super) fn upgrade(
 async fn serve_new(sio: SocketIo, conn: Arc<Conn>, mut socket: WebSocket) {
     let open = conn.handshake(&[]);
     if socket.send(Message::Text(open.into())).await.is_err() {
+        // Gone before its handshake: it must not hold a place among the pending.
+        conn.not_pending();
         return;
     }
+    crate::transport::opened(&conn.session, Transport::SocketIoWebSocket);
     let (sink, stream) = socket.split();
-    let writer = {
-        let conn = conn.clone();
-        tokio::spawn(async move {
-            // One Engine.IO packet per WebSocket message: the protocol has no separator.
-            let sink = WsSink::new(sink, None);
-            writer::write_loop_with(sink, &conn.session, WIRE, |item| conn.encode(item)).await;
-        })
-    };
-    tokio::join!(read_loop(&conn, stream), drive(sio, conn.clone()));
-    let _ = writer.await;
+    // One Engine.IO packet per WebSocket message: the protocol has no separator.
+    let sink = EngineSink::websocket(conn.clone(), WsSink::new(sink, None));
+    serve(sio, conn.clone(), sink, read_loop(&conn, stream)).await;
 }
 
 /// Waits for the next text message, at most a pong timeout.
@@ -111,16 +102,14 @@ async fn upgrade_polling(conn: Arc<Conn>, socket: WebSocket) {
         return;
     }
     conn.transport.store(WEBSOCKET, Ordering::Release);
-    let writer = {
-        let conn = conn.clone();
-        tokio::spawn(async move {
-            // One Engine.IO packet per WebSocket message: the protocol has no separator.
-            let sink = WsSink::new(sink, None);
-            writer::write_loop_with(sink, &conn.session, WIRE, |item| conn.encode(item)).await;
-        })
-    };
-    read_loop(&conn, stream).await;
-    let _ = writer.await;
+    let metrics = &conn.session.node().metrics;
+    metrics
+        .connections
+        .moved(Transport::SocketIoPolling, Transport::SocketIoWebSocket);
+    // The connection's writer moves over: one Engine.IO packet per WebSocket message.
+    if conn.upgraded(WsSink::new(sink, None)) {
+        read_loop(&conn, stream).await;
+    }
 }
 
 async fn read_loop(conn: &Conn, mut stream: SplitStream<WebSocket>) {

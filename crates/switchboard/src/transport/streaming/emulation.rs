@@ -19,25 +19,20 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::body::{self, Framing};
-use super::{is_protobuf, read_body, session_id, streaming_response, Refusal, Streams};
+use super::{is_protobuf, opening, session_id, streaming_response};
+use super::{ConnectQuery, Refusal, Streams};
 use crate::event::Frame;
 use crate::front_door::Peer;
+use crate::metrics::connections::Transport;
 use crate::session::Session;
 use crate::transport::centrifuge::json::Json;
 use crate::transport::centrifuge::protobuf::Protobuf;
 use crate::transport::centrifuge::{self, disconnect_push, Encoding, Inbound, Link};
-use crate::transport::{preflight as cors_preflight, with_cors};
+use crate::transport::{preflight as cors_preflight, read_body, with_cors};
 
 /// Command messages queued for a session's reader: `/emulation` requests arriving
 /// faster than it handles them get 429 past this.
 const INBOX: usize = 32;
-
-/// The query of `GET /connection/sse`.
-#[derive(Debug, Deserialize)]
-pub(super) struct SseQuery {
-    /// The client's first commands, encoded as in an `/emulation` request's `data`.
-    cf_connect: Option<String>,
-}
 
 /// `POST /connection/http_stream`.
 pub(super) async fn http_stream(
@@ -57,7 +52,7 @@ pub(super) async fn http_stream(
                 &headers,
                 first,
                 Framing::Delimited,
-                "http_stream",
+                Transport::HttpStreamProtobuf,
             ))
         } else {
             let first = text(&data)?;
@@ -66,7 +61,7 @@ pub(super) async fn http_stream(
                 &headers,
                 first,
                 Framing::Lines,
-                "http_stream",
+                Transport::HttpStreamJson,
             ))
         }
     }
@@ -81,31 +76,20 @@ pub(super) async fn sse(
     method: Method,
     headers: HeaderMap,
     peer: Peer,
-    Query(query): Query<SseQuery>,
+    Query(query): Query<ConnectQuery>,
     body: Body,
 ) -> Response {
     let response = async {
         streams.admit(&headers, &peer)?;
-        let limit = streams.node.config.limits.max_message_size;
-        let first = if method == Method::POST {
-            let data = read_body(body, limit).await?;
-            text(&data)?
-        } else {
-            let connect = query
-                .cf_connect
-                .filter(|c| !c.is_empty())
-                .ok_or(Refusal::bad_request("no cf_connect"))?;
-            if connect.len() > limit {
-                return Err(Refusal::TOO_LARGE);
-            }
-            Frame::from(connect)
-        };
+        let first = opening(&streams, &method, query, body)
+            .await?
+            .ok_or(Refusal::bad_request("no cf_connect"))?;
         Ok::<_, Refusal>(open::<Json>(
             &streams,
             &headers,
-            first,
+            text(&first)?,
             Framing::Events,
-            "sse",
+            Transport::Sse,
         ))
     }
     .await
@@ -127,11 +111,11 @@ fn open<E: Encoding>(
     headers: &HeaderMap,
     first: Frame,
     framing: Framing,
-    transport: &'static str,
+    transport: Transport,
 ) -> Response {
     let node = &streams.node;
     let session = Session::new(node.clone(), E::codec());
-    session.set_origin(node.proxies.origin(transport, headers));
+    session.set_origin(node.proxies.origin(transport.name(), headers));
     let id = session_id();
     let (commands, inbox) = mpsc::channel(INBOX);
     // The channel is new and empty: this can not fail.
@@ -142,7 +126,7 @@ fn open<E: Encoding>(
     let preamble = (framing == Framing::Events).then_some(&b"\r\n"[..]);
     let (sink, body) = body::stream(session.clone(), framing, preamble);
     let link = Link {
-        name: transport,
+        transport,
         emulation: Some(id.clone()),
         farewell: disconnect_push::<E>,
     };

@@ -19,14 +19,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use bytes::Bytes;
+use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use super::{read_body, BodyError};
 use crate::event::Frame;
 use crate::front_door::Peer;
 use crate::node::Node;
@@ -144,19 +145,46 @@ impl IntoResponse for Refusal {
     }
 }
 
-/// Reads a request body of at most `limit` bytes.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, Refusal> {
-    let mut data = body.into_data_stream();
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = data.next().await {
-        // The client stopped sending, or sent too slowly.
-        let chunk = chunk.map_err(|_| Refusal::bad_request("request body not read"))?;
-        if buf.len() + chunk.len() > limit {
-            return Err(Refusal::TOO_LARGE);
+impl From<BodyError> for Refusal {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge => Self::TOO_LARGE,
+            BodyError::Unread => Self::bad_request("request body not read"),
         }
-        buf.extend_from_slice(&chunk);
     }
-    Ok(buf.freeze())
+}
+
+/// The query of the endpoints a connection can open with a `GET`.
+#[derive(Debug, Deserialize)]
+struct ConnectQuery {
+    /// The client's first commands (`sse`) or connect request (the unidirectional
+    /// ones), JSON, as a `POST` would carry them in its body.
+    cf_connect: Option<String>,
+}
+
+impl ConnectQuery {
+    /// `cf_connect`, unless empty, within `limit` bytes.
+    fn within(self, limit: usize) -> Result<Option<Bytes>, Refusal> {
+        match self.cf_connect.filter(|c| !c.is_empty()) {
+            Some(c) if c.len() > limit => Err(Refusal::TOO_LARGE),
+            c => Ok(c.map(Bytes::from)),
+        }
+    }
+}
+
+/// What a connection opens with: a `POST`'s body, or a `GET`'s `cf_connect` (`None`
+/// without one); at most `limits.max_message_size` bytes either way.
+async fn opening(
+    streams: &Streams,
+    method: &Method,
+    query: ConnectQuery,
+    body: Body,
+) -> Result<Option<Bytes>, Refusal> {
+    let limit = streams.node.config.limits.max_message_size;
+    if *method == Method::POST {
+        return Ok(Some(read_body(body, limit).await?));
+    }
+    query.within(limit)
 }
 
 /// Whether the request's body is Protobuf (`application/octet-stream`), as the SDKs

@@ -23,22 +23,24 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt};
-use serde::Deserialize;
-use switchboard_protocol::command::{decode_frame, Command, ConnectRequest, DecodeError};
-use switchboard_protocol::reply::{encode_bare_push, encode_reply, PushBody, ReplyBody};
-use switchboard_protocol::{Disconnect, ErrorCode, PING};
+use switchboard_protocol::command::{Command, ConnectRequest, DecodeError};
+use switchboard_protocol::reply::{encode_bare_push, PushBody, ReplyBody};
+use switchboard_protocol::{Disconnect, ErrorCode};
 use tokio::time::sleep_until;
 
 use super::body::{self, Framing};
-use super::{read_body, streaming_response, Refusal, Streams};
+use super::{opening, streaming_response, ConnectQuery, Refusal, Streams};
 use crate::event::{Codec, Frame, Outgoing};
 use crate::front_door::Peer;
+use crate::metrics::connections::Transport;
 use crate::session::{Session, SessionError};
+use crate::transport::centrifuge::json::Json;
 use crate::transport::centrifuge::{
     self, disconnect_push, event_push, ws_inbound, Encoding, Inbound,
 };
 use crate::transport::command;
 use crate::transport::heartbeat::Heartbeat;
+use crate::transport::read_body;
 use crate::transport::websocket::{self, WsSink};
 use crate::transport::writer::{self, FrameSink, Wire};
 use crate::transport::{preflight as cors_preflight, with_cors};
@@ -49,29 +51,26 @@ pub(crate) struct Uni;
 static CODEC: LazyLock<Codec> =
     LazyLock::new(|| Codec::register("centrifuge-uni", |ev, _| event_push::<Uni>(ev)));
 
+/// JSON's, but for the pushes: those go without the envelope.
 impl Encoding for Uni {
-    const NAME: &'static str = "uni";
-    const JOIN: &'static str = "\n";
+    const JOIN: &'static str = Json::JOIN;
 
     fn codec() -> Codec {
         *CODEC
     }
 
     fn ping() -> Frame {
-        Frame::from_static(PING)
+        Json::ping()
     }
 
     /// A unidirectional client sends no commands after its connect.
     fn decode(message: Frame) -> Result<Vec<Result<Command, DecodeError>>, Disconnect> {
-        match message {
-            Frame::Text(text) => Ok(decode_frame(text.as_str()).collect()),
-            Frame::Binary(_) => Err(Disconnect::BAD_REQUEST),
-        }
+        Json::decode(message)
     }
 
     /// Not sent: a unidirectional client gets no replies (its connect result is a push).
     fn reply(id: u32, body: &ReplyBody) -> Frame {
-        Frame::from(encode_reply(id, body))
+        Json::reply(id, body)
     }
 
     fn push(channel: &str, body: &PushBody<'_>) -> Frame {
@@ -79,27 +78,11 @@ impl Encoding for Uni {
     }
 }
 
-/// The query of the unidirectional endpoints.
-#[derive(Debug, Deserialize)]
-pub(super) struct UniQuery {
-    /// The connect request, JSON.
-    cf_connect: Option<String>,
-}
-
 /// A connect request in JSON; `null` stands for an empty one, as in Centrifugo.
 fn connect_request(json: &[u8]) -> Result<ConnectRequest, Refusal> {
     serde_json::from_slice::<Option<ConnectRequest>>(json)
         .map(Option::unwrap_or_default)
         .map_err(|_| Refusal::bad_request("invalid connect request"))
-}
-
-/// The connect request of `cf_connect`, if there is one.
-fn query_request(query: UniQuery, limit: usize) -> Result<Option<ConnectRequest>, Refusal> {
-    match query.cf_connect.filter(|c| !c.is_empty()) {
-        Some(c) if c.len() > limit => Err(Refusal::TOO_LARGE),
-        Some(c) => connect_request(c.as_bytes()).map(Some),
-        None => Ok(None),
-    }
 }
 
 /// `GET /connection/uni_sse?cf_connect=...` or `POST /connection/uni_sse`. Without
@@ -110,19 +93,22 @@ pub(super) async fn sse(
     method: Method,
     headers: HeaderMap,
     peer: Peer,
-    Query(query): Query<UniQuery>,
+    Query(query): Query<ConnectQuery>,
     body: Body,
 ) -> Response {
     let response = async {
         streams.admit(&headers, &peer)?;
-        let limit = streams.node.config.limits.max_message_size;
-        let req = if method == Method::POST {
-            let data = read_body(body, limit).await?;
-            connect_request(&data)?
-        } else {
-            query_request(query, limit)?.unwrap_or_default()
+        let req = match opening(&streams, &method, query, body).await? {
+            Some(data) => connect_request(&data)?,
+            None => ConnectRequest::default(),
         };
-        Ok::<_, Refusal>(open(&streams, &headers, req, Framing::Events, "uni_sse"))
+        Ok::<_, Refusal>(open(
+            &streams,
+            &headers,
+            req,
+            Framing::Events,
+            Transport::UniSse,
+        ))
     }
     .await
     .unwrap_or_else(IntoResponse::into_response);
@@ -146,7 +132,7 @@ pub(super) async fn http_stream(
             &headers,
             req,
             Framing::Lines,
-            "uni_http_stream",
+            Transport::UniHttpStream,
         ))
     }
     .await
@@ -164,11 +150,11 @@ fn open(
     headers: &HeaderMap,
     req: ConnectRequest,
     framing: Framing,
-    transport: &'static str,
+    transport: Transport,
 ) -> Response {
     let node = &streams.node;
     let session = Session::new(node.clone(), Uni::codec());
-    session.set_origin(node.proxies.origin(transport, headers));
+    session.set_origin(node.proxies.origin(transport.name(), headers));
     let preamble = (framing == Framing::Events).then_some(&b"\r\n"[..]);
     let (sink, body) = body::stream(session.clone(), framing, preamble);
     // Nothing to read: the client ends the connection by going away, which drops the
@@ -188,18 +174,22 @@ pub(super) async fn websocket(
     State(streams): State<Streams>,
     headers: HeaderMap,
     peer: Peer,
-    Query(query): Query<UniQuery>,
+    Query(query): Query<ConnectQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
     if let Err(refused) = streams.admit(&headers, &peer) {
         return refused.into_response();
     }
     let node = streams.node;
-    let req = match query_request(query, node.config.limits.max_message_size) {
+    let req = query
+        .within(node.config.limits.max_message_size)
+        .and_then(|data| data.map(|d| connect_request(&d)).transpose());
+    let req = match req {
         Ok(req) => req,
         Err(bad) => return bad.into_response(),
     };
-    let origin = node.proxies.origin("uni_websocket", &headers);
+    let transport = Transport::UniWebSocket;
+    let origin = node.proxies.origin(transport.name(), &headers);
     websocket::configure(ws, &node.config).on_upgrade(move |socket| {
         let tracker = node.tracker.clone();
         tracker.track_future(async move {
@@ -207,7 +197,7 @@ pub(super) async fn websocket(
             session.set_origin(origin);
             let (sink, stream) = socket.split();
             let sink = WsSink::new(sink, None);
-            run(session, sink, stream.map(ws_inbound), req, "uni_websocket").await;
+            run(session, sink, stream.map(ws_inbound), req, transport).await;
         })
     })
 }
@@ -219,10 +209,9 @@ async fn run(
     sink: impl FrameSink + 'static,
     mut inbound: impl Stream<Item = Inbound> + Send + Unpin,
     mut connect: Option<ConnectRequest>,
-    transport: &'static str,
+    transport: Transport,
 ) {
-    let node = session.node().clone();
-    node.metrics.connections.inc();
+    crate::transport::opened(&session, transport);
     let writer = {
         let session = session.clone();
         let wire = Wire {
@@ -288,8 +277,7 @@ async fn run(
     }
     Box::pin(session.cleanup()).await;
     let _ = writer.await;
-    node.metrics.connections.dec();
-    crate::transport::log_closed(&session, transport);
+    crate::transport::closed(&session, transport);
 }
 
 /// Connects; the connect result goes out as a `connect` push. Returns the disconnect
