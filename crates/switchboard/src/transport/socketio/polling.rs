@@ -6,8 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -21,6 +19,7 @@ use super::{POLLING, UPGRADING, WEBSOCKET};
 use crate::event::Frame;
 use crate::front_door::Peer;
 use crate::transport::heartbeat::Heartbeat;
+use crate::transport::upgrade::{UpgradeRejection, WsUpgrade};
 use crate::transport::writer::{observe_latency, BATCH};
 
 /// How long a closed polling connection waits for the poll that collects its close
@@ -68,7 +67,7 @@ pub(super) async fn get(
     Query(q): Query<EngineQuery>,
     headers: HeaderMap,
     peer: Peer,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<WsUpgrade, UpgradeRejection>,
 ) -> Response {
     let response = match route_get(&sio, &q, &headers, &peer, ws).await {
         Ok(r) => r,
@@ -82,7 +81,7 @@ async fn route_get(
     q: &EngineQuery,
     headers: &HeaderMap,
     peer: &Peer,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<WsUpgrade, UpgradeRejection>,
 ) -> Result<Response, EngineError> {
     q.check(sio, headers)?;
     match (q.transport.as_deref(), q.sid.as_deref()) {

@@ -4,7 +4,6 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::stream::SplitStream;
@@ -15,9 +14,9 @@ use switchboard_protocol::Disconnect;
 use super::polling::drive;
 use super::{encode, farewell, packets, Conn, EngineError, SocketIo};
 use super::{POLLING, UPGRADING, WEBSOCKET};
-use crate::event::TextFrame;
+use crate::event::Frame;
 use crate::front_door::Peer;
-use crate::transport::websocket::{self, WsSink};
+use crate::transport::websocket::{self, Deflate, Message, WebSocket, WsSink, WsUpgrade};
 use crate::transport::writer::{self, Wire};
 
 const WIRE: Wire = Wire {
@@ -31,13 +30,16 @@ const WIRE: Wire = Wire {
 /// connection.
 pub(super) fn upgrade(
     sio: &SocketIo,
-    ws: WebSocketUpgrade,
+    ws: WsUpgrade,
     conn: Option<Arc<Conn>>,
     peer: &Peer,
     headers: &HeaderMap,
     token: Option<Box<str>>,
 ) -> Result<Response, EngineError> {
-    let ws = websocket::configure(ws, &sio.node.config);
+    let ws = ws.configure(&sio.node.config);
+    // Compressed per connection: Socket.IO's recovery keeps the plain frames it wrote,
+    // so its sessions keep the plain codec.
+    let deflate = ws.deflate();
     let tracker = sio.node.tracker.clone();
     let sio = sio.clone();
     match conn {
@@ -45,21 +47,31 @@ pub(super) fn upgrade(
             if conn.transport() != POLLING {
                 return Err(EngineError::BadRequest);
             }
-            Ok(ws.on_upgrade(move |socket| tracker.track_future(upgrade_polling(conn, socket))))
+            Ok(ws.on_upgrade(move |socket| {
+                tracker.track_future(upgrade_polling(conn, socket, deflate))
+            }))
         }
         None => {
             if let Some(r) = sio.refusal(peer) {
                 return Ok(r);
             }
             let conn = Conn::new(&sio, WEBSOCKET, headers, token);
-            Ok(ws.on_upgrade(move |socket| tracker.track_future(serve_new(sio, conn, socket))))
+            Ok(ws.on_upgrade(move |socket| {
+                tracker.track_future(serve_new(sio, conn, socket, deflate))
+            }))
         }
     }
 }
 
-async fn serve_new(sio: SocketIo, conn: Arc<Conn>, mut socket: WebSocket) {
+async fn serve_new(
+    sio: SocketIo,
+    conn: Arc<Conn>,
+    mut socket: WebSocket,
+    deflate: Option<Deflate>,
+) {
     let open = conn.handshake(&[]);
-    if socket.send(Message::Text(open.into())).await.is_err() {
+    let open = websocket::message_for(Frame::from(open), deflate);
+    if socket.send(open).await.is_err() {
         return;
     }
     let (sink, stream) = socket.split();
@@ -67,7 +79,7 @@ async fn serve_new(sio: SocketIo, conn: Arc<Conn>, mut socket: WebSocket) {
         let conn = conn.clone();
         tokio::spawn(async move {
             // One Engine.IO packet per WebSocket message: the protocol has no separator.
-            let sink = WsSink::new(sink, None);
+            let sink = WsSink::new(sink, None, deflate);
             writer::write_loop_with(sink, &conn.session, WIRE, |item| conn.encode(item)).await;
         })
     };
@@ -84,13 +96,16 @@ async fn next_text(conn: &Conn, stream: &mut SplitStream<WebSocket>) -> Option<S
     }
 }
 
-async fn upgrade_polling(conn: Arc<Conn>, socket: WebSocket) {
+async fn upgrade_polling(conn: Arc<Conn>, socket: WebSocket, deflate: Option<Deflate>) {
     let (mut sink, mut stream) = socket.split();
     if next_text(&conn, &mut stream).await.as_deref() != Some("2probe") {
         return;
     }
     if sink
-        .send(Message::Text(TextFrame::from_static(PROBE_PONG)))
+        .send(websocket::message_for(
+            Frame::from_static(PROBE_PONG),
+            deflate,
+        ))
         .await
         .is_err()
     {
@@ -115,7 +130,7 @@ async fn upgrade_polling(conn: Arc<Conn>, socket: WebSocket) {
         let conn = conn.clone();
         tokio::spawn(async move {
             // One Engine.IO packet per WebSocket message: the protocol has no separator.
-            let sink = WsSink::new(sink, None);
+            let sink = WsSink::new(sink, None, deflate);
             writer::write_loop_with(sink, &conn.session, WIRE, |item| conn.encode(item)).await;
         })
     };
@@ -136,10 +151,10 @@ async fn read_loop(conn: &Conn, mut stream: SplitStream<WebSocket>) {
                     None | Some(Ok(Message::Close(_))) => Some(Disconnect::CONNECTION_CLOSED),
                     Some(Ok(Message::Text(text))) => packets::handle(conn, text.as_str()).await,
                     Some(Ok(Message::Binary(_))) => Some(Disconnect::BAD_REQUEST),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
                         crate::transport::command::meter_control(session)
                     }
-                    Some(Err(e)) => Some(websocket::read_error(e)),
+                    Some(Err(e)) => Some(websocket::read_error(&e)),
                 };
                 if let Some(d) = disconnect {
                     session.close(d);

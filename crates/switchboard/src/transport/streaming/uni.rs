@@ -18,7 +18,6 @@
 use std::sync::{Arc, LazyLock};
 
 use axum::body::Body;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
@@ -39,7 +38,7 @@ use crate::transport::centrifuge::{
 };
 use crate::transport::command;
 use crate::transport::heartbeat::Heartbeat;
-use crate::transport::websocket::{self, WsSink};
+use crate::transport::websocket::{self, WsSink, WsUpgrade};
 use crate::transport::writer::{self, FrameSink, Wire};
 use crate::transport::{preflight as cors_preflight, with_cors};
 
@@ -65,7 +64,7 @@ impl Encoding for Uni {
     fn decode(message: Frame) -> Result<Vec<Result<Command, DecodeError>>, Disconnect> {
         match message {
             Frame::Text(text) => Ok(decode_frame(text.as_str()).collect()),
-            Frame::Binary(_) => Err(Disconnect::BAD_REQUEST),
+            Frame::Binary(_) | Frame::Deflated { .. } => Err(Disconnect::BAD_REQUEST),
         }
     }
 
@@ -189,7 +188,7 @@ pub(super) async fn websocket(
     headers: HeaderMap,
     peer: Peer,
     Query(query): Query<UniQuery>,
-    ws: WebSocketUpgrade,
+    ws: WsUpgrade,
 ) -> Response {
     if let Err(refused) = streams.admit(&headers, &peer) {
         return refused.into_response();
@@ -200,13 +199,15 @@ pub(super) async fn websocket(
         Err(bad) => return bad.into_response(),
     };
     let origin = node.proxies.origin("uni_websocket", &headers);
-    websocket::configure(ws, &node.config).on_upgrade(move |socket| {
+    let ws = ws.configure(&node.config);
+    let deflate = ws.deflate();
+    ws.on_upgrade(move |socket| {
         let tracker = node.tracker.clone();
         tracker.track_future(async move {
-            let session = Session::new(node, Uni::codec());
+            let session = Session::new(node, websocket::codec(Uni::codec(), deflate));
             session.set_origin(origin);
             let (sink, stream) = socket.split();
-            let sink = WsSink::new(sink, None);
+            let sink = WsSink::new(sink, None, deflate);
             run(session, sink, stream.map(ws_inbound), req, "uni_websocket").await;
         })
     })
