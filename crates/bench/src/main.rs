@@ -23,6 +23,7 @@ mod procfs;
 mod publisher;
 mod report;
 mod scenario;
+mod sockets;
 mod target;
 mod worker;
 
@@ -86,7 +87,7 @@ struct Outputs {
 #[derive(Args)]
 struct RunArgs {
     /// Targets, comma-separated (known: switchboard, switchboard-sio, switchboard-pusher,
-    /// floor, socketio, switchboard-redis, switchboard-redis-2nodes).
+    /// switchboard-deflate, floor, socketio, switchboard-redis, switchboard-redis-2nodes).
     #[arg(
         long,
         value_delimiter = ',',
@@ -346,6 +347,9 @@ fn one_line(r: &coordinator::RunResult) -> String {
             );
             if let Some(redis) = m.redis_cpu_us_per_delivery {
                 s += &format!(" + {redis:.2} µs Redis");
+            }
+            if let Some(bytes) = m.server_bytes_per_delivery {
+                s += &format!(", {bytes:.0} B sent/delivery");
             }
         }
         s += &format!(
