@@ -11,16 +11,23 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
+use switchboard::transport::deflate::Io;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::protobuf;
 
-/// A client WebSocket over plain TCP.
-pub(crate) type Ws = WebSocketStream<TcpStream>;
+/// A client WebSocket over plain TCP; read through switchboard's inflater when the
+/// connection negotiated permessage-deflate (tungstenite has no extension support).
+pub(crate) type Ws = WebSocketStream<Io<TcpStream>>;
+
+/// Largest message a load client reads (compressed or inflated).
+const MAX_MESSAGE: usize = 1 << 20;
 
 /// A wire protocol the load clients speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,13 +98,19 @@ fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)
-        .max_message_size(Some(1 << 20))
-        .max_frame_size(Some(1 << 20))
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
 }
 
 /// Opens a WebSocket to `server` from source address `source` (bound before connecting,
-/// so connections spread over several loopback addresses and their port ranges).
-pub(crate) async fn open(server: SocketAddr, source: Ipv4Addr, proto: Proto) -> anyhow::Result<Ws> {
+/// so connections spread over several loopback addresses and their port ranges),
+/// negotiating permessage-deflate when `deflate`.
+pub(crate) async fn open(
+    server: SocketAddr,
+    source: Ipv4Addr,
+    proto: Proto,
+    deflate: bool,
+) -> anyhow::Result<Ws> {
     let socket = TcpSocket::new_v4()?;
     socket.set_reuseaddr(true)?;
     socket
@@ -105,11 +118,51 @@ pub(crate) async fn open(server: SocketAddr, source: Ipv4Addr, proto: Proto) -> 
         .with_context(|| format!("bind {source}"))?;
     let stream = socket.connect(server).await.context("tcp connect")?;
     stream.set_nodelay(true)?;
+    if deflate {
+        return open_deflating(server, stream, proto).await;
+    }
     let request = format!("ws://{server}{}", proto.path()).into_client_request()?;
-    let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
+    let io = Io::new(stream, false, MAX_MESSAGE);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(request, io, Some(ws_config()))
         .await
         .context("websocket handshake")?;
     Ok(ws)
+}
+
+/// The handshake done here, offering permessage-deflate as a browser does: what the
+/// server sends past its answer is already frames, and goes to the inflater.
+async fn open_deflating(
+    server: SocketAddr,
+    mut stream: TcpStream,
+    proto: Proto,
+) -> anyhow::Result<Ws> {
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {server}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {}\r\n\
+         Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+        proto.path(),
+        generate_key()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut read = Vec::with_capacity(1024);
+    let end = loop {
+        if let Some(i) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if read.len() > 16 * 1024 || stream.read_buf(&mut read).await? == 0 {
+            bail!("no handshake answer");
+        }
+    };
+    let head = String::from_utf8_lossy(&read[..end]).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 101") {
+        bail!("handshake refused: {}", head.lines().next().unwrap_or(""));
+    }
+    if !head.contains("\r\nsec-websocket-extensions: permessage-deflate") {
+        bail!("the server did not negotiate permessage-deflate");
+    }
+    let frames = read.split_off(end);
+    let io = Io::inflating(stream, MAX_MESSAGE, frames);
+    Ok(WebSocketStream::from_raw_socket(io, Role::Client, Some(ws_config())).await)
 }
 
 /// Reads the next text message, answering pings meanwhile.

@@ -167,6 +167,10 @@ pub(crate) struct Measure {
     /// The Redis's CPU in cores (Redis targets only).
     #[serde(default)]
     pub(crate) redis_cores: Option<f64>,
+    /// Bytes the server's sockets sent per delivery (TCP payload: WebSocket frames,
+    /// compressed where the target compresses, and the API's answers to the publisher).
+    #[serde(default)]
+    pub(crate) server_bytes_per_delivery: Option<f64>,
 }
 
 fn bar(len: u64, msg: String) -> ProgressBar {
@@ -188,6 +192,8 @@ struct CpuMark {
     redis: Option<f64>,
     clients: f64,
     machine_busy: f64,
+    /// Bytes the nodes' sockets sent so far (see [`crate::sockets`]).
+    sent: Option<u64>,
 }
 
 impl CpuMark {
@@ -198,6 +204,7 @@ impl CpuMark {
             redis: servers.redis_cpu_seconds(),
             clients: workers.cpu_seconds(),
             machine_busy: procfs::machine_cpu().0,
+            sent: servers.bytes_sent(),
         }
     }
 }
@@ -255,6 +262,7 @@ async fn run_inner(
             let last = n * (w + 1) / nworkers;
             WorkerSpec {
                 proto: target.proto,
+                deflate: target.deflate(),
                 servers: addrs.clone(),
                 first,
                 count: last - first,
@@ -518,6 +526,11 @@ fn measure(
         redis_cpu_us_per_delivery: redis_cpu.and_then(per_delivery),
         total_cpu_us_per_delivery: per_delivery(server_cpu + redis_cpu.unwrap_or(0.0)),
         redis_cores: redis_cpu.map(|c| c / seconds),
+        server_bytes_per_delivery: after
+            .sent
+            .zip(before.sent)
+            .filter(|_| delivered > 0)
+            .map(|(a, b)| (a.saturating_sub(b) as f64 / delivered as f64 * 10.0).round() / 10.0),
         server_cores: server_cpu / seconds,
         clients_cores: (after.clients - before.clients) / seconds,
         machine_busy_cores: (after.machine_busy - before.machine_busy) / seconds,

@@ -26,6 +26,7 @@ mod protobuf;
 mod publisher;
 mod report;
 mod scenario;
+mod sockets;
 mod target;
 mod worker;
 
@@ -89,8 +90,8 @@ struct Outputs {
 #[derive(Args)]
 struct RunArgs {
     /// Targets, comma-separated (known: switchboard, switchboard-sio, switchboard-pusher,
-    /// switchboard-protobuf, switchboard-uni, floor, socketio, node-ws, sockudo,
-    /// switchboard-redis, switchboard-redis-2nodes, switchboard-redis-6nodes).
+    /// switchboard-protobuf, switchboard-uni, switchboard-deflate, floor, socketio, node-ws,
+    /// sockudo, switchboard-redis, switchboard-redis-2nodes, switchboard-redis-6nodes).
     #[arg(
         long,
         value_delimiter = ',',
@@ -368,6 +369,9 @@ fn one_line(r: &coordinator::RunResult) -> String {
             );
             if let Some(redis) = m.redis_cpu_us_per_delivery {
                 s += &format!(" + {redis:.2} µs Redis");
+            }
+            if let Some(bytes) = m.server_bytes_per_delivery {
+                s += &format!(", {bytes:.0} B sent/delivery");
             }
         }
         s += &format!(

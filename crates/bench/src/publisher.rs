@@ -223,7 +223,7 @@ fn hex(bytes: &[u8]) -> String {
 
 impl WsPublisher {
     async fn connect(server: SocketAddr, channels: &[String]) -> anyhow::Result<Self> {
-        let mut ws = client::open(server, [127, 0, 0, 1].into(), Proto::Centrifuge).await?;
+        let mut ws = client::open(server, [127, 0, 0, 1].into(), Proto::Centrifuge, false).await?;
         let token = client::token(SECRET, "bench-publisher", &[])?;
         client::handshake(&mut ws, Proto::Centrifuge, Some(&token)).await?;
         // Client publishing needs a subscription; subscribe in batches of 500.

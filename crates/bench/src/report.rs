@@ -206,6 +206,14 @@ const ROWS: &[Row] = &[
     },
     Row {
         scenario: "broadcast",
+        metric: "bytes sent per delivery",
+        path: "measure.server_bytes_per_delivery",
+        unit: Unit::Bytes,
+        goal: "",
+        check: None,
+    },
+    Row {
+        scenario: "broadcast",
         metric: "peak RSS ÷ RSS before fan-out",
         path: "memory.peak_over_subscribed",
         unit: Unit::Ratio,

@@ -140,6 +140,13 @@ pub(crate) const TARGETS: &[Target] = &[
         ratio: Ratio::SiblingOverTarget(PUSHER_TARGET),
     },
     Target {
+        name: DEFLATE_TARGET,
+        server: ServerKind::Switchboard,
+        proto: Proto::Centrifuge,
+        cluster: Cluster::Single,
+        ratio: Ratio::TargetOverSubject,
+    },
+    Target {
         name: REDIS_TARGET,
         server: ServerKind::Switchboard,
         proto: Proto::Centrifuge,
@@ -169,11 +176,22 @@ pub(crate) const REDIS_6_NODES_TARGET: &str = "switchboard-redis-6nodes";
 /// switchboard's Pusher transport, with pusher-protocol load clients.
 pub(crate) const PUSHER_TARGET: &str = "switchboard-pusher";
 
+/// switchboard with `websocket.compression` on, its clients negotiating
+/// permessage-deflate: the price of compression, and the bytes it saves.
+pub(crate) const DEFLATE_TARGET: &str = "switchboard-deflate";
+
 /// switchboard with `engine = "redis"`, one node: the price of Redis mode.
 pub(crate) const REDIS_TARGET: &str = "switchboard-redis";
 
 /// Two switchboard nodes on one Redis, clients spread over both.
 pub(crate) const REDIS_2_NODES_TARGET: &str = "switchboard-redis-2nodes";
+
+impl Target {
+    /// Whether the server compresses and the clients negotiate permessage-deflate.
+    pub(crate) fn deflate(self) -> bool {
+        self.name == DEFLATE_TARGET
+    }
+}
 
 /// Looks a target up by name.
 pub(crate) fn find(name: &str) -> Option<Target> {
@@ -276,7 +294,12 @@ fn free_port_in(range: Option<(u16, u16)>) -> anyhow::Result<u16> {
     bail!("no free port in {first}-{last}")
 }
 
-fn switchboard_config(addr: SocketAddr, redis: Option<&RedisLink>) -> String {
+fn switchboard_config(addr: SocketAddr, redis: Option<&RedisLink>, deflate: bool) -> String {
+    let websocket = if deflate {
+        "\n[websocket]\ncompression = true\n"
+    } else {
+        ""
+    };
     let engine = match redis {
         None => String::new(),
         Some(link) => format!(
@@ -308,7 +331,7 @@ publish = true
 app_id = "{PUSHER_APP_ID}"
 key = "{PUSHER_KEY}"
 secret = "{PUSHER_SECRET}"
-"#
+{websocket}"#
     )
 }
 
@@ -397,19 +420,21 @@ fn log_files(log: &Path) -> anyhow::Result<(std::fs::File, std::fs::File)> {
 
 impl ServerProcess {
     /// Starts the server of `kind` on a fresh port, logging to `log`, and waits until it
-    /// accepts connections. `redis` makes a switchboard server a node of a Redis engine.
+    /// accepts connections. `redis` makes a switchboard server a node of a Redis engine;
+    /// `deflate` turns its WebSocket compression on.
     pub(crate) async fn start(
         kind: ServerKind,
         programs: &Programs,
         log: &Path,
         redis: Option<&RedisLink>,
+        deflate: bool,
     ) -> anyhow::Result<Self> {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let (out, err) = log_files(log)?;
         let mut cmd = match kind {
             ServerKind::Switchboard => {
                 let config = log.with_extension("toml");
-                std::fs::write(&config, switchboard_config(addr, redis))?;
+                std::fs::write(&config, switchboard_config(addr, redis, deflate))?;
                 let mut c = tokio::process::Command::new(&programs.switchboard);
                 c.arg("serve").arg("--config").arg(&config);
                 c.env("SWITCHBOARD_LOG", "warn");
@@ -541,7 +566,9 @@ impl Deployment {
         };
         match target.cluster {
             Cluster::Single => {
-                let server = ServerProcess::start(target.server, programs, log, None).await?;
+                let server =
+                    ServerProcess::start(target.server, programs, log, None, target.deflate())
+                        .await?;
                 deployment.nodes.push(server);
             }
             Cluster::Redis { nodes } => {
@@ -560,8 +587,14 @@ impl Deployment {
                     } else {
                         sibling(&format!("node{k}"))
                     };
-                    let started =
-                        ServerProcess::start(target.server, programs, &log, Some(&link)).await;
+                    let started = ServerProcess::start(
+                        target.server,
+                        programs,
+                        &log,
+                        Some(&link),
+                        target.deflate(),
+                    )
+                    .await;
                     match started {
                         Ok(node) => deployment.nodes.push(node),
                         Err(e) => {
@@ -603,6 +636,12 @@ impl Deployment {
             .iter()
             .map(|n| procfs::peak_rss_bytes(n.pid))
             .sum()
+    }
+
+    /// Bytes the nodes' sockets sent so far (Redis not included), if `ss` can tell.
+    pub(crate) fn bytes_sent(&self) -> Option<u64> {
+        let ports: Vec<u16> = self.nodes.iter().map(|n| n.addr.port()).collect();
+        crate::sockets::bytes_sent(&ports)
     }
 
     /// VmRSS of the Redis, if the target has one.

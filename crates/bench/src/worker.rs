@@ -27,6 +27,9 @@ use crate::scenario::Plan;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct WorkerSpec {
     pub(crate) proto: Proto,
+    /// Whether connections negotiate permessage-deflate.
+    #[serde(default)]
+    pub(crate) deflate: bool,
     /// The server's nodes: connection `i` goes to node `i % servers.len()`.
     pub(crate) servers: Vec<SocketAddr>,
     /// Global index of this worker's first connection.
@@ -251,7 +254,13 @@ async fn connection(
     let permit = sem.acquire_owned().await;
     let started = Instant::now();
     let opened = tokio::time::timeout(client::CONNECT_TIMEOUT, async {
-        let mut ws = client::open(server_addr(&spec, i)?, source_ip(&spec, i), spec.proto).await?;
+        let mut ws = client::open(
+            server_addr(&spec, i)?,
+            source_ip(&spec, i),
+            spec.proto,
+            spec.deflate,
+        )
+        .await?;
         client::handshake(&mut ws, spec.proto, token.as_deref()).await?;
         anyhow::Ok(ws)
     })

@@ -16,11 +16,13 @@ mod persistence;
 mod pusher;
 mod socketio;
 mod webhooks;
+mod websocket;
 
 pub use persistence::{Durability, PersistenceConfig};
 pub use pusher::PusherConfig;
 pub use socketio::{PushesConfig, RouteAction, RouteConfig, SocketIoConfig};
 pub use webhooks::{WebhookEndpointConfig, WebhooksConfig, EVENT_KINDS};
+pub use websocket::WebSocketConfig;
 
 /// `SWITCHBOARD_*` variables that are not configuration keys: read by the CLI's flags
 /// (`SWITCHBOARD_CONFIG`, `SWITCHBOARD_URL`), the log filter (`SWITCHBOARD_LOG`) and the
@@ -99,6 +101,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The TCP and HTTP front door: timeouts, connection caps and rates.
     pub network: NetworkConfig,
+    /// WebSocket options: permessage-deflate compression (off by default).
+    pub websocket: WebSocketConfig,
     /// Serving `https`/`wss` directly; off while `tls.cert` is empty.
     pub tls: TlsConfig,
     /// Channel namespaces: the part of a channel name before the first `:`.
@@ -716,6 +720,7 @@ impl Default for Config {
             client: ClientConfig::default(),
             limits: LimitsConfig::default(),
             network: NetworkConfig::default(),
+            websocket: WebSocketConfig::default(),
             tls: TlsConfig::default(),
             namespaces,
             history_max_bytes: 256 * 1024 * 1024,
@@ -910,6 +915,7 @@ impl Config {
             errors.extend(self.redis.problems());
         }
         errors.extend(self.persistence.errors());
+        errors.extend(self.websocket.errors());
         // The Redis engine keeps histories and last-seen times in Redis already.
         if self.engine == EngineKind::Redis && self.persistence.enabled() {
             errors.push(

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use switchboard_protocol::{ClientInfo, Publication, SubscribeResult};
+use tungstenite::Utf8Bytes;
 
 /// A text frame: reference-counted UTF-8 bytes.
 pub type TextFrame = Utf8Bytes;
@@ -23,6 +23,14 @@ pub enum Frame {
     Text(TextFrame),
     /// A binary frame (Protobuf).
     Binary(Bytes),
+    /// A text or binary message compressed with permessage-deflate (RFC 7692), for the
+    /// WebSocket connections that negotiated it (see `transport::deflate`).
+    Deflated {
+        /// The compressed payload, as the frame carries it.
+        payload: Bytes,
+        /// Whether the message is binary (else text).
+        binary: bool,
+    },
 }
 
 impl Frame {
@@ -36,6 +44,7 @@ impl Frame {
         match self {
             Self::Text(t) => t.len(),
             Self::Binary(b) => b.len(),
+            Self::Deflated { payload, .. } => payload.len(),
         }
     }
 
@@ -44,11 +53,11 @@ impl Frame {
         self.len() == 0
     }
 
-    /// Its bytes, whichever the kind.
+    /// Its bytes, whichever the kind (compressed ones as they go on the wire).
     pub fn as_bytes(&self) -> &[u8] {
         match self {
             Self::Text(t) => t.as_bytes(),
-            Self::Binary(b) => b,
+            Self::Binary(b) | Self::Deflated { payload: b, .. } => b,
         }
     }
 }
@@ -99,6 +108,9 @@ pub struct Codec {
     /// Whether a session is sent its own join and leave. Centrifugo clients are; a
     /// Pusher client is not (`member_added` announces others only).
     pub own_presence: bool,
+    /// How this codec's frames are compressed, for connections that negotiated
+    /// compression: once per event too, from the encoded frame ([`Codec::compressed`]).
+    compress: Option<fn(&Frame, &crate::Config) -> Frame>,
 }
 
 impl Codec {
@@ -121,6 +133,16 @@ impl Codec {
             slot,
             encode_event,
             own_presence: true,
+            compress: None,
+        }
+    }
+
+    /// This codec with its frames compressed by `compress` (permessage-deflate): each
+    /// event is compressed once, from its encoded frame, and shared like it.
+    pub const fn compressed(self, compress: fn(&Frame, &crate::Config) -> Frame) -> Self {
+        Self {
+            compress: Some(compress),
+            ..self
         }
     }
 
@@ -155,6 +177,9 @@ pub struct ChannelEvent {
     /// the start of the publish-to-delivery latency metric.
     pub published: Instant,
     encoded: [OnceLock<Frame>; SLOTS],
+    /// Compressed frames per codec slot, allocated when a compressed codec first asks:
+    /// most events never meet one.
+    compressed: OnceLock<Box<[OnceLock<Frame>; SLOTS]>>,
 }
 
 impl ChannelEvent {
@@ -165,16 +190,25 @@ impl ChannelEvent {
             kind,
             published: Instant::now(),
             encoded: Default::default(),
+            compressed: OnceLock::new(),
         })
     }
 
-    /// The event encoded with `codec`, encoding it on first use only.
+    /// The event encoded with `codec` (and compressed, for a compressed codec),
+    /// encoding it on first use only.
     pub fn encoded(&self, codec: Codec, config: &crate::Config) -> Frame {
-        match codec.slot {
+        let plain = || match codec.slot {
             Some(slot) => self.encoded[slot]
                 .get_or_init(|| (codec.encode_event)(self, config))
                 .clone(),
             None => (codec.encode_event)(self, config),
+        };
+        match (codec.compress, codec.slot) {
+            (None, _) => plain(),
+            (Some(compress), Some(slot)) => self.compressed.get_or_init(Default::default)[slot]
+                .get_or_init(|| compress(&plain(), config))
+                .clone(),
+            (Some(compress), None) => compress(&plain(), config),
         }
     }
 
@@ -282,6 +316,42 @@ mod tests {
         assert_eq!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr());
     }
 
+    static COMPRESS_CALLS: AtomicUsize = AtomicUsize::new(0);
+    /// A codec with a slot of its own on the test's event, whatever other tests
+    /// registered.
+    const PLAIN: Codec = Codec {
+        name: "plain",
+        slot: Some(SLOTS - 1),
+        encode_event: |_, _| Frame::from_static("t"),
+        own_presence: true,
+        compress: None,
+    };
+
+    #[test]
+    fn a_compressed_codec_compresses_once_per_event_and_shares_it() {
+        let config = crate::Config::default();
+        let compressed = PLAIN.compressed(|frame, _| {
+            COMPRESS_CALLS.fetch_add(1, Ordering::Relaxed);
+            Frame::Deflated {
+                payload: Bytes::copy_from_slice(frame.as_bytes()),
+                binary: false,
+            }
+        });
+        let info = ClientInfo {
+            user: "u".into(),
+            client: "c".into(),
+            conn_info: None,
+            chan_info: None,
+        };
+        let ev = ChannelEvent::new("chat:1".into(), EventKind::Join(info));
+        let frames: Vec<Frame> = (0..3).map(|_| ev.encoded(compressed, &config)).collect();
+        assert_eq!(COMPRESS_CALLS.load(Ordering::Relaxed), 1);
+        assert!(matches!(&frames[0], Frame::Deflated { payload, .. } if payload == "t"));
+        assert_eq!(frames[0].as_bytes().as_ptr(), frames[2].as_bytes().as_ptr());
+        // The plain codec still gets the plain frame.
+        assert_eq!(ev.encoded(PLAIN, &config), Frame::from_static("t"));
+    }
+
     #[test]
     fn a_codec_past_the_slots_still_encodes_per_recipient() {
         let codec = Codec {
@@ -289,6 +359,7 @@ mod tests {
             slot: None,
             encode_event: |_, _| Frame::from_static("late"),
             own_presence: true,
+            compress: None,
         };
         let ev = ChannelEvent::new(
             "chat:1".into(),

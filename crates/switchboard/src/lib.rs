@@ -22,7 +22,9 @@
 //! - [`transport`]: wire protocols ([`transport::centrifuge`] in JSON and Protobuf,
 //!   [`transport::socketio`], [`transport::pusher`] with its HTTP API), over WebSocket or
 //!   streaming HTTP responses ([`transport::streaming`]: HTTP-streaming, SSE, the
-//!   unidirectional transports), all written by one writer driver.
+//!   unidirectional transports), all written by one writer driver. WebSocket endpoints
+//!   shake hands in [`transport::upgrade`], which negotiates permessage-deflate
+//!   ([`transport::deflate`]).
 //! - [`server`]: HTTP routes, `run`, graceful shutdown.
 //! - [`front_door`]: accepting TCP connections: caps, rates, timeouts, lingering close.
 //! - [`hooks`]: the named hook points of the core (connect, online, occupied, join...)

@@ -16,7 +16,6 @@ pub(crate) mod protobuf;
 
 use std::sync::Arc;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -29,7 +28,7 @@ use tracing::Instrument;
 
 use super::command::{self, Executed};
 use super::heartbeat::Heartbeat;
-use super::websocket::{self, WsSink};
+use super::websocket::{self, Deflate, Message, WebSocket, WsSink, WsUpgrade};
 use super::writer::{self, FrameSink, Wire};
 use crate::event::{ChannelEvent, Codec, Control, EventKind, Frame, Outgoing};
 use crate::front_door::Peer;
@@ -79,7 +78,7 @@ pub async fn handler(
     headers: HeaderMap,
     peer: Peer,
     RawQuery(query): RawQuery,
-    ws: WebSocketUpgrade,
+    ws: WsUpgrade,
 ) -> Response {
     if !super::origin_allowed(&node.config, &headers) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
@@ -91,8 +90,10 @@ pub async fn handler(
         return busy.into_response();
     }
     let origin = node.proxies.origin("websocket", &headers);
-    let ws =
-        websocket::configure(ws, &node.config).protocols([JSON_SUBPROTOCOL, PROTOBUF_SUBPROTOCOL]);
+    let ws = ws
+        .configure(&node.config)
+        .protocols([JSON_SUBPROTOCOL, PROTOBUF_SUBPROTOCOL]);
+    let deflate = ws.deflate();
     let protobuf = wants_protobuf(query.as_deref())
         || ws
             .selected_protocol()
@@ -102,9 +103,9 @@ pub async fn handler(
         tracker.track_future(async move {
             if protobuf {
                 let transport = Transport::WebSocketProtobuf;
-                serve::<protobuf::Protobuf>(node, socket, origin, transport).await;
+                serve::<protobuf::Protobuf>(node, socket, deflate, origin, transport).await;
             } else {
-                serve::<json::Json>(node, socket, origin, Transport::WebSocketJson).await;
+                serve::<json::Json>(node, socket, deflate, origin, Transport::WebSocketJson).await;
             }
         })
     })
@@ -113,10 +114,11 @@ pub async fn handler(
 async fn serve<E: Encoding>(
     node: Arc<Node>,
     socket: WebSocket,
+    deflate: Option<Deflate>,
     origin: crate::proxy::ClientOrigin,
     transport: Transport,
 ) {
-    let session = Session::new(node, E::codec());
+    let session = Session::new(node, websocket::codec(E::codec(), deflate));
     session.set_origin(origin);
     let (sink, stream) = socket.split();
     let link = Link {
@@ -127,7 +129,7 @@ async fn serve<E: Encoding>(
     };
     run::<E>(
         session,
-        WsSink::new(sink, Some(E::JOIN)),
+        WsSink::new(sink, Some(E::JOIN), deflate),
         stream.map(ws_inbound),
         link,
     )
@@ -145,13 +147,14 @@ pub(crate) enum Inbound {
 }
 
 /// A WebSocket message as what a reader gets.
-pub(crate) fn ws_inbound(msg: Result<Message, axum::Error>) -> Inbound {
+pub(crate) fn ws_inbound(msg: Result<Message, tungstenite::Error>) -> Inbound {
     match msg {
         Ok(Message::Text(text)) => Inbound::Frame(Frame::Text(text)),
         Ok(Message::Binary(bytes)) => Inbound::Frame(Frame::Binary(bytes)),
         Ok(Message::Close(_)) => Inbound::Closed(Disconnect::CONNECTION_CLOSED),
-        Ok(Message::Ping(_) | Message::Pong(_)) => Inbound::Control,
-        Err(e) => Inbound::Closed(websocket::read_error(e)),
+        // Tungstenite reads no raw frames; a ping or pong carries no command.
+        Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => Inbound::Control,
+        Err(e) => Inbound::Closed(websocket::read_error(&e)),
     }
 }
 

@@ -3,16 +3,19 @@
 //!
 //! One writer driver ([`writer`]) drains every connection's outbox, into a WebSocket
 //! ([`websocket`]) or a streaming response ([`streaming`]); one command path
-//! ([`command`]) runs what any of them decodes.
+//! ([`command`]) runs what any of them decodes. Every WebSocket endpoint shakes hands
+//! through [`upgrade`], which negotiates permessage-deflate ([`deflate`]).
 //!
 //! [`Session`]: crate::session::Session
 
 pub mod centrifuge;
 mod command;
+pub mod deflate;
 mod heartbeat;
 pub mod pusher;
 pub mod socketio;
 pub mod streaming;
+pub mod upgrade;
 mod websocket;
 mod writer;
 

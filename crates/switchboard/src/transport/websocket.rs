@@ -1,32 +1,22 @@
-//! What every WebSocket transport shares: buffer sizes, the [`FrameSink`] the one
-//! writer driver ([`super::writer`]) feeds (text or binary frames, joined into one
-//! message where the protocol allows it), and how read errors become disconnects.
+//! What every WebSocket transport shares: the [`FrameSink`] the one writer driver
+//! ([`super::writer`]) feeds (text or binary frames, joined into one message where the
+//! protocol allows it, or compressed where permessage-deflate was negotiated), and how
+//! read errors become disconnects. The handshake is [`super::upgrade`]'s.
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
 use switchboard_protocol::Disconnect;
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::{Frame as WireFrame, FrameHeader};
+use tungstenite::protocol::CloseFrame;
+pub(crate) use tungstenite::Message;
 
+use super::deflate::{self, InflateError};
+use super::upgrade::WRITE_BUFFER_SIZE;
+pub(crate) use super::upgrade::{Deflate, WebSocket, WsUpgrade};
 use super::writer::{FrameSink, SinkClosed};
 use crate::config::Config;
-use crate::event::Frame;
-
-/// Bytes read per read call, and the read buffer a connection starts with. Clients send
-/// small commands and the buffer is held for the connection's whole life (it grows to
-/// the largest frame received), so it starts small; a larger frame takes several reads.
-const READ_BUFFER_SIZE: usize = 256;
-/// Bytes of frames gathered before a write: one syscall carries many small pushes.
-const WRITE_BUFFER_SIZE: usize = 4096;
-
-/// Applies switchboard's buffer sizes and the configured message size limit.
-pub(crate) fn configure(ws: WebSocketUpgrade, config: &Config) -> WebSocketUpgrade {
-    let max = config.limits.max_message_size;
-    ws.read_buffer_size(READ_BUFFER_SIZE)
-        .write_buffer_size(WRITE_BUFFER_SIZE)
-        .max_write_buffer_size(usize::MAX)
-        .max_message_size(max)
-        .max_frame_size(max)
-}
+use crate::event::{Codec, Frame};
 
 /// Largest WebSocket message made of several joined frames: the write buffer's size,
 /// so joining adds no memory beyond it under fan-out (tungstenite keeps its write
@@ -38,6 +28,56 @@ fn message(frame: Frame) -> Message {
     match frame {
         Frame::Text(t) => Message::Text(t),
         Frame::Binary(b) => Message::Binary(b),
+        Frame::Deflated { payload, binary } => {
+            let header = FrameHeader {
+                rsv1: true,
+                opcode: OpCode::Data(if binary { Data::Binary } else { Data::Text }),
+                ..FrameHeader::default()
+            };
+            Message::Frame(WireFrame::from_payload(header, payload))
+        }
+    }
+}
+
+/// `frame` compressed for connections that negotiated permessage-deflate, when it is
+/// at least `min_size` long; else as it is.
+pub(crate) fn deflated(frame: Frame, deflate: Deflate) -> Frame {
+    if frame.len() < deflate.min_size {
+        return frame;
+    }
+    let binary = match &frame {
+        Frame::Text(_) => false,
+        Frame::Binary(_) => true,
+        Frame::Deflated { .. } => return frame,
+    };
+    match deflate::compress(frame.as_bytes(), deflate.level) {
+        Some(payload) => Frame::Deflated { payload, binary },
+        None => frame,
+    }
+}
+
+/// `frame` as the message a connection sends outside its writer (Socket.IO's open
+/// packet): compressed as the writer would.
+pub(crate) fn message_for(frame: Frame, deflate: Option<Deflate>) -> Message {
+    match deflate {
+        Some(d) => message(deflated(frame, d)),
+        None => message(frame),
+    }
+}
+
+/// `frame` compressed as the node's configuration says: how a compressed codec
+/// ([`Codec::compressed`]) compresses an event once for all its recipients.
+fn deflated_event(frame: &Frame, config: &Config) -> Frame {
+    deflated(frame.clone(), Deflate::of(config))
+}
+
+/// The codec a connection's session uses: `codec`, or its compressed form when the
+/// connection negotiated permessage-deflate (each event is then compressed once, and
+/// the compressed message shared by every such connection).
+pub(crate) fn codec(codec: Codec, deflate: Option<Deflate>) -> Codec {
+    match deflate {
+        Some(_) => codec.compressed(deflated_event),
+        None => codec,
     }
 }
 
@@ -114,16 +154,24 @@ pub(crate) struct WsSink {
     /// as they are: the protocols that allow it delimit their messages themselves.
     join: Option<&'static str>,
     joined: Joined,
+    /// How frames are compressed, when permessage-deflate was negotiated.
+    deflate: Option<Deflate>,
 }
 
 impl WsSink {
     /// A sink writing one message per frame, or joining the frames of one batch with
-    /// `join` (see the `join` field).
-    pub(crate) fn new(sink: SplitSink<WebSocket, Message>, join: Option<&'static str>) -> Self {
+    /// `join` (see the `join` field); with `deflate`, frames are not joined but
+    /// compressed (a shared compressed event as it is, others one by one).
+    pub(crate) fn new(
+        sink: SplitSink<WebSocket, Message>,
+        join: Option<&'static str>,
+        deflate: Option<Deflate>,
+    ) -> Self {
         Self {
             sink,
-            join,
+            join: if deflate.is_some() { None } else { join },
             joined: Joined::Empty,
+            deflate,
         }
     }
 }
@@ -132,10 +180,13 @@ impl FrameSink for WsSink {
     async fn feed(&mut self, frame: Frame) -> Result<(), SinkClosed> {
         // Several queued frames in one message: one frame header, and one message for
         // the client to take apart, instead of one per push. Only what one batch holds
-        // is joined; nothing waits for company.
-        let ready = match self.join {
-            Some(sep) => self.joined.push(frame, sep),
-            None => Some(message(frame)),
+        // is joined; nothing waits for company. A compressed connection does not join:
+        // a joined message would be compressed per connection, while an event's
+        // compressed message is shared.
+        let ready = match (self.join, self.deflate) {
+            (Some(sep), _) => self.joined.push(frame, sep),
+            (None, Some(d)) => Some(message(deflated(frame, d))),
+            (None, None) => Some(message(frame)),
         };
         match ready {
             Some(m) => self.sink.feed(m).await.map_err(|_| SinkClosed),
@@ -152,7 +203,7 @@ impl FrameSink for WsSink {
 
     async fn close(mut self, reason: Disconnect) {
         let frame = CloseFrame {
-            code: reason.code,
+            code: CloseCode::from(reason.code),
             reason: reason.reason.into(),
         };
         let _ = self.sink.send(Message::Close(Some(frame))).await;
@@ -161,16 +212,21 @@ impl FrameSink for WsSink {
 }
 
 /// The disconnect a failed read stands for.
-pub(crate) fn read_error(e: axum::Error) -> Disconnect {
-    let inner = e.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => Disconnect::MESSAGE_TOO_LARGE,
-        Some(tungstenite::Error::Utf8(_)) => Disconnect::INVALID_PAYLOAD,
+pub(crate) fn read_error(e: &tungstenite::Error) -> Disconnect {
+    match e {
+        tungstenite::Error::Capacity(_) => Disconnect::MESSAGE_TOO_LARGE,
+        tungstenite::Error::Utf8(_) => Disconnect::INVALID_PAYLOAD,
         // The client went away without a close frame: there is no one to tell.
-        Some(tungstenite::Error::Protocol(
+        tungstenite::Error::Protocol(
             tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-        )) => Disconnect::CONNECTION_CLOSED,
-        Some(tungstenite::Error::Protocol(_)) => Disconnect::PROTOCOL_ERROR,
+        ) => Disconnect::CONNECTION_CLOSED,
+        tungstenite::Error::Protocol(_) => Disconnect::PROTOCOL_ERROR,
+        // A compressed message that inflates past the limit, or does not inflate.
+        tungstenite::Error::Io(io) => match io.get_ref().and_then(|e| e.downcast_ref()) {
+            Some(InflateError::TooLarge) => Disconnect::MESSAGE_TOO_LARGE,
+            Some(InflateError::Invalid) => Disconnect::PROTOCOL_ERROR,
+            None => Disconnect::CONNECTION_CLOSED,
+        },
         _ => Disconnect::CONNECTION_CLOSED,
     }
 }

@@ -30,7 +30,7 @@ impl Encoding for Json {
     fn decode(message: Frame) -> Result<Vec<Result<Command, DecodeError>>, Disconnect> {
         match message {
             Frame::Text(text) => Ok(decode_frame(text.as_str()).collect()),
-            Frame::Binary(_) => Err(Disconnect::BAD_REQUEST),
+            Frame::Binary(_) | Frame::Deflated { .. } => Err(Disconnect::BAD_REQUEST),
         }
     }
 

@@ -37,7 +37,7 @@ impl Encoding for Protobuf {
                 tracing::debug!(error = %e, "undecodable protobuf frame");
                 Disconnect::BAD_REQUEST
             }),
-            Frame::Text(_) => Err(Disconnect::BAD_REQUEST),
+            Frame::Text(_) | Frame::Deflated { .. } => Err(Disconnect::BAD_REQUEST),
         }
     }
 

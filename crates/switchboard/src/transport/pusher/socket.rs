@@ -8,12 +8,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::SplitStream;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use switchboard_protocol::command::SubscribeRequest;
 use switchboard_protocol::{Disconnect, ErrorCode};
@@ -33,7 +32,7 @@ use crate::session::{Session, SessionError, SessionResult, EXCLUDE_CLIENT_TAG};
 use crate::transport::command;
 use crate::transport::heartbeat::Heartbeat;
 use crate::transport::socketio::EVENT_TAG;
-use crate::transport::websocket::{self, WsSink};
+use crate::transport::websocket::{self, Deflate, Message, WebSocket, WsSink, WsUpgrade};
 use crate::transport::writer::{self, Wire};
 
 /// One Pusher message per WebSocket message: the protocol has no separator.
@@ -58,7 +57,7 @@ pub(super) async fn handler(
     headers: HeaderMap,
     peer: Peer,
     RawQuery(query): RawQuery,
-    ws: WebSocketUpgrade,
+    ws: WsUpgrade,
 ) -> Response {
     if !crate::transport::origin_allowed(&node.config, &headers) {
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
@@ -71,13 +70,14 @@ pub(super) async fn handler(
     }
     let refusal = refusal(&node, &key, query.as_deref());
     let origin = node.proxies.origin("pusher", &headers);
-    let ws = websocket::configure(ws, &node.config);
+    let ws = ws.configure(&node.config);
+    let deflate = ws.deflate();
     ws.on_upgrade(move |socket| {
         let tracker = node.tracker.clone();
         tracker.track_future(async move {
             match refusal {
                 Some(d) => refuse(&node, socket, d).await,
-                None => serve(node, socket, origin).await,
+                None => serve(node, socket, deflate, origin).await,
             }
         })
     })
@@ -104,8 +104,8 @@ async fn refuse(node: &Node, mut socket: WebSocket, d: Disconnect) {
     let say = async {
         let error = wire::error(Some(u32::from(d.code)), d.reason);
         socket.send(Message::Text(error.into())).await?;
-        let frame = CloseFrame {
-            code: d.code,
+        let frame = tungstenite::protocol::CloseFrame {
+            code: d.code.into(),
             reason: d.reason.into(),
         };
         socket.send(Message::Close(Some(frame))).await
@@ -118,8 +118,14 @@ fn socket_id() -> Arc<str> {
     format!("{}.{}", rand::random::<u32>(), rand::random::<u32>()).into()
 }
 
-async fn serve(node: Arc<Node>, socket: WebSocket, origin: crate::proxy::ClientOrigin) {
-    let session = Session::with_id(node, *CODEC, socket_id());
+async fn serve(
+    node: Arc<Node>,
+    socket: WebSocket,
+    deflate: Option<Deflate>,
+    origin: crate::proxy::ClientOrigin,
+) {
+    let codec = websocket::codec(*CODEC, deflate);
+    let session = Session::with_id(node, codec, socket_id());
     session.set_origin(origin);
     crate::transport::opened(&session, Transport::Pusher);
     let (sink, stream) = socket.split();
@@ -127,7 +133,7 @@ async fn serve(node: Arc<Node>, socket: WebSocket, origin: crate::proxy::ClientO
     let writer = {
         let session = session.clone();
         tokio::spawn(async move {
-            writer::write_loop(WsSink::new(sink, None), &session, WIRE).await;
+            writer::write_loop(WsSink::new(sink, None, deflate), &session, WIRE).await;
         })
     };
     if establish(&session).await {
@@ -198,7 +204,7 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, session: &Arc<Session>) {
                         session.close(Disconnect::BAD_REQUEST);
                         return;
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
                         if let Some(d) = command::meter_control(session) {
                             session.close(d);
                             return;
@@ -206,7 +212,7 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, session: &Arc<Session>) {
                         continue;
                     }
                     Some(Err(e)) => {
-                        session.close(websocket::read_error(e));
+                        session.close(websocket::read_error(&e));
                         return;
                     }
                 };

@@ -7,8 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +22,7 @@ use super::{POLLING, UPGRADING, WEBSOCKET};
 use crate::front_door::Peer;
 use crate::metrics::connections::Transport;
 use crate::transport::heartbeat::Heartbeat;
+use crate::transport::upgrade::{UpgradeRejection, WsUpgrade};
 use crate::transport::{read_body, writer, BodyError};
 
 /// The query every Engine.IO request carries (others, such as the cache buster `t`,
@@ -67,7 +66,7 @@ pub(super) async fn get(
     Query(q): Query<EngineQuery>,
     headers: HeaderMap,
     peer: Peer,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<WsUpgrade, UpgradeRejection>,
 ) -> Response {
     let response = match route_get(&sio, &q, &headers, &peer, ws).await {
         Ok(r) => r,
@@ -81,7 +80,7 @@ async fn route_get(
     q: &EngineQuery,
     headers: &HeaderMap,
     peer: &Peer,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<WsUpgrade, UpgradeRejection>,
 ) -> Result<Response, EngineError> {
     q.check(sio, headers)?;
     match (q.transport.as_deref(), q.sid.as_deref()) {

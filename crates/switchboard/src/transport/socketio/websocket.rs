@@ -4,7 +4,6 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::stream::SplitStream;
@@ -16,23 +15,26 @@ use super::polling::serve;
 use super::sink::EngineSink;
 use super::{packets, Conn, EngineError, SocketIo};
 use super::{POLLING, UPGRADING, WEBSOCKET};
-use crate::event::TextFrame;
+use crate::event::Frame;
 use crate::front_door::Peer;
 use crate::metrics::connections::Transport;
-use crate::transport::websocket::{self, WsSink};
+use crate::transport::websocket::{self, Deflate, Message, WebSocket, WsSink, WsUpgrade};
 
 /// Upgrades to WebSocket: a new connection (`conn` is `None`), or the upgrade of a
 /// polling one. `token` is the handshake's token (see `handshake_token`), for a new
 /// connection.
 pub(super) fn upgrade(
     sio: &SocketIo,
-    ws: WebSocketUpgrade,
+    ws: WsUpgrade,
     conn: Option<Arc<Conn>>,
     peer: &Peer,
     headers: &HeaderMap,
     token: Option<Box<str>>,
 ) -> Result<Response, EngineError> {
-    let ws = websocket::configure(ws, &sio.node.config);
+    let ws = ws.configure(&sio.node.config);
+    // Compressed per connection: Socket.IO's recovery keeps the plain frames it wrote,
+    // so its sessions keep the plain codec.
+    let deflate = ws.deflate();
     let tracker = sio.node.tracker.clone();
     let sio = sio.clone();
     match conn {
@@ -40,21 +42,31 @@ pub(super) fn upgrade(
             if conn.transport() != POLLING {
                 return Err(EngineError::BadRequest);
             }
-            Ok(ws.on_upgrade(move |socket| tracker.track_future(upgrade_polling(conn, socket))))
+            Ok(ws.on_upgrade(move |socket| {
+                tracker.track_future(upgrade_polling(conn, socket, deflate))
+            }))
         }
         None => {
             if let Some(r) = sio.refusal(peer) {
                 return Ok(r);
             }
             let conn = Conn::new(&sio, WEBSOCKET, headers, token);
-            Ok(ws.on_upgrade(move |socket| tracker.track_future(serve_new(sio, conn, socket))))
+            Ok(ws.on_upgrade(move |socket| {
+                tracker.track_future(serve_new(sio, conn, socket, deflate))
+            }))
         }
     }
 }
 
-async fn serve_new(sio: SocketIo, conn: Arc<Conn>, mut socket: WebSocket) {
+async fn serve_new(
+    sio: SocketIo,
+    conn: Arc<Conn>,
+    mut socket: WebSocket,
+    deflate: Option<Deflate>,
+) {
     let open = conn.handshake(&[]);
-    if socket.send(Message::Text(open.into())).await.is_err() {
+    let open = websocket::message_for(Frame::from(open), deflate);
+    if socket.send(open).await.is_err() {
         // Gone before its handshake: it must not hold a place among the pending.
         conn.not_pending();
         return;
@@ -62,7 +74,7 @@ async fn serve_new(sio: SocketIo, conn: Arc<Conn>, mut socket: WebSocket) {
     crate::transport::opened(&conn.session, Transport::SocketIoWebSocket);
     let (sink, stream) = socket.split();
     // One Engine.IO packet per WebSocket message: the protocol has no separator.
-    let sink = EngineSink::websocket(conn.clone(), WsSink::new(sink, None));
+    let sink = EngineSink::websocket(conn.clone(), WsSink::new(sink, None, deflate));
     serve(sio, conn.clone(), sink, read_loop(&conn, stream)).await;
 }
 
@@ -75,13 +87,16 @@ async fn next_text(conn: &Conn, stream: &mut SplitStream<WebSocket>) -> Option<S
     }
 }
 
-async fn upgrade_polling(conn: Arc<Conn>, socket: WebSocket) {
+async fn upgrade_polling(conn: Arc<Conn>, socket: WebSocket, deflate: Option<Deflate>) {
     let (mut sink, mut stream) = socket.split();
     if next_text(&conn, &mut stream).await.as_deref() != Some("2probe") {
         return;
     }
     if sink
-        .send(Message::Text(TextFrame::from_static(PROBE_PONG)))
+        .send(websocket::message_for(
+            Frame::from_static(PROBE_PONG),
+            deflate,
+        ))
         .await
         .is_err()
     {
@@ -107,7 +122,7 @@ async fn upgrade_polling(conn: Arc<Conn>, socket: WebSocket) {
         .connections
         .moved(Transport::SocketIoPolling, Transport::SocketIoWebSocket);
     // The connection's writer moves over: one Engine.IO packet per WebSocket message.
-    if conn.upgraded(WsSink::new(sink, None)) {
+    if conn.upgraded(WsSink::new(sink, None, deflate)) {
         read_loop(&conn, stream).await;
     }
 }
@@ -125,10 +140,10 @@ async fn read_loop(conn: &Conn, mut stream: SplitStream<WebSocket>) {
                     None | Some(Ok(Message::Close(_))) => Some(Disconnect::CONNECTION_CLOSED),
                     Some(Ok(Message::Text(text))) => packets::handle(conn, text.as_str()).await,
                     Some(Ok(Message::Binary(_))) => Some(Disconnect::BAD_REQUEST),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
                         crate::transport::command::meter_control(session)
                     }
-                    Some(Err(e)) => Some(websocket::read_error(e)),
+                    Some(Err(e)) => Some(websocket::read_error(&e)),
                 };
                 if let Some(d) = disconnect {
                     session.close(d);

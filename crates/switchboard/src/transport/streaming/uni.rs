@@ -18,7 +18,6 @@
 use std::sync::{Arc, LazyLock};
 
 use axum::body::Body;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
@@ -41,7 +40,7 @@ use crate::transport::centrifuge::{
 use crate::transport::command;
 use crate::transport::heartbeat::Heartbeat;
 use crate::transport::read_body;
-use crate::transport::websocket::{self, WsSink};
+use crate::transport::websocket::{self, WsSink, WsUpgrade};
 use crate::transport::writer::{self, FrameSink, Wire};
 use crate::transport::{preflight as cors_preflight, with_cors};
 
@@ -175,7 +174,7 @@ pub(super) async fn websocket(
     headers: HeaderMap,
     peer: Peer,
     Query(query): Query<ConnectQuery>,
-    ws: WebSocketUpgrade,
+    ws: WsUpgrade,
 ) -> Response {
     if let Err(refused) = streams.admit(&headers, &peer) {
         return refused.into_response();
@@ -190,13 +189,15 @@ pub(super) async fn websocket(
     };
     let transport = Transport::UniWebSocket;
     let origin = node.proxies.origin(transport.name(), &headers);
-    websocket::configure(ws, &node.config).on_upgrade(move |socket| {
+    let ws = ws.configure(&node.config);
+    let deflate = ws.deflate();
+    ws.on_upgrade(move |socket| {
         let tracker = node.tracker.clone();
         tracker.track_future(async move {
-            let session = Session::new(node, Uni::codec());
+            let session = Session::new(node, websocket::codec(Uni::codec(), deflate));
             session.set_origin(origin);
             let (sink, stream) = socket.split();
-            let sink = WsSink::new(sink, None);
+            let sink = WsSink::new(sink, None, deflate);
             run(session, sink, stream.map(ws_inbound), req, transport).await;
         })
     })
