@@ -406,6 +406,12 @@ pub struct LimitsConfig {
     pub max_protocol_errors: u32,
     /// Longest channel name, in bytes.
     pub max_channel_length: usize,
+    /// Deepest tags filter a subscribe request may carry (a lone comparison is 1);
+    /// deeper ones get error 107.
+    pub tags_filter_max_depth: usize,
+    /// Largest tags filter a subscribe request may carry, in nodes plus `in`/`nin`
+    /// values; larger ones get error 107.
+    pub tags_filter_max_size: usize,
 }
 
 /// The TCP and HTTP front door. `0` disables a count or rate limit.
@@ -653,6 +659,9 @@ pub struct NamespaceConfig {
     /// In an `inbox` namespace: each member's read position is pushed to the
     /// channel's subscribers when it advances, and the server API lists them.
     pub read_receipts: bool,
+    /// Subscribers may send a tags filter (`tf`, centrifuge-js `tagsFilter`) and get
+    /// only the publications whose tags pass it; without it a filter gets error 107.
+    pub allow_tags_filter: bool,
 }
 
 impl Default for NamespaceConfig {
@@ -677,6 +686,7 @@ impl Default for NamespaceConfig {
             publish_proxy: String::new(),
             inbox: false,
             read_receipts: false,
+            allow_tags_filter: false,
         }
     }
 }
@@ -762,6 +772,8 @@ impl Default for LimitsConfig {
             outbox_total_bytes: 512 * 1024 * 1024,
             max_protocol_errors: 20,
             max_channel_length: 255,
+            tags_filter_max_depth: 8,
+            tags_filter_max_size: 64,
         }
     }
 }
@@ -880,6 +892,12 @@ impl Config {
     /// A value that would make the server misbehave.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
+        if self.limits.tags_filter_max_depth == 0 || self.limits.tags_filter_max_size == 0 {
+            errors.push(
+                "limits.tags_filter_max_depth and limits.tags_filter_max_size must be at least 1"
+                    .to_owned(),
+            );
+        }
         if self.limits.outbox_size == 0 {
             errors.push("limits.outbox_size must be at least 1".to_owned());
         }

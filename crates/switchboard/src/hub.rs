@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use switchboard_protocol::Disconnect;
 
+use crate::delivery::Delivery;
 use crate::engine::EventHandler;
 use crate::event::{ChannelEvent, EventKind};
 use crate::metrics::Metrics;
@@ -18,12 +19,21 @@ use crate::session::Session;
 const CHANNEL_SHARDS: usize = 128;
 
 type Index = HashMap<Arc<str>, Vec<Arc<Session>>>;
+type ChannelIndex = HashMap<Arc<str>, Vec<Subscriber>>;
 const USER_SHARDS: usize = 32;
+
+/// A local subscriber of a channel, with how it wants the channel's events when it
+/// asked for anything but all of them as they are (`None`: the common case, which
+/// costs the delivery loop one branch).
+struct Subscriber {
+    session: Arc<Session>,
+    delivery: Option<Arc<Delivery>>,
+}
 
 /// Node-local index of sessions.
 pub struct Hub {
     /// Read-locked per delivery, write-locked per (un)subscribe.
-    channels: Box<[RwLock<Index>]>,
+    channels: Box<[RwLock<ChannelIndex>]>,
     /// Short critical sections only.
     users: Box<[Mutex<Index>]>,
     hasher: std::collections::hash_map::RandomState,
@@ -69,14 +79,23 @@ impl Hub {
         (self.hasher.hash_one(key) as usize) % n
     }
 
-    /// Adds a subscriber. Returns true when it is the channel's first on this node.
-    pub fn subscribe(&self, channel: &Arc<str>, session: &Arc<Session>) -> bool {
+    /// Adds a subscriber, with how it wants the channel's events (`None`: all, as
+    /// they are). Returns true when it is the channel's first on this node.
+    pub fn subscribe(
+        &self,
+        channel: &Arc<str>,
+        session: &Arc<Session>,
+        delivery: Option<Arc<Delivery>>,
+    ) -> bool {
         let mut shard = self.channels[self.index(channel, CHANNEL_SHARDS)]
             .write()
             .unwrap_or_else(|e| e.into_inner());
         let subs = shard.entry(channel.clone()).or_default();
-        if !subs.iter().any(|s| Arc::ptr_eq(s, session)) {
-            subs.push(session.clone());
+        if !subs.iter().any(|s| Arc::ptr_eq(&s.session, session)) {
+            subs.push(Subscriber {
+                session: session.clone(),
+                delivery,
+            });
         }
         subs.len() == 1
     }
@@ -90,7 +109,7 @@ impl Hub {
             return false;
         };
         let before = subs.len();
-        subs.retain(|s| !std::ptr::eq(Arc::as_ptr(s), session));
+        subs.retain(|s| !std::ptr::eq(Arc::as_ptr(&s.session), session));
         let removed = subs.len() < before;
         if subs.is_empty() {
             shard.remove(channel);
@@ -108,13 +127,20 @@ impl Hub {
                 .unwrap_or_else(|e| e.into_inner());
             match shard.get(&event.channel) {
                 Some(subs) => {
+                    let mut delivered = 0;
                     for s in subs {
-                        s.deliver(event);
+                        if let Some(d) = &s.delivery {
+                            if !d.admits(event) {
+                                continue;
+                            }
+                        }
+                        s.session.deliver(event);
+                        delivered += 1;
                     }
                     if let Some(m) = &self.metrics {
-                        m.namespaces.delivered(&event.channel, subs.len());
+                        m.namespaces.delivered(&event.channel, delivered);
                     }
-                    subs.len()
+                    delivered
                 }
                 None => 0,
             }
@@ -281,11 +307,11 @@ impl EventHandler for Hub {
     }
 
     fn on_lost(&self, channel: &Arc<str>) {
-        let mut subs = self.channels[self.index(channel, CHANNEL_SHARDS)]
+        let mut subs: Vec<Arc<Session>> = self.channels[self.index(channel, CHANNEL_SHARDS)]
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(channel)
-            .cloned()
+            .map(|subs| subs.iter().map(|s| s.session.clone()).collect())
             .unwrap_or_default();
         if self.watched.load(Ordering::Acquire) > 0 {
             subs.extend(self.watchers_of(channel));

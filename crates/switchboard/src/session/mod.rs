@@ -432,7 +432,7 @@ impl Session {
             };
             let channel: Arc<str> = channel.into();
             match self
-                .subscribe_inner(&channel, ns, grant, since, false)
+                .subscribe_inner(&channel, ns, grant, since, false, None)
                 .await
             {
                 Ok(mut s) => {

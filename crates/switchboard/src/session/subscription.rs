@@ -3,6 +3,7 @@
 //! duplicate between recovered publications and live ones.
 
 use super::*;
+use crate::delivery::Delivery;
 use crate::event::EventKind;
 
 /// Marks subscriptions whose reply is on its way; completing it queues the reply
@@ -184,6 +185,16 @@ impl Session {
             }
             Err(e) => return Err(e.into()),
         };
+        let delivery = Delivery::requested(req.tf.as_ref(), &ns, &node.config.limits)
+            .map_err(|e| {
+                tracing::info!(client = %self.id, channel = %req.channel, reason = %e, "subscribe refused");
+                SessionError::Rejected(Box::new(ErrorReply {
+                    code: ErrorCode::BadRequest.code(),
+                    message: e.to_string(),
+                    temporary: false,
+                }))
+            })?
+            .map(Arc::new);
         let since = req.recover.then(|| StreamPosition {
             offset: req.offset,
             epoch: req.epoch.clone(),
@@ -196,7 +207,7 @@ impl Session {
             .filter(|_| proxied)
             .and_then(|g| g.expires_at.take());
         let mut subscribed = self
-            .subscribe_inner(&channel, ns.clone(), grant, since, false)
+            .subscribe_inner(&channel, ns.clone(), grant, since, false, delivery)
             .await?;
         subscribed.result.data = data;
         if proxied {
@@ -217,7 +228,7 @@ impl Session {
         let ns = self.node.rules.namespace(channel)?.clone();
         let channel: Arc<str> = channel.into();
         let s = self
-            .subscribe_inner(&channel, ns, None, None, false)
+            .subscribe_inner(&channel, ns, None, None, false, None)
             .await?;
         s.activation
             .complete(Some(Outgoing::Control(Box::new(Control::Subscribed {
@@ -246,10 +257,12 @@ impl Session {
             epoch: req.epoch.clone(),
         });
         let channel: Arc<str> = req.channel.into();
-        self.subscribe_inner(&channel, ns, None, since, true).await
+        self.subscribe_inner(&channel, ns, None, since, true, None)
+            .await
     }
 
-    /// Subscribes (or, `watching`, adds a console's watch) once permission is settled.
+    /// Subscribes (or, `watching`, adds a console's watch) once permission is settled,
+    /// with what the subscription asked of the channel's events.
     pub(super) async fn subscribe_inner(
         self: &Arc<Self>,
         channel: &Arc<str>,
@@ -257,6 +270,7 @@ impl Session {
         grant: Option<crate::auth::Grant>,
         since: Option<StreamPosition>,
         watching: bool,
+        delivery: Option<Arc<Delivery>>,
     ) -> SessionResult<Subscribed> {
         let identity = self.require_identity()?;
         let node = self.node.clone();
@@ -293,14 +307,15 @@ impl Session {
         let listening = if watching {
             node.watch_channel(channel, self).await
         } else {
-            node.subscribe_session(channel, self).await
+            node.subscribe_session(channel, self, delivery.clone())
+                .await
         };
         if let Err(e) = listening {
             drop(activation);
             return Err(e.into());
         }
         let prepared = self
-            .prepare_subscription(channel, &ns, &info, since, !watching)
+            .prepare_subscription(channel, &ns, &info, since, !watching, delivery.as_deref())
             .await;
         let (mut result, offset, from_inbox) = match prepared {
             Ok(r) => r,
@@ -354,6 +369,7 @@ impl Session {
         info: &ClientInfo,
         since: Option<StreamPosition>,
         join: bool,
+        delivery: Option<&Delivery>,
     ) -> SessionResult<(SubscribeResult, u64, bool)> {
         let node = &self.node;
         let mut result = SubscribeResult::default();
@@ -403,6 +419,10 @@ impl Session {
                 // what was lost with it.
                 result.recovered = recovered(&since, &h);
                 result.publications = h.publications;
+                // Recovered publications pass the same filter as live ones.
+                if let Some(d) = delivery {
+                    result.publications.retain(|p| d.admits_publication(p));
+                }
             }
             if inbox {
                 let top = StreamPosition {
