@@ -296,7 +296,8 @@ mod tests {
     fn known_vectors() {
         let body = body();
         let literal = |t: &[u8]| cat(&[b"K0\nK0:", t, b"3xzMQ0;"]);
-        let cases: [(&str, Vec<u8>, Vec<u8>, Vec<u8>); 10] = [
+        type Case = (&'static str, Vec<u8>, Vec<u8>, Vec<u8>);
+        let cases: [Case; 10] = [
             ("both-empty", vec![], vec![], b"0\n0:0;".to_vec()),
             ("empty-origin", vec![], body.clone(), literal(&body)),
             ("empty-target", body.clone(), vec![], b"0\n0;".to_vec()),
@@ -393,7 +394,7 @@ mod tests {
         let d = create(&body, &cat(&[&body, b"y"]));
         assert!(apply(&body, &d[..d.len() - 1]).is_err());
         assert!(apply(&body[..100], &d).is_err());
-        let mut bad = d.clone();
+        let mut bad = d;
         let at = bad.len() - 3;
         bad[at] = if bad[at] == b'0' { b'1' } else { b'0' };
         assert_eq!(apply(&body, &bad), Err(ApplyError("checksum mismatch")));

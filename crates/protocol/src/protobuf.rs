@@ -251,6 +251,7 @@ fn subscribe_result(r: &SubscribeResult) -> wire::SubscribeResult {
         positioned: r.positioned,
         was_recovering: r.was_recovering,
         data: bytes_of(r.data.as_deref()),
+        delta: r.delta,
         ..Default::default()
     }
 }
@@ -350,6 +351,13 @@ pub fn encode_push(channel: &str, body: &PushBody<'_>) -> Vec<u8> {
     };
     match body {
         PushBody::Pub(p) => push.r#pub = Some(publication(p)),
+        PushBody::DeltaPub(d) => {
+            push.r#pub = Some(wire::Publication {
+                data: Bytes::copy_from_slice(d.payload),
+                delta: d.delta,
+                ..publication(d.publication)
+            });
+        }
         PushBody::Join { info } => {
             push.join = Some(wire::Join {
                 info: Some(client_info(info)),

@@ -662,6 +662,9 @@ pub struct NamespaceConfig {
     /// Subscribers may send a tags filter (`tf`, centrifuge-js `tagsFilter`) and get
     /// only the publications whose tags pass it; without it a filter gets error 107.
     pub allow_tags_filter: bool,
+    /// Delta encodings subscribers may negotiate (`["fossil"]`): a subscriber that asks
+    /// for one gets publications as deltas of the previous one. Needs history.
+    pub allowed_delta_types: Vec<String>,
 }
 
 impl Default for NamespaceConfig {
@@ -687,6 +690,7 @@ impl Default for NamespaceConfig {
             inbox: false,
             read_receipts: false,
             allow_tags_filter: false,
+            allowed_delta_types: Vec::new(),
         }
     }
 }
@@ -960,6 +964,22 @@ impl Config {
             if ns.inbox && (ns.history_size == 0 || ns.history_ttl.is_zero()) {
                 errors.push(format!(
                     "namespaces.{name}: inbox needs history (history_size and history_ttl)"
+                ));
+            }
+            if let Some(t) = ns
+                .allowed_delta_types
+                .iter()
+                .find(|t| t.as_str() != "fossil")
+            {
+                errors.push(format!(
+                    "namespaces.{name}: allowed_delta_types knows only \"fossil\", not {t:?}"
+                ));
+            }
+            if !ns.allowed_delta_types.is_empty()
+                && (ns.history_size == 0 || ns.history_ttl.is_zero())
+            {
+                errors.push(format!(
+                    "namespaces.{name}: allowed_delta_types needs history (history_size and history_ttl)"
                 ));
             }
             if ns.read_receipts && !ns.inbox {

@@ -8,7 +8,7 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use switchboard_protocol::Disconnect;
+use switchboard_protocol::{Disconnect, SharedJson};
 
 use crate::delivery::Delivery;
 use crate::engine::EventHandler;
@@ -19,7 +19,7 @@ use crate::session::Session;
 const CHANNEL_SHARDS: usize = 128;
 
 type Index = HashMap<Arc<str>, Vec<Arc<Session>>>;
-type ChannelIndex = HashMap<Arc<str>, Vec<Subscriber>>;
+type ChannelIndex = HashMap<Arc<str>, Channel>;
 const USER_SHARDS: usize = 32;
 
 /// A local subscriber of a channel, with how it wants the channel's events when it
@@ -28,6 +28,42 @@ const USER_SHARDS: usize = 32;
 struct Subscriber {
     session: Arc<Session>,
     delivery: Option<Arc<Delivery>>,
+}
+
+/// A channel's local subscribers.
+#[derive(Default)]
+struct Channel {
+    subs: Vec<Subscriber>,
+    /// While some subscriber takes deltas: what the next publication is a delta of.
+    deltas: Option<Box<DeltaBase>>,
+}
+
+/// The channel's last publication, kept while some local subscriber takes deltas.
+#[derive(Default)]
+struct DeltaBase {
+    /// Subscribers taking deltas.
+    takers: usize,
+    /// Offset and payload of the last publication broadcast. Short sections only.
+    last: Mutex<Option<(u64, SharedJson)>>,
+}
+
+impl DeltaBase {
+    /// Gives `event` the previous payload when it directly follows it, and keeps its
+    /// own for the next. Broadcasts of one channel come in order (the engine delivers
+    /// each channel's events one at a time), and the offset check keeps a gap from
+    /// ever pairing a delta with the wrong base.
+    fn note(&self, event: &ChannelEvent) {
+        let EventKind::Publication(p) = &event.kind else {
+            return;
+        };
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((offset, data)) = last.as_ref() {
+            if p.offset > 0 && offset.checked_add(1) == Some(p.offset) {
+                event.set_base(data.clone());
+            }
+        }
+        *last = (p.offset > 0).then(|| (p.offset, p.data.clone()));
+    }
 }
 
 /// Node-local index of sessions.
@@ -90,14 +126,17 @@ impl Hub {
         let mut shard = self.channels[self.index(channel, CHANNEL_SHARDS)]
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        let subs = shard.entry(channel.clone()).or_default();
-        if !subs.iter().any(|s| Arc::ptr_eq(&s.session, session)) {
-            subs.push(Subscriber {
+        let entry = shard.entry(channel.clone()).or_default();
+        if !entry.subs.iter().any(|s| Arc::ptr_eq(&s.session, session)) {
+            if delivery.as_deref().is_some_and(Delivery::takes_deltas) {
+                entry.deltas.get_or_insert_with(Box::default).takers += 1;
+            }
+            entry.subs.push(Subscriber {
                 session: session.clone(),
                 delivery,
             });
         }
-        subs.len() == 1
+        entry.subs.len() == 1
     }
 
     /// Removes a subscriber. Returns true when the channel has none left on this node.
@@ -105,13 +144,27 @@ impl Hub {
         let mut shard = self.channels[self.index(channel, CHANNEL_SHARDS)]
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        let Some(subs) = shard.get_mut(channel) else {
+        let Some(entry) = shard.get_mut(channel) else {
             return false;
         };
-        let before = subs.len();
-        subs.retain(|s| !std::ptr::eq(Arc::as_ptr(&s.session), session));
-        let removed = subs.len() < before;
-        if subs.is_empty() {
+        let Some(at) = entry
+            .subs
+            .iter()
+            .position(|s| std::ptr::eq(Arc::as_ptr(&s.session), session))
+        else {
+            return false;
+        };
+        let gone = entry.subs.swap_remove(at);
+        if gone.delivery.as_deref().is_some_and(Delivery::takes_deltas) {
+            if let Some(d) = &mut entry.deltas {
+                d.takers -= 1;
+                if d.takers == 0 {
+                    entry.deltas = None;
+                }
+            }
+        }
+        let removed = true;
+        if entry.subs.is_empty() {
             shard.remove(channel);
             return removed;
         }
@@ -126,15 +179,18 @@ impl Hub {
                 .read()
                 .unwrap_or_else(|e| e.into_inner());
             match shard.get(&event.channel) {
-                Some(subs) => {
+                Some(channel) => {
+                    if let Some(d) = &channel.deltas {
+                        d.note(event);
+                    }
                     let mut delivered = 0;
-                    for s in subs {
+                    for s in &channel.subs {
                         if let Some(d) = &s.delivery {
                             if !d.admits(event) {
                                 continue;
                             }
                         }
-                        s.session.deliver(event);
+                        s.session.deliver(event, s.delivery.as_deref());
                         delivered += 1;
                     }
                     if let Some(m) = &self.metrics {
@@ -147,7 +203,7 @@ impl Hub {
         };
         if self.watched.load(Ordering::Acquire) > 0 {
             for s in self.watchers_of(&event.channel) {
-                s.deliver(event);
+                s.deliver(event, None);
             }
         }
         delivered
@@ -220,7 +276,7 @@ impl Hub {
         let mut out = Vec::new();
         for shard in self.channels.iter() {
             let shard = shard.read().unwrap_or_else(|e| e.into_inner());
-            out.extend(shard.iter().map(|(k, v)| (k.clone(), v.len())));
+            out.extend(shard.iter().map(|(k, v)| (k.clone(), v.subs.len())));
         }
         out
     }
@@ -311,7 +367,7 @@ impl EventHandler for Hub {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(channel)
-            .map(|subs| subs.iter().map(|s| s.session.clone()).collect())
+            .map(|c| c.subs.iter().map(|s| s.session.clone()).collect())
             .unwrap_or_default();
         if self.watched.load(Ordering::Acquire) > 0 {
             subs.extend(self.watchers_of(channel));

@@ -1,5 +1,5 @@
 //! What a subscription asks of its channel's events, on the wire in JSON and Protobuf:
-//! publication filters by tags (`tf`).
+//! publication filters by tags (`tf`) and fossil deltas (`delta: "fossil"`).
 
 mod common;
 
@@ -10,6 +10,7 @@ use common::*;
 use serde_json::{json, Value};
 use switchboard::config::NamespaceConfig;
 use switchboard::Config;
+use switchboard_protocol::fossil;
 use switchboard_protocol::protobuf::wire;
 
 /// The test config with `market`: tags filters allowed, history kept.
@@ -267,5 +268,213 @@ async fn protobuf_subscribers_filter_too() {
         (e.code, e.message.as_str()),
         (107, "invalid tags filter: \"not\" needs exactly one node")
     );
+    server.stop().await;
+}
+
+/// The test config with `doc`: fossil deltas allowed, history kept; and `both`, which
+/// also allows tags filters.
+fn delta_config() -> Config {
+    let mut c = market_config();
+    let ns = |filter: bool| NamespaceConfig {
+        subscribe: vec!["*".into()],
+        history_size: 100,
+        history_ttl: Duration::from_secs(3600),
+        allowed_delta_types: vec!["fossil".into()],
+        allow_tags_filter: filter,
+        ..NamespaceConfig::default()
+    };
+    c.namespaces.insert("doc".into(), ns(false));
+    c.namespaces.insert("both".into(), ns(true));
+    c
+}
+
+/// A document of some size whose `n`th version differs from the previous one in a
+/// few bytes.
+fn document(n: u64) -> Value {
+    let rows: Vec<Value> = (0..40)
+        .map(|i| json!({"row": i, "label": format!("item number {i}"), "rev": if i == n % 40 { n } else { 0 }}))
+        .collect();
+    json!({"version": n, "rows": rows})
+}
+
+async fn publish_doc(server: &TestServer, channel: &str, n: u64) {
+    let r = api_call(
+        server,
+        "publish",
+        json!({"channel": channel, "data": document(n)}),
+    )
+    .await;
+    assert!(r.get("error").is_none(), "{r}");
+}
+
+/// Applies the publications a JSON delta subscriber receives as centrifuge-js does:
+/// `data` is a string, the payload's text or a fossil delta of the previous text.
+struct JsonDeltas {
+    prev: Vec<u8>,
+    deltas: usize,
+    wire: usize,
+}
+
+impl JsonDeltas {
+    fn new() -> Self {
+        Self {
+            prev: Vec::new(),
+            deltas: 0,
+            wire: 0,
+        }
+    }
+
+    fn apply(&mut self, publication: &Value) -> Value {
+        let text = publication["data"]
+            .as_str()
+            .expect("delta data is a JSON string");
+        self.wire += text.len();
+        let full = if publication["delta"] == json!(true) {
+            self.deltas += 1;
+            fossil::apply(&self.prev, text.as_bytes()).expect("a valid delta")
+        } else {
+            text.as_bytes().to_vec()
+        };
+        let value = serde_json::from_slice(&full).expect("JSON payload");
+        self.prev = full;
+        value
+    }
+}
+
+#[tokio::test]
+async fn fossil_deltas_are_negotiated_and_reconstruct_every_publication_in_json() {
+    let server = start(delta_config()).await;
+    let mut ann = Client::connect_user(&server, "ann").await;
+    let mut bob = Client::connect_user(&server, "bob").await;
+    let r = ann
+        .request(json!({"subscribe": {"channel": "doc:1", "delta": "fossil"}}))
+        .await;
+    assert_eq!(r["subscribe"]["delta"], json!(true), "{r}");
+    // Bob asks for nothing: he gets the payloads as they are.
+    bob.subscribe("doc:1").await;
+    for n in 1..=6 {
+        publish_doc(&server, "doc:1", n).await;
+    }
+    let mut deltas = JsonDeltas::new();
+    let mut full = 0;
+    for n in 1..=6 {
+        let p = ann.next_pub("doc:1").await;
+        assert_eq!(p["offset"], json!(n));
+        assert_eq!(deltas.apply(&p), document(n), "publication {n}");
+        let plain = bob.next_pub("doc:1").await;
+        assert_eq!(plain["data"], document(n));
+        assert!(plain.get("delta").is_none());
+        full += plain["data"].to_string().len();
+    }
+    // The first one is full, the five after it deltas, and much smaller.
+    assert_eq!(deltas.deltas, 5);
+    assert!(
+        deltas.wire * 2 < full,
+        "{} bytes of deltas for {full} in full",
+        deltas.wire
+    );
+
+    // Recovery: the missed publications come in full (JSON strings), the first live
+    // one after them too, and deltas from then on.
+    let epoch = r["subscribe"]["epoch"].clone();
+    let mut cat = Client::connect_user(&server, "cat").await;
+    let r = cat
+        .request(json!({"subscribe": {
+            "channel": "doc:1", "delta": "fossil", "recover": true, "offset": 4, "epoch": epoch,
+        }}))
+        .await;
+    let s = &r["subscribe"];
+    assert_eq!(
+        (s["delta"].clone(), s["recovered"].clone()),
+        (json!(true), json!(true)),
+        "{r}"
+    );
+    let mut cat_deltas = JsonDeltas::new();
+    for (p, n) in s["publications"]
+        .as_array()
+        .expect("recovered")
+        .iter()
+        .zip(5..)
+    {
+        assert!(p.get("delta").is_none());
+        assert_eq!(cat_deltas.apply(p), document(n));
+    }
+    publish_doc(&server, "doc:1", 7).await;
+    publish_doc(&server, "doc:1", 8).await;
+    let p = cat.next_pub("doc:1").await;
+    assert!(p.get("delta").is_none(), "the first live one is full: {p}");
+    assert_eq!(cat_deltas.apply(&p), document(7));
+    let p = cat.next_pub("doc:1").await;
+    assert_eq!(p["delta"], json!(true));
+    assert_eq!(cat_deltas.apply(&p), document(8));
+    for n in 7..=8 {
+        assert_eq!(deltas.apply(&ann.next_pub("doc:1").await), document(n));
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn deltas_are_refused_or_not_negotiated_where_they_can_not_be_honest() {
+    let server = start(delta_config()).await;
+    let mut c = Client::connect_user(&server, "ann").await;
+    // A namespace that does not allow them, and a subscription with a tags filter:
+    // the reply says so (no `delta`), and payloads come as they are.
+    for (channel, tf) in [
+        ("chat:nodelta", Value::Null),
+        ("both:1", json!({"key": "k", "cmp": "nex"})),
+    ] {
+        let mut sub = json!({"channel": channel, "delta": "fossil"});
+        if !tf.is_null() {
+            sub["tf"] = tf;
+        }
+        let r = c.request(json!({"subscribe": sub})).await;
+        assert!(r["subscribe"].is_object(), "{r}");
+        assert!(r["subscribe"].get("delta").is_none(), "{r}");
+        publish_doc(&server, channel, 1).await;
+        publish_doc(&server, channel, 2).await;
+        for n in 1..=2 {
+            let p = c.next_pub(channel).await;
+            assert_eq!((p["data"].clone(), p.get("delta")), (document(n), None));
+        }
+    }
+    let r = c
+        .request(json!({"subscribe": {"channel": "doc:x", "delta": "xdelta"}}))
+        .await;
+    assert_eq!(error_code(&r), Some(107), "{r}");
+    assert_eq!(
+        r["error"]["message"],
+        json!("unknown delta type \"xdelta\"")
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn protobuf_subscribers_get_deltas_as_bytes() {
+    let server = start(delta_config()).await;
+    let (mut c, _) = ProtoClient::connect(&server, &token("ann")).await;
+    let r = c
+        .request(wire::Command {
+            subscribe: Some(wire::SubscribeRequest {
+                channel: "doc:pb".into(),
+                delta: "fossil".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    assert!(r.subscribe.expect("subscribed").delta);
+    let mut prev = Vec::new();
+    for n in 1..=4 {
+        publish_doc(&server, "doc:pb", n).await;
+        let p = c.next_pub("doc:pb").await;
+        assert_eq!(p.delta, n > 1, "publication {n}");
+        let data = if p.delta {
+            fossil::apply(&prev, &p.data).expect("a valid delta")
+        } else {
+            p.data.to_vec()
+        };
+        assert_eq!(json_of(&data), document(n));
+        prev = data;
+    }
     server.stop().await;
 }

@@ -1,7 +1,7 @@
 'use strict';
 // What a subscription asks of its channel's events, with the real SDK: a `tagsFilter`
 // (publication filtering by tags) gets only the publications whose tags pass it, live
-// and on recovery.
+// and on recovery; `delta: 'fossil'` gets deltas on the wire and full data in the app.
 
 const { test, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
@@ -18,6 +18,12 @@ subscribe = ["*"]
 history_size = 100
 history_ttl = "1h"
 allow_tags_filter = true
+
+[namespaces.doc]
+subscribe = ["*"]
+history_size = 100
+history_ttl = "1h"
+allowed_delta_types = ["fossil"]
 `,
   });
 });
@@ -99,3 +105,30 @@ test('an invalid tagsFilter is refused with 107 and the reason', async () => {
   assert.equal(ctx.code, 107);
   assert.equal(ctx.reason, 'invalid tags filter: unknown cmp "like"');
 });
+
+/** The `n`th version of a document: a few bytes change from one to the next. */
+function documentVersion(n) {
+  const rows = Array.from({ length: 40 }, (_, i) => ({ row: i, label: `item number ${i}`, rev: i === n % 40 ? n : 0 }));
+  return { version: n, rows };
+}
+
+for (const protobuf of [false, true]) {
+  test(`delta: 'fossil' (${protobuf ? 'Protobuf' : 'JSON'}) gets deltas on the wire and full data in the app`, async () => {
+    const decode = (data) => (protobuf ? JSON.parse(new TextDecoder().decode(data)) : data);
+    const { client } = await h.connectUser(server, protobuf ? 'pb' : 'js', clients, { options: { protobuf } });
+    const channel = `doc:${protobuf ? 'pb' : 'js'}`;
+    const sub = client.newSubscription(channel, { delta: 'fossil' });
+    const got = [];
+    sub.on('publication', (ctx) => got.push(decode(ctx.data)));
+    const subscribed = h.waitEvent(sub, 'subscribed', { label: 'subscribed' });
+    sub.subscribe();
+    await subscribed;
+    for (let n = 1; n <= 8; n++) await apiPublish(channel, documentVersion(n));
+    assert.deepEqual(await collected(got, 8), Array.from({ length: 8 }, (_, i) => documentVersion(i + 1)));
+    const stats = sub.deltaStats();
+    assert.equal(stats.numPublications, 8);
+    assert.equal(stats.numFullPayloads, 1, 'the first publication is full');
+    assert.equal(stats.numDeltaPayloads, 7, 'the rest come as deltas');
+    assert.ok(stats.bytesReceived * 2 < stats.bytesDecoded, JSON.stringify(stats));
+  });
+}

@@ -3,7 +3,7 @@
 //! duplicate between recovered publications and live ones.
 
 use super::*;
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, Requested};
 use crate::event::EventKind;
 
 /// Marks subscriptions whose reply is on its way; completing it queues the reply
@@ -48,8 +48,9 @@ pub struct Subscribed {
 pub const EXCLUDE_CLIENT_TAG: &str = "exclude_client";
 
 impl Session {
-    /// Delivers a channel event (called by the hub; never blocks).
-    pub fn deliver(&self, event: &Arc<ChannelEvent>) {
+    /// Delivers a channel event (called by the hub; never blocks), as `delivery` (how
+    /// the subscription wants its events, if it asked for anything) says.
+    pub fn deliver(&self, event: &Arc<ChannelEvent>, delivery: Option<&Delivery>) {
         match &event.kind {
             EventKind::Publication(p) => {
                 let excluded = p.tags.as_deref().and_then(|t| t.get(EXCLUDE_CLIENT_TAG));
@@ -68,7 +69,7 @@ impl Session {
         }
         if self.pending_count.load(Ordering::Acquire) > 0 {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(buf) = pending.get_mut(&event.channel) {
+            if let Some((buf, _)) = pending.get_mut(&event.channel) {
                 if buf.len() >= self.node.config.limits.outbox_size {
                     drop(pending);
                     self.node.metrics.outbox_drops.inc();
@@ -81,16 +82,21 @@ impl Session {
                 return;
             }
             // Queue under the lock so an activation can not overtake this event.
-            self.enqueue(self.encode(event));
+            self.enqueue(self.encode(event, delivery));
             return;
         }
-        self.enqueue(self.encode(event));
+        self.enqueue(self.encode(event, delivery));
     }
 
-    /// An event as an outbox item: one reference-count increment on the shared frame.
-    fn encode(&self, event: &ChannelEvent) -> Outgoing {
+    /// An event as an outbox item: one reference-count increment on the shared frame
+    /// (a delta subscriber's publication: on the shared delta or full frame). Called as
+    /// the item is queued, in order.
+    fn encode(&self, event: &ChannelEvent, delivery: Option<&Delivery>) -> Outgoing {
+        let frame = delivery
+            .and_then(|d| d.frame(event, self.codec))
+            .unwrap_or_else(|| event.encoded(self.codec, &self.node.config));
         Outgoing::Event {
-            frame: event.encoded(self.codec, &self.node.config),
+            frame,
             published: event.published,
         }
     }
@@ -101,12 +107,12 @@ impl Session {
             self.enqueue(first);
         }
         for (channel, offset) in channels {
-            if let Some(buf) = pending.remove(&channel) {
+            if let Some((buf, delivery)) = pending.remove(&channel) {
                 self.pending_count.fetch_sub(1, Ordering::AcqRel);
                 for ev in buf {
                     let o = ev.offset();
                     if o == 0 || o > offset {
-                        self.enqueue(self.encode(&ev));
+                        self.enqueue(self.encode(&ev, delivery.as_deref()));
                     }
                 }
             }
@@ -185,7 +191,12 @@ impl Session {
             }
             Err(e) => return Err(e.into()),
         };
-        let delivery = Delivery::requested(req.tf.as_ref(), &ns, &node.config.limits)
+        let requested = Requested {
+            filter: req.tf.as_ref(),
+            delta: &req.delta,
+        };
+        let history = node.history_options(&ns).is_some();
+        let delivery = Delivery::requested(requested, &ns, &node.config.limits, history, self.codec)
             .map_err(|e| {
                 tracing::info!(client = %self.id, channel = %req.channel, reason = %e, "subscribe refused");
                 SessionError::Rejected(Box::new(ErrorReply {
@@ -195,6 +206,7 @@ impl Session {
                 }))
             })?
             .map(Arc::new);
+        let deltas = delivery.as_deref().is_some_and(Delivery::takes_deltas);
         let since = req.recover.then(|| StreamPosition {
             offset: req.offset,
             epoch: req.epoch.clone(),
@@ -210,6 +222,7 @@ impl Session {
             .subscribe_inner(&channel, ns.clone(), grant, since, false, delivery)
             .await?;
         subscribed.result.data = data;
+        subscribed.result.delta = deltas;
         if proxied {
             if let Some(guard) = self.spawn_sub_refresh(channel.clone(), &ns, proxy_expiry) {
                 if let Some(sub) = self.state().subs.get_mut(&channel) {
@@ -287,7 +300,7 @@ impl Session {
             if pending.contains_key(channel) {
                 return Err(ErrorCode::AlreadySubscribed.into());
             }
-            pending.insert(channel.clone(), Vec::new());
+            pending.insert(channel.clone(), (Vec::new(), delivery.clone()));
             self.pending_count.fetch_add(1, Ordering::AcqRel);
         }
         // From here on, failure must undo the pending mark and the hub entry.
