@@ -86,6 +86,10 @@ pub struct SubscribeRequest {
     pub recoverable: bool,
     /// Ask for join/leave pushes.
     pub join_leave: bool,
+    /// Ask for publications as deltas of the previous one (`"fossil"`).
+    pub delta: String,
+    /// Deliver only publications whose tags pass this filter.
+    pub tf: Option<crate::filter::FilterNode>,
 }
 
 /// A request that names only a channel (`unsubscribe`, `presence`, `presence_stats`).

@@ -116,38 +116,149 @@ pub struct ConnectResult {
 }
 
 /// Result of `subscribe` (and of each server-side subscription).
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SubscribeResult {
     /// Whether the subscription expires.
-    #[serde(skip_serializing_if = "is_false")]
     pub expires: bool,
     /// Seconds until it expires.
-    #[serde(skip_serializing_if = "is_zero_u32")]
     pub ttl: u32,
     /// Whether the channel keeps a stream the client can recover from.
-    #[serde(skip_serializing_if = "is_false")]
     pub recoverable: bool,
     /// Stream epoch.
-    #[serde(skip_serializing_if = "String::is_empty")]
     pub epoch: String,
     /// Recovered publications.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub publications: Vec<Publication>,
     /// Whether all missed publications were recovered.
-    #[serde(skip_serializing_if = "is_false")]
     pub recovered: bool,
     /// Stream offset at subscription time.
-    #[serde(skip_serializing_if = "is_zero_u64")]
     pub offset: u64,
     /// Whether the stream is positioned.
-    #[serde(skip_serializing_if = "is_false")]
     pub positioned: bool,
     /// Whether the client asked to recover.
-    #[serde(skip_serializing_if = "is_false")]
     pub was_recovering: bool,
     /// What the app backend's proxy gave the subscriber.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<SharedJson>,
+    /// Whether publications come as fossil deltas (`delta: "fossil"` was negotiated).
+    /// Then, in JSON, every publication's `data` is a JSON string holding the payload's
+    /// text or a delta of it, recovered ones included, as Centrifugo sends them.
+    pub delta: bool,
+}
+
+/// [`SubscribeResult`] as it goes on the wire in JSON.
+#[derive(Serialize)]
+struct SubscribeResultWire<'a> {
+    #[serde(skip_serializing_if = "is_false")]
+    expires: bool,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    ttl: u32,
+    #[serde(skip_serializing_if = "is_false")]
+    recoverable: bool,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    epoch: &'a str,
+    #[serde(skip_serializing_if = "Publications::is_empty")]
+    publications: Publications<'a>,
+    #[serde(skip_serializing_if = "is_false")]
+    recovered: bool,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    offset: u64,
+    #[serde(skip_serializing_if = "is_false")]
+    positioned: bool,
+    #[serde(skip_serializing_if = "is_false")]
+    was_recovering: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a SharedJson>,
+    #[serde(skip_serializing_if = "is_false")]
+    delta: bool,
+}
+
+/// Publications of a subscribe result, their payloads as JSON strings when `as_text`.
+struct Publications<'a> {
+    list: &'a [Publication],
+    as_text: bool,
+}
+
+impl Publications<'_> {
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+impl Serialize for Publications<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !self.as_text {
+            return self.list.serialize(s);
+        }
+        s.collect_seq(self.list.iter().map(|p| DeltaPub {
+            publication: p,
+            payload: p.data.get().as_bytes(),
+            delta: false,
+        }))
+    }
+}
+
+impl Serialize for SubscribeResult {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SubscribeResultWire {
+            expires: self.expires,
+            ttl: self.ttl,
+            recoverable: self.recoverable,
+            epoch: &self.epoch,
+            publications: Publications {
+                list: &self.publications,
+                as_text: self.delta,
+            },
+            recovered: self.recovered,
+            offset: self.offset,
+            positioned: self.positioned,
+            was_recovering: self.was_recovering,
+            data: self.data.as_ref(),
+            delta: self.delta,
+        }
+        .serialize(s)
+    }
+}
+
+/// A publication to a subscriber that negotiated fossil deltas: its payload is the
+/// publication's JSON text (`delta: false`) or a fossil delta turning the previous
+/// publication's text into it (`delta: true`). JSON carries the payload as a string,
+/// so it must be UTF-8 there; Protobuf carries its bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct DeltaPub<'a> {
+    /// The publication (its `data` is replaced by `payload` on the wire).
+    pub publication: &'a Publication,
+    /// The payload's bytes.
+    pub payload: &'a [u8],
+    /// Whether the payload is a delta.
+    pub delta: bool,
+}
+
+#[derive(Serialize)]
+struct DeltaPubWire<'a> {
+    data: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    info: Option<&'a ClientInfo>,
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    offset: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tags: Option<&'a BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "is_false")]
+    delta: bool,
+}
+
+impl Serialize for DeltaPub<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let data = std::str::from_utf8(self.payload)
+            .map_err(|_| serde::ser::Error::custom("a JSON delta must be UTF-8"))?;
+        let p = self.publication;
+        DeltaPubWire {
+            data,
+            info: p.info.as_ref(),
+            offset: p.offset,
+            tags: p.tags.as_deref(),
+            delta: self.delta,
+        }
+        .serialize(s)
+    }
 }
 
 /// Result of `presence`.
@@ -256,6 +367,9 @@ fn internal_error(id: u32) -> String {
 #[allow(missing_docs)]
 pub enum PushBody<'a> {
     Pub(&'a Publication),
+    /// A publication to a subscriber that negotiated deltas.
+    #[serde(rename = "pub")]
+    DeltaPub(DeltaPub<'a>),
     Join {
         info: &'a ClientInfo,
     },

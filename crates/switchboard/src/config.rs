@@ -410,6 +410,12 @@ pub struct LimitsConfig {
     pub max_protocol_errors: u32,
     /// Longest channel name, in bytes.
     pub max_channel_length: usize,
+    /// Deepest tags filter a subscribe request may carry (a lone comparison is 1);
+    /// deeper ones get error 107.
+    pub tags_filter_max_depth: usize,
+    /// Largest tags filter a subscribe request may carry, in nodes plus `in`/`nin`
+    /// values; larger ones get error 107.
+    pub tags_filter_max_size: usize,
 }
 
 /// The TCP and HTTP front door. `0` disables a count or rate limit.
@@ -657,6 +663,12 @@ pub struct NamespaceConfig {
     /// In an `inbox` namespace: each member's read position is pushed to the
     /// channel's subscribers when it advances, and the server API lists them.
     pub read_receipts: bool,
+    /// Subscribers may send a tags filter (`tf`, centrifuge-js `tagsFilter`) and get
+    /// only the publications whose tags pass it; without it a filter gets error 107.
+    pub allow_tags_filter: bool,
+    /// Delta encodings subscribers may negotiate (`["fossil"]`): a subscriber that asks
+    /// for one gets publications as deltas of the previous one. Needs history.
+    pub allowed_delta_types: Vec<String>,
 }
 
 impl Default for NamespaceConfig {
@@ -681,6 +693,8 @@ impl Default for NamespaceConfig {
             publish_proxy: String::new(),
             inbox: false,
             read_receipts: false,
+            allow_tags_filter: false,
+            allowed_delta_types: Vec::new(),
         }
     }
 }
@@ -767,6 +781,8 @@ impl Default for LimitsConfig {
             outbox_total_bytes: 512 * 1024 * 1024,
             max_protocol_errors: 20,
             max_channel_length: 255,
+            tags_filter_max_depth: 8,
+            tags_filter_max_size: 64,
         }
     }
 }
@@ -885,6 +901,12 @@ impl Config {
     /// A value that would make the server misbehave.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
+        if self.limits.tags_filter_max_depth == 0 || self.limits.tags_filter_max_size == 0 {
+            errors.push(
+                "limits.tags_filter_max_depth and limits.tags_filter_max_size must be at least 1"
+                    .to_owned(),
+            );
+        }
         if self.limits.outbox_size == 0 {
             errors.push("limits.outbox_size must be at least 1".to_owned());
         }
@@ -948,6 +970,22 @@ impl Config {
             if ns.inbox && (ns.history_size == 0 || ns.history_ttl.is_zero()) {
                 errors.push(format!(
                     "namespaces.{name}: inbox needs history (history_size and history_ttl)"
+                ));
+            }
+            if let Some(t) = ns
+                .allowed_delta_types
+                .iter()
+                .find(|t| t.as_str() != "fossil")
+            {
+                errors.push(format!(
+                    "namespaces.{name}: allowed_delta_types knows only \"fossil\", not {t:?}"
+                ));
+            }
+            if !ns.allowed_delta_types.is_empty()
+                && (ns.history_size == 0 || ns.history_ttl.is_zero())
+            {
+                errors.push(format!(
+                    "namespaces.{name}: allowed_delta_types needs history (history_size and history_ttl)"
                 ));
             }
             if ns.read_receipts && !ns.inbox {

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use switchboard_protocol::{ClientInfo, Publication, SubscribeResult};
+use switchboard_protocol::{ClientInfo, Publication, SharedJson, SubscribeResult};
 use tungstenite::Utf8Bytes;
 
 /// A text frame: reference-counted UTF-8 bytes.
@@ -111,7 +111,16 @@ pub struct Codec {
     /// How this codec's frames are compressed, for connections that negotiated
     /// compression: once per event too, from the encoded frame ([`Codec::compressed`]).
     compress: Option<fn(&Frame, &crate::Config) -> Frame>,
+    /// How a publication is encoded for a subscriber that negotiated fossil deltas,
+    /// with its payload (the publication's JSON text, or a delta of it: the flag);
+    /// `None` when the payload can not go in this encoding. Codecs without it never
+    /// negotiate deltas.
+    pub deltas: Option<DeltaEncoder>,
 }
+
+/// Encodes a publication event with `payload` as its data, a delta when the flag says
+/// so (see [`Codec::deltas`]).
+pub type DeltaEncoder = fn(&ChannelEvent, &[u8], bool) -> Option<Frame>;
 
 impl Codec {
     /// Registers a codec and gives it the next cache slot. Call it once per codec (a
@@ -134,6 +143,7 @@ impl Codec {
             encode_event,
             own_presence: true,
             compress: None,
+            deltas: None,
         }
     }
 
@@ -142,6 +152,14 @@ impl Codec {
     pub const fn compressed(self, compress: fn(&Frame, &crate::Config) -> Frame) -> Self {
         Self {
             compress: Some(compress),
+            ..self
+        }
+    }
+
+    /// This codec, able to send fossil deltas with `encoder`.
+    pub const fn with_deltas(self, encoder: DeltaEncoder) -> Self {
+        Self {
+            deltas: Some(encoder),
             ..self
         }
     }
@@ -180,6 +198,22 @@ pub struct ChannelEvent {
     /// Compressed frames per codec slot, allocated when a compressed codec first asks:
     /// most events never meet one.
     compressed: OnceLock<Box<[OnceLock<Frame>; SLOTS]>>,
+    /// The payload of the channel's previous publication, when the hub knows it (the
+    /// channel has delta subscribers and this one follows it directly).
+    base: OnceLock<SharedJson>,
+    /// Frames for delta subscribers, made by the first one.
+    deltas: OnceLock<Box<DeltaFrames>>,
+}
+
+/// A publication's frames for subscribers that negotiated fossil deltas: the delta is
+/// computed once per publication, each frame encoded once per codec.
+#[derive(Debug)]
+struct DeltaFrames {
+    /// The fossil delta from the previous publication's payload, when there is one and
+    /// it is shorter than the payload.
+    patch: Option<Vec<u8>>,
+    full: [OnceLock<Option<Frame>>; SLOTS],
+    delta: [OnceLock<Option<Frame>>; SLOTS],
 }
 
 impl ChannelEvent {
@@ -191,7 +225,50 @@ impl ChannelEvent {
             published: Instant::now(),
             encoded: Default::default(),
             compressed: OnceLock::new(),
+            base: OnceLock::new(),
+            deltas: OnceLock::new(),
         })
+    }
+
+    /// Records the payload of the channel's previous publication, which this one
+    /// directly follows, so delta subscribers can be sent a delta of it.
+    pub fn set_base(&self, base: SharedJson) {
+        let _ = self.base.set(base);
+    }
+
+    /// The publication encoded with `codec` for a subscriber that negotiated deltas:
+    /// a delta of the previous publication when `chained` (the subscriber's last one was
+    /// that publication) and a delta is known and shorter, else the full payload in
+    /// the delta form. `None` for joins and leaves, and codecs without deltas.
+    pub fn delta_encoded(&self, codec: Codec, chained: bool) -> Option<Frame> {
+        let encode = codec.deltas?;
+        let EventKind::Publication(p) = &self.kind else {
+            return None;
+        };
+        let full = p.data.get().as_bytes();
+        let Some(slot) = codec.slot else {
+            return encode(self, full, false);
+        };
+        let frames = self.deltas.get_or_init(|| {
+            let patch = self
+                .base
+                .get()
+                .map(|base| switchboard_protocol::fossil::create(base.get().as_bytes(), full))
+                .filter(|patch| patch.len() < full.len());
+            Box::new(DeltaFrames {
+                patch,
+                full: Default::default(),
+                delta: Default::default(),
+            })
+        });
+        if let (true, Some(patch)) = (chained, &frames.patch) {
+            if let Some(f) = frames.delta[slot].get_or_init(|| encode(self, patch, true)) {
+                return Some(f.clone());
+            }
+        }
+        frames.full[slot]
+            .get_or_init(|| encode(self, full, false))
+            .clone()
     }
 
     /// The event encoded with `codec` (and compressed, for a compressed codec),
@@ -325,6 +402,7 @@ mod tests {
         encode_event: |_, _| Frame::from_static("t"),
         own_presence: true,
         compress: None,
+        deltas: None,
     };
 
     #[test]
@@ -360,6 +438,7 @@ mod tests {
             encode_event: |_, _| Frame::from_static("late"),
             own_presence: true,
             compress: None,
+            deltas: None,
         };
         let ev = ChannelEvent::new(
             "chat:1".into(),

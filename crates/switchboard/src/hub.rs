@@ -8,8 +8,9 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use switchboard_protocol::Disconnect;
+use switchboard_protocol::{Disconnect, SharedJson};
 
+use crate::delivery::Delivery;
 use crate::engine::EventHandler;
 use crate::event::{ChannelEvent, EventKind};
 use crate::metrics::Metrics;
@@ -18,12 +19,57 @@ use crate::session::Session;
 const CHANNEL_SHARDS: usize = 128;
 
 type Index = HashMap<Arc<str>, Vec<Arc<Session>>>;
+type ChannelIndex = HashMap<Arc<str>, Channel>;
 const USER_SHARDS: usize = 32;
+
+/// A local subscriber of a channel, with how it wants the channel's events when it
+/// asked for anything but all of them as they are (`None`: the common case, which
+/// costs the delivery loop one branch).
+struct Subscriber {
+    session: Arc<Session>,
+    delivery: Option<Arc<Delivery>>,
+}
+
+/// A channel's local subscribers.
+#[derive(Default)]
+struct Channel {
+    subs: Vec<Subscriber>,
+    /// While some subscriber takes deltas: what the next publication is a delta of.
+    deltas: Option<Box<DeltaBase>>,
+}
+
+/// The channel's last publication, kept while some local subscriber takes deltas.
+#[derive(Default)]
+struct DeltaBase {
+    /// Subscribers taking deltas.
+    takers: usize,
+    /// Offset and payload of the last publication broadcast. Short sections only.
+    last: Mutex<Option<(u64, SharedJson)>>,
+}
+
+impl DeltaBase {
+    /// Gives `event` the previous payload when it directly follows it, and keeps its
+    /// own for the next. Broadcasts of one channel come in order (the engine delivers
+    /// each channel's events one at a time), and the offset check keeps a gap from
+    /// ever pairing a delta with the wrong base.
+    fn note(&self, event: &ChannelEvent) {
+        let EventKind::Publication(p) = &event.kind else {
+            return;
+        };
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((offset, data)) = last.as_ref() {
+            if p.offset > 0 && offset.checked_add(1) == Some(p.offset) {
+                event.set_base(data.clone());
+            }
+        }
+        *last = (p.offset > 0).then(|| (p.offset, p.data.clone()));
+    }
+}
 
 /// Node-local index of sessions.
 pub struct Hub {
     /// Read-locked per delivery, write-locked per (un)subscribe.
-    channels: Box<[RwLock<Index>]>,
+    channels: Box<[RwLock<ChannelIndex>]>,
     /// Short critical sections only.
     users: Box<[Mutex<Index>]>,
     hasher: std::collections::hash_map::RandomState,
@@ -69,16 +115,28 @@ impl Hub {
         (self.hasher.hash_one(key) as usize) % n
     }
 
-    /// Adds a subscriber. Returns true when it is the channel's first on this node.
-    pub fn subscribe(&self, channel: &Arc<str>, session: &Arc<Session>) -> bool {
+    /// Adds a subscriber, with how it wants the channel's events (`None`: all, as
+    /// they are). Returns true when it is the channel's first on this node.
+    pub fn subscribe(
+        &self,
+        channel: &Arc<str>,
+        session: &Arc<Session>,
+        delivery: Option<Arc<Delivery>>,
+    ) -> bool {
         let mut shard = self.channels[self.index(channel, CHANNEL_SHARDS)]
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        let subs = shard.entry(channel.clone()).or_default();
-        if !subs.iter().any(|s| Arc::ptr_eq(s, session)) {
-            subs.push(session.clone());
+        let entry = shard.entry(channel.clone()).or_default();
+        if !entry.subs.iter().any(|s| Arc::ptr_eq(&s.session, session)) {
+            if delivery.as_deref().is_some_and(Delivery::takes_deltas) {
+                entry.deltas.get_or_insert_with(Box::default).takers += 1;
+            }
+            entry.subs.push(Subscriber {
+                session: session.clone(),
+                delivery,
+            });
         }
-        subs.len() == 1
+        entry.subs.len() == 1
     }
 
     /// Removes a subscriber. Returns true when the channel has none left on this node.
@@ -86,13 +144,27 @@ impl Hub {
         let mut shard = self.channels[self.index(channel, CHANNEL_SHARDS)]
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        let Some(subs) = shard.get_mut(channel) else {
+        let Some(entry) = shard.get_mut(channel) else {
             return false;
         };
-        let before = subs.len();
-        subs.retain(|s| !std::ptr::eq(Arc::as_ptr(s), session));
-        let removed = subs.len() < before;
-        if subs.is_empty() {
+        let Some(at) = entry
+            .subs
+            .iter()
+            .position(|s| std::ptr::eq(Arc::as_ptr(&s.session), session))
+        else {
+            return false;
+        };
+        let gone = entry.subs.swap_remove(at);
+        if gone.delivery.as_deref().is_some_and(Delivery::takes_deltas) {
+            if let Some(d) = &mut entry.deltas {
+                d.takers -= 1;
+                if d.takers == 0 {
+                    entry.deltas = None;
+                }
+            }
+        }
+        let removed = true;
+        if entry.subs.is_empty() {
             shard.remove(channel);
             return removed;
         }
@@ -107,21 +179,31 @@ impl Hub {
                 .read()
                 .unwrap_or_else(|e| e.into_inner());
             match shard.get(&event.channel) {
-                Some(subs) => {
-                    for s in subs {
-                        s.deliver(event);
+                Some(channel) => {
+                    if let Some(d) = &channel.deltas {
+                        d.note(event);
+                    }
+                    let mut delivered = 0;
+                    for s in &channel.subs {
+                        if let Some(d) = &s.delivery {
+                            if !d.admits(event) {
+                                continue;
+                            }
+                        }
+                        s.session.deliver(event, s.delivery.as_deref());
+                        delivered += 1;
                     }
                     if let Some(m) = &self.metrics {
-                        m.namespaces.delivered(&event.channel, subs.len());
+                        m.namespaces.delivered(&event.channel, delivered);
                     }
-                    subs.len()
+                    delivered
                 }
                 None => 0,
             }
         };
         if self.watched.load(Ordering::Acquire) > 0 {
             for s in self.watchers_of(&event.channel) {
-                s.deliver(event);
+                s.deliver(event, None);
             }
         }
         delivered
@@ -194,7 +276,7 @@ impl Hub {
         let mut out = Vec::new();
         for shard in self.channels.iter() {
             let shard = shard.read().unwrap_or_else(|e| e.into_inner());
-            out.extend(shard.iter().map(|(k, v)| (k.clone(), v.len())));
+            out.extend(shard.iter().map(|(k, v)| (k.clone(), v.subs.len())));
         }
         out
     }
@@ -281,11 +363,11 @@ impl EventHandler for Hub {
     }
 
     fn on_lost(&self, channel: &Arc<str>) {
-        let mut subs = self.channels[self.index(channel, CHANNEL_SHARDS)]
+        let mut subs: Vec<Arc<Session>> = self.channels[self.index(channel, CHANNEL_SHARDS)]
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(channel)
-            .cloned()
+            .map(|c| c.subs.iter().map(|s| s.session.clone()).collect())
             .unwrap_or_default();
         if self.watched.load(Ordering::Acquire) > 0 {
             subs.extend(self.watchers_of(channel));

@@ -8,7 +8,8 @@
 //! - [`node`]: the public face of the process: publish, presence, history, disconnect.
 //! - [`hub`]: node-local index channel -> sessions, user -> sessions; `upstream` keeps
 //!   each channel's engine subscription in step with it.
-//! - [`session`]: one connection's identity, subscriptions, limits and [`outbox`].
+//! - [`session`]: one connection's identity, subscriptions, limits and [`outbox`];
+//!   [`delivery`]: what a subscription asked of its channel's events (a tags filter).
 //! - [`event`]: what flows to sessions: frames (text or binary), encoded once per codec a
 //!   transport registers.
 //! - [`engine`]: cross-node pub/sub, presence and history ([`engine::memory`] by default,
@@ -46,6 +47,7 @@ pub mod channel;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod delivery;
 pub mod engine;
 pub mod event;
 pub mod front_door;

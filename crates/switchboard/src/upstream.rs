@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
+use crate::delivery::Delivery;
 use crate::engine::{Engine, EngineError};
 use crate::hooks::{Hooks, Lifecycle};
 use crate::hub::Hub;
@@ -52,9 +53,10 @@ impl Upstream {
         engine: &dyn Engine,
         channel: &Arc<str>,
         session: &Arc<Session>,
+        delivery: Option<Arc<Delivery>>,
     ) -> Result<(), EngineError> {
         let _order = self.lock(channel).lock().await;
-        if hub.subscribe(channel, session) {
+        if hub.subscribe(channel, session, delivery) {
             // A watched channel is subscribed upstream already.
             if !hub.is_watched(channel) {
                 if let Err(e) = engine.subscribe(channel).await {
@@ -222,14 +224,16 @@ mod tests {
             Session::new(node.clone(), codec()),
         );
         upstream
-            .subscribe(&hub, &*engine, &channel, &leaver)
+            .subscribe(&hub, &*engine, &channel, &leaver, None)
             .await
             .unwrap();
         // The leaver's unsubscribe is on its way to the engine when the joiner comes.
         let leave = upstream.unsubscribe(&hub, &*engine, &channel, &leaver);
         let join = async {
             tokio::time::sleep(Duration::from_millis(10)).await;
-            upstream.subscribe(&hub, &*engine, &channel, &joiner).await
+            upstream
+                .subscribe(&hub, &*engine, &channel, &joiner, None)
+                .await
         };
         let ((), joined) = tokio::join!(leave, join);
         joined.unwrap();
@@ -260,7 +264,7 @@ mod tests {
         assert!(upstream_has("news:1"), "a watcher alone listens upstream");
         assert!(hub.channels().is_empty(), "but is no subscriber");
         upstream
-            .subscribe(&hub, &*engine, &channel, &reader)
+            .subscribe(&hub, &*engine, &channel, &reader, None)
             .await
             .unwrap();
         assert_eq!(hub.channels(), vec![(channel.clone(), 1)]);

@@ -706,7 +706,8 @@ impl Node {
         }
     }
 
-    /// Adds `session` to a channel's local subscribers; the channel's first local
+    /// Adds `session` to a channel's local subscribers, with how it wants the
+    /// channel's events (`None`: all, as they are); the channel's first local
     /// subscriber subscribes the node upstream.
     ///
     /// # Errors
@@ -715,10 +716,11 @@ impl Node {
         &self,
         channel: &Arc<str>,
         session: &Arc<Session>,
+        delivery: Option<Arc<crate::delivery::Delivery>>,
     ) -> Result<(), NodeError> {
         Ok(self
             .upstream
-            .subscribe(&self.hub, &*self.engine, channel, session)
+            .subscribe(&self.hub, &*self.engine, channel, session, delivery)
             .await?)
     }
 

@@ -137,8 +137,9 @@ pub struct Session {
     cancel: CancellationToken,
     disconnect: OnceLock<Disconnect>,
     pending_count: AtomicUsize,
-    /// Events of channels whose subscribe reply is not queued yet. Short sections only.
-    pending: Mutex<HashMap<Arc<str>, Vec<Arc<ChannelEvent>>>>,
+    /// Events of channels whose subscribe reply is not queued yet, with what the
+    /// subscription asked of them. Short sections only.
+    pending: Mutex<HashMap<Arc<str>, Pending>>,
     /// Short sections only; never held across an await.
     state: Mutex<State>,
     /// Per-command rate and error accounting. Short sections only.
@@ -158,6 +159,13 @@ impl std::fmt::Debug for Session {
         f.debug_struct("Session").field("id", &self.id).finish()
     }
 }
+
+/// A channel's events held back until its subscribe reply is queued, and how the
+/// subscription wants them.
+type Pending = (
+    Vec<Arc<ChannelEvent>>,
+    Option<Arc<crate::delivery::Delivery>>,
+);
 
 /// An inbox channel of a session: the stream epoch it subscribed in, and its user.
 type InboxTrack = (Arc<str>, Arc<str>);
@@ -432,7 +440,7 @@ impl Session {
             };
             let channel: Arc<str> = channel.into();
             match self
-                .subscribe_inner(&channel, ns, grant, since, false)
+                .subscribe_inner(&channel, ns, grant, since, false, None)
                 .await
             {
                 Ok(mut s) => {

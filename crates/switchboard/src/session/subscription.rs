@@ -3,6 +3,7 @@
 //! duplicate between recovered publications and live ones.
 
 use super::*;
+use crate::delivery::{Delivery, Requested};
 use crate::event::EventKind;
 
 /// Marks subscriptions whose reply is on its way; completing it queues the reply
@@ -58,8 +59,9 @@ pub struct Subscribed {
 pub const EXCLUDE_CLIENT_TAG: &str = "exclude_client";
 
 impl Session {
-    /// Delivers a channel event (called by the hub; never blocks).
-    pub fn deliver(&self, event: &Arc<ChannelEvent>) {
+    /// Delivers a channel event (called by the hub; never blocks), as `delivery` (how
+    /// the subscription wants its events, if it asked for anything) says.
+    pub fn deliver(&self, event: &Arc<ChannelEvent>, delivery: Option<&Delivery>) {
         match &event.kind {
             EventKind::Publication(p) => {
                 let excluded = p.tags.as_deref().and_then(|t| t.get(EXCLUDE_CLIENT_TAG));
@@ -78,7 +80,7 @@ impl Session {
         }
         if self.pending_count.load(Ordering::Acquire) > 0 {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(buf) = pending.get_mut(&event.channel) {
+            if let Some((buf, _)) = pending.get_mut(&event.channel) {
                 if buf.len() >= self.node.config.limits.outbox_size {
                     drop(pending);
                     self.node.metrics.outbox_drops.inc();
@@ -91,16 +93,21 @@ impl Session {
                 return;
             }
             // Queue under the lock so an activation can not overtake this event.
-            self.enqueue(self.encode(event));
+            self.enqueue(self.encode(event, delivery));
             return;
         }
-        self.enqueue(self.encode(event));
+        self.enqueue(self.encode(event, delivery));
     }
 
-    /// An event as an outbox item: one reference-count increment on the shared frame.
-    fn encode(&self, event: &ChannelEvent) -> Outgoing {
+    /// An event as an outbox item: one reference-count increment on the shared frame
+    /// (a delta subscriber's publication: on the shared delta or full frame). Called as
+    /// the item is queued, in order.
+    fn encode(&self, event: &ChannelEvent, delivery: Option<&Delivery>) -> Outgoing {
+        let frame = delivery
+            .and_then(|d| d.frame(event, self.codec))
+            .unwrap_or_else(|| event.encoded(self.codec, &self.node.config));
         Outgoing::Event {
-            frame: event.encoded(self.codec, &self.node.config),
+            frame,
             published: event.published,
         }
     }
@@ -111,12 +118,12 @@ impl Session {
             self.enqueue(item);
         }
         for (channel, offset) in channels {
-            if let Some(buf) = pending.remove(&channel) {
+            if let Some((buf, delivery)) = pending.remove(&channel) {
                 self.pending_count.fetch_sub(1, Ordering::AcqRel);
                 for ev in buf {
                     let o = ev.offset();
                     if o == 0 || o > offset {
-                        self.enqueue(self.encode(&ev));
+                        self.enqueue(self.encode(&ev, delivery.as_deref()));
                     }
                 }
             }
@@ -195,6 +202,22 @@ impl Session {
             }
             Err(e) => return Err(e.into()),
         };
+        let requested = Requested {
+            filter: req.tf.as_ref(),
+            delta: &req.delta,
+        };
+        let history = node.history_options(&ns).is_some();
+        let delivery = Delivery::requested(requested, &ns, &node.config.limits, history, self.codec)
+            .map_err(|e| {
+                tracing::info!(client = %self.id, channel = %req.channel, reason = %e, "subscribe refused");
+                SessionError::Rejected(Box::new(ErrorReply {
+                    code: ErrorCode::BadRequest.code(),
+                    message: e.to_string(),
+                    temporary: false,
+                }))
+            })?
+            .map(Arc::new);
+        let deltas = delivery.as_deref().is_some_and(Delivery::takes_deltas);
         let since = req.recover.then(|| StreamPosition {
             offset: req.offset,
             epoch: req.epoch.clone(),
@@ -207,9 +230,10 @@ impl Session {
             .filter(|_| proxied)
             .and_then(|g| g.expires_at.take());
         let mut subscribed = self
-            .subscribe_inner(&channel, ns.clone(), grant, since, false)
+            .subscribe_inner(&channel, ns.clone(), grant, since, false, delivery)
             .await?;
         subscribed.result.data = data;
+        subscribed.result.delta = deltas;
         if proxied {
             if let Some(guard) = self.spawn_sub_refresh(channel.clone(), &ns, proxy_expiry) {
                 if let Some(sub) = self.state().subs.get_mut(&channel) {
@@ -228,7 +252,7 @@ impl Session {
         let ns = self.node.rules.namespace(channel)?.clone();
         let channel: Arc<str> = channel.into();
         let s = self
-            .subscribe_inner(&channel, ns, None, None, false)
+            .subscribe_inner(&channel, ns, None, None, false, None)
             .await?;
         s.activation
             .complete(Some(Outgoing::Control(Box::new(Control::Subscribed {
@@ -257,10 +281,12 @@ impl Session {
             epoch: req.epoch.clone(),
         });
         let channel: Arc<str> = req.channel.into();
-        self.subscribe_inner(&channel, ns, None, since, true).await
+        self.subscribe_inner(&channel, ns, None, since, true, None)
+            .await
     }
 
-    /// Subscribes (or, `watching`, adds a console's watch) once permission is settled.
+    /// Subscribes (or, `watching`, adds a console's watch) once permission is settled,
+    /// with what the subscription asked of the channel's events.
     pub(super) async fn subscribe_inner(
         self: &Arc<Self>,
         channel: &Arc<str>,
@@ -268,6 +294,7 @@ impl Session {
         grant: Option<crate::auth::Grant>,
         since: Option<StreamPosition>,
         watching: bool,
+        delivery: Option<Arc<Delivery>>,
     ) -> SessionResult<Subscribed> {
         let identity = self.require_identity()?;
         let node = self.node.clone();
@@ -284,7 +311,7 @@ impl Session {
             if pending.contains_key(channel) {
                 return Err(ErrorCode::AlreadySubscribed.into());
             }
-            pending.insert(channel.clone(), Vec::new());
+            pending.insert(channel.clone(), (Vec::new(), delivery.clone()));
             self.pending_count.fetch_add(1, Ordering::AcqRel);
         }
         // From here on, failure must undo the pending mark and the hub entry.
@@ -304,14 +331,15 @@ impl Session {
         let listening = if watching {
             node.watch_channel(channel, self).await
         } else {
-            node.subscribe_session(channel, self).await
+            node.subscribe_session(channel, self, delivery.clone())
+                .await
         };
         if let Err(e) = listening {
             drop(activation);
             return Err(e.into());
         }
         let prepared = self
-            .prepare_subscription(channel, &ns, &info, since, !watching)
+            .prepare_subscription(channel, &ns, &info, since, !watching, delivery.as_deref())
             .await;
         let (mut result, offset, from_inbox) = match prepared {
             Ok(r) => r,
@@ -365,6 +393,7 @@ impl Session {
         info: &ClientInfo,
         since: Option<StreamPosition>,
         join: bool,
+        delivery: Option<&Delivery>,
     ) -> SessionResult<(SubscribeResult, u64, bool)> {
         let node = &self.node;
         let mut result = SubscribeResult::default();
@@ -414,6 +443,10 @@ impl Session {
                 // what was lost with it.
                 result.recovered = recovered(&since, &h);
                 result.publications = h.publications;
+                // Recovered publications pass the same filter as live ones.
+                if let Some(d) = delivery {
+                    result.publications.retain(|p| d.admits_publication(p));
+                }
             }
             if inbox {
                 let top = StreamPosition {

@@ -221,6 +221,24 @@ pub(crate) fn event_push<E: Encoding>(ev: &ChannelEvent) -> Frame {
     E::push(&ev.channel, &body)
 }
 
+/// A publication for a subscriber that negotiated deltas, with `payload` as its data
+/// (a delta when `delta`); `None` for joins and leaves, which never come here.
+pub(crate) fn delta_push<E: Encoding>(
+    ev: &ChannelEvent,
+    payload: &[u8],
+    delta: bool,
+) -> Option<Frame> {
+    let EventKind::Publication(publication) = &ev.kind else {
+        return None;
+    };
+    let body = PushBody::DeltaPub(switchboard_protocol::reply::DeltaPub {
+        publication,
+        payload,
+        delta,
+    });
+    Some(E::push(&ev.channel, &body))
+}
+
 pub(crate) fn encode<E: Encoding>(item: Outgoing) -> Frame {
     match item {
         Outgoing::Event { frame, .. } => frame,

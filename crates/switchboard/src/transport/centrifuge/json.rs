@@ -6,14 +6,22 @@ use switchboard_protocol::command::{decode_frame, Command, DecodeError};
 use switchboard_protocol::reply::{encode_push, encode_reply, PushBody, ReplyBody};
 use switchboard_protocol::{Disconnect, PING};
 
-use super::{event_push, Encoding};
+use super::{delta_push, event_push, Encoding};
 use crate::event::{Codec, Frame};
 
 /// Centrifugo's JSON encoding.
 pub(crate) struct Json;
 
-static CODEC: LazyLock<Codec> =
-    LazyLock::new(|| Codec::register("centrifuge-json", |ev, _| event_push::<Json>(ev)));
+static CODEC: LazyLock<Codec> = LazyLock::new(|| {
+    Codec::register("centrifuge-json", |ev, _| event_push::<Json>(ev)).with_deltas(
+        // JSON carries the payload as a string: a delta that splits a character is no
+        // text, and the subscriber gets the full payload instead.
+        |ev, payload, delta| {
+            std::str::from_utf8(payload).ok()?;
+            delta_push::<Json>(ev, payload, delta)
+        },
+    )
+});
 
 impl Encoding for Json {
     const JOIN: &'static str = "\n";

@@ -8,14 +8,16 @@ use switchboard_protocol::protobuf::{decode_stream, encode_push, encode_reply, P
 use switchboard_protocol::reply::{PushBody, ReplyBody};
 use switchboard_protocol::Disconnect;
 
-use super::{event_push, Encoding};
+use super::{delta_push, event_push, Encoding};
 use crate::event::{Codec, Frame};
 
 /// Centrifugo's Protobuf encoding.
 pub(crate) struct Protobuf;
 
-static CODEC: LazyLock<Codec> =
-    LazyLock::new(|| Codec::register("centrifuge-protobuf", |ev, _| event_push::<Protobuf>(ev)));
+static CODEC: LazyLock<Codec> = LazyLock::new(|| {
+    Codec::register("centrifuge-protobuf", |ev, _| event_push::<Protobuf>(ev))
+        .with_deltas(delta_push::<Protobuf>)
+});
 
 impl Encoding for Protobuf {
     // Replies are length-delimited: joined as they are.
