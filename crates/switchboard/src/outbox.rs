@@ -3,13 +3,18 @@
 //!
 //! An empty outbox owns no allocation (a channel allocates its first block up front),
 //! which matters for tens of thousands of idle connections; the queue grows with a
-//! burst and gives the memory back once drained.
+//! burst and gives the memory back once drained. A queue that saw a little traffic keeps
+//! a little capacity (reallocating on every delivery would cost CPU under fan-out), until
+//! the connection's periodic ping asks for it back ([`Outbox::release_when_drained`]):
+//! after at most one ping interval of quiet, an idle connection's queue and its
+//! writer's batch hold no memory.
 //!
 //! It is bounded in items and in bytes, and all outboxes of a node share a byte budget
 //! (`limits.outbox_total_bytes`), so slow readers of large messages can not grow the
 //! process without bound.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 
@@ -27,8 +32,54 @@ const CONTROL_BYTES: usize = 128;
 /// The queue and the bytes it holds.
 #[derive(Debug, Default)]
 struct Queue {
-    items: VecDeque<Outgoing>,
+    items: Items,
     bytes: usize,
+}
+
+/// A FIFO whose first item lives inline: a connection that gets one push at a time
+/// (most of them) never allocates for its queue.
+#[derive(Debug, Default)]
+struct Items {
+    /// The oldest item, when `rest` was empty as it came. `None` with a non-empty
+    /// `rest` after a partial drain: `rest` then holds the order alone.
+    head: Option<Outgoing>,
+    rest: VecDeque<Outgoing>,
+}
+
+impl Items {
+    fn len(&self) -> usize {
+        usize::from(self.head.is_some()) + self.rest.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head.is_none() && self.rest.is_empty()
+    }
+
+    fn push_back(&mut self, item: Outgoing) {
+        if self.is_empty() {
+            self.head = Some(item);
+        } else {
+            self.rest.push_back(item);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Outgoing> {
+        self.head.take().or_else(|| self.rest.pop_front())
+    }
+
+    /// Heap capacity held (the inline head aside).
+    fn capacity(&self) -> usize {
+        self.rest.capacity()
+    }
+}
+
+/// What one receive took.
+#[derive(Debug)]
+pub enum Taken {
+    /// The only item queued (the batch buffer was left alone).
+    One(Outgoing),
+    /// This many items, moved into the batch buffer.
+    Many(usize),
 }
 
 /// A bounded multi-producer queue with one consumer.
@@ -43,6 +94,8 @@ pub struct Outbox {
     metrics: Arc<Metrics>,
     /// The one consumer's waker: waking it takes no lock, unlike a `Notify`.
     consumer: AtomicWaker,
+    /// Set by [`Outbox::release_when_drained`], cleared by [`Outbox::take_release`].
+    release: AtomicBool,
 }
 
 /// Bytes an item pins while queued. A channel event's frame is shared by all its
@@ -65,7 +118,20 @@ impl Outbox {
             total_max: limits.outbox_total_bytes,
             metrics,
             consumer: AtomicWaker::new(),
+            release: AtomicBool::new(false),
         }
+    }
+
+    /// Asks for the queue's memory back the next time it is drained, and tells the
+    /// consumer to let go of its batch then ([`Outbox::take_release`]). Called with a
+    /// periodic ping, which is queued right after, so the next drain comes soon.
+    pub fn release_when_drained(&self) {
+        self.release.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the consumer should free its batch buffer (once per request).
+    pub fn take_release(&self) -> bool {
+        self.release.load(Ordering::Relaxed) && self.release.swap(false, Ordering::Relaxed)
     }
 
     fn queue(&self) -> MutexGuard<'_, Queue> {
@@ -111,38 +177,69 @@ impl Outbox {
     /// Cancel-safe: nothing is taken out before it is returned. Only one task may
     /// receive (the connection's writer).
     pub async fn recv_many(&self, buf: &mut Vec<Outgoing>, max: usize) -> usize {
+        match self.recv_batch(buf, max).await {
+            Taken::One(item) => {
+                buf.push(item);
+                1
+            }
+            Taken::Many(n) => n,
+        }
+    }
+
+    /// As [`Outbox::recv_many`], but a lone item comes back as it is, without touching
+    /// `buf`: a connection that gets one push at a time needs no batch buffer.
+    ///
+    /// # Cancel safety
+    /// As [`Outbox::recv_many`].
+    pub async fn recv_batch(&self, buf: &mut Vec<Outgoing>, max: usize) -> Taken {
         std::future::poll_fn(|cx| {
-            if let Some(n) = self.take(buf, max) {
-                return Poll::Ready(n);
+            if let Some(t) = self.take(buf, max) {
+                return Poll::Ready(t);
             }
             self.consumer.register(cx.waker());
             // A push between the check and the registration found no waker: look again.
             match self.take(buf, max) {
-                Some(n) => Poll::Ready(n),
+                Some(t) => Poll::Ready(t),
                 None => Poll::Pending,
             }
         })
         .await
     }
 
-    fn take(&self, buf: &mut Vec<Outgoing>, max: usize) -> Option<usize> {
+    fn take(&self, buf: &mut Vec<Outgoing>, max: usize) -> Option<Taken> {
         let mut queue = self.queue();
+        let taken = match queue.items.len() {
+            0 => return None,
+            1 => {
+                let item = queue.items.pop_front()?;
+                let size = size_of(&item);
+                queue.bytes -= size;
+                (Taken::One(item), size)
+            }
+            len => {
+                let n = len.min(max);
+                let mut size = 0;
+                for _ in 0..n {
+                    let Some(item) = queue.items.pop_front() else {
+                        break;
+                    };
+                    size += size_of(&item);
+                    buf.push(item);
+                }
+                queue.bytes -= size;
+                (Taken::Many(n), size)
+            }
+        };
         if queue.items.is_empty() {
-            return None;
-        }
-        let n = queue.items.len().min(max);
-        let mut taken = 0;
-        for item in queue.items.drain(..n) {
-            taken += size_of(&item);
-            buf.push(item);
-        }
-        queue.bytes -= taken;
-        if queue.items.is_empty() && queue.items.capacity() > KEEP {
-            queue.items.shrink_to(KEEP);
+            if self.release.load(Ordering::Relaxed) {
+                queue.items.rest = VecDeque::new();
+            } else if queue.items.capacity() > KEEP {
+                queue.items.rest.shrink_to(KEEP);
+            }
         }
         drop(queue);
-        self.metrics.outbox_bytes.add(-signed(taken));
-        Some(n)
+        self.metrics.outbox_bytes.add(-signed(taken.1));
+        Some(taken.0)
     }
 
     /// Takes one item if any is queued.
@@ -260,6 +357,29 @@ mod tests {
         outbox.push(frame("e")).unwrap();
         assert_eq!(waiter.await.unwrap(), 1);
         assert!(outbox.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_ping_gives_an_idle_queue_its_memory_back() {
+        let outbox = outbox(100, usize::MAX, 0, &Arc::default());
+        let mut buf = Vec::new();
+        // A lone item stays inline; a second one takes heap capacity, kept afterwards.
+        outbox.push(frame("x")).unwrap();
+        assert_eq!(outbox.queue().items.capacity(), 0);
+        outbox.push(frame("y")).unwrap();
+        outbox.recv_many(&mut buf, 10).await;
+        assert_eq!(buf.len(), 2);
+        assert!(
+            outbox.queue().items.capacity() > 0,
+            "kept for the next delivery"
+        );
+        assert!(!outbox.take_release());
+        outbox.release_when_drained();
+        outbox.push(frame("ping")).unwrap();
+        outbox.recv_many(&mut buf, 10).await;
+        assert_eq!(outbox.queue().items.capacity(), 0);
+        assert!(outbox.take_release(), "the consumer is told once");
+        assert!(!outbox.take_release());
     }
 
     #[test]

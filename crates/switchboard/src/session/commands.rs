@@ -46,7 +46,7 @@ impl Session {
             .clone();
             let info = match sub {
                 Some(sub) => {
-                    if !sub.publish_rate.try_take() {
+                    if sub.publish_rate.as_mut().is_some_and(|r| !r.try_take()) {
                         return Err(ErrorCode::TooManyRequests.into());
                     }
                     sub.info.clone()

@@ -100,17 +100,41 @@ pub const MAX_STATUS_USERS: usize = 1000;
 /// Result type of session commands.
 pub type SessionResult<T> = Result<T, SessionError>;
 
+/// A subscription of this session. Kept small: every idle connection holds a table of
+/// these, so what most subscriptions never use lives behind one optional box.
 struct Sub {
     ns: Arc<NamespaceConfig>,
     info: ClientInfo,
+    /// The namespace's `publish_rate`, when it has one.
+    publish_rate: Option<Box<TokenBucket>>,
+    /// Expiry, revocation stamp, proxy checks: set for token- or proxy-granted channels.
+    extra: Option<Box<SubExtra>>,
+    /// A console's watch (see [`Node::watch_channel`]), not a subscription.
+    watching: bool,
+}
+
+/// The parts of a [`Sub`] that only some subscriptions have.
+#[derive(Default)]
+struct SubExtra {
     expires_at: Option<u64>,
-    publish_rate: TokenBucket,
     /// Stops the sub_refresh proxy's checks when the subscription goes.
     _proxy_checks: Option<tokio_util::sync::DropGuard>,
     /// The subscription token that granted the channel, for revocation.
     token: Option<crate::auth::TokenStamp>,
-    /// A console's watch (see [`Node::watch_channel`]), not a subscription.
-    watching: bool,
+}
+
+impl Sub {
+    fn expires_at(&self) -> Option<u64> {
+        self.extra.as_ref().and_then(|e| e.expires_at)
+    }
+
+    fn token(&self) -> Option<&crate::auth::TokenStamp> {
+        self.extra.as_ref().and_then(|e| e.token.as_ref())
+    }
+
+    fn extra_mut(&mut self) -> &mut SubExtra {
+        self.extra.get_or_insert_with(Box::default)
+    }
 }
 
 #[derive(Default)]
@@ -616,8 +640,7 @@ impl Session {
             .subs
             .iter()
             .filter(|(ch, sub)| {
-                sub.token
-                    .as_ref()
+                sub.token()
                     .is_some_and(|t| revocation.covers(&identity.user, Some(ch), t))
             })
             .map(|(ch, _)| ch.clone())
@@ -680,11 +703,7 @@ impl Session {
 
     /// The earliest subscription expiry, if any subscription token expires.
     pub fn next_sub_expiry(&self) -> Option<u64> {
-        self.state()
-            .subs
-            .values()
-            .filter_map(|s| s.expires_at)
-            .min()
+        self.state().subs.values().filter_map(Sub::expires_at).min()
     }
 
     /// Releases everything the session holds: subscriptions, presence, user index.

@@ -237,7 +237,7 @@ impl Session {
         if proxied {
             if let Some(guard) = self.spawn_sub_refresh(channel.clone(), &ns, proxy_expiry) {
                 if let Some(sub) = self.state().subs.get_mut(&channel) {
-                    sub._proxy_checks = Some(guard);
+                    sub.extra_mut()._proxy_checks = Some(guard);
                 }
             }
         }
@@ -360,12 +360,17 @@ impl Session {
         self.state().subs.insert(
             channel.clone(),
             Sub {
-                publish_rate: TokenBucket::new(ns.publish_rate, ns.publish_rate),
+                publish_rate: (ns.publish_rate > 0)
+                    .then(|| Box::new(TokenBucket::new(ns.publish_rate, ns.publish_rate))),
                 ns,
                 info,
-                expires_at,
-                _proxy_checks: None,
-                token,
+                extra: (expires_at.is_some() || token.is_some()).then(|| {
+                    Box::new(SubExtra {
+                        expires_at,
+                        _proxy_checks: None,
+                        token,
+                    })
+                }),
                 watching,
             },
         );
@@ -547,8 +552,9 @@ impl Session {
         self.check_revoked(&identity.user, Some(channel), grant.token.as_ref())
             .await?;
         if let Some(sub) = self.state().subs.get_mut(channel) {
-            sub.expires_at = grant.expires_at;
-            sub.token = grant.token;
+            let extra = sub.extra_mut();
+            extra.expires_at = grant.expires_at;
+            extra.token = grant.token;
         }
         self.deadlines_moved();
         let (expires, ttl) = ttl_of(grant.expires_at);

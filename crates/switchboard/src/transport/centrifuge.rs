@@ -14,11 +14,13 @@
 pub(crate) mod json;
 pub(crate) mod protobuf;
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::future::Either;
 use futures_util::{Stream, StreamExt};
 use switchboard_protocol::command::{Command, ConnectRequest, DecodeError, Request};
 use switchboard_protocol::reply::{ErrorReply, PushBody, ReplyBody};
@@ -100,24 +102,30 @@ pub async fn handler(
             .is_some_and(|p| p == PROTOBUF_SUBPROTOCOL);
     ws.on_upgrade(move |socket| {
         let tracker = node.tracker.clone();
-        tracker.track_future(async move {
-            if protobuf {
-                let transport = Transport::WebSocketProtobuf;
-                serve::<protobuf::Protobuf>(node, socket, deflate, origin, transport).await;
-            } else {
-                serve::<json::Json>(node, socket, deflate, origin, Transport::WebSocketJson).await;
-            }
-        })
+        let connection = if protobuf {
+            let transport = Transport::WebSocketProtobuf;
+            Either::Left(serve::<protobuf::Protobuf>(
+                node, socket, deflate, origin, transport,
+            ))
+        } else {
+            let transport = Transport::WebSocketJson;
+            Either::Right(serve::<json::Json>(
+                node, socket, deflate, origin, transport,
+            ))
+        };
+        tracker.track_future(connection)
     })
 }
 
-async fn serve<E: Encoding>(
+/// Splits the socket and starts the connection. Not an `async fn`: the socket would
+/// then stay in every idle connection's task beside its two halves.
+fn serve<E: Encoding>(
     node: Arc<Node>,
     socket: WebSocket,
     deflate: Option<Deflate>,
     origin: crate::proxy::ClientOrigin,
     transport: Transport,
-) {
+) -> impl Future<Output = ()> + Send {
     let session = Session::new(node, websocket::codec(E::codec(), deflate));
     session.set_origin(origin);
     let (sink, stream) = socket.split();
@@ -133,7 +141,6 @@ async fn serve<E: Encoding>(
         stream.map(ws_inbound),
         link,
     )
-    .await;
 }
 
 /// What a reader gets from its connection.
@@ -183,32 +190,32 @@ pub(crate) fn disconnect_push<E: Encoding>(_: &Session, reason: Disconnect) -> V
 }
 
 /// Runs one connection: the reader on `inbound` here, the writer driver on `sink` in a
-/// task of its own, until the session closes; then releases the session.
-pub(crate) async fn run<E: Encoding>(
+/// task of its own (started at once), until the session closes; then releases the
+/// session. Not an `async fn`, so the sink handed to the writer is not also kept here.
+pub(crate) fn run<E: Encoding>(
     session: Arc<Session>,
     sink: impl FrameSink + 'static,
     inbound: impl Stream<Item = Inbound> + Send + Unpin,
     link: Link,
-) {
+) -> impl Future<Output = ()> + Send {
     super::opened(&session, link.transport);
     // The writer is a task of its own, so a delivery wakes only the writer, not the
     // reader's timers and cancellation futures as well.
-    let writer = {
-        let session = session.clone();
-        let wire = Wire {
-            encode: encode::<E>,
-            farewell: link.farewell,
-            close: writer::same_close,
-        };
-        tokio::spawn(async move { writer::write_loop(sink, &session, wire).await })
+    let wire = Wire {
+        encode: encode::<E>,
+        farewell: link.farewell,
+        close: writer::same_close,
     };
-    // The reader returns as soon as the session closes, so presence and subscriptions
-    // are released then, not after the close frame got through to a client that may
-    // have stopped reading.
-    read_loop::<E>(inbound, &session, &link).await;
-    Box::pin(session.cleanup()).await;
-    let _ = writer.await;
-    super::closed(&session, link.transport);
+    let writer = tokio::spawn(writer::write_loop(sink, session.clone(), wire));
+    async move {
+        // The reader returns as soon as the session closes, so presence and
+        // subscriptions are released then, not after the close frame got through to a
+        // client that may have stopped reading.
+        read_loop::<E>(inbound, &session, &link).await;
+        Box::pin(session.cleanup()).await;
+        let _ = writer.await;
+        super::closed(&session, link.transport);
+    }
 }
 
 /// A channel event as a push: what every encoding's codec sends.

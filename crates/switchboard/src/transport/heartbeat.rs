@@ -87,6 +87,8 @@ impl Heartbeat {
             return Some(Disconnect::NO_PONG);
         }
         if self.next_ping.is_some_and(|p| now >= p) {
+            // A ping interval is quiet enough to give buffers back (see `Outbox`).
+            session.outbox().release_when_drained();
             session.enqueue(Outgoing::Frame(self.ping.clone()));
             // The deadline runs from the first unanswered ping: a later ping must not
             // move it, or with `pong_timeout` above `ping_interval` it never arrives.

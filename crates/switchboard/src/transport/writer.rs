@@ -11,6 +11,7 @@ use std::future::Future;
 use switchboard_protocol::Disconnect;
 
 use crate::event::{Frame, Outgoing};
+use crate::outbox::Taken;
 use crate::session::Session;
 
 /// Batch capacity a writer keeps between bursts.
@@ -55,18 +56,27 @@ pub(crate) fn same_close(reason: Disconnect) -> Disconnect {
 
 /// Writes the session's outbox to `sink` until the session closes, then what was still
 /// queued, the farewell, and the close.
-pub(crate) async fn write_loop(sink: impl FrameSink, session: &Session, wire: Wire) {
-    write_loop_with(sink, session, wire, wire.encode).await;
+///
+/// Not an `async fn` wrapping [`write_loop_with`]: that would keep a second copy of the
+/// sink in every idle connection's task.
+pub(crate) fn write_loop(
+    sink: impl FrameSink,
+    session: impl AsRef<Session> + Send,
+    wire: Wire,
+) -> impl Future<Output = ()> + Send {
+    write_loop_with(sink, session, wire, wire.encode)
 }
 
 /// [`write_loop`] with an encoder of the transport's own, which may note what it
-/// writes (Socket.IO's recovery remembers the order of publications).
+/// writes (Socket.IO's recovery remembers the order of publications). `session` may be
+/// owned (an `Arc`, for a task of its own) or borrowed.
 pub(crate) async fn write_loop_with(
     mut sink: impl FrameSink,
-    session: &Session,
+    session: impl AsRef<Session> + Send,
     wire: Wire,
     encode: impl Fn(Outgoing) -> Frame + Send,
 ) {
+    let session = session.as_ref();
     let mut batch = Vec::new();
     // Registered once: a fresh `cancelled()` per batch would lock the token's waiter list
     // on every wake-up. Polled last: while there is work, a cheap flag check suffices.
@@ -76,15 +86,27 @@ pub(crate) async fn write_loop_with(
         if session.closed().is_cancelled() {
             break;
         }
-        tokio::select! {
+        let taken = tokio::select! {
             biased;
-            // Cancel-safe: `recv_many` loses nothing when dropped.
-            _ = session.outbox().recv_many(&mut batch, BATCH) => {}
+            // Cancel-safe: `recv_batch` loses nothing when dropped.
+            t = session.outbox().recv_batch(&mut batch, BATCH) => t,
             // Cancel-safe: polling by reference keeps the registration.
             () = &mut cancelled => break,
-        }
-        observe_latency(session, &batch);
+        };
+        // A lone item skips the batch buffer, which then is never allocated for an
+        // idle connection.
+        let lone = match taken {
+            Taken::One(item) => Some(item),
+            Taken::Many(_) => None,
+        };
+        observe_latency(
+            session,
+            lone.as_ref().map_or(batch.as_slice(), std::slice::from_ref),
+        );
         let write = async {
+            if let Some(item) = lone {
+                sink.feed(encode(item)).await?;
+            }
             for item in batch.drain(..) {
                 sink.feed(encode(item)).await?;
             }
@@ -99,8 +121,9 @@ pub(crate) async fn write_loop_with(
             // A client that stopped reading blocks the write; closing must not wait for it.
             () = &mut cancelled => break,
         }
-        // Give a burst's memory back: idle connections are the common case.
-        if batch.capacity() > KEEP_BATCH {
+        // Give a burst's memory back, and all of it once a ping found the connection
+        // quiet: idle connections are the common case.
+        if batch.capacity() > KEEP_BATCH || session.outbox().take_release() {
             batch = Vec::new();
         }
     }
