@@ -97,20 +97,22 @@ static REGISTERED: AtomicUsize = AtomicUsize::new(0);
 /// How a transport encodes channel events. A session carries its transport's codec, so
 /// the hub hands it an encoded frame (encoded once per codec, shared by all).
 #[derive(Debug, Clone, Copy)]
+#[repr(C)]
 pub struct Codec {
-    /// What it is called in logs.
-    pub name: &'static str,
+    // What encoding an event for a recipient reads comes first (see `Session`).
     /// Its cache slot in every event; `None` past [`SLOTS`].
     slot: Option<usize>,
+    /// How this codec's frames are compressed, for connections that negotiated
+    /// compression: once per event too, from the encoded frame ([`Codec::compressed`]).
+    compress: Option<fn(&Frame, &crate::Config) -> Frame>,
     /// Encodes one event; the node's configuration may name events (Socket.IO's
     /// `[socketio.pushes]`), and is the same for every session that shares the frame.
     pub encode_event: fn(&ChannelEvent, &crate::Config) -> Frame,
     /// Whether a session is sent its own join and leave. Centrifugo clients are; a
     /// Pusher client is not (`member_added` announces others only).
     pub own_presence: bool,
-    /// How this codec's frames are compressed, for connections that negotiated
-    /// compression: once per event too, from the encoded frame ([`Codec::compressed`]).
-    compress: Option<fn(&Frame, &crate::Config) -> Frame>,
+    /// What it is called in logs.
+    pub name: &'static str,
     /// How a publication is encoded for a subscriber that negotiated fossil deltas,
     /// with its payload (the publication's JSON text, or a delta of it: the flag);
     /// `None` when the payload can not go in this encoding. Codecs without it never

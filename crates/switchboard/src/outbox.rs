@@ -29,8 +29,10 @@ const KEEP: usize = 64;
 /// Bytes counted for a control push (its frame is encoded by the writer).
 const CONTROL_BYTES: usize = 128;
 
-/// The queue and the bytes it holds.
+/// The queue and the bytes it holds: what a push and a drain touch, laid out first
+/// (see [`Outbox`]).
 #[derive(Debug, Default)]
+#[repr(C)]
 struct Queue {
     items: Items,
     bytes: usize,
@@ -39,6 +41,7 @@ struct Queue {
 /// A FIFO whose first item lives inline: a connection that gets one push at a time
 /// (most of them) never allocates for its queue.
 #[derive(Debug, Default)]
+#[repr(C)]
 struct Items {
     /// The oldest item, when `rest` was empty as it came. `None` with a non-empty
     /// `rest` after a partial drain: `rest` then holds the order alone.
@@ -82,21 +85,52 @@ pub enum Taken {
     Many(usize),
 }
 
-/// A bounded multi-producer queue with one consumer.
+/// The limits every outbox of a node shares, and the node-wide byte count they are
+/// checked against: one copy per node, read from a cache line every push shares.
 #[derive(Debug)]
+pub struct Budget {
+    /// Items one outbox holds at most (`limits.outbox_size`).
+    items: usize,
+    /// Bytes one outbox holds at most (`limits.outbox_max_bytes`).
+    bytes: usize,
+    /// Bytes all outboxes hold at most (`limits.outbox_total_bytes`, 0: no budget).
+    total: usize,
+    /// Holds the node-wide count of queued bytes (`outbox_bytes`).
+    metrics: Arc<Metrics>,
+}
+
+impl Budget {
+    /// The budget of `limits`, counted in `metrics`.
+    pub fn new(limits: &LimitsConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            items: limits.outbox_size,
+            bytes: limits.outbox_max_bytes,
+            total: limits.outbox_total_bytes,
+            metrics,
+        })
+    }
+}
+
+/// A bounded multi-producer queue with one consumer.
+///
+/// A fan-out touches one outbox per recipient, each most likely out of the CPU's
+/// caches, so what a push reads and writes fills two whole cache lines: the lock and
+/// the inline head in the first, the rest of the queue, the byte count and the
+/// consumer's waker in the second. The limits are the node's one shared copy.
+#[derive(Debug)]
+#[repr(C, align(64))]
 pub struct Outbox {
     /// Held only to push or drain, never across an await.
     queue: Mutex<Queue>,
-    capacity: usize,
-    max_bytes: usize,
-    total_max: usize,
-    /// Holds the node-wide count of queued bytes (`outbox_bytes`).
-    metrics: Arc<Metrics>,
     /// The one consumer's waker: waking it takes no lock, unlike a `Notify`.
     consumer: AtomicWaker,
+    budget: Arc<Budget>,
     /// Set by [`Outbox::release_when_drained`], cleared by [`Outbox::take_release`].
     release: AtomicBool,
 }
+
+// The two cache lines of a push (see `Outbox`): a larger item or queue would spill.
+const _: () = assert!(std::mem::offset_of!(Outbox, budget) <= 128);
 
 /// Bytes an item pins while queued. A channel event's frame is shared by all its
 /// recipients, yet each queue keeps it alive on its own, so each counts it whole.
@@ -108,16 +142,13 @@ fn size_of(item: &Outgoing) -> usize {
 }
 
 impl Outbox {
-    /// An outbox with the limits of `limits` (`outbox_size` items, `outbox_max_bytes`,
-    /// and the node-wide `outbox_total_bytes` counted in `metrics`).
-    pub fn new(limits: &LimitsConfig, metrics: Arc<Metrics>) -> Self {
+    /// An outbox within `budget` (`outbox_size` items, `outbox_max_bytes`, and the
+    /// node-wide `outbox_total_bytes`).
+    pub fn new(budget: Arc<Budget>) -> Self {
         Self {
             queue: Mutex::default(),
-            capacity: limits.outbox_size,
-            max_bytes: limits.outbox_max_bytes,
-            total_max: limits.outbox_total_bytes,
-            metrics,
             consumer: AtomicWaker::new(),
+            budget,
             release: AtomicBool::new(false),
         }
     }
@@ -147,22 +178,23 @@ impl Outbox {
     /// 1/16 of `outbox_max_bytes`: the largest backlogs are refused first.
     pub fn push(&self, item: Outgoing) -> Result<(), Outgoing> {
         let size = size_of(&item);
+        let budget = &*self.budget;
         let mut queue = self.queue();
         let was_empty = queue.items.is_empty();
         let bytes = queue.bytes + size;
-        if queue.items.len() >= self.capacity || (!was_empty && bytes > self.max_bytes) {
+        if queue.items.len() >= budget.items || (!was_empty && bytes > budget.bytes) {
             return Err(item);
         }
-        if self.total_max != 0 && bytes > self.max_bytes / 16 {
-            let total = usize::try_from(self.metrics.outbox_bytes.get()).unwrap_or(0);
-            if total + size > self.total_max {
+        if budget.total != 0 && bytes > budget.bytes / 16 {
+            let total = usize::try_from(budget.metrics.outbox_bytes.get()).unwrap_or(0);
+            if total + size > budget.total {
                 return Err(item);
             }
         }
         queue.items.push_back(item);
         queue.bytes = bytes;
         drop(queue);
-        self.metrics.outbox_bytes.add(signed(size));
+        budget.metrics.outbox_bytes.add(signed(size));
         // Only the first item needs a wake-up: the consumer drains all it finds.
         if was_empty {
             self.consumer.wake();
@@ -218,14 +250,11 @@ impl Outbox {
             }
             len => {
                 let n = len.min(max);
-                let mut size = 0;
-                for _ in 0..n {
-                    let Some(item) = queue.items.pop_front() else {
-                        break;
-                    };
-                    size += size_of(&item);
-                    buf.push(item);
-                }
+                let start = buf.len();
+                buf.extend(queue.items.head.take());
+                let from_rest = n - (buf.len() - start);
+                buf.extend(queue.items.rest.drain(..from_rest));
+                let size = buf[start..].iter().map(size_of).sum();
                 queue.bytes -= size;
                 (Taken::Many(n), size)
             }
@@ -238,7 +267,7 @@ impl Outbox {
             }
         }
         drop(queue);
-        self.metrics.outbox_bytes.add(-signed(taken.1));
+        self.budget.metrics.outbox_bytes.add(-signed(taken.1));
         Some(taken.0)
     }
 
@@ -249,7 +278,7 @@ impl Outbox {
         let size = size_of(&item);
         queue.bytes -= size;
         drop(queue);
-        self.metrics.outbox_bytes.add(-signed(size));
+        self.budget.metrics.outbox_bytes.add(-signed(size));
         Some(item)
     }
 
@@ -267,7 +296,7 @@ impl Outbox {
 impl Drop for Outbox {
     fn drop(&mut self) {
         let bytes = self.queue().bytes;
-        self.metrics.outbox_bytes.add(-signed(bytes));
+        self.budget.metrics.outbox_bytes.add(-signed(bytes));
     }
 }
 
@@ -291,7 +320,7 @@ mod tests {
             outbox_total_bytes: total,
             ..LimitsConfig::default()
         };
-        Outbox::new(&limits, metrics.clone())
+        Outbox::new(Budget::new(&limits, metrics.clone()))
     }
 
     fn sized(n: usize) -> Outgoing {

@@ -100,6 +100,8 @@ pub struct Node {
     pub tracker: TaskTracker,
     /// Counters and gauges (shared with the hub, which counts deliveries).
     pub metrics: Arc<Metrics>,
+    /// The limits and byte count every session's outbox shares.
+    pub(crate) outboxes: Arc<crate::outbox::Budget>,
     /// Who is typing where (shared by the nodes of a shared engine).
     typing: Arc<dyn TypingStore>,
     /// Users' delivered and read positions (shared by the nodes of a shared engine).
@@ -217,6 +219,7 @@ impl Node {
             .admin
             .enabled
             .then(|| Arc::new(crate::admin::Console::new(&config.admin)));
+        let outboxes = crate::outbox::Budget::new(&config.limits, metrics.clone());
         let node = Arc::new(Self {
             rules: Rules::new(&config),
             verifier: Verifier::new(&config)?,
@@ -230,6 +233,7 @@ impl Node {
             shutdown,
             tracker: TaskTracker::new(),
             metrics,
+            outboxes,
             typing,
             inbox,
             inbox_pending: inbox::PendingMarks::default(),
