@@ -131,4 +131,35 @@ for (const protobuf of [false, true]) {
     assert.equal(stats.numDeltaPayloads, 7, 'the rest come as deltas');
     assert.ok(stats.bytesReceived * 2 < stats.bytesDecoded, JSON.stringify(stats));
   });
+
+  test(`delta: 'fossil' (${protobuf ? 'Protobuf' : 'JSON'}) recovers a chain of deltas that the live stream continues`, async () => {
+    const decode = (data) => (protobuf ? JSON.parse(new TextDecoder().decode(data)) : data);
+    const user = protobuf ? 'pb-away' : 'js-away';
+    const { client } = await h.connectUser(server, user, clients, { options: { protobuf } });
+    const channel = `doc:${user}`;
+    const sub = client.newSubscription(channel, { delta: 'fossil' });
+    const got = [];
+    sub.on('publication', (ctx) => got.push(decode(ctx.data)));
+    const subscribed = h.waitEvent(sub, 'subscribed', { label: 'subscribed' });
+    sub.subscribe();
+    await subscribed;
+    for (let n = 1; n <= 2; n++) await apiPublish(channel, documentVersion(n));
+    await collected(got, 2);
+
+    // Away while six more are published: on reconnect the SDK recovers them, the first
+    // in full and the rest as deltas, and the live ones after them are deltas too.
+    client.disconnect();
+    for (let n = 3; n <= 8; n++) await apiPublish(channel, documentVersion(n));
+    const resubscribed = h.waitEvent(sub, 'subscribed', { label: 'resubscribed' });
+    client.connect();
+    const ctx = await resubscribed;
+    assert.equal(ctx.recovered, true);
+    for (let n = 9; n <= 10; n++) await apiPublish(channel, documentVersion(n));
+    assert.deepEqual(await collected(got, 10), Array.from({ length: 10 }, (_, i) => documentVersion(i + 1)));
+    const stats = sub.deltaStats();
+    assert.equal(stats.numPublications, 10);
+    assert.equal(stats.numFullPayloads, 2, 'the first live and the first recovered are full');
+    assert.equal(stats.numDeltaPayloads, 8, JSON.stringify(stats));
+    assert.ok(stats.bytesReceived * 2 < stats.bytesDecoded, JSON.stringify(stats));
+  });
 }

@@ -724,6 +724,12 @@ impl Node {
             .await?)
     }
 
+    /// A delta subscriber of `channel` recovered up to `last`, the stream's latest
+    /// publication: the channel's next one goes to delta subscribers as a delta of it.
+    pub(crate) fn continue_deltas(&self, channel: &str, last: &Publication) {
+        self.hub.seed_delta_base(channel, last.offset, &last.data);
+    }
+
     /// Adds an operator console's `session` to a channel's watchers: it receives the
     /// channel's events without being a subscriber (no presence, counts or hooks). A
     /// channel of the console's feed stays on this node; the node computes it (see

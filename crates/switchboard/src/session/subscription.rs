@@ -452,6 +452,13 @@ impl Session {
                 if let Some(d) = delivery {
                     result.publications.retain(|p| d.admits_publication(p));
                 }
+                // A delta subscriber's chain runs from the recovered publications on
+                // into the live ones, when they reach the stream's top.
+                let top = result.publications.last().filter(|p| p.offset == h.offset);
+                if let (Some(d), Some(last)) = (delivery.filter(|d| d.takes_deltas()), top) {
+                    d.continue_after(last.offset);
+                    node.continue_deltas(channel, last);
+                }
             }
             if inbox {
                 let top = StreamPosition {
