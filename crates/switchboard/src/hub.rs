@@ -209,6 +209,7 @@ impl Hub {
                     for s in &channel.subs {
                         if let Some(d) = &s.delivery {
                             if !d.admits(event) {
+                                s.session.filtered_out(event);
                                 continue;
                             }
                         }
