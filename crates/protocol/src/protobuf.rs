@@ -541,6 +541,7 @@ mod tests {
             info: None,
             offset: 7,
             tags: None,
+            exclude_client: None,
         };
         let push = encode_push("chat:1", &PushBody::Pub(&p));
         let reply = wire::Reply::decode_length_delimited(push.as_slice()).unwrap();

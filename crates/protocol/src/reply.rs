@@ -56,6 +56,32 @@ pub struct Publication {
     /// Free-form string tags set by the publisher.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tags: Option<Arc<BTreeMap<String, String>>>,
+    /// The one connection (client id) this publication skips: the sender of a
+    /// Socket.IO `socket.to(room).emit` or a Pusher client event. Server-side only:
+    /// engines keep it and carry it between nodes ([`Publication::stored`]), so a
+    /// replay skips it too, and no client encoding sends it.
+    #[serde(default, skip_serializing)]
+    pub exclude_client: Option<Arc<str>>,
+}
+
+impl Publication {
+    /// The publication as engines keep it (history) and carry it between nodes: what
+    /// clients see, and [`Publication::exclude_client`].
+    pub fn stored(&self) -> StoredPublication<'_> {
+        StoredPublication {
+            publication: self,
+            exclude_client: self.exclude_client.as_deref(),
+        }
+    }
+}
+
+/// See [`Publication::stored`]; read back as a [`Publication`].
+#[derive(Debug, Serialize)]
+pub struct StoredPublication<'a> {
+    #[serde(flatten)]
+    publication: &'a Publication,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exclude_client: Option<&'a str>,
 }
 
 /// An error in a reply.
@@ -493,6 +519,7 @@ mod tests {
             info: None,
             offset: 2,
             tags: None,
+            exclude_client: None,
         };
         let s = encode_push("chat:1", &PushBody::Pub(&p));
         assert_eq!(
@@ -519,6 +546,7 @@ mod tests {
             info: None,
             offset: n,
             tags: None,
+            exclude_client: None,
         }
     }
 
@@ -566,11 +594,19 @@ mod tests {
             }),
             offset: 7,
             tags: Some(Arc::new(BTreeMap::from([("k".into(), "v".into())]))),
+            exclude_client: Some("c2".into()),
         };
+        // What a client sees leaves out whom the publication skips; what an engine
+        // keeps has it.
         let text = serde_json::to_string(&p).unwrap();
-        let back: Publication = serde_json::from_str(&text).unwrap();
+        assert!(!text.contains("c2"), "{text}");
+        let stored = serde_json::to_string(&p.stored()).unwrap();
+        let back: Publication = serde_json::from_str(&stored).unwrap();
+        assert_eq!(back.exclude_client.as_deref(), Some("c2"));
         assert_eq!(serde_json::to_string(&back).unwrap(), text);
+        assert_eq!(serde_json::to_string(&back.stored()).unwrap(), stored);
         let bare: Publication = serde_json::from_str(r#"{"data":1}"#).unwrap();
         assert_eq!((bare.offset, bare.info.is_none()), (0, true));
+        assert!(bare.exclude_client.is_none());
     }
 }

@@ -1,5 +1,6 @@
 //! What a subscription asks of its channel's events, on the wire in JSON and Protobuf:
-//! publication filters by tags (`tf`) and fossil deltas (`delta: "fossil"`).
+//! publication filters by tags (`tf`) and fossil deltas (`delta: "fossil"`); and whom a
+//! publication skips, which no subscriber sees.
 
 mod common;
 
@@ -268,6 +269,65 @@ async fn protobuf_subscribers_filter_too() {
         (e.code, e.message.as_str()),
         (107, "invalid tags filter: \"not\" needs exactly one node")
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn whom_a_publication_skips_is_no_tag_clients_see_live_or_in_history() {
+    let server = start(market_config()).await;
+    let mut ann = Client::connect_user(&server, "ann").await;
+    let mut bob = Client::connect_user(&server, "bob").await;
+    let ann_id = ann.connect_reply["connect"]["client"].clone();
+    ann.subscribe("market:news").await;
+    bob.subscribe("market:news").await;
+    // Cat's filter would admit any publication still tagged with it, and the last one.
+    let mut cat = Client::connect_user(&server, "cat").await;
+    let r = cat
+        .request(
+            json!({"subscribe": {"channel": "market:news", "tf": {"op": "or", "nodes": [
+                {"key": "exclude_client", "cmp": "ex"},
+                {"key": "event", "cmp": "eq", "val": "end"},
+            ]}}}),
+        )
+        .await;
+    assert!(r["subscribe"].is_object(), "{r}");
+    // As a backend does for `socket.to(room).emit` (and the Socket.IO and Pusher
+    // transports for their senders): the server API's tag names whom it skips.
+    publish_tagged(
+        &server,
+        "market:news",
+        1,
+        json!({"event": "headline", "exclude_client": ann_id}),
+    )
+    .await;
+    publish_tagged(&server, "market:news", 2, json!({"event": "end"})).await;
+
+    assert_eq!(ann.next_pub("market:news").await["data"], json!({"n": 2}));
+    assert_eq!(cat.next_pub("market:news").await["data"], json!({"n": 2}));
+    let p = bob.next_pub("market:news").await;
+    assert_eq!(
+        (p["data"].clone(), p["tags"].clone()),
+        (json!({"n": 1}), json!({"event": "headline"}))
+    );
+    let history = bob
+        .request(json!({"history": {"channel": "market:news", "limit": -1}}))
+        .await;
+    let api = api_call(
+        &server,
+        "history",
+        json!({"channel": "market:news", "limit": -1}),
+    )
+    .await;
+    for publications in [
+        &history["history"]["publications"],
+        &api["result"]["publications"],
+    ] {
+        assert_eq!(
+            publications[0]["tags"],
+            json!({"event": "headline"}),
+            "{publications}"
+        );
+    }
     server.stop().await;
 }
 
