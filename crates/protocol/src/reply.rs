@@ -56,6 +56,32 @@ pub struct Publication {
     /// Free-form string tags set by the publisher.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tags: Option<Arc<BTreeMap<String, String>>>,
+    /// The one connection (client id) this publication skips: the sender of a
+    /// Socket.IO `socket.to(room).emit` or a Pusher client event. Server-side only:
+    /// engines keep it and carry it between nodes ([`Publication::stored`]), so a
+    /// replay skips it too, and no client encoding sends it.
+    #[serde(default, skip_serializing)]
+    pub exclude_client: Option<Arc<str>>,
+}
+
+impl Publication {
+    /// The publication as engines keep it (history) and carry it between nodes: what
+    /// clients see, and [`Publication::exclude_client`].
+    pub fn stored(&self) -> StoredPublication<'_> {
+        StoredPublication {
+            publication: self,
+            exclude_client: self.exclude_client.as_deref(),
+        }
+    }
+}
+
+/// See [`Publication::stored`]; read back as a [`Publication`].
+#[derive(Debug, Serialize)]
+pub struct StoredPublication<'a> {
+    #[serde(flatten)]
+    publication: &'a Publication,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exclude_client: Option<&'a str>,
 }
 
 /// An error in a reply.
@@ -139,8 +165,9 @@ pub struct SubscribeResult {
     /// What the app backend's proxy gave the subscriber.
     pub data: Option<SharedJson>,
     /// Whether publications come as fossil deltas (`delta: "fossil"` was negotiated).
-    /// Then, in JSON, every publication's `data` is a JSON string holding the payload's
-    /// text or a delta of it, recovered ones included, as Centrifugo sends them.
+    /// Then the recovered ones go as a chain ([`RecoveredDeltas`]), and, in JSON, every
+    /// publication's `data` is a JSON string holding the payload's text or a delta of
+    /// it, as Centrifugo sends them.
     pub delta: bool,
 }
 
@@ -188,11 +215,7 @@ impl Serialize for Publications<'_> {
         if !self.as_text {
             return self.list.serialize(s);
         }
-        s.collect_seq(self.list.iter().map(|p| DeltaPub {
-            publication: p,
-            payload: p.data.get().as_bytes(),
-            delta: false,
-        }))
+        s.collect_seq(RecoveredDeltas::new(self.list, true).iter())
     }
 }
 
@@ -230,6 +253,50 @@ pub struct DeltaPub<'a> {
     pub payload: &'a [u8],
     /// Whether the payload is a delta.
     pub delta: bool,
+}
+
+/// The publications a delta subscriber recovers in its subscribe reply, as Centrifugo
+/// sends them: the first in full, each next one a fossil delta of the one before it
+/// when that is shorter, else in full. The client applies them in order and ends up
+/// holding the last one's payload, from which the live stream's deltas continue.
+#[derive(Debug)]
+pub struct RecoveredDeltas<'a> {
+    list: &'a [Publication],
+    /// Per publication, its delta of the previous one, when that is sent instead.
+    patches: Vec<Option<Vec<u8>>>,
+}
+
+impl<'a> RecoveredDeltas<'a> {
+    /// The chain of `list`. `text`: the encoding carries payloads as strings (JSON),
+    /// so a delta that is not UTF-8 (a copy boundary splitting a character) goes full.
+    pub fn new(list: &'a [Publication], text: bool) -> Self {
+        let mut previous: Option<&[u8]> = None;
+        let patches = list
+            .iter()
+            .map(|p| {
+                let full = p.data.get().as_bytes();
+                let base = previous.replace(full)?;
+                Some(crate::fossil::create(base, full)).filter(|patch| {
+                    patch.len() < full.len() && (!text || std::str::from_utf8(patch).is_ok())
+                })
+            })
+            .collect();
+        Self { list, patches }
+    }
+
+    /// Each publication with the payload it goes with.
+    pub fn iter<'s>(&'s self) -> impl Iterator<Item = DeltaPub<'s>> + 's {
+        let list: &'s [Publication] = self.list;
+        list.iter()
+            .zip(&self.patches)
+            .map(|(publication, patch)| DeltaPub {
+                publication,
+                payload: patch
+                    .as_deref()
+                    .unwrap_or_else(|| publication.data.get().as_bytes()),
+                delta: patch.is_some(),
+            })
+    }
 }
 
 #[derive(Serialize)]
@@ -452,6 +519,7 @@ mod tests {
             info: None,
             offset: 2,
             tags: None,
+            exclude_client: None,
         };
         let s = encode_push("chat:1", &PushBody::Pub(&p));
         assert_eq!(
@@ -468,6 +536,52 @@ mod tests {
         assert_eq!(s, r#"{"push":{"refresh":{"expires":true,"ttl":5}}}"#);
     }
 
+    /// A document of 30 rows whose `n`th version changes one of them.
+    fn version(n: u64) -> Publication {
+        let rows: Vec<String> = (0..30)
+            .map(|i| format!(r#"{{"row":{i},"rev":{}}}"#, if i == n { n } else { 0 }))
+            .collect();
+        Publication {
+            data: raw(&format!(r#"{{"rows":[{}]}}"#, rows.join(","))),
+            info: None,
+            offset: n,
+            tags: None,
+            exclude_client: None,
+        }
+    }
+
+    #[test]
+    fn recovered_publications_of_a_delta_subscriber_go_as_a_chain() {
+        // The third is too small for a delta to pay, and no delta of it is shorter
+        // than the fourth: both go full, and the fifth is a delta of the fourth.
+        let small = Publication {
+            data: raw("1"),
+            ..version(3)
+        };
+        let result = SubscribeResult {
+            publications: vec![version(1), version(2), small, version(4), version(5)],
+            delta: true,
+            ..SubscribeResult::default()
+        };
+        let wire: serde_json::Value =
+            serde_json::from_str(&encode_reply(1, &ReplyBody::Subscribe(result.clone()))).unwrap();
+        let sent = wire["subscribe"]["publications"].as_array().unwrap();
+        let flags: Vec<bool> = sent.iter().map(|p| p["delta"] == true).collect();
+        assert_eq!(flags, [false, true, false, false, true]);
+        let mut base = Vec::new();
+        for (p, want) in sent.iter().zip(&result.publications) {
+            let text = p["data"].as_str().expect("data as a string").as_bytes();
+            base = if p["delta"] == true {
+                assert!(text.len() < want.data.get().len());
+                crate::fossil::apply(&base, text).unwrap()
+            } else {
+                text.to_vec()
+            };
+            assert_eq!(base, want.data.get().as_bytes());
+            assert_eq!(p["offset"], want.offset);
+        }
+    }
+
     #[test]
     fn publication_round_trips_through_json() {
         let p = Publication {
@@ -480,11 +594,19 @@ mod tests {
             }),
             offset: 7,
             tags: Some(Arc::new(BTreeMap::from([("k".into(), "v".into())]))),
+            exclude_client: Some("c2".into()),
         };
+        // What a client sees leaves out whom the publication skips; what an engine
+        // keeps has it.
         let text = serde_json::to_string(&p).unwrap();
-        let back: Publication = serde_json::from_str(&text).unwrap();
+        assert!(!text.contains("c2"), "{text}");
+        let stored = serde_json::to_string(&p.stored()).unwrap();
+        let back: Publication = serde_json::from_str(&stored).unwrap();
+        assert_eq!(back.exclude_client.as_deref(), Some("c2"));
         assert_eq!(serde_json::to_string(&back).unwrap(), text);
+        assert_eq!(serde_json::to_string(&back.stored()).unwrap(), stored);
         let bare: Publication = serde_json::from_str(r#"{"data":1}"#).unwrap();
         assert_eq!((bare.offset, bare.info.is_none()), (0, true));
+        assert!(bare.exclude_client.is_none());
     }
 }

@@ -101,6 +101,14 @@ impl Delivery {
         self.delta.is_some()
     }
 
+    /// Continues the subscriber's chain from the publication at `offset`, the last one
+    /// its subscribe reply carried: the next publication can be a delta of it.
+    pub fn continue_after(&self, offset: u64) {
+        if let Some(chain) = &self.delta {
+            chain.last.store(offset, Ordering::Release);
+        }
+    }
+
     /// Whether the subscriber gets `event`.
     pub fn admits(&self, event: &ChannelEvent) -> bool {
         match &event.kind {

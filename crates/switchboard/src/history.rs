@@ -290,6 +290,7 @@ mod tests {
             info: None,
             offset: 0,
             tags: None,
+            exclude_client: None,
         }
     }
 

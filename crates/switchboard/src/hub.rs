@@ -64,6 +64,16 @@ impl DeltaBase {
         }
         *last = (p.offset > 0).then(|| (p.offset, p.data.clone()));
     }
+
+    /// Takes the stream's publication at `offset` (read from history) as the base of
+    /// the next one, unless a broadcast already gave one: the first live publication
+    /// after a recovery is then a delta too, even for the channel's only delta taker.
+    fn seed(&self, offset: u64, data: &SharedJson) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none() {
+            *last = Some((offset, data.clone()));
+        }
+    }
 }
 
 /// Node-local index of sessions.
@@ -139,6 +149,18 @@ impl Hub {
         entry.subs.len() == 1
     }
 
+    /// Gives `channel`'s delta subscribers a base for the publication after `offset`
+    /// when none is known yet: `data` is the stream's publication at `offset`, which a
+    /// subscriber just recovered up to.
+    pub fn seed_delta_base(&self, channel: &str, offset: u64, data: &SharedJson) {
+        let shard = self.channels[self.index(channel, CHANNEL_SHARDS)]
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = shard.get(channel).and_then(|c| c.deltas.as_ref()) {
+            d.seed(offset, data);
+        }
+    }
+
     /// Removes a subscriber. Returns true when the channel has none left on this node.
     pub fn unsubscribe(&self, channel: &str, session: &Session) -> bool {
         let mut shard = self.channels[self.index(channel, CHANNEL_SHARDS)]
@@ -187,6 +209,7 @@ impl Hub {
                     for s in &channel.subs {
                         if let Some(d) = &s.delivery {
                             if !d.admits(event) {
+                                s.session.filtered_out(event);
                                 continue;
                             }
                         }

@@ -1,5 +1,6 @@
 //! What a subscription asks of its channel's events, on the wire in JSON and Protobuf:
-//! publication filters by tags (`tf`) and fossil deltas (`delta: "fossil"`).
+//! publication filters by tags (`tf`) and fossil deltas (`delta: "fossil"`); and whom a
+//! publication skips, which no subscriber sees.
 
 mod common;
 
@@ -271,6 +272,65 @@ async fn protobuf_subscribers_filter_too() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn whom_a_publication_skips_is_no_tag_clients_see_live_or_in_history() {
+    let server = start(market_config()).await;
+    let mut ann = Client::connect_user(&server, "ann").await;
+    let mut bob = Client::connect_user(&server, "bob").await;
+    let ann_id = ann.connect_reply["connect"]["client"].clone();
+    ann.subscribe("market:news").await;
+    bob.subscribe("market:news").await;
+    // Cat's filter would admit any publication still tagged with it, and the last one.
+    let mut cat = Client::connect_user(&server, "cat").await;
+    let r = cat
+        .request(
+            json!({"subscribe": {"channel": "market:news", "tf": {"op": "or", "nodes": [
+                {"key": "exclude_client", "cmp": "ex"},
+                {"key": "event", "cmp": "eq", "val": "end"},
+            ]}}}),
+        )
+        .await;
+    assert!(r["subscribe"].is_object(), "{r}");
+    // As a backend does for `socket.to(room).emit` (and the Socket.IO and Pusher
+    // transports for their senders): the server API's tag names whom it skips.
+    publish_tagged(
+        &server,
+        "market:news",
+        1,
+        json!({"event": "headline", "exclude_client": ann_id}),
+    )
+    .await;
+    publish_tagged(&server, "market:news", 2, json!({"event": "end"})).await;
+
+    assert_eq!(ann.next_pub("market:news").await["data"], json!({"n": 2}));
+    assert_eq!(cat.next_pub("market:news").await["data"], json!({"n": 2}));
+    let p = bob.next_pub("market:news").await;
+    assert_eq!(
+        (p["data"].clone(), p["tags"].clone()),
+        (json!({"n": 1}), json!({"event": "headline"}))
+    );
+    let history = bob
+        .request(json!({"history": {"channel": "market:news", "limit": -1}}))
+        .await;
+    let api = api_call(
+        &server,
+        "history",
+        json!({"channel": "market:news", "limit": -1}),
+    )
+    .await;
+    for publications in [
+        &history["history"]["publications"],
+        &api["result"]["publications"],
+    ] {
+        assert_eq!(
+            publications[0]["tags"],
+            json!({"event": "headline"}),
+            "{publications}"
+        );
+    }
+    server.stop().await;
+}
+
 /// The test config with `doc`: fossil deltas allowed, history kept; and `both`, which
 /// also allows tags filters.
 fn delta_config() -> Config {
@@ -374,8 +434,8 @@ async fn fossil_deltas_are_negotiated_and_reconstruct_every_publication_in_json(
         deltas.wire
     );
 
-    // Recovery: the missed publications come in full (JSON strings), the first live
-    // one after them too, and deltas from then on.
+    // Recovery: the missed publications come as a chain (JSON strings), the first in
+    // full, the next a delta of it; the live ones continue the chain.
     let epoch = r["subscribe"]["epoch"].clone();
     let mut cat = Client::connect_user(&server, "cat").await;
     let r = cat
@@ -390,23 +450,21 @@ async fn fossil_deltas_are_negotiated_and_reconstruct_every_publication_in_json(
         "{r}"
     );
     let mut cat_deltas = JsonDeltas::new();
-    for (p, n) in s["publications"]
-        .as_array()
-        .expect("recovered")
-        .iter()
-        .zip(5..)
-    {
-        assert!(p.get("delta").is_none());
+    let recovered = s["publications"].as_array().expect("recovered");
+    assert_eq!(recovered.len(), 2, "{r}");
+    for (p, n) in recovered.iter().zip(5..) {
+        assert_eq!(p["offset"], json!(n));
+        assert_eq!(p.get("delta").is_some(), n > 5, "recovered {n}: {p}");
         assert_eq!(cat_deltas.apply(p), document(n));
     }
     publish_doc(&server, "doc:1", 7).await;
     publish_doc(&server, "doc:1", 8).await;
-    let p = cat.next_pub("doc:1").await;
-    assert!(p.get("delta").is_none(), "the first live one is full: {p}");
-    assert_eq!(cat_deltas.apply(&p), document(7));
-    let p = cat.next_pub("doc:1").await;
-    assert_eq!(p["delta"], json!(true));
-    assert_eq!(cat_deltas.apply(&p), document(8));
+    for n in 7..=8 {
+        let p = cat.next_pub("doc:1").await;
+        assert_eq!(p["delta"], json!(true), "live {n}: {p}");
+        assert_eq!(cat_deltas.apply(&p), document(n));
+    }
+    assert_eq!(cat_deltas.deltas, 3);
     for n in 7..=8 {
         assert_eq!(deltas.apply(&ann.next_pub("doc:1").await), document(n));
     }
@@ -475,6 +533,86 @@ async fn protobuf_subscribers_get_deltas_as_bytes() {
         };
         assert_eq!(json_of(&data), document(n));
         prev = data;
+    }
+    server.stop().await;
+}
+
+/// Applies a Protobuf delta subscriber's publication to the payload before it, as
+/// centrifuge-js does, and returns the payload after it.
+fn apply_pb(prev: &[u8], p: &wire::Publication) -> Vec<u8> {
+    if p.delta {
+        fossil::apply(prev, &p.data).expect("a valid delta")
+    } else {
+        p.data.to_vec()
+    }
+}
+
+#[tokio::test]
+async fn a_recovering_delta_subscriber_gets_a_chain_that_the_live_stream_continues() {
+    let server = start(delta_config()).await;
+    let (mut c, _) = ProtoClient::connect(&server, &token("ann")).await;
+    let subscribe = |recover: Option<(u64, String)>| wire::Command {
+        subscribe: Some(wire::SubscribeRequest {
+            channel: "doc:pb".into(),
+            delta: "fossil".into(),
+            recover: recover.is_some(),
+            offset: recover.as_ref().map_or(0, |r| r.0),
+            epoch: recover.map(|r| r.1).unwrap_or_default(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let first = c
+        .request(subscribe(None))
+        .await
+        .subscribe
+        .expect("subscribed");
+    let mut prev = Vec::new();
+    for n in 1..=2 {
+        publish_doc(&server, "doc:pb", n).await;
+        prev = apply_pb(&prev, &c.next_pub("doc:pb").await);
+        assert_eq!(json_of(&prev), document(n));
+    }
+    // Away while four more are published: the node keeps no delta base for a channel
+    // nobody takes deltas of, so the first live delta after the recovery builds on
+    // what the recovery read.
+    let r = c
+        .request(wire::Command {
+            unsubscribe: Some(wire::UnsubscribeRequest {
+                channel: "doc:pb".into(),
+            }),
+            ..Default::default()
+        })
+        .await;
+    assert!(r.error.is_none(), "{r:?}");
+    for n in 3..=6 {
+        publish_doc(&server, "doc:pb", n).await;
+    }
+    let s = c
+        .request(subscribe(Some((2, first.epoch))))
+        .await
+        .subscribe
+        .expect("subscribed");
+    assert!(s.delta && s.recovered, "{s:?}");
+    let flags: Vec<(u64, bool)> = s.publications.iter().map(|p| (p.offset, p.delta)).collect();
+    assert_eq!(flags, [(3, false), (4, true), (5, true), (6, true)]);
+    let mut wire_bytes = 0;
+    for (p, n) in s.publications.iter().zip(3..) {
+        prev = apply_pb(&prev, p);
+        assert_eq!(json_of(&prev), document(n), "recovered {n}");
+        wire_bytes += p.data.len();
+    }
+    assert!(
+        wire_bytes * 2 < prev.len() * 4,
+        "{wire_bytes} bytes for four payloads of {}",
+        prev.len()
+    );
+    for n in 7..=8 {
+        publish_doc(&server, "doc:pb", n).await;
+        let p = c.next_pub("doc:pb").await;
+        assert!(p.delta, "live {n} continues the chain");
+        prev = apply_pb(&prev, &p);
+        assert_eq!(json_of(&prev), document(n), "live {n}");
     }
     server.stop().await;
 }

@@ -24,14 +24,17 @@ use common::TIMEOUT;
 
 const LEASE: Duration = Duration::from_millis(500);
 
-/// What the engine delivered: channel, and `pub:<offset>`, `join:<client>` or
-/// `leave:<client>`.
+/// What the engine delivered: channel, and `pub:<offset>` (`pub:<offset> skips
+/// <client>`), `join:<client>` or `leave:<client>`.
 struct Recorder(mpsc::UnboundedSender<(String, String)>);
 
 impl EventHandler for Recorder {
     fn on_event(&self, channel: &Arc<str>, kind: EventKind) {
         let what = match kind {
-            EventKind::Publication(p) => format!("pub:{}", p.offset),
+            EventKind::Publication(p) => match &p.exclude_client {
+                Some(client) => format!("pub:{} skips {client}", p.offset),
+                None => format!("pub:{}", p.offset),
+            },
             EventKind::Join(i) => format!("join:{}", i.client),
             EventKind::Leave(i) => format!("leave:{}", i.client),
         };
@@ -111,6 +114,7 @@ fn publication(n: u32) -> Publication {
         info: None,
         offset: 0,
         tags: None,
+        exclude_client: None,
     }
 }
 
@@ -172,6 +176,7 @@ conformance!(
     joins_and_leaves_reach_subscribers,
     revocation_records_refuse_until_they_expire,
     typing_is_throttled_and_ended_once,
+    whom_a_publication_skips_travels_with_it_into_history,
 );
 
 async fn publications_get_offsets_and_arrive_in_order(mut f: Fixture) {
@@ -197,6 +202,32 @@ async fn publications_get_offsets_and_arrive_in_order(mut f: Fixture) {
         );
     }
     assert_eq!(f.next_event().await, ("chat:order".into(), "pub:0".into()));
+}
+
+/// Whom a publication skips reaches every node's subscribers and stays in history, so
+/// a replay skips it too (it is never in the tags, which clients see).
+async fn whom_a_publication_skips_travels_with_it_into_history(mut f: Fixture) {
+    let ch: Arc<str> = "chat:skip".into();
+    f.engine.subscribe(&ch).await.unwrap();
+    let skipping = Publication {
+        exclude_client: Some("c1".into()),
+        ..publication(1)
+    };
+    f.engine.publish(&ch, skipping, Some(OPTS)).await.unwrap();
+    assert_eq!(
+        f.next_event().await,
+        ("chat:skip".into(), "pub:1 skips c1".into())
+    );
+    let h = f
+        .engine
+        .history(&ch, HistoryQuery::default())
+        .await
+        .unwrap();
+    let p = &h.publications[0];
+    assert_eq!(
+        (p.exclude_client.as_deref(), p.tags.is_none()),
+        (Some("c1"), true)
+    );
 }
 
 async fn history_windows_and_epochs(f: Fixture) {

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -347,6 +349,64 @@ async fn a_client_side_subscription_without_position_gets_the_missed_ones_in_an_
         data_of(&s["publications"]),
         vec![json!(0), json!(1), json!(2)]
     );
+}
+
+#[tokio::test]
+async fn what_a_tags_filter_keeps_from_the_user_is_not_owed_to_them_later() {
+    let mut config = config();
+    config.namespaces.insert(
+        "feed".into(),
+        NamespaceConfig {
+            subscribe: vec!["*".into()],
+            history_size: 100,
+            history_ttl: Duration::from_secs(3600),
+            inbox: true,
+            allow_tags_filter: true,
+            ..NamespaceConfig::default()
+        },
+    );
+    let server = start(config).await;
+    let mut a = Client::connect_user(&server, "ann").await;
+    let r = a
+        .request(json!({"subscribe": {
+            "channel": "feed:1", "tf": {"key": "kind", "cmp": "eq", "val": "alert"},
+        }}))
+        .await;
+    assert!(r["subscribe"].is_object(), "{r}");
+    for kind in ["alert", "chatter"] {
+        let tags = BTreeMap::from([("kind".to_owned(), kind.to_owned())]);
+        let raw = serde_json::value::RawValue::from_string(json!(kind).to_string()).unwrap();
+        let options = PublishOptions {
+            tags: Some(Arc::new(tags)),
+            ..PublishOptions::default()
+        };
+        server
+            .node
+            .publish("feed:1", raw.into(), options)
+            .await
+            .unwrap();
+    }
+    assert_eq!(a.next_pub("feed:1").await["data"], json!("alert"));
+    close_and_wait(&server, a, "ann").await;
+
+    // The chatter (offset 2) was never meant for the session: it counts as delivered,
+    // and a fresh session, which filters nothing, is not handed it.
+    let status = api_call(
+        &server,
+        "inbox_status",
+        json!({"user": "ann", "channels": ["feed:1"]}),
+    )
+    .await;
+    let ch = &status["result"]["channels"][0];
+    assert_eq!(
+        (ch["offset"].clone(), ch["delivered"].clone()),
+        (json!(2), json!(2)),
+        "{status}"
+    );
+    let mut b = Client::connect_user(&server, "ann").await;
+    let r = b.subscribe("feed:1").await;
+    assert_eq!(r["subscribe"]["recovered"], json!(true), "{r}");
+    assert!(data_of(&r["subscribe"]["publications"]).is_empty(), "{r}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,15 +1,20 @@
 'use strict';
-// What the browser tests share besides the server: Debian's Chromium launched headless
-// through playwright-core, a static file server for the test pages and SDK bundles (on
-// its own port, so the pages are cross-origin to switchboard), and waits that fail with
-// the page's, the browser's and the server's state.
+// What the browser tests share besides starting the server: Debian's Chromium launched
+// headless through playwright-core, a static file server for the test pages and SDK
+// bundles (on its own port, so the pages are cross-origin to switchboard), waits that
+// fail with the page's, the browser's and the server's state, and the fixture of a test
+// file that runs all three.
 
 const fs = require('node:fs');
 const http = require('node:http');
 const os = require('node:os');
 const path = require('node:path');
 
+const { after, before } = require('node:test');
+
 const { chromium } = require('playwright-core');
+
+const { mintToken, startServer } = require('./switchboard');
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 /** How long a wait for something in a page lasts. */
@@ -125,4 +130,53 @@ function pageWaits(diagnostics) {
   };
 }
 
-module.exports = { CHROMIUM, NODE_MODULES, PAGE_DIR, POLL, WAIT, launchChromium, pageWaits, startStatic };
+/** The token secret and API key of the servers `browserSuite` starts. */
+const SECRET = 'switchboard-browser-test-secret';
+const API_KEY = 'switchboard-browser-test-api-key';
+
+/**
+ * The fixture of a test file whose pages, served from `routes` (see `startStatic`), talk
+ * to one switchboard in one Chromium: all three start before the first test and stop
+ * after the last. The server's config is a token secret, an API key, `settings` (more
+ * top-level keys) and `tables` (namespaces and other sections). `server` is filled in
+ * by the time a test runs (so a file can take it at its top); `log` collects the pages'
+ * console lines and errors, for failure messages.
+ */
+function browserSuite({ routes, settings = '', tables = '' }) {
+  const server = {};
+  const log = [];
+  let staticServer;
+  let browser;
+  before(async () => {
+    staticServer = await startStatic(routes);
+    const config = `token_hmac_secret = "${SECRET}"\napi_key = "${API_KEY}"\nshutdown_timeout = "2s"\n${settings}\n${tables}`;
+    Object.assign(server, await startServer({ config, apiKey: API_KEY }));
+    browser = await launchChromium();
+  });
+  after(async () => {
+    if (browser) await browser.close();
+    if (staticServer) await new Promise((resolve) => staticServer.close(resolve));
+    if (server.stop) await server.stop();
+  });
+  return {
+    server,
+    log,
+    /** The browser context, for what a test does beyond pages (a DevTools session). */
+    context: () => browser.context,
+    /** A new page for `user` (`page.user`), its console and errors going to `log`. */
+    async newPage(user) {
+      const page = await browser.context.newPage();
+      page.user = user;
+      page.on('console', (msg) => log.push(`[${user}] console.${msg.type()}: ${msg.text()}`));
+      page.on('pageerror', (err) => log.push(`[${user}] page error: ${err.message}`));
+      return page;
+    },
+    /** The address of `file` (a route; '' for the index) with `fragment`'s parameters. */
+    pageUrl: (file, fragment) =>
+      `http://127.0.0.1:${staticServer.address().port}/${file}#${new URLSearchParams(fragment)}`,
+    /** A connection token for `sub`, valid for an hour, with more `claims`. */
+    token: (sub, claims = {}) => mintToken({ sub, exp: Math.floor(Date.now() / 1000) + 3600, ...claims }, SECRET),
+  };
+}
+
+module.exports = { CHROMIUM, NODE_MODULES, PAGE_DIR, POLL, WAIT, browserSuite, launchChromium, pageWaits, startStatic };

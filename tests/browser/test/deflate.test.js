@@ -7,69 +7,43 @@
 
 const assert = require('node:assert/strict');
 const path = require('node:path');
-const { after, before, test } = require('node:test');
+const { test } = require('node:test');
 
-const { NODE_MODULES, launchChromium, pageWaits, startStatic } = require('../lib/browser');
-const { mintToken, startServer } = require('../lib/switchboard');
+const { NODE_MODULES, browserSuite, pageWaits } = require('../lib/browser');
 
-const SECRET = 'switchboard-browser-test-secret';
-const API_KEY = 'switchboard-browser-test-api-key';
 const NEGOTIATED = 'permessage-deflate; server_no_context_takeover; client_no_context_takeover';
 
-const CONFIG = `
-token_hmac_secret = "${SECRET}"
-api_key = "${API_KEY}"
-shutdown_timeout = "2s"
-
+const suite = browserSuite({
+  routes: {
+    '/': ['index.html', 'text/html; charset=utf-8'],
+    '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
+    '/centrifuge.js': [path.join(NODE_MODULES, 'centrifuge', 'dist', 'centrifuge.js'), 'text/javascript; charset=utf-8'],
+  },
+  tables: `
 [websocket]
 compression = true
 
 [namespaces.room]
 subscribe = ["*"]
 publish = true
-`;
-
-const STATIC = {
-  '/': ['index.html', 'text/html; charset=utf-8'],
-  '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
-  '/centrifuge.js': [path.join(NODE_MODULES, 'centrifuge', 'dist', 'centrifuge.js'), 'text/javascript; charset=utf-8'],
-};
-
-let server;
-let staticServer;
-let browser;
-const browserLog = [];
+`,
+});
+const { server } = suite;
 const { expectText, waitVisible } = pageWaits(async (page) => {
-  return `\n--- browser console ---\n${browserLog.join('\n') || '(empty)'}` +
+  return `\n--- browser console ---\n${suite.log.join('\n') || '(empty)'}` +
     `\n--- page ---\n${await page.locator('body').innerText({ timeout: 1000 }).catch(() => '')}` +
     `\n--- last lines of switchboard log ---\n${server.logTail()}`;
 });
 
-before(async () => {
-  staticServer = await startStatic(STATIC);
-  server = await startServer({ config: CONFIG, apiKey: API_KEY });
-  browser = await launchChromium();
-});
-
-after(async () => {
-  if (browser) await browser.close();
-  if (staticServer) await new Promise((resolve) => staticServer.close(resolve));
-  if (server) await server.stop();
-});
-
 test('Chromium negotiates deflate; large publications and its own publishes arrive intact', async () => {
-  const page = await browser.context.newPage();
-  page.on('console', (msg) => browserLog.push(`console.${msg.type()}: ${msg.text()}`));
-  page.on('pageerror', (err) => browserLog.push(`page error: ${err.message}`));
+  const page = await suite.newPage('carol');
   // The upgrade answer's headers, as the browser got them.
-  const cdp = await browser.context.newCDPSession(page);
+  const cdp = await suite.context().newCDPSession(page);
   await cdp.send('Network.enable');
   const handshakes = [];
   cdp.on('Network.webSocketHandshakeResponseReceived', (e) => handshakes.push(e.response.headers));
 
-  const token = mintToken({ sub: 'carol', exp: Math.floor(Date.now() / 1000) + 3600 }, SECRET);
-  const fragment = new URLSearchParams({ ws: server.wsUrl, token, room: 'room:deflate' });
-  await page.goto(`http://127.0.0.1:${staticServer.address().port}/#${fragment}`);
+  await page.goto(suite.pageUrl('', { ws: server.wsUrl, token: suite.token('carol'), room: 'room:deflate' }));
   await expectText(page, '#state', 'connected', 'connected');
   await expectText(page, '#room-state', 'subscribed', 'subscribed to room:deflate');
   assert.equal(handshakes.length, 1, 'one WebSocket handshake');

@@ -6,23 +6,26 @@
 
 const assert = require('node:assert/strict');
 const path = require('node:path');
-const { after, before, test } = require('node:test');
+const { test } = require('node:test');
 
-const { NODE_MODULES, launchChromium, pageWaits, startStatic } = require('../lib/browser');
-const { REPO, mintToken, startServer } = require('../lib/switchboard');
+const { NODE_MODULES, browserSuite, pageWaits } = require('../lib/browser');
+const { REPO } = require('../lib/switchboard');
 
-const SECRET = 'switchboard-browser-test-secret';
-const API_KEY = 'switchboard-browser-test-api-key';
 /** Screenshots for debugging (target/ is not committed): the first user's page, then others'. */
 const SCREENSHOT = path.join(REPO, 'target', 'browser-test.png');
 const screenshotPath = (user) => (user === 'alice' ? SCREENSHOT : path.join(REPO, 'target', `browser-test-${user}.png`));
 
-const CONFIG = `
-token_hmac_secret = "${SECRET}"
-api_key = "${API_KEY}"
-shutdown_timeout = "2s"
-auto_subscribe = ["user:{sub}", "role:{roles}"]
-
+// The IIFE build of the SDK (esbuild of src/browser.ts): sets globalThis.Centrifuge.
+const BUNDLE = path.join(NODE_MODULES, 'centrifuge', 'dist', 'centrifuge.js');
+const suite = browserSuite({
+  // The test page and the SDK bundle.
+  routes: {
+    '/': ['index.html', 'text/html; charset=utf-8'],
+    '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
+    '/centrifuge.js': [BUNDLE, 'text/javascript; charset=utf-8'],
+  },
+  settings: 'auto_subscribe = ["user:{sub}", "role:{roles}"]',
+  tables: `
 [namespaces.role]
 subscribe = ["role:{roles}"]
 
@@ -30,51 +33,16 @@ subscribe = ["role:{roles}"]
 subscribe = ["*"]
 presence = true
 join_leave = true
-`;
-
-// The IIFE build of the SDK (esbuild of src/browser.ts): sets globalThis.Centrifuge.
-const BUNDLE = path.join(NODE_MODULES, 'centrifuge', 'dist', 'centrifuge.js');
-/** The test page and the SDK bundle. */
-const STATIC = {
-  '/': ['index.html', 'text/html; charset=utf-8'],
-  '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
-  '/centrifuge.js': [BUNDLE, 'text/javascript; charset=utf-8'],
-};
-
-function connectionToken(sub, roles) {
-  const claims = { sub, exp: Math.floor(Date.now() / 1000) + 3600 };
-  if (roles) claims.roles = roles;
-  return mintToken(claims, SECRET);
-}
-
-let server;
-let staticServer;
-let browser;
-/** Browser console lines and page errors, shown when an assertion fails. */
-const browserLog = [];
+`,
+});
+const { server } = suite;
 const { expectText, waitVisible } = pageWaits(diagnostics);
-
-before(async () => {
-  staticServer = await startStatic(STATIC);
-  server = await startServer({ config: CONFIG, apiKey: API_KEY });
-  browser = await launchChromium();
-});
-
-after(async () => {
-  if (browser) await browser.close();
-  if (staticServer) await new Promise((resolve) => staticServer.close(resolve));
-  if (server) await server.stop();
-});
 
 /** Opens the test page for one user (token in the URL fragment) and waits until it is live. */
 async function openClient(user, roles) {
-  const page = await browser.context.newPage();
-  page.user = user;
-  page.on('console', (msg) => browserLog.push(`[${user}] console.${msg.type()}: ${msg.text()}`));
-  page.on('pageerror', (err) => browserLog.push(`[${user}] page error: ${err.message}`));
-  const { port } = staticServer.address();
-  const fragment = new URLSearchParams({ ws: server.wsUrl, token: connectionToken(user, roles), room: 'room:lobby' });
-  await page.goto(`http://127.0.0.1:${port}/#${fragment}`);
+  const page = await suite.newPage(user);
+  const token = suite.token(user, roles ? { roles } : {});
+  await page.goto(suite.pageUrl('', { ws: server.wsUrl, token, room: 'room:lobby' }));
   await expectText(page, '#state', 'connected', `${user} connected`);
   await expectText(page, '#room-state', 'subscribed', `${user} subscribed to room:lobby`);
   return page;
@@ -107,7 +75,7 @@ async function diagnostics(page) {
   return (
     `\n--- ${page.user}'s page ---\n${body}` +
     `\n--- publications shown (channel data) ---\n${items || '(none)'}` +
-    `\n--- browser console ---\n${browserLog.join('\n') || '(empty)'}` +
+    `\n--- browser console ---\n${suite.log.join('\n') || '(empty)'}` +
     `\n--- last lines of switchboard log ---\n${server.logTail()}` +
     `\n(screenshot: ${shot})`
   );

@@ -8,55 +8,32 @@
 
 const assert = require('node:assert/strict');
 const path = require('node:path');
-const { after, before, test } = require('node:test');
+const { test } = require('node:test');
 
-const { NODE_MODULES, launchChromium, pageWaits, startStatic } = require('../lib/browser');
-const { mintToken, startServer } = require('../lib/switchboard');
+const { NODE_MODULES, browserSuite, pageWaits } = require('../lib/browser');
 
-const SECRET = 'switchboard-browser-test-secret';
-const API_KEY = 'switchboard-browser-test-api-key';
-
-const CONFIG = `
-token_hmac_secret = "${SECRET}"
-api_key = "${API_KEY}"
-shutdown_timeout = "2s"
-
+const suite = browserSuite({
+  routes: {
+    '/': ['index.html', 'text/html; charset=utf-8'],
+    '/protobuf.html': ['protobuf.html', 'text/html; charset=utf-8'],
+    '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
+    '/centrifuge.js': [path.join(NODE_MODULES, 'centrifuge', 'dist', 'centrifuge.js'), 'text/javascript; charset=utf-8'],
+    '/centrifuge.protobuf.js': [
+      path.join(NODE_MODULES, 'centrifuge', 'dist', 'centrifuge.protobuf.js'),
+      'text/javascript; charset=utf-8',
+    ],
+  },
+  tables: `
 [namespaces.room]
 subscribe = ["*"]
 publish = true
 presence = true
 history_size = 10
 history_ttl = "1h"
-`;
-
-const STATIC = {
-  '/': ['index.html', 'text/html; charset=utf-8'],
-  '/protobuf.html': ['protobuf.html', 'text/html; charset=utf-8'],
-  '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
-  '/centrifuge.js': [path.join(NODE_MODULES, 'centrifuge', 'dist', 'centrifuge.js'), 'text/javascript; charset=utf-8'],
-  '/centrifuge.protobuf.js': [
-    path.join(NODE_MODULES, 'centrifuge', 'dist', 'centrifuge.protobuf.js'),
-    'text/javascript; charset=utf-8',
-  ],
-};
-
-let server;
-let staticServer;
-let browser;
-const browserLog = [];
+`,
+});
+const { server } = suite;
 const { expectText, waitVisible } = pageWaits(diagnostics);
-
-before(async () => {
-  staticServer = await startStatic(STATIC);
-  server = await startServer({ config: CONFIG, apiKey: API_KEY });
-  browser = await launchChromium();
-});
-
-after(async () => {
-  if (browser) await browser.close();
-  if (staticServer) await new Promise((resolve) => staticServer.close(resolve));
-  if (server) await server.stop();
-});
 
 async function diagnostics(page) {
   const body = await page
@@ -65,21 +42,16 @@ async function diagnostics(page) {
     .catch(() => '(page unreadable)');
   return (
     `\n--- ${page.user}'s page ---\n${body}` +
-    `\n--- browser console ---\n${browserLog.join('\n') || '(empty)'}` +
+    `\n--- browser console ---\n${suite.log.join('\n') || '(empty)'}` +
     `\n--- last lines of switchboard log ---\n${server.logTail()}`
   );
 }
 
 /** Opens the page as `user` over `transport` (`websocket`, `http_stream`, `sse`). */
 async function openClient(user, { transport, protobuf, room }) {
-  const page = await browser.context.newPage();
-  page.user = user;
-  page.on('console', (msg) => browserLog.push(`[${user}] console.${msg.type()}: ${msg.text()}`));
-  page.on('pageerror', (err) => browserLog.push(`[${user}] page error: ${err.message}`));
-  const { port } = staticServer.address();
-  const token = mintToken({ sub: user, exp: Math.floor(Date.now() / 1000) + 3600 }, SECRET);
-  const fragment = new URLSearchParams({ ws: server.wsUrl, http: server.httpUrl, transport, token, room });
-  await page.goto(`http://127.0.0.1:${port}/${protobuf ? 'protobuf.html' : ''}#${fragment}`);
+  const page = await suite.newPage(user);
+  const fragment = { ws: server.wsUrl, http: server.httpUrl, transport, token: suite.token(user), room };
+  await page.goto(suite.pageUrl(protobuf ? 'protobuf.html' : '', fragment));
   await expectText(page, '#state', 'connected', `${user} connected`);
   await expectText(page, '#transport', transport, `${user} on ${transport}`);
   await expectText(page, '#server-subs', `user:${user}`, `${user}'s server-side channel`);

@@ -10,6 +10,9 @@ const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 
+const assert = require('node:assert/strict');
+const { after, afterEach, before } = require('node:test');
+
 const WebSocket = require('ws');
 const { Centrifuge } = require('centrifuge');
 // The SDK's Protobuf build: binary frames, the `centrifuge-protobuf` subprotocol.
@@ -17,6 +20,8 @@ const { Centrifuge: CentrifugeProtobuf } = require('centrifuge/build/protobuf');
 
 /** HMAC secret shared by the server config and the tokens minted here. */
 const SECRET = 'switchboard-js-test-secret';
+/** The server API key of the servers `serverPerFile` starts. */
+const API_KEY = 'js-api-key';
 /** Default wait for one event or reply. */
 const TIMEOUT = 5000;
 const REPO = path.resolve(__dirname, '..', '..', '..');
@@ -296,6 +301,39 @@ async function subscribe(client, channel, options = {}) {
 }
 
 /**
+ * The fixture of a test file that runs one server for all its tests: started before the
+ * first with an API key, `settings` (top-level TOML keys), DEFAULT_CONFIG and
+ * `namespaces` (more tables), stopped after the last. `server` is filled in by the
+ * time a test runs (so a file can take it at its top); the clients kept in `clients`
+ * are disconnected after each test. `api` calls a server API method and returns its
+ * `result`; `publish` publishes through it.
+ */
+function serverPerFile({ settings = '', namespaces = '' } = {}) {
+  const server = {};
+  const clients = [];
+  before(async () => {
+    const config = `api_key = "${API_KEY}"\n${settings}\n${DEFAULT_CONFIG}\n${namespaces}`;
+    Object.assign(server, await startServer({ config }));
+  });
+  afterEach(() => closeAll(clients));
+  after(() => server.stop && server.stop());
+
+  async function api(method, params) {
+    const res = await fetch(`${server.httpUrl}/api/${method}`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', 'X-API-Key': API_KEY },
+      body: JSON.stringify(params),
+    });
+    assert.equal(res.status, 200);
+    const body = await res.json();
+    assert.ok(body.result, JSON.stringify(body));
+    return body.result;
+  }
+  const publish = (channel, data, tags) => api('publish', { channel, data, tags });
+  return { server, clients, api, publish };
+}
+
+/**
  * The `skip` option of a test that fails because of a known server bug: skipped, so the
  * suite stays green, unless RUN_KNOWN_BUGS is set (to check a fix).
  */
@@ -341,6 +379,7 @@ function startBalancer(port) {
 }
 
 module.exports = {
+  API_KEY,
   BIN,
   DEFAULT_CONFIG,
   SECRET,
@@ -358,6 +397,7 @@ module.exports = {
   newClient,
   nowSecs,
   record,
+  serverPerFile,
   sleep,
   startBalancer,
   startServer,

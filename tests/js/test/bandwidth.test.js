@@ -3,16 +3,12 @@
 // (publication filtering by tags) gets only the publications whose tags pass it, live
 // and on recovery; `delta: 'fossil'` gets deltas on the wire and full data in the app.
 
-const { test, before, after, afterEach } = require('node:test');
+const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const h = require('../lib/harness');
 
-const API_KEY = 'js-api-key';
-let server;
-const clients = [];
-before(async () => {
-  server = await h.startServer({
-    config: `api_key = "${API_KEY}"\n${h.DEFAULT_CONFIG}
+const { server, clients, publish } = h.serverPerFile({
+  namespaces: `
 [namespaces.market]
 subscribe = ["*"]
 history_size = 100
@@ -25,21 +21,7 @@ history_size = 100
 history_ttl = "1h"
 allowed_delta_types = ["fossil"]
 `,
-  });
 });
-afterEach(() => h.closeAll(clients));
-after(() => server && server.stop());
-
-async function apiPublish(channel, data, tags) {
-  const res = await fetch(`${server.httpUrl}/api/publish`, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json', 'X-API-Key': API_KEY },
-    body: JSON.stringify({ channel, data, tags }),
-  });
-  assert.equal(res.status, 200);
-  const body = await res.json();
-  assert.ok(body.result, JSON.stringify(body));
-}
 
 /** Waits until `list` has `n` items (or the timeout), then returns a copy. */
 async function collected(list, n) {
@@ -73,9 +55,9 @@ test('a tagsFilter subscription gets only matching publications, live and recove
   const end = [];
   plain.on('publication', (ctx) => end.push(ctx.data.n));
 
-  for (const [i, tags] of QUOTES.entries()) await apiPublish('market:quotes', { n: i + 1 }, tags);
+  for (const [i, tags] of QUOTES.entries()) await publish('market:quotes', { n: i + 1 }, tags);
   // market:all is published after the quotes and delivered after them: the end.
-  await apiPublish('market:all', { n: 'end' });
+  await publish('market:all', { n: 'end' });
   assert.deepEqual(await collected(end, 1), ['end']);
   assert.deepEqual(got, [
     { n: 1, tags: QUOTES[0] },
@@ -84,7 +66,7 @@ test('a tagsFilter subscription gets only matching publications, live and recove
 
   // Away while more is published: on reconnect the SDK recovers only what passes.
   ann.disconnect();
-  for (const [i, tags] of QUOTES.entries()) await apiPublish('market:quotes', { n: i + 11 }, tags);
+  for (const [i, tags] of QUOTES.entries()) await publish('market:quotes', { n: i + 11 }, tags);
   const resubscribed = h.waitEvent(filtered, 'subscribed', { label: 'resubscribed' });
   ann.connect();
   const ctx = await resubscribed;
@@ -112,23 +94,55 @@ function documentVersion(n) {
   return { version: n, rows };
 }
 
+/** Versions 1 to `n` of the document. */
+const versions = (n) => Array.from({ length: n }, (_, i) => documentVersion(i + 1));
+
+/**
+ * A `delta: 'fossil'` subscription of `user` (with the Protobuf build when `protobuf`)
+ * to `doc:<user>`, subscribed; `got` collects the data the app gets.
+ */
+async function deltaSubscription(user, protobuf) {
+  const { client } = await h.connectUser(server, user, clients, { options: { protobuf } });
+  const channel = `doc:${user}`;
+  const sub = await h.subscribe(client, channel, { delta: 'fossil' });
+  const got = [];
+  const decode = (data) => (protobuf ? JSON.parse(new TextDecoder().decode(data)) : data);
+  sub.on('publication', (ctx) => got.push(decode(ctx.data)));
+  return { client, sub, channel, got };
+}
+
 for (const protobuf of [false, true]) {
-  test(`delta: 'fossil' (${protobuf ? 'Protobuf' : 'JSON'}) gets deltas on the wire and full data in the app`, async () => {
-    const decode = (data) => (protobuf ? JSON.parse(new TextDecoder().decode(data)) : data);
-    const { client } = await h.connectUser(server, protobuf ? 'pb' : 'js', clients, { options: { protobuf } });
-    const channel = `doc:${protobuf ? 'pb' : 'js'}`;
-    const sub = client.newSubscription(channel, { delta: 'fossil' });
-    const got = [];
-    sub.on('publication', (ctx) => got.push(decode(ctx.data)));
-    const subscribed = h.waitEvent(sub, 'subscribed', { label: 'subscribed' });
-    sub.subscribe();
-    await subscribed;
-    for (let n = 1; n <= 8; n++) await apiPublish(channel, documentVersion(n));
-    assert.deepEqual(await collected(got, 8), Array.from({ length: 8 }, (_, i) => documentVersion(i + 1)));
+  const encoding = protobuf ? 'Protobuf' : 'JSON';
+  test(`delta: 'fossil' (${encoding}) gets deltas on the wire and full data in the app`, async () => {
+    const { sub, channel, got } = await deltaSubscription(protobuf ? 'pb' : 'js', protobuf);
+    for (let n = 1; n <= 8; n++) await publish(channel, documentVersion(n));
+    assert.deepEqual(await collected(got, 8), versions(8));
     const stats = sub.deltaStats();
     assert.equal(stats.numPublications, 8);
     assert.equal(stats.numFullPayloads, 1, 'the first publication is full');
     assert.equal(stats.numDeltaPayloads, 7, 'the rest come as deltas');
+    assert.ok(stats.bytesReceived * 2 < stats.bytesDecoded, JSON.stringify(stats));
+  });
+
+  test(`delta: 'fossil' (${encoding}) recovers a chain of deltas that the live stream continues`, async () => {
+    const { client, sub, channel, got } = await deltaSubscription(protobuf ? 'pb-away' : 'js-away', protobuf);
+    for (let n = 1; n <= 2; n++) await publish(channel, documentVersion(n));
+    await collected(got, 2);
+
+    // Away while six more are published: on reconnect the SDK recovers them, the first
+    // in full and the rest as deltas, and the live ones after them are deltas too.
+    client.disconnect();
+    for (let n = 3; n <= 8; n++) await publish(channel, documentVersion(n));
+    const resubscribed = h.waitEvent(sub, 'subscribed', { label: 'resubscribed' });
+    client.connect();
+    const ctx = await resubscribed;
+    assert.equal(ctx.recovered, true);
+    for (let n = 9; n <= 10; n++) await publish(channel, documentVersion(n));
+    assert.deepEqual(await collected(got, 10), versions(10));
+    const stats = sub.deltaStats();
+    assert.equal(stats.numPublications, 10);
+    assert.equal(stats.numFullPayloads, 2, 'the first live and the first recovered are full');
+    assert.equal(stats.numDeltaPayloads, 8, JSON.stringify(stats));
     assert.ok(stats.bytesReceived * 2 < stats.bytesDecoded, JSON.stringify(stats));
   });
 }

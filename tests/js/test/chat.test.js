@@ -2,17 +2,11 @@
 // Scenario 2: two clients on chat:room1; a publication from one reaches the other with
 // the publisher's info, and lands in history.
 
-const { test, before, after, afterEach } = require('node:test');
+const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const h = require('../lib/harness');
 
-let server;
-const clients = [];
-before(async () => {
-  server = await h.startServer();
-});
-afterEach(() => h.closeAll(clients));
-after(() => server && server.stop());
+const { server, clients } = h.serverPerFile();
 
 test('publication from one subscriber reaches the other with publisher info', { timeout: 20000 }, async () => {
   const { client: ann } = await h.connectUser(server, 'ann', clients);

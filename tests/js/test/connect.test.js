@@ -2,17 +2,11 @@
 // Scenario 1: connect with a token; the server-side personal channel is reported on the
 // Centrifuge instance, and publications on server-side channels arrive there too.
 
-const { test, before, after, afterEach } = require('node:test');
+const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const h = require('../lib/harness');
 
-let server;
-const clients = [];
-before(async () => {
-  server = await h.startServer();
-});
-afterEach(() => h.closeAll(clients));
-after(() => server && server.stop());
+const { server, clients } = h.serverPerFile();
 
 test('connect with a token: connected fires and user:<sub> is subscribed server-side', { timeout: 20000 }, async () => {
   const client = h.newClient(server, { token: h.connectionToken('ann', { info: { name: 'Ann' } }) }, clients);

@@ -2,17 +2,11 @@
 // Scenario 4: refused subscriptions end in the `unsubscribed` state with the server's
 // error code, and the connection stays up.
 
-const { test, before, after, afterEach } = require('node:test');
+const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const h = require('../lib/harness');
 
-let server;
-const clients = [];
-before(async () => {
-  server = await h.startServer();
-});
-afterEach(() => h.closeAll(clients));
-after(() => server && server.stop());
+const { server, clients } = h.serverPerFile();
 
 /** Subscribes to `channel`, expecting a refusal; returns the `unsubscribed` context. */
 async function refused(client, channel) {

@@ -6,21 +6,14 @@
 // user's other device over either protocol; history_size and history_ttl bound it, and
 // a client that missed more is told.
 
-const { test, before, after, afterEach } = require('node:test');
+const { test, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 const { io } = require('socket.io-client');
 const h = require('../lib/harness');
 
-const API_KEY = 'js-inbox-api-key';
-let server;
-const clients = [];
-const sockets = [];
-
-before(async () => {
-  server = await h.startServer({
-    config: `api_key = "${API_KEY}"
-auto_subscribe = ["user:{sub}", "brief:{sub}"]
-${h.DEFAULT_CONFIG}
+const { server, clients, api } = h.serverPerFile({
+  settings: 'auto_subscribe = ["user:{sub}", "brief:{sub}"]',
+  namespaces: `
 [namespaces.user]
 subscribe = ["user:{sub}"]
 history_size = 60
@@ -33,25 +26,11 @@ history_size = 10
 history_ttl = "300ms"
 inbox = true
 `,
-  });
 });
+const sockets = [];
 afterEach(() => {
-  h.closeAll(clients);
   for (const s of sockets.splice(0)) s.disconnect();
 });
-after(() => server && server.stop());
-
-async function api(method, params) {
-  const res = await fetch(`${server.httpUrl}/api/${method}`, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json', 'X-API-Key': API_KEY },
-    body: JSON.stringify(params),
-  });
-  assert.equal(res.status, 200);
-  const body = await res.json();
-  assert.ok(body.result, JSON.stringify(body));
-  return body.result;
-}
 
 async function until(what, done) {
   const deadline = Date.now() + h.TIMEOUT;

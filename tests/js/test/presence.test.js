@@ -2,17 +2,11 @@
 // Scenario 3: presence and presence stats on chat:room1 with two users, one of them in
 // two tabs; join and leave events as clients come and go.
 
-const { test, before, after, afterEach } = require('node:test');
+const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const h = require('../lib/harness');
 
-let server;
-const clients = [];
-before(async () => {
-  server = await h.startServer();
-});
-afterEach(() => h.closeAll(clients));
-after(() => server && server.stop());
+const { server, clients } = h.serverPerFile();
 
 test('presence counts tabs and users; join and leave arrive', { timeout: 30000 }, async () => {
   const CH = 'chat:room1';

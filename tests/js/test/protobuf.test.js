@@ -4,20 +4,14 @@
 // publishes, reads presence and history, and recovers what it missed on reconnect.
 // Payloads are bytes in Protobuf; switchboard carries them as JSON text.
 
-const { test, before, after, afterEach } = require('node:test');
+const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const h = require('../lib/harness');
 
 const encode = (value) => new TextEncoder().encode(JSON.stringify(value));
 const decode = (bytes) => JSON.parse(new TextDecoder().decode(bytes));
 
-let server;
-const clients = [];
-before(async () => {
-  server = await h.startServer();
-});
-afterEach(() => h.closeAll(clients));
-after(() => server && server.stop());
+const { server, clients } = h.serverPerFile();
 
 function connectProtobuf(user) {
   return h.connectUser(server, user, clients, { options: { protobuf: true } });

@@ -3,16 +3,12 @@
 // missed, once and in order, on its own reconnect; its personal channel (a server-side
 // subscription) too; typing signals are stopped by the server.
 
-const { test, before, after, afterEach } = require('node:test');
+const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const h = require('../lib/harness');
 
-const API_KEY = 'js-api-key';
-let server;
-const clients = [];
-before(async () => {
-  server = await h.startServer({
-    config: `api_key = "${API_KEY}"\n${h.DEFAULT_CONFIG}
+const { server, clients, publish } = h.serverPerFile({
+  namespaces: `
 [namespaces.typing]
 subscribe = ["*"]
 publish = true
@@ -20,21 +16,7 @@ typing = true
 typing_interval = "200ms"
 typing_timeout = "500ms"
 `,
-  });
 });
-afterEach(() => h.closeAll(clients));
-after(() => server && server.stop());
-
-async function apiPublish(channel, data) {
-  const res = await fetch(`${server.httpUrl}/api/publish`, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json', 'X-API-Key': API_KEY },
-    body: JSON.stringify({ channel, data }),
-  });
-  assert.equal(res.status, 200);
-  const body = await res.json();
-  assert.ok(body.result, JSON.stringify(body));
-}
 
 test('a reconnecting client recovers all 100 missed publications once, in order', { timeout: 30000 }, async () => {
   const { client: ann } = await h.connectUser(server, 'ann', clients);
@@ -74,11 +56,11 @@ test('notifications sent while offline reach the personal channel on reconnect',
     if (ctx.channel === 'user:carol') got.push(ctx.data.note);
   });
   const live = h.waitEvent(ann, 'publication', { label: 'live notification' });
-  await apiPublish('user:carol', { note: 'live' });
+  await publish('user:carol', { note: 'live' });
   await live;
   ann.disconnect();
-  await apiPublish('user:carol', { note: 'offline 1' });
-  await apiPublish('user:carol', { note: 'offline 2' });
+  await publish('user:carol', { note: 'offline 1' });
+  await publish('user:carol', { note: 'offline 2' });
   const back = h.waitEvent(ann, 'subscribed', { filter: (c) => c.channel === 'user:carol', label: 'personal channel back' });
   ann.connect();
   const ctx = await back;

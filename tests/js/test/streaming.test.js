@@ -5,28 +5,12 @@
 // personal channel, subscribes, gets a publication from the server API, publishes to a
 // WebSocket client, reads presence, and recovers what it missed over a reconnect.
 
-const { test, before, after, afterEach } = require('node:test');
+const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const { EventSource } = require('eventsource');
 const h = require('../lib/harness');
 
-const API_KEY = 'js-api-key';
-let server;
-const clients = [];
-before(async () => {
-  server = await h.startServer({ config: `api_key = "${API_KEY}"\n${h.DEFAULT_CONFIG}` });
-});
-afterEach(() => h.closeAll(clients));
-after(() => server && server.stop());
-
-async function apiPublish(channel, data) {
-  const res = await fetch(`${server.httpUrl}/api/publish`, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json', 'X-API-Key': API_KEY },
-    body: JSON.stringify({ channel, data }),
-  });
-  assert.equal(res.status, 200);
-}
+const { server, clients, api, publish } = h.serverPerFile();
 
 const encode = (value) => new TextEncoder().encode(JSON.stringify(value));
 const decode = (bytes) => JSON.parse(new TextDecoder().decode(bytes));
@@ -75,7 +59,7 @@ for (const c of CASES) {
     const sub = await h.subscribe(client, room);
 
     const fromApi = h.waitEvent(sub, 'publication', { label: 'API publication' });
-    await apiPublish(room, { text: 'from the api' });
+    await publish(room, { text: 'from the api' });
     assert.deepEqual(read((await fromApi).data), { text: 'from the api' });
 
     const { client: bob } = await h.connectUser(server, 'bob', clients);
@@ -99,11 +83,11 @@ for (const c of CASES) {
     const got = [];
     sub.on('publication', (ctx) => got.push(read(ctx.data).n));
     const first = h.waitEvent(sub, 'publication', { label: 'first publication' });
-    await apiPublish(room, { n: 0 });
+    await publish(room, { n: 0 });
     await first;
 
     client.disconnect();
-    for (let n = 1; n <= 10; n++) await apiPublish(room, { n });
+    for (let n = 1; n <= 10; n++) await publish(room, { n });
     const resubscribed = h.waitEvent(sub, 'subscribed', { label: 'resubscribed' });
     client.connect();
     const ctx = await resubscribed;
@@ -119,12 +103,7 @@ for (const c of CASES) {
 test('a server disconnect reaches an sse client with its code', async () => {
   const { client, ctx } = await connectOver(CASES[2], 'dave');
   const disconnected = h.waitEvent(client, 'disconnected', { label: 'disconnected' });
-  const res = await fetch(`${server.httpUrl}/api/disconnect`, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json', 'X-API-Key': API_KEY },
-    body: JSON.stringify({ user: 'dave', client: ctx.client }),
-  });
-  assert.equal(res.status, 200);
+  await api('disconnect', { user: 'dave', client: ctx.client });
   const d = await disconnected;
   assert.equal(d.code, 3503);
 });

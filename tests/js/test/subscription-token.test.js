@@ -2,17 +2,11 @@
 // Scenario 7: a token-only namespace (`observation`, subscribe = []): a subscription
 // getToken grants access; without a token, or with another user's token, it is 103.
 
-const { test, before, after, afterEach } = require('node:test');
+const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const h = require('../lib/harness');
 
-let server;
-const clients = [];
-before(async () => {
-  server = await h.startServer();
-});
-afterEach(() => h.closeAll(clients));
-after(() => server && server.stop());
+const { server, clients } = h.serverPerFile();
 
 test('subscription getToken grants a token-only channel', { timeout: 20000 }, async () => {
   const { client } = await h.connectUser(server, 'ann', clients);

@@ -551,6 +551,7 @@ mod tests {
             info: None,
             offset: 0,
             tags: None,
+            exclude_client: None,
         }
     }
 

@@ -286,6 +286,7 @@ impl Node {
             info: None,
             offset: 0,
             tags: Some(Arc::new(tags)),
+            exclude_client: None,
         };
         // Not kept in history: the readers list is the record.
         if let Err(e) = self.engine.publish(&channel, publication, None).await {

@@ -25,6 +25,7 @@ impl Node {
             info: None,
             offset: 0,
             tags: None,
+            exclude_client: None,
         };
         let history = HistoryOptions { size: 1, ttl };
         let stream: Arc<str> = format!("{PREFIX}{key}").into();

@@ -27,7 +27,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::revocation::{Revocation, RevocationStore};
 use crate::rules::{RuleError, Rules};
-use crate::session::Session;
+use crate::session::{Session, EXCLUDE_CLIENT_TAG};
 use crate::status::{now_ms, Change, StatusTracker, UserStatus};
 use crate::typing::{self, Expiry, Signal, TypingStore};
 
@@ -137,6 +137,32 @@ pub struct PublishOptions {
     pub tags: Option<Arc<BTreeMap<String, String>>>,
     /// Do not store in history.
     pub skip_history: bool,
+}
+
+/// A publication to hand the engine, which gives it its offset. Whom it skips leaves
+/// the tags ([`EXCLUDE_CLIENT_TAG`], which the transports and the server API set) for
+/// [`Publication::exclude_client`]: plumbing that no client gets to see.
+fn new_publication(
+    data: SharedJson,
+    info: Option<ClientInfo>,
+    tags: Option<Arc<BTreeMap<String, String>>>,
+) -> Publication {
+    let mut exclude_client = None;
+    let tags = match tags {
+        Some(tags) if tags.contains_key(EXCLUDE_CLIENT_TAG) => {
+            let mut tags = Arc::unwrap_or_clone(tags);
+            exclude_client = tags.remove(EXCLUDE_CLIENT_TAG).map(Arc::from);
+            (!tags.is_empty()).then(|| Arc::new(tags))
+        }
+        tags => tags,
+    };
+    Publication {
+        data,
+        info,
+        offset: 0,
+        tags,
+        exclude_client,
+    }
 }
 
 impl Node {
@@ -328,12 +354,7 @@ impl Node {
             .hooks
             .observes_publications()
             .then(|| (data.clone(), info.clone()));
-        let publication = Publication {
-            data,
-            info,
-            offset: 0,
-            tags,
-        };
+        let publication = new_publication(data, info, tags);
         let pos = self.engine.publish(&channel, publication, history).await?;
         self.metrics.publications.inc();
         self.metrics.namespaces.published(&channel);
@@ -683,16 +704,7 @@ impl Node {
             }
         }
         self.engine
-            .publish(
-                &channel,
-                Publication {
-                    data,
-                    info: Some(info),
-                    offset: 0,
-                    tags,
-                },
-                None,
-            )
+            .publish(&channel, new_publication(data, Some(info), tags), None)
             .await?;
         Ok(())
     }
@@ -704,6 +716,7 @@ impl Node {
             info: Some(info),
             offset: 0,
             tags: None,
+            exclude_client: None,
         };
         if let Err(e) = self.engine.publish(channel, publication, None).await {
             tracing::warn!(%channel, error = %e, "typing stop failed");
@@ -726,6 +739,12 @@ impl Node {
             .upstream
             .subscribe(&self.hub, &*self.engine, channel, session, delivery)
             .await?)
+    }
+
+    /// A delta subscriber of `channel` recovered up to `last`, the stream's latest
+    /// publication: the channel's next one goes to delta subscribers as a delta of it.
+    pub(crate) fn continue_deltas(&self, channel: &str, last: &Publication) {
+        self.hub.seed_delta_base(channel, last.offset, &last.data);
     }
 
     /// Adds an operator console's `session` to a channel's watchers: it receives the
@@ -779,6 +798,7 @@ impl Node {
             info: None,
             offset: 0,
             tags: None,
+            exclude_client: None,
         };
         self.hub.broadcast(&crate::event::ChannelEvent::new(
             channel.clone(),

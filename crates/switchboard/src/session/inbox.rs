@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 use super::*;
+use crate::event::EventKind;
 use crate::inbox::{Mark, Marks};
 
 /// A receipt from the client: `{"channel", "offset", "epoch"?}`.
@@ -38,6 +39,18 @@ impl Session {
         let inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((epoch, user)) = inbox.get(channel) {
             self.node.note_delivered(user, channel, epoch, offset);
+        }
+    }
+
+    /// `event` is not for this session: its subscription's tags filter keeps it away.
+    /// A publication of an inbox channel was never owed to the user then, so it counts
+    /// as delivered: a fresh session does not hand it out later, whether or not a
+    /// publication that passes the filter came after it.
+    pub fn filtered_out(&self, event: &ChannelEvent) {
+        if let EventKind::Publication(p) = &event.kind {
+            if p.offset > 0 && self.has_inbox.load(Ordering::Acquire) {
+                self.note_delivered(&event.channel, p.offset);
+            }
         }
     }
 

@@ -55,7 +55,9 @@ pub struct Subscribed {
 }
 
 /// The publication tag naming the one connection a publication skips: the sender of a
-/// Socket.IO route with `exclude_sender` (`socket.to(room).emit`).
+/// Socket.IO route with `exclude_sender` (`socket.to(room).emit`), of a Pusher client
+/// event, or whom the server API's publisher names. On publish it leaves the tags for
+/// [`switchboard_protocol::Publication::exclude_client`], which no client sees.
 pub const EXCLUDE_CLIENT_TAG: &str = "exclude_client";
 
 impl Session {
@@ -64,8 +66,7 @@ impl Session {
     pub fn deliver(&self, event: &Arc<ChannelEvent>, delivery: Option<&Delivery>) {
         match &event.kind {
             EventKind::Publication(p) => {
-                let excluded = p.tags.as_deref().and_then(|t| t.get(EXCLUDE_CLIENT_TAG));
-                if excluded.is_some_and(|c| **c == *self.id) {
+                if p.exclude_client.as_deref() == Some(&*self.id) {
                     return;
                 }
                 if p.offset > 0 && self.has_inbox.load(Ordering::Acquire) {
@@ -451,6 +452,13 @@ impl Session {
                 // Recovered publications pass the same filter as live ones.
                 if let Some(d) = delivery {
                     result.publications.retain(|p| d.admits_publication(p));
+                }
+                // A delta subscriber's chain runs from the recovered publications on
+                // into the live ones, when they reach the stream's top.
+                let top = result.publications.last().filter(|p| p.offset == h.offset);
+                if let (Some(d), Some(last)) = (delivery.filter(|d| d.takes_deltas()), top) {
+                    d.continue_after(last.offset);
+                    node.continue_deltas(channel, last);
                 }
             }
             if inbox {

@@ -338,7 +338,7 @@ fn encode_publication(
     publication: &Publication,
 ) -> Result<(), redb::Error> {
     out.extend_from_slice(&expires_ms.to_be_bytes());
-    serde_json::to_writer(out, publication).map_err(encoding)
+    serde_json::to_writer(out, &publication.stored()).map_err(encoding)
 }
 
 fn decode_publication(value: &[u8], offset: u64) -> Option<(u64, Publication)> {
@@ -405,6 +405,7 @@ mod tests {
             info: None,
             offset,
             tags: None,
+            exclude_client: None,
         }
     }
 
@@ -422,6 +423,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sb-datafile-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
+    }
+
+    #[test]
+    fn whom_a_publication_skips_is_kept_with_it() {
+        let skipping = Publication {
+            exclude_client: Some("c1".into()),
+            ..publication(3, "x")
+        };
+        let mut value = Vec::new();
+        encode_publication(&mut value, 9, &skipping).unwrap();
+        let (expires, back) = decode_publication(&value, 3).unwrap();
+        assert_eq!((expires, back.exclude_client.as_deref()), (9, Some("c1")));
     }
 
     #[test]

@@ -284,7 +284,7 @@ impl Engine for RedisEngine {
         publication: Publication,
         history: Option<HistoryOptions>,
     ) -> Result<StreamPosition, EngineError> {
-        let json = to_json(&publication)?;
+        let json = to_json(&publication.stored())?;
         let Some(opts) = history else {
             self.publish_raw(channel, format!("p 0 - {json}")).await?;
             return Ok(StreamPosition::default());

@@ -383,6 +383,7 @@ mod tests {
             }),
             offset: 0,
             tags,
+            exclude_client: None,
         };
         encode_event(&ChannelEvent::new(
             channel.into(),

@@ -22,7 +22,6 @@ use crate::event::{ChannelEvent, EventKind};
 use crate::event::{Frame, Outgoing};
 use crate::inbox::Mark;
 use crate::session::Connected;
-use crate::session::EXCLUDE_CLIENT_TAG;
 use crate::session::{Receipt, Session, SessionError};
 use crate::transport::command::{self, Executed};
 
@@ -326,10 +325,9 @@ async fn joined(conn: &Conn, mut c: Connected, comeback: Option<Comeback>) {
         for (channel, publications) in replay {
             for p in publications {
                 let skipped = p
-                    .tags
+                    .exclude_client
                     .as_deref()
-                    .and_then(|t| t.get(EXCLUDE_CLIENT_TAG))
-                    .is_some_and(|c| Some(c.as_str()) == old_client.as_deref());
+                    .is_some_and(|c| Some(c) == old_client.as_deref());
                 if skipped {
                     continue;
                 }

@@ -288,6 +288,7 @@ mod tests {
             }),
             offset,
             tags: None,
+            exclude_client: None,
         };
         Arc::into_inner(ChannelEvent::new(channel.into(), EventKind::Publication(p)))
             .expect("one owner")
