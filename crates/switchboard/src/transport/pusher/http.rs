@@ -1,7 +1,8 @@
-//! The Pusher HTTP API for the app's backend (the Pusher server libraries): trigger
+//! The Pusher HTTP API for each app's backend (the Pusher server libraries): trigger
 //! events, read channels and presence members, terminate a user's connections. Every
-//! call is signed (see [`super::signature`]) and acts through the [`Node`], so with the
-//! Redis engine it reaches every node.
+//! call is signed by the app its path names (see [`super::signature`]), reaches that
+//! app's channels only, and acts through the [`Node`], so with the Redis engine it
+//! reaches every node.
 //!
 //! Errors are answered as Pusher answers them: a status (400, 401, 404, 413, 500) and a
 //! plain-text message.
@@ -25,6 +26,7 @@ use super::signature;
 use super::socket::MAX_EVENT_NAME;
 use super::wire;
 use crate::cluster::UserCommand;
+use crate::config::PusherApp;
 use crate::node::{Node, NodeError, PublishOptions};
 use crate::session::EXCLUDE_CLIENT_TAG;
 use crate::transport::socketio::EVENT_TAG;
@@ -76,17 +78,22 @@ impl Signed {
     }
 }
 
-/// Checks the app id and the signature; returns the query parameters.
-fn authorize(node: &Node, app_id: &str, req: &Signed) -> Result<Vec<(String, String)>, HttpError> {
+/// The app `app_id` names, if the request is signed by it; with the query parameters.
+fn authorize<'n>(
+    node: &'n Node,
+    app_id: &str,
+    req: &Signed,
+) -> Result<(PusherApp<'n>, Vec<(String, String)>), HttpError> {
     let config = &node.config.pusher;
-    if app_id != config.app_id {
-        return Err(HttpError(StatusCode::NOT_FOUND, "unknown app".into()));
-    }
+    let app = config
+        .app_by_id(app_id)
+        .ok_or_else(|| HttpError(StatusCode::NOT_FOUND, "unknown app".into()))?;
     let Query(params) = Query::<Vec<(String, String)>>::try_from_uri(&req.uri)
         .map_err(|_| HttpError::bad_request("malformed query string"))?;
     let now = crate::auth::now_secs();
     if let Err(e) = signature::verify_request(
-        config,
+        app,
+        config.max_clock_skew,
         req.method.as_str(),
         req.uri.path(),
         &params,
@@ -96,7 +103,7 @@ fn authorize(node: &Node, app_id: &str, req: &Signed) -> Result<Vec<(String, Str
         node.metrics.api_auth_failures.inc();
         return Err(HttpError(StatusCode::UNAUTHORIZED, e.to_string()));
     }
-    Ok(params)
+    Ok((app, params))
 }
 
 /// Runs one call, then counts and answers it as `method`.
@@ -125,10 +132,11 @@ struct Event {
 }
 
 impl Event {
-    /// Checks an event as a caller sent it: its name, socket id, channels (mapped to
-    /// switchboard's, in configured namespaces) and data.
+    /// Checks an event as `app`'s caller sent it: its name, socket id, channels (the
+    /// app's, mapped to switchboard's, in configured namespaces) and data.
     fn check(
         node: &Node,
+        app: PusherApp<'_>,
         name: &str,
         data: &RawValue,
         channels: &[String],
@@ -155,8 +163,7 @@ impl Event {
         let channels = channels
             .iter()
             .map(|name| {
-                let (channel, _) = names::to_switchboard(name)
-                    .ok_or_else(|| HttpError::bad_request(format!("invalid channel {name:?}")))?;
+                let (channel, _) = channel_of(node, app, name)?;
                 node.rules
                     .namespace(&channel)
                     .map_err(|e| HttpError::bad_request(format!("channel {name:?}: {e}")))?;
@@ -226,13 +233,20 @@ pub(super) async fn events(
 }
 
 async fn trigger(node: &Node, app_id: &str, req: &Signed) -> Answer {
-    authorize(node, app_id, req)?;
+    let (app, _) = authorize(node, app_id, req)?;
     let r: EventRequest = decode(&req.body)?;
     let mut channels = r.channels;
     channels.extend(r.channel);
-    Event::check(node, &r.name, &r.data, &channels, r.socket_id.as_deref())?
-        .publish(node)
-        .await?;
+    Event::check(
+        node,
+        app,
+        &r.name,
+        &r.data,
+        &channels,
+        r.socket_id.as_deref(),
+    )?
+    .publish(node)
+    .await?;
     Ok(json!({}))
 }
 
@@ -269,7 +283,7 @@ pub(super) async fn batch_events(
 }
 
 async fn trigger_batch(node: &Node, app_id: &str, req: &Signed) -> Answer {
-    authorize(node, app_id, req)?;
+    let (app, _) = authorize(node, app_id, req)?;
     let r: BatchRequest = decode(&req.body)?;
     let max = node.config.pusher.max_batch_events;
     if r.batch.len() > max {
@@ -282,7 +296,7 @@ async fn trigger_batch(node: &Node, app_id: &str, req: &Signed) -> Answer {
         .iter()
         .map(|e| {
             let channel = std::slice::from_ref(&e.channel);
-            Event::check(node, &e.name, &e.data, channel, e.socket_id.as_deref())
+            Event::check(node, app, &e.name, &e.data, channel, e.socket_id.as_deref())
         })
         .collect::<Result<Vec<_>, HttpError>>()?;
     for event in events {
@@ -363,7 +377,8 @@ pub(super) async fn channels(
 }
 
 async fn list_channels(node: &Node, app_id: &str, req: &Signed) -> Answer {
-    let params = authorize(node, app_id, req)?;
+    let (app, params) = authorize(node, app_id, req)?;
+    let pusher = &node.config.pusher;
     let prefix = param(&params, "filter_by_prefix").unwrap_or("");
     let info = Info::of(&params);
     if info.user_count && !prefix.starts_with("presence-") {
@@ -373,9 +388,13 @@ async fn list_channels(node: &Node, app_id: &str, req: &Signed) -> Answer {
     }
     let mut channels = serde_json::Map::new();
     for (channel, n) in subscription_counts(node).await? {
-        let name = names::to_pusher(&channel);
-        // Only names a Pusher client can subscribe to.
-        let reachable = names::to_switchboard(&name).is_some_and(|(c, _)| c == channel);
+        if !names::belongs(pusher, app, &channel) {
+            continue;
+        }
+        let name = names::to_pusher(pusher, &channel);
+        // Only names the app's Pusher clients can subscribe to.
+        let reachable =
+            names::to_switchboard(pusher, app, &name).is_some_and(|(c, _)| c == channel);
         if n == 0 || !reachable || !name.starts_with(prefix) {
             continue;
         }
@@ -394,9 +413,9 @@ async fn list_channels(node: &Node, app_id: &str, req: &Signed) -> Answer {
     Ok(json!({ "channels": channels }))
 }
 
-/// A Pusher channel name from a path, mapped.
-fn channel_of(name: &str) -> Result<(String, Kind), HttpError> {
-    names::to_switchboard(name)
+/// `app`'s Pusher channel `name`, mapped.
+fn channel_of(node: &Node, app: PusherApp<'_>, name: &str) -> Result<(String, Kind), HttpError> {
+    names::to_switchboard(&node.config.pusher, app, name)
         .ok_or_else(|| HttpError::bad_request(format!("invalid channel {name:?}")))
 }
 
@@ -428,8 +447,8 @@ pub(super) async fn channel(
 }
 
 async fn one_channel(node: &Node, app_id: &str, name: &str, req: &Signed) -> Answer {
-    let params = authorize(node, app_id, req)?;
-    let (channel, kind) = channel_of(name)?;
+    let (app, params) = authorize(node, app_id, req)?;
+    let (channel, kind) = channel_of(node, app, name)?;
     let info = Info::of(&params);
     if info.user_count && kind != Kind::Presence {
         return Err(HttpError::bad_request(
@@ -452,8 +471,8 @@ async fn one_channel(node: &Node, app_id: &str, name: &str, req: &Signed) -> Ans
 }
 
 async fn members(node: &Node, app_id: &str, name: &str, req: &Signed) -> Answer {
-    authorize(node, app_id, req)?;
-    let (channel, kind) = channel_of(name)?;
+    let (app, _) = authorize(node, app_id, req)?;
+    let (channel, kind) = channel_of(node, app, name)?;
     if kind != Kind::Presence {
         return Err(HttpError::bad_request(
             "users may only be requested for presence channels",
@@ -467,9 +486,9 @@ async fn members(node: &Node, app_id: &str, name: &str, req: &Signed) -> Answer 
     Ok(json!({ "users": users }))
 }
 
-/// `POST /apps/<app_id>/users/<user_id>/terminate_connections`: closes the user's
-/// connections on every node, whatever their protocol (3503, which Pusher clients get
-/// as 4009: they do not reconnect).
+/// `POST /apps/<app_id>/users/<user_id>/terminate_connections`: closes the app's
+/// user's connections on every node, whatever their protocol (3503, which Pusher
+/// clients get as 4009: they do not reconnect).
 pub(super) async fn terminate_connections(
     State(node): State<Arc<Node>>,
     Path((app_id, user)): Path<(String, String)>,
@@ -478,15 +497,17 @@ pub(super) async fn terminate_connections(
     body: Bytes,
 ) -> Response {
     let req = Signed { method, uri, body };
-    let call = terminate(&node, &app_id, user, &req);
+    let call = terminate(&node, &app_id, &user, &req);
     answer(&node, "pusher_terminate_connections", call).await
 }
 
-async fn terminate(node: &Node, app_id: &str, user: String, req: &Signed) -> Answer {
-    authorize(node, app_id, req)?;
+async fn terminate(node: &Node, app_id: &str, user: &str, req: &Signed) -> Answer {
+    let (app, _) = authorize(node, app_id, req)?;
     if user.is_empty() {
         return Err(HttpError::bad_request("no user"));
     }
+    let user = names::user_of(&node.config.pusher, app, user)
+        .ok_or_else(|| HttpError::bad_request("the user id names another app's user"))?;
     let d = Disconnect::FORCE_NO_RECONNECT;
     node.run_everywhere(UserCommand::Disconnect {
         user,

@@ -1,10 +1,11 @@
 //! The Pusher Channels protocol 7 at `/app/<key>` (pusher-js, Laravel Echo) and the
-//! Pusher HTTP API at `/apps/<app_id>/...` (the Pusher server libraries), for the one
-//! app `[pusher]` configures; off while it has no key. Pusher channels are switchboard
-//! channels under the mapping in [`names`], so Pusher clients share them with the
-//! other protocols. See docs/pusher.md.
+//! Pusher HTTP API at `/apps/<app_id>/...` (the Pusher server libraries), for each app
+//! `[pusher]` and `[pusher.apps.<name>]` configure; off while no app has a key. Pusher
+//! channels are switchboard channels under each app's mapping in [`names`], so Pusher
+//! clients share them with the other protocols and never reach another app's. See
+//! docs/pusher.md.
 //!
-//! - [`names`]: Pusher channel names and switchboard channels.
+//! - [`names`]: each app's Pusher channel names and switchboard channels.
 //! - [`signature`]: channel authorization, user sign-in and HTTP API signatures.
 //! - [`wire`]: the protocol's messages, and how channel events are encoded.
 //! - [`socket`]: one WebSocket connection: subscribe, client events, sign-in, pings.
