@@ -1597,6 +1597,7 @@ mod tests {
         std::env::set_var("SWITCHBOARD_PUSHER__APPS__SHOP__APP_ID", "8");
         std::env::set_var("SWITCHBOARD_PUSHER__APPS__SHOP__KEY", "k8");
         std::env::set_var("SWITCHBOARD_PUSHER__APPS__SHOP__SECRET", "s8");
+        std::env::set_var("SWITCHBOARD_PUSHER__APPS__SHOP__SUBSCRIPTION_COUNT", "true");
         let c = Config::load(None, &[]);
         for v in [
             "APP_ID",
@@ -1606,6 +1607,7 @@ mod tests {
             "APPS__SHOP__APP_ID",
             "APPS__SHOP__KEY",
             "APPS__SHOP__SECRET",
+            "APPS__SHOP__SUBSCRIPTION_COUNT",
         ] {
             std::env::remove_var(format!("SWITCHBOARD_PUSHER__{v}"));
         }
@@ -1617,6 +1619,7 @@ mod tests {
         );
         let shop = c.pusher.app_by_key("k8").expect("the second app");
         assert_eq!((shop.id, shop.secret, shop.prefix), ("8", "s8", "shop"));
+        assert!(shop.subscription_count);
         assert_eq!(c.pusher.max_clock_skew, Duration::from_secs(30));
         assert!(!Config::default().pusher.enabled(), "off by default");
         let mut half = c.clone();
@@ -1626,9 +1629,12 @@ mod tests {
         let mut odd = c.clone();
         odd.pusher.key = "a/b".into();
         assert!(odd.validate().is_err());
-        let mut none = c;
+        let mut none = c.clone();
         none.pusher.max_batch_events = 0;
         assert!(none.validate().is_err());
+        let mut never = c;
+        never.pusher.subscription_count_interval = Duration::ZERO;
+        assert!(never.validate().is_err());
     }
 
     #[test]

@@ -1,13 +1,20 @@
 //! Several Pusher apps on one server, with real WebSocket clients and signed HTTP API
 //! calls: each app's clients, HTTP API and users reach its own channels only, under
 //! the same Pusher names, and the other protocols reach each app's channels through
-//! its namespaces.
+//! its namespaces; subscription counts in the apps that ask for them, on one node and
+//! across nodes on a real redis-server.
 
 mod common;
 
-use common::pusher::{api_of, api_signed, config_with_shop, data, App, PusherClient, FIRST, SHOP};
+use std::time::Duration;
+
+use common::pusher::{
+    add_first, add_shop, api_of, api_signed, config_with_shop, data, App, PusherClient, FIRST, SHOP,
+};
+use common::redis::RedisServer;
 use common::{api_call, start, Client, TestServer};
 use serde_json::{json, Value};
+use switchboard::Config;
 
 /// Triggers `name` with `data` into `channels` through `app`'s HTTP API.
 async fn trigger(server: &TestServer, app: App, channels: &[&str], name: &str, data: &str) {
@@ -234,4 +241,99 @@ async fn each_apps_users_are_its_own() {
         "still-here"
     );
     server.stop().await;
+}
+
+/// The shop's subscription counts on, told every 20 ms.
+fn counting(c: &mut Config) {
+    let shop = c.pusher.apps.get_mut("shop").expect("the shop app");
+    shop.subscription_count = true;
+    c.pusher.subscription_count_interval = Duration::from_millis(20);
+}
+
+/// Reads `pusher_internal:subscription_count` events until `channel`'s count is
+/// `want` (a new subscriber may hear a count twice; other nodes' counts arrive with
+/// their heartbeats); returns the channels of the counts read on the way.
+async fn count_reaches(c: &mut PusherClient, channel: &str, want: u64) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let m = c.next_named("pusher_internal:subscription_count").await;
+        let n = data(&m)["subscription_count"].as_u64().expect("a count");
+        let ch = m["channel"].as_str().expect("channel").to_owned();
+        if ch == channel && n == want {
+            return seen;
+        }
+        seen.push(ch);
+    }
+}
+
+#[tokio::test]
+async fn subscription_counts_are_told_in_the_apps_that_ask_for_them() {
+    let mut config = config_with_shop();
+    counting(&mut config);
+    let server = start(config).await;
+    let mut s1 = PusherClient::connect_to(&server, SHOP).await;
+    let ok = s1.subscribe("orders", None, None).await;
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    count_reaches(&mut s1, "orders", 1).await;
+    let mut s2 = PusherClient::connect_to(&server, SHOP).await;
+    let ok = s2.subscribe("orders", None, None).await;
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    count_reaches(&mut s2, "orders", 2).await;
+    count_reaches(&mut s1, "orders", 2).await;
+    // Every protocol's connections count; private channels are counted too.
+    let mut cf = Client::connect_user(&server, "ann").await;
+    cf.subscribe("shop:orders").await;
+    count_reaches(&mut s1, "orders", 3).await;
+    s1.subscribe_private("private-chat").await;
+    count_reaches(&mut s1, "private-chat", 1).await;
+
+    // Presence channels are not counted (members are), nor the first app's channels:
+    // the round that tells the shop's next change would have told them first.
+    let members = s1.join("presence-room", "1", "Al").await;
+    assert_eq!(members["count"], 1);
+    let mut a = PusherClient::connect_to(&server, FIRST).await;
+    let ok = a.subscribe("orders", None, None).await;
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    s2.close().await;
+    let seen = count_reaches(&mut s1, "orders", 2).await;
+    assert!(!seen.iter().any(|c| c == "presence-room"), "{seen:?}");
+    trigger(&server, FIRST, &["orders"], "marker", "1").await;
+    let m = a.next_event().await;
+    assert_eq!(m["event"], "marker", "no count in the first app: {m}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn subscription_counts_add_up_across_nodes_on_redis() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let nodes = common::redis::nodes_with(&redis, 2, |c| {
+        add_first(c);
+        add_shop(c);
+        counting(c);
+    })
+    .await;
+    let mut s0 = PusherClient::connect_to(&nodes[0], SHOP).await;
+    s0.subscribe("orders", None, None).await;
+    count_reaches(&mut s0, "orders", 1).await;
+    let mut s1 = PusherClient::connect_to(&nodes[1], SHOP).await;
+    s1.subscribe("orders", None, None).await;
+    // Each node counts the other's subscriber once its heartbeat says so.
+    count_reaches(&mut s1, "orders", 2).await;
+    count_reaches(&mut s0, "orders", 2).await;
+    s1.close().await;
+    count_reaches(&mut s0, "orders", 1).await;
+    for node in nodes {
+        node.stop().await;
+    }
 }

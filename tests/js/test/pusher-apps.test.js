@@ -2,7 +2,7 @@
 // Several Pusher apps on one server: pusher-js clients of two apps (two keys), each
 // app's `pusher` server library signing its own subscriptions and HTTP API calls, the
 // same channel names in both, and centrifuge-js reaching an app's channels through its
-// namespaces.
+// namespaces; subscription counts in the app that asks for them.
 
 const { test, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
@@ -24,6 +24,7 @@ shutdown_timeout = "2s"
 app_id = "${FIRST.appId}"
 key = "${FIRST.key}"
 secret = "${FIRST.secret}"
+subscription_count_interval = "50ms"
 
 # The shop app: its channels live in the namespaces shop (orders is shop:orders),
 # shop_private (private-chat is shop_private:chat), shop_presence and shop_user.
@@ -31,6 +32,7 @@ secret = "${FIRST.secret}"
 app_id = "${SHOP.appId}"
 key = "${SHOP.key}"
 secret = "${SHOP.secret}"
+subscription_count = true
 
 [namespaces.default]
 subscribe = ["*"]
@@ -170,4 +172,35 @@ test("centrifuge-js reaches the shop app's channels through its namespace", asyn
   const back = nextEvent(orders, 'publication');
   await sub.publish({ from: 'centrifuge' });
   assert.deepEqual((await back).data, { from: 'centrifuge' });
+});
+
+/** Resolves once `channel` hears the subscription count `n` (a newcomer may hear one twice). */
+function countReaches(channel, n) {
+  return withTimeout(
+    new Promise((resolve) => {
+      const on = (data) => {
+        if (data.subscription_count !== n) return;
+        channel.unbind('pusher:subscription_count', on);
+        resolve();
+      };
+      channel.bind('pusher:subscription_count', on);
+    }),
+    TIMEOUT,
+    `subscription count ${n} on ${channel.name}`,
+  );
+}
+
+test('subscription counts: pusher-js hears pusher:subscription_count in the app that asks for them', async () => {
+  const one = await connectPusher(SHOP);
+  const two = await connectPusher(SHOP);
+  const channel = one.subscribe('counted');
+  await countReaches(channel, 1);
+  const joined = countReaches(channel, 2);
+  await pusherSubscribe(two, 'counted');
+  await joined;
+  assert.equal(channel.subscriptionCount, 2);
+  const left = countReaches(channel, 1);
+  two.unsubscribe('counted');
+  await left;
+  assert.equal(channel.subscriptionCount, 1);
 });

@@ -28,6 +28,8 @@ pub struct PusherConfig {
     /// API calls.
     #[serde(deserialize_with = "text")]
     pub secret: String,
+    /// Whether the first app's subscribers get `pusher_internal:subscription_count`.
+    pub subscription_count: bool,
     /// More apps, by name. Each has its channels in namespaces of its own, named
     /// after its channel prefix.
     pub apps: BTreeMap<String, PusherAppConfig>,
@@ -39,6 +41,11 @@ pub struct PusherConfig {
     pub max_event_channels: usize,
     /// Most events in one `POST /apps/<app_id>/batch_events` (Pusher: 10).
     pub max_batch_events: usize,
+    /// Shortest time between two `pusher_internal:subscription_count` events of one
+    /// channel on a node: a channel that many join at once gets one event per
+    /// interval, not one per join.
+    #[serde(with = "super::duration")]
+    pub subscription_count_interval: Duration,
 }
 
 /// One more Pusher app (`[pusher.apps.<name>]`).
@@ -58,6 +65,8 @@ pub struct PusherAppConfig {
     /// `shop`, Pusher's `orders` is `shop:orders`, `private-x` is `shop_private:x`,
     /// `presence-x` is `shop_presence:x`, `#server-to-user-42` is `shop_user:42`.
     pub channel_prefix: String,
+    /// Whether the app's subscribers get `pusher_internal:subscription_count`.
+    pub subscription_count: bool,
 }
 
 /// A string, or a number taken as its text: Pusher app ids are numbers, and
@@ -83,10 +92,12 @@ impl Default for PusherConfig {
             app_id: String::new(),
             key: String::new(),
             secret: String::new(),
+            subscription_count: false,
             apps: BTreeMap::new(),
             max_clock_skew: Duration::from_secs(600),
             max_event_channels: 100,
             max_batch_events: 10,
+            subscription_count_interval: Duration::from_secs(1),
         }
     }
 }
@@ -103,6 +114,8 @@ pub struct PusherApp<'a> {
     /// What its namespaces are named after; empty for the `[pusher]` app, whose
     /// channels keep their names.
     pub prefix: &'a str,
+    /// Whether its subscribers get `pusher_internal:subscription_count`.
+    pub subscription_count: bool,
 }
 
 impl<'a> PusherApp<'a> {
@@ -144,6 +157,7 @@ impl PusherConfig {
             key: &self.key,
             secret: &self.secret,
             prefix: "",
+            subscription_count: self.subscription_count,
         });
         first
             .into_iter()
@@ -156,6 +170,7 @@ impl PusherConfig {
                 } else {
                     &app.channel_prefix
                 },
+                subscription_count: app.subscription_count,
             }))
     }
 
@@ -243,6 +258,9 @@ impl PusherConfig {
                 }
             }
         }
+        if self.subscription_count_interval.is_zero() {
+            out.push("pusher: subscription_count_interval must be above 0".to_owned());
+        }
         if self.max_event_channels == 0 || self.max_batch_events == 0 {
             out.push(
                 "pusher: max_event_channels and max_batch_events must be at least 1".to_owned(),
@@ -262,6 +280,7 @@ mod tests {
             key: format!("{id}-key"),
             secret: format!("{id}-secret"),
             channel_prefix: prefix.into(),
+            subscription_count: false,
         }
     }
 

@@ -21,6 +21,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use switchboard_protocol::{Disconnect, SharedJson};
 
+use super::counts::subscription_counts;
 use super::names::{self, Kind};
 use super::signature;
 use super::socket::MAX_EVENT_NAME;
@@ -333,19 +334,6 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
-}
-
-/// Connections subscribed to each channel, summed over the live nodes (the others'
-/// counts as of their last heartbeat), by switchboard channel.
-async fn subscription_counts(node: &Node) -> Result<BTreeMap<String, u32>, HttpError> {
-    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
-    for status in node.cluster_status().await? {
-        for (channel, n) in status.channels {
-            let total = counts.entry(channel).or_default();
-            *total = total.saturating_add(n);
-        }
-    }
-    Ok(counts)
 }
 
 /// Distinct members of a presence channel.

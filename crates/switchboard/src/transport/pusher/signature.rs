@@ -146,6 +146,7 @@ mod tests {
             key: "278d425bdf160c739803",
             secret: "7ad3773142a6692b25b8",
             prefix: "",
+            subscription_count: false,
         }
     }
 

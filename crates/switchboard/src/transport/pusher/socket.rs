@@ -20,6 +20,7 @@ use switchboard_protocol::{Disconnect, ErrorCode};
 use tokio::time::sleep_until;
 use tracing::Instrument;
 
+use super::counts::Counts;
 use super::names::{self, Kind};
 use super::signature;
 use super::wire::{self, Incoming, CODEC};
@@ -57,6 +58,7 @@ pub(super) const MAX_EVENT_NAME: usize = 200;
 /// reads the close code to decide what to do.
 pub(super) async fn handler(
     State(node): State<Arc<Node>>,
+    State(counts): State<Option<Arc<Counts>>>,
     Path(key): Path<String>,
     headers: HeaderMap,
     peer: Peer,
@@ -81,7 +83,7 @@ pub(super) async fn handler(
         tracker.track_future(async move {
             match app {
                 Err(d) => refuse(&node, socket, d).await,
-                Ok(app) => serve(node, socket, deflate, origin, app).await,
+                Ok(app) => serve(node, socket, deflate, origin, Served { app, counts }).await,
             }
         })
     })
@@ -120,6 +122,14 @@ async fn refuse(node: &Node, mut socket: WebSocket, d: Disconnect) {
     let _ = tokio::time::timeout(node.config.network.close_linger, say).await;
 }
 
+/// What a connection serves: the app at `app` among the configured ones (an index,
+/// not the app itself: an idle connection's future stays small), and where its new
+/// subscriptions are noted for their count.
+struct Served {
+    app: usize,
+    counts: Option<Arc<Counts>>,
+}
+
 /// A fresh socket id: two numbers, as Pusher's server libraries check (`\d+\.\d+`).
 fn socket_id() -> Arc<str> {
     format!("{}.{}", rand::random::<u32>(), rand::random::<u32>()).into()
@@ -130,7 +140,7 @@ async fn serve(
     socket: WebSocket,
     deflate: Option<Deflate>,
     origin: crate::proxy::ClientOrigin,
-    app: usize,
+    served: Served,
 ) {
     let codec = websocket::codec(*CODEC, deflate);
     let session = Session::with_id(node, codec, socket_id());
@@ -145,7 +155,7 @@ async fn serve(
         })
     };
     if establish(&session).await {
-        read_loop(stream, &session, app).await;
+        read_loop(stream, &session, &served).await;
     }
     Box::pin(session.cleanup()).await;
     let _ = writer.await;
@@ -181,9 +191,7 @@ async fn establish(session: &Arc<Session>) -> bool {
     }
 }
 
-/// Reads the connection of the app at `app` among the configured ones (an index, not
-/// the app itself: an idle connection's future stays small).
-async fn read_loop(mut stream: SplitStream<WebSocket>, session: &Arc<Session>, app: usize) {
+async fn read_loop(mut stream: SplitStream<WebSocket>, session: &Arc<Session>, served: &Served) {
     let mut heartbeat = Heartbeat::new(session, Frame::from_static(wire::PING));
     heartbeat.start_pings(session);
     loop {
@@ -230,7 +238,7 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, session: &Arc<Session>, a
                 // Boxed: message handling is deep and rare next to idling. The span
                 // lives only while a message is handled.
                 let span = tracing::info_span!("connection", client = %session.id, user = %session.user());
-                if let Some(d) = Box::pin(handle(session, app, text.as_str()).instrument(span)).await {
+                if let Some(d) = Box::pin(handle(session, served, text.as_str()).instrument(span)).await {
                     session.close(d);
                     return;
                 }
@@ -261,10 +269,10 @@ impl From<ErrorCode> for Refused {
     }
 }
 
-/// Handles one client message for the app at `app`. Returns a disconnect to apply.
-async fn handle(session: &Arc<Session>, app: usize, text: &str) -> Option<Disconnect> {
+/// Handles one client message. Returns a disconnect to apply.
+async fn handle(session: &Arc<Session>, served: &Served, text: &str) -> Option<Disconnect> {
     // Configured apps do not change while the node runs: `admit` found this one.
-    let Some(app) = session.node().config.pusher.apps().nth(app) else {
+    let Some(app) = session.node().config.pusher.apps().nth(served.app) else {
         return Some(Disconnect::SERVER_ERROR);
     };
     let Ok(msg) = serde_json::from_str::<Incoming>(text) else {
@@ -275,7 +283,10 @@ async fn handle(session: &Arc<Session>, app: usize, text: &str) -> Option<Discon
         // The answer to the server's ping: the read itself showed the client alive.
         "pusher:pong" => return command::meter_control(session),
         "pusher:ping" => ("ping", ping(session)),
-        "pusher:subscribe" => ("subscribe", subscribe(session, app, data).await),
+        "pusher:subscribe" => {
+            let counts = served.counts.as_deref();
+            ("subscribe", subscribe(session, app, counts, data).await)
+        }
         "pusher:unsubscribe" => ("unsubscribe", unsubscribe(session, app, data).await),
         "pusher:signin" => ("signin", signin(session, app, data).await),
         event if event.starts_with("client-") => {
@@ -346,12 +357,20 @@ fn ping(session: &Session) -> Result<(), Refused> {
 async fn subscribe(
     session: &Arc<Session>,
     app: PusherApp<'_>,
+    counts: Option<&Counts>,
     data: Option<&RawValue>,
 ) -> Result<(), Refused> {
     let req: wire::SubscribeData = wire::data_as(data).ok_or(ErrorCode::BadRequest)?;
     let result = async {
         session.admit_command()?;
-        subscribe_channel(session, app, &req).await
+        let channel = subscribe_channel(session, app, &req).await?;
+        // Confirmed: the next round of counts tells the newcomer.
+        if let Some(counts) = counts {
+            if super::counts::counted(&session.node().config.pusher, &channel) {
+                counts.joined(&channel, session);
+            }
+        }
+        Ok::<(), SessionError>(())
     }
     .await;
     result.map_err(|error| Refused {
@@ -360,11 +379,12 @@ async fn subscribe(
     })
 }
 
+/// Subscribes `app`'s channel; returns its switchboard name.
 async fn subscribe_channel(
     session: &Arc<Session>,
     app: PusherApp<'_>,
     req: &wire::SubscribeData,
-) -> SessionResult<()> {
+) -> SessionResult<String> {
     let node = session.node();
     let pusher = &node.config.pusher;
     let (channel, kind) =
@@ -449,7 +469,7 @@ async fn subscribe_channel(
             activation.complete_with(succeeded, last, seen);
         }
     }
-    Ok(())
+    Ok(channel)
 }
 
 /// The presence member the signed `channel_data` names.

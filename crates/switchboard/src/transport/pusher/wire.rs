@@ -282,6 +282,13 @@ pub(super) fn cached(pusher: &PusherConfig, channel: &str, publication: Publicat
     encode_event(&event, pusher)
 }
 
+/// `pusher_internal:subscription_count`: how many connections are subscribed to the
+/// channel (pusher-js hands it to `pusher:subscription_count` listeners).
+pub(super) fn subscription_count(channel: &str, count: u32) -> String {
+    let data = encode(&serde_json::json!({ "subscription_count": count }));
+    message("pusher_internal:subscription_count", Some(channel), &data)
+}
+
 /// What a cache channel's new subscriber gets when the channel has no event yet.
 pub(super) fn cache_miss(channel: &str) -> String {
     message("pusher:cache_miss", Some(channel), "{}")
