@@ -19,7 +19,7 @@ mod webhooks;
 mod websocket;
 
 pub use persistence::{Durability, PersistenceConfig};
-pub use pusher::PusherConfig;
+pub use pusher::{PusherApp, PusherAppConfig, PusherConfig, PUSHER_NAMESPACES};
 pub use socketio::{PushesConfig, RouteAction, RouteConfig, SocketIoConfig};
 pub use webhooks::{WebhookEndpointConfig, WebhooksConfig, EVENT_KINDS};
 pub use websocket::WebSocketConfig;
@@ -138,7 +138,7 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Socket.IO event routes.
     pub socketio: SocketIoConfig,
-    /// The Pusher app served at `/app/<key>` and `/apps/<app_id>` (off by default).
+    /// The Pusher apps served at `/app/<key>` and `/apps/<app_id>` (off by default).
     pub pusher: PusherConfig,
     /// Lifecycle webhooks to the app backend (see docs/webhooks.md).
     pub webhooks: WebhooksConfig,
@@ -859,6 +859,18 @@ impl Config {
             api_keys: self.api_keys.iter().map(|k| hide(k)).collect(),
             pusher: PusherConfig {
                 secret: hide(&self.pusher.secret),
+                apps: self
+                    .pusher
+                    .apps
+                    .iter()
+                    .map(|(name, app)| {
+                        let app = PusherAppConfig {
+                            secret: hide(&app.secret),
+                            ..app.clone()
+                        };
+                        (name.clone(), app)
+                    })
+                    .collect(),
                 ..self.pusher.clone()
             },
             webhooks: WebhooksConfig {
@@ -1369,11 +1381,20 @@ mod tests {
                 app_id: "1".into(),
                 key: "k".into(),
                 secret: "s".into(),
+                apps: [(
+                    "shop".to_owned(),
+                    PusherAppConfig {
+                        secret: "s2".into(),
+                        ..PusherAppConfig::default()
+                    },
+                )]
+                .into(),
                 ..PusherConfig::default()
             },
             ..Config::default()
         };
         assert_eq!(pusher.redacted().pusher.secret, REDACTED);
+        assert_eq!(pusher.redacted().pusher.apps["shop"].secret, REDACTED);
         assert_eq!(pusher.redacted().pusher.key, "k");
         assert_eq!(Config::default().redacted().api_key, "");
     }
@@ -1572,8 +1593,22 @@ mod tests {
         std::env::set_var("SWITCHBOARD_PUSHER__KEY", "k");
         std::env::set_var("SWITCHBOARD_PUSHER__SECRET", "s");
         std::env::set_var("SWITCHBOARD_PUSHER__MAX_CLOCK_SKEW", "30s");
+        // A second app, by name, as `[pusher.apps.shop]` in a file.
+        std::env::set_var("SWITCHBOARD_PUSHER__APPS__SHOP__APP_ID", "8");
+        std::env::set_var("SWITCHBOARD_PUSHER__APPS__SHOP__KEY", "k8");
+        std::env::set_var("SWITCHBOARD_PUSHER__APPS__SHOP__SECRET", "s8");
+        std::env::set_var("SWITCHBOARD_PUSHER__APPS__SHOP__SUBSCRIPTION_COUNT", "true");
         let c = Config::load(None, &[]);
-        for v in ["APP_ID", "KEY", "SECRET", "MAX_CLOCK_SKEW"] {
+        for v in [
+            "APP_ID",
+            "KEY",
+            "SECRET",
+            "MAX_CLOCK_SKEW",
+            "APPS__SHOP__APP_ID",
+            "APPS__SHOP__KEY",
+            "APPS__SHOP__SECRET",
+            "APPS__SHOP__SUBSCRIPTION_COUNT",
+        ] {
             std::env::remove_var(format!("SWITCHBOARD_PUSHER__{v}"));
         }
         let c = c.unwrap();
@@ -1582,6 +1617,9 @@ mod tests {
             (c.pusher.app_id.as_str(), c.pusher.secret.as_str()),
             ("7", "s")
         );
+        let shop = c.pusher.app_by_key("k8").expect("the second app");
+        assert_eq!((shop.id, shop.secret, shop.prefix), ("8", "s8", "shop"));
+        assert!(shop.subscription_count);
         assert_eq!(c.pusher.max_clock_skew, Duration::from_secs(30));
         assert!(!Config::default().pusher.enabled(), "off by default");
         let mut half = c.clone();
@@ -1591,9 +1629,12 @@ mod tests {
         let mut odd = c.clone();
         odd.pusher.key = "a/b".into();
         assert!(odd.validate().is_err());
-        let mut none = c;
+        let mut none = c.clone();
         none.pusher.max_batch_events = 0;
         assert!(none.validate().is_err());
+        let mut never = c;
+        never.pusher.subscription_count_interval = Duration::ZERO;
+        assert!(never.validate().is_err());
     }
 
     #[test]

@@ -240,6 +240,17 @@ impl Hub {
             .contains_key(channel)
     }
 
+    /// The channel's subscribers on this node (watchers aside), for a transport's own
+    /// pushes about the channel.
+    pub fn subscribers(&self, channel: &str) -> Vec<Arc<Session>> {
+        self.channels[self.index(channel, CHANNEL_SHARDS)]
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(channel)
+            .map(|c| c.subs.iter().map(|s| s.session.clone()).collect())
+            .unwrap_or_default()
+    }
+
     fn watcher_index(&self) -> std::sync::MutexGuard<'_, Index> {
         self.watchers.lock().unwrap_or_else(|e| e.into_inner())
     }

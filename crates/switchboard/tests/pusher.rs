@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::pusher::{
-    api, api_signed, channel_auth, config, data, signin_auth, PusherClient, APP_ID, APP_SECRET, KEY,
+    api, api_signed, channel_auth, config, data, signin_auth, App, PusherClient, APP_ID, FIRST, KEY,
 };
 use common::{api_call, start, Client};
 use serde_json::{json, Value};
@@ -348,26 +348,20 @@ async fn http_api_refuses_unsigned_stale_and_foreign_requests() {
     let body = json!({"name": "e", "channels": ["chat:1"], "data": "{}"});
     let path = format!("/apps/{APP_ID}/events");
     let now = switchboard::auth::now_secs();
-    let (status, text) = api_signed(&server, "POST", &path, &[], Some(&body), now, "wrong").await;
+    let wrong = App {
+        secret: "wrong",
+        ..FIRST
+    };
+    let (status, text) = api_signed(&server, "POST", &path, &[], Some(&body), now, wrong).await;
     assert_eq!(status, 401, "{text}");
     assert!(text.contains("signature"), "{text}");
     // The allowed skew is 600 s either way.
     for ts in [now - 700, now + 700] {
-        let (status, text) =
-            api_signed(&server, "POST", &path, &[], Some(&body), ts, APP_SECRET).await;
+        let (status, text) = api_signed(&server, "POST", &path, &[], Some(&body), ts, FIRST).await;
         assert_eq!(status, 401, "{text}");
         assert!(text.contains("auth_timestamp"), "{text}");
     }
-    let (status, _) = api_signed(
-        &server,
-        "POST",
-        &path,
-        &[],
-        Some(&body),
-        now - 500,
-        APP_SECRET,
-    )
-    .await;
+    let (status, _) = api_signed(&server, "POST", &path, &[], Some(&body), now - 500, FIRST).await;
     assert_eq!(status, 200);
     let (status, _) = api_signed(
         &server,
@@ -376,7 +370,7 @@ async fn http_api_refuses_unsigned_stale_and_foreign_requests() {
         &[],
         Some(&body),
         now,
-        APP_SECRET,
+        FIRST,
     )
     .await;
     assert_eq!(status, 404);

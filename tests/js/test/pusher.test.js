@@ -6,11 +6,10 @@
 
 const { test, before, after, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
-const http = require('node:http');
-
 const PusherJs = require('pusher-js');
 const PusherServer = require('pusher');
 const { SECRET, closeAll, connectUser, startServer, subscribe, waitEvent, withTimeout, TIMEOUT } = require('../lib/harness');
+const { nextEvent, pusherSubscribe, sendJson, startAuthServer } = require('../lib/pusher');
 
 const APP = { appId: '42', key: 'js-app-key', secret: 'js-app-secret' };
 /** The app's key for end-to-end encrypted channels: the server never has it. */
@@ -64,40 +63,20 @@ const clients = [];
  * The app's auth endpoint: signs what the \`X-User\` header's user may do with the
  * \`pusher\` library, refuses \`private-forbidden\`.
  */
-function startAuthServer(lib) {
-  const srv = http.createServer((req, res) => {
-    let body = '';
-    req.on('data', (chunk) => (body += chunk));
-    req.on('end', () => {
-      const params = new URLSearchParams(body);
-      const socketId = params.get('socket_id');
-      const channel = params.get('channel_name');
-      const user = req.headers['x-user'] || 'anonymous';
-      let answer;
-      if (req.url === '/user-auth') {
-        answer = lib.authenticateUser(socketId, { id: user, user_info: { name: user } });
-      } else if (channel === 'private-forbidden') {
-        res.writeHead(403).end('forbidden');
-        return;
-      } else if (channel.startsWith('presence-')) {
-        answer = lib.authorizeChannel(socketId, channel, { user_id: user, user_info: { name: user } });
-      } else {
-        answer = lib.authorizeChannel(socketId, channel);
-      }
-      res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify(answer));
-    });
-  });
-  return new Promise((resolve) => {
-    srv.listen(0, '127.0.0.1', () => {
-      const url = `http://127.0.0.1:${srv.address().port}`;
-      const close = () => {
-        const closed = new Promise((r) => srv.close(r));
-        // pusher-js's requests keep their connections alive: do not wait for them.
-        srv.closeAllConnections();
-        return closed;
-      };
-      resolve({ url, close });
-    });
+function startAppAuth(lib) {
+  return startAuthServer((req, params, res) => {
+    const socketId = params.get('socket_id');
+    const channel = params.get('channel_name');
+    const user = req.headers['x-user'] || 'anonymous';
+    if (req.url === '/user-auth') {
+      sendJson(res, lib.authenticateUser(socketId, { id: user, user_info: { name: user } }));
+    } else if (channel === 'private-forbidden') {
+      res.writeHead(403).end('forbidden');
+    } else if (channel.startsWith('presence-')) {
+      sendJson(res, lib.authorizeChannel(socketId, channel, { user_id: user, user_info: { name: user } }));
+    } else {
+      sendJson(res, lib.authorizeChannel(socketId, channel));
+    }
   });
 }
 
@@ -127,34 +106,6 @@ async function connectPusher(user) {
   return p;
 }
 
-/** Subscribes and resolves with the channel once the server confirmed it. */
-function pusherSubscribe(p, name) {
-  const channel = p.subscribe(name);
-  return withTimeout(
-    new Promise((resolve, reject) => {
-      channel.bind('pusher:subscription_succeeded', () => resolve(channel));
-      channel.bind('pusher:subscription_error', (e) => reject(new Error(`${name}: ${JSON.stringify(e)}`)));
-    }),
-    TIMEOUT,
-    `subscribed to ${name}`,
-  );
-}
-
-/** Resolves with the next \`event\` on a pusher-js channel. */
-function nextEvent(channel, event) {
-  return withTimeout(
-    new Promise((resolve) => {
-      const on = (data, meta) => {
-        channel.unbind(event, on);
-        resolve({ data, meta });
-      };
-      channel.bind(event, on);
-    }),
-    TIMEOUT,
-    `${event} on ${channel.name}`,
-  );
-}
-
 before(async () => {
   ({ default: Echo } = await import('laravel-echo'));
   server = await startServer({ config: CONFIG });
@@ -165,7 +116,7 @@ before(async () => {
     useTLS: false,
     encryptionMasterKeyBase64: MASTER_KEY,
   });
-  auth = await startAuthServer(backend);
+  auth = await startAppAuth(backend);
 });
 
 afterEach(() => {

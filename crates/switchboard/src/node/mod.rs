@@ -960,6 +960,11 @@ impl Node {
         self.hub.channels()
     }
 
+    /// The channel's subscribers on this node, for a transport's own pushes about it.
+    pub fn local_subscribers(&self, channel: &str) -> Vec<Arc<Session>> {
+        self.hub.subscribers(channel)
+    }
+
     /// Distinct users and sessions on this node.
     pub fn local_counts(&self) -> (usize, usize) {
         self.hub.counts()

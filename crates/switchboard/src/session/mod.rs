@@ -251,6 +251,12 @@ impl Session {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The name of the codec this session's transport registered (`"pusher"`, ...):
+    /// which sessions a transport's own pushes are for.
+    pub fn codec_name(&self) -> &'static str {
+        self.codec.name
+    }
+
     /// The node this session belongs to.
     pub fn node(&self) -> &Arc<Node> {
         &self.node

@@ -100,6 +100,23 @@ impl Session {
         self.enqueue(self.encode(event, delivery));
     }
 
+    /// Queues a transport's own push about `channel` (no channel event: a Pusher
+    /// subscription count), unless the subscription to it waits for its subscribe
+    /// reply, which must come first. Returns whether it was queued.
+    pub fn push_about(&self, channel: &str, item: Outgoing) -> bool {
+        if self.pending_count.load(Ordering::Acquire) > 0 {
+            let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if pending.contains_key(channel) {
+                return false;
+            }
+            // Queue under the lock so an activation can not overtake this push.
+            self.enqueue(item);
+            return true;
+        }
+        self.enqueue(item);
+        true
+    }
+
     /// An event as an outbox item: one reference-count increment on the shared frame
     /// (a delta subscriber's publication: on the shared delta or full frame). Called as
     /// the item is queued, in order.

@@ -246,7 +246,7 @@ pub(crate) fn delta_push<E: Encoding>(
     Some(E::push(&ev.channel, &body))
 }
 
-pub(crate) fn encode<E: Encoding>(item: Outgoing) -> Frame {
+pub(crate) fn encode<E: Encoding>(_: &Session, item: Outgoing) -> Frame {
     match item {
         Outgoing::Event { frame, .. } => frame,
         Outgoing::Frame(f) => f,

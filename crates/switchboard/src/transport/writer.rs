@@ -38,8 +38,9 @@ pub(crate) trait FrameSink: Send {
 /// How a transport turns outbox items into frames, and what it says before closing.
 #[derive(Clone, Copy)]
 pub(crate) struct Wire {
-    /// Encodes one outbox item.
-    pub(crate) encode: fn(Outgoing) -> Frame,
+    /// Encodes one outbox item of the session (whose node's configuration may name
+    /// what it carries: a Pusher app's channel names).
+    pub(crate) encode: fn(&Session, Outgoing) -> Frame,
     /// Frames sent before the connection ends (the protocol's own disconnect message:
     /// a stream has no close frame to carry the code).
     pub(crate) farewell: fn(&Session, Disconnect) -> Vec<Frame>,
@@ -74,7 +75,7 @@ pub(crate) async fn write_loop_with(
     mut sink: impl FrameSink,
     session: impl AsRef<Session> + Send,
     wire: Wire,
-    encode: impl Fn(Outgoing) -> Frame + Send,
+    encode: impl Fn(&Session, Outgoing) -> Frame + Send,
 ) {
     let session = session.as_ref();
     let mut batch = Vec::new();
@@ -105,10 +106,10 @@ pub(crate) async fn write_loop_with(
         );
         let write = async {
             if let Some(item) = lone {
-                sink.feed(encode(item)).await?;
+                sink.feed(encode(session, item)).await?;
             }
             for item in batch.drain(..) {
-                sink.feed(encode(item)).await?;
+                sink.feed(encode(session, item)).await?;
             }
             sink.flush().await
         };
@@ -135,7 +136,7 @@ pub(crate) async fn write_loop_with(
             batch.clear();
             let rest = async {
                 while let Some(item) = session.outbox().try_recv() {
-                    sink.feed(encode(item)).await?;
+                    sink.feed(encode(session, item)).await?;
                 }
                 for frame in (wire.farewell)(session, reason) {
                     sink.feed(frame).await?;

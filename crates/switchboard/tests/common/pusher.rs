@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use md5::{Digest, Md5};
 use serde_json::{json, Value};
-use switchboard::config::{NamespaceConfig, PusherConfig};
+use switchboard::config::{NamespaceConfig, PusherAppConfig, PusherConfig};
 use switchboard::Config;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -16,11 +16,67 @@ pub const APP_ID: &str = "123";
 pub const KEY: &str = "app-key";
 pub const APP_SECRET: &str = "app-secret";
 
+/// A Pusher app as its backend knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct App {
+    pub id: &'static str,
+    pub key: &'static str,
+    pub secret: &'static str,
+}
+
+/// The `[pusher]` app of [`config`]: its channels keep their names.
+pub const FIRST: App = App {
+    id: APP_ID,
+    key: KEY,
+    secret: APP_SECRET,
+};
+
+/// The second app of [`config_with_shop`], `[pusher.apps.shop]`: its channels live in
+/// the namespaces `shop`, `shop_private`, `shop_presence` and `shop_user`.
+pub const SHOP: App = App {
+    id: "456",
+    key: "shop-key",
+    secret: "shop-secret",
+};
+
+impl App {
+    /// Lowercase hex HMAC-SHA256 with the app's secret.
+    pub fn hmac(&self, message: &str) -> String {
+        switchboard::webhooks::delivery::sign(self.secret.as_bytes(), message.as_bytes())
+    }
+
+    /// The `auth` the app's auth endpoint returns for `socket_id` on `channel`.
+    pub fn channel_auth(
+        &self,
+        socket_id: &str,
+        channel: &str,
+        channel_data: Option<&str>,
+    ) -> String {
+        let message = match channel_data {
+            Some(d) => format!("{socket_id}:{channel}:{d}"),
+            None => format!("{socket_id}:{channel}"),
+        };
+        format!("{}:{}", self.key, self.hmac(&message))
+    }
+
+    /// The `auth` of a `pusher:signin` for `user_data`.
+    pub fn signin_auth(&self, socket_id: &str, user_data: &str) -> String {
+        let message = format!("{socket_id}::user::{user_data}");
+        format!("{}:{}", self.key, self.hmac(&message))
+    }
+}
+
 /// The test config with the Pusher app, and the namespaces Pusher channels map to:
 /// `default` (public names without `:`), `private` (client events allowed), `presence`
 /// (members per user), `quiet` (private, no client publishing).
 pub fn config() -> Config {
     let mut c = super::config();
+    add_first(&mut c);
+    c
+}
+
+/// Adds the first app and its namespaces (see [`config`]) to `c`.
+pub fn add_first(c: &mut Config) {
     c.pusher = PusherConfig {
         app_id: APP_ID.into(),
         key: KEY.into(),
@@ -51,36 +107,61 @@ pub fn config() -> Config {
             ..NamespaceConfig::default()
         },
     );
+}
+
+/// [`config`] with the second app [`SHOP`] and its namespaces, set as the first app's:
+/// `shop` (public names), `shop_private`, `shop_presence`, and `shop_user` (its users'
+/// channels).
+pub fn config_with_shop() -> Config {
+    let mut c = config();
+    add_shop(&mut c);
     c
 }
 
-/// Lowercase hex HMAC-SHA256 with the app secret.
-pub fn hmac(message: &str) -> String {
-    switchboard::webhooks::delivery::sign(APP_SECRET.as_bytes(), message.as_bytes())
+/// Adds the app [`SHOP`] and its namespaces to `c`, which has the first app's.
+pub fn add_shop(c: &mut Config) {
+    c.pusher.apps.insert(
+        "shop".into(),
+        PusherAppConfig {
+            app_id: SHOP.id.into(),
+            key: SHOP.key.into(),
+            secret: SHOP.secret.into(),
+            ..PusherAppConfig::default()
+        },
+    );
+    for (ns, like) in [
+        ("shop", "default"),
+        ("shop_private", "private"),
+        ("shop_presence", "presence"),
+    ] {
+        let same = c.namespaces[like].clone();
+        c.namespaces.insert(ns.into(), same);
+    }
+    c.namespaces
+        .insert("shop_user".into(), NamespaceConfig::default());
 }
 
-/// The `auth` an app's auth endpoint returns for `socket_id` on `channel`.
+/// The `auth` the first app's auth endpoint returns for `socket_id` on `channel`.
 pub fn channel_auth(socket_id: &str, channel: &str, channel_data: Option<&str>) -> String {
-    let message = match channel_data {
-        Some(d) => format!("{socket_id}:{channel}:{d}"),
-        None => format!("{socket_id}:{channel}"),
-    };
-    format!("{KEY}:{}", hmac(&message))
+    FIRST.channel_auth(socket_id, channel, channel_data)
 }
 
-/// The `auth` of a `pusher:signin` for `user_data`.
+/// The `auth` of the first app's `pusher:signin` for `user_data`.
 pub fn signin_auth(socket_id: &str, user_data: &str) -> String {
-    format!("{KEY}:{}", hmac(&format!("{socket_id}::user::{user_data}")))
+    FIRST.signin_auth(socket_id, user_data)
 }
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// A Pusher client: sends events, reads messages (with `data` strings decoded).
+/// A Pusher client of one app: sends events, reads messages (with `data` strings
+/// decoded).
 pub struct PusherClient {
     ws: Ws,
     pub socket_id: String,
     pub activity_timeout: u64,
+    /// Whose signatures it subscribes with.
+    pub app: App,
 }
 
 /// `data` as JSON: Pusher sends it as a JSON-encoded string, errors as an object.
@@ -108,13 +189,21 @@ impl PusherClient {
             ws: Self::open_raw(server, key, query).await,
             socket_id: String::new(),
             activity_timeout: 0,
+            app: FIRST,
         }
     }
 
-    /// Connects as pusher-js does and reads `pusher:connection_established`.
+    /// Connects to the first app as pusher-js does and reads
+    /// `pusher:connection_established`.
     pub async fn connect(server: &TestServer) -> PusherClient {
+        Self::connect_to(server, FIRST).await
+    }
+
+    /// Connects to `app` as pusher-js does and reads `pusher:connection_established`.
+    pub async fn connect_to(server: &TestServer, app: App) -> PusherClient {
         let query = "protocol=7&client=js&version=8.4.0&flash=false";
-        let mut c = Self::open(server, KEY, query).await;
+        let mut c = Self::open(server, app.key, query).await;
+        c.app = app;
         let hello = c.next().await.expect("connection_established");
         assert_eq!(hello["event"], "pusher:connection_established", "{hello}");
         let d = data(&hello);
@@ -195,7 +284,7 @@ impl PusherClient {
 
     /// Subscribes to a private channel with a valid signature; panics unless it works.
     pub async fn subscribe_private(&mut self, channel: &str) {
-        let auth = channel_auth(&self.socket_id, channel, None);
+        let auth = self.app.channel_auth(&self.socket_id, channel, None);
         let m = self.subscribe(channel, Some(&auth), None).await;
         assert_eq!(m["event"], "pusher_internal:subscription_succeeded", "{m}");
     }
@@ -203,10 +292,19 @@ impl PusherClient {
     /// Joins a presence channel as `user_id`; returns the presence data.
     pub async fn join(&mut self, channel: &str, user_id: &str, name: &str) -> Value {
         let cd = json!({"user_id": user_id, "user_info": {"name": name}}).to_string();
-        let auth = channel_auth(&self.socket_id, channel, Some(&cd));
+        let auth = self.app.channel_auth(&self.socket_id, channel, Some(&cd));
         let m = self.subscribe(channel, Some(&auth), Some(&cd)).await;
         assert_eq!(m["event"], "pusher_internal:subscription_succeeded", "{m}");
         data(&m)["presence"].clone()
+    }
+
+    /// Signs in with the app's signature over `user_data`; returns the answer
+    /// (`pusher:signin_success` or `pusher:error`).
+    pub async fn signin(&mut self, user_data: &str) -> Value {
+        let auth = self.app.signin_auth(&self.socket_id, user_data);
+        let d = json!({"auth": auth, "user_data": user_data});
+        self.send("pusher:signin", None, d).await;
+        self.next_event().await
     }
 
     /// Waits until the server closes the socket.
@@ -234,8 +332,8 @@ impl PusherClient {
     }
 }
 
-/// A signed HTTP API call, as the Pusher server libraries make it: `path` below
-/// `/apps/<app_id>`, `params` in the query, `body` JSON for POST.
+/// A signed HTTP API call of the first app, as the Pusher server libraries make it:
+/// `path` below `/apps/<app_id>`, `params` in the query, `body` JSON for POST.
 pub async fn api(
     server: &TestServer,
     method: &str,
@@ -243,20 +341,25 @@ pub async fn api(
     params: &[(&str, &str)],
     body: Option<&Value>,
 ) -> (u16, String) {
-    api_signed(
-        server,
-        method,
-        &format!("/apps/{APP_ID}{path}"),
-        params,
-        body,
-        switchboard::auth::now_secs(),
-        APP_SECRET,
-    )
-    .await
+    api_of(server, FIRST, method, path, params, body).await
 }
 
-/// A call with everything chosen: the full path, the timestamp and the secret it is
-/// signed with.
+/// A signed HTTP API call of `app`.
+pub async fn api_of(
+    server: &TestServer,
+    app: App,
+    method: &str,
+    path: &str,
+    params: &[(&str, &str)],
+    body: Option<&Value>,
+) -> (u16, String) {
+    let path = format!("/apps/{}{path}", app.id);
+    let now = switchboard::auth::now_secs();
+    api_signed(server, method, &path, params, body, now, app).await
+}
+
+/// A call with everything chosen: the full path, the timestamp and the app (key and
+/// secret) it is signed by.
 pub async fn api_signed(
     server: &TestServer,
     method: &str,
@@ -264,14 +367,14 @@ pub async fn api_signed(
     params: &[(&str, &str)],
     body: Option<&Value>,
     timestamp: u64,
-    secret: &str,
+    app: App,
 ) -> (u16, String) {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let mut query: Vec<(String, String)> = params
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-    query.push(("auth_key".into(), KEY.into()));
+    query.push(("auth_key".into(), app.key.into()));
     query.push(("auth_timestamp".into(), timestamp.to_string()));
     query.push(("auth_version".into(), "1.0".into()));
     if !body.is_empty() {
@@ -287,10 +390,7 @@ pub async fn api_signed(
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join("&");
-    let signature = switchboard::webhooks::delivery::sign(
-        secret.as_bytes(),
-        format!("{method}\n{full_path}\n{q}").as_bytes(),
-    );
+    let signature = app.hmac(&format!("{method}\n{full_path}\n{q}"));
     let url = server.http_url(&format!("{full_path}?{q}&auth_signature={signature}"));
     let client = reqwest::Client::new();
     let req = match method {

@@ -1,7 +1,8 @@
-//! The Pusher HTTP API for the app's backend (the Pusher server libraries): trigger
+//! The Pusher HTTP API for each app's backend (the Pusher server libraries): trigger
 //! events, read channels and presence members, terminate a user's connections. Every
-//! call is signed (see [`super::signature`]) and acts through the [`Node`], so with the
-//! Redis engine it reaches every node.
+//! call is signed by the app its path names (see [`super::signature`]), reaches that
+//! app's channels only, and acts through the [`Node`], so with the Redis engine it
+//! reaches every node.
 //!
 //! Errors are answered as Pusher answers them: a status (400, 401, 404, 413, 500) and a
 //! plain-text message.
@@ -12,32 +13,43 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, Method, StatusCode, Uri};
+use axum::extract::{FromRef, FromRequest, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use switchboard_protocol::{Disconnect, SharedJson};
 
+use super::counts::subscription_counts;
 use super::names::{self, Kind};
 use super::signature;
 use super::socket::MAX_EVENT_NAME;
 use super::wire;
 use crate::cluster::UserCommand;
+use crate::config::PusherApp;
 use crate::node::{Node, NodeError, PublishOptions};
 use crate::session::EXCLUDE_CLIENT_TAG;
 use crate::transport::socketio::EVENT_TAG;
 
 /// A refused call: its status and what the caller is told.
 #[derive(Debug)]
-struct HttpError(StatusCode, String);
+pub(super) struct HttpError(StatusCode, String);
 
 impl HttpError {
     fn bad_request(message: impl Into<String>) -> Self {
         Self(StatusCode::BAD_REQUEST, message.into())
     }
 }
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        (self.0, [(header::CONTENT_TYPE, PLAIN_TEXT)], self.1).into_response()
+    }
+}
+
+/// How errors are answered, as Pusher answers them.
+const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
 
 impl From<NodeError> for HttpError {
     /// Internal details stay in the logs.
@@ -58,53 +70,79 @@ impl From<NodeError> for HttpError {
 
 type Answer = Result<Value, HttpError>;
 
-/// The parts of a request its signature covers.
-struct Signed {
-    method: Method,
-    uri: Uri,
+/// A call of an app's backend, signed by the app its path (`/apps/<app_id>/...`)
+/// names: every handler takes one, so every call is checked the one way before it
+/// acts. Extracted as `Result<Signed, HttpError>`, so a refusal is answered and
+/// counted like any other error of the call.
+pub(super) struct Signed {
+    /// The app id, from the path.
+    app_id: String,
+    /// The query parameters.
+    params: Vec<(String, String)>,
+    /// The body (empty for a GET).
     body: Bytes,
 }
 
 impl Signed {
-    /// A request without a body.
-    fn get(method: Method, uri: Uri) -> Self {
-        Self {
-            method,
-            uri,
-            body: Bytes::new(),
-        }
+    /// The app that signed the call.
+    fn app<'n>(&self, node: &'n Node) -> Result<PusherApp<'n>, HttpError> {
+        node.config
+            .pusher
+            .app_by_id(&self.app_id)
+            .ok_or_else(|| HttpError(StatusCode::NOT_FOUND, "unknown app".into()))
     }
 }
 
-/// Checks the app id and the signature; returns the query parameters.
-fn authorize(node: &Node, app_id: &str, req: &Signed) -> Result<Vec<(String, String)>, HttpError> {
-    let config = &node.config.pusher;
-    if app_id != config.app_id {
-        return Err(HttpError(StatusCode::NOT_FOUND, "unknown app".into()));
+impl<S> FromRequest<S> for Signed
+where
+    S: Send + Sync,
+    Arc<Node>: FromRef<S>,
+{
+    type Rejection = HttpError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, HttpError> {
+        let node = Arc::<Node>::from_ref(state);
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let app_id = uri
+            .path()
+            .strip_prefix("/apps/")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_default()
+            .to_owned();
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| HttpError(e.status(), e.body_text()))?;
+        let call = Self {
+            app_id,
+            params: Vec::new(),
+            body,
+        };
+        let app = call.app(&node)?;
+        let Query(params) = Query::<Vec<(String, String)>>::try_from_uri(&uri)
+            .map_err(|_| HttpError::bad_request("malformed query string"))?;
+        let now = crate::auth::now_secs();
+        let skew = node.config.pusher.max_clock_skew;
+        let path = uri.path();
+        let checked =
+            signature::verify_request(app, skew, method.as_str(), path, &params, &call.body, now);
+        if let Err(e) = checked {
+            node.metrics.api_auth_failures.inc();
+            return Err(HttpError(StatusCode::UNAUTHORIZED, e.to_string()));
+        }
+        Ok(Self { params, ..call })
     }
-    let Query(params) = Query::<Vec<(String, String)>>::try_from_uri(&req.uri)
-        .map_err(|_| HttpError::bad_request("malformed query string"))?;
-    let now = crate::auth::now_secs();
-    if let Err(e) = signature::verify_request(
-        config,
-        req.method.as_str(),
-        req.uri.path(),
-        &params,
-        &req.body,
-        now,
-    ) {
-        node.metrics.api_auth_failures.inc();
-        return Err(HttpError(StatusCode::UNAUTHORIZED, e.to_string()));
-    }
-    Ok(params)
 }
+
+/// What a handler is given: the checked call, or why it was refused.
+pub(super) type Call = Result<Signed, HttpError>;
 
 /// Runs one call, then counts and answers it as `method`.
 async fn answer(node: &Node, method: &'static str, call: impl Future<Output = Answer>) -> Response {
     let started = Instant::now();
     let (status, body, content_type) = match call.await {
         Ok(v) => (StatusCode::OK, v.to_string(), "application/json"),
-        Err(HttpError(status, message)) => (status, message, "text/plain; charset=utf-8"),
+        Err(HttpError(status, message)) => (status, message, PLAIN_TEXT),
     };
     let metrics = &node.metrics.api;
     metrics.record(method, status.as_u16(), None);
@@ -125,10 +163,11 @@ struct Event {
 }
 
 impl Event {
-    /// Checks an event as a caller sent it: its name, socket id, channels (mapped to
-    /// switchboard's, in configured namespaces) and data.
+    /// Checks an event as `app`'s caller sent it: its name, socket id, channels (the
+    /// app's, mapped to switchboard's, in configured namespaces) and data.
     fn check(
         node: &Node,
+        app: PusherApp<'_>,
         name: &str,
         data: &RawValue,
         channels: &[String],
@@ -155,8 +194,7 @@ impl Event {
         let channels = channels
             .iter()
             .map(|name| {
-                let (channel, _) = names::to_switchboard(name)
-                    .ok_or_else(|| HttpError::bad_request(format!("invalid channel {name:?}")))?;
+                let (channel, _) = channel_of(node, app, name)?;
                 node.rules
                     .namespace(&channel)
                     .map_err(|e| HttpError::bad_request(format!("channel {name:?}: {e}")))?;
@@ -214,25 +252,28 @@ struct EventRequest {
 }
 
 /// `POST /apps/<app_id>/events`: one event into one or more channels.
-pub(super) async fn events(
-    State(node): State<Arc<Node>>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    let req = Signed { method, uri, body };
-    answer(&node, "pusher_events", trigger(&node, &app_id, &req)).await
+pub(super) async fn events(State(node): State<Arc<Node>>, call: Call) -> Response {
+    answer(&node, "pusher_events", async {
+        trigger(&node, &call?).await
+    })
+    .await
 }
 
-async fn trigger(node: &Node, app_id: &str, req: &Signed) -> Answer {
-    authorize(node, app_id, req)?;
-    let r: EventRequest = decode(&req.body)?;
+async fn trigger(node: &Node, call: &Signed) -> Answer {
+    let app = call.app(node)?;
+    let r: EventRequest = decode(&call.body)?;
     let mut channels = r.channels;
     channels.extend(r.channel);
-    Event::check(node, &r.name, &r.data, &channels, r.socket_id.as_deref())?
-        .publish(node)
-        .await?;
+    Event::check(
+        node,
+        app,
+        &r.name,
+        &r.data,
+        &channels,
+        r.socket_id.as_deref(),
+    )?
+    .publish(node)
+    .await?;
     Ok(json!({}))
 }
 
@@ -252,25 +293,14 @@ struct BatchEvent {
 
 /// `POST /apps/<app_id>/batch_events`: several events, each into one channel; all are
 /// checked before any is published.
-pub(super) async fn batch_events(
-    State(node): State<Arc<Node>>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    body: Bytes,
-) -> Response {
-    let req = Signed { method, uri, body };
-    answer(
-        &node,
-        "pusher_batch_events",
-        trigger_batch(&node, &app_id, &req),
-    )
-    .await
+pub(super) async fn batch_events(State(node): State<Arc<Node>>, call: Call) -> Response {
+    let call = async { trigger_batch(&node, &call?).await };
+    answer(&node, "pusher_batch_events", call).await
 }
 
-async fn trigger_batch(node: &Node, app_id: &str, req: &Signed) -> Answer {
-    authorize(node, app_id, req)?;
-    let r: BatchRequest = decode(&req.body)?;
+async fn trigger_batch(node: &Node, call: &Signed) -> Answer {
+    let app = call.app(node)?;
+    let r: BatchRequest = decode(&call.body)?;
     let max = node.config.pusher.max_batch_events;
     if r.batch.len() > max {
         return Err(HttpError::bad_request(format!(
@@ -282,7 +312,7 @@ async fn trigger_batch(node: &Node, app_id: &str, req: &Signed) -> Answer {
         .iter()
         .map(|e| {
             let channel = std::slice::from_ref(&e.channel);
-            Event::check(node, &e.name, &e.data, channel, e.socket_id.as_deref())
+            Event::check(node, app, &e.name, &e.data, channel, e.socket_id.as_deref())
         })
         .collect::<Result<Vec<_>, HttpError>>()?;
     for event in events {
@@ -321,19 +351,6 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// Connections subscribed to each channel, summed over the live nodes (the others'
-/// counts as of their last heartbeat), by switchboard channel.
-async fn subscription_counts(node: &Node) -> Result<BTreeMap<String, u32>, HttpError> {
-    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
-    for status in node.cluster_status().await? {
-        for (channel, n) in status.channels {
-            let total = counts.entry(channel).or_default();
-            *total = total.saturating_add(n);
-        }
-    }
-    Ok(counts)
-}
-
 /// Distinct members of a presence channel.
 async fn users(node: &Node, channel: &str) -> Result<BTreeSet<String>, HttpError> {
     let presence = node.presence(channel).await?;
@@ -347,25 +364,17 @@ async fn users(node: &Node, channel: &str) -> Result<BTreeSet<String>, HttpError
 /// `GET /apps/<app_id>/channels`: occupied channels, optionally those whose name starts
 /// with `filter_by_prefix`, with `info=subscription_count,user_count` (the user count
 /// for presence channels only, as Pusher has it).
-pub(super) async fn channels(
-    State(node): State<Arc<Node>>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-) -> Response {
-    let req = Signed::get(method, uri);
-    answer(
-        &node,
-        "pusher_channels",
-        list_channels(&node, &app_id, &req),
-    )
-    .await
+pub(super) async fn channels(State(node): State<Arc<Node>>, call: Call) -> Response {
+    let call = async { list_channels(&node, &call?).await };
+    answer(&node, "pusher_channels", call).await
 }
 
-async fn list_channels(node: &Node, app_id: &str, req: &Signed) -> Answer {
-    let params = authorize(node, app_id, req)?;
-    let prefix = param(&params, "filter_by_prefix").unwrap_or("");
-    let info = Info::of(&params);
+async fn list_channels(node: &Node, call: &Signed) -> Answer {
+    let app = call.app(node)?;
+    let params = &call.params;
+    let pusher = &node.config.pusher;
+    let prefix = param(params, "filter_by_prefix").unwrap_or("");
+    let info = Info::of(params);
     if info.user_count && !prefix.starts_with("presence-") {
         return Err(HttpError::bad_request(
             "user_count may only be requested with filter_by_prefix=presence-",
@@ -373,9 +382,13 @@ async fn list_channels(node: &Node, app_id: &str, req: &Signed) -> Answer {
     }
     let mut channels = serde_json::Map::new();
     for (channel, n) in subscription_counts(node).await? {
-        let name = names::to_pusher(&channel);
-        // Only names a Pusher client can subscribe to.
-        let reachable = names::to_switchboard(&name).is_some_and(|(c, _)| c == channel);
+        if !names::belongs(pusher, app, &channel) {
+            continue;
+        }
+        let name = names::to_pusher(pusher, &channel);
+        // Only names the app's Pusher clients can subscribe to.
+        let reachable =
+            names::to_switchboard(pusher, app, &name).is_some_and(|(c, _)| c == channel);
         if n == 0 || !reachable || !name.starts_with(prefix) {
             continue;
         }
@@ -394,9 +407,9 @@ async fn list_channels(node: &Node, app_id: &str, req: &Signed) -> Answer {
     Ok(json!({ "channels": channels }))
 }
 
-/// A Pusher channel name from a path, mapped.
-fn channel_of(name: &str) -> Result<(String, Kind), HttpError> {
-    names::to_switchboard(name)
+/// `app`'s Pusher channel `name`, mapped.
+fn channel_of(node: &Node, app: PusherApp<'_>, name: &str) -> Result<(String, Kind), HttpError> {
+    names::to_switchboard(&node.config.pusher, app, name)
         .ok_or_else(|| HttpError::bad_request(format!("invalid channel {name:?}")))
 }
 
@@ -406,31 +419,26 @@ fn channel_of(name: &str) -> Result<(String, Kind), HttpError> {
 /// channel names hold no `/`, so `rest` says which.
 pub(super) async fn channel(
     State(node): State<Arc<Node>>,
-    Path((app_id, rest)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
+    Path((_, rest)): Path<(String, String)>,
+    call: Call,
 ) -> Response {
-    let req = Signed::get(method, uri);
     match rest.split_once('/') {
         None => {
-            answer(
-                &node,
-                "pusher_channel",
-                one_channel(&node, &app_id, &rest, &req),
-            )
-            .await
+            let call = async { one_channel(&node, &rest, &call?).await };
+            answer(&node, "pusher_channel", call).await
         }
         Some((name, "users")) => {
-            answer(&node, "pusher_users", members(&node, &app_id, name, &req)).await
+            let call = async { members(&node, name, &call?).await };
+            answer(&node, "pusher_users", call).await
         }
         Some(_) => StatusCode::NOT_FOUND.into_response(),
     }
 }
 
-async fn one_channel(node: &Node, app_id: &str, name: &str, req: &Signed) -> Answer {
-    let params = authorize(node, app_id, req)?;
-    let (channel, kind) = channel_of(name)?;
-    let info = Info::of(&params);
+async fn one_channel(node: &Node, name: &str, call: &Signed) -> Answer {
+    let app = call.app(node)?;
+    let (channel, kind) = channel_of(node, app, name)?;
+    let info = Info::of(&call.params);
     if info.user_count && kind != Kind::Presence {
         return Err(HttpError::bad_request(
             "user_count may only be requested for presence channels",
@@ -451,9 +459,9 @@ async fn one_channel(node: &Node, app_id: &str, name: &str, req: &Signed) -> Ans
     Ok(out)
 }
 
-async fn members(node: &Node, app_id: &str, name: &str, req: &Signed) -> Answer {
-    authorize(node, app_id, req)?;
-    let (channel, kind) = channel_of(name)?;
+async fn members(node: &Node, name: &str, call: &Signed) -> Answer {
+    let app = call.app(node)?;
+    let (channel, kind) = channel_of(node, app, name)?;
     if kind != Kind::Presence {
         return Err(HttpError::bad_request(
             "users may only be requested for presence channels",
@@ -467,26 +475,25 @@ async fn members(node: &Node, app_id: &str, name: &str, req: &Signed) -> Answer 
     Ok(json!({ "users": users }))
 }
 
-/// `POST /apps/<app_id>/users/<user_id>/terminate_connections`: closes the user's
-/// connections on every node, whatever their protocol (3503, which Pusher clients get
-/// as 4009: they do not reconnect).
+/// `POST /apps/<app_id>/users/<user_id>/terminate_connections`: closes the app's
+/// user's connections on every node, whatever their protocol (3503, which Pusher
+/// clients get as 4009: they do not reconnect).
 pub(super) async fn terminate_connections(
     State(node): State<Arc<Node>>,
-    Path((app_id, user)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    body: Bytes,
+    Path((_, user)): Path<(String, String)>,
+    call: Call,
 ) -> Response {
-    let req = Signed { method, uri, body };
-    let call = terminate(&node, &app_id, user, &req);
+    let call = async { terminate(&node, &user, &call?).await };
     answer(&node, "pusher_terminate_connections", call).await
 }
 
-async fn terminate(node: &Node, app_id: &str, user: String, req: &Signed) -> Answer {
-    authorize(node, app_id, req)?;
+async fn terminate(node: &Node, user: &str, call: &Signed) -> Answer {
+    let app = call.app(node)?;
     if user.is_empty() {
         return Err(HttpError::bad_request("no user"));
     }
+    let user = names::user_of(&node.config.pusher, app, user)
+        .ok_or_else(|| HttpError::bad_request("the user id names another app's user"))?;
     let d = Disconnect::FORCE_NO_RECONNECT;
     node.run_everywhere(UserCommand::Disconnect {
         user,

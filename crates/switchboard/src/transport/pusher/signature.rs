@@ -1,4 +1,4 @@
-//! Pusher's signatures: lowercase hex HMAC-SHA256 with the app secret.
+//! Pusher's signatures: lowercase hex HMAC-SHA256 with an app's secret.
 //!
 //! - A channel authorization (`auth` of `pusher:subscribe`): `<key>:<hmac>` of
 //!   `<socket_id>:<channel>`, with `:<channel_data>` appended for presence channels.
@@ -8,27 +8,29 @@
 //!   key, values not escaped; it holds `auth_key`, `auth_timestamp`, `auth_version=1.0`
 //!   and, with a body, its `body_md5`.
 
+use std::time::Duration;
+
 use md5::{Digest, Md5};
 use subtle::ConstantTimeEq;
 
-use crate::config::PusherConfig;
+use crate::config::PusherApp;
 
 /// Lowercase hex HMAC-SHA256 of `message` with the app secret.
-fn sign(config: &PusherConfig, message: &str) -> String {
-    crate::webhooks::delivery::sign(config.secret.as_bytes(), message.as_bytes())
+fn sign(app: PusherApp<'_>, message: &str) -> String {
+    crate::webhooks::delivery::sign(app.secret.as_bytes(), message.as_bytes())
 }
 
 /// Whether `given` is the app's `<key>:<signature>` of `message`, compared in
 /// constant time.
-fn verify(config: &PusherConfig, given: &str, message: &str) -> bool {
-    let expected = format!("{}:{}", config.key, sign(config, message));
+fn verify(app: PusherApp<'_>, given: &str, message: &str) -> bool {
+    let expected = format!("{}:{}", app.key, sign(app, message));
     bool::from(expected.as_bytes().ct_eq(given.as_bytes()))
 }
 
 /// Whether `auth` authorizes `socket_id` on the Pusher channel `channel` (with the
 /// presence channel's `channel_data`, as the client sent it).
 pub(super) fn verify_channel(
-    config: &PusherConfig,
+    app: PusherApp<'_>,
     auth: &str,
     socket_id: &str,
     channel: &str,
@@ -38,17 +40,17 @@ pub(super) fn verify_channel(
         Some(data) => format!("{socket_id}:{channel}:{data}"),
         None => format!("{socket_id}:{channel}"),
     };
-    verify(config, auth, &message)
+    verify(app, auth, &message)
 }
 
 /// Whether `auth` signs `user_data` in for `socket_id`.
 pub(super) fn verify_signin(
-    config: &PusherConfig,
+    app: PusherApp<'_>,
     auth: &str,
     socket_id: &str,
     user_data: &str,
 ) -> bool {
-    verify(config, auth, &format!("{socket_id}::user::{user_data}"))
+    verify(app, auth, &format!("{socket_id}::user::{user_data}"))
 }
 
 /// Why an HTTP API request was refused (401; the message is Pusher's kind of hint).
@@ -74,13 +76,14 @@ pub(super) enum RequestError {
     Signature,
 }
 
-/// Checks an HTTP API request's signature. `params` are the decoded query parameters,
-/// `now` Unix seconds.
+/// Checks an HTTP API request's signature by `app`. `params` are the decoded query
+/// parameters, `now` Unix seconds, `max_skew` how far `auth_timestamp` may be from it.
 ///
 /// # Errors
 /// What is wrong with the request's authentication.
 pub(super) fn verify_request(
-    config: &PusherConfig,
+    app: PusherApp<'_>,
+    max_skew: Duration,
     method: &str,
     path: &str,
     params: &[(String, String)],
@@ -98,14 +101,14 @@ pub(super) fn verify_request(
     let timestamp = get("auth_timestamp")?;
     let version = get("auth_version")?;
     let signature = get("auth_signature")?;
-    if key != config.key {
+    if key != app.key {
         return Err(RequestError::UnknownKey);
     }
     if version != "1.0" {
         return Err(RequestError::Version);
     }
     let timestamp: u64 = timestamp.parse().map_err(|_| RequestError::Timestamp)?;
-    if timestamp.abs_diff(now) > config.max_clock_skew.as_secs() {
+    if timestamp.abs_diff(now) > max_skew.as_secs() {
         return Err(RequestError::Timestamp);
     }
     if !body.is_empty() {
@@ -121,7 +124,7 @@ pub(super) fn verify_request(
         .collect();
     signed.sort();
     let query: Vec<String> = signed.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let expected = sign(config, &format!("{method}\n{path}\n{}", query.join("&")));
+    let expected = sign(app, &format!("{method}\n{path}\n{}", query.join("&")));
     if bool::from(expected.as_bytes().ct_eq(signature.as_bytes())) {
         Ok(())
     } else {
@@ -137,12 +140,13 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    fn app() -> PusherConfig {
-        PusherConfig {
-            app_id: "1".into(),
-            key: "278d425bdf160c739803".into(),
-            secret: "7ad3773142a6692b25b8".into(),
-            ..PusherConfig::default()
+    fn app() -> PusherApp<'static> {
+        PusherApp {
+            id: "1",
+            key: "278d425bdf160c739803",
+            secret: "7ad3773142a6692b25b8",
+            prefix: "",
+            subscription_count: false,
         }
     }
 
@@ -151,14 +155,14 @@ mod tests {
         // From Pusher's "Authentication and authorization signatures" reference.
         let app = app();
         assert!(verify_channel(
-            &app,
+            app,
             "278d425bdf160c739803:58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4",
             "1234.1234",
             "private-foobar",
             None,
         ));
         assert!(!verify_channel(
-            &app,
+            app,
             "278d425bdf160c739803:58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4",
             "1234.1235",
             "private-foobar",
@@ -166,7 +170,7 @@ mod tests {
         ));
         let data = r#"{"user_id":10,"user_info":{"name":"Mr. Channels"}}"#;
         assert!(verify_channel(
-            &app,
+            app,
             "278d425bdf160c739803:31935e7d86dba64c2a90aed31fdc61869f9b22ba9d8863bba239c03ca481bc80",
             "1234.1234",
             "presence-foobar",
@@ -180,7 +184,7 @@ mod tests {
         let body = br#"{"name":"foo","channels":["project-3"],"data":"{\"some\":\"data\"}"}"#;
         let md5 = hex(&Md5::digest(body));
         let mut params = vec![
-            ("auth_key".to_owned(), app.key.clone()),
+            ("auth_key".to_owned(), app.key.to_owned()),
             ("auth_timestamp".to_owned(), "1353088179".to_owned()),
             ("auth_version".to_owned(), "1.0".to_owned()),
             ("body_md5".to_owned(), md5.clone()),
@@ -189,11 +193,19 @@ mod tests {
             "auth_key={}&auth_timestamp=1353088179&auth_version=1.0&body_md5={md5}",
             app.key
         );
-        let signature = sign(&app, &format!("POST\n/apps/3/events\n{query}"));
+        let signature = sign(app, &format!("POST\n/apps/3/events\n{query}"));
         params.push(("auth_signature".to_owned(), signature));
         let now = 1_353_088_179;
         let check = |method, path, params: &[(String, String)], body: &[u8], now| {
-            verify_request(&app, method, path, params, body, now)
+            verify_request(
+                app,
+                Duration::from_secs(600),
+                method,
+                path,
+                params,
+                body,
+                now,
+            )
         };
         assert_eq!(check("POST", "/apps/3/events", &params, body, now), Ok(()));
         assert_eq!(

@@ -1,9 +1,10 @@
 //! One Pusher WebSocket connection at `/app/<key>`: the handshake's checks, then a
 //! reader (client messages, the heartbeat's timers) beside the shared writer.
 //!
-//! A connection is anonymous: it is connected as soon as it opens, subscribes public
-//! channels as the namespaces' rules (or the subscribe proxy) allow, private and
-//! presence channels with the app's signature, and becomes a user's by `pusher:signin`.
+//! A connection belongs to the app its key names. It is anonymous: it is connected as
+//! soon as it opens, subscribes the app's public channels as the namespaces' rules (or
+//! the subscribe proxy) allow, private and presence channels with the app's signature,
+//! and becomes a user's by `pusher:signin`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,10 +20,12 @@ use switchboard_protocol::{Disconnect, ErrorCode};
 use tokio::time::sleep_until;
 use tracing::Instrument;
 
+use super::counts::Counts;
 use super::names::{self, Kind};
 use super::signature;
 use super::wire::{self, Incoming, CODEC};
 use crate::auth::{Grant, Identity};
+use crate::config::PusherApp;
 use crate::event::{Frame, Outgoing};
 use crate::front_door::Peer;
 use crate::history::HistoryQuery;
@@ -35,7 +38,8 @@ use crate::transport::socketio::EVENT_TAG;
 use crate::transport::websocket::{self, Deflate, Message, WebSocket, WsSink, WsUpgrade};
 use crate::transport::writer::{self, Wire};
 
-/// One Pusher message per WebSocket message: the protocol has no separator.
+/// One Pusher message per WebSocket message: the protocol has no separator. Channels
+/// are named in the app whose channels they are.
 const WIRE: Wire = Wire {
     encode: wire::encode_outgoing,
     farewell: wire::farewell,
@@ -49,10 +53,12 @@ const PROTOCOLS: std::ops::RangeInclusive<u32> = 5..=7;
 /// Longest event name (Pusher: 200 characters).
 pub(super) const MAX_EVENT_NAME: usize = 200;
 
-/// Upgrades `GET /app/<key>`. A wrong key or protocol version is refused after the
-/// upgrade, as Pusher does: pusher-js reads the close code to decide what to do.
+/// Upgrades `GET /app/<key>` for the app whose key it is. A key no app has or a
+/// protocol version not spoken is refused after the upgrade, as Pusher does: pusher-js
+/// reads the close code to decide what to do.
 pub(super) async fn handler(
     State(node): State<Arc<Node>>,
+    State(counts): State<Option<Arc<Counts>>>,
     Path(key): Path<String>,
     headers: HeaderMap,
     peer: Peer,
@@ -68,33 +74,36 @@ pub(super) async fn handler(
     if let Err(busy) = peer.admit_handshake() {
         return busy.into_response();
     }
-    let refusal = refusal(&node, &key, query.as_deref());
+    let app = admit(&node, &key, query.as_deref());
     let origin = node.proxies.origin("pusher", &headers);
     let ws = ws.configure(&node.config);
     let deflate = ws.deflate();
     ws.on_upgrade(move |socket| {
         let tracker = node.tracker.clone();
         tracker.track_future(async move {
-            match refusal {
-                Some(d) => refuse(&node, socket, d).await,
-                None => serve(node, socket, deflate, origin).await,
+            match app {
+                Err(d) => refuse(&node, socket, d).await,
+                Ok(app) => serve(node, socket, deflate, origin, Served { app, counts }).await,
             }
         })
     })
 }
 
-/// Why a connection is refused: an unknown app key, or a protocol version missing,
-/// malformed or not spoken.
-fn refusal(node: &Node, key: &str, query: Option<&str>) -> Option<Disconnect> {
-    if key != node.config.pusher.key {
-        return Some(Disconnect::PUSHER_APP_UNKNOWN);
-    }
+/// The app a connection is for (its place among the configured apps), or why it is
+/// refused: a key no app has, or a protocol version missing, malformed or not spoken.
+fn admit(node: &Node, key: &str, query: Option<&str>) -> Result<usize, Disconnect> {
+    let app = node
+        .config
+        .pusher
+        .apps()
+        .position(|app| app.key == key)
+        .ok_or(Disconnect::PUSHER_APP_UNKNOWN)?;
     let version = query.and_then(|q| q.split('&').find_map(|p| p.strip_prefix("protocol=")));
     match version.map(str::parse::<u32>) {
-        None => Some(Disconnect::PUSHER_NO_PROTOCOL),
-        Some(Err(_)) => Some(Disconnect::PUSHER_BAD_PROTOCOL),
-        Some(Ok(v)) if !PROTOCOLS.contains(&v) => Some(Disconnect::PUSHER_UNSUPPORTED_PROTOCOL),
-        Some(Ok(_)) => None,
+        None => Err(Disconnect::PUSHER_NO_PROTOCOL),
+        Some(Err(_)) => Err(Disconnect::PUSHER_BAD_PROTOCOL),
+        Some(Ok(v)) if !PROTOCOLS.contains(&v) => Err(Disconnect::PUSHER_UNSUPPORTED_PROTOCOL),
+        Some(Ok(_)) => Ok(app),
     }
 }
 
@@ -113,6 +122,14 @@ async fn refuse(node: &Node, mut socket: WebSocket, d: Disconnect) {
     let _ = tokio::time::timeout(node.config.network.close_linger, say).await;
 }
 
+/// What a connection serves: the app at `app` among the configured ones (an index,
+/// not the app itself: an idle connection's future stays small), and where its new
+/// subscriptions are noted for their count.
+struct Served {
+    app: usize,
+    counts: Option<Arc<Counts>>,
+}
+
 /// A fresh socket id: two numbers, as Pusher's server libraries check (`\d+\.\d+`).
 fn socket_id() -> Arc<str> {
     format!("{}.{}", rand::random::<u32>(), rand::random::<u32>()).into()
@@ -123,6 +140,7 @@ async fn serve(
     socket: WebSocket,
     deflate: Option<Deflate>,
     origin: crate::proxy::ClientOrigin,
+    served: Served,
 ) {
     let codec = websocket::codec(*CODEC, deflate);
     let session = Session::with_id(node, codec, socket_id());
@@ -137,7 +155,7 @@ async fn serve(
         })
     };
     if establish(&session).await {
-        read_loop(stream, &session).await;
+        read_loop(stream, &session, &served).await;
     }
     Box::pin(session.cleanup()).await;
     let _ = writer.await;
@@ -173,7 +191,7 @@ async fn establish(session: &Arc<Session>) -> bool {
     }
 }
 
-async fn read_loop(mut stream: SplitStream<WebSocket>, session: &Arc<Session>) {
+async fn read_loop(mut stream: SplitStream<WebSocket>, session: &Arc<Session>, served: &Served) {
     let mut heartbeat = Heartbeat::new(session, Frame::from_static(wire::PING));
     heartbeat.start_pings(session);
     loop {
@@ -220,7 +238,7 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, session: &Arc<Session>) {
                 // Boxed: message handling is deep and rare next to idling. The span
                 // lives only while a message is handled.
                 let span = tracing::info_span!("connection", client = %session.id, user = %session.user());
-                if let Some(d) = Box::pin(handle(session, text.as_str()).instrument(span)).await {
+                if let Some(d) = Box::pin(handle(session, served, text.as_str()).instrument(span)).await {
                     session.close(d);
                     return;
                 }
@@ -252,7 +270,11 @@ impl From<ErrorCode> for Refused {
 }
 
 /// Handles one client message. Returns a disconnect to apply.
-async fn handle(session: &Arc<Session>, text: &str) -> Option<Disconnect> {
+async fn handle(session: &Arc<Session>, served: &Served, text: &str) -> Option<Disconnect> {
+    // Configured apps do not change while the node runs: `admit` found this one.
+    let Some(app) = session.node().config.pusher.apps().nth(served.app) else {
+        return Some(Disconnect::SERVER_ERROR);
+    };
     let Ok(msg) = serde_json::from_str::<Incoming>(text) else {
         return malformed(session, "malformed message");
     };
@@ -261,10 +283,15 @@ async fn handle(session: &Arc<Session>, text: &str) -> Option<Disconnect> {
         // The answer to the server's ping: the read itself showed the client alive.
         "pusher:pong" => return command::meter_control(session),
         "pusher:ping" => ("ping", ping(session)),
-        "pusher:subscribe" => ("subscribe", subscribe(session, data).await),
-        "pusher:unsubscribe" => ("unsubscribe", unsubscribe(session, data).await),
-        "pusher:signin" => ("signin", signin(session, data).await),
-        event if event.starts_with("client-") => ("publish", client_event(session, &msg).await),
+        "pusher:subscribe" => {
+            let counts = served.counts.as_deref();
+            ("subscribe", subscribe(session, app, counts, data).await)
+        }
+        "pusher:unsubscribe" => ("unsubscribe", unsubscribe(session, app, data).await),
+        "pusher:signin" => ("signin", signin(session, app, data).await),
+        event if event.starts_with("client-") => {
+            ("publish", client_event(session, app, &msg).await)
+        }
         _ => return malformed(session, "unknown event"),
     };
     let metrics = &session.node().metrics;
@@ -327,11 +354,23 @@ fn ping(session: &Session) -> Result<(), Refused> {
     Ok(())
 }
 
-async fn subscribe(session: &Arc<Session>, data: Option<&RawValue>) -> Result<(), Refused> {
+async fn subscribe(
+    session: &Arc<Session>,
+    app: PusherApp<'_>,
+    counts: Option<&Counts>,
+    data: Option<&RawValue>,
+) -> Result<(), Refused> {
     let req: wire::SubscribeData = wire::data_as(data).ok_or(ErrorCode::BadRequest)?;
     let result = async {
         session.admit_command()?;
-        subscribe_channel(session, &req).await
+        let channel = subscribe_channel(session, app, &req).await?;
+        // Confirmed: the next round of counts tells the newcomer.
+        if let Some(counts) = counts {
+            if super::counts::counted(&session.node().config.pusher, &channel) {
+                counts.joined(&channel, session);
+            }
+        }
+        Ok::<(), SessionError>(())
     }
     .await;
     result.map_err(|error| Refused {
@@ -340,16 +379,22 @@ async fn subscribe(session: &Arc<Session>, data: Option<&RawValue>) -> Result<()
     })
 }
 
-async fn subscribe_channel(session: &Arc<Session>, req: &wire::SubscribeData) -> SessionResult<()> {
+/// Subscribes `app`'s channel; returns its switchboard name.
+async fn subscribe_channel(
+    session: &Arc<Session>,
+    app: PusherApp<'_>,
+    req: &wire::SubscribeData,
+) -> SessionResult<String> {
     let node = session.node();
-    let (channel, kind) = names::to_switchboard(&req.channel).ok_or(ErrorCode::UnknownChannel)?;
+    let pusher = &node.config.pusher;
+    let (channel, kind) =
+        names::to_switchboard(pusher, app, &req.channel).ok_or(ErrorCode::UnknownChannel)?;
     let ns = node.rules.namespace(&channel)?.clone();
     let grant = if kind.needs_auth() {
         let channel_data =
             (kind == Kind::Presence).then(|| req.channel_data.as_deref().unwrap_or(""));
         let auth = req.auth.as_deref().unwrap_or("");
-        let config = &node.config.pusher;
-        if !signature::verify_channel(config, auth, &session.id, &req.channel, channel_data) {
+        if !signature::verify_channel(app, auth, &session.id, &req.channel, channel_data) {
             node.metrics.auth_failures.inc();
             tracing::info!(channel = %req.channel, "subscription refused: invalid auth signature");
             return Err(ErrorCode::PermissionDenied.into());
@@ -358,6 +403,10 @@ async fn subscribe_channel(session: &Arc<Session>, req: &wire::SubscribeData) ->
             Some(text) => member(text)?,
             None => Grant::default(),
         })
+    } else if names::user_channel_id(&req.channel).is_some_and(|id| signed_in_as(session, app, id))
+    {
+        // The signed-in user's own channel, as Pusher has it: no rule needed.
+        Some(Grant::default())
     } else {
         None
     };
@@ -416,11 +465,11 @@ async fn subscribe_channel(session: &Arc<Session>, req: &wire::SubscribeData) ->
         }
         Some(Some(p)) => {
             let seen = p.offset;
-            let last = Outgoing::Frame(Frame::from(wire::cached(&channel, p)));
+            let last = Outgoing::Frame(Frame::from(wire::cached(pusher, &channel, p)));
             activation.complete_with(succeeded, last, seen);
         }
     }
-    Ok(())
+    Ok(channel)
 }
 
 /// The presence member the signed `channel_data` names.
@@ -438,10 +487,20 @@ fn member(channel_data: &str) -> SessionResult<Grant> {
     })
 }
 
-async fn unsubscribe(session: &Session, data: Option<&RawValue>) -> Result<(), Refused> {
+/// Whether the connection signed in as `app`'s user `id`.
+fn signed_in_as(session: &Session, app: PusherApp<'_>, id: &str) -> bool {
+    names::local_user(app, &session.user()) == Some(id)
+}
+
+async fn unsubscribe(
+    session: &Session,
+    app: PusherApp<'_>,
+    data: Option<&RawValue>,
+) -> Result<(), Refused> {
     let req: wire::SubscribeData = wire::data_as(data).ok_or(ErrorCode::BadRequest)?;
     session.admit_command()?;
-    if let Some((channel, _)) = names::to_switchboard(&req.channel) {
+    let pusher = &session.node().config.pusher;
+    if let Some((channel, _)) = names::to_switchboard(pusher, app, &req.channel) {
         session.unsubscribe(&channel).await?;
     }
     Ok(())
@@ -449,10 +508,16 @@ async fn unsubscribe(session: &Session, data: Option<&RawValue>) -> Result<(), R
 
 /// A `client-` event: a publication tagged with its name, skipping its sender, into a
 /// private or presence channel whose namespace lets subscribers publish.
-async fn client_event(session: &Session, msg: &Incoming) -> Result<(), Refused> {
+async fn client_event(
+    session: &Session,
+    app: PusherApp<'_>,
+    msg: &Incoming,
+) -> Result<(), Refused> {
     session.admit_command()?;
     let name = msg.channel.as_deref().unwrap_or("");
-    let (channel, kind) = names::to_switchboard(name).ok_or(ErrorCode::UnknownChannel)?;
+    let pusher = &session.node().config.pusher;
+    let (channel, kind) =
+        names::to_switchboard(pusher, app, name).ok_or(ErrorCode::UnknownChannel)?;
     if !kind.allows_client_events() || msg.event.len() > MAX_EVENT_NAME {
         return Err(ErrorCode::PermissionDenied.into());
     }
@@ -471,12 +536,16 @@ async fn client_event(session: &Session, msg: &Incoming) -> Result<(), Refused> 
 
 /// `pusher:signin`: the app's signature over `user_data` makes the connection that
 /// user's (for `terminate_connections`, its `#server-to-user-<id>` channel, the
-/// per-user limit and online status).
-async fn signin(session: &Arc<Session>, data: Option<&RawValue>) -> Result<(), Refused> {
+/// per-user limit and online status); a prefixed app's user `42` is the switchboard
+/// user `<prefix>:42`.
+async fn signin(
+    session: &Arc<Session>,
+    app: PusherApp<'_>,
+    data: Option<&RawValue>,
+) -> Result<(), Refused> {
     session.admit_command()?;
     let req: wire::SigninData = wire::data_as(data).ok_or(ErrorCode::BadRequest)?;
-    let config = &session.node().config.pusher;
-    if !signature::verify_signin(config, &req.auth, &session.id, &req.user_data) {
+    if !signature::verify_signin(app, &req.auth, &session.id, &req.user_data) {
         session.node().metrics.auth_failures.inc();
         tracing::info!("sign-in refused: invalid auth signature");
         return Err(ErrorCode::PermissionDenied.into());
@@ -487,8 +556,13 @@ async fn signin(session: &Arc<Session>, data: Option<&RawValue>) -> Result<(), R
     if id.is_empty() {
         return Err(ErrorCode::BadRequest.into());
     }
+    let pusher = &session.node().config.pusher;
+    let Some(user_id) = names::user_of(pusher, app, &id) else {
+        tracing::info!("sign-in refused: the user id names another app's user");
+        return Err(ErrorCode::PermissionDenied.into());
+    };
     let identity = Identity {
-        user: id.into(),
+        user: user_id.into(),
         info: user.user_info.map(crate::api::methods::payload),
         ..Identity::default()
     };

@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 use switchboard_protocol::{ClientInfo, Disconnect, Publication, SharedJson};
 
 use super::names::to_pusher;
+use crate::config::PusherConfig;
 use crate::event::{ChannelEvent, Codec, Control, EventKind, Frame, Outgoing};
 use crate::session::Session;
 use crate::transport::socketio::EVENT_TAG;
@@ -18,7 +19,10 @@ use crate::transport::socketio::EVENT_TAG;
 /// How this transport encodes channel events: once per event for all Pusher clients.
 /// A client is not told of its own join (Pusher sends `member_added` to the others).
 pub(super) static CODEC: LazyLock<Codec> = LazyLock::new(|| {
-    Codec::register("pusher", |ev, _| Frame::from(encode_event(ev))).without_own_presence()
+    Codec::register("pusher", |ev, config| {
+        Frame::from(encode_event(ev, &config.pusher))
+    })
+    .without_own_presence()
 });
 
 /// The event name of a publication without an `event` tag (a Centrifugo client's
@@ -224,9 +228,9 @@ pub(super) fn payload_of(text: &str) -> Option<SharedJson> {
     }
 }
 
-/// A channel event as a Pusher message.
-fn encode_event(ev: &ChannelEvent) -> String {
-    let channel = to_pusher(&ev.channel);
+/// A channel event as a Pusher message, named in the app whose channel it is.
+fn encode_event(ev: &ChannelEvent, pusher: &PusherConfig) -> String {
+    let channel = to_pusher(pusher, &ev.channel);
     match &ev.kind {
         EventKind::Publication(p) => {
             let event = p
@@ -240,7 +244,7 @@ fn encode_event(ev: &ChannelEvent) -> String {
             let user_id = p
                 .info
                 .as_ref()
-                .filter(|_| event.starts_with("client-") && ev.channel.starts_with("presence:"))
+                .filter(|_| event.starts_with("client-") && channel.starts_with("presence-"))
                 .map(|i| &*i.user);
             encode(&Message {
                 event,
@@ -273,11 +277,16 @@ fn encode_event(ev: &ChannelEvent) -> String {
 
 /// A cache channel's last publication, as a new subscriber gets it: as it was
 /// delivered.
-pub(super) fn cached(channel: &str, publication: Publication) -> String {
-    encode_event(&ChannelEvent::new(
-        channel.into(),
-        EventKind::Publication(publication),
-    ))
+pub(super) fn cached(pusher: &PusherConfig, channel: &str, publication: Publication) -> String {
+    let event = ChannelEvent::new(channel.into(), EventKind::Publication(publication));
+    encode_event(&event, pusher)
+}
+
+/// `pusher_internal:subscription_count`: how many connections are subscribed to the
+/// channel (pusher-js hands it to `pusher:subscription_count` listeners).
+pub(super) fn subscription_count(channel: &str, count: u32) -> String {
+    let data = encode(&serde_json::json!({ "subscription_count": count }));
+    message("pusher_internal:subscription_count", Some(channel), &data)
 }
 
 /// What a cache channel's new subscriber gets when the channel has no event yet.
@@ -287,13 +296,14 @@ pub(super) fn cache_miss(channel: &str) -> String {
 
 /// An outbox item as a frame. Pushes Pusher has no message for are sent as
 /// `pusher_internal:` events, which pusher-js ignores.
-pub(super) fn encode_outgoing(item: Outgoing) -> Frame {
+pub(super) fn encode_outgoing(session: &Session, item: Outgoing) -> Frame {
+    let pusher = &session.node().config.pusher;
     match item {
         Outgoing::Event { frame, .. } | Outgoing::Frame(frame) => frame,
         Outgoing::Control(c) => Frame::from(match *c {
             // The server API subscribed the connection.
             Control::Subscribed { channel, .. } => {
-                subscription_succeeded(&to_pusher(&channel), "{}")
+                subscription_succeeded(&to_pusher(pusher, &channel), "{}")
             }
             Control::Unsubscribed {
                 channel,
@@ -303,7 +313,7 @@ pub(super) fn encode_outgoing(item: Outgoing) -> Frame {
                 let data = encode(&serde_json::json!({"code": code, "reason": reason}));
                 message(
                     "pusher_internal:unsubscribed",
-                    Some(to_pusher(&channel).as_ref()),
+                    Some(to_pusher(pusher, &channel).as_ref()),
                     &data,
                 )
             }
@@ -315,7 +325,7 @@ pub(super) fn encode_outgoing(item: Outgoing) -> Frame {
             // protocols tell it, under a name pusher-js ignores.
             Control::InboxRead { channel, marks } => {
                 let data = encode(&serde_json::json!({
-                    "channel": to_pusher(&channel),
+                    "channel": to_pusher(pusher, &channel),
                     "epoch": marks.epoch,
                     "delivered": marks.delivered,
                     "read": marks.read,
@@ -385,10 +395,10 @@ mod tests {
             tags,
             exclude_client: None,
         };
-        encode_event(&ChannelEvent::new(
-            channel.into(),
-            EventKind::Publication(p),
-        ))
+        encode_event(
+            &ChannelEvent::new(channel.into(), EventKind::Publication(p)),
+            &PusherConfig::default(),
+        )
     }
 
     #[test]

@@ -231,7 +231,7 @@ impl Conn {
             self.tracker()
                 .wrote(frame, recovering.recovery_max_publications);
         }
-        encode(item)
+        encode(&self.session, item)
     }
 
     /// Keeps this closing connection's state on every node for its reconnect, for

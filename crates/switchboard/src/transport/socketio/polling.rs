@@ -251,7 +251,7 @@ pub(super) async fn serve(
         let conn = conn.clone();
         tokio::spawn(async move {
             let session = &conn.session;
-            writer::write_loop_with(sink, session, WIRE, |item| conn.encode(item)).await;
+            writer::write_loop_with(sink, session, WIRE, |_, item| conn.encode(item)).await;
         })
     };
     tokio::join!(read, drive(&conn));

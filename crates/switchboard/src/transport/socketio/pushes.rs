@@ -208,7 +208,7 @@ fn encode_channel_event(ev: &ChannelEvent, config: &crate::Config) -> String {
     }
 }
 
-pub(super) fn encode(item: Outgoing) -> Frame {
+pub(super) fn encode(_: &Session, item: Outgoing) -> Frame {
     match item {
         Outgoing::Event { frame, .. } | Outgoing::Frame(frame) => frame,
         Outgoing::Control(c) => Frame::from(match *c {
