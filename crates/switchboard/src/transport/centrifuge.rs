@@ -128,7 +128,7 @@ fn serve<E: Encoding>(
 ) -> impl Future<Output = ()> + Send {
     let session = Session::new(node, websocket::codec(E::codec(), deflate));
     session.set_origin(origin);
-    let (sink, stream) = socket.split();
+    let (sink, stream) = websocket::split(socket);
     let link = Link {
         transport,
         emulation: None,

@@ -414,6 +414,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Io<S> {
 }
 
 impl<S> Io<S> {
+    /// The socket under the inflater.
+    pub fn get_ref(&self) -> &S {
+        match self {
+            Self::Plain(s) => s,
+            Self::Inflating(i) => &i.inner,
+        }
+    }
+
     fn inner_mut(&mut self) -> &mut S {
         match self {
             Self::Plain(s) => s,

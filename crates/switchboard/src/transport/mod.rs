@@ -13,6 +13,7 @@ mod command;
 pub mod deflate;
 mod heartbeat;
 pub mod pusher;
+mod socket;
 pub mod socketio;
 pub mod streaming;
 pub mod upgrade;

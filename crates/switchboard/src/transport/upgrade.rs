@@ -15,18 +15,27 @@ use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::deflate::{self, Io};
+use super::socket::{FrameWriter, SharedSocket};
 use crate::config::Config;
 
+/// An upgraded connection's socket.
+pub(crate) type Socket = TokioIo<Upgraded>;
+
 /// An upgraded connection: tungstenite over the socket (read through an inflater when
-/// permessage-deflate was negotiated).
-pub(crate) type WebSocket = WebSocketStream<Io<TokioIo<Upgraded>>>;
+/// permessage-deflate was negotiated), which it shares with the connection's
+/// [`Writer`].
+pub(crate) type WebSocket = WebSocketStream<Io<SharedSocket<Socket>>>;
+
+/// What writes an upgraded connection's frames.
+pub(crate) type Writer = FrameWriter<Socket>;
 
 /// Bytes read per read call, and the read buffer a connection starts with. Clients send
 /// small commands and the buffer is held for the connection's whole life (it grows to
 /// the largest frame received), so it starts small; a larger frame takes several reads.
 const READ_BUFFER_SIZE: usize = 256;
-/// Bytes of frames gathered before a write: one syscall carries many small pushes.
-pub(crate) const WRITE_BUFFER_SIZE: usize = 4096;
+/// Bytes tungstenite gathers before a write: it writes only pongs and close replies
+/// (switchboard's frames go out through [`Writer`]), so only they use its buffer.
+const WRITE_BUFFER_SIZE: usize = 256;
 
 /// How a connection that negotiated permessage-deflate compresses what it sends.
 #[derive(Debug, Clone, Copy)]
@@ -215,7 +224,8 @@ impl WsUpgrade {
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };
-            let io = Io::new(TokioIo::new(upgraded), deflate.is_some(), max);
+            let socket = SharedSocket::new(TokioIo::new(upgraded));
+            let io = Io::new(socket, deflate.is_some(), max);
             let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
             callback(socket).await;
         });

@@ -2,41 +2,48 @@
 //! ([`super::writer`]) feeds (text or binary frames, joined into one message where the
 //! protocol allows it, or compressed where permessage-deflate was negotiated), and how
 //! read errors become disconnects. The handshake is [`super::upgrade`]'s.
+//!
+//! Frames are written by switchboard, not by tungstenite (which reads): a batch goes
+//! out as one vectored write of frame headers and the shared payloads themselves
+//! ([`super::socket`]), so fanning an event out copies nothing per connection.
 
-use futures_util::stream::SplitSink;
-use futures_util::SinkExt;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::task::{ready, Context, Poll};
+
+use futures_util::stream::SplitStream;
+use futures_util::StreamExt;
 use switchboard_protocol::Disconnect;
-use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tungstenite::protocol::frame::{Frame as WireFrame, FrameHeader};
-use tungstenite::protocol::CloseFrame;
+use tokio::io::AsyncWrite;
 pub(crate) use tungstenite::Message;
 
 use super::deflate::{self, InflateError};
-use super::upgrade::WRITE_BUFFER_SIZE;
+use super::socket::FrameWriter;
 pub(crate) use super::upgrade::{Deflate, WebSocket, WsUpgrade};
+use super::upgrade::{Socket, Writer};
 use super::writer::{FrameSink, SinkClosed};
 use crate::config::Config;
 use crate::event::{Codec, Frame};
 
-/// Largest WebSocket message made of several joined frames: the write buffer's size,
-/// so joining adds no memory beyond it under fan-out (tungstenite keeps its write
-/// buffer's capacity, sized by the largest message written).
-const MAX_JOINED: usize = WRITE_BUFFER_SIZE;
+/// Largest WebSocket message made of several joined frames.
+const MAX_JOINED: usize = 64 * 1024;
+/// Most slices in one vectored write (a header, a payload and a separator per frame).
+const SLICES: usize = 64;
+/// Frames a sink keeps room for between batches.
+const KEEP_FRAMES: usize = 8;
+/// Opcodes (RFC 6455 §5.2).
+const TEXT: u8 = 0x1;
+const BINARY: u8 = 0x2;
+const CLOSE: u8 = 0x8;
+/// The longest close reason (a control frame carries at most 125 bytes).
+const MAX_CLOSE_REASON: usize = 123;
 
-/// A frame as a WebSocket message of its kind.
-fn message(frame: Frame) -> Message {
-    match frame {
-        Frame::Text(t) => Message::Text(t),
-        Frame::Binary(b) => Message::Binary(b),
-        Frame::Deflated { payload, binary } => {
-            let header = FrameHeader {
-                rsv1: true,
-                opcode: OpCode::Data(if binary { Data::Binary } else { Data::Text }),
-                ..FrameHeader::default()
-            };
-            Message::Frame(WireFrame::from_payload(header, payload))
-        }
-    }
+/// Splits an upgraded connection into its frame writer and tungstenite's reader.
+pub(crate) fn split(socket: WebSocket) -> (Writer, SplitStream<WebSocket>) {
+    let writer = socket.get_ref().get_ref().writer();
+    // tungstenite's own sink is not used: it would copy every frame.
+    let (_, stream) = socket.split();
+    (writer, stream)
 }
 
 /// `frame` compressed for connections that negotiated permessage-deflate, when it is
@@ -56,15 +63,6 @@ pub(crate) fn deflated(frame: Frame, deflate: Deflate) -> Frame {
     }
 }
 
-/// `frame` as the message a connection sends outside its writer (Socket.IO's open
-/// packet): compressed as the writer would.
-pub(crate) fn message_for(frame: Frame, deflate: Option<Deflate>) -> Message {
-    match deflate {
-        Some(d) => message(deflated(frame, d)),
-        None => message(frame),
-    }
-}
-
 /// `frame` compressed as the node's configuration says: how a compressed codec
 /// ([`Codec::compressed`]) compresses an event once for all its recipients.
 fn deflated_event(frame: &Frame, config: &Config) -> Frame {
@@ -81,133 +79,213 @@ pub(crate) fn codec(codec: Codec, deflate: Option<Deflate>) -> Codec {
     }
 }
 
-/// Frames gathered into one WebSocket message; frames of one kind only. A lone frame
-/// stays as it is (a shared event frame is not copied).
-enum Joined {
-    Empty,
-    One(Frame),
-    Text(String),
-    Binary(Vec<u8>),
+/// A frame's opcode and RSV1 bit (set on compressed messages).
+fn kind(frame: &Frame) -> (u8, bool) {
+    match frame {
+        Frame::Text(_) => (TEXT, false),
+        Frame::Binary(_) => (BINARY, false),
+        Frame::Deflated { binary, .. } => (if *binary { BINARY } else { TEXT }, true),
+    }
 }
 
-impl Joined {
-    /// Adds `frame`. Returns the message gathered so far when `frame` does not join
-    /// it (it is of the other kind, or the message would grow past [`MAX_JOINED`]):
-    /// send that first.
-    fn push(&mut self, frame: Frame, sep: &str) -> Option<Message> {
-        let fits = match (&*self, &frame) {
-            (Self::Empty, _) => true,
-            (Self::One(Frame::Text(t)), Frame::Text(f)) => {
-                t.len() + sep.len() + f.len() < MAX_JOINED
-            }
-            (Self::Text(t), Frame::Text(f)) => t.len() + sep.len() + f.len() < MAX_JOINED,
-            (Self::One(Frame::Binary(b)), Frame::Binary(f)) => b.len() + f.len() < MAX_JOINED,
-            (Self::Binary(b), Frame::Binary(f)) => b.len() + f.len() < MAX_JOINED,
-            _ => false,
-        };
-        let full = if fits { None } else { self.take() };
-        *self = match (std::mem::replace(self, Self::Empty), frame) {
-            (Self::One(Frame::Text(first)), Frame::Text(f)) => {
-                let mut t = String::with_capacity(MAX_JOINED.min((first.len() + f.len()) * 4));
-                t.push_str(&first);
-                t.push_str(sep);
-                t.push_str(&f);
-                Self::Text(t)
-            }
-            (Self::Text(mut t), Frame::Text(f)) => {
-                t.push_str(sep);
-                t.push_str(&f);
-                Self::Text(t)
-            }
-            (Self::One(Frame::Binary(first)), Frame::Binary(f)) => {
-                let mut b = Vec::with_capacity(MAX_JOINED.min((first.len() + f.len()) * 4));
-                b.extend_from_slice(&first);
-                b.extend_from_slice(&f);
-                Self::Binary(b)
-            }
-            (Self::Binary(mut b), Frame::Binary(f)) => {
-                b.extend_from_slice(&f);
-                Self::Binary(b)
-            }
-            // Empty (a message that did not fit was taken above).
-            (_, f) => Self::One(f),
-        };
-        full
+/// Writes a final, unmasked frame header for a payload of `len` bytes into `out`;
+/// returns its length.
+fn header(opcode: u8, rsv1: bool, len: usize, out: &mut [u8; 10]) -> usize {
+    out[0] = 0x80 | if rsv1 { 0x40 } else { 0 } | opcode;
+    if len < 126 {
+        out[1] = len as u8;
+        return 2;
     }
+    if let Ok(medium) = u16::try_from(len) {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&medium.to_be_bytes());
+        return 4;
+    }
+    out[1] = 127;
+    out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+    10
+}
 
-    /// The message gathered, if any; leaves this empty.
-    fn take(&mut self) -> Option<Message> {
-        match std::mem::replace(self, Self::Empty) {
-            Self::Empty => None,
-            Self::One(f) => Some(message(f)),
-            Self::Text(t) => Some(Message::Text(t.into())),
-            Self::Binary(b) => Some(Message::Binary(b.into())),
-        }
+/// A message of a vectored write: the frames up to `end` (from the previous message's
+/// end), joined, after a header of `header` bytes.
+#[derive(Clone, Copy, Default)]
+struct Planned {
+    end: usize,
+    header: usize,
+}
+
+/// What separates `frame` from `before` when a protocol joins frames with `sep`: `sep`
+/// between text frames, nothing between binary ones; `None` when they can not share a
+/// message (different kinds, or compressed).
+fn separator(before: &Frame, frame: &Frame, sep: &'static str) -> Option<&'static str> {
+    match (before, frame) {
+        (Frame::Text(_), Frame::Text(_)) => Some(sep),
+        (Frame::Binary(_), Frame::Binary(_)) => Some(""),
+        _ => None,
     }
 }
 
 /// The write half of a WebSocket as the writer driver's sink.
-pub(crate) struct WsSink {
-    sink: SplitSink<WebSocket, Message>,
+pub(crate) struct WsSink<S = Socket> {
+    writer: FrameWriter<S>,
     /// When the protocol allows several frames in one WebSocket message, what separates
     /// text frames (a newline for Centrifugo's JSON protocol). Binary frames are joined
     /// as they are: the protocols that allow it delimit their messages themselves.
     join: Option<&'static str>,
-    joined: Joined,
     /// How frames are compressed, when permessage-deflate was negotiated.
     deflate: Option<Deflate>,
+    /// Frames fed since the last flush: their buffers are shared, not copied.
+    frames: Vec<Frame>,
+    /// How many of `frames` the socket has taken.
+    sent: usize,
 }
 
-impl WsSink {
+impl<S: AsyncWrite + Unpin + Send> WsSink<S> {
     /// A sink writing one message per frame, or joining the frames of one batch with
     /// `join` (see the `join` field); with `deflate`, frames are not joined but
     /// compressed (a shared compressed event as it is, others one by one).
     pub(crate) fn new(
-        sink: SplitSink<WebSocket, Message>,
+        writer: FrameWriter<S>,
         join: Option<&'static str>,
         deflate: Option<Deflate>,
     ) -> Self {
         Self {
-            sink,
+            writer,
             join: if deflate.is_some() { None } else { join },
-            joined: Joined::Empty,
             deflate,
+            frames: Vec::new(),
+            sent: 0,
         }
+    }
+
+    /// Writes `frame` now (a message sent before the writer driver takes over).
+    pub(crate) async fn send(&mut self, frame: Frame) -> Result<(), SinkClosed> {
+        self.feed(frame).await?;
+        self.flush().await
+    }
+
+    /// The separator between `frame` and the frame before it in one message, or `None`
+    /// when `frame` starts a message of its own.
+    fn joins(&self, before: &Frame, frame: &Frame, len: usize) -> Option<&'static str> {
+        let sep = separator(before, frame, self.join?)?;
+        (len + sep.len() + frame.len() <= MAX_JOINED).then_some(sep)
+    }
+
+    /// Writes the frames not yet taken, a vectored write at a time.
+    fn poll_write_frames(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.frames.len() {
+            // The messages of this write and their headers, then the slices: the
+            // slices borrow the headers.
+            let mut headers = [[0u8; 10]; SLICES / 2];
+            let mut messages = [Planned::default(); SLICES / 2];
+            let (mut count, mut slices_needed) = (0, 0);
+            let mut at = self.sent;
+            while at < self.frames.len() && count < messages.len() {
+                let first = &self.frames[at];
+                let (mut len, mut end, mut slices) = (first.len(), at + 1, 2);
+                while let Some(next) = self.frames.get(end) {
+                    let Some(sep) = self.joins(&self.frames[end - 1], next, len) else {
+                        break;
+                    };
+                    let more = if sep.is_empty() { 1 } else { 2 };
+                    if slices_needed + slices + more > SLICES {
+                        break;
+                    }
+                    len += sep.len() + next.len();
+                    slices += more;
+                    end += 1;
+                }
+                if count > 0 && slices_needed + slices > SLICES {
+                    break;
+                }
+                let (opcode, rsv1) = kind(first);
+                let header_len = header(opcode, rsv1, len, &mut headers[count]);
+                messages[count] = Planned {
+                    end,
+                    header: header_len,
+                };
+                slices_needed += slices;
+                count += 1;
+                at = end;
+            }
+            let mut slices = [IoSlice::new(&[]); SLICES];
+            let mut n = 0;
+            let mut from = self.sent;
+            for (m, h) in messages[..count].iter().zip(&headers) {
+                slices[n] = IoSlice::new(&h[..m.header]);
+                n += 1;
+                for i in from..m.end {
+                    let sep = match (i > from, self.join) {
+                        (true, Some(join)) => separator(&self.frames[i - 1], &self.frames[i], join),
+                        _ => None,
+                    };
+                    if let Some(sep) = sep.filter(|s| !s.is_empty()) {
+                        slices[n] = IoSlice::new(sep.as_bytes());
+                        n += 1;
+                    }
+                    slices[n] = IoSlice::new(self.frames[i].as_bytes());
+                    n += 1;
+                }
+                from = m.end;
+            }
+            ready!(self.writer.poll_put(cx, &slices[..n]))?;
+            self.sent = from;
+        }
+        self.frames.clear();
+        self.sent = 0;
+        if self.frames.capacity() > KEEP_FRAMES {
+            self.frames = Vec::new();
+        }
+        self.writer.poll_flush(cx)
+    }
+
+    /// Writes a close frame carrying `reason`; nothing goes out after it.
+    fn poll_close_frame(&self, cx: &mut Context<'_>, reason: Disconnect) -> Poll<io::Result<()>> {
+        let mut text = reason.reason;
+        while text.len() > MAX_CLOSE_REASON {
+            let mut cut = MAX_CLOSE_REASON;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text = &text[..cut];
+        }
+        let mut head = [0u8; 10];
+        let head_len = header(CLOSE, false, 2 + text.len(), &mut head);
+        let code = reason.code.to_be_bytes();
+        let slices = [
+            IoSlice::new(&head[..head_len]),
+            IoSlice::new(&code),
+            IoSlice::new(text.as_bytes()),
+        ];
+        ready!(self.writer.poll_put(cx, &slices))?;
+        self.writer.closed();
+        self.writer.poll_flush(cx)
     }
 }
 
-impl FrameSink for WsSink {
+impl<S: AsyncWrite + Unpin + Send> FrameSink for WsSink<S> {
     async fn feed(&mut self, frame: Frame) -> Result<(), SinkClosed> {
-        // Several queued frames in one message: one frame header, and one message for
-        // the client to take apart, instead of one per push. Only what one batch holds
-        // is joined; nothing waits for company. A compressed connection does not join:
-        // a joined message would be compressed per connection, while an event's
-        // compressed message is shared.
-        let ready = match (self.join, self.deflate) {
-            (Some(sep), _) => self.joined.push(frame, sep),
-            (None, Some(d)) => Some(message(deflated(frame, d))),
-            (None, None) => Some(message(frame)),
+        // Only what one batch holds is joined; nothing waits for company. A compressed
+        // connection does not join: a joined message would be compressed per
+        // connection, while an event's compressed message is shared.
+        let frame = match self.deflate {
+            Some(d) => deflated(frame, d),
+            None => frame,
         };
-        match ready {
-            Some(m) => self.sink.feed(m).await.map_err(|_| SinkClosed),
-            None => Ok(()),
-        }
+        self.frames.push(frame);
+        Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), SinkClosed> {
-        if let Some(last) = self.joined.take() {
-            self.sink.feed(last).await.map_err(|_| SinkClosed)?;
-        }
-        self.sink.flush().await.map_err(|_| SinkClosed)
+        poll_fn(|cx| self.poll_write_frames(cx))
+            .await
+            .map_err(|_| SinkClosed)
     }
 
     async fn close(mut self, reason: Disconnect) {
-        let frame = CloseFrame {
-            code: CloseCode::from(reason.code),
-            reason: reason.reason.into(),
-        };
-        let _ = self.sink.send(Message::Close(Some(frame))).await;
-        let _ = self.sink.close().await;
+        if self.flush().await.is_ok() && !self.writer.is_closed() {
+            let _ = poll_fn(|cx| self.poll_close_frame(cx, reason)).await;
+        }
     }
 }
 
@@ -235,31 +313,80 @@ pub(crate) fn read_error(e: &tungstenite::Error) -> Disconnect {
 mod tests {
     use super::*;
 
-    fn bytes(m: Message) -> (bool, Vec<u8>) {
-        match m {
-            Message::Text(t) => (true, t.as_bytes().to_vec()),
-            Message::Binary(b) => (false, b.to_vec()),
-            _ => panic!("not a data message"),
-        }
+    #[test]
+    fn headers_use_the_shortest_length_form() {
+        let mut h = [0u8; 10];
+        assert_eq!(header(TEXT, false, 5, &mut h), 2);
+        assert_eq!(h[..2], [0x81, 5]);
+        assert_eq!(header(BINARY, true, 125, &mut h), 2);
+        assert_eq!(h[..2], [0xC2, 125]);
+        assert_eq!(header(TEXT, false, 126, &mut h), 4);
+        assert_eq!(h[..4], [0x81, 126, 0, 126]);
+        assert_eq!(header(TEXT, false, 65_535, &mut h), 4);
+        assert_eq!(h[..4], [0x81, 126, 0xFF, 0xFF]);
+        assert_eq!(header(CLOSE, false, 65_536, &mut h), 10);
+        assert_eq!(h[..10], [0x88, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
     }
 
-    #[test]
-    fn joins_frames_of_one_kind_into_one_message() {
-        let mut joined = Joined::Empty;
-        assert!(joined.push(Frame::from_static("a"), "\n").is_none());
-        assert!(joined.push(Frame::from_static("b"), "\n").is_none());
-        // A binary frame does not join text: the text goes first.
-        let text = joined.push(Frame::from(vec![1, 2]), "\n").unwrap();
-        assert_eq!(bytes(text), (true, b"a\nb".to_vec()));
-        // Binary frames are joined as they are (they delimit themselves).
-        assert!(joined.push(Frame::from(vec![3]), "\n").is_none());
-        assert_eq!(bytes(joined.take().unwrap()), (false, vec![1, 2, 3]));
-        assert!(joined.take().is_none());
-        // Past MAX_JOINED a new message starts.
-        let big = Frame::from("x".repeat(MAX_JOINED - 1));
-        assert!(joined.push(big, "\n").is_none());
-        let full = joined.push(Frame::from_static("y"), "\n").unwrap();
-        assert_eq!(bytes(full).1.len(), MAX_JOINED - 1);
-        assert_eq!(bytes(joined.take().unwrap()), (true, b"y".to_vec()));
+    /// What a WebSocket client reads of a batch written through a socket that takes
+    /// 16 bytes at a time: text frames joined by lines, binary ones as they are, the
+    /// kinds in order, then the close frame with its code and reason.
+    #[tokio::test]
+    async fn a_client_reads_joined_messages_and_the_close_of_a_batch() {
+        use tokio_tungstenite::WebSocketStream;
+        use tungstenite::protocol::Role;
+
+        let (server, client) = tokio::io::duplex(16);
+        let socket = super::super::socket::SharedSocket::new(server);
+        let mut sink = WsSink::new(socket.writer(), Some("\n"), None);
+        let long = "x".repeat(300);
+        let texts: Vec<String> = (0..100).map(|i| format!("{i}")).collect();
+        let read = tokio::spawn(async move {
+            let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+            let mut got = Vec::new();
+            while let Some(Ok(m)) = client.next().await {
+                let end = matches!(m, Message::Close(_));
+                got.push(m);
+                if end {
+                    break;
+                }
+            }
+            got
+        });
+        for t in &texts[..50] {
+            sink.feed(Frame::from(t.clone())).await.unwrap();
+        }
+        sink.feed(Frame::from(long.clone())).await.unwrap();
+        sink.feed(Frame::Binary(vec![1, 2].into())).await.unwrap();
+        sink.feed(Frame::Binary(vec![3].into())).await.unwrap();
+        sink.flush().await.unwrap();
+        for t in &texts[50..] {
+            sink.feed(Frame::from(t.clone())).await.unwrap();
+        }
+        sink.close(Disconnect::SHUTDOWN).await;
+        drop(socket);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), read)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut lines = Vec::new();
+        let mut binary = Vec::new();
+        let mut close = None;
+        for m in got {
+            match m {
+                Message::Text(t) => lines.extend(t.as_str().split('\n').map(str::to_owned)),
+                Message::Binary(b) => binary.extend_from_slice(&b),
+                Message::Close(c) => close = c,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let mut want = texts[..50].to_vec();
+        want.push(long);
+        want.extend_from_slice(&texts[50..]);
+        assert_eq!(lines, want);
+        assert_eq!(binary, [1, 2, 3]);
+        let close = close.expect("a close frame");
+        assert_eq!(u16::from(close.code), Disconnect::SHUTDOWN.code);
+        assert_eq!(close.reason.as_str(), Disconnect::SHUTDOWN.reason);
     }
 }

@@ -146,7 +146,7 @@ async fn serve(
     let session = Session::with_id(node, codec, socket_id());
     session.set_origin(origin);
     crate::transport::opened(&session, Transport::Pusher);
-    let (sink, stream) = socket.split();
+    let (sink, stream) = websocket::split(socket);
     // The writer is a task of its own, so a delivery wakes only the writer.
     let writer = {
         let session = session.clone();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::stream::SplitStream;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use switchboard_protocol::socketio::PROBE_PONG;
 use switchboard_protocol::Disconnect;
 
@@ -58,23 +58,18 @@ pub(super) fn upgrade(
     }
 }
 
-async fn serve_new(
-    sio: SocketIo,
-    conn: Arc<Conn>,
-    mut socket: WebSocket,
-    deflate: Option<Deflate>,
-) {
+async fn serve_new(sio: SocketIo, conn: Arc<Conn>, socket: WebSocket, deflate: Option<Deflate>) {
     let open = conn.handshake(&[]);
-    let open = websocket::message_for(Frame::from(open), deflate);
-    if socket.send(open).await.is_err() {
+    let (writer, stream) = websocket::split(socket);
+    // One Engine.IO packet per WebSocket message: the protocol has no separator.
+    let mut ws = WsSink::new(writer, None, deflate);
+    if ws.send(Frame::from(open)).await.is_err() {
         // Gone before its handshake: it must not hold a place among the pending.
         conn.not_pending();
         return;
     }
     crate::transport::opened(&conn.session, Transport::SocketIoWebSocket);
-    let (sink, stream) = socket.split();
-    // One Engine.IO packet per WebSocket message: the protocol has no separator.
-    let sink = EngineSink::websocket(conn.clone(), WsSink::new(sink, None, deflate));
+    let sink = EngineSink::websocket(conn.clone(), ws);
     serve(sio, conn.clone(), sink, read_loop(&conn, stream)).await;
 }
 
@@ -88,18 +83,12 @@ async fn next_text(conn: &Conn, stream: &mut SplitStream<WebSocket>) -> Option<S
 }
 
 async fn upgrade_polling(conn: Arc<Conn>, socket: WebSocket, deflate: Option<Deflate>) {
-    let (mut sink, mut stream) = socket.split();
+    let (writer, mut stream) = websocket::split(socket);
+    let mut sink = WsSink::new(writer, None, deflate);
     if next_text(&conn, &mut stream).await.as_deref() != Some("2probe") {
         return;
     }
-    if sink
-        .send(websocket::message_for(
-            Frame::from_static(PROBE_PONG),
-            deflate,
-        ))
-        .await
-        .is_err()
-    {
+    if sink.send(Frame::from_static(PROBE_PONG)).await.is_err() {
         return;
     }
     if conn
@@ -122,7 +111,7 @@ async fn upgrade_polling(conn: Arc<Conn>, socket: WebSocket, deflate: Option<Def
         .connections
         .moved(Transport::SocketIoPolling, Transport::SocketIoWebSocket);
     // The connection's writer moves over: one Engine.IO packet per WebSocket message.
-    if conn.upgraded(WsSink::new(sink, None, deflate)) {
+    if conn.upgraded(sink) {
         read_loop(&conn, stream).await;
     }
 }

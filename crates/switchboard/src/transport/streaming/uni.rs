@@ -196,7 +196,7 @@ pub(super) async fn websocket(
         tracker.track_future(async move {
             let session = Session::new(node, websocket::codec(Uni::codec(), deflate));
             session.set_origin(origin);
-            let (sink, stream) = socket.split();
+            let (sink, stream) = websocket::split(socket);
             let sink = WsSink::new(sink, None, deflate);
             run(session, sink, stream.map(ws_inbound), req, transport).await;
         })
