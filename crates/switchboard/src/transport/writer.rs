@@ -14,10 +14,12 @@ use crate::event::{Frame, Outgoing};
 use crate::outbox::Taken;
 use crate::session::Session;
 
-/// Batch capacity a writer keeps between bursts.
-const KEEP_BATCH: usize = 32;
-/// Most outbox items taken for one write: enough to fill the write buffer several times
-/// over, few enough that the batch stays small under fan-out.
+/// Batch capacity a writer keeps between bursts: under fan-out every connection's
+/// writer would otherwise keep a burst's batch, and the process's peak memory with it,
+/// for an allocation per burst saved.
+const KEEP_BATCH: usize = 4;
+/// Most outbox items taken for one write: many deliveries per write syscall, few enough
+/// that the batch stays small under fan-out.
 pub(crate) const BATCH: usize = 64;
 
 /// The peer stopped taking data: the connection is gone.
