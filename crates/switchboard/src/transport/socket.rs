@@ -265,13 +265,9 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
         Pin::new(&mut state.io).poll_flush(&mut cx)
     }
 
-    /// Notes that a close frame was handed over: nothing written after it goes out.
-    pub(crate) fn closed(&self) {
-        self.0.lock().closed = true;
-    }
-
-    /// Whether a close frame went out (from either user).
-    pub(crate) fn is_closed(&self) -> bool {
+    /// Whether a close frame went out.
+    #[cfg(test)]
+    fn is_closed(&self) -> bool {
         self.0.lock().closed
     }
 }

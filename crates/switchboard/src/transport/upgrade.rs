@@ -15,19 +15,16 @@ use tokio_tungstenite::WebSocketStream;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::deflate::{self, Io};
-use super::socket::{FrameWriter, SharedSocket};
+use super::socket::SharedSocket;
 use crate::config::Config;
 
 /// An upgraded connection's socket.
 pub(crate) type Socket = TokioIo<Upgraded>;
 
 /// An upgraded connection: tungstenite over the socket (read through an inflater when
-/// permessage-deflate was negotiated), which it shares with the connection's
-/// [`Writer`].
+/// permessage-deflate was negotiated), which it shares with the connection's frame
+/// writer ([`super::socket::FrameWriter`]).
 pub(crate) type WebSocket = WebSocketStream<Io<SharedSocket<Socket>>>;
-
-/// What writes an upgraded connection's frames.
-pub(crate) type Writer = FrameWriter<Socket>;
 
 /// Bytes read per read call, and the read buffer a connection starts with. Clients send
 /// small commands and the buffer is held for the connection's whole life (it grows to

@@ -11,16 +11,19 @@ use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::task::{ready, Context, Poll};
 
-use futures_util::stream::SplitStream;
-use futures_util::StreamExt;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
 use switchboard_protocol::Disconnect;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
 pub(crate) use tungstenite::Message;
 
-use super::deflate::{self, InflateError};
-use super::socket::FrameWriter;
+use super::deflate::{self, InflateError, Io};
+use super::socket::{FrameWriter, SharedSocket};
+use super::upgrade::Socket;
 pub(crate) use super::upgrade::{Deflate, WebSocket, WsUpgrade};
-use super::upgrade::{Socket, Writer};
 use super::writer::{FrameSink, SinkClosed};
 use crate::config::Config;
 use crate::event::{Codec, Frame};
@@ -34,16 +37,28 @@ const KEEP_FRAMES: usize = 8;
 /// Opcodes (RFC 6455 §5.2).
 const TEXT: u8 = 0x1;
 const BINARY: u8 = 0x2;
+#[cfg(test)]
 const CLOSE: u8 = 0x8;
-/// The longest close reason (a control frame carries at most 125 bytes).
-const MAX_CLOSE_REASON: usize = 123;
 
-/// Splits an upgraded connection into its frame writer and tungstenite's reader.
-pub(crate) fn split(socket: WebSocket) -> (Writer, SplitStream<WebSocket>) {
+/// A connection over socket `S` as tungstenite sees it.
+type Tungstenite<S> = WebSocketStream<Io<SharedSocket<S>>>;
+
+/// What writes to a connection: switchboard's frame writer, and tungstenite's half for
+/// the close handshake (a client's close is answered by tungstenite, and a close of
+/// switchboard's must not follow it).
+pub(crate) struct WriteHalf<S = Socket> {
+    writer: FrameWriter<S>,
+    closer: SplitSink<Tungstenite<S>, Message>,
+}
+
+/// Splits an upgraded connection into what writes to it and tungstenite's reader.
+pub(crate) fn split<S>(socket: Tungstenite<S>) -> (WriteHalf<S>, SplitStream<Tungstenite<S>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let writer = socket.get_ref().get_ref().writer();
-    // tungstenite's own sink is not used: it would copy every frame.
-    let (_, stream) = socket.split();
-    (writer, stream)
+    let (closer, stream) = socket.split();
+    (WriteHalf { writer, closer }, stream)
 }
 
 /// `frame` compressed for connections that negotiated permessage-deflate, when it is
@@ -128,6 +143,8 @@ fn separator(before: &Frame, frame: &Frame, sep: &'static str) -> Option<&'stati
 /// The write half of a WebSocket as the writer driver's sink.
 pub(crate) struct WsSink<S = Socket> {
     writer: FrameWriter<S>,
+    /// tungstenite's sink: only the close frame goes through it.
+    closer: SplitSink<Tungstenite<S>, Message>,
     /// When the protocol allows several frames in one WebSocket message, what separates
     /// text frames (a newline for Centrifugo's JSON protocol). Binary frames are joined
     /// as they are: the protocols that allow it delimit their messages themselves.
@@ -140,17 +157,18 @@ pub(crate) struct WsSink<S = Socket> {
     sent: usize,
 }
 
-impl<S: AsyncWrite + Unpin + Send> WsSink<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> WsSink<S> {
     /// A sink writing one message per frame, or joining the frames of one batch with
     /// `join` (see the `join` field); with `deflate`, frames are not joined but
     /// compressed (a shared compressed event as it is, others one by one).
     pub(crate) fn new(
-        writer: FrameWriter<S>,
+        half: WriteHalf<S>,
         join: Option<&'static str>,
         deflate: Option<Deflate>,
     ) -> Self {
         Self {
-            writer,
+            writer: half.writer,
+            closer: half.closer,
             join: if deflate.is_some() { None } else { join },
             deflate,
             frames: Vec::new(),
@@ -238,32 +256,9 @@ impl<S: AsyncWrite + Unpin + Send> WsSink<S> {
         }
         self.writer.poll_flush(cx)
     }
-
-    /// Writes a close frame carrying `reason`; nothing goes out after it.
-    fn poll_close_frame(&self, cx: &mut Context<'_>, reason: Disconnect) -> Poll<io::Result<()>> {
-        let mut text = reason.reason;
-        while text.len() > MAX_CLOSE_REASON {
-            let mut cut = MAX_CLOSE_REASON;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text = &text[..cut];
-        }
-        let mut head = [0u8; 10];
-        let head_len = header(CLOSE, false, 2 + text.len(), &mut head);
-        let code = reason.code.to_be_bytes();
-        let slices = [
-            IoSlice::new(&head[..head_len]),
-            IoSlice::new(&code),
-            IoSlice::new(text.as_bytes()),
-        ];
-        ready!(self.writer.poll_put(cx, &slices))?;
-        self.writer.closed();
-        self.writer.poll_flush(cx)
-    }
 }
 
-impl<S: AsyncWrite + Unpin + Send> FrameSink for WsSink<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> FrameSink for WsSink<S> {
     async fn feed(&mut self, frame: Frame) -> Result<(), SinkClosed> {
         // Only what one batch holds is joined; nothing waits for company. A compressed
         // connection does not join: a joined message would be compressed per
@@ -283,9 +278,17 @@ impl<S: AsyncWrite + Unpin + Send> FrameSink for WsSink<S> {
     }
 
     async fn close(mut self, reason: Disconnect) {
-        if self.flush().await.is_ok() && !self.writer.is_closed() {
-            let _ = poll_fn(|cx| self.poll_close_frame(cx, reason)).await;
+        if self.flush().await.is_err() {
+            return;
         }
+        // Through tungstenite: it sends the frame unless the client closed first, when
+        // it answers with the client's own code instead (RFC 6455 §5.5.1).
+        let frame = CloseFrame {
+            code: CloseCode::from(reason.code),
+            reason: reason.reason.into(),
+        };
+        let _ = self.closer.send(Message::Close(Some(frame))).await;
+        let _ = self.closer.close().await;
     }
 }
 
@@ -333,12 +336,13 @@ mod tests {
     /// kinds in order, then the close frame with its code and reason.
     #[tokio::test]
     async fn a_client_reads_joined_messages_and_the_close_of_a_batch() {
-        use tokio_tungstenite::WebSocketStream;
         use tungstenite::protocol::Role;
 
         let (server, client) = tokio::io::duplex(16);
-        let socket = super::super::socket::SharedSocket::new(server);
-        let mut sink = WsSink::new(socket.writer(), Some("\n"), None);
+        let server = Io::new(SharedSocket::new(server), false, usize::MAX);
+        let server = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let (half, _reader) = split(server);
+        let mut sink = WsSink::new(half, Some("\n"), None);
         let long = "x".repeat(300);
         let texts: Vec<String> = (0..100).map(|i| format!("{i}")).collect();
         let read = tokio::spawn(async move {
@@ -364,7 +368,6 @@ mod tests {
             sink.feed(Frame::from(t.clone())).await.unwrap();
         }
         sink.close(Disconnect::SHUTDOWN).await;
-        drop(socket);
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), read)
             .await
             .unwrap()

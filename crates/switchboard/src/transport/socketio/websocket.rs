@@ -60,9 +60,9 @@ pub(super) fn upgrade(
 
 async fn serve_new(sio: SocketIo, conn: Arc<Conn>, socket: WebSocket, deflate: Option<Deflate>) {
     let open = conn.handshake(&[]);
-    let (writer, stream) = websocket::split(socket);
+    let (half, stream) = websocket::split(socket);
     // One Engine.IO packet per WebSocket message: the protocol has no separator.
-    let mut ws = WsSink::new(writer, None, deflate);
+    let mut ws = WsSink::new(half, None, deflate);
     if ws.send(Frame::from(open)).await.is_err() {
         // Gone before its handshake: it must not hold a place among the pending.
         conn.not_pending();
@@ -83,8 +83,8 @@ async fn next_text(conn: &Conn, stream: &mut SplitStream<WebSocket>) -> Option<S
 }
 
 async fn upgrade_polling(conn: Arc<Conn>, socket: WebSocket, deflate: Option<Deflate>) {
-    let (writer, mut stream) = websocket::split(socket);
-    let mut sink = WsSink::new(writer, None, deflate);
+    let (half, mut stream) = websocket::split(socket);
+    let mut sink = WsSink::new(half, None, deflate);
     if next_text(&conn, &mut stream).await.as_deref() != Some("2probe") {
         return;
     }
