@@ -103,12 +103,15 @@ cargo build -p switchboard -p switchboard-bench --locked --quiet
 bench_out="$(mktemp -d)"
 target/debug/switchboard-bench run --quick --strict --targets switchboard,switchboard-sio --out "$bench_out" >/dev/null
 test -s "$bench_out/report.json" && test -s "$bench_out/summary.json"
-# The other client protocols (Protobuf, uni_websocket, Pusher through its signed HTTP API),
-# broadcast only (~15 s); sockudo is not built in CI, so it is reported as not measured.
+# The other client protocols (Protobuf, uni_websocket, Pusher through its signed HTTP API,
+# Centrifugo JSON with fossil deltas), broadcast only (~20 s); sockudo is not built in CI,
+# so it is reported as not measured. --strict fails switchboard-delta's run when a client
+# could not apply a delta or no publication came as one.
 target/debug/switchboard-bench run --quick --strict --scenarios broadcast \
-  --targets switchboard-protobuf,switchboard-uni,switchboard-pusher,sockudo \
+  --targets switchboard-protobuf,switchboard-uni,switchboard-pusher,switchboard-delta,sockudo \
   --out "$bench_out/protocols" >/dev/null
 grep -q "sockudo" "$bench_out/protocols/table.md"
+grep -q "^- switchboard-delta broadcast #1: .* as deltas" "$bench_out/protocols/table.md"
 # Redis mode across two nodes (the tool starts its own redis-server on a free port):
 # broadcast and chat only, ~10 s; the full Redis comparison is scripts/bench.sh --section redis.
 target/debug/switchboard-bench run --quick --strict --targets switchboard-redis-2nodes \

@@ -1,4 +1,5 @@
-//! The load clients' wire protocols: switchboard's Centrifugo JSON and Protobuf, a minimal
+//! The load clients' wire protocols: switchboard's Centrifugo JSON (also with fossil
+//! deltas, see [`crate::delta`]) and Protobuf, a minimal
 //! Socket.IO v5 (Engine.IO v4, WebSocket only), Pusher's protocol 7 and the floor's bare
 //! text protocol.
 //!
@@ -20,6 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::delta::{self, Chain};
 use crate::protobuf;
 
 /// A client WebSocket over plain TCP; read through switchboard's inflater when the
@@ -35,6 +37,9 @@ const MAX_MESSAGE: usize = 1 << 20;
 pub(crate) enum Proto {
     /// Centrifugo client protocol v2, JSON, at `/connection/websocket`.
     Centrifuge,
+    /// The same, subscribing with `delta: "fossil"`: publications come as fossil deltas
+    /// of the previous one, which the client applies ([`crate::delta::Chain`]).
+    CentrifugeDelta,
     /// Centrifugo client protocol v2, Protobuf (`cf_protocol=protobuf`), binary frames.
     CentrifugeProtobuf,
     /// Centrifugo's unidirectional WebSocket (`/connection/uni_websocket`): the connect
@@ -52,7 +57,7 @@ impl Proto {
     /// The path of the WebSocket endpoint.
     pub(crate) fn path(self) -> &'static str {
         match self {
-            Proto::Centrifuge => "/connection/websocket",
+            Proto::Centrifuge | Proto::CentrifugeDelta => "/connection/websocket",
             Proto::CentrifugeProtobuf => "/connection/websocket?cf_protocol=protobuf",
             Proto::Uni => "/connection/uni_websocket",
             Proto::SocketIo => "/socket.io/?EIO=4&transport=websocket",
@@ -66,7 +71,11 @@ impl Proto {
     pub(crate) fn uses_token(self) -> bool {
         matches!(
             self,
-            Proto::Centrifuge | Proto::CentrifugeProtobuf | Proto::SocketIo | Proto::Uni
+            Proto::Centrifuge
+                | Proto::CentrifugeDelta
+                | Proto::CentrifugeProtobuf
+                | Proto::SocketIo
+                | Proto::Uni
         )
     }
 
@@ -87,6 +96,10 @@ pub(crate) enum Incoming {
     Ping,
     /// A publication, with the send time (Unix µs) found in its payload.
     Publication(Option<u64>),
+    /// A publication that came as a fossil delta, applied: its payload's send time.
+    DeltaPublication(Option<u64>),
+    /// A delta that could not be applied: the client lost the publication.
+    BrokenDelta,
     /// The answer to a subscribe request.
     SubscribeReply { ok: bool },
     /// Anything else.
@@ -193,7 +206,7 @@ pub(crate) async fn handshake(
     token: Option<&str>,
 ) -> anyhow::Result<()> {
     match proto {
-        Proto::Centrifuge => {
+        Proto::Centrifuge | Proto::CentrifugeDelta => {
             let token = token.unwrap_or("");
             ws.send(Message::text(format!(
                 r#"{{"id":1,"connect":{{"token":"{token}"}}}}"#
@@ -288,12 +301,23 @@ pub(crate) fn subscribe_frames(proto: Proto, channels: &[String]) -> Vec<Message
     }
     let texts = match proto {
         // One frame of newline-delimited commands; ids after the connect's 1.
-        Proto::Centrifuge => vec![channels
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!(r#"{{"id":{},"subscribe":{{"channel":"{c}"}}}}"#, i + 2))
-            .collect::<Vec<_>>()
-            .join("\n")],
+        Proto::Centrifuge | Proto::CentrifugeDelta => {
+            let delta = match proto {
+                Proto::CentrifugeDelta => r#","delta":"fossil""#,
+                _ => "",
+            };
+            vec![channels
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    format!(
+                        r#"{{"id":{},"subscribe":{{"channel":"{c}"{delta}}}}}"#,
+                        i + 2
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")]
+        }
         // An event with an acknowledgement id.
         Proto::SocketIo => channels
             .iter()
@@ -313,7 +337,7 @@ pub(crate) fn subscribe_frames(proto: Proto, channels: &[String]) -> Vec<Message
 /// The answer to a server ping.
 pub(crate) fn pong(proto: Proto) -> Message {
     match proto {
-        Proto::Centrifuge | Proto::Uni => Message::text("{}"),
+        Proto::Centrifuge | Proto::CentrifugeDelta | Proto::Uni => Message::text("{}"),
         Proto::CentrifugeProtobuf => Message::binary(protobuf::PONG),
         Proto::SocketIo => Message::text("3"),
         Proto::Floor => Message::text(""),
@@ -322,8 +346,9 @@ pub(crate) fn pong(proto: Proto) -> Message {
 }
 
 /// Calls `f` for each message in a frame (Centrifugo frames may hold several, as lines
-/// or length-delimited replies).
-pub(crate) fn classify(proto: Proto, frame: &[u8], mut f: impl FnMut(Incoming)) {
+/// or length-delimited replies). `chain` is the connection's delta state, used by
+/// [`Proto::CentrifugeDelta`] only.
+pub(crate) fn classify(proto: Proto, frame: &[u8], chain: &mut Chain, mut f: impl FnMut(Incoming)) {
     if proto == Proto::CentrifugeProtobuf {
         protobuf::replies(frame, |r| {
             f(match r {
@@ -340,12 +365,41 @@ pub(crate) fn classify(proto: Proto, frame: &[u8], mut f: impl FnMut(Incoming)) 
     let Ok(frame) = std::str::from_utf8(frame) else {
         return;
     };
-    if matches!(proto, Proto::Centrifuge | Proto::Uni) && frame.contains('\n') {
+    let mut one = |m: &str| {
+        f(if proto == Proto::CentrifugeDelta {
+            classify_delta(m, chain)
+        } else {
+            classify_one(proto, m)
+        });
+    };
+    if matches!(
+        proto,
+        Proto::Centrifuge | Proto::CentrifugeDelta | Proto::Uni
+    ) && frame.contains('\n')
+    {
         for line in frame.split('\n').filter(|l| !l.is_empty()) {
-            f(classify_one(proto, line));
+            one(line);
         }
     } else {
-        f(classify_one(proto, frame));
+        one(frame);
+    }
+}
+
+/// A message to a delta subscriber: its publications are applied to the chain.
+fn classify_delta(m: &str, chain: &mut Chain) -> Incoming {
+    if m.starts_with(r#"{"push":"#) && m.contains(r#""pub":{"#) {
+        return match chain.read(m) {
+            delta::Read::Full(sent) => Incoming::Publication(sent),
+            delta::Read::Delta(sent) => Incoming::DeltaPublication(sent),
+            delta::Read::Broken => Incoming::BrokenDelta,
+        };
+    }
+    match classify_one(Proto::Centrifuge, m) {
+        // Negotiated only when the reply says so: else the target measures nothing.
+        Incoming::SubscribeReply { ok } => Incoming::SubscribeReply {
+            ok: ok && m.contains(r#""delta":true"#),
+        },
+        incoming => incoming,
     }
 }
 
@@ -361,7 +415,8 @@ fn classify_one(proto: Proto, m: &str) -> Incoming {
                 Incoming::Other
             }
         }
-        Proto::Centrifuge => {
+        // Publications to delta subscribers: see `classify_delta`.
+        Proto::Centrifuge | Proto::CentrifugeDelta => {
             if m == "{}" {
                 Incoming::Ping
             } else if m.starts_with(r#"{"push":"#) {
@@ -420,7 +475,7 @@ fn classify_one(proto: Proto, m: &str) -> Incoming {
 /// The `"t":<micros>` field of a bench payload, found without parsing the JSON (also
 /// inside a JSON-encoded string, as Pusher's `data` carries it: `\"t\":`, and in a
 /// Protobuf publication's `data` bytes).
-fn sent_at(m: &[u8]) -> Option<u64> {
+pub(crate) fn sent_at(m: &[u8]) -> Option<u64> {
     let find = |needle: &[u8]| {
         m.windows(needle.len())
             .position(|w| w == needle)
@@ -491,7 +546,14 @@ mod tests {
     fn classifies_each_protocol() {
         let mut seen = Vec::new();
         let frame = "{}\n{\"push\":{\"channel\":\"b\",\"pub\":{\"data\":{\"t\":5,\"s\":1},\"offset\":1}}}\n{\"id\":2,\"subscribe\":{}}\n{\"id\":3,\"error\":{\"code\":103}}";
-        classify(Proto::Centrifuge, frame.as_bytes(), |i| seen.push(i));
+        classify(
+            Proto::Centrifuge,
+            frame.as_bytes(),
+            &mut Chain::default(),
+            |i| {
+                seen.push(i);
+            },
+        );
         assert_eq!(
             seen,
             vec![

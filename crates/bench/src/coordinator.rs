@@ -61,6 +61,20 @@ pub(crate) struct RunResult {
     pub(crate) measure: Option<Measure>,
     /// Connections the server closed during the run.
     pub(crate) closed: usize,
+    /// How the measured deliveries came (targets whose clients take fossil deltas).
+    #[serde(default)]
+    pub(crate) deltas: Option<DeltaStats>,
+}
+
+/// The publications a delta target's clients received in the measured window.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct DeltaStats {
+    /// Came as fossil deltas, applied to the previous payload.
+    pub(crate) deltas: u64,
+    /// Came in full (the first after subscribing, or one whose delta was not shorter).
+    pub(crate) full: u64,
+    /// Deltas the clients could not apply, over the whole run (warm-up included).
+    pub(crate) broken: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -453,7 +467,9 @@ async fn drive(
                             delivered,
                             hist,
                             closed,
-                        } => Some((delivered, hist, closed)),
+                            deltas,
+                            broken_deltas,
+                        } => Some((delivered, hist, closed, deltas, broken_deltas)),
                         _ => None,
                     },
                     |_| {},
@@ -461,11 +477,15 @@ async fn drive(
                 .await?;
             let mut hist = Histogram::default();
             let mut delivered = 0;
-            for (d, h, closed) in results {
+            let mut deltas = DeltaStats::default();
+            for (d, h, closed, patched, broken) in results {
                 delivered += d;
                 hist.merge(&h);
                 r.closed += closed;
+                deltas.deltas += patched;
+                deltas.broken += broken;
             }
+            deltas.full = delivered.saturating_sub(deltas.deltas);
             let published = drive.published.load(Ordering::Relaxed) - published_before;
             let errors = drive.errors.load(Ordering::Relaxed) + drive.publisher.errors();
             if delivered == 0 {
@@ -476,6 +496,16 @@ async fn drive(
             r.measure = Some(measure(
                 &before, &after, published, errors, delivered, &hist,
             ));
+            if target.features().delta {
+                let (patched, broken) = (deltas.deltas, deltas.broken);
+                r.deltas = Some(deltas);
+                if broken > 0 {
+                    bail!("{broken} fossil deltas could not be applied");
+                }
+                if patched == 0 {
+                    bail!("no publication came as a fossil delta");
+                }
+            }
         }
     }
     r.closed = r.closed.max(workers.closed());

@@ -20,6 +20,7 @@
 mod chart;
 mod client;
 mod coordinator;
+mod delta;
 mod histogram;
 mod procfs;
 mod protobuf;
@@ -90,7 +91,8 @@ struct Outputs {
 #[derive(Args)]
 struct RunArgs {
     /// Targets, comma-separated (known: switchboard, switchboard-sio, switchboard-pusher,
-    /// switchboard-protobuf, switchboard-uni, switchboard-deflate, floor, socketio, node-ws,
+    /// switchboard-protobuf, switchboard-uni, switchboard-deflate, switchboard-delta, floor,
+    /// socketio, node-ws,
     /// sockudo, switchboard-redis, switchboard-redis-2nodes, switchboard-redis-6nodes).
     #[arg(
         long,
@@ -372,6 +374,9 @@ fn one_line(r: &coordinator::RunResult) -> String {
             }
             if let Some(bytes) = m.server_bytes_per_delivery {
                 s += &format!(", {bytes:.0} B sent/delivery");
+            }
+            if let Some(d) = &r.deltas {
+                s += &format!(" ({} as deltas, {} full)", d.deltas, d.full);
             }
         }
         s += &format!(

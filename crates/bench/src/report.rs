@@ -230,6 +230,14 @@ const ROWS: &[Row] = &[
     },
     Row {
         scenario: "broadcast",
+        metric: "load clients' CPU (cores)",
+        path: "measure.clients_cores",
+        unit: Unit::Cores,
+        goal: "",
+        check: None,
+    },
+    Row {
+        scenario: "broadcast",
         metric: "latency p50 (saturated)",
         path: "measure.latency_ms.p50",
         unit: Unit::Ms,
@@ -575,6 +583,24 @@ pub(crate) fn table(report: &Report, m: &Medians) -> String {
             );
         }
     }
+    let with_deltas: Vec<&RunResult> = report.runs.iter().filter(|r| r.deltas.is_some()).collect();
+    if !with_deltas.is_empty() {
+        let _ = writeln!(out, "\nFossil deltas, as the load clients received them:\n");
+        for r in with_deltas {
+            let d = r.deltas.clone().unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "- {} {} #{}: {} of {} measured deliveries as deltas, {} full; {} deltas could not be applied",
+                r.target,
+                r.scenario,
+                r.run,
+                thousands(d.deltas as f64),
+                thousands((d.deltas + d.full) as f64),
+                thousands(d.full as f64),
+                d.broken
+            );
+        }
+    }
     let publishers: BTreeMap<&str, &str> = report
         .runs
         .iter()
@@ -657,7 +683,7 @@ pub(crate) fn today() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::PUSHER_TARGET;
+    use crate::target::{DELTA_TARGET, PUSHER_TARGET};
 
     #[test]
     fn medians_of_numbers_and_objects() {
@@ -788,6 +814,30 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("Runs that failed"), "{t}");
+    }
+
+    #[test]
+    fn delta_runs_say_how_their_deliveries_came() {
+        let mut delta = broadcast_run(DELTA_TARGET, 0.6, None);
+        delta.deltas = Some(crate::coordinator::DeltaStats {
+            deltas: 990,
+            full: 10,
+            broken: 0,
+        });
+        let report = report_of(vec![broadcast_run(SUBJECT, 0.5, None), delta]);
+        let t = table(&report, &medians(&report.runs));
+        let header = t.lines().next().unwrap_or_default();
+        assert!(
+            header.contains("| switchboard-delta ÷ switchboard |"),
+            "{header}"
+        );
+        assert!(
+            t.contains(
+                "- switchboard-delta broadcast #1: 990 of 1,000 measured deliveries as deltas, \
+                 10 full; 0 deltas could not be applied"
+            ),
+            "{t}"
+        );
     }
 
     #[test]

@@ -147,6 +147,13 @@ pub(crate) const TARGETS: &[Target] = &[
         ratio: Ratio::TargetOverSubject,
     },
     Target {
+        name: DELTA_TARGET,
+        server: ServerKind::Switchboard,
+        proto: Proto::CentrifugeDelta,
+        cluster: Cluster::Single,
+        ratio: Ratio::TargetOverSubject,
+    },
+    Target {
         name: REDIS_TARGET,
         server: ServerKind::Switchboard,
         proto: Proto::Centrifuge,
@@ -180,16 +187,38 @@ pub(crate) const PUSHER_TARGET: &str = "switchboard-pusher";
 /// permessage-deflate: the price of compression, and the bytes it saves.
 pub(crate) const DEFLATE_TARGET: &str = "switchboard-deflate";
 
+/// switchboard with fossil deltas allowed in namespace `bench` (with the history they
+/// need), its clients subscribing with `delta: "fossil"` and applying each delta: the
+/// price of delta compression, and the bytes it saves.
+pub(crate) const DELTA_TARGET: &str = "switchboard-delta";
+
 /// switchboard with `engine = "redis"`, one node: the price of Redis mode.
 pub(crate) const REDIS_TARGET: &str = "switchboard-redis";
 
 /// Two switchboard nodes on one Redis, clients spread over both.
 pub(crate) const REDIS_2_NODES_TARGET: &str = "switchboard-redis-2nodes";
 
+/// What a switchboard target turns on beyond the bench's base configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Features {
+    /// `websocket.compression`: permessage-deflate for the clients that offer it.
+    pub(crate) deflate: bool,
+    /// Namespace `bench` keeps history and allows fossil deltas.
+    pub(crate) delta: bool,
+}
+
 impl Target {
     /// Whether the server compresses and the clients negotiate permessage-deflate.
     pub(crate) fn deflate(self) -> bool {
         self.name == DEFLATE_TARGET
+    }
+
+    /// The configuration the target's switchboard runs with.
+    pub(crate) fn features(self) -> Features {
+        Features {
+            deflate: self.deflate(),
+            delta: self.proto == Proto::CentrifugeDelta,
+        }
     }
 }
 
@@ -294,9 +323,15 @@ fn free_port_in(range: Option<(u16, u16)>) -> anyhow::Result<u16> {
     bail!("no free port in {first}-{last}")
 }
 
-fn switchboard_config(addr: SocketAddr, redis: Option<&RedisLink>, deflate: bool) -> String {
-    let websocket = if deflate {
+fn switchboard_config(addr: SocketAddr, redis: Option<&RedisLink>, features: Features) -> String {
+    let websocket = if features.deflate {
         "\n[websocket]\ncompression = true\n"
+    } else {
+        ""
+    };
+    // Deltas need history: a short one, enough to number the stream.
+    let deltas = if features.delta {
+        "history_size = 10\nhistory_ttl = \"60s\"\nallowed_delta_types = [\"fossil\"]\n"
     } else {
         ""
     };
@@ -325,7 +360,7 @@ command_burst = 1000000
 [namespaces.bench]
 subscribe = ["*"]
 publish = true
-
+{deltas}
 # The switchboard-pusher target's clients: public channels of namespace bench.
 [pusher]
 app_id = "{PUSHER_APP_ID}"
@@ -421,20 +456,20 @@ fn log_files(log: &Path) -> anyhow::Result<(std::fs::File, std::fs::File)> {
 impl ServerProcess {
     /// Starts the server of `kind` on a fresh port, logging to `log`, and waits until it
     /// accepts connections. `redis` makes a switchboard server a node of a Redis engine;
-    /// `deflate` turns its WebSocket compression on.
+    /// `features` says what else its configuration turns on.
     pub(crate) async fn start(
         kind: ServerKind,
         programs: &Programs,
         log: &Path,
         redis: Option<&RedisLink>,
-        deflate: bool,
+        features: Features,
     ) -> anyhow::Result<Self> {
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let (out, err) = log_files(log)?;
         let mut cmd = match kind {
             ServerKind::Switchboard => {
                 let config = log.with_extension("toml");
-                std::fs::write(&config, switchboard_config(addr, redis, deflate))?;
+                std::fs::write(&config, switchboard_config(addr, redis, features))?;
                 let mut c = tokio::process::Command::new(&programs.switchboard);
                 c.arg("serve").arg("--config").arg(&config);
                 c.env("SWITCHBOARD_LOG", "warn");
@@ -567,7 +602,7 @@ impl Deployment {
         match target.cluster {
             Cluster::Single => {
                 let server =
-                    ServerProcess::start(target.server, programs, log, None, target.deflate())
+                    ServerProcess::start(target.server, programs, log, None, target.features())
                         .await?;
                 deployment.nodes.push(server);
             }
@@ -592,7 +627,7 @@ impl Deployment {
                         programs,
                         &log,
                         Some(&link),
-                        target.deflate(),
+                        target.features(),
                     )
                     .await;
                     match started {

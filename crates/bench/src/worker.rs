@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Incoming, Proto};
+use crate::delta::Chain;
 use crate::histogram::{Histogram, SparseHistogram};
 use crate::procfs;
 use crate::scenario::Plan;
@@ -74,6 +75,12 @@ pub(crate) enum WorkerEvent {
         hist: SparseHistogram,
         /// Connections the server closed.
         closed: usize,
+        /// Deliveries since `measure` that came as fossil deltas (switchboard-delta).
+        #[serde(default)]
+        deltas: u64,
+        /// Deltas that could not be applied, since the start: each a publication lost.
+        #[serde(default)]
+        broken_deltas: u64,
     },
 }
 
@@ -87,6 +94,9 @@ enum Phase {
 struct Shared {
     delivered_total: AtomicU64,
     delivered: AtomicU64,
+    /// Of `delivered`, those that came as deltas.
+    deltas: AtomicU64,
+    broken_deltas: AtomicU64,
     measuring: AtomicBool,
     /// Uncontended: the worker runs on one thread.
     latency: Mutex<Histogram>,
@@ -192,6 +202,7 @@ async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
             "measure" => {
                 *lock(&shared.latency) = Histogram::default();
                 shared.delivered.store(0, Ordering::Relaxed);
+                shared.deltas.store(0, Ordering::Relaxed);
                 shared.measuring.store(true, Ordering::Relaxed);
             }
             "stop" => {
@@ -200,6 +211,8 @@ async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
                     delivered: shared.delivered.load(Ordering::Relaxed),
                     hist: lock(&shared.latency).to_sparse(),
                     closed: shared.closed.load(Ordering::Relaxed),
+                    deltas: shared.deltas.load(Ordering::Relaxed),
+                    broken_deltas: shared.broken_deltas.load(Ordering::Relaxed),
                 });
             }
             "exit" => break,
@@ -287,6 +300,7 @@ async fn connection(
     // Subscribe replies still awaited, and whether all were positive.
     let mut awaiting: Option<(usize, bool)> = None;
     let mut subscribed = false;
+    let mut chain = Chain::default();
     loop {
         if !subscribed && awaiting.is_none() && *phase.borrow() == Phase::Subscribe {
             if channels.is_empty() || proto.subscribes_at_connect() {
@@ -316,8 +330,18 @@ async fn connection(
                     Some(Ok(_)) => continue,
                 };
                 let mut pings = 0;
-                client::classify(proto, &frame, |m| match m {
-                    Incoming::Publication(sent) => on_publication(&shared, sent),
+                client::classify(proto, &frame, &mut chain, |m| match m {
+                    Incoming::Publication(sent) => {
+                        on_publication(&shared, sent);
+                    }
+                    Incoming::DeltaPublication(sent) => {
+                        if on_publication(&shared, sent) {
+                            shared.deltas.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Incoming::BrokenDelta => {
+                        shared.broken_deltas.fetch_add(1, Ordering::Relaxed);
+                    }
                     Incoming::Ping => pings += 1,
                     Incoming::SubscribeReply { ok } => {
                         if let Some((left, all_ok)) = awaiting.as_mut() {
@@ -350,15 +374,18 @@ async fn connection(
     }
 }
 
-fn on_publication(shared: &Shared, sent_us: Option<u64>) {
+/// Counts a delivery; whether it fell in the measured window.
+fn on_publication(shared: &Shared, sent_us: Option<u64>) -> bool {
     shared.delivered_total.fetch_add(1, Ordering::Relaxed);
-    if shared.measuring.load(Ordering::Relaxed) {
+    let measuring = shared.measuring.load(Ordering::Relaxed);
+    if measuring {
         shared.delivered.fetch_add(1, Ordering::Relaxed);
         if let Some(sent) = sent_us {
             let now = client::now_us();
             lock(&shared.latency).record(now.saturating_sub(sent));
         }
     }
+    measuring
 }
 
 /// The worker processes of one run.
