@@ -165,8 +165,12 @@ test('after a reconnect the rooms joined by join:conversation are there again', 
 test('seed 004 notifications and status: read sync between devices through the backend, user:status-changed', async () => {
   const phone = seedSocket('dee');
   await connected(phone, 'dee on her phone');
-  // Anyone coming online is announced to everyone.
-  const changed = once(phone, 'user:status-changed', 'user:status-changed for eve');
+  // Anyone coming online is announced to everyone. The announcement is published while
+  // the connect subscribes its channels, so dee may or may not see her own first.
+  const changed = h.waitEvent(phone, 'user:status-changed', {
+    filter: (status) => status.userId === 'eve',
+    label: 'user:status-changed for eve',
+  }).then((status) => [status]);
   const eve = seedSocket('eve');
   await connected(eve, 'eve');
   const [status] = await changed;
