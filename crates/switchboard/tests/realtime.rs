@@ -5,8 +5,11 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use futures_util::SinkExt;
 use serde_json::json;
+use switchboard::auth::MintClaims;
 use switchboard::config::NamespaceConfig;
+use tokio_tungstenite::tungstenite::Message;
 
 fn cfg() -> switchboard::Config {
     let mut c = config();
@@ -200,4 +203,107 @@ async fn typing_is_throttled_ephemeral_and_stopped_by_the_server() {
     ann.close().await;
     let stop = bob.next_pub("typing:42").await;
     assert_eq!(stop["data"], json!({"typing": false}));
+}
+
+/// Whoever leaves a presence channel, on whichever WebSocket transport runs its reader
+/// and writer in one task, leaves it once: one leave, and nothing of them left in
+/// presence or the open connections' gauge.
+#[tokio::test]
+async fn a_closed_connection_leaves_presence_once_on_every_websocket_transport() {
+    const CH: &str = "presence:left";
+    let server = start(common::pusher::config()).await;
+    // Subscribed at connect: the token's `channels` claim.
+    let subscribed = |user: &str| {
+        token_with(&MintClaims {
+            sub: user.into(),
+            channels: vec![CH.into()],
+            ..MintClaims::default()
+        })
+    };
+    let mut w = Client::connect(&server, &subscribed("w")).await;
+    // The watcher stays open.
+    let websocket = (r#"transport="websocket",encoding="json""#, 1);
+
+    let ann = Client::connect(&server, &subscribed("ann")).await;
+    joined(&mut w, "ann").await;
+    ann.close().await;
+    left_once(&mut w, &server, "ann", websocket).await;
+
+    let (bob, _) = common::protobuf::ProtoClient::connect(&server, &subscribed("bob")).await;
+    joined(&mut w, "bob").await;
+    bob.close().await;
+    let protobuf = (r#"transport="websocket",encoding="protobuf""#, 0);
+    left_once(&mut w, &server, "bob", protobuf).await;
+
+    let url = format!("ws://{}/connection/uni_websocket", server.addr);
+    let (mut cat, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("open");
+    let connect = json!({"token": subscribed("cat")}).to_string();
+    cat.send(Message::text(connect)).await.expect("send");
+    joined(&mut w, "cat").await;
+    cat.close(None).await.expect("close");
+    let uni = (r#"transport="uni_websocket",encoding="json""#, 0);
+    left_once(&mut w, &server, "cat", uni).await;
+
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+    let (mut dan, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("open");
+    let open = next_text(&mut dan).await.expect("open packet");
+    assert!(open.starts_with('0'), "{open}");
+    let connect = format!("40{}", json!({"token": subscribed("dan")}));
+    dan.send(Message::text(connect)).await.expect("send");
+    joined(&mut w, "dan").await;
+    dan.close(None).await.expect("close");
+    let socketio = (r#"transport="socketio_websocket",encoding="json""#, 0);
+    left_once(&mut w, &server, "dan", socketio).await;
+
+    // A Pusher member is the user its signed channel data names.
+    let mut eve = common::pusher::PusherClient::connect(&server).await;
+    eve.join("presence-left", "eve", "Eve").await;
+    joined(&mut w, "eve").await;
+    eve.close().await;
+    let pusher = (r#"transport="pusher",encoding="json""#, 0);
+    left_once(&mut w, &server, "eve", pusher).await;
+    server.stop().await;
+}
+
+/// Waits for `user`'s join of `presence:left`.
+async fn joined(w: &mut Client, user: &str) {
+    loop {
+        let p = w.next_push().await;
+        if p["join"]["info"]["user"] == json!(user) {
+            return;
+        }
+    }
+}
+
+/// Waits for `user`'s leave of `presence:left`, then for their connection to end (the
+/// open connections' gauge of its transport, `labels`, down to `open`, not below);
+/// then a publication is the next push, and presence holds only the watcher: one
+/// leave, no ghost.
+async fn left_once(w: &mut Client, server: &TestServer, user: &str, (labels, open): (&str, i64)) {
+    const CH: &str = "presence:left";
+    loop {
+        let p = w.next_push().await;
+        assert!(p.get("join").is_none(), "{p}");
+        if p["leave"]["info"]["user"] == json!(user) {
+            break;
+        }
+    }
+    let gauge = format!("switchboard_connections{{{labels}}}");
+    let gauge = gauge.as_str();
+    eventually_value(|| async move { (signed_metric(server, gauge).await == open).then_some(()) })
+        .await;
+    let mark = json!({"after": user});
+    api_call(server, "publish", json!({"channel": CH, "data": mark})).await;
+    let next = w.next_push().await;
+    assert_eq!(next["pub"]["data"], mark, "one leave only: {next}");
+    let stats = api_call(server, "presence_stats", json!({"channel": CH})).await;
+    assert_eq!(
+        stats["result"],
+        json!({"num_clients": 1, "num_users": 1}),
+        "{stats}"
+    );
 }

@@ -533,6 +533,16 @@ pub async fn api_call(server: &TestServer, method: &str, params: Value) -> Value
 
 /// The value of the Prometheus sample `name{labels}` at `/metrics` (0 when absent).
 pub async fn metric(server: &TestServer, sample: &str) -> u64 {
+    sample_value(server, sample).await.unwrap_or(0)
+}
+
+/// [`metric`] of a gauge, which a bug could take below zero (a connection counted
+/// closed twice).
+pub async fn signed_metric(server: &TestServer, sample: &str) -> i64 {
+    sample_value(server, sample).await.unwrap_or(0)
+}
+
+async fn sample_value<T: std::str::FromStr>(server: &TestServer, sample: &str) -> Option<T> {
     let text = reqwest::Client::new()
         .get(server.http_url("/metrics"))
         .timeout(TIMEOUT)
@@ -542,13 +552,11 @@ pub async fn metric(server: &TestServer, sample: &str) -> u64 {
         .text()
         .await
         .expect("metrics text");
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(sample)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
+    text.lines().find_map(|l| {
+        l.strip_prefix(sample)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }

@@ -215,4 +215,9 @@ impl ProtoClient {
             }
         }
     }
+
+    /// Closes the WebSocket, as a client that is done does.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
 }
