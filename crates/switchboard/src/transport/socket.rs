@@ -72,6 +72,23 @@ impl<S> Shared<S> {
     }
 }
 
+impl<S: AsyncWrite + Unpin> Shared<S> {
+    /// Runs `then` on the socket once nothing is pending, `own` (the caller's slot in
+    /// [`Wakers`]) woken when the socket can take more.
+    fn poll_drained<T>(
+        &self,
+        own: &AtomicWaker,
+        cx: &mut Context<'_>,
+        then: impl FnOnce(&mut State<S>, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        own.register(cx.waker());
+        let mut cx = Context::from_waker(&self.waker);
+        let mut state = self.lock();
+        ready!(state.poll_drain(&mut cx))?;
+        then(&mut state, &mut cx)
+    }
+}
+
 impl<S: AsyncWrite + Unpin> State<S> {
     /// Writes what is pending; ready once nothing is.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -189,20 +206,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SharedSocket<S> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let shared = &*self.0;
-        shared.wakers.reader.register(cx.waker());
-        let mut cx = Context::from_waker(&shared.waker);
-        let mut state = shared.lock();
-        ready!(state.poll_drain(&mut cx))?;
-        Pin::new(&mut state.io).poll_flush(&mut cx)
+        shared.poll_drained(&shared.wakers.reader, cx, |state, cx| {
+            Pin::new(&mut state.io).poll_flush(cx)
+        })
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let shared = &*self.0;
-        shared.wakers.reader.register(cx.waker());
-        let mut cx = Context::from_waker(&shared.waker);
-        let mut state = shared.lock();
-        ready!(state.poll_drain(&mut cx))?;
-        Pin::new(&mut state.io).poll_shutdown(&mut cx)
+        shared.poll_drained(&shared.wakers.reader, cx, |state, cx| {
+            Pin::new(&mut state.io).poll_shutdown(cx)
+        })
     }
 }
 
@@ -248,21 +261,17 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<()>> {
         let shared = &*self.0;
-        shared.wakers.writer.register(cx.waker());
-        let mut cx = Context::from_waker(&shared.waker);
-        let mut state = shared.lock();
-        ready!(state.poll_drain(&mut cx))?;
-        state.poll_put(&mut cx, bufs)
+        shared.poll_drained(&shared.wakers.writer, cx, |state, cx| {
+            state.poll_put(cx, bufs)
+        })
     }
 
     /// Writes what is pending and flushes the socket.
     pub(crate) fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let shared = &*self.0;
-        shared.wakers.writer.register(cx.waker());
-        let mut cx = Context::from_waker(&shared.waker);
-        let mut state = shared.lock();
-        ready!(state.poll_drain(&mut cx))?;
-        Pin::new(&mut state.io).poll_flush(&mut cx)
+        shared.poll_drained(&shared.wakers.writer, cx, |state, cx| {
+            Pin::new(&mut state.io).poll_flush(cx)
+        })
     }
 
     /// Whether a close frame went out.

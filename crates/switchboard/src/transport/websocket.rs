@@ -122,11 +122,12 @@ fn header(opcode: u8, rsv1: bool, len: usize, out: &mut [u8; 10]) -> usize {
 }
 
 /// A message of a vectored write: the frames up to `end` (from the previous message's
-/// end), joined, after a header of `header` bytes.
+/// end), joined with `sep`, after a header of `header` bytes.
 #[derive(Clone, Copy, Default)]
 struct Planned {
     end: usize,
     header: usize,
+    sep: &'static str,
 }
 
 /// What separates `frame` from `before` when a protocol joins frames with `sep`: `sep`
@@ -201,10 +202,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> WsSink<S> {
             while at < self.frames.len() && count < messages.len() {
                 let first = &self.frames[at];
                 let (mut len, mut end, mut slices) = (first.len(), at + 1, 2);
+                // Frames join only their own kind, so one message has one separator.
+                let mut joined_with = "";
                 while let Some(next) = self.frames.get(end) {
                     let Some(sep) = self.joins(&self.frames[end - 1], next, len) else {
                         break;
                     };
+                    joined_with = sep;
                     let more = if sep.is_empty() { 1 } else { 2 };
                     if slices_needed + slices + more > SLICES {
                         break;
@@ -221,6 +225,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> WsSink<S> {
                 messages[count] = Planned {
                     end,
                     header: header_len,
+                    sep: joined_with,
                 };
                 slices_needed += slices;
                 count += 1;
@@ -233,12 +238,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> WsSink<S> {
                 slices[n] = IoSlice::new(&h[..m.header]);
                 n += 1;
                 for i in from..m.end {
-                    let sep = match (i > from, self.join) {
-                        (true, Some(join)) => separator(&self.frames[i - 1], &self.frames[i], join),
-                        _ => None,
-                    };
-                    if let Some(sep) = sep.filter(|s| !s.is_empty()) {
-                        slices[n] = IoSlice::new(sep.as_bytes());
+                    if i > from && !m.sep.is_empty() {
+                        slices[n] = IoSlice::new(m.sep.as_bytes());
                         n += 1;
                     }
                     slices[n] = IoSlice::new(self.frames[i].as_bytes());
