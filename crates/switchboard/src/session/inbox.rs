@@ -23,21 +23,27 @@ impl Session {
     /// Starts noting deliveries of `channel` (stream epoch `epoch`) for `user`.
     pub(super) fn track_inbox(&self, channel: &Arc<str>, user: &Arc<str>, epoch: &str) {
         let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        let inbox = inbox.get_or_insert_with(Box::default);
         inbox.insert(channel.clone(), (Arc::from(epoch), user.clone()));
         self.has_inbox.store(true, Ordering::Release);
     }
 
     pub(super) fn untrack_inbox(&self, channel: &str) {
         let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
-        inbox.remove(channel);
-        self.has_inbox.store(!inbox.is_empty(), Ordering::Release);
+        if let Some(map) = inbox.as_mut() {
+            map.remove(channel);
+            if map.is_empty() {
+                *inbox = None;
+            }
+        }
+        self.has_inbox.store(inbox.is_some(), Ordering::Release);
     }
 
     /// The publication at `offset` of `channel` is queued here: if it is an inbox
     /// channel, the user received it.
     pub(super) fn note_delivered(&self, channel: &Arc<str>, offset: u64) {
         let inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((epoch, user)) = inbox.get(channel) {
+        if let Some((epoch, user)) = inbox.as_ref().and_then(|m| m.get(channel)) {
             self.node.note_delivered(user, channel, epoch, offset);
         }
     }
@@ -71,7 +77,8 @@ impl Session {
         let epoch = if receipt.epoch.is_empty() {
             let inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
             inbox
-                .get(receipt.channel.as_str())
+                .as_ref()
+                .and_then(|m| m.get(receipt.channel.as_str()))
                 .map(|(e, _)| e.to_string())
                 .unwrap_or_default()
         } else {

@@ -169,8 +169,10 @@ pub struct Session {
     cancel: CancellationToken,
     disconnect: OnceLock<Disconnect>,
     /// Events of channels whose subscribe reply is not queued yet, with what the
-    /// subscription asked of them. Short sections only.
-    pending: Mutex<HashMap<Arc<str>, Pending>>,
+    /// subscription asked of them; `None` while no subscribe is under way (most of a
+    /// connection's life: the map is created for a subscribe and dropped once empty).
+    /// Short sections only.
+    pending: Mutex<Option<Box<PendingMap>>>,
     /// Short sections only; never held across an await.
     state: Mutex<State>,
     /// Per-command rate and error accounting. Short sections only.
@@ -179,8 +181,9 @@ pub struct Session {
     timers_changed: tokio::sync::Notify,
     /// What the client's HTTP request said, for proxies; set once by the transport.
     origin: OnceLock<crate::proxy::ClientOrigin>,
-    /// Inbox channels subscribed here. Read on the delivery path; short sections only.
-    inbox: Mutex<HashMap<Arc<str>, InboxTrack>>,
+    /// Inbox channels subscribed here; `None` without any (most connections). Read on
+    /// the delivery path; short sections only.
+    inbox: Mutex<Option<Box<HashMap<Arc<str>, InboxTrack>>>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -195,6 +198,9 @@ type Pending = (
     Vec<Arc<ChannelEvent>>,
     Option<Arc<crate::delivery::Delivery>>,
 );
+
+/// Channels whose subscribe reply is not queued yet, and their held-back events.
+type PendingMap = HashMap<Arc<str>, Pending>;
 
 /// An inbox channel of a session: the stream epoch it subscribed in, and its user.
 type InboxTrack = (Arc<str>, Arc<str>);
@@ -255,6 +261,10 @@ impl Session {
     /// which sessions a transport's own pushes are for.
     pub fn codec_name(&self) -> &'static str {
         self.codec.name
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Option<Box<PendingMap>>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The node this session belongs to.
@@ -736,6 +746,7 @@ impl Session {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
+            .flat_map(|map| map.iter())
             .map(|(channel, (_, user))| (channel.clone(), user.clone()))
             .collect();
         for ch in channels {

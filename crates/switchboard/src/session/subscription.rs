@@ -80,8 +80,8 @@ impl Session {
             }
         }
         if self.pending_count.load(Ordering::Acquire) > 0 {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((buf, _)) = pending.get_mut(&event.channel) {
+            let mut pending = self.pending();
+            if let Some((buf, _)) = pending.as_mut().and_then(|p| p.get_mut(&event.channel)) {
                 if buf.len() >= self.node.config.limits.outbox_size {
                     drop(pending);
                     self.node.metrics.outbox_drops.inc();
@@ -105,8 +105,8 @@ impl Session {
     /// reply, which must come first. Returns whether it was queued.
     pub fn push_about(&self, channel: &str, item: Outgoing) -> bool {
         if self.pending_count.load(Ordering::Acquire) > 0 {
-            let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if pending.contains_key(channel) {
+            let pending = self.pending();
+            if pending.as_ref().is_some_and(|p| p.contains_key(channel)) {
                 return false;
             }
             // Queue under the lock so an activation can not overtake this push.
@@ -131,12 +131,12 @@ impl Session {
     }
 
     fn activate(&self, first: impl IntoIterator<Item = Outgoing>, channels: Vec<(Arc<str>, u64)>) {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self.pending();
         for item in first {
             self.enqueue(item);
         }
         for (channel, offset) in channels {
-            if let Some((buf, delivery)) = pending.remove(&channel) {
+            if let Some((buf, delivery)) = pending.as_mut().and_then(|p| p.remove(&channel)) {
                 self.pending_count.fetch_sub(1, Ordering::AcqRel);
                 for ev in buf {
                     let o = ev.offset();
@@ -145,6 +145,11 @@ impl Session {
                     }
                 }
             }
+        }
+        // Empty again: the map's memory goes back (a map keeps its capacity), as most
+        // connections subscribe once and then idle.
+        if pending.as_ref().is_some_and(|p| p.is_empty()) {
+            *pending = None;
         }
     }
 
@@ -325,7 +330,8 @@ impl Session {
             if max_channels > 0 && st.subs.len() >= max_channels {
                 return Err(ErrorCode::LimitExceeded.into());
             }
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pending = self.pending();
+            let pending = pending.get_or_insert_with(Box::default);
             if pending.contains_key(channel) {
                 return Err(ErrorCode::AlreadySubscribed.into());
             }
