@@ -183,7 +183,7 @@ pub struct Session {
     origin: OnceLock<crate::proxy::ClientOrigin>,
     /// Inbox channels subscribed here; `None` without any (most connections). Read on
     /// the delivery path; short sections only.
-    inbox: Mutex<Option<Box<HashMap<Arc<str>, InboxTrack>>>>,
+    inbox: Mutex<Option<Box<InboxMap>>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -204,6 +204,9 @@ type PendingMap = HashMap<Arc<str>, Pending>;
 
 /// An inbox channel of a session: the stream epoch it subscribed in, and its user.
 type InboxTrack = (Arc<str>, Arc<str>);
+
+/// A session's inbox channels.
+type InboxMap = HashMap<Arc<str>, InboxTrack>;
 
 /// Outcome of a successful connect.
 pub struct Connected {
