@@ -4,12 +4,13 @@
 //! recipient.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use switchboard_protocol::filter::{FilterError, FilterLimits, FilterNode, TagFilter};
 use switchboard_protocol::Publication;
 
 use crate::config::{LimitsConfig, NamespaceConfig};
-use crate::event::{ChannelEvent, Codec, EventKind, Frame};
+use crate::event::{ChannelEvent, Codec, EventFrame, EventKind};
 
 /// The one delta encoding there is.
 pub const FOSSIL: &str = "fossil";
@@ -127,7 +128,7 @@ impl Delivery {
     /// The frame `event` goes to this subscriber in, when it is not the codec's shared
     /// one: a delta subscriber's publication. Call it as the frame is queued, in
     /// order: it moves the subscriber's chain.
-    pub fn frame(&self, event: &ChannelEvent, codec: Codec) -> Option<Frame> {
+    pub fn frame(&self, event: &ChannelEvent, codec: Codec) -> Option<Arc<EventFrame>> {
         let chain = self.delta.as_ref()?;
         let EventKind::Publication(p) = &event.kind else {
             return None;

@@ -196,10 +196,10 @@ pub struct ChannelEvent {
     /// When this node created the event (published it, or received it from the engine):
     /// the start of the publish-to-delivery latency metric.
     pub published: Instant,
-    encoded: [OnceLock<Frame>; SLOTS],
+    encoded: [OnceLock<Arc<EventFrame>>; SLOTS],
     /// Compressed frames per codec slot, allocated when a compressed codec first asks:
     /// most events never meet one.
-    compressed: OnceLock<Box<[OnceLock<Frame>; SLOTS]>>,
+    compressed: OnceLock<Box<[OnceLock<Arc<EventFrame>>; SLOTS]>>,
     /// The payload of the channel's previous publication, when the hub knows it (the
     /// channel has delta subscribers and this one follows it directly).
     base: OnceLock<SharedJson>,
@@ -214,8 +214,8 @@ struct DeltaFrames {
     /// The fossil delta from the previous publication's payload, when there is one and
     /// it is shorter than the payload.
     patch: Option<Vec<u8>>,
-    full: [OnceLock<Option<Frame>>; SLOTS],
-    delta: [OnceLock<Option<Frame>>; SLOTS],
+    full: [OnceLock<Option<Arc<EventFrame>>>; SLOTS],
+    delta: [OnceLock<Option<Arc<EventFrame>>>; SLOTS],
 }
 
 impl ChannelEvent {
@@ -242,14 +242,17 @@ impl ChannelEvent {
     /// a delta of the previous publication when `chained` (the subscriber's last one was
     /// that publication) and a delta is known and shorter, else the full payload in
     /// the delta form. `None` for joins and leaves, and codecs without deltas.
-    pub fn delta_encoded(&self, codec: Codec, chained: bool) -> Option<Frame> {
-        let encode = codec.deltas?;
+    pub fn delta_encoded(&self, codec: Codec, chained: bool) -> Option<Arc<EventFrame>> {
+        let encoder = codec.deltas?;
+        let encode = |payload: &[u8], delta: bool| {
+            encoder(self, payload, delta).map(|frame| self.shared(frame))
+        };
         let EventKind::Publication(p) = &self.kind else {
             return None;
         };
         let full = p.data.get().as_bytes();
         let Some(slot) = codec.slot else {
-            return encode(self, full, false);
+            return encode(full, false);
         };
         let frames = self.deltas.get_or_init(|| {
             let patch = self
@@ -264,31 +267,39 @@ impl ChannelEvent {
             })
         });
         if let (true, Some(patch)) = (chained, &frames.patch) {
-            if let Some(f) = frames.delta[slot].get_or_init(|| encode(self, patch, true)) {
+            if let Some(f) = frames.delta[slot].get_or_init(|| encode(patch, true)) {
                 return Some(f.clone());
             }
         }
         frames.full[slot]
-            .get_or_init(|| encode(self, full, false))
+            .get_or_init(|| encode(full, false))
             .clone()
     }
 
     /// The event encoded with `codec` (and compressed, for a compressed codec),
     /// encoding it on first use only.
-    pub fn encoded(&self, codec: Codec, config: &crate::Config) -> Frame {
+    pub fn encoded(&self, codec: Codec, config: &crate::Config) -> Arc<EventFrame> {
         let plain = || match codec.slot {
             Some(slot) => self.encoded[slot]
-                .get_or_init(|| (codec.encode_event)(self, config))
+                .get_or_init(|| self.shared((codec.encode_event)(self, config)))
                 .clone(),
-            None => (codec.encode_event)(self, config),
+            None => self.shared((codec.encode_event)(self, config)),
         };
         match (codec.compress, codec.slot) {
             (None, _) => plain(),
             (Some(compress), Some(slot)) => self.compressed.get_or_init(Default::default)[slot]
-                .get_or_init(|| compress(&plain(), config))
+                .get_or_init(|| self.shared(compress(&plain().frame, config)))
                 .clone(),
-            (Some(compress), None) => compress(&plain(), config),
+            (Some(compress), None) => self.shared(compress(&plain().frame, config)),
         }
+    }
+
+    /// `frame`, as this event's frame shared by its recipients.
+    fn shared(&self, frame: Frame) -> Arc<EventFrame> {
+        Arc::new(EventFrame {
+            frame,
+            published: self.published,
+        })
     }
 
     /// The publication offset, 0 for joins and leaves.
@@ -336,20 +347,54 @@ pub enum Control {
     },
 }
 
-/// One item in a session's outbox.
+/// A channel event's frame for one codec, shared by all its recipients: an outbox
+/// queues it as one pointer, so a slot stays 16 bytes however the frame is held.
+#[derive(Debug)]
+pub struct EventFrame {
+    /// The encoded frame.
+    pub frame: Frame,
+    /// When this node created the event, for the latency metric.
+    pub published: Instant,
+}
+
+/// One item in a session's outbox: 16 bytes, so the queue a fan-out burst leaves
+/// behind stays small.
 #[derive(Debug)]
 pub enum Outgoing {
     /// A channel event, encoded for the session's protocol.
-    Event {
-        /// The shared encoded frame.
-        frame: Frame,
-        /// When this node created the event, for the latency metric.
-        published: Instant,
-    },
-    /// A frame the transport already encoded (a command reply, a ping).
-    Frame(Frame),
+    Event(Arc<EventFrame>),
+    /// A frame the transport already encoded (a command reply, a ping); boxed like
+    /// `Control`, as a reply already allocates its own bytes.
+    Frame(Box<Frame>),
     /// A session-level push (boxed: rare, and it keeps outbox slots small).
     Control(Box<Control>),
+}
+
+const _: () = assert!(std::mem::size_of::<Outgoing>() == 16);
+
+impl Outgoing {
+    /// A frame the transport encoded.
+    pub fn frame(frame: impl Into<Frame>) -> Self {
+        Self::Frame(Box::new(frame.into()))
+    }
+
+    /// Its frame, unless it is a control push (which the writer encodes).
+    pub fn as_frame(&self) -> Option<&Frame> {
+        match self {
+            Self::Event(e) => Some(&e.frame),
+            Self::Frame(f) => Some(f),
+            Self::Control(_) => None,
+        }
+    }
+
+    /// Its frame to write, or the control push to encode.
+    pub fn into_frame(self) -> Result<Frame, Box<Control>> {
+        match self {
+            Self::Event(e) => Ok(e.frame.clone()),
+            Self::Frame(f) => Ok(*f),
+            Self::Control(c) => Err(c),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -385,14 +430,15 @@ mod tests {
         };
         let ev = ChannelEvent::new("chat:1".into(), EventKind::Join(info));
         for _ in 0..3 {
-            assert_eq!(ev.encoded(*TEXT, &config), Frame::from_static("t"));
-            assert_eq!(ev.encoded(*BINARY, &config), Frame::from(vec![1]));
+            assert_eq!(ev.encoded(*TEXT, &config).frame, Frame::from_static("t"));
+            assert_eq!(ev.encoded(*BINARY, &config).frame, Frame::from(vec![1]));
         }
         assert_eq!(TEXT_CALLS.load(Ordering::Relaxed), 1);
         assert_eq!(BINARY_CALLS.load(Ordering::Relaxed), 1);
         // The shared frame is the same allocation, not a copy.
         let (a, b) = (ev.encoded(*BINARY, &config), ev.encoded(*BINARY, &config));
-        assert_eq!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr());
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.published, ev.published);
     }
 
     static COMPRESS_CALLS: AtomicUsize = AtomicUsize::new(0);
@@ -424,12 +470,12 @@ mod tests {
             chan_info: None,
         };
         let ev = ChannelEvent::new("chat:1".into(), EventKind::Join(info));
-        let frames: Vec<Frame> = (0..3).map(|_| ev.encoded(compressed, &config)).collect();
+        let frames: Vec<_> = (0..3).map(|_| ev.encoded(compressed, &config)).collect();
         assert_eq!(COMPRESS_CALLS.load(Ordering::Relaxed), 1);
-        assert!(matches!(&frames[0], Frame::Deflated { payload, .. } if payload == "t"));
-        assert_eq!(frames[0].as_bytes().as_ptr(), frames[2].as_bytes().as_ptr());
+        assert!(matches!(&frames[0].frame, Frame::Deflated { payload, .. } if payload == "t"));
+        assert!(Arc::ptr_eq(&frames[0], &frames[2]));
         // The plain codec still gets the plain frame.
-        assert_eq!(ev.encoded(PLAIN, &config), Frame::from_static("t"));
+        assert_eq!(ev.encoded(PLAIN, &config).frame, Frame::from_static("t"));
     }
 
     #[test]
@@ -452,6 +498,6 @@ mod tests {
             }),
         );
         let config = crate::Config::default();
-        assert_eq!(ev.encoded(codec, &config), Frame::from_static("late"));
+        assert_eq!(ev.encoded(codec, &config).frame, Frame::from_static("late"));
     }
 }

@@ -21,7 +21,7 @@ use std::task::Poll;
 use futures_util::task::AtomicWaker;
 
 use crate::config::LimitsConfig;
-use crate::event::Outgoing;
+use crate::event::{Frame, Outgoing};
 use crate::metrics::Metrics;
 
 /// Capacity kept by an emptied queue; a larger one is released.
@@ -135,10 +135,7 @@ const _: () = assert!(std::mem::offset_of!(Outbox, budget) <= 128);
 /// Bytes an item pins while queued. A channel event's frame is shared by all its
 /// recipients, yet each queue keeps it alive on its own, so each counts it whole.
 fn size_of(item: &Outgoing) -> usize {
-    match item {
-        Outgoing::Event { frame, .. } | Outgoing::Frame(frame) => frame.len(),
-        Outgoing::Control(_) => CONTROL_BYTES,
-    }
+    item.as_frame().map_or(CONTROL_BYTES, Frame::len)
 }
 
 impl Outbox {
@@ -310,7 +307,7 @@ mod tests {
     use crate::event::Frame;
 
     fn frame(s: &'static str) -> Outgoing {
-        Outgoing::Frame(Frame::from_static(s))
+        Outgoing::frame(Frame::from_static(s))
     }
 
     fn outbox(items: usize, bytes: usize, total: usize, metrics: &Arc<Metrics>) -> Outbox {
@@ -324,7 +321,7 @@ mod tests {
     }
 
     fn sized(n: usize) -> Outgoing {
-        Outgoing::Frame(Frame::from("x".repeat(n)))
+        Outgoing::frame("x".repeat(n))
     }
 
     #[test]
@@ -372,7 +369,7 @@ mod tests {
             .iter()
             .map(|o| match o {
                 Outgoing::Frame(f) => String::from_utf8_lossy(f.as_bytes()).into_owned(),
-                _ => String::new(),
+                Outgoing::Event(_) | Outgoing::Control(_) => String::new(),
             })
             .collect();
         assert_eq!(texts, ["a", "b", "c"]);

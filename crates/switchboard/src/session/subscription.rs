@@ -124,10 +124,7 @@ impl Session {
         let frame = delivery
             .and_then(|d| d.frame(event, self.codec))
             .unwrap_or_else(|| event.encoded(self.codec, &self.node.config));
-        Outgoing::Event {
-            frame,
-            published: event.published,
-        }
+        Outgoing::Event(frame)
     }
 
     fn activate(&self, first: impl IntoIterator<Item = Outgoing>, channels: Vec<(Arc<str>, u64)>) {

@@ -247,10 +247,9 @@ pub(crate) fn delta_push<E: Encoding>(
 }
 
 pub(crate) fn encode<E: Encoding>(_: &Session, item: Outgoing) -> Frame {
-    match item {
-        Outgoing::Event { frame, .. } => frame,
-        Outgoing::Frame(f) => f,
-        Outgoing::Control(c) => match *c {
+    match item.into_frame() {
+        Ok(frame) => frame,
+        Err(c) => match *c {
             Control::Subscribed { channel, result } => {
                 E::push(&channel, &PushBody::Subscribe(&result))
             }
@@ -346,7 +345,7 @@ async fn read_loop<E: Encoding>(
 
 fn reply<E: Encoding>(session: &Session, id: u32, body: &ReplyBody) {
     if id != 0 {
-        session.enqueue(Outgoing::Frame(E::reply(id, body)));
+        session.enqueue(Outgoing::frame(E::reply(id, body)));
     }
 }
 
@@ -419,7 +418,7 @@ async fn handle_command<E: Encoding>(
         }
         Ok(Executed::Subscribed(s)) => {
             let frame = E::reply(id, &ReplyBody::Subscribe(s.result));
-            s.activation.complete(Some(Outgoing::Frame(frame)));
+            s.activation.complete(Some(Outgoing::frame(frame)));
             None
         }
         Ok(Executed::Nothing) => None,
@@ -438,7 +437,7 @@ async fn connect<E: Encoding>(
         c.result.session = emulation.to_string();
     }
     let frame = E::reply(id, &ReplyBody::Connect(c.result));
-    c.activation.complete(Some(Outgoing::Frame(frame)));
+    c.activation.complete(Some(Outgoing::frame(frame)));
     Ok(Executed::Nothing)
 }
 

@@ -89,7 +89,7 @@ impl Heartbeat {
         if self.next_ping.is_some_and(|p| now >= p) {
             // A ping interval is quiet enough to give buffers back (see `Outbox`).
             session.outbox().release_when_drained();
-            session.enqueue(Outgoing::Frame(self.ping.clone()));
+            session.enqueue(Outgoing::frame(self.ping.clone()));
             // The deadline runs from the first unanswered ping: a later ping must not
             // move it, or with `pong_timeout` above `ping_interval` it never arrives.
             if self.expects_pong && self.pong_deadline.is_none() {

@@ -161,7 +161,7 @@ pub(crate) async fn write_loop_with(
 /// sample per write instead of three shared atomic updates per delivery.
 pub(crate) fn observe_latency(session: &Session, batch: &[Outgoing]) {
     let oldest = batch.iter().find_map(|item| match item {
-        Outgoing::Event { published, .. } => Some(*published),
+        Outgoing::Event(e) => Some(e.published),
         _ => None,
     });
     if let Some(published) = oldest {

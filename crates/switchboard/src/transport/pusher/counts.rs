@@ -121,7 +121,7 @@ async fn round(node: &Node, counts: &Counts, told: &mut Told) -> Result<(), Node
         for session in node.local_subscribers(channel) {
             if session.codec_name() == CODEC.name {
                 // A subscriber still waiting for its confirmation is told as a newcomer.
-                session.push_about(channel, Outgoing::Frame(frame.clone()));
+                session.push_about(channel, Outgoing::frame(frame.clone()));
             }
         }
     }
@@ -130,7 +130,7 @@ async fn round(node: &Node, counts: &Counts, told: &mut Told) -> Result<(), Node
             continue;
         }
         if let Some(n) = told.counts.get(&channel) {
-            session.push_about(&channel, Outgoing::Frame(count_frame(pusher, &channel, *n)));
+            session.push_about(&channel, Outgoing::frame(count_frame(pusher, &channel, *n)));
         }
     }
     Ok(())

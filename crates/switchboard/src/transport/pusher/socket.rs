@@ -178,7 +178,7 @@ async fn establish(session: &Arc<Session>) -> bool {
             // ping_interval, keep it from having to.
             let activity = session.node().config.client.ping_interval.as_secs().max(1);
             let hello = wire::connection_established(&session.id, activity);
-            session.enqueue(Outgoing::Frame(Frame::from(hello)));
+            session.enqueue(Outgoing::frame(hello));
             true
         }
         Err(e) => {
@@ -316,7 +316,7 @@ async fn handle(session: &Arc<Session>, served: &Served, text: &str) -> Option<D
         }
         None => wire::error(Some(reply.code), &reply.message),
     };
-    session.enqueue(Outgoing::Frame(Frame::from(frame)));
+    session.enqueue(Outgoing::frame(frame));
     None
 }
 
@@ -344,13 +344,13 @@ fn subscription_status(code: u32) -> (&'static str, u16) {
 fn malformed(session: &Session, why: &str) -> Option<Disconnect> {
     session.node().metrics.command_errors.inc();
     let error = wire::error(Some(ErrorCode::BadRequest.code()), why);
-    session.enqueue(Outgoing::Frame(Frame::from(error)));
+    session.enqueue(Outgoing::frame(error));
     session.protocol_error()
 }
 
 fn ping(session: &Session) -> Result<(), Refused> {
     session.admit_command()?;
-    session.enqueue(Outgoing::Frame(Frame::from_static(wire::PONG)));
+    session.enqueue(Outgoing::frame(Frame::from_static(wire::PONG)));
     Ok(())
 }
 
@@ -452,20 +452,17 @@ async fn subscribe_channel(
         Some(p) => wire::presence_data(p.presence.values()),
         None => "{}".to_owned(),
     };
-    let succeeded = Outgoing::Frame(Frame::from(wire::subscription_succeeded(
-        &req.channel,
-        &data,
-    )));
+    let succeeded = Outgoing::frame(wire::subscription_succeeded(&req.channel, &data));
     let activation = subscribed.activation;
     match last {
         None => activation.complete(Some(succeeded)),
         Some(None) => {
-            let miss = Outgoing::Frame(Frame::from(wire::cache_miss(&req.channel)));
+            let miss = Outgoing::frame(wire::cache_miss(&req.channel));
             activation.complete_with(succeeded, miss, 0);
         }
         Some(Some(p)) => {
             let seen = p.offset;
-            let last = Outgoing::Frame(Frame::from(wire::cached(pusher, &channel, p)));
+            let last = Outgoing::frame(wire::cached(pusher, &channel, p));
             activation.complete_with(succeeded, last, seen);
         }
     }
@@ -568,6 +565,6 @@ async fn signin(
     };
     session.sign_in(identity).await?;
     let success = wire::signin_success(&req.user_data);
-    session.enqueue(Outgoing::Frame(Frame::from(success)));
+    session.enqueue(Outgoing::frame(success));
     Ok(())
 }

@@ -298,9 +298,9 @@ pub(super) fn cache_miss(channel: &str) -> String {
 /// `pusher_internal:` events, which pusher-js ignores.
 pub(super) fn encode_outgoing(session: &Session, item: Outgoing) -> Frame {
     let pusher = &session.node().config.pusher;
-    match item {
-        Outgoing::Event { frame, .. } | Outgoing::Frame(frame) => frame,
-        Outgoing::Control(c) => Frame::from(match *c {
+    match item.into_frame() {
+        Ok(frame) => frame,
+        Err(c) => Frame::from(match *c {
             // The server API subscribed the connection.
             Control::Subscribed { channel, .. } => {
                 subscription_succeeded(&to_pusher(pusher, &channel), "{}")

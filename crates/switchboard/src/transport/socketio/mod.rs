@@ -220,14 +220,10 @@ impl Conn {
     /// carry an offset for recovery.
     fn encode(&self, item: Outgoing) -> Frame {
         let recovering = &self.session.node().config.socketio;
-        if let (
-            Outgoing::Event {
-                frame: Frame::Text(frame),
-                ..
-            },
-            false,
-        ) = (&item, recovering.recovery_window.is_zero())
-        {
+        if let (Outgoing::Event(e), false) = (&item, recovering.recovery_window.is_zero()) {
+            let Frame::Text(frame) = &e.frame else {
+                return encode(&self.session, item);
+            };
             self.tracker()
                 .wrote(frame, recovering.recovery_max_publications);
         }

@@ -63,7 +63,7 @@ async fn socketio_packet(conn: &Conn, text: &str) -> Option<Disconnect> {
         if packet.kind == SioKind::Connect {
             let body = serde_json::json!({ "message": "Invalid namespace" });
             let frame = format!("44{},{body}", packet.namespace);
-            session.enqueue(Outgoing::Frame(Frame::from(frame)));
+            session.enqueue(Outgoing::frame(frame));
         }
         return None;
     }
@@ -148,18 +148,18 @@ async fn connect(conn: &Conn, data: &str) -> Option<Disconnect> {
         // the client may retry on the same connection (with a fresh token, say).
         Err(SessionError::Reply(code)) => {
             let frame = encode_connect_error(code.message(), &ErrorReply::from(code));
-            session.enqueue(Outgoing::Frame(Frame::from(frame)));
+            session.enqueue(Outgoing::frame(frame));
             None
         }
         Err(SessionError::Rejected(e)) => {
             let frame = encode_connect_error(&e.message, &*e);
-            session.enqueue(Outgoing::Frame(Frame::from(frame)));
+            session.enqueue(Outgoing::frame(frame));
             None
         }
         Err(SessionError::Disconnect(d)) => {
             let data = serde_json::json!({ "code": d.code, "message": d.reason });
             let frame = encode_connect_error(d.reason, &data);
-            session.enqueue(Outgoing::Frame(Frame::from(frame)));
+            session.enqueue(Outgoing::frame(frame));
             Some(d)
         }
     }
@@ -306,19 +306,16 @@ async fn joined(conn: &Conn, mut c: Connected, comeback: Option<Comeback>) {
     } else {
         encode_connect(&session.id)
     });
-    session.enqueue(Outgoing::Frame(connected));
+    session.enqueue(Outgoing::frame(connected));
     // What Centrifugo's connect reply says (server-side subscriptions and their
     // recovery state, expiry), right after the namespace is joined.
     let result = encode_event("connected", &c.result);
-    session.enqueue(Outgoing::Frame(Frame::from(result)));
+    session.enqueue(Outgoing::frame(result));
     let node_config = &session.node().config;
     for (channel, publications) in inbox {
         for p in publications {
             let ev = ChannelEvent::new(channel.clone(), EventKind::Publication(p));
-            session.enqueue(Outgoing::Event {
-                frame: ev.encoded(*super::CODEC, node_config),
-                published: ev.published,
-            });
+            session.enqueue(Outgoing::Event(ev.encoded(*super::CODEC, node_config)));
         }
     }
     if recovered {
@@ -332,10 +329,7 @@ async fn joined(conn: &Conn, mut c: Connected, comeback: Option<Comeback>) {
                     continue;
                 }
                 let ev = ChannelEvent::new(channel.clone(), EventKind::Publication(p));
-                session.enqueue(Outgoing::Event {
-                    frame: ev.encoded(*super::CODEC, node_config),
-                    published: ev.published,
-                });
+                session.enqueue(Outgoing::Event(ev.encoded(*super::CODEC, node_config)));
             }
         }
     }
@@ -394,7 +388,7 @@ async fn event(conn: &Conn, packet: &SioPacket<'_>) -> Option<Disconnect> {
         Ok(Executed::Subscribed(s)) => {
             let first = ack.map(|id| {
                 let frame = encode_ack(id, &AckReply(&ReplyBody::Subscribe(s.result)));
-                Outgoing::Frame(Frame::from(frame))
+                Outgoing::frame(frame)
             });
             s.activation.complete(first);
             None
@@ -454,7 +448,7 @@ async fn inbox_receipt(
         Ok(marks) => {
             if let Some(id) = ack {
                 let frame = encode_ack(id, &serde_json::json!({ "result": marks }));
-                session.enqueue(Outgoing::Frame(Frame::from(frame)));
+                session.enqueue(Outgoing::frame(frame));
             }
             None
         }
@@ -472,7 +466,7 @@ async fn inbox_receipt(
 
 fn acknowledge(session: &Session, id: u64, body: &ReplyBody) {
     let frame = encode_ack(id, &AckReply(body));
-    session.enqueue(Outgoing::Frame(Frame::from(frame)));
+    session.enqueue(Outgoing::frame(frame));
 }
 
 /// Answers a failed event: in its acknowledgement, or as an `error` event when the
@@ -501,7 +495,7 @@ pub(super) fn send_error(session: &Session, ack: Option<u64>, event: &str, e: Er
             }
             let push = ErrorPush { error: e, event };
             let frame = encode_event("error", &push);
-            session.enqueue(Outgoing::Frame(Frame::from(frame)));
+            session.enqueue(Outgoing::frame(frame));
         }
     }
 }

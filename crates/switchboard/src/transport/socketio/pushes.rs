@@ -209,9 +209,9 @@ fn encode_channel_event(ev: &ChannelEvent, config: &crate::Config) -> String {
 }
 
 pub(super) fn encode(_: &Session, item: Outgoing) -> Frame {
-    match item {
-        Outgoing::Event { frame, .. } | Outgoing::Frame(frame) => frame,
-        Outgoing::Control(c) => Frame::from(match *c {
+    match item.into_frame() {
+        Ok(frame) => frame,
+        Err(c) => Frame::from(match *c {
             Control::Subscribed { channel, result } => encode_event(
                 "subscribe",
                 &SubscribePush {

@@ -17,7 +17,7 @@ use switchboard_protocol::{Disconnect, ErrorCode, SharedJson};
 use super::packets::{reply_error, send_error};
 use super::{Conn, EVENT_TAG};
 use crate::config::{RouteAction, RouteConfig};
-use crate::event::{Frame, Outgoing};
+use crate::event::Outgoing;
 use crate::session::{Session, SessionError, EXCLUDE_CLIENT_TAG};
 use crate::transport::command::{self, Executed};
 
@@ -228,7 +228,7 @@ pub(super) async fn run(
         Ok(Some(answer)) => {
             if let Some(id) = ack {
                 let frame = encode_ack(id, &answer);
-                session.enqueue(Outgoing::Frame(Frame::from(frame)));
+                session.enqueue(Outgoing::frame(frame));
             }
             None
         }
@@ -293,7 +293,7 @@ async fn execute(
             {
                 conn.route_joined(&channel, Some(&s.result));
                 // The acknowledgement goes ahead of the channel's first event.
-                let first = ack.map(|id| Outgoing::Frame(Frame::from(encode_ack(id, &ok))));
+                let first = ack.map(|id| Outgoing::frame(encode_ack(id, &ok)));
                 s.activation.complete(first);
             }
             Ok(None)

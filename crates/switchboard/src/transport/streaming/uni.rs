@@ -290,7 +290,7 @@ async fn uni_connect(session: &Arc<Session>, req: ConnectRequest) -> Option<Disc
             // The client can not answer pings.
             result.pong = false;
             let frame = Uni::push("", &PushBody::Connect(&result));
-            c.activation.complete(Some(Outgoing::Frame(frame)));
+            c.activation.complete(Some(Outgoing::frame(frame)));
             None
         }
         Err(e) => Some(refusal(&e)),
