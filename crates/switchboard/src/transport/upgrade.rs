@@ -9,6 +9,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::future::{Either, FutureExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
@@ -216,16 +217,20 @@ impl WsUpgrade {
             ..
         } = self;
         let max = config.max_message_size.unwrap_or(usize::MAX);
-        tokio::spawn(async move {
+        // Chained futures, not one `async` block: a block would keep room for what it
+        // captured (the callback's state, the configuration) beside the connection's
+        // future for the connection's whole life; a chain holds one stage at a time.
+        let connection = on_upgrade.then(move |upgraded| match upgraded {
             // The client went away before the upgrade: nothing to serve.
-            let Ok(upgraded) = on_upgrade.await else {
-                return;
-            };
-            let socket = SharedSocket::new(TokioIo::new(upgraded));
-            let io = Io::new(socket, deflate.is_some(), max);
-            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-            callback(socket).await;
+            Err(_) => Either::Left(std::future::ready(())),
+            Ok(upgraded) => {
+                let socket = SharedSocket::new(TokioIo::new(upgraded));
+                let io = Io::new(socket, deflate.is_some(), max);
+                let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config));
+                Either::Right(socket.then(callback))
+            }
         });
+        tokio::spawn(connection);
         let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

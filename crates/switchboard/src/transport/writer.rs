@@ -73,88 +73,95 @@ pub(crate) fn write_loop(
 /// [`write_loop`] with an encoder of the transport's own, which may note what it
 /// writes (Socket.IO's recovery remembers the order of publications). `session` may be
 /// owned (an `Arc`, for a task of its own) or borrowed.
-pub(crate) async fn write_loop_with(
+///
+/// A plain function returning an `async` block, not an `async fn`: an `async fn` keeps
+/// its parameters twice in its future (as passed, and as moved into its body), and
+/// this future is every connection's for its whole life.
+#[allow(clippy::manual_async_fn)] // see above: the size of every connection's future
+pub(crate) fn write_loop_with(
     mut sink: impl FrameSink,
     session: impl AsRef<Session> + Send,
     wire: Wire,
-    encode: impl Fn(&Session, Outgoing) -> Frame + Send,
-) {
-    let session = session.as_ref();
-    let mut batch = Vec::new();
-    // Registered once: a fresh `cancelled()` per batch would lock the token's waiter list
-    // on every wake-up. Polled last: while there is work, a cheap flag check suffices.
-    let cancelled = session.closed().cancelled();
-    tokio::pin!(cancelled);
-    loop {
-        if session.closed().is_cancelled() {
-            break;
-        }
-        let taken = tokio::select! {
-            biased;
-            // Cancel-safe: `recv_batch` loses nothing when dropped.
-            t = session.outbox().recv_batch(&mut batch, BATCH) => t,
-            // Cancel-safe: polling by reference keeps the registration.
-            () = &mut cancelled => break,
-        };
-        // A lone item skips the batch buffer, which then is never allocated for an
-        // idle connection.
-        let lone = match taken {
-            Taken::One(item) => Some(item),
-            Taken::Many(_) => None,
-        };
-        observe_latency(
-            session,
-            lone.as_ref().map_or(batch.as_slice(), std::slice::from_ref),
-        );
-        let write = async {
-            if let Some(item) = lone {
-                sink.feed(encode(session, item)).await?;
-            }
-            for item in batch.drain(..) {
-                sink.feed(encode(session, item)).await?;
-            }
-            sink.flush().await
-        };
-        tokio::select! {
-            biased;
-            r = write => if r.is_err() {
-                session.close(Disconnect::WRITE_ERROR);
+    encode: impl Fn(&Session, Outgoing) -> Frame + Send + Sync,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let session = session.as_ref();
+        let mut batch = Vec::new();
+        // Registered once: a fresh `cancelled()` per batch would lock the token's waiter list
+        // on every wake-up. Polled last: while there is work, a cheap flag check suffices.
+        let cancelled = session.closed().cancelled();
+        tokio::pin!(cancelled);
+        loop {
+            if session.closed().is_cancelled() {
                 break;
-            },
-            // A client that stopped reading blocks the write; closing must not wait for it.
-            () = &mut cancelled => break,
-        }
-        // Give a burst's memory back, and all of it once a ping found the connection
-        // quiet: idle connections are the common case.
-        if batch.capacity() > KEEP_BATCH || session.outbox().take_release() {
-            batch = Vec::new();
-        }
-    }
-    let reason = session.disconnect_reason();
-    // What was queued before the close (an error reply, say) still goes out, unless the
-    // client is closed for being slow: then it would not read it anyway.
-    let flush_rest = async move {
-        if reason != Disconnect::SLOW && reason != Disconnect::WRITE_ERROR {
-            batch.clear();
-            let rest = async {
-                while let Some(item) = session.outbox().try_recv() {
+            }
+            let taken = tokio::select! {
+                biased;
+                // Cancel-safe: `recv_batch` loses nothing when dropped.
+                t = session.outbox().recv_batch(&mut batch, BATCH) => t,
+                // Cancel-safe: polling by reference keeps the registration.
+                () = &mut cancelled => break,
+            };
+            // A lone item skips the batch buffer, which then is never allocated for an
+            // idle connection.
+            let lone = match taken {
+                Taken::One(item) => Some(item),
+                Taken::Many(_) => None,
+            };
+            observe_latency(
+                session,
+                lone.as_ref().map_or(batch.as_slice(), std::slice::from_ref),
+            );
+            let write = async {
+                if let Some(item) = lone {
                     sink.feed(encode(session, item)).await?;
                 }
-                for frame in (wire.farewell)(session, reason) {
-                    sink.feed(frame).await?;
+                for item in batch.drain(..) {
+                    sink.feed(encode(session, item)).await?;
                 }
                 sink.flush().await
             };
-            if rest.await.is_err() {
-                return;
+            tokio::select! {
+                biased;
+                r = write => if r.is_err() {
+                    session.close(Disconnect::WRITE_ERROR);
+                    break;
+                },
+                // A client that stopped reading blocks the write; closing must not wait for it.
+                () = &mut cancelled => break,
+            }
+            // Give a burst's memory back, and all of it once a ping found the connection
+            // quiet: idle connections are the common case.
+            if batch.capacity() > KEEP_BATCH || session.outbox().take_release() {
+                batch = Vec::new();
             }
         }
-        sink.close((wire.close)(reason)).await;
-    };
-    // Boxed: only closing connections pay for this state. Bounded like the lingering
-    // close that follows: a client that does not read never gets the close frame.
-    let linger = session.node().config.network.close_linger;
-    let _ = Box::pin(tokio::time::timeout(linger, flush_rest)).await;
+        let reason = session.disconnect_reason();
+        // What was queued before the close (an error reply, say) still goes out, unless the
+        // client is closed for being slow: then it would not read it anyway.
+        let flush_rest = async move {
+            if reason != Disconnect::SLOW && reason != Disconnect::WRITE_ERROR {
+                batch.clear();
+                let rest = async {
+                    while let Some(item) = session.outbox().try_recv() {
+                        sink.feed(encode(session, item)).await?;
+                    }
+                    for frame in (wire.farewell)(session, reason) {
+                        sink.feed(frame).await?;
+                    }
+                    sink.flush().await
+                };
+                if rest.await.is_err() {
+                    return;
+                }
+            }
+            sink.close((wire.close)(reason)).await;
+        };
+        // Boxed: only closing connections pay for this state. Bounded like the lingering
+        // close that follows: a client that does not read never gets the close frame.
+        let linger = session.node().config.network.close_linger;
+        let _ = Box::pin(tokio::time::timeout(linger, flush_rest)).await;
+    }
 }
 
 /// Records publish-to-write latency once per batch, for its oldest channel event: one
