@@ -34,6 +34,10 @@ struct Subscriber {
 #[derive(Default)]
 struct Channel {
     subs: Vec<Subscriber>,
+    /// Whether the node is subscribed upstream for them: set once the first
+    /// subscriber's engine subscribe succeeded. Until then, later subscribers wait for
+    /// the channel's upstream lock instead of joining at once ([`Hub::join_occupied`]).
+    upstream: bool,
     /// While some subscriber takes deltas: what the next publication is a delta of.
     deltas: Option<Box<DeltaBase>>,
 }
@@ -45,6 +49,48 @@ struct DeltaBase {
     takers: usize,
     /// Offset and payload of the last publication broadcast. Short sections only.
     last: Mutex<Option<(u64, SharedJson)>>,
+}
+
+impl Channel {
+    fn subscribes(&self, session: &Session) -> bool {
+        self.subs
+            .iter()
+            .any(|s| std::ptr::eq(Arc::as_ptr(&s.session), session))
+    }
+
+    fn add(&mut self, session: &Arc<Session>, delivery: Option<Arc<Delivery>>) {
+        if self.subscribes(session) {
+            return;
+        }
+        if delivery.as_deref().is_some_and(Delivery::takes_deltas) {
+            self.deltas.get_or_insert_with(Box::default).takers += 1;
+        }
+        self.subs.push(Subscriber {
+            session: session.clone(),
+            delivery,
+        });
+    }
+
+    /// Removes `session`; false when it was not a subscriber.
+    fn remove(&mut self, session: &Session) -> bool {
+        let Some(at) = self
+            .subs
+            .iter()
+            .position(|s| std::ptr::eq(Arc::as_ptr(&s.session), session))
+        else {
+            return false;
+        };
+        let gone = self.subs.swap_remove(at);
+        if gone.delivery.as_deref().is_some_and(Delivery::takes_deltas) {
+            if let Some(d) = &mut self.deltas {
+                d.takers -= 1;
+                if d.takers == 0 {
+                    self.deltas = None;
+                }
+            }
+        }
+        true
+    }
 }
 
 impl DeltaBase {
@@ -137,16 +183,41 @@ impl Hub {
             .write()
             .unwrap_or_else(|e| e.into_inner());
         let entry = shard.entry(channel.clone()).or_default();
-        if !entry.subs.iter().any(|s| Arc::ptr_eq(&s.session, session)) {
-            if delivery.as_deref().is_some_and(Delivery::takes_deltas) {
-                entry.deltas.get_or_insert_with(Box::default).takers += 1;
-            }
-            entry.subs.push(Subscriber {
-                session: session.clone(),
-                delivery,
-            });
-        }
+        entry.add(session, delivery);
         entry.subs.len() == 1
+    }
+
+    /// Adds a subscriber to a channel that has local subscribers and is subscribed
+    /// upstream already, which needs no upstream change: a burst of subscribes to one
+    /// channel then never queues on the channel's upstream lock. Returns false, adding
+    /// nothing, when the channel has no local subscriber or its first one's upstream
+    /// subscribe is under way (see [`crate::upstream::Upstream::subscribe`]).
+    pub fn join_occupied(
+        &self,
+        channel: &Arc<str>,
+        session: &Arc<Session>,
+        delivery: Option<Arc<Delivery>>,
+    ) -> bool {
+        let mut shard = self.channels[self.index(channel, CHANNEL_SHARDS)]
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        match shard.get_mut(channel) {
+            Some(entry) if entry.upstream => {
+                entry.add(session, delivery);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Notes that the node is subscribed upstream for the channel's local subscribers.
+    pub fn set_upstream(&self, channel: &str) {
+        let mut shard = self.channels[self.index(channel, CHANNEL_SHARDS)]
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = shard.get_mut(channel) {
+            entry.upstream = true;
+        }
     }
 
     /// Gives `channel`'s delta subscribers a base for the publication after `offset`
@@ -169,28 +240,33 @@ impl Hub {
         let Some(entry) = shard.get_mut(channel) else {
             return false;
         };
-        let Some(at) = entry
-            .subs
-            .iter()
-            .position(|s| std::ptr::eq(Arc::as_ptr(&s.session), session))
-        else {
+        if !entry.remove(session) {
             return false;
-        };
-        let gone = entry.subs.swap_remove(at);
-        if gone.delivery.as_deref().is_some_and(Delivery::takes_deltas) {
-            if let Some(d) = &mut entry.deltas {
-                d.takers -= 1;
-                if d.takers == 0 {
-                    entry.deltas = None;
-                }
-            }
         }
-        let removed = true;
         if entry.subs.is_empty() {
             shard.remove(channel);
-            return removed;
+            return true;
         }
         false
+    }
+
+    /// Removes a subscriber unless it is the channel's last on this node, which needs
+    /// no upstream change (the counterpart of [`Hub::join_occupied`]). Returns false,
+    /// removing nothing, when it is the last (or the channel's upstream subscribe is
+    /// under way): the caller then unsubscribes under the channel's upstream lock.
+    pub fn leave_occupied(&self, channel: &str, session: &Session) -> bool {
+        let mut shard = self.channels[self.index(channel, CHANNEL_SHARDS)]
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        match shard.get_mut(channel) {
+            // Not subscribed here: nothing to do, with or without the lock.
+            None => true,
+            Some(entry) if entry.upstream && entry.subs.len() > 1 => {
+                entry.remove(session);
+                true
+            }
+            Some(entry) => !entry.subscribes(session),
+        }
     }
 
     /// Delivers an event to every local subscriber of its channel (and its watchers).

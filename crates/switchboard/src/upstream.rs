@@ -3,7 +3,12 @@
 //!
 //! The hub change and the engine call of one channel happen under one per-channel
 //! (sharded) async lock, so a last unsubscribe racing a first subscribe can never leave
-//! the node unsubscribed upstream while a session still listens locally.
+//! the node unsubscribed upstream while a session still listens locally. Only those
+//! take the lock: a subscribe to a channel already subscribed upstream, or an
+//! unsubscribe that leaves others, changes the hub alone (in one step under the hub's
+//! own lock). Otherwise a burst of subscribes to one channel (10,000 clients
+//! reconnecting after a deploy) would queue on the lock one task wake-up at a time,
+//! each with its command's state alive.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -55,6 +60,9 @@ impl Upstream {
         session: &Arc<Session>,
         delivery: Option<Arc<Delivery>>,
     ) -> Result<(), EngineError> {
+        if hub.join_occupied(channel, session, delivery.clone()) {
+            return Ok(());
+        }
         let _order = self.lock(channel).lock().await;
         if hub.subscribe(channel, session, delivery) {
             // A watched channel is subscribed upstream already.
@@ -68,6 +76,7 @@ impl Upstream {
                 channel: channel.clone(),
             });
         }
+        hub.set_upstream(channel);
         Ok(())
     }
 
@@ -81,6 +90,9 @@ impl Upstream {
         channel: &str,
         session: &Session,
     ) {
+        if hub.leave_occupied(channel, session) {
+            return;
+        }
         let _order = self.lock(channel).lock().await;
         if hub.unsubscribe(channel, session) {
             if !hub.is_watched(channel) {
@@ -155,11 +167,16 @@ mod tests {
     #[derive(Default)]
     struct SlowUpstream {
         subscribed: std::sync::Mutex<HashSet<String>>,
+        /// Whether subscribing takes a while too.
+        slow_subscribe: bool,
     }
 
     #[async_trait]
     impl Engine for SlowUpstream {
         async fn subscribe(&self, channel: &str) -> Result<(), EngineError> {
+            if self.slow_subscribe {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             self.subscribed.lock().unwrap().insert(channel.to_owned());
             Ok(())
         }
@@ -275,5 +292,80 @@ mod tests {
         upstream.unwatch(&hub, &*engine, &channel, &console).await;
         assert!(!upstream_has("news:1"));
         assert!(hub.watched_channels().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn subscribes_and_unsubscribes_that_change_nothing_upstream_take_no_lock() {
+        use futures_util::FutureExt;
+        let engine = Arc::new(SlowUpstream::default());
+        let e = engine.clone();
+        let node = Node::with_engine(crate::Config::default(), move |_, _| Ok(e)).unwrap();
+        let hub = Hub::default();
+        let upstream = Upstream::new(Arc::new(crate::hooks::NoHooks));
+        let channel: Arc<str> = "news:1".into();
+        let sessions: Vec<_> = (0..3)
+            .map(|_| Session::new(node.clone(), codec()))
+            .collect();
+        upstream
+            .subscribe(&hub, &*engine, &channel, &sessions[0], None)
+            .await
+            .unwrap();
+        // Whatever holds the channel's lock (another channel of its shard, say), a
+        // subscriber joining an occupied channel, and one leaving others behind, go on.
+        let guard = upstream.lock(&channel).lock().await;
+        for s in &sessions[1..] {
+            let joined = upstream.subscribe(&hub, &*engine, &channel, s, None);
+            assert!(matches!(joined.now_or_never(), Some(Ok(()))));
+        }
+        assert_eq!(hub.channels(), vec![(channel.clone(), 3)]);
+        let left = upstream.unsubscribe(&hub, &*engine, &channel, &sessions[1]);
+        assert!(left.now_or_never().is_some());
+        // Leaving a channel not subscribed is nothing to wait for either.
+        let none = upstream.unsubscribe(&hub, &*engine, &channel, &sessions[1]);
+        assert!(none.now_or_never().is_some());
+        assert_eq!(hub.channels(), vec![(channel.clone(), 2)]);
+        drop(guard);
+        // All leave (one of them again): the last one unsubscribes upstream.
+        for s in &sessions {
+            upstream.unsubscribe(&hub, &*engine, &channel, s).await;
+        }
+        assert!(hub.channels().is_empty());
+        assert!(!engine.subscribed.lock().unwrap().contains("news:1"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscriber_joins_only_once_the_channel_is_subscribed_upstream() {
+        let engine = Arc::new(SlowUpstream {
+            slow_subscribe: true,
+            ..SlowUpstream::default()
+        });
+        let e = engine.clone();
+        let node = Node::with_engine(crate::Config::default(), move |_, _| Ok(e)).unwrap();
+        let hub = Hub::default();
+        let upstream = Upstream::new(Arc::new(crate::hooks::NoHooks));
+        let channel: Arc<str> = "news:1".into();
+        let (first, second) = (
+            Session::new(node.clone(), codec()),
+            Session::new(node.clone(), codec()),
+        );
+        let upstream_has = || engine.subscribed.lock().unwrap().contains("news:1");
+        let one = upstream.subscribe(&hub, &*engine, &channel, &first, None);
+        let two = async {
+            // The first one's engine subscribe is under way: the hub lists the channel
+            // already, but the second must not be told it is subscribed before it is.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let joined = upstream
+                .subscribe(&hub, &*engine, &channel, &second, None)
+                .await;
+            (joined, upstream_has())
+        };
+        let (a, (b, subscribed_then)) = tokio::join!(one, two);
+        a.unwrap();
+        b.unwrap();
+        assert!(
+            subscribed_then,
+            "the second joined before the node was subscribed"
+        );
+        assert_eq!(hub.channels(), vec![(channel.clone(), 2)]);
     }
 }

@@ -408,7 +408,9 @@ async fn handle_command<E: Encoding>(
 ) -> Option<Disconnect> {
     let id = cmd.id;
     let executed = match cmd.request {
-        Request::Connect(req) => connect::<E>(session, id, req, link).await,
+        // Boxed: a connect's state (token checks, the connect proxy) is the largest of
+        // all, and would otherwise be every other command's size too.
+        Request::Connect(req) => Box::pin(connect::<E>(session, id, req, link)).await,
         request => command::execute(session, request).await,
     };
     match executed {

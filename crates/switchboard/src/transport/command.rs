@@ -76,35 +76,43 @@ async fn run(session: &Arc<Session>, request: Request) -> Result<Executed, Sessi
         return Err(SessionError::Disconnect(Disconnect::BAD_REQUEST));
     }
     session.admit_command()?;
+    // Each command's future is boxed on its own: unboxed, every command's state would
+    // take the room of the largest (a proxied subscribe, an RPC), and a burst of
+    // subscribes would hold that much per connection at once.
     let reply = match request {
         Request::Pong | Request::Send(_) => return Ok(Executed::Nothing),
         Request::Connect(_) => return Err(SessionError::Disconnect(Disconnect::BAD_REQUEST)),
-        Request::Subscribe(req) => return Ok(Executed::Subscribed(session.subscribe(req).await?)),
+        Request::Subscribe(req) => {
+            return Ok(Executed::Subscribed(
+                Box::pin(session.subscribe(req)).await?,
+            ))
+        }
         Request::Unsubscribe(req) => {
-            session.unsubscribe(&req.channel).await?;
+            Box::pin(session.unsubscribe(&req.channel)).await?;
             ReplyBody::Unsubscribe(Empty {})
         }
         Request::Publish(req) => {
-            session
-                .publish(&req.channel, req.data.map(SharedJson::from))
-                .await?;
+            Box::pin(session.publish(&req.channel, req.data.map(SharedJson::from))).await?;
             ReplyBody::Publish(Empty {})
         }
-        Request::Presence(req) => ReplyBody::Presence(session.presence(&req.channel).await?),
-        Request::PresenceStats(req) => {
-            ReplyBody::PresenceStats(session.presence_stats(&req.channel).await?)
+        Request::Presence(req) => {
+            ReplyBody::Presence(Box::pin(session.presence(&req.channel)).await?)
         }
-        Request::History(req) => ReplyBody::History(session.history(req).await?),
+        Request::PresenceStats(req) => {
+            ReplyBody::PresenceStats(Box::pin(session.presence_stats(&req.channel)).await?)
+        }
+        Request::History(req) => ReplyBody::History(Box::pin(session.history(req)).await?),
         Request::Ping => ReplyBody::Ping(Empty {}),
         Request::Rpc(req) => {
-            let data = session
-                .rpc(&req.method, req.data.map(SharedJson::from))
-                .await?;
-            ReplyBody::Rpc(RpcResult { data })
+            let call = session.rpc(&req.method, req.data.map(SharedJson::from));
+            ReplyBody::Rpc(RpcResult {
+                data: Box::pin(call).await?,
+            })
         }
-        Request::Refresh(req) => ReplyBody::Refresh(session.refresh(&req.token).await?),
+        Request::Refresh(req) => ReplyBody::Refresh(Box::pin(session.refresh(&req.token)).await?),
         Request::SubRefresh(req) => {
-            ReplyBody::SubRefresh(session.sub_refresh(&req.channel, &req.token).await?)
+            let refresh = session.sub_refresh(&req.channel, &req.token);
+            ReplyBody::SubRefresh(Box::pin(refresh).await?)
         }
     };
     Ok(Executed::Reply(reply))

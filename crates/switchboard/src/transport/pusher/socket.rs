@@ -154,7 +154,9 @@ async fn serve(
             writer::write_loop(WsSink::new(sink, None, deflate), &session, WIRE).await;
         })
     };
-    if establish(&session).await {
+    // Boxed: the connect's state would otherwise take room in the connection's future
+    // for its whole life.
+    if Box::pin(establish(&session)).await {
         read_loop(stream, &session, &served).await;
     }
     Box::pin(session.cleanup()).await;

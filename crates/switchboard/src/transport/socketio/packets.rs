@@ -69,7 +69,9 @@ async fn socketio_packet(conn: &Conn, text: &str) -> Option<Disconnect> {
     }
     match packet.kind {
         SioKind::Connect => {
-            let d = connect(conn, packet.data).await;
+            // Boxed: a connect's state is the largest, and would otherwise be every
+            // packet's size too (a burst of subscribes holds one per connection).
+            let d = Box::pin(connect(conn, packet.data)).await;
             if session.is_connected() {
                 conn.not_pending();
             }
