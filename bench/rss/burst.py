@@ -4,12 +4,16 @@ connections that connect (Centrifugo `connect` with a token) and then all leave.
 
     python3 bench/rss/burst.py --bin target/release/switchboard --connections 15000
 
+With `--subscribe N`, the connected clients then all subscribe at once, connection i to
+channel `bench:i mod N` (`--subscribe 1`: all of them to one channel), and the RSS is
+read after connecting and after subscribing, before they leave.
+
 Connections are spread over client processes (at most 5000 each) and source addresses
 127.0.0.2, 127.0.0.3, ... so that no process or address runs short of descriptors or
 ports. Prints one JSON line: rss_kib before, and per round at the peak and 10 s after the
 last close.
 """
-import argparse, asyncio, base64, hashlib, hmac, json, os, socket, subprocess, sys, time
+import argparse, asyncio, base64, hashlib, hmac, json, os, socket, subprocess, sys, tempfile, time
 
 SECRET = "rss-bench-secret"
 PER_PROCESS = 5000
@@ -70,7 +74,17 @@ async def client(port, src, start, count):
 
     conns = await asyncio.gather(*(guarded(i) for i in range(count)))
     print("ready", flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    if line.startswith("subscribe"):
+        channels = int(line.split()[1])
+        for i, (r, w) in enumerate(conns):
+            channel = f"bench:{(start + i) % channels}"
+            w.write(frame(json.dumps({"id": 2, "subscribe": {"channel": channel}}).encode()))
+        for r, _ in conns:
+            reply = await read_frame(r)
+            assert b'"subscribe"' in reply, reply
+        print("subscribed", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     for r, w in conns:
         w.write(frame((1000).to_bytes(2, "big"), opcode=8))
         w.close()
@@ -90,6 +104,8 @@ def main():
     ap.add_argument("--bin")
     ap.add_argument("--connections", type=int, default=15000)
     ap.add_argument("--rounds", type=int, default=1, help="bursts one after the other")
+    ap.add_argument("--subscribe", type=int, default=0, metavar="N",
+                    help="then subscribe all at once, to N channels")
     ap.add_argument("--client", nargs=3, type=int, help=argparse.SUPPRESS)
     ap.add_argument("--src", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -102,12 +118,14 @@ def main():
     port = s.getsockname()[1]
     s.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
-    env.update(
-        SWITCHBOARD_BIND=f"127.0.0.1:{port}",
-        SWITCHBOARD_TOKEN_HMAC_SECRET=SECRET,
-        SWITCHBOARD_LOG="warn",
+    env.update(SWITCHBOARD_LOG="warn")
+    config = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+    config.write(
+        f'bind = "127.0.0.1:{port}"\ntoken_hmac_secret = "{SECRET}"\n'
+        '[namespaces.bench]\nsubscribe = ["*"]\n'
     )
-    server = subprocess.Popen([a.bin, "serve"], env=env)
+    config.close()
+    server = subprocess.Popen([a.bin, "serve", "--config", config.name], env=env)
     try:
         for _ in range(100):
             try:
@@ -118,13 +136,16 @@ def main():
         time.sleep(0.5)
         result = {"connections": a.connections, "rss_kib_before": rss_kib(server.pid)}
         for n in range(a.rounds):
-            peak, after = burst(a, port, server.pid)
+            peak, after, subscribed = burst(a, port, server.pid)
             result[f"rss_kib_peak_{n + 1}"] = peak
+            if subscribed is not None:
+                result[f"rss_kib_subscribed_{n + 1}"] = subscribed
             result[f"rss_kib_after_{n + 1}"] = after
         print(json.dumps(result))
     finally:
         server.terminate()
         server.wait()
+        os.unlink(config.name)
 
 
 def burst(a, port, pid):
@@ -140,6 +161,15 @@ def burst(a, port, pid):
             assert p.stdout.readline().strip() == "ready"
         time.sleep(1)
         peak = rss_kib(pid)
+        subscribed = None
+        if a.subscribe:
+            for p in procs:
+                p.stdin.write(f"subscribe {a.subscribe}\n")
+                p.stdin.flush()
+            for p in procs:
+                assert p.stdout.readline().strip() == "subscribed"
+            time.sleep(1)
+            subscribed = rss_kib(pid)
         for p in procs:
             p.stdin.write("\n")
             p.stdin.flush()
@@ -147,7 +177,7 @@ def burst(a, port, pid):
             assert p.stdout.readline().strip() == "closed"
             p.wait()
         time.sleep(10)
-        return peak, rss_kib(pid)
+        return peak, rss_kib(pid), subscribed
 
 
 if __name__ == "__main__":
