@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use switchboard_protocol::{Disconnect, SharedJson};
 
@@ -171,6 +171,20 @@ impl Hub {
         (self.hasher.hash_one(key) as usize) % n
     }
 
+    /// The channel's shard of the index, to read (every delivery).
+    fn shard(&self, channel: &str) -> RwLockReadGuard<'_, ChannelIndex> {
+        self.channels[self.index(channel, CHANNEL_SHARDS)]
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The channel's shard of the index, to change (every subscribe and unsubscribe).
+    fn shard_mut(&self, channel: &str) -> RwLockWriteGuard<'_, ChannelIndex> {
+        self.channels[self.index(channel, CHANNEL_SHARDS)]
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Adds a subscriber, with how it wants the channel's events (`None`: all, as
     /// they are). Returns true when it is the channel's first on this node.
     pub fn subscribe(
@@ -179,9 +193,7 @@ impl Hub {
         session: &Arc<Session>,
         delivery: Option<Arc<Delivery>>,
     ) -> bool {
-        let mut shard = self.channels[self.index(channel, CHANNEL_SHARDS)]
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.shard_mut(channel);
         let entry = shard.entry(channel.clone()).or_default();
         entry.add(session, delivery);
         entry.subs.len() == 1
@@ -198,9 +210,7 @@ impl Hub {
         session: &Arc<Session>,
         delivery: Option<Arc<Delivery>>,
     ) -> bool {
-        let mut shard = self.channels[self.index(channel, CHANNEL_SHARDS)]
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.shard_mut(channel);
         match shard.get_mut(channel) {
             Some(entry) if entry.upstream => {
                 entry.add(session, delivery);
@@ -212,9 +222,7 @@ impl Hub {
 
     /// Notes that the node is subscribed upstream for the channel's local subscribers.
     pub fn set_upstream(&self, channel: &str) {
-        let mut shard = self.channels[self.index(channel, CHANNEL_SHARDS)]
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.shard_mut(channel);
         if let Some(entry) = shard.get_mut(channel) {
             entry.upstream = true;
         }
@@ -224,9 +232,7 @@ impl Hub {
     /// when none is known yet: `data` is the stream's publication at `offset`, which a
     /// subscriber just recovered up to.
     pub fn seed_delta_base(&self, channel: &str, offset: u64, data: &SharedJson) {
-        let shard = self.channels[self.index(channel, CHANNEL_SHARDS)]
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        let shard = self.shard(channel);
         if let Some(d) = shard.get(channel).and_then(|c| c.deltas.as_ref()) {
             d.seed(offset, data);
         }
@@ -234,9 +240,7 @@ impl Hub {
 
     /// Removes a subscriber. Returns true when the channel has none left on this node.
     pub fn unsubscribe(&self, channel: &str, session: &Session) -> bool {
-        let mut shard = self.channels[self.index(channel, CHANNEL_SHARDS)]
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.shard_mut(channel);
         let Some(entry) = shard.get_mut(channel) else {
             return false;
         };
@@ -255,9 +259,7 @@ impl Hub {
     /// removing nothing, when it is the last (or the channel's upstream subscribe is
     /// under way): the caller then unsubscribes under the channel's upstream lock.
     pub fn leave_occupied(&self, channel: &str, session: &Session) -> bool {
-        let mut shard = self.channels[self.index(channel, CHANNEL_SHARDS)]
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.shard_mut(channel);
         match shard.get_mut(channel) {
             // Not subscribed here: nothing to do, with or without the lock.
             None => true,
@@ -273,9 +275,7 @@ impl Hub {
     /// Returns how many subscribers.
     pub fn broadcast(&self, event: &Arc<ChannelEvent>) -> usize {
         let delivered = {
-            let shard = self.channels[self.index(&event.channel, CHANNEL_SHARDS)]
-                .read()
-                .unwrap_or_else(|e| e.into_inner());
+            let shard = self.shard(&event.channel);
             match shard.get(&event.channel) {
                 Some(channel) => {
                     if let Some(d) = &channel.deltas {
@@ -310,18 +310,13 @@ impl Hub {
 
     /// Whether the channel has subscribers on this node (watchers aside).
     pub fn has_subscribers(&self, channel: &str) -> bool {
-        self.channels[self.index(channel, CHANNEL_SHARDS)]
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(channel)
+        self.shard(channel).contains_key(channel)
     }
 
     /// The channel's subscribers on this node (watchers aside), for a transport's own
     /// pushes about the channel.
     pub fn subscribers(&self, channel: &str) -> Vec<Arc<Session>> {
-        self.channels[self.index(channel, CHANNEL_SHARDS)]
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        self.shard(channel)
             .get(channel)
             .map(|c| c.subs.iter().map(|s| s.session.clone()).collect())
             .unwrap_or_default()
@@ -473,9 +468,8 @@ impl EventHandler for Hub {
     }
 
     fn on_lost(&self, channel: &Arc<str>) {
-        let mut subs: Vec<Arc<Session>> = self.channels[self.index(channel, CHANNEL_SHARDS)]
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        let mut subs: Vec<Arc<Session>> = self
+            .shard(channel)
             .get(channel)
             .map(|c| c.subs.iter().map(|s| s.session.clone()).collect())
             .unwrap_or_default();

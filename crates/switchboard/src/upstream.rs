@@ -222,6 +222,15 @@ mod tests {
         }
     }
 
+    /// A node on `engine`, a hub and its upstream, and the channel the tests use.
+    fn setup(engine: SlowUpstream) -> (Arc<SlowUpstream>, Arc<Node>, Hub, Upstream, Arc<str>) {
+        let engine = Arc::new(engine);
+        let e = engine.clone();
+        let node = Node::with_engine(crate::Config::default(), move |_, _| Ok(e)).unwrap();
+        let upstream = Upstream::new(Arc::new(crate::hooks::NoHooks));
+        (engine, node, Hub::default(), upstream, "news:1".into())
+    }
+
     fn codec() -> Codec {
         static CODEC: std::sync::LazyLock<Codec> =
             std::sync::LazyLock::new(|| Codec::register("test", |_, _| Frame::from_static("")));
@@ -230,12 +239,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_first_subscribe_racing_the_last_unsubscribe_stays_subscribed_upstream() {
-        let engine = Arc::new(SlowUpstream::default());
-        let e = engine.clone();
-        let node = Node::with_engine(crate::Config::default(), move |_, _| Ok(e)).unwrap();
-        let hub = Hub::default();
-        let upstream = Upstream::new(Arc::new(crate::hooks::NoHooks));
-        let channel: Arc<str> = "news:1".into();
+        let (engine, node, hub, upstream, channel) = setup(SlowUpstream::default());
         let (leaver, joiner) = (
             Session::new(node.clone(), codec()),
             Session::new(node.clone(), codec()),
@@ -263,12 +267,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_watcher_keeps_the_channel_upstream_and_is_never_counted() {
-        let engine = Arc::new(SlowUpstream::default());
-        let e = engine.clone();
-        let node = Node::with_engine(crate::Config::default(), move |_, _| Ok(e)).unwrap();
-        let hub = Hub::default();
-        let upstream = Upstream::new(Arc::new(crate::hooks::NoHooks));
-        let channel: Arc<str> = "news:1".into();
+        let (engine, node, hub, upstream, channel) = setup(SlowUpstream::default());
         let upstream_has = |c: &str| engine.subscribed.lock().unwrap().contains(c);
         let (console, reader) = (
             Session::new(node.clone(), codec()),
@@ -297,12 +296,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn subscribes_and_unsubscribes_that_change_nothing_upstream_take_no_lock() {
         use futures_util::FutureExt;
-        let engine = Arc::new(SlowUpstream::default());
-        let e = engine.clone();
-        let node = Node::with_engine(crate::Config::default(), move |_, _| Ok(e)).unwrap();
-        let hub = Hub::default();
-        let upstream = Upstream::new(Arc::new(crate::hooks::NoHooks));
-        let channel: Arc<str> = "news:1".into();
+        let (engine, node, hub, upstream, channel) = setup(SlowUpstream::default());
         let sessions: Vec<_> = (0..3)
             .map(|_| Session::new(node.clone(), codec()))
             .collect();
@@ -335,15 +329,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_subscriber_joins_only_once_the_channel_is_subscribed_upstream() {
-        let engine = Arc::new(SlowUpstream {
+        let (engine, node, hub, upstream, channel) = setup(SlowUpstream {
             slow_subscribe: true,
             ..SlowUpstream::default()
         });
-        let e = engine.clone();
-        let node = Node::with_engine(crate::Config::default(), move |_, _| Ok(e)).unwrap();
-        let hub = Hub::default();
-        let upstream = Upstream::new(Arc::new(crate::hooks::NoHooks));
-        let channel: Arc<str> = "news:1".into();
         let (first, second) = (
             Session::new(node.clone(), codec()),
             Session::new(node.clone(), codec()),

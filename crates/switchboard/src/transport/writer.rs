@@ -87,8 +87,9 @@ pub(crate) fn write_loop_with(
     async move {
         let session = session.as_ref();
         let mut batch = Vec::new();
-        // Registered once: a fresh `cancelled()` per batch would lock the token's waiter list
-        // on every wake-up. Polled last: while there is work, a cheap flag check suffices.
+        // Registered once: a fresh `cancelled()` per batch would lock the token's waiter
+        // list on every wake-up. Polled last: while there is work, a cheap flag check
+        // suffices.
         let cancelled = session.closed().cancelled();
         tokio::pin!(cancelled);
         loop {
@@ -127,7 +128,8 @@ pub(crate) fn write_loop_with(
                     session.close(Disconnect::WRITE_ERROR);
                     break;
                 },
-                // A client that stopped reading blocks the write; closing must not wait for it.
+                // A client that stopped reading blocks the write; closing must not wait
+                // for it.
                 () = &mut cancelled => break,
             }
             // Give a burst's memory back, and all of it once a ping found the connection
