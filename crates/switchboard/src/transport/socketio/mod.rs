@@ -221,11 +221,10 @@ impl Conn {
     fn encode(&self, item: Outgoing) -> Frame {
         let recovering = &self.session.node().config.socketio;
         if let (Outgoing::Event(e), false) = (&item, recovering.recovery_window.is_zero()) {
-            let Frame::Text(frame) = &e.frame else {
-                return encode(&self.session, item);
-            };
-            self.tracker()
-                .wrote(frame, recovering.recovery_max_publications);
+            if let Frame::Text(frame) = &e.frame {
+                self.tracker()
+                    .wrote(frame, recovering.recovery_max_publications);
+            }
         }
         encode(&self.session, item)
     }
