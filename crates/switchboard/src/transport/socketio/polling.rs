@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use serde::Deserialize;
 use switchboard_protocol::socketio::{split_payload, CLOSE, NOOP, PING};
 use switchboard_protocol::Disconnect;
@@ -241,30 +242,35 @@ pub(super) async fn preflight(State(sio): State<SocketIo>, headers: HeaderMap) -
 /// Serves a connection until it ends: the writer (into `sink`), the reader (`read`:
 /// a WebSocket's; nothing for long-polling) and the timers; then forgets it. The
 /// caller counted it opened.
-pub(super) async fn serve(
+///
+/// Not an `async fn`, and its stages chained rather than one `async` block: either
+/// would keep the sink and the reader twice in every connection's task, as passed and
+/// as moved on (rust-lang/rust#62958).
+pub(super) fn serve(
     sio: SocketIo,
     conn: Arc<Conn>,
     sink: EngineSink,
-    read: impl Future<Output = ()>,
-) {
-    let writer = {
-        let conn = conn.clone();
-        tokio::spawn(async move {
-            let session = &conn.session;
-            writer::write_loop_with(sink, session, WIRE, |_, item| conn.encode(item)).await;
-        })
-    };
-    tokio::join!(read, drive(&conn));
-    // The writer ends after the close went out (to a long-poll, which keeps the
-    // connection findable until then), bounded by `network.close_linger`.
-    let _ = writer.await;
-    sio.remove(&conn.sid);
-    crate::transport::closed(&conn.session, conn.metrics_transport());
+    read: impl Future<Output = ()> + Send,
+) -> impl Future<Output = ()> + Send {
+    let encoder = conn.clone();
+    let writer = tokio::spawn(writer::write_loop_with(
+        sink,
+        conn.session.clone(),
+        WIRE,
+        move |_, item| encoder.encode(item),
+    ));
+    futures_util::future::join(read, drive(conn.clone())).then(move |_| async move {
+        // The writer ends after the close went out (to a long-poll, which keeps the
+        // connection findable until then), bounded by `network.close_linger`.
+        let _ = writer.await;
+        sio.remove(&conn.sid);
+        crate::transport::closed(&conn.session, conn.metrics_transport());
+    })
 }
 
 /// Runs a connection's timers (pings, connect deadline, token expiry) until its
 /// session closes, then releases the session.
-async fn drive(conn: &Conn) {
+async fn drive(conn: Arc<Conn>) {
     let session = &conn.session;
     let mut heartbeat = Heartbeat::new(session, PING);
     // Engine.IO pings from the start, before the client joins a namespace.
@@ -289,6 +295,7 @@ async fn drive(conn: &Conn) {
         }
     }
     conn.not_pending();
-    conn.keep_state().await;
+    // Boxed: only a closing connection pays for this state.
+    Box::pin(conn.keep_state()).await;
     Box::pin(session.cleanup()).await;
 }

@@ -169,7 +169,9 @@ impl FrameSink for EngineSink {
     async fn flush(&mut self) -> Result<(), SinkClosed> {
         let mut body = None;
         while self.ws.is_none() && !self.queued.is_empty() {
-            let Some(poll) = self.next_poll().await? else {
+            // Boxed: only long-polling connections wait here, and the wait would
+            // otherwise take room in every connection's writer.
+            let Some(poll) = Box::pin(self.next_poll()).await? else {
                 break;
             };
             let reply = body.take().unwrap_or_else(|| payload(&self.queued));

@@ -1,13 +1,15 @@
 //! Socket.IO over WebSocket: a connection opened directly on WebSocket, or one that
 //! upgrades from long-polling (`2probe`, `3probe`, then `5`).
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::http::HeaderMap;
 use axum::response::Response;
+use futures_util::future::Either;
 use futures_util::stream::SplitStream;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use switchboard_protocol::socketio::PROBE_PONG;
 use switchboard_protocol::Disconnect;
 
@@ -15,7 +17,7 @@ use super::polling::serve;
 use super::sink::EngineSink;
 use super::{packets, Conn, EngineError, SocketIo};
 use super::{POLLING, UPGRADING, WEBSOCKET};
-use crate::event::Frame;
+use crate::event::{Frame, Outgoing};
 use crate::front_door::Peer;
 use crate::metrics::connections::Transport;
 use crate::transport::websocket::{self, Deflate, Message, WebSocket, WsSink, WsUpgrade};
@@ -58,19 +60,22 @@ pub(super) fn upgrade(
     }
 }
 
-async fn serve_new(sio: SocketIo, conn: Arc<Conn>, socket: WebSocket, deflate: Option<Deflate>) {
-    let open = conn.handshake(&[]);
+/// Starts a connection opened on a WebSocket: its handshake is the first frame its
+/// writer sends. Not an `async fn`: the socket would stay in the connection's task
+/// beside its two halves.
+fn serve_new(
+    sio: SocketIo,
+    conn: Arc<Conn>,
+    socket: WebSocket,
+    deflate: Option<Deflate>,
+) -> impl Future<Output = ()> + Send {
     let (half, stream) = websocket::split(socket);
-    // One Engine.IO packet per WebSocket message: the protocol has no separator.
-    let mut ws = WsSink::new(half, None, deflate);
-    if ws.send(Frame::from(open)).await.is_err() {
-        // Gone before its handshake: it must not hold a place among the pending.
-        conn.not_pending();
-        return;
-    }
+    conn.session.enqueue(Outgoing::frame(conn.handshake(&[])));
     crate::transport::opened(&conn.session, Transport::SocketIoWebSocket);
-    let sink = EngineSink::websocket(conn.clone(), ws);
-    serve(sio, conn.clone(), sink, read_loop(&conn, stream)).await;
+    // One Engine.IO packet per WebSocket message: the protocol has no separator.
+    let sink = EngineSink::websocket(conn.clone(), WsSink::new(half, None, deflate));
+    let read = read_loop(conn.clone(), stream);
+    serve(sio, conn, sink, read)
 }
 
 /// Waits for the next text message, at most a pong timeout.
@@ -82,28 +87,48 @@ async fn next_text(conn: &Conn, stream: &mut SplitStream<WebSocket>) -> Option<S
     }
 }
 
-async fn upgrade_polling(conn: Arc<Conn>, socket: WebSocket, deflate: Option<Deflate>) {
+/// Moves a polling connection to the WebSocket once the client completed the probe,
+/// then reads it. The probe and the reading are chained stages: the reading, which
+/// lasts, does not keep room for the socket the probe started with.
+fn upgrade_polling(
+    conn: Arc<Conn>,
+    socket: WebSocket,
+    deflate: Option<Deflate>,
+) -> impl Future<Output = ()> + Send {
+    probe(conn, socket, deflate).then(|upgraded| match upgraded {
+        Some((conn, stream)) => Either::Left(read_loop(conn, stream)),
+        None => Either::Right(std::future::ready(())),
+    })
+}
+
+/// The upgrade's probe (`2probe`, `3probe`, then `5`): the connection and the
+/// WebSocket's reading half once the writer moved over to it.
+async fn probe(
+    conn: Arc<Conn>,
+    socket: WebSocket,
+    deflate: Option<Deflate>,
+) -> Option<(Arc<Conn>, SplitStream<WebSocket>)> {
     let (half, mut stream) = websocket::split(socket);
     let mut sink = WsSink::new(half, None, deflate);
     if next_text(&conn, &mut stream).await.as_deref() != Some("2probe") {
-        return;
+        return None;
     }
     if sink.send(Frame::from_static(PROBE_PONG)).await.is_err() {
-        return;
+        return None;
     }
     if conn
         .transport
         .compare_exchange(POLLING, UPGRADING, Ordering::AcqRel, Ordering::Acquire)
         .is_err()
     {
-        return;
+        return None;
     }
     // The client waits for its pending poll to return before it sends `5`.
     conn.release_poll.notify_one();
     if next_text(&conn, &mut stream).await.as_deref() != Some("5") {
         // The client stays on polling.
         conn.transport.store(POLLING, Ordering::Release);
-        return;
+        return None;
     }
     conn.transport.store(WEBSOCKET, Ordering::Release);
     let metrics = &conn.session.node().metrics;
@@ -111,12 +136,10 @@ async fn upgrade_polling(conn: Arc<Conn>, socket: WebSocket, deflate: Option<Def
         .connections
         .moved(Transport::SocketIoPolling, Transport::SocketIoWebSocket);
     // The connection's writer moves over: one Engine.IO packet per WebSocket message.
-    if conn.upgraded(sink) {
-        read_loop(&conn, stream).await;
-    }
+    conn.upgraded(sink).then_some((conn, stream))
 }
 
-async fn read_loop(conn: &Conn, mut stream: SplitStream<WebSocket>) {
+async fn read_loop(conn: Arc<Conn>, mut stream: SplitStream<WebSocket>) {
     let session = &conn.session;
     loop {
         tokio::select! {
@@ -127,7 +150,7 @@ async fn read_loop(conn: &Conn, mut stream: SplitStream<WebSocket>) {
             msg = stream.next() => {
                 let disconnect = match msg {
                     None | Some(Ok(Message::Close(_))) => Some(Disconnect::CONNECTION_CLOSED),
-                    Some(Ok(Message::Text(text))) => packets::handle(conn, text.as_str()).await,
+                    Some(Ok(Message::Text(text))) => packets::handle(&conn, text.as_str()).await,
                     Some(Ok(Message::Binary(_))) => Some(Disconnect::BAD_REQUEST),
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
                         crate::transport::command::meter_control(session)
