@@ -30,7 +30,7 @@ pub(crate) type WebSocket = WebSocketStream<Io<SharedSocket<Socket>>>;
 /// Bytes read per read call, and the read buffer a connection starts with. Clients send
 /// small commands and the buffer is held for the connection's whole life (it grows to
 /// the largest frame received), so it starts small; a larger frame takes several reads.
-const READ_BUFFER_SIZE: usize = 256;
+const READ_BUFFER_SIZE: usize = 128;
 /// Bytes tungstenite gathers before a write: it writes only pongs and close replies
 /// (switchboard's frames go out through [`Writer`]), so only they use its buffer.
 const WRITE_BUFFER_SIZE: usize = 256;
