@@ -247,6 +247,7 @@ impl Outbox {
             }
             len => {
                 let n = len.min(max);
+                buf.reserve(n);
                 let start = buf.len();
                 buf.extend(queue.items.head.take());
                 let from_rest = n - (buf.len() - start);

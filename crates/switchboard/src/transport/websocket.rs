@@ -268,13 +268,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> FrameSink for WsSink<S> {
             Some(d) => deflated(frame, d),
             None => frame,
         };
-        if self.frames.capacity() == 0 {
-            // Room for one: most batches of a quiet connection are a lone reply, and
-            // the room is kept between batches (a first push would make room for 4).
-            self.frames.reserve_exact(1);
-        }
         self.frames.push(frame);
         Ok(())
+    }
+
+    fn reserve(&mut self, frames: usize) {
+        // Exactly: most batches of a quiet connection are a lone reply, and the room is
+        // kept between batches (a first push would make room for 4).
+        self.frames.reserve_exact(frames);
     }
 
     async fn flush(&mut self) -> Result<(), SinkClosed> {

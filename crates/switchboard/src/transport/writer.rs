@@ -30,6 +30,9 @@ pub(crate) struct SinkClosed;
 pub(crate) trait FrameSink: Send {
     /// Takes one frame for the next flush (it may already write when its buffer fills).
     fn feed(&mut self, frame: Frame) -> impl Future<Output = Result<(), SinkClosed>> + Send;
+    /// Makes room for `frames` more frames before a batch is fed: one allocation
+    /// for the batch, not one per doubling.
+    fn reserve(&mut self, _frames: usize) {}
     /// Writes what was fed: one write for the whole batch.
     fn flush(&mut self) -> impl Future<Output = Result<(), SinkClosed>> + Send;
     /// Ends the connection after what was fed: a WebSocket close frame carrying
@@ -113,6 +116,7 @@ pub(crate) fn write_loop_with(
                 session,
                 lone.as_ref().map_or(batch.as_slice(), std::slice::from_ref),
             );
+            sink.reserve(usize::from(lone.is_some()) + batch.len());
             let write = async {
                 if let Some(item) = lone {
                     sink.feed(encode(session, item)).await?;

@@ -156,6 +156,12 @@ fn payload(packets: &[Frame]) -> String {
 }
 
 impl FrameSink for EngineSink {
+    fn reserve(&mut self, frames: usize) {
+        if let Some(ws) = &mut self.ws {
+            ws.reserve(frames);
+        }
+    }
+
     async fn feed(&mut self, frame: Frame) -> Result<(), SinkClosed> {
         match &mut self.ws {
             Some(ws) => ws.feed(frame).await,
