@@ -65,6 +65,10 @@ impl Channel {
         if delivery.as_deref().is_some_and(Delivery::takes_deltas) {
             self.deltas.get_or_insert_with(Box::default).takers += 1;
         }
+        // Room for one at first: many channels have a single subscriber (a user's own),
+        // and a first push would make room for four.
+        self.subs
+            .reserve_exact(usize::from(self.subs.capacity() == 0));
         self.subs.push(Subscriber {
             session: session.clone(),
             delivery,
@@ -399,6 +403,8 @@ impl Hub {
             }
             return false;
         }
+        // Room for one at first: most users are connected once (see `Channel::add`).
+        list.reserve_exact(usize::from(list.capacity() == 0));
         list.push(session.clone());
         true
     }
