@@ -154,14 +154,14 @@ pub(crate) enum Inbound {
 }
 
 /// A WebSocket message as what a reader gets.
-pub(crate) fn ws_inbound(msg: Result<Message, tungstenite::Error>) -> Inbound {
+pub(crate) fn ws_inbound(msg: Result<Message, Disconnect>) -> Inbound {
     match msg {
         Ok(Message::Text(text)) => Inbound::Frame(Frame::Text(text)),
         Ok(Message::Binary(bytes)) => Inbound::Frame(Frame::Binary(bytes)),
         Ok(Message::Close(_)) => Inbound::Closed(Disconnect::CONNECTION_CLOSED),
-        // Tungstenite reads no raw frames; a ping or pong carries no command.
+        // The reader returns no raw frames; a ping or pong carries no command.
         Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => Inbound::Control,
-        Err(e) => Inbound::Closed(websocket::read_error(&e)),
+        Err(d) => Inbound::Closed(d),
     }
 }
 

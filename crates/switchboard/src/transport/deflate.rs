@@ -1,7 +1,7 @@
 //! permessage-deflate (RFC 7692): which offers switchboard accepts, compressing a
-//! message, and inflating what a peer compressed before tungstenite (which knows no
-//! extension) reads it. [`Io`] works on either side: the benchmark's load clients read
-//! through it too.
+//! message, and inflating one (the server's frame reader inflates what a client
+//! compressed). [`Io`] inflates under tungstenite, which knows no extension: the
+//! benchmark's load clients read through it.
 //!
 //! switchboard always negotiates `server_no_context_takeover` and
 //! `client_no_context_takeover`: every message is compressed on its own, so one
@@ -133,7 +133,7 @@ impl From<InflateError> for std::io::Error {
 
 /// `compressed` (one message's payload as it came, tail dropped) inflated, at most
 /// `max` bytes.
-fn inflate(mut compressed: Vec<u8>, max: usize) -> Result<Vec<u8>, InflateError> {
+pub(crate) fn inflate(mut compressed: Vec<u8>, max: usize) -> Result<Vec<u8>, InflateError> {
     compressed.extend_from_slice(&TAIL);
     INFLATER.with_borrow_mut(|slot| {
         let d = slot.get_or_insert_with(|| Decompress::new(false));

@@ -11,6 +11,7 @@
 pub mod centrifuge;
 mod command;
 pub mod deflate;
+mod frame_reader;
 mod heartbeat;
 pub mod pusher;
 mod socket;

@@ -1,9 +1,9 @@
-//! An upgraded WebSocket connection's socket, shared by its two users: tungstenite, which
-//! reads the client's frames (and answers its pings and closes), and the connection's
-//! frame writer ([`FrameWriter`]), which writes the frames switchboard sends straight
-//! from their shared buffers: frame headers and payloads go out in one vectored write,
-//! so a fanned-out event is never copied into a per-connection write buffer (tungstenite
-//! would copy every frame into one, and keep its capacity for the connection's life).
+//! An upgraded WebSocket connection's socket, shared by its two users: the frame reader
+//! ([`super::frame_reader`]), which reads the client's frames (and answers its pings and
+//! closes), and the connection's frame writer ([`FrameWriter`]), which writes the frames
+//! switchboard sends straight from their shared buffers: frame headers and payloads go
+//! out in one vectored write, so a fanned-out event is never copied into a
+//! per-connection write buffer.
 //!
 //! Two writers on one byte stream must never interleave inside a frame. Both write whole
 //! frames, and what the socket does not take of a write is kept aside and written before
@@ -139,8 +139,8 @@ impl<S: AsyncWrite + Unpin> State<S> {
     }
 }
 
-/// The socket as tungstenite uses it: reads as they are; writes (pongs, close replies,
-/// a message sent before the writer starts) as whole frames after anything pending.
+/// The socket as the frame reader uses it: reads as they are; writes (pongs, close
+/// replies) as whole frames after anything pending.
 pub(crate) struct SharedSocket<S>(Arc<Shared<S>>);
 
 impl<S> SharedSocket<S> {
@@ -177,8 +177,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for SharedSocket<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for SharedSocket<S> {
-    /// Takes all of `buf` or nothing: tungstenite writes its buffer of whole frames from
-    /// its start, so what it hands over begins and ends at frame boundaries.
+    /// Takes all of `buf` or nothing: the reader writes whole frames, so what it hands
+    /// over begins and ends at frame boundaries.
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -263,6 +263,21 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
         let shared = &*self.0;
         shared.poll_drained(&shared.wakers.writer, cx, |state, cx| {
             state.poll_put(cx, bufs)
+        })
+    }
+
+    /// Writes a close frame after what is pending, unless one went out already (the
+    /// reader's answer to the client's close): nothing is written after it.
+    pub(crate) fn poll_put_close(
+        &self,
+        cx: &mut Context<'_>,
+        frame: &[u8],
+    ) -> Poll<io::Result<()>> {
+        let shared = &*self.0;
+        shared.poll_drained(&shared.wakers.writer, cx, |state, cx| {
+            ready!(state.poll_put(cx, &[IoSlice::new(frame)]))?;
+            state.closed = true;
+            Poll::Ready(Ok(()))
         })
     }
 

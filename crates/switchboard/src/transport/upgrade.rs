@@ -4,6 +4,9 @@
 
 use std::future::Future;
 
+use super::deflate;
+use super::socket::SharedSocket;
+use crate::config::Config;
 use axum::body::Body;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -12,28 +15,31 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::{Either, FutureExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
-use tungstenite::protocol::{Role, WebSocketConfig};
-
-use super::deflate::{self, Io};
-use super::socket::SharedSocket;
-use crate::config::Config;
 
 /// An upgraded connection's socket.
 pub(crate) type Socket = TokioIo<Upgraded>;
 
-/// An upgraded connection: tungstenite over the socket (read through an inflater when
-/// permessage-deflate was negotiated), which it shares with the connection's frame
-/// writer ([`super::socket::FrameWriter`]).
-pub(crate) type WebSocket = WebSocketStream<Io<SharedSocket<Socket>>>;
+/// An upgraded connection: its socket, shared by the connection's frame reader
+/// ([`super::frame_reader`]) and its frame writer ([`super::socket::FrameWriter`]), and
+/// what the handshake settled for reading it.
+pub(crate) struct WebSocket<S = Socket> {
+    pub(super) socket: SharedSocket<S>,
+    /// Whether permessage-deflate was negotiated.
+    pub(super) deflate: bool,
+    /// The largest message the client may send (`limits.max_message_size`).
+    pub(super) max: usize,
+}
 
-/// Bytes read per read call, and the read buffer a connection starts with. Clients send
-/// small commands and the buffer is held for the connection's whole life (it grows to
-/// the largest frame received), so it starts small; a larger frame takes several reads.
-const READ_BUFFER_SIZE: usize = 128;
-/// Bytes tungstenite gathers before a write: it writes only pongs and close replies
-/// (switchboard's frames go out through [`Writer`]), so only they use its buffer.
-const WRITE_BUFFER_SIZE: usize = 256;
+impl<S> WebSocket<S> {
+    /// A connection over `io`, past its handshake.
+    pub(crate) fn new(io: S, deflate: bool, max: usize) -> Self {
+        Self {
+            socket: SharedSocket::new(io),
+            deflate,
+            max,
+        }
+    }
+}
 
 /// How a connection that negotiated permessage-deflate compresses what it sends.
 #[derive(Debug, Clone, Copy)]
@@ -93,7 +99,8 @@ pub struct WsUpgrade {
     deflate_offered: bool,
     /// Whether it is negotiated (offered, and enabled by [`WsUpgrade::configure`]).
     deflate: Option<Deflate>,
-    config: WebSocketConfig,
+    /// The largest message the client may send.
+    max: usize,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
@@ -143,7 +150,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
             protocol: None,
             deflate_offered,
             deflate: None,
-            config: WebSocketConfig::default(),
+            max: usize::MAX,
         })
     }
 }
@@ -166,16 +173,10 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
 }
 
 impl WsUpgrade {
-    /// Applies switchboard's buffer sizes, the configured message size limit, and
-    /// permessage-deflate when the client offered it and `websocket.compression` is on.
+    /// Applies the configured message size limit, and permessage-deflate when the
+    /// client offered it and `websocket.compression` is on.
     pub(crate) fn configure(mut self, config: &Config) -> Self {
-        let max = config.limits.max_message_size;
-        self.config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER_SIZE)
-            .write_buffer_size(WRITE_BUFFER_SIZE)
-            .max_write_buffer_size(usize::MAX)
-            .max_message_size(Some(max))
-            .max_frame_size(Some(max));
+        self.max = config.limits.max_message_size;
         self.deflate =
             (self.deflate_offered && config.websocket.compression).then(|| Deflate::of(config));
         self
@@ -213,10 +214,9 @@ impl WsUpgrade {
             on_upgrade,
             protocol,
             deflate,
-            config,
+            max,
             ..
         } = self;
-        let max = config.max_message_size.unwrap_or(usize::MAX);
         // Chained futures, not one `async` block: a block would keep room for what it
         // captured (the callback's state, the configuration) beside the connection's
         // future for the connection's whole life; a chain holds one stage at a time.
@@ -224,10 +224,8 @@ impl WsUpgrade {
             // The client went away before the upgrade: nothing to serve.
             Err(_) => Either::Left(std::future::ready(())),
             Ok(upgraded) => {
-                let socket = SharedSocket::new(TokioIo::new(upgraded));
-                let io = Io::new(socket, deflate.is_some(), max);
-                let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config));
-                Either::Right(socket.then(callback))
+                let socket = WebSocket::new(TokioIo::new(upgraded), deflate.is_some(), max);
+                Either::Right(callback(socket))
             }
         });
         tokio::spawn(connection);

@@ -3,25 +3,22 @@
 //! protocol allows it, or compressed where permessage-deflate was negotiated), and how
 //! read errors become disconnects. The handshake is [`super::upgrade`]'s.
 //!
-//! Frames are written by switchboard, not by tungstenite (which reads): a batch goes
-//! out as one vectored write of frame headers and the shared payloads themselves
-//! ([`super::socket`]), so fanning an event out copies nothing per connection.
+//! Frames are written by switchboard: a batch goes out as one vectored write of frame
+//! headers and the shared payloads themselves ([`super::socket`]), so fanning an event
+//! out copies nothing per connection. What the client sends is read by
+//! [`FrameReader`].
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::task::{ready, Context, Poll};
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
 use switchboard_protocol::Disconnect;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::CloseFrame;
 pub(crate) use tungstenite::Message;
 
-use super::deflate::{self, InflateError, Io};
-use super::socket::{FrameWriter, SharedSocket};
+use super::deflate;
+pub(crate) use super::frame_reader::FrameReader;
+use super::socket::FrameWriter;
 use super::upgrade::Socket;
 pub(crate) use super::upgrade::{Deflate, WebSocket, WsUpgrade};
 use super::writer::{FrameSink, SinkClosed};
@@ -40,25 +37,16 @@ const BINARY: u8 = 0x2;
 #[cfg(test)]
 const CLOSE: u8 = 0x8;
 
-/// A connection over socket `S` as tungstenite sees it.
-type Tungstenite<S> = WebSocketStream<Io<SharedSocket<S>>>;
-
-/// What writes to a connection: switchboard's frame writer, and tungstenite's half for
-/// the close handshake (a client's close is answered by tungstenite, and a close of
-/// switchboard's must not follow it).
+/// What writes to a connection: the frame writer of its shared socket.
 pub(crate) struct WriteHalf<S = Socket> {
     writer: FrameWriter<S>,
-    closer: SplitSink<Tungstenite<S>, Message>,
 }
 
-/// Splits an upgraded connection into what writes to it and tungstenite's reader.
-pub(crate) fn split<S>(socket: Tungstenite<S>) -> (WriteHalf<S>, SplitStream<Tungstenite<S>>)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let writer = socket.get_ref().get_ref().writer();
-    let (closer, stream) = socket.split();
-    (WriteHalf { writer, closer }, stream)
+/// Splits an upgraded connection into what writes to it and what reads it.
+pub(crate) fn split<S>(socket: WebSocket<S>) -> (WriteHalf<S>, FrameReader<S>) {
+    let writer = socket.socket.writer();
+    let reader = FrameReader::new(socket.socket, socket.deflate, socket.max);
+    (WriteHalf { writer }, reader)
 }
 
 /// `frame` compressed for connections that negotiated permessage-deflate, when it is
@@ -144,8 +132,6 @@ fn separator(before: &Frame, frame: &Frame, sep: &'static str) -> Option<&'stati
 /// The write half of a WebSocket as the writer driver's sink.
 pub(crate) struct WsSink<S = Socket> {
     writer: FrameWriter<S>,
-    /// tungstenite's sink: only the close frame goes through it.
-    closer: SplitSink<Tungstenite<S>, Message>,
     /// When the protocol allows several frames in one WebSocket message, what separates
     /// text frames (a newline for Centrifugo's JSON protocol). Binary frames are joined
     /// as they are: the protocols that allow it delimit their messages themselves.
@@ -169,7 +155,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> WsSink<S> {
     ) -> Self {
         Self {
             writer: half.writer,
-            closer: half.closer,
             join: if deflate.is_some() { None } else { join },
             deflate,
             frames: Vec::new(),
@@ -288,34 +273,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> FrameSink for WsSink<S> {
         if self.flush().await.is_err() {
             return;
         }
-        // Through tungstenite: it sends the frame unless the client closed first, when
-        // it answers with the client's own code instead (RFC 6455 §5.5.1).
-        let frame = CloseFrame {
-            code: CloseCode::from(reason.code),
-            reason: reason.reason.into(),
-        };
-        let _ = self.closer.send(Message::Close(Some(frame))).await;
-        let _ = self.closer.close().await;
-    }
-}
-
-/// The disconnect a failed read stands for.
-pub(crate) fn read_error(e: &tungstenite::Error) -> Disconnect {
-    match e {
-        tungstenite::Error::Capacity(_) => Disconnect::MESSAGE_TOO_LARGE,
-        tungstenite::Error::Utf8(_) => Disconnect::INVALID_PAYLOAD,
-        // The client went away without a close frame: there is no one to tell.
-        tungstenite::Error::Protocol(
-            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-        ) => Disconnect::CONNECTION_CLOSED,
-        tungstenite::Error::Protocol(_) => Disconnect::PROTOCOL_ERROR,
-        // A compressed message that inflates past the limit, or does not inflate.
-        tungstenite::Error::Io(io) => match io.get_ref().and_then(|e| e.downcast_ref()) {
-            Some(InflateError::TooLarge) => Disconnect::MESSAGE_TOO_LARGE,
-            Some(InflateError::Invalid) => Disconnect::PROTOCOL_ERROR,
-            None => Disconnect::CONNECTION_CLOSED,
-        },
-        _ => Disconnect::CONNECTION_CLOSED,
+        // Not sent when the client closed first: the reader answered with the client's
+        // own code (RFC 6455 §5.5.1), and nothing goes out after a close frame.
+        let frame = super::frame_reader::close(reason.code, reason.reason);
+        let writer = &self.writer;
+        let _ = poll_fn(|cx| writer.poll_put_close(cx, &frame)).await;
+        let _ = poll_fn(|cx| writer.poll_flush(cx)).await;
     }
 }
 
@@ -343,12 +306,12 @@ mod tests {
     /// kinds in order, then the close frame with its code and reason.
     #[tokio::test]
     async fn a_client_reads_joined_messages_and_the_close_of_a_batch() {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::WebSocketStream;
         use tungstenite::protocol::Role;
 
         let (server, client) = tokio::io::duplex(16);
-        let server = Io::new(SharedSocket::new(server), false, usize::MAX);
-        let server = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
-        let (half, _reader) = split(server);
+        let (half, _reader) = split(WebSocket::new(server, false, usize::MAX));
         let mut sink = WsSink::new(half, Some("\n"), None);
         let long = "x".repeat(300);
         let texts: Vec<String> = (0..100).map(|i| format!("{i}")).collect();

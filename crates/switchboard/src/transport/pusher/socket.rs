@@ -12,8 +12,7 @@ use std::sync::Arc;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::SplitStream;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::value::RawValue;
 use switchboard_protocol::command::SubscribeRequest;
 use switchboard_protocol::{Disconnect, ErrorCode};
@@ -35,8 +34,10 @@ use crate::session::{Session, SessionError, SessionResult, EXCLUDE_CLIENT_TAG};
 use crate::transport::command;
 use crate::transport::heartbeat::Heartbeat;
 use crate::transport::socketio::EVENT_TAG;
-use crate::transport::websocket::{self, Deflate, Message, WebSocket, WsSink, WsUpgrade};
-use crate::transport::writer::{self, Wire};
+use crate::transport::websocket::{
+    self, Deflate, FrameReader, Message, WebSocket, WsSink, WsUpgrade,
+};
+use crate::transport::writer::{self, FrameSink, Wire};
 
 /// One Pusher message per WebSocket message: the protocol has no separator. Channels
 /// are named in the app whose channels they are.
@@ -108,16 +109,15 @@ fn admit(node: &Node, key: &str, query: Option<&str>) -> Result<usize, Disconnec
 }
 
 /// Says why, then closes with the code.
-async fn refuse(node: &Node, mut socket: WebSocket, d: Disconnect) {
+async fn refuse(node: &Node, socket: WebSocket, d: Disconnect) {
     node.metrics.connections_refused.inc();
+    let (half, _reader) = websocket::split(socket);
+    let mut sink = WsSink::new(half, None, None);
     let say = async {
         let error = wire::error(Some(u32::from(d.code)), d.reason);
-        socket.send(Message::Text(error.into())).await?;
-        let frame = tungstenite::protocol::CloseFrame {
-            code: d.code.into(),
-            reason: d.reason.into(),
-        };
-        socket.send(Message::Close(Some(frame))).await
+        if sink.send(Frame::from(error)).await.is_ok() {
+            sink.close(d).await;
+        }
     };
     let _ = tokio::time::timeout(node.config.network.close_linger, say).await;
 }
@@ -193,7 +193,7 @@ async fn establish(session: &Arc<Session>) -> bool {
     }
 }
 
-async fn read_loop(mut stream: SplitStream<WebSocket>, session: &Arc<Session>, served: &Served) {
+async fn read_loop(mut stream: FrameReader, session: &Arc<Session>, served: &Served) {
     let mut heartbeat = Heartbeat::new(session, Frame::from_static(wire::PING));
     heartbeat.start_pings(session);
     loop {
@@ -232,7 +232,7 @@ async fn read_loop(mut stream: SplitStream<WebSocket>, session: &Arc<Session>, s
                         continue;
                     }
                     Some(Err(e)) => {
-                        session.close(websocket::read_error(&e));
+                        session.close(e);
                         return;
                     }
                 };

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::future::Either;
-use futures_util::stream::SplitStream;
 use futures_util::{FutureExt, StreamExt};
 use switchboard_protocol::socketio::PROBE_PONG;
 use switchboard_protocol::Disconnect;
@@ -20,7 +19,9 @@ use super::{POLLING, UPGRADING, WEBSOCKET};
 use crate::event::{Frame, Outgoing};
 use crate::front_door::Peer;
 use crate::metrics::connections::Transport;
-use crate::transport::websocket::{self, Deflate, Message, WebSocket, WsSink, WsUpgrade};
+use crate::transport::websocket::{
+    self, Deflate, FrameReader, Message, WebSocket, WsSink, WsUpgrade,
+};
 
 /// Upgrades to WebSocket: a new connection (`conn` is `None`), or the upgrade of a
 /// polling one. `token` is the handshake's token (see `handshake_token`), for a new
@@ -79,7 +80,7 @@ fn serve_new(
 }
 
 /// Waits for the next text message, at most a pong timeout.
-async fn next_text(conn: &Conn, stream: &mut SplitStream<WebSocket>) -> Option<String> {
+async fn next_text(conn: &Conn, stream: &mut FrameReader) -> Option<String> {
     let wait = conn.session.node().config.client.pong_timeout;
     match tokio::time::timeout(wait, stream.next()).await {
         Ok(Some(Ok(Message::Text(t)))) => Some(t.to_string()),
@@ -107,7 +108,7 @@ async fn probe(
     conn: Arc<Conn>,
     socket: WebSocket,
     deflate: Option<Deflate>,
-) -> Option<(Arc<Conn>, SplitStream<WebSocket>)> {
+) -> Option<(Arc<Conn>, FrameReader)> {
     let (half, mut stream) = websocket::split(socket);
     let mut sink = WsSink::new(half, None, deflate);
     if next_text(&conn, &mut stream).await.as_deref() != Some("2probe") {
@@ -139,7 +140,7 @@ async fn probe(
     conn.upgraded(sink).then_some((conn, stream))
 }
 
-async fn read_loop(conn: Arc<Conn>, mut stream: SplitStream<WebSocket>) {
+async fn read_loop(conn: Arc<Conn>, mut stream: FrameReader) {
     let session = &conn.session;
     loop {
         tokio::select! {
@@ -155,7 +156,7 @@ async fn read_loop(conn: Arc<Conn>, mut stream: SplitStream<WebSocket>) {
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
                         crate::transport::command::meter_control(session)
                     }
-                    Some(Err(e)) => Some(websocket::read_error(&e)),
+                    Some(Err(d)) => Some(d),
                 };
                 if let Some(d) = disconnect {
                     session.close(d);
