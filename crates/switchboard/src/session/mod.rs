@@ -14,6 +14,7 @@
 mod commands;
 mod inbox;
 mod proxied;
+mod subs;
 mod subscription;
 
 pub use inbox::Receipt;
@@ -141,7 +142,7 @@ impl Sub {
 struct State {
     identity: Option<Arc<Identity>>,
     expires_at: Option<u64>,
-    subs: HashMap<Arc<str>, Sub>,
+    subs: subs::Subs<Sub>,
     cleaned: bool,
 }
 
