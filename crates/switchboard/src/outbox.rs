@@ -199,6 +199,19 @@ impl Outbox {
         Ok(())
     }
 
+    /// Wakes the consumer with no item: what it waits for besides items changed (its
+    /// session is closing, see [`Outbox::register_consumer`]).
+    pub fn wake_consumer(&self) {
+        self.consumer.wake();
+    }
+
+    /// Registers the consumer's waker without taking anything: a consumer that waits
+    /// on something else too (its session's close) is woken through the outbox, and
+    /// needs no second waiting future of its own.
+    pub fn register_consumer(&self, waker: &std::task::Waker) {
+        self.consumer.register(waker);
+    }
+
     /// Moves up to `max` items into `buf`, waiting while the outbox is empty.
     /// Returns how many were moved.
     ///

@@ -303,6 +303,8 @@ impl Session {
     pub fn close(&self, reason: Disconnect) -> bool {
         let first = self.disconnect.set(reason).is_ok();
         self.cancel.cancel();
+        // The writer learns of the close through its outbox (see `transport::writer`).
+        self.outbox.wake_consumer();
         first
     }
 
@@ -734,6 +736,10 @@ impl Session {
     /// Releases everything the session holds: subscriptions, presence, user index.
     /// Idempotent; called by the transport once its connection ends.
     pub async fn cleanup(&self) {
+        // A shutdown cancels the session with no `close`: its writer, which learns of
+        // closes through the outbox, is told here (every transport cleans up once its
+        // reader saw the cancellation).
+        self.outbox.wake_consumer();
         let (channels, identity) = {
             let mut st = self.state();
             if st.cleaned {

@@ -279,9 +279,8 @@ async fn read_loop<E: Encoding>(
     session: &Arc<Session>,
     link: &Link,
 ) {
-    let mut heartbeat = Heartbeat::new(session, E::ping());
+    let mut heartbeat = Heartbeat::new(session, E::ping);
     loop {
-        let deadline = heartbeat.deadline(session);
         tokio::select! {
             biased;
             // Cancel-safe: holds no state.
@@ -289,7 +288,7 @@ async fn read_loop<E: Encoding>(
             // Cancel-safe (see `timers_changed`): loop to recompute the deadline.
             () = session.timers_changed() => {}
             // Cancel-safe: a timer.
-            () = sleep_until(deadline) => {
+            () = sleep_until(heartbeat.deadline(session)) => {
                 if let Some(d) = heartbeat.fire(session) {
                     session.close(d);
                     return;

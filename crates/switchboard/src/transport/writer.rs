@@ -6,7 +6,8 @@
 //! A sink is what differs: WebSocket messages ([`super::websocket`]), or the chunks of a
 //! streaming HTTP response ([`super::streaming`]).
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
+use std::task::Poll;
 
 use switchboard_protocol::Disconnect;
 
@@ -90,11 +91,20 @@ pub(crate) fn write_loop_with(
     async move {
         let session = session.as_ref();
         let mut batch = Vec::new();
-        // Registered once: a fresh `cancelled()` per batch would lock the token's waiter
-        // list on every wake-up. Polled last: while there is work, a cheap flag check
-        // suffices.
-        let cancelled = session.closed().cancelled();
-        tokio::pin!(cancelled);
+        // The close is learnt through the outbox's waker, which `Session::close` and
+        // `Session::cleanup` wake: a cancellation future (72 bytes) would take room in
+        // every idle connection's writer, and lock the token's waiter list on every
+        // wake-up. Polled last: while there is work, the flag check suffices.
+        let closed = || {
+            poll_fn(|cx| {
+                session.outbox().register_consumer(cx.waker());
+                if session.closed().is_cancelled() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+        };
         loop {
             if session.closed().is_cancelled() {
                 break;
@@ -103,8 +113,8 @@ pub(crate) fn write_loop_with(
                 biased;
                 // Cancel-safe: `recv_batch` loses nothing when dropped.
                 t = session.outbox().recv_batch(&mut batch, BATCH) => t,
-                // Cancel-safe: polling by reference keeps the registration.
-                () = &mut cancelled => break,
+                // Cancel-safe: holds no state.
+                () = closed() => break,
             };
             // A lone item skips the batch buffer, which then is never allocated for an
             // idle connection.
@@ -134,7 +144,7 @@ pub(crate) fn write_loop_with(
                 },
                 // A client that stopped reading blocks the write; closing must not wait
                 // for it.
-                () = &mut cancelled => break,
+                () = closed() => break,
             }
             // Give a burst's memory back, and all of it once a ping found the connection
             // quiet: idle connections are the common case.

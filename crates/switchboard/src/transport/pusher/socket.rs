@@ -194,7 +194,7 @@ async fn establish(session: &Arc<Session>) -> bool {
 }
 
 async fn read_loop(mut stream: FrameReader, session: &Arc<Session>, served: &Served) {
-    let mut heartbeat = Heartbeat::new(session, Frame::from_static(wire::PING));
+    let mut heartbeat = Heartbeat::new(session, || Frame::from_static(wire::PING));
     heartbeat.start_pings(session);
     loop {
         let deadline = heartbeat.deadline(session);

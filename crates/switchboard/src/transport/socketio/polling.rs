@@ -272,11 +272,10 @@ pub(super) fn serve(
 /// session closes, then releases the session.
 async fn drive(conn: Arc<Conn>) {
     let session = &conn.session;
-    let mut heartbeat = Heartbeat::new(session, PING);
+    let mut heartbeat = Heartbeat::new(session, || crate::event::Frame::from_static(PING));
     // Engine.IO pings from the start, before the client joins a namespace.
     heartbeat.start_pings(session);
     loop {
-        let deadline = heartbeat.deadline(session);
         tokio::select! {
             biased;
             // Cancel-safe: holds no state.
@@ -286,7 +285,7 @@ async fn drive(conn: Arc<Conn>) {
             // Cancel-safe: a kept notification.
             () = conn.pong.notified() => heartbeat.pong(),
             // Cancel-safe: a timer.
-            () = sleep_until(deadline) => {
+            () = sleep_until(heartbeat.deadline(session)) => {
                 if let Some(d) = heartbeat.fire(session) {
                     session.close(d);
                     break;

@@ -222,7 +222,7 @@ async fn run(
         };
         tokio::spawn(async move { writer::write_loop(sink, &session, wire).await })
     };
-    let mut heartbeat = Heartbeat::one_way(&session, Uni::ping());
+    let mut heartbeat = Heartbeat::one_way(&session, Uni::ping);
     let mut asked = false;
     loop {
         if let Some(req) = connect.take() {
