@@ -69,7 +69,7 @@ impl Delivery {
         ns: &NamespaceConfig,
         limits: &LimitsConfig,
         history: bool,
-        codec: Codec,
+        codec: &Codec,
     ) -> Result<Option<Self>, DeliveryError> {
         if !req.delta.is_empty() && req.delta != FOSSIL {
             return Err(DeliveryError::UnknownDelta(req.delta.to_owned()));
@@ -128,7 +128,7 @@ impl Delivery {
     /// The frame `event` goes to this subscriber in, when it is not the codec's shared
     /// one: a delta subscriber's publication. Call it as the frame is queued, in
     /// order: it moves the subscriber's chain.
-    pub fn frame(&self, event: &ChannelEvent, codec: Codec) -> Option<Arc<EventFrame>> {
+    pub fn frame(&self, event: &ChannelEvent, codec: &Codec) -> Option<Arc<EventFrame>> {
         let chain = self.delta.as_ref()?;
         let EventKind::Publication(p) = &event.kind else {
             return None;

@@ -242,7 +242,7 @@ impl ChannelEvent {
     /// a delta of the previous publication when `chained` (the subscriber's last one was
     /// that publication) and a delta is known and shorter, else the full payload in
     /// the delta form. `None` for joins and leaves, and codecs without deltas.
-    pub fn delta_encoded(&self, codec: Codec, chained: bool) -> Option<Arc<EventFrame>> {
+    pub fn delta_encoded(&self, codec: &Codec, chained: bool) -> Option<Arc<EventFrame>> {
         let encoder = codec.deltas?;
         let encode = |payload: &[u8], delta: bool| {
             encoder(self, payload, delta).map(|frame| self.shared(frame))
@@ -278,7 +278,7 @@ impl ChannelEvent {
 
     /// The event encoded with `codec` (and compressed, for a compressed codec),
     /// encoding it on first use only.
-    pub fn encoded(&self, codec: Codec, config: &crate::Config) -> Arc<EventFrame> {
+    pub fn encoded(&self, codec: &Codec, config: &crate::Config) -> Arc<EventFrame> {
         let plain = || match codec.slot {
             Some(slot) => self.encoded[slot]
                 .get_or_init(|| self.shared((codec.encode_event)(self, config)))
@@ -430,13 +430,13 @@ mod tests {
         };
         let ev = ChannelEvent::new("chat:1".into(), EventKind::Join(info));
         for _ in 0..3 {
-            assert_eq!(ev.encoded(*TEXT, &config).frame, Frame::from_static("t"));
-            assert_eq!(ev.encoded(*BINARY, &config).frame, Frame::from(vec![1]));
+            assert_eq!(ev.encoded(&TEXT, &config).frame, Frame::from_static("t"));
+            assert_eq!(ev.encoded(&BINARY, &config).frame, Frame::from(vec![1]));
         }
         assert_eq!(TEXT_CALLS.load(Ordering::Relaxed), 1);
         assert_eq!(BINARY_CALLS.load(Ordering::Relaxed), 1);
         // The shared frame is the same allocation, not a copy.
-        let (a, b) = (ev.encoded(*BINARY, &config), ev.encoded(*BINARY, &config));
+        let (a, b) = (ev.encoded(&BINARY, &config), ev.encoded(&BINARY, &config));
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(a.published, ev.published);
     }
@@ -470,12 +470,12 @@ mod tests {
             chan_info: None,
         };
         let ev = ChannelEvent::new("chat:1".into(), EventKind::Join(info));
-        let frames: Vec<_> = (0..3).map(|_| ev.encoded(compressed, &config)).collect();
+        let frames: Vec<_> = (0..3).map(|_| ev.encoded(&compressed, &config)).collect();
         assert_eq!(COMPRESS_CALLS.load(Ordering::Relaxed), 1);
         assert!(matches!(&frames[0].frame, Frame::Deflated { payload, .. } if payload == "t"));
         assert!(Arc::ptr_eq(&frames[0], &frames[2]));
         // The plain codec still gets the plain frame.
-        assert_eq!(ev.encoded(PLAIN, &config).frame, Frame::from_static("t"));
+        assert_eq!(ev.encoded(&PLAIN, &config).frame, Frame::from_static("t"));
     }
 
     #[test]
@@ -498,6 +498,9 @@ mod tests {
             }),
         );
         let config = crate::Config::default();
-        assert_eq!(ev.encoded(codec, &config).frame, Frame::from_static("late"));
+        assert_eq!(
+            ev.encoded(&codec, &config).frame,
+            Frame::from_static("late")
+        );
     }
 }

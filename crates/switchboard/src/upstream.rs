@@ -231,10 +231,10 @@ mod tests {
         (engine, node, Hub::default(), upstream, "news:1".into())
     }
 
-    fn codec() -> Codec {
+    fn codec() -> &'static Codec {
         static CODEC: std::sync::LazyLock<Codec> =
             std::sync::LazyLock::new(|| Codec::register("test", |_, _| Frame::from_static("")));
-        *CODEC
+        &CODEC
     }
 
     #[tokio::test(start_paused = true)]

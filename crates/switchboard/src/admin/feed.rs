@@ -307,7 +307,7 @@ mod tests {
         let console = node.admin.clone().unwrap();
         let running = || console.feed.running.load(Ordering::Acquire);
         assert!(!running(), "nothing runs before a console watches");
-        let session = crate::session::Session::new(node.clone(), *CODEC);
+        let session = crate::session::Session::new(node.clone(), &CODEC);
         let stats: Arc<str> = STATS.into();
         node.watch_channel(&stats, &session).await.unwrap();
         assert!(running());

@@ -161,7 +161,9 @@ pub struct Session {
     outbox: Outbox,
     pending_count: AtomicUsize,
     /// How this session's transport encodes channel events.
-    codec: Codec,
+    /// The transport's codec, one for all its sessions: a reference, not a copy, keeps
+    /// 56 bytes out of every session.
+    codec: &'static Codec,
     node: Arc<Node>,
     /// Whether `inbox` holds anything, so other deliveries skip its lock.
     has_inbox: AtomicBool,
@@ -222,7 +224,7 @@ pub struct Connected {
 
 impl Session {
     /// A new, unauthenticated session with an outbox bounded by `limits`.
-    pub fn new(node: Arc<Node>, codec: Codec) -> Arc<Self> {
+    pub fn new(node: Arc<Node>, codec: &'static Codec) -> Arc<Self> {
         // A v4 UUID from the thread-local generator: no getrandom syscall per connect.
         let id = uuid::Builder::from_random_bytes(rand::random())
             .into_uuid()
@@ -233,7 +235,7 @@ impl Session {
     /// A new session whose connection id the transport chose: a protocol that shows
     /// the id to its clients in a shape of its own (Pusher's `socket_id`, `123.456`).
     /// The id must be unique on every node: the hub and publication exclusion key on it.
-    pub fn with_id(node: Arc<Node>, codec: Codec, id: Arc<str>) -> Arc<Self> {
+    pub fn with_id(node: Arc<Node>, codec: &'static Codec, id: Arc<str>) -> Arc<Self> {
         let limits = &node.config.limits;
         let abuse = Abuse {
             commands: TokenBucket::new(limits.command_rate, limits.command_burst),

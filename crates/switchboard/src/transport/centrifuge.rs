@@ -45,7 +45,7 @@ pub(crate) trait Encoding: 'static {
     /// delimit themselves).
     const JOIN: &'static str;
     /// How channel events are encoded: once per encoding, shared by its sessions.
-    fn codec() -> Codec;
+    fn codec() -> &'static Codec;
     /// The server's ping.
     fn ping() -> Frame;
     /// The commands in one received message.
@@ -129,11 +129,16 @@ fn serve<E: Encoding>(
     let session = Session::new(node, websocket::codec(E::codec(), deflate));
     session.set_origin(origin);
     let (sink, stream) = websocket::split(socket);
-    let link = Link {
-        transport,
-        emulation: None,
-        // The close frame carries the code and reason.
-        farewell: |_, _| Vec::new(),
+    // A WebSocket link is the same for every connection of a transport: shared, so
+    // an idle connection's task keeps a reference to it, not a copy.
+    static LINKS: [Link; 2] = [
+        Link::websocket(Transport::WebSocketJson),
+        Link::websocket(Transport::WebSocketProtobuf),
+    ];
+    let link = if transport == Transport::WebSocketProtobuf {
+        &LINKS[1]
+    } else {
+        &LINKS[0]
     };
     run::<E>(
         session,
@@ -176,6 +181,17 @@ pub(crate) struct Link {
     pub(crate) farewell: fn(&Session, Disconnect) -> Vec<Frame>,
 }
 
+impl Link {
+    /// A WebSocket link: the close frame carries the code and reason.
+    const fn websocket(transport: Transport) -> Self {
+        Self {
+            transport,
+            emulation: None,
+            farewell: |_, _| Vec::new(),
+        }
+    }
+}
+
 /// A `disconnect` push: how a link without close frames tells the code and reason.
 pub(crate) fn disconnect_push<E: Encoding>(_: &Session, reason: Disconnect) -> Vec<Frame> {
     if reason == Disconnect::CONNECTION_CLOSED {
@@ -196,7 +212,7 @@ pub(crate) fn run<E: Encoding>(
     session: Arc<Session>,
     sink: impl FrameSink + 'static,
     inbound: impl Stream<Item = Inbound> + Send + Unpin,
-    link: Link,
+    link: impl std::ops::Deref<Target = Link> + Send + 'static,
 ) -> impl Future<Output = ()> + Send {
     super::opened(&session, link.transport);
     // The writer is a task of its own, so a delivery wakes only the writer, not the
@@ -281,62 +297,66 @@ async fn read_loop<E: Encoding>(
 ) {
     let mut heartbeat = Heartbeat::new(session, E::ping);
     loop {
-        tokio::select! {
+        // The frame is handled after the `select!`, not in its arm: an arm's await would
+        // keep the waiting futures' room beside the handling's in every connection's
+        // task, where after it the two share it.
+        let msg = tokio::select! {
             biased;
             // Cancel-safe: holds no state.
             () = session.closed().cancelled() => return,
             // Cancel-safe (see `timers_changed`): loop to recompute the deadline.
-            () = session.timers_changed() => {}
+            () = session.timers_changed() => continue,
             // Cancel-safe: a timer.
             () = sleep_until(heartbeat.deadline(session)) => {
                 if let Some(d) = heartbeat.fire(session) {
                     session.close(d);
                     return;
                 }
+                continue;
             }
             // Cancel-safe: `next()` holds no state of its own.
-            msg = inbound.next() => {
-                let message = match msg {
-                    Some(Inbound::Frame(frame)) => frame,
-                    Some(Inbound::Control) => {
-                        if let Some(d) = command::meter_control(session) {
-                            session.close(d);
-                            return;
-                        }
-                        continue;
-                    }
-                    Some(Inbound::Closed(d)) => {
-                        session.close(d);
-                        return;
-                    }
-                    None => {
-                        session.close(Disconnect::CONNECTION_CLOSED);
-                        return;
-                    }
-                };
-                match E::decode(message) {
-                    Ok(commands) => {
-                        heartbeat.pong();
-                        // Boxed: command handling is deep and rare next to idling, so it must not
-                        // inflate every idle connection's task.
-                        // Log lines about commands carry the client id and user. The span
-                        // lives only while a frame is handled: a span per idle connection
-                        // would cost memory, and entering it on every writer wake-up time.
-                        let span = tracing::info_span!("connection", client = %session.id, user = %session.user());
-                        let handled = handle_frame::<E>(session, commands, link).instrument(span);
-                        if let Some(d) = Box::pin(handled).await {
-                            session.close(d);
-                            return;
-                        }
-                        if session.is_connected() {
-                            heartbeat.start_pings(session);
-                        }
-                    }
-                    Err(d) => {
-                        session.close(d);
-                        return;
-                    }
+            msg = inbound.next() => msg,
+        };
+        let message = match msg {
+            Some(Inbound::Frame(frame)) => frame,
+            Some(Inbound::Control) => {
+                if let Some(d) = command::meter_control(session) {
+                    session.close(d);
+                    return;
                 }
+                continue;
+            }
+            Some(Inbound::Closed(d)) => {
+                session.close(d);
+                return;
+            }
+            None => {
+                session.close(Disconnect::CONNECTION_CLOSED);
+                return;
+            }
+        };
+        match E::decode(message) {
+            Ok(commands) => {
+                heartbeat.pong();
+                // Boxed: command handling is deep and rare next to idling, so it must not
+                // inflate every idle connection's task.
+                // Log lines about commands carry the client id and user. The span lives
+                // only while a frame is handled: a span per idle connection would cost
+                // memory, and entering it on every writer wake-up time.
+                let span =
+                    tracing::info_span!("connection", client = %session.id, user = %session.user());
+                let handled = handle_frame::<E>(session, commands, link).instrument(span);
+                if let Some(d) = Box::pin(handled).await {
+                    session.close(d);
+                    return;
+                }
+                if session.is_connected() {
+                    heartbeat.start_pings(session);
+                }
+            }
+            Err(d) => {
+                session.close(d);
+                return;
             }
         }
     }

@@ -78,8 +78,9 @@ pub(crate) struct FrameReader<S = upgrade::Socket> {
     /// the socket had. Boxed, and only while there is some: an idle connection's reader
     /// is a few words.
     partial: Option<Box<Partial>>,
-    /// The largest message (compressed, and inflated).
-    max: usize,
+    /// The largest message (compressed, and inflated); 32 bits keep the reader at
+    /// three words.
+    max: u32,
     /// Whether the client may compress (permessage-deflate was negotiated).
     deflate: bool,
     /// A close frame was read, or the stream failed: nothing more is read.
@@ -339,7 +340,7 @@ impl<S> FrameReader<S> {
         Self {
             socket,
             partial: None,
-            max,
+            max: u32::try_from(max).unwrap_or(u32::MAX),
             deflate,
             done: false,
             flushing: false,
@@ -373,13 +374,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FrameReader<S> {
         loop {
             if !p.rest.is_empty() {
                 let mut rest = std::mem::take(&mut p.rest);
-                let (used, read) = p.parse(&rest, self.deflate, self.max)?;
+                let (used, read) = p.parse(&rest, self.deflate, self.max as usize)?;
                 rest.drain(..used);
                 if !rest.is_empty() {
                     p.rest = rest;
                 }
                 if let Some(read) = read {
-                    return Poll::Ready(p.complete(read, self.max));
+                    return Poll::Ready(p.complete(read, self.max as usize));
                 }
                 continue;
             }
@@ -393,12 +394,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FrameReader<S> {
                 // The client went away without a close frame: there is no one to tell.
                 return Poll::Ready(Err(Disconnect::CONNECTION_CLOSED));
             }
-            let (used, read) = p.parse(filled, self.deflate, self.max)?;
+            let (used, read) = p.parse(filled, self.deflate, self.max as usize)?;
             if used < filled.len() {
                 p.rest.extend_from_slice(&filled[used..]);
             }
             if let Some(read) = read {
-                return Poll::Ready(p.complete(read, self.max));
+                return Poll::Ready(p.complete(read, self.max as usize));
             }
         }
     }

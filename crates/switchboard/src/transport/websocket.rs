@@ -10,6 +10,7 @@
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
+use std::sync::Mutex;
 use std::task::{ready, Context, Poll};
 
 use switchboard_protocol::Disconnect;
@@ -75,11 +76,21 @@ fn deflated_event(frame: &Frame, config: &Config) -> Frame {
 /// The codec a connection's session uses: `codec`, or its compressed form when the
 /// connection negotiated permessage-deflate (each event is then compressed once, and
 /// the compressed message shared by every such connection).
-pub(crate) fn codec(codec: Codec, deflate: Option<Deflate>) -> Codec {
-    match deflate {
-        Some(_) => codec.compressed(deflated_event),
-        None => codec,
+pub(crate) fn codec(codec: &'static Codec, deflate: Option<Deflate>) -> &'static Codec {
+    if deflate.is_none() {
+        return codec;
     }
+    // One compressed form per codec for the process's life (a session keeps a
+    // reference to its codec): made on first use, found by the plain codec's address.
+    static COMPRESSED: Mutex<Vec<(usize, &'static Codec)>> = Mutex::new(Vec::new());
+    let key = std::ptr::from_ref(codec) as usize;
+    let mut made = COMPRESSED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, c)) = made.iter().find(|(k, _)| *k == key) {
+        return c;
+    }
+    let compressed: &'static Codec = Box::leak(Box::new(codec.compressed(deflated_event)));
+    made.push((key, compressed));
+    compressed
 }
 
 /// A frame's opcode and RSV1 bit (set on compressed messages).

@@ -26,8 +26,8 @@ static CODEC: LazyLock<Codec> = LazyLock::new(|| {
 impl Encoding for Json {
     const JOIN: &'static str = "\n";
 
-    fn codec() -> Codec {
-        *CODEC
+    fn codec() -> &'static Codec {
+        &CODEC
     }
 
     fn ping() -> Frame {

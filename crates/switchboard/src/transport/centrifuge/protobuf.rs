@@ -23,8 +23,8 @@ impl Encoding for Protobuf {
     // Replies are length-delimited: joined as they are.
     const JOIN: &'static str = "";
 
-    fn codec() -> Codec {
-        *CODEC
+    fn codec() -> &'static Codec {
+        &CODEC
     }
 
     fn ping() -> Frame {

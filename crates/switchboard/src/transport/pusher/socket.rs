@@ -142,7 +142,7 @@ async fn serve(
     origin: crate::proxy::ClientOrigin,
     served: Served,
 ) {
-    let codec = websocket::codec(*CODEC, deflate);
+    let codec = websocket::codec(&CODEC, deflate);
     let session = Session::with_id(node, codec, socket_id());
     session.set_origin(origin);
     crate::transport::opened(&session, Transport::Pusher);

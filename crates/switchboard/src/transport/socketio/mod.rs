@@ -170,7 +170,7 @@ impl Conn {
     ) -> Arc<Self> {
         let node = &sio.node;
         sio.pending.fetch_add(1, Ordering::AcqRel);
-        let session = Session::new(node.clone(), *CODEC);
+        let session = Session::new(node.clone(), &CODEC);
         session.set_origin(node.proxies.origin("socketio", headers));
         Arc::new(Self {
             sid: uuid::Builder::from_random_bytes(rand::random())

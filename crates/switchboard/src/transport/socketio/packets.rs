@@ -317,7 +317,7 @@ async fn joined(conn: &Conn, mut c: Connected, comeback: Option<Comeback>) {
     for (channel, publications) in inbox {
         for p in publications {
             let ev = ChannelEvent::new(channel.clone(), EventKind::Publication(p));
-            session.enqueue(Outgoing::Event(ev.encoded(*super::CODEC, node_config)));
+            session.enqueue(Outgoing::Event(ev.encoded(&super::CODEC, node_config)));
         }
     }
     if recovered {
@@ -331,7 +331,7 @@ async fn joined(conn: &Conn, mut c: Connected, comeback: Option<Comeback>) {
                     continue;
                 }
                 let ev = ChannelEvent::new(channel.clone(), EventKind::Publication(p));
-                session.enqueue(Outgoing::Event(ev.encoded(*super::CODEC, node_config)));
+                session.enqueue(Outgoing::Event(ev.encoded(&super::CODEC, node_config)));
             }
         }
     }

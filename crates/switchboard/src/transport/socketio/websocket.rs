@@ -143,26 +143,26 @@ async fn probe(
 async fn read_loop(conn: Arc<Conn>, mut stream: FrameReader) {
     let session = &conn.session;
     loop {
-        tokio::select! {
+        // Handled after the `select!`, not in its arm: see the Centrifugo reader.
+        let msg = tokio::select! {
             biased;
             // Cancel-safe: holds no state.
             () = session.closed().cancelled() => return,
             // Cancel-safe: `next()` holds no state of its own.
-            msg = stream.next() => {
-                let disconnect = match msg {
-                    None | Some(Ok(Message::Close(_))) => Some(Disconnect::CONNECTION_CLOSED),
-                    Some(Ok(Message::Text(text))) => packets::handle(&conn, text.as_str()).await,
-                    Some(Ok(Message::Binary(_))) => Some(Disconnect::BAD_REQUEST),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-                        crate::transport::command::meter_control(session)
-                    }
-                    Some(Err(d)) => Some(d),
-                };
-                if let Some(d) = disconnect {
-                    session.close(d);
-                    return;
-                }
+            msg = stream.next() => msg,
+        };
+        let disconnect = match msg {
+            None | Some(Ok(Message::Close(_))) => Some(Disconnect::CONNECTION_CLOSED),
+            Some(Ok(Message::Text(text))) => packets::handle(&conn, text.as_str()).await,
+            Some(Ok(Message::Binary(_))) => Some(Disconnect::BAD_REQUEST),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                crate::transport::command::meter_control(session)
             }
+            Some(Err(d)) => Some(d),
+        };
+        if let Some(d) = disconnect {
+            session.close(d);
+            return;
         }
     }
 }

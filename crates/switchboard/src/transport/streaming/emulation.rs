@@ -125,11 +125,11 @@ fn open<E: Encoding>(
     // at once through intermediaries that wait for content.
     let preamble = (framing == Framing::Events).then_some(&b"\r\n"[..]);
     let (sink, body) = body::stream(session.clone(), framing, preamble);
-    let link = Link {
+    let link = Box::new(Link {
         transport,
         emulation: Some(id.clone()),
         farewell: disconnect_push::<E>,
-    };
+    });
     let streams2 = streams.clone();
     node.tracker.spawn(async move {
         let inbound = futures_util::stream::unfold(inbox, |mut inbox| async move {

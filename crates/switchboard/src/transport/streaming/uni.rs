@@ -54,8 +54,8 @@ static CODEC: LazyLock<Codec> =
 impl Encoding for Uni {
     const JOIN: &'static str = Json::JOIN;
 
-    fn codec() -> Codec {
-        *CODEC
+    fn codec() -> &'static Codec {
+        &CODEC
     }
 
     fn ping() -> Frame {
