@@ -275,8 +275,15 @@ impl Partial {
             if total > max as u64 {
                 return Err(Disconnect::MESSAGE_TOO_LARGE);
             }
-            // Bounded by the size limit just checked.
-            self.data.reserve_exact((len as usize).min(RESERVE_AT_ONCE));
+            // Bounded by the size limit just checked. A message's first frame gets
+            // exactly its room; later frames grow it by doubling, or a message sent in
+            // many small fragments would be copied once per fragment.
+            let more = (len as usize).min(RESERVE_AT_ONCE);
+            if self.data.is_empty() {
+                self.data.reserve_exact(more);
+            } else {
+                self.data.reserve(more);
+            }
         }
         Ok(Some(Frame {
             opcode,
@@ -644,6 +651,28 @@ mod tests {
         let cut = &"é".as_bytes()[..1];
         client.write_all(&client_frame(0x81, cut)).await.unwrap();
         assert_eq!(next(&mut r).await, Some(Err(Disconnect::INVALID_PAYLOAD)));
+    }
+
+    /// A message in a thousand one-byte fragments grows its buffer by doubling, not
+    /// by one copy per fragment, and comes whole.
+    #[tokio::test]
+    async fn many_small_fragments_grow_the_message_by_doubling() {
+        let (mut r, mut client) = reader(1 << 16, 1 << 20);
+        let mut sent = client_frame(0x01, b"a");
+        for _ in 1..1000 {
+            sent.extend(client_frame(0x00, b"a"));
+        }
+        client.write_all(&sent).await.unwrap();
+        let pending = tokio::time::timeout(Duration::from_millis(100), r.next()).await;
+        assert!(pending.is_err(), "the message is not complete yet");
+        let data = &r.partial.as_ref().expect("a message under way").data;
+        assert_eq!(data.len(), 1000);
+        assert!(data.capacity() > data.len(), "grown by doubling");
+        client.write_all(&client_frame(0x80, b"a")).await.unwrap();
+        assert_eq!(
+            next(&mut r).await,
+            Some(Ok(Message::text("a".repeat(1001))))
+        );
     }
 
     #[tokio::test]
