@@ -675,6 +675,80 @@ mod tests {
         );
     }
 
+    /// Random messages, some fragmented with pings between their fragments, written in
+    /// chunks of random sizes: read back exactly, in order.
+    #[tokio::test]
+    async fn random_messages_in_random_chunks_read_back_exactly() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+        let (mut r, mut client) = reader(1 << 16, 1 << 20);
+        let mut want = Vec::new();
+        let mut sent = Vec::new();
+        for _ in 0..300 {
+            let len = rng.random_range(0..2000);
+            let text = rng.random_bool(0.5);
+            let payload: Vec<u8> = if text {
+                (0..len).map(|_| rng.random_range(b'a'..=b'z')).collect()
+            } else {
+                (0..len).map(|_| rng.random()).collect()
+            };
+            let pieces = rng.random_range(1..5).min(len.max(1));
+            let mut at = 0;
+            for i in 0..pieces {
+                let last = i + 1 == pieces;
+                let end = if last {
+                    len
+                } else {
+                    rng.random_range(at..=len)
+                };
+                let opcode = if i > 0 {
+                    0x0
+                } else if text {
+                    0x1
+                } else {
+                    0x2
+                };
+                let fin = if last { 0x80 } else { 0 };
+                sent.extend(client_frame(fin | opcode, &payload[at..end]));
+                // A ping between a message's fragments comes out before the message.
+                if !last && rng.random_bool(0.3) {
+                    sent.extend(client_frame(0x89, b"p"));
+                    want.push(Message::Ping(Bytes::new()));
+                }
+                at = end;
+            }
+            want.push(if text {
+                Message::text(String::from_utf8(payload).unwrap())
+            } else {
+                Message::binary(payload)
+            });
+        }
+        let chunks: Vec<Vec<u8>> = {
+            let mut chunks = Vec::new();
+            let mut rest = &sent[..];
+            while !rest.is_empty() {
+                let n = rng.random_range(1..700).min(rest.len());
+                chunks.push(rest[..n].to_vec());
+                rest = &rest[n..];
+            }
+            chunks
+        };
+        let writer = tokio::spawn(async move {
+            for c in chunks {
+                client.write_all(&c).await.unwrap();
+                client.flush().await.unwrap();
+            }
+            // Reads the pongs, so the reader's replies never fill the pipe.
+            let mut back = Vec::new();
+            let _ = client.read_to_end(&mut back).await;
+        });
+        for (i, w) in want.into_iter().enumerate() {
+            assert_eq!(next(&mut r).await, Some(Ok(w)), "message {i}");
+        }
+        drop(r);
+        writer.await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_close_with_a_code_no_one_may_send_is_answered_with_1002() {
         let (mut r, mut client) = reader(1 << 16, 1000);
