@@ -167,6 +167,9 @@ pub struct Session {
     node: Arc<Node>,
     /// Whether `inbox` holds anything, so other deliveries skip its lock.
     has_inbox: AtomicBool,
+    /// Set by [`Session::close`] and [`Session::cleanup`]: what the writer checks on
+    /// every wake-up, an atomic load where the token's `is_cancelled` takes a lock.
+    closing: AtomicBool,
     /// Connection id (sent to the client as `client`).
     pub id: Arc<str>,
     cancel: CancellationToken,
@@ -256,6 +259,7 @@ impl Session {
             origin: OnceLock::new(),
             inbox: Mutex::default(),
             has_inbox: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
         })
     }
 
@@ -288,6 +292,13 @@ impl Session {
         &self.cancel
     }
 
+    /// Whether the session closed ([`Session::close`]) or was released after a
+    /// shutdown cancelled it ([`Session::cleanup`]): the writer's check, a load where
+    /// [`Session::closed`]'s `is_cancelled` takes a lock.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
     /// Why the session closed: the first disconnect asked for, or shutdown.
     pub fn disconnect_reason(&self) -> Disconnect {
         self.disconnect
@@ -304,6 +315,7 @@ impl Session {
     /// call was the first.
     pub fn close(&self, reason: Disconnect) -> bool {
         let first = self.disconnect.set(reason).is_ok();
+        self.closing.store(true, Ordering::Release);
         self.cancel.cancel();
         // The writer learns of the close through its outbox (see `transport::writer`).
         self.outbox.wake_consumer();
@@ -741,6 +753,7 @@ impl Session {
         // A shutdown cancels the session with no `close`: its writer, which learns of
         // closes through the outbox, is told here (every transport cleans up once its
         // reader saw the cancellation).
+        self.closing.store(true, Ordering::Release);
         self.outbox.wake_consumer();
         let (channels, identity) = {
             let mut st = self.state();

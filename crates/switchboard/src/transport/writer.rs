@@ -94,11 +94,22 @@ pub(crate) fn write_loop_with(
         // The close is learnt through the outbox's waker, which `Session::close` and
         // `Session::cleanup` wake: a cancellation future (72 bytes) would take room in
         // every idle connection's writer, and lock the token's waiter list on every
-        // wake-up. Polled last: while there is work, the flag check suffices.
+        // wake-up. `closed()` registers that waker, for when the writer waits on
+        // something else (a slow client's socket); beside `recv_batch`, which
+        // registered it already, the flag suffices.
         let closed = || {
             poll_fn(|cx| {
                 session.outbox().register_consumer(cx.waker());
-                if session.closed().is_cancelled() {
+                if session.is_closing() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+        };
+        let closing = || {
+            poll_fn(|_| {
+                if session.is_closing() {
                     Poll::Ready(())
                 } else {
                     Poll::Pending
@@ -106,7 +117,7 @@ pub(crate) fn write_loop_with(
             })
         };
         loop {
-            if session.closed().is_cancelled() {
+            if session.is_closing() {
                 break;
             }
             let taken = tokio::select! {
@@ -114,7 +125,7 @@ pub(crate) fn write_loop_with(
                 // Cancel-safe: `recv_batch` loses nothing when dropped.
                 t = session.outbox().recv_batch(&mut batch, BATCH) => t,
                 // Cancel-safe: holds no state.
-                () = closed() => break,
+                () = closing() => break,
             };
             // A lone item skips the batch buffer, which then is never allocated for an
             // idle connection.
