@@ -292,6 +292,13 @@ impl Session {
         &self.cancel
     }
 
+    /// Sets the flag the writer checks and wakes it: the writer learns of the close
+    /// through its outbox (see `transport::writer`), not through the token.
+    fn tell_writer(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.outbox.wake_consumer();
+    }
+
     /// Whether the session closed ([`Session::close`]) or was released after a
     /// shutdown cancelled it ([`Session::cleanup`]): the writer's check, a load where
     /// [`Session::closed`]'s `is_cancelled` takes a lock.
@@ -315,10 +322,8 @@ impl Session {
     /// call was the first.
     pub fn close(&self, reason: Disconnect) -> bool {
         let first = self.disconnect.set(reason).is_ok();
-        self.closing.store(true, Ordering::Release);
         self.cancel.cancel();
-        // The writer learns of the close through its outbox (see `transport::writer`).
-        self.outbox.wake_consumer();
+        self.tell_writer();
         first
     }
 
@@ -753,8 +758,7 @@ impl Session {
         // A shutdown cancels the session with no `close`: its writer, which learns of
         // closes through the outbox, is told here (every transport cleans up once its
         // reader saw the cancellation).
-        self.closing.store(true, Ordering::Release);
-        self.outbox.wake_consumer();
+        self.tell_writer();
         let (channels, identity) = {
             let mut st = self.state();
             if st.cleaned {

@@ -94,21 +94,14 @@ pub(crate) fn write_loop_with(
         // The close is learnt through the outbox's waker, which `Session::close` and
         // `Session::cleanup` wake: a cancellation future (72 bytes) would take room in
         // every idle connection's writer, and lock the token's waiter list on every
-        // wake-up. `closed()` registers that waker, for when the writer waits on
-        // something else (a slow client's socket); beside `recv_batch`, which
-        // registered it already, the flag suffices.
-        let closed = || {
-            poll_fn(|cx| {
-                session.outbox().register_consumer(cx.waker());
-                if session.is_closing() {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
+        // wake-up. While the writer waits on something else (a slow client's socket)
+        // it registers that waker; beside `recv_batch`, which registered it already,
+        // the flag suffices.
+        let closed = |register: bool| {
+            poll_fn(move |cx| {
+                if register {
+                    session.outbox().register_consumer(cx.waker());
                 }
-            })
-        };
-        let closing = || {
-            poll_fn(|_| {
                 if session.is_closing() {
                     Poll::Ready(())
                 } else {
@@ -125,7 +118,7 @@ pub(crate) fn write_loop_with(
                 // Cancel-safe: `recv_batch` loses nothing when dropped.
                 t = session.outbox().recv_batch(&mut batch, BATCH) => t,
                 // Cancel-safe: holds no state.
-                () = closing() => break,
+                () = closed(false) => break,
             };
             // A lone item skips the batch buffer, which then is never allocated for an
             // idle connection.
@@ -155,7 +148,7 @@ pub(crate) fn write_loop_with(
                 },
                 // A client that stopped reading blocks the write; closing must not wait
                 // for it.
-                () = closed() => break,
+                () = closed(true) => break,
             }
             // Give a burst's memory back, and all of it once a ping found the connection
             // quiet: idle connections are the common case.
