@@ -23,6 +23,7 @@ use tungstenite::{Message, Utf8Bytes};
 use super::deflate::{self, InflateError};
 use super::socket::SharedSocket;
 use super::upgrade;
+use super::websocket::{control_frame, BINARY, CLOSE, CONTINUATION, MAX_CONTROL, PING, PONG, TEXT};
 
 /// Bytes read from the socket at a time, into the stack: what a read brings past the
 /// message it completes is kept, the rest of the buffer is not.
@@ -30,15 +31,6 @@ const READ_CHUNK: usize = 4096;
 /// Room made at once for a data frame's payload: the frame's length up to this much
 /// (a header may announce a length it never sends).
 const RESERVE_AT_ONCE: usize = 64 * 1024;
-/// Opcodes (RFC 6455 §5.2).
-const CONTINUATION: u8 = 0x0;
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xA;
-/// The longest control frame payload (RFC 6455 §5.5).
-const MAX_CONTROL: usize = 125;
 
 /// The frame being read, once its header is.
 #[derive(Clone, Copy)]
@@ -495,28 +487,6 @@ fn close_frame(payload: &[u8]) -> Result<Option<CloseFrame>, Disconnect> {
     }
 }
 
-/// A server's (unmasked) control frame with `payload` (at most 125 bytes).
-pub(crate) fn control_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len().min(MAX_CONTROL);
-    let mut frame = Vec::with_capacity(2 + len);
-    frame.push(0x80 | opcode);
-    frame.push(len as u8);
-    frame.extend_from_slice(&payload[..len]);
-    frame
-}
-
-/// A close frame carrying `code` and `reason` (cut to fit, at a character boundary).
-pub(crate) fn close(code: u16, reason: &str) -> Vec<u8> {
-    let mut end = reason.len().min(MAX_CONTROL - 2);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut payload = [0u8; MAX_CONTROL];
-    payload[..2].copy_from_slice(&code.to_be_bytes());
-    payload[2..2 + end].copy_from_slice(&reason.as_bytes()[..end]);
-    control_frame(CLOSE, &payload[..2 + end])
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -761,13 +731,5 @@ mod tests {
         let mut back = Vec::new();
         client.read_to_end(&mut back).await.unwrap();
         assert_eq!(back, [0x88, 2, 0x03, 0xEA]);
-    }
-
-    #[test]
-    fn a_close_frame_fits_its_reason_at_a_character_boundary() {
-        let frame = close(4000, &"é".repeat(100));
-        assert_eq!(frame[1], 2 + 122);
-        assert_eq!(frame[2..4], 4000u16.to_be_bytes());
-        assert!(std::str::from_utf8(&frame[4..]).is_ok());
     }
 }

@@ -18,12 +18,11 @@ use std::task::{ready, Context, Poll, Wake, Waker};
 use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::websocket::CLOSE;
+
 /// Most bytes kept aside for the reader's writes (its pongs and close replies) while the
 /// socket takes nothing: a client that sends pings but does not read is not given more.
 const MAX_PENDING_REPLIES: usize = 64 * 1024;
-
-/// Opcode of a close frame.
-const CLOSE: u8 = 0x8;
 
 /// What both users share.
 struct Shared<S> {

@@ -33,10 +33,14 @@ const SLICES: usize = 64;
 /// Frames a sink keeps room for between batches.
 const KEEP_FRAMES: usize = 8;
 /// Opcodes (RFC 6455 §5.2).
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
-#[cfg(test)]
-const CLOSE: u8 = 0x8;
+pub(super) const CONTINUATION: u8 = 0x0;
+pub(super) const TEXT: u8 = 0x1;
+pub(super) const BINARY: u8 = 0x2;
+pub(super) const CLOSE: u8 = 0x8;
+pub(super) const PING: u8 = 0x9;
+pub(super) const PONG: u8 = 0xA;
+/// The longest control frame payload (RFC 6455 §5.5).
+pub(super) const MAX_CONTROL: usize = 125;
 
 /// What writes to a connection: the frame writer of its shared socket.
 pub(crate) struct WriteHalf<S = Socket> {
@@ -118,6 +122,26 @@ fn header(opcode: u8, rsv1: bool, len: usize, out: &mut [u8; 10]) -> usize {
     out[1] = 127;
     out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
     10
+}
+
+/// A server's (unmasked) control frame with `payload` (cut to 125 bytes).
+pub(super) fn control_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let payload = &payload[..payload.len().min(MAX_CONTROL)];
+    let mut head = [0u8; 10];
+    let head_len = header(opcode, false, payload.len(), &mut head);
+    [&head[..head_len], payload].concat()
+}
+
+/// A close frame carrying `code` and `reason` (cut to fit, at a character boundary).
+fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(MAX_CONTROL - 2);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = [0u8; MAX_CONTROL];
+    payload[..2].copy_from_slice(&code.to_be_bytes());
+    payload[2..2 + end].copy_from_slice(&reason.as_bytes()[..end]);
+    control_frame(CLOSE, &payload[..2 + end])
 }
 
 /// A message of a vectored write: the frames up to `end` (from the previous message's
@@ -286,7 +310,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> FrameSink for WsSink<S> {
         }
         // Not sent when the client closed first: the reader answered with the client's
         // own code (RFC 6455 §5.5.1), and nothing goes out after a close frame.
-        let frame = super::frame_reader::close(reason.code, reason.reason);
+        let frame = close_frame(reason.code, reason.reason);
         let writer = &self.writer;
         let _ = poll_fn(|cx| writer.poll_put_close(cx, &frame)).await;
         let _ = poll_fn(|cx| writer.poll_flush(cx)).await;
@@ -296,6 +320,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> FrameSink for WsSink<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_close_frame_fits_its_reason_at_a_character_boundary() {
+        let frame = close_frame(4000, &"é".repeat(100));
+        assert_eq!(frame[1], 2 + 122);
+        assert_eq!(frame[2..4], 4000u16.to_be_bytes());
+        assert!(std::str::from_utf8(&frame[4..]).is_ok());
+    }
 
     #[test]
     fn headers_use_the_shortest_length_form() {
