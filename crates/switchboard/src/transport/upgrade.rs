@@ -4,9 +4,6 @@
 
 use std::future::Future;
 
-use super::deflate;
-use super::socket::SharedSocket;
-use crate::config::Config;
 use axum::body::Body;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -15,6 +12,10 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::{Either, FutureExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
+
+use super::deflate;
+use super::socket::SharedSocket;
+use crate::config::Config;
 
 /// An upgraded connection's socket.
 pub(crate) type Socket = TokioIo<Upgraded>;

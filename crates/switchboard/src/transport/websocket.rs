@@ -1,7 +1,7 @@
 //! What every WebSocket transport shares: the [`FrameSink`] the one writer driver
 //! ([`super::writer`]) feeds (text or binary frames, joined into one message where the
-//! protocol allows it, or compressed where permessage-deflate was negotiated), and how
-//! read errors become disconnects. The handshake is [`super::upgrade`]'s.
+//! protocol allows it, or compressed where permessage-deflate was negotiated), and the
+//! frames a server writes. The handshake is [`super::upgrade`]'s.
 //!
 //! Frames are written by switchboard: a batch goes out as one vectored write of frame
 //! headers and the shared payloads themselves ([`super::socket`]), so fanning an event
