@@ -6,8 +6,10 @@
 //! (`socket.emitWithAck("subscribe", "chat:1")`) and receives channel events as Socket.IO
 //! events. The mapping is documented in `docs/socketio.md`.
 //!
+//! - [`driver`]: how a connection runs: its writer, and one loop for its timers and
+//!   what its client sends.
 //! - [`packets`]: Engine.IO and Socket.IO packets from the client, as session calls.
-//! - [`polling`]: the HTTP long-polling transport and the connection driver.
+//! - [`polling`]: the HTTP long-polling transport.
 //! - [`pushes`]: what the server sends, as Socket.IO events.
 //! - [`routes`]: the app's own client events, mapped to actions by the configuration.
 //! - [`recovery`]: rooms joined again and missed events replayed after a reconnect.
@@ -15,6 +17,7 @@
 //!   WebSocket the connection upgrades to.
 //! - [`websocket`]: WebSocket, direct or upgraded from polling.
 
+mod driver;
 mod packets;
 mod polling;
 mod pushes;
@@ -85,17 +88,18 @@ pub const EVENT_TAG: &str = "event";
 struct SocketIo {
     node: Arc<Node>,
     /// Short sections only: insert, look up, remove.
-    conns: Arc<Mutex<HashMap<Arc<str>, Arc<Conn>>>>,
+    conns: Arc<Mutex<HashMap<u128, Arc<Conn>>>>,
     /// Sessions that have not joined the namespace with a token yet.
     pending: Arc<AtomicUsize>,
 }
 
 impl SocketIo {
     fn find(&self, sid: &str) -> Option<Arc<Conn>> {
+        let sid = parse_id(sid)?;
         self.conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(sid)
+            .get(&sid)
             .cloned()
     }
 
@@ -119,12 +123,33 @@ impl SocketIo {
         None
     }
 
-    fn remove(&self, sid: &str) {
+    fn remove(&self, sid: u128) {
         self.conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(sid);
+            .remove(&sid);
     }
+}
+
+/// A random id as Engine.IO's `sid` and Socket.IO's `pid` are sent: a v4 UUID's 32
+/// lowercase hex digits. Kept as its number: an idle connection holds no string for it.
+fn new_id() -> u128 {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .as_u128()
+}
+
+/// An id as sent ([`new_id`]); `None` for anything this server never sent.
+fn parse_id(id: &str) -> Option<u128> {
+    let lower = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    if id.len() != 32 || !id.bytes().all(lower) {
+        return None;
+    }
+    u128::from_str_radix(id, 16).ok()
+}
+
+fn format_id(id: u128) -> String {
+    format!("{id:032x}")
 }
 
 /// Transport states of an Engine.IO connection.
@@ -134,11 +159,34 @@ const WEBSOCKET: u8 = 2;
 
 /// One Engine.IO connection: a session and the state of its transport.
 struct Conn {
-    sid: Arc<str>,
+    sid: u128,
     session: Arc<Session>,
     transport: AtomicU8,
+    /// Counted in [`SocketIo::pending`] until it joins or closes.
+    pending: AtomicBool,
+    /// The client answered a ping since the connection's driver last looked (a
+    /// connection opened on WebSocket; one that started on long-polling is told through
+    /// [`Polling::pong`]).
+    ponged: AtomicBool,
+    pending_count: Arc<AtomicUsize>,
+    /// The token the Engine.IO handshake carried (`Authorization: Bearer`, or the
+    /// `token` query parameter), used when `CONNECT`'s `auth` has none.
+    handshake_token: Option<Box<str>>,
+    /// The private id sent in the `CONNECT` answer (see [`recovery`]); a recovered
+    /// connection takes over its predecessor's. Short sections only.
+    pid: Mutex<u128>,
+    /// What the connection joined and wrote, for its reconnect: made by the first
+    /// channel worth remembering (see [`Conn::joined`]). Short sections only.
+    tracker: Mutex<Option<Box<recovery::Tracker>>>,
+    /// The long-polling transport's state; `None` for a connection opened on WebSocket,
+    /// which never needs it (most of them).
+    polling: Option<Box<Polling>>,
+}
+
+/// What only a connection that starts on long-polling needs.
+struct Polling {
     /// A long-poll is pending (the protocol allows one at a time).
-    polling: AtomicBool,
+    pending_poll: AtomicBool,
     /// Releases the pending long-poll with a `noop` while the client upgrades.
     release_poll: Notify,
     /// The client answered a ping.
@@ -147,17 +195,6 @@ struct Conn {
     polls: sink::Polls,
     /// Hands the WebSocket of a completed upgrade to the writer. Short sections only.
     upgrade: Mutex<Option<oneshot::Sender<WsSink>>>,
-    /// Counted in [`SocketIo::pending`] until it joins or closes.
-    pending: AtomicBool,
-    pending_count: Arc<AtomicUsize>,
-    /// The token the Engine.IO handshake carried (`Authorization: Bearer`, or the
-    /// `token` query parameter), used when `CONNECT`'s `auth` has none.
-    handshake_token: Option<Box<str>>,
-    /// The private id sent in the `CONNECT` answer (see [`recovery`]); a recovered
-    /// connection takes over its predecessor's. Short sections only.
-    pid: Mutex<Arc<str>>,
-    /// What the connection joined and wrote, for its reconnect. Short sections only.
-    tracker: Mutex<recovery::Tracker>,
 }
 
 impl Conn {
@@ -172,48 +209,80 @@ impl Conn {
         sio.pending.fetch_add(1, Ordering::AcqRel);
         let session = Session::new(node.clone(), &CODEC);
         session.set_origin(node.proxies.origin("socketio", headers));
+        let polling = (transport == POLLING).then(|| {
+            Box::new(Polling {
+                pending_poll: AtomicBool::new(false),
+                release_poll: Notify::new(),
+                pong: Notify::new(),
+                polls: sink::Polls::default(),
+                upgrade: Mutex::new(None),
+            })
+        });
         Arc::new(Self {
-            sid: uuid::Builder::from_random_bytes(rand::random())
-                .into_uuid()
-                .simple()
-                .to_string()
-                .into(),
+            sid: new_id(),
             session,
             transport: AtomicU8::new(transport),
-            polling: AtomicBool::new(false),
-            release_poll: Notify::new(),
-            pong: Notify::new(),
-            polls: sink::Polls::default(),
-            upgrade: Mutex::new(None),
             pending: AtomicBool::new(true),
+            ponged: AtomicBool::new(false),
             pending_count: sio.pending.clone(),
             handshake_token,
-            pid: Mutex::new(
-                uuid::Builder::from_random_bytes(rand::random())
-                    .into_uuid()
-                    .simple()
-                    .to_string()
-                    .into(),
-            ),
+            pid: Mutex::new(new_id()),
             tracker: Mutex::default(),
+            polling,
         })
     }
 
-    fn tracker(&self) -> std::sync::MutexGuard<'_, recovery::Tracker> {
+    fn tracker(&self) -> std::sync::MutexGuard<'_, Option<Box<recovery::Tracker>>> {
         self.tracker.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn pid(&self) -> Arc<str> {
-        self.pid.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    fn pid(&self) -> u128 {
+        *self.pid.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Remembers a channel joined (with its subscribe `result`) through a route
+    /// (`route`) or server-side. Only what a reconnect can use is remembered: a
+    /// server-side channel only with `recovery_window`, which replays it.
+    fn joined(&self, channel: &str, result: &SubscribeResult, route: bool) {
+        let recovering = !self
+            .session
+            .node()
+            .config
+            .socketio
+            .recovery_window
+            .is_zero();
+        if !route && !recovering {
+            return;
+        }
+        self.tracker()
+            .get_or_insert_with(Box::default)
+            .joined(channel, result, route);
     }
 
     /// Remembers a channel joined (`result`) or left (`None`) through a route.
     fn route_joined(&self, channel: &str, result: Option<&SubscribeResult>) {
-        let mut tracker = self.tracker();
         match result {
-            Some(r) => tracker.joined(channel, r, true),
-            None => tracker.left(channel),
+            Some(r) => self.joined(channel, r, true),
+            None => {
+                if let Some(tracker) = self.tracker().as_mut() {
+                    tracker.left(channel);
+                }
+            }
         }
+    }
+
+    /// The client answered a ping.
+    fn ponged(&self) {
+        match &self.polling {
+            Some(p) => p.pong.notify_one(),
+            None => self.ponged.store(true, Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the client answered a ping since the last call (a connection opened on
+    /// WebSocket).
+    fn take_pong(&self) -> bool {
+        self.ponged.swap(false, Ordering::Relaxed)
     }
 
     /// Encodes an outbox item as the writer sends it, noting the publications that
@@ -223,6 +292,7 @@ impl Conn {
         if let (Outgoing::Event(e), false) = (&item, recovering.recovery_window.is_zero()) {
             if let Frame::Text(frame) = &e.frame {
                 self.tracker()
+                    .get_or_insert_with(Box::default)
                     .wrote(frame, recovering.recovery_max_publications);
             }
         }
@@ -239,6 +309,9 @@ impl Conn {
         }
         let kept = {
             let mut tracker = self.tracker();
+            let Some(tracker) = tracker.as_mut() else {
+                return;
+            };
             if !tracker.worth_keeping(!config.recovery_window.is_zero()) {
                 return;
             }
@@ -252,7 +325,7 @@ impl Conn {
             Ok(d) => SharedJson::from(d),
             Err(_) => return,
         };
-        let pid = self.pid();
+        let pid = format_id(self.pid());
         if let Err(e) = self.session.node().keep(&pid, data, window).await {
             tracing::warn!(client = %self.session.id, error = %e, "connection state not kept");
         }
@@ -268,7 +341,10 @@ impl Conn {
     /// Moves the writer of this polling connection onto `ws`, the WebSocket it
     /// upgraded to. False when the writer has ended (the connection closed).
     fn upgraded(&self, ws: WsSink) -> bool {
-        let upgrade = self
+        let Some(polling) = &self.polling else {
+            return false;
+        };
+        let upgrade = polling
             .upgrade
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -291,7 +367,7 @@ impl Conn {
     fn handshake(&self, upgrades: &[&str]) -> String {
         let config = &self.session.node().config;
         Handshake {
-            sid: &self.sid,
+            sid: &format_id(self.sid),
             upgrades,
             ping_interval: millis(config.client.ping_interval),
             ping_timeout: millis(config.client.pong_timeout),

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use switchboard_protocol::{Publication, StreamPosition};
 
 use super::recovery::{self, Kept};
-use super::Conn;
+use super::{format_id, parse_id, Conn};
 use crate::event::{ChannelEvent, EventKind};
 use crate::event::{Frame, Outgoing};
 use crate::inbox::Mark;
@@ -33,7 +33,7 @@ pub(super) async fn handle(conn: &Conn, text: &str) -> Option<Disconnect> {
             Some(Disconnect::BAD_REQUEST)
         }
         Ok(EioPacket::Pong) => {
-            conn.pong.notify_one();
+            conn.ponged();
             command::meter_control(&conn.session)
         }
         Ok(EioPacket::Close) => Some(Disconnect::CONNECTION_CLOSED),
@@ -251,7 +251,7 @@ async fn joined(conn: &Conn, mut c: Connected, comeback: Option<Comeback>) {
     // connection's own state found.
     let mut inbox: Vec<(Arc<str>, Vec<Publication>)> = Vec::new();
     for (channel, result) in &mut c.result.subs {
-        conn.tracker().joined(channel, result, false);
+        conn.joined(channel, result, false);
         if c.inbox.contains(channel) {
             let publications = std::mem::take(&mut result.publications);
             inbox.push((Arc::from(channel.as_str()), publications));
@@ -294,17 +294,20 @@ async fn joined(conn: &Conn, mut c: Connected, comeback: Option<Comeback>) {
     let count: usize = replay.iter().map(|(_, p)| p.len()).sum();
     recovered &= count <= config.recovery_max_publications;
     let old_client = comeback.as_ref().map(|b| b.kept.client.clone());
-    let pid = match comeback.filter(|_| recovered) {
-        Some(back) => {
-            let pid: Arc<str> = back.pid.into();
-            *conn.pid.lock().unwrap_or_else(|e| e.into_inner()) = pid.clone();
+    // A kept state is found only under an id this server sent.
+    let pid = match comeback
+        .filter(|_| recovered)
+        .and_then(|b| parse_id(&b.pid))
+    {
+        Some(pid) => {
+            *conn.pid.lock().unwrap_or_else(|e| e.into_inner()) = pid;
             pid
         }
         None => conn.pid(),
     };
     let window = !config.rejoin_window.is_zero() || !config.recovery_window.is_zero();
     let connected = Frame::from(if window {
-        encode_connect_with_pid(&session.id, &pid)
+        encode_connect_with_pid(&session.id, &format_id(pid))
     } else {
         encode_connect(&session.id)
     });

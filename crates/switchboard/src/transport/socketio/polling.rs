@@ -1,10 +1,8 @@
 //! HTTP long-polling, the transport `socket.io-client` starts with: the handshake, the
 //! long-poll (`GET`) that carries the server's packets, the `POST` that carries the
-//! client's; and how every connection runs: its writer, its reader, its timers.
+//! client's.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -12,19 +10,18 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use serde::Deserialize;
-use switchboard_protocol::socketio::{split_payload, CLOSE, NOOP, PING};
+use switchboard_protocol::socketio::{split_payload, CLOSE, NOOP};
 use switchboard_protocol::Disconnect;
 use tokio::sync::oneshot;
-use tokio::time::sleep_until;
 
+use super::driver::{self, Posts};
 use super::sink::EngineSink;
-use super::{packets, with_cors, Conn, EngineError, SocketIo, WIRE};
+use super::{packets, with_cors, Conn, EngineError, SocketIo};
 use super::{POLLING, UPGRADING, WEBSOCKET};
 use crate::front_door::Peer;
 use crate::metrics::connections::Transport;
-use crate::transport::heartbeat::Heartbeat;
 use crate::transport::upgrade::{UpgradeRejection, WsUpgrade};
-use crate::transport::{read_body, writer, BodyError};
+use crate::transport::{read_body, BodyError};
 
 /// The query every Engine.IO request carries (others, such as the cache buster `t`,
 /// are ignored).
@@ -129,14 +126,16 @@ fn handshake(
     sio.conns
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(conn.sid.clone(), conn.clone());
+        .insert(conn.sid, conn.clone());
     let open = conn.handshake(&["websocket"]);
     let sink = EngineSink::polling(conn.clone());
     // Counted before the handshake is answered, so the client sees itself counted.
     crate::transport::opened(&conn.session, Transport::SocketIoPolling);
     let tracker = sio.node.tracker.clone();
+    let sio = sio.clone();
     // No reader: the client's packets come in `POST`s.
-    tracker.spawn(serve(sio.clone(), conn, sink, std::future::ready(())));
+    let connection = driver::serve(conn, sink, Posts).map(move |conn| sio.remove(conn.sid));
+    tracker.spawn(connection);
     Ok(text(open))
 }
 
@@ -151,22 +150,25 @@ impl Drop for PollGuard<'_> {
 
 /// A long-poll: waits for packets, then answers with all that are queued.
 async fn poll(conn: &Conn) -> Result<Response, EngineError> {
-    match conn.transport() {
-        POLLING => {}
+    match (conn.transport(), &conn.polling) {
+        (POLLING, Some(_)) => {}
         // A poll the client sent just before it saw `3probe`: it waits for this one to
         // end before it completes the upgrade.
-        UPGRADING => return Ok(text(NOOP.to_owned())),
+        (UPGRADING, _) => return Ok(text(NOOP.to_owned())),
         _ => return Err(EngineError::BadRequest),
     }
+    let Some(polling) = &conn.polling else {
+        return Err(EngineError::BadRequest);
+    };
     let session = &conn.session;
-    if conn.polling.swap(true, Ordering::AcqRel) {
+    if polling.pending_poll.swap(true, Ordering::AcqRel) {
         // Engine.IO closes a session that polls twice at once.
         session.close(Disconnect::BAD_REQUEST);
         return Err(EngineError::BadRequest);
     }
-    let _guard = PollGuard(&conn.polling);
+    let _guard = PollGuard(&polling.pending_poll);
     let (reply, mut body) = oneshot::channel();
-    conn.polls.offer(reply);
+    polling.polls.offer(reply);
     tokio::select! {
         biased;
         // Cancel-safe: the receiver is polled by reference.
@@ -175,7 +177,7 @@ async fn poll(conn: &Conn) -> Result<Response, EngineError> {
             return Ok(text(r.unwrap_or_else(|_| CLOSE.to_owned())));
         }
         // Cancel-safe: a notification that arrives while nobody waits is kept.
-        () = conn.release_poll.notified() => {}
+        () = polling.release_poll.notified() => {}
     }
     // Released while the client upgrades; packets the writer handed over meanwhile
     // still go out.
@@ -237,64 +239,4 @@ async fn receive(
 /// `OPTIONS /socket.io/`: the CORS preflight of a cross-origin browser.
 pub(super) async fn preflight(State(sio): State<SocketIo>, headers: HeaderMap) -> Response {
     crate::transport::preflight(&sio.node.config, &headers, "GET, POST, OPTIONS")
-}
-
-/// Serves a connection until it ends: the writer (into `sink`), the reader (`read`:
-/// a WebSocket's; nothing for long-polling) and the timers; then forgets it. The
-/// caller counted it opened.
-///
-/// Not an `async fn`, and its stages chained rather than one `async` block: either
-/// would keep the sink and the reader twice in every connection's task, as passed and
-/// as moved on (rust-lang/rust#62958).
-pub(super) fn serve(
-    sio: SocketIo,
-    conn: Arc<Conn>,
-    sink: EngineSink,
-    read: impl Future<Output = ()> + Send,
-) -> impl Future<Output = ()> + Send {
-    let encoder = conn.clone();
-    let writer = tokio::spawn(writer::write_loop_with(
-        sink,
-        conn.session.clone(),
-        WIRE,
-        move |_, item| encoder.encode(item),
-    ));
-    futures_util::future::join(read, drive(conn.clone())).then(move |_| async move {
-        // The writer ends after the close went out (to a long-poll, which keeps the
-        // connection findable until then), bounded by `network.close_linger`.
-        let _ = writer.await;
-        sio.remove(&conn.sid);
-        crate::transport::closed(&conn.session, conn.metrics_transport());
-    })
-}
-
-/// Runs a connection's timers (pings, connect deadline, token expiry) until its
-/// session closes, then releases the session.
-async fn drive(conn: Arc<Conn>) {
-    let session = &conn.session;
-    let mut heartbeat = Heartbeat::new(session, || crate::event::Frame::from_static(PING));
-    // Engine.IO pings from the start, before the client joins a namespace.
-    heartbeat.start_pings(session);
-    loop {
-        tokio::select! {
-            biased;
-            // Cancel-safe: holds no state.
-            () = session.closed().cancelled() => break,
-            // Cancel-safe (see `timers_changed`): loop to recompute the deadline.
-            () = session.timers_changed() => {}
-            // Cancel-safe: a kept notification.
-            () = conn.pong.notified() => heartbeat.pong(),
-            // Cancel-safe: a timer.
-            () = sleep_until(heartbeat.deadline(session)) => {
-                if let Some(d) = heartbeat.fire(session) {
-                    session.close(d);
-                    break;
-                }
-            }
-        }
-    }
-    conn.not_pending();
-    // Boxed: only a closing connection pays for this state.
-    Box::pin(conn.keep_state()).await;
-    Box::pin(session.cleanup()).await;
 }

@@ -1,6 +1,7 @@
-//! An Engine.IO connection as the writer driver's sink: packets go out in long-poll
-//! responses until the client upgrades, then as WebSocket messages. The swap happens
-//! inside the sink, so one writer serves a connection from its handshake to its close.
+//! A long-polling Engine.IO connection as the writer driver's sink: packets go out in
+//! long-poll responses until the client upgrades, then as WebSocket messages. The swap
+//! happens inside the sink, so one writer serves a connection from its handshake to its
+//! close. (A connection opened on WebSocket writes into its WebSocket sink directly.)
 
 use std::sync::{Arc, Mutex};
 
@@ -65,7 +66,7 @@ impl Polls {
     }
 }
 
-/// The write side of an Engine.IO connection.
+/// The write side of an Engine.IO connection that starts on long-polling.
 pub(super) struct EngineSink {
     conn: Arc<Conn>,
     /// Packets fed since the last flush: one long-poll response carries them all.
@@ -81,7 +82,9 @@ impl EngineSink {
     /// WebSocket.
     pub(super) fn polling(conn: Arc<Conn>) -> Self {
         let (tx, rx) = oneshot::channel();
-        *conn.upgrade.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        if let Some(polling) = &conn.polling {
+            *polling.upgrade.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        }
         Self {
             conn,
             queued: Vec::new(),
@@ -90,28 +93,20 @@ impl EngineSink {
         }
     }
 
-    /// A connection opened on a WebSocket: one Engine.IO packet per WebSocket message
-    /// (the protocol has no separator there).
-    pub(super) fn websocket(conn: Arc<Conn>, ws: WsSink) -> Self {
-        Self {
-            conn,
-            queued: Vec::new(),
-            ws: Some(ws),
-            upgrade: None,
-        }
-    }
-
     /// Waits for the pending long-poll, or for the upgrade: then the connection is on
     /// the WebSocket, which took the packets queued so far, and this returns `None`.
     async fn next_poll(&mut self) -> Result<Option<oneshot::Sender<String>>, SinkClosed> {
+        let Some(polling) = &self.conn.polling else {
+            return Err(SinkClosed);
+        };
         loop {
-            if let Some(poll) = self.conn.polls.take() {
+            if let Some(poll) = polling.polls.take() {
                 return Ok(Some(poll));
             }
             tokio::select! {
                 biased;
                 // Cancel-safe: a notification that arrives while nobody waits is kept.
-                () = self.conn.polls.arrived.notified() => {}
+                () = polling.polls.arrived.notified() => {}
                 // Cancel-safe: the receiver is polled by reference.
                 ws = upgraded(&mut self.upgrade) => {
                     self.upgrade = None;
@@ -219,7 +214,9 @@ impl FrameSink for EngineSink {
 impl Drop for EngineSink {
     fn drop(&mut self) {
         // A poll waiting now, or arriving later, gets no reply: it must not hang.
-        *self.conn.polls.lock() = Waiting::Gone;
+        if let Some(polling) = &self.conn.polling {
+            *polling.polls.lock() = Waiting::Gone;
+        }
     }
 }
 

@@ -10,11 +10,8 @@ use axum::response::Response;
 use futures_util::future::Either;
 use futures_util::{FutureExt, StreamExt};
 use switchboard_protocol::socketio::PROBE_PONG;
-use switchboard_protocol::Disconnect;
 
-use super::polling::serve;
-use super::sink::EngineSink;
-use super::{packets, Conn, EngineError, SocketIo};
+use super::{driver, Conn, EngineError, SocketIo};
 use super::{POLLING, UPGRADING, WEBSOCKET};
 use crate::event::{Frame, Outgoing};
 use crate::front_door::Peer;
@@ -54,18 +51,15 @@ pub(super) fn upgrade(
                 return Ok(r);
             }
             let conn = Conn::new(&sio, WEBSOCKET, headers, token);
-            Ok(ws.on_upgrade(move |socket| {
-                tracker.track_future(serve_new(sio, conn, socket, deflate))
-            }))
+            Ok(ws.on_upgrade(move |socket| tracker.track_future(serve_new(conn, socket, deflate))))
         }
     }
 }
 
 /// Starts a connection opened on a WebSocket: its handshake is the first frame its
-/// writer sends. Not an `async fn`: the socket would stay in the connection's task
-/// beside its two halves.
+/// writer sends; its driver reads the socket. Not an `async fn`: the socket would stay
+/// in the connection's task beside its two halves.
 fn serve_new(
-    sio: SocketIo,
     conn: Arc<Conn>,
     socket: WebSocket,
     deflate: Option<Deflate>,
@@ -73,10 +67,9 @@ fn serve_new(
     let (half, stream) = websocket::split(socket);
     conn.session.enqueue(Outgoing::frame(conn.handshake(&[])));
     crate::transport::opened(&conn.session, Transport::SocketIoWebSocket);
-    // One Engine.IO packet per WebSocket message: the protocol has no separator.
-    let sink = EngineSink::websocket(conn.clone(), WsSink::new(half, None, deflate));
-    let read = read_loop(conn.clone(), stream);
-    serve(sio, conn, sink, read)
+    // One Engine.IO packet per WebSocket message: the protocol has no separator. Never
+    // in the map of polling connections: nothing to forget at the end.
+    driver::serve(conn, WsSink::new(half, None, deflate), stream).map(drop)
 }
 
 /// Waits for the next text message, at most a pong timeout.
@@ -125,7 +118,9 @@ async fn probe(
         return None;
     }
     // The client waits for its pending poll to return before it sends `5`.
-    conn.release_poll.notify_one();
+    if let Some(polling) = &conn.polling {
+        polling.release_poll.notify_one();
+    }
     if next_text(&conn, &mut stream).await.as_deref() != Some("5") {
         // The client stays on polling.
         conn.transport.store(POLLING, Ordering::Release);
@@ -140,6 +135,7 @@ async fn probe(
     conn.upgraded(sink).then_some((conn, stream))
 }
 
+/// Reads an upgraded connection's WebSocket; its driver keeps running its timers.
 async fn read_loop(conn: Arc<Conn>, mut stream: FrameReader) {
     let session = &conn.session;
     loop {
@@ -151,16 +147,7 @@ async fn read_loop(conn: Arc<Conn>, mut stream: FrameReader) {
             // Cancel-safe: `next()` holds no state of its own.
             msg = stream.next() => msg,
         };
-        let disconnect = match msg {
-            None | Some(Ok(Message::Close(_))) => Some(Disconnect::CONNECTION_CLOSED),
-            Some(Ok(Message::Text(text))) => packets::handle(&conn, text.as_str()).await,
-            Some(Ok(Message::Binary(_))) => Some(Disconnect::BAD_REQUEST),
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-                crate::transport::command::meter_control(session)
-            }
-            Some(Err(d)) => Some(d),
-        };
-        if let Some(d) = disconnect {
+        if let Some(d) = driver::received(&conn, msg).await {
             session.close(d);
             return;
         }
