@@ -62,6 +62,12 @@ impl Items {
         if self.is_empty() {
             self.head = Some(item);
         } else {
+            if self.rest.capacity() == 0 {
+                // Room for one: the burst an idle connection sees most is its connect's
+                // replies, two or three items, which a first push would make room for 4
+                // (64 bytes kept until the next ping). A longer burst grows it as usual.
+                self.rest.reserve_exact(1);
+            }
             self.rest.push_back(item);
         }
     }
@@ -260,7 +266,12 @@ impl Outbox {
             }
             len => {
                 let n = len.min(max);
-                buf.reserve(n);
+                if buf.capacity() == 0 {
+                    // Exactly, like the queue's first room: a first burst is short.
+                    buf.reserve_exact(n);
+                } else {
+                    buf.reserve(n);
+                }
                 let start = buf.len();
                 buf.extend(queue.items.head.take());
                 let from_rest = n - (buf.len() - start);
