@@ -131,7 +131,7 @@ pub struct Outbox {
     /// The one consumer's waker: waking it takes no lock, unlike a `Notify`.
     consumer: AtomicWaker,
     budget: Arc<Budget>,
-    /// Set by [`Outbox::release_when_drained`], cleared by [`Outbox::take_release`].
+    /// Set by [`Outbox::release_when_drained`], cleared by the drain that releases.
     release: AtomicBool,
 }
 
@@ -156,16 +156,10 @@ impl Outbox {
         }
     }
 
-    /// Asks for the queue's memory back the next time it is drained, and tells the
-    /// consumer to let go of its batch then ([`Outbox::take_release`]). Called with a
-    /// periodic ping, which is queued right after, so the next drain comes soon.
+    /// Asks for the queue's memory back the next time it is drained (once). Called with
+    /// a periodic ping, which is queued right after, so the next drain comes soon.
     pub fn release_when_drained(&self) {
         self.release.store(true, Ordering::Relaxed);
-    }
-
-    /// Whether the consumer should free its batch buffer (once per request).
-    pub fn take_release(&self) -> bool {
-        self.release.load(Ordering::Relaxed) && self.release.swap(false, Ordering::Relaxed)
     }
 
     fn queue(&self) -> MutexGuard<'_, Queue> {
@@ -283,6 +277,9 @@ impl Outbox {
         };
         if queue.items.is_empty() {
             if self.release.load(Ordering::Relaxed) {
+                // Under the lock, with one consumer: a request made meanwhile is at
+                // worst lost to the next ping.
+                self.release.store(false, Ordering::Relaxed);
                 queue.items.rest = VecDeque::new();
             } else if queue.items.capacity() > KEEP {
                 queue.items.rest.shrink_to(KEEP);
@@ -424,13 +421,17 @@ mod tests {
             outbox.queue().items.capacity() > 0,
             "kept for the next delivery"
         );
-        assert!(!outbox.take_release());
         outbox.release_when_drained();
         outbox.push(frame("ping")).unwrap();
         outbox.recv_many(&mut buf, 10).await;
         assert_eq!(outbox.queue().items.capacity(), 0);
-        assert!(outbox.take_release(), "the consumer is told once");
-        assert!(!outbox.take_release());
+        // Once: the next burst keeps its room again.
+        outbox.push(frame("x")).unwrap();
+        outbox.push(frame("y")).unwrap();
+        buf.clear();
+        outbox.recv_many(&mut buf, 10).await;
+        assert_eq!(buf.len(), 2);
+        assert!(outbox.queue().items.capacity() > 0);
     }
 
     #[test]

@@ -34,8 +34,10 @@ const MAX_JOINED: usize = 64 * 1024;
 /// twice as many writes (docs/benchmarks.md). The slices live on the stack, not in a
 /// connection.
 const SLICES: usize = 2 * super::writer::BATCH;
-/// Frames a sink keeps room for between batches.
-const KEEP_FRAMES: usize = 8;
+/// Frames a sink keeps room for between batches: a lone one, what a quiet connection
+/// writes most (its pings, a reply, a delivery). A burst's room goes back after its
+/// write, as the writer's batch does.
+const KEEP_FRAMES: usize = 1;
 /// Opcodes (RFC 6455 §5.2).
 pub(super) const CONTINUATION: u8 = 0x0;
 pub(super) const TEXT: u8 = 0x1;
@@ -297,8 +299,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> FrameSink for WsSink<S> {
     }
 
     fn reserve(&mut self, frames: usize) {
-        // Exactly: most batches of a quiet connection are a lone reply, and the room is
-        // kept between batches (a first push would make room for 4).
+        // Exactly: most batches of a quiet connection are a lone frame, and room for one
+        // is kept between batches (a first push would make room for 4).
         self.frames.reserve_exact(frames);
     }
 

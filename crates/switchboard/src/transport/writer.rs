@@ -15,10 +15,6 @@ use crate::event::{Frame, Outgoing};
 use crate::outbox::Taken;
 use crate::session::Session;
 
-/// Batch capacity a writer keeps between bursts: under fan-out every connection's
-/// writer would otherwise keep a burst's batch, and the process's peak memory with it,
-/// for an allocation per burst saved.
-const KEEP_BATCH: usize = 4;
 /// Most outbox items taken for one write: many deliveries per write system call (a
 /// saturated broadcast finds about 35 per connection), few enough that the batch stays
 /// small under fan-out.
@@ -151,9 +147,11 @@ pub(crate) fn write_loop_with(
                 // for it.
                 () = closed(true) => break,
             }
-            // Give a burst's memory back, and all of it once a ping found the connection
-            // quiet: idle connections are the common case.
-            if batch.capacity() > KEEP_BATCH || session.outbox().take_release() {
+            // A burst's batch goes back after its write: a lone item needs none, idle
+            // connections are the common case, and under fan-out every connection's
+            // writer would otherwise keep one, and the process's peak memory with it.
+            // An allocation per burst is what that costs.
+            if batch.capacity() > 0 {
                 batch = Vec::new();
             }
         }
