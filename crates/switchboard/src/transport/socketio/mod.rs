@@ -449,3 +449,33 @@ impl IntoResponse for EngineError {
         (status, axum::Json(body)).into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_sent_as_32_hex_digits_and_read_back() {
+        for _ in 0..100 {
+            let id = new_id();
+            let sent = format_id(id);
+            assert_eq!(sent.len(), 32);
+            assert_eq!(sent, uuid::Uuid::from_u128(id).simple().to_string());
+            assert_eq!(parse_id(&sent), Some(id));
+        }
+        // Leading zeros are kept, so the id reads back the same.
+        assert_eq!(format_id(1), format!("{}1", "0".repeat(31)));
+        assert_eq!(parse_id(&format_id(1)), Some(1));
+        // Nothing this server never sent is looked up.
+        for bad in [
+            "",
+            "abc",
+            &"A".repeat(32),
+            &"g".repeat(32),
+            &"0".repeat(33),
+            &format!("+{}", "0".repeat(31)),
+        ] {
+            assert_eq!(parse_id(bad), None, "{bad:?}");
+        }
+    }
+}
