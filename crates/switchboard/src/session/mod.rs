@@ -21,7 +21,7 @@ pub use inbox::Receipt;
 pub use subscription::{Activation, Subscribed, EXCLUDE_CLIENT_TAG};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use switchboard_protocol::command::{ConnectRequest, HistoryRequest, SubscribeRequest};
@@ -167,12 +167,15 @@ pub struct Session {
     node: Arc<Node>,
     /// Whether `inbox` holds anything, so other deliveries skip its lock.
     has_inbox: AtomicBool,
-    /// Set by [`Session::close`] and [`Session::cleanup`]: what the writer checks on
-    /// every wake-up, an atomic load where the token's `is_cancelled` takes a lock.
+    /// Set by [`Session::close`] and [`Session::cleanup`]: what the writer and the
+    /// transport's driver check when woken.
     closing: AtomicBool,
     /// Connection id (sent to the client as `client`).
     pub id: Arc<str>,
-    cancel: CancellationToken,
+    /// Stops the session's helper tasks (proxy refreshes) when it closes: made by the
+    /// first of them, a child of the node's shutdown. A token per session would cost
+    /// every connection its tree node (~180 bytes) for what few of them run.
+    tasks: OnceLock<CancellationToken>,
     disconnect: OnceLock<Disconnect>,
     /// Events of channels whose subscribe reply is not queued yet, with what the
     /// subscription asked of them; `None` while no subscribe is under way (most of a
@@ -183,8 +186,9 @@ pub struct Session {
     state: Mutex<State>,
     /// Per-command rate and error accounting. Short sections only.
     abuse: Mutex<Abuse>,
-    /// Wakes the transport's timers when a deadline moves (server API `refresh`).
-    timers_changed: tokio::sync::Notify,
+    /// Wakes the transport's driver: a deadline moved (server API `refresh`), or the
+    /// session is closing.
+    wake: tokio::sync::Notify,
     /// What the client's HTTP request said, for proxies; set once by the transport.
     origin: OnceLock<crate::proxy::ClientOrigin>,
     /// Inbox channels subscribed here; `None` without any (most connections). Read on
@@ -246,7 +250,7 @@ impl Session {
         };
         Arc::new(Self {
             id,
-            cancel: node.shutdown.child_token(),
+            tasks: OnceLock::new(),
             outbox: Outbox::new(node.outboxes.clone()),
             codec,
             node,
@@ -255,7 +259,7 @@ impl Session {
             pending: Mutex::default(),
             state: Mutex::default(),
             abuse: Mutex::new(abuse),
-            timers_changed: tokio::sync::Notify::new(),
+            wake: tokio::sync::Notify::new(),
             origin: OnceLock::new(),
             inbox: Mutex::default(),
             has_inbox: AtomicBool::new(false),
@@ -287,21 +291,40 @@ impl Session {
         &self.outbox
     }
 
-    /// Cancelled when the session must close (disconnect or shutdown).
-    pub fn closed(&self) -> &CancellationToken {
-        &self.cancel
+    /// A token cancelled when the session closes or the node shuts down, for a task
+    /// that must end with the session (a proxy refresh, an upgraded Socket.IO
+    /// connection's reader). The transport's driver waits with [`Session::woken`]
+    /// instead.
+    pub fn stop_token(&self) -> CancellationToken {
+        let token = self
+            .tasks
+            .get_or_init(|| self.node.shutdown.child_token())
+            .clone();
+        // Pairs with the fence in `closing_now`: a close either sees this token, or is
+        // seen here.
+        fence(Ordering::SeqCst);
+        if self.is_closing() {
+            token.cancel();
+        }
+        token
     }
 
-    /// Sets the flag the writer checks and wakes it: the writer learns of the close
-    /// through its outbox (see `transport::writer`), not through the token.
-    fn tell_writer(&self) {
+    /// Marks the session closing and tells whoever waits: the writer through its
+    /// outbox (see `transport::writer`), the driver through [`Session::woken`], helper
+    /// tasks through their token.
+    fn closing_now(&self) {
         self.closing.store(true, Ordering::Release);
+        fence(Ordering::SeqCst);
+        if let Some(tasks) = self.tasks.get() {
+            tasks.cancel();
+        }
+        self.wake.notify_one();
         self.outbox.wake_consumer();
     }
 
     /// Whether the session closed ([`Session::close`]) or was released after a
-    /// shutdown cancelled it ([`Session::cleanup`]): the writer's check, a load where
-    /// [`Session::closed`]'s `is_cancelled` takes a lock.
+    /// shutdown ([`Session::cleanup`]): what the writer and the driver check when
+    /// woken.
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
     }
@@ -322,8 +345,7 @@ impl Session {
     /// call was the first.
     pub fn close(&self, reason: Disconnect) -> bool {
         let first = self.disconnect.set(reason).is_ok();
-        self.cancel.cancel();
-        self.tell_writer();
+        self.closing_now();
         first
     }
 
@@ -393,19 +415,21 @@ impl Session {
         })));
     }
 
-    /// Wakes the transport's timers: a transport whose timer task is not the one that
-    /// handles commands (Socket.IO) would otherwise sleep until a stale deadline.
+    /// Wakes the transport's driver: it would otherwise sleep until a stale deadline
+    /// when the change came from elsewhere (the server API).
     fn deadlines_moved(&self) {
-        self.timers_changed.notify_one();
+        self.wake.notify_one();
     }
 
-    /// Completes when a deadline of this session moved; the transport then recomputes
-    /// its timers.
+    /// Completes when a deadline of this session moved or the session is closing
+    /// ([`Session::is_closing`]); the transport's driver then recomputes its timers, or
+    /// ends. One waiter: the driver (others take a [`Session::stop_token`]). The
+    /// driver also ends at the node's shutdown, which it waits for itself.
     ///
     /// # Cancel safety
-    /// Cancel-safe: a notification that arrives while nobody waits is kept.
-    pub async fn timers_changed(&self) {
-        self.timers_changed.notified().await;
+    /// Cancel-safe: a wake-up that comes while nobody waits is kept.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
     }
 
     /// Whether `connect` succeeded.
@@ -755,10 +779,10 @@ impl Session {
     /// Releases everything the session holds: subscriptions, presence, user index.
     /// Idempotent; called by the transport once its connection ends.
     pub async fn cleanup(&self) {
-        // A shutdown cancels the session with no `close`: its writer, which learns of
-        // closes through the outbox, is told here (every transport cleans up once its
-        // reader saw the cancellation).
-        self.tell_writer();
+        // A shutdown ends the session with no `close`: its writer, which learns of closes
+        // through the outbox, is told here (every transport cleans up once its driver
+        // saw the shutdown).
+        self.closing_now();
         let (channels, identity) = {
             let mut st = self.state();
             if st.cleaned {

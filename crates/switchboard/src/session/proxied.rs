@@ -158,13 +158,14 @@ impl Session {
     /// `proxy.refresh_retry_interval`, the connection kept meanwhile.
     pub(super) fn spawn_proxy_refresh(self: &Arc<Self>, expire_at: u64) {
         let session = self.clone();
+        let stop = self.stop_token();
         self.node.tracker.spawn(async move {
             let mut expire_at = expire_at;
             loop {
                 let wait = Duration::from_secs(expire_at.saturating_sub(now_secs()));
                 tokio::select! {
                     // Cancel-safe: holds no state.
-                    () = session.closed().cancelled() => return,
+                    () = stop.cancelled() => return,
                     // Cancel-safe: a timer.
                     () = tokio::time::sleep(wait) => {}
                 }
@@ -282,7 +283,7 @@ impl Session {
     ) -> Option<tokio_util::sync::DropGuard> {
         let endpoint = self.node.proxies.named(&ns.sub_refresh_proxy)?.clone();
         let interval = ns.sub_refresh_interval;
-        let stop = self.cancel.child_token();
+        let stop = self.stop_token().child_token();
         let session = self.clone();
         let guard = stop.clone().drop_guard();
         self.node.tracker.spawn(async move {

@@ -296,16 +296,25 @@ async fn read_loop<E: Encoding>(
     link: &Link,
 ) {
     let mut heartbeat = Heartbeat::new(session, E::ping);
+    // Waited on across the loop: registered with the node's shutdown once, not on
+    // every message.
+    let shutdown = session.node().shutdown.cancelled();
+    tokio::pin!(shutdown);
     loop {
         // The frame is handled after the `select!`, not in its arm: an arm's await would
         // keep the waiting futures' room beside the handling's in every connection's
         // task, where after it the two share it.
         let msg = tokio::select! {
             biased;
-            // Cancel-safe: holds no state.
-            () = session.closed().cancelled() => return,
-            // Cancel-safe (see `timers_changed`): loop to recompute the deadline.
-            () = session.timers_changed() => continue,
+            // Cancel-safe: polled by reference.
+            () = &mut shutdown => return,
+            // Cancel-safe (see `woken`): the session closed, or a deadline moved.
+            () = session.woken() => {
+                if session.is_closing() {
+                    return;
+                }
+                continue;
+            }
             // Cancel-safe: a timer.
             () = sleep_until(heartbeat.deadline(session)) => {
                 if let Some(d) = heartbeat.fire(session) {

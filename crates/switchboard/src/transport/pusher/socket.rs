@@ -196,14 +196,21 @@ async fn establish(session: &Arc<Session>) -> bool {
 async fn read_loop(mut stream: FrameReader, session: &Arc<Session>, served: &Served) {
     let mut heartbeat = Heartbeat::new(session, || Frame::from_static(wire::PING));
     heartbeat.start_pings(session);
+    // Waited on across the loop: registered with the node's shutdown once.
+    let shutdown = session.node().shutdown.cancelled();
+    tokio::pin!(shutdown);
     loop {
         let deadline = heartbeat.deadline(session);
         tokio::select! {
             biased;
-            // Cancel-safe: holds no state.
-            () = session.closed().cancelled() => return,
-            // Cancel-safe (see `timers_changed`): loop to recompute the deadline.
-            () = session.timers_changed() => {}
+            // Cancel-safe: polled by reference.
+            () = &mut shutdown => return,
+            // Cancel-safe (see `woken`): the session closed, or a deadline moved.
+            () = session.woken() => {
+                if session.is_closing() {
+                    return;
+                }
+            }
             // Cancel-safe: a timer.
             () = sleep_until(deadline) => {
                 if let Some(d) = heartbeat.fire(session) {

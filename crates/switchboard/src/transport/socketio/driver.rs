@@ -88,14 +88,22 @@ async fn drive(conn: Arc<Conn>, mut inbound: impl Inbound) {
     let mut heartbeat = Heartbeat::new(session, || Frame::from_static(PING));
     // Engine.IO pings from the start, before the client joins a namespace.
     heartbeat.start_pings(session);
+    // Waited on across the loop: registered with the node's shutdown once.
+    let shutdown = session.node().shutdown.cancelled();
+    tokio::pin!(shutdown);
     loop {
         // Handled after the `select!`, not in its arm: see the Centrifugo reader.
         let heard = tokio::select! {
             biased;
-            // Cancel-safe: holds no state.
-            () = session.closed().cancelled() => break,
-            // Cancel-safe (see `timers_changed`): loop to recompute the deadline.
-            () = session.timers_changed() => continue,
+            // Cancel-safe: polled by reference.
+            () = &mut shutdown => break,
+            // Cancel-safe (see `woken`): the session closed, or a deadline moved.
+            () = session.woken() => {
+                if session.is_closing() {
+                    break;
+                }
+                continue;
+            }
             // Cancel-safe: a timer.
             () = sleep_until(heartbeat.deadline(session)) => {
                 if let Some(d) = heartbeat.fire(session) {

@@ -138,12 +138,14 @@ async fn probe(
 /// Reads an upgraded connection's WebSocket; its driver keeps running its timers.
 async fn read_loop(conn: Arc<Conn>, mut stream: FrameReader) {
     let session = &conn.session;
+    // The driver is the one waiter on the session's wake-ups: this reader takes a token.
+    let stop = session.stop_token();
     loop {
         // Handled after the `select!`, not in its arm: see the Centrifugo reader.
         let msg = tokio::select! {
             biased;
             // Cancel-safe: holds no state.
-            () = session.closed().cancelled() => return,
+            () = stop.cancelled() => return,
             // Cancel-safe: `next()` holds no state of its own.
             msg = stream.next() => msg,
         };

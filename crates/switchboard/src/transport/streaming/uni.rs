@@ -224,6 +224,9 @@ async fn run(
     };
     let mut heartbeat = Heartbeat::one_way(&session, Uni::ping);
     let mut asked = false;
+    // Waited on across the loop: registered with the node's shutdown once.
+    let shutdown = session.node().shutdown.cancelled();
+    tokio::pin!(shutdown);
     loop {
         if let Some(req) = connect.take() {
             asked = true;
@@ -236,10 +239,14 @@ async fn run(
         let deadline = heartbeat.deadline(&session);
         tokio::select! {
             biased;
-            // Cancel-safe: holds no state.
-            () = session.closed().cancelled() => break,
-            // Cancel-safe (see `timers_changed`): loop to recompute the deadline.
-            () = session.timers_changed() => {}
+            // Cancel-safe: polled by reference.
+            () = &mut shutdown => break,
+            // Cancel-safe (see `woken`): the session closed, or a deadline moved.
+            () = session.woken() => {
+                if session.is_closing() {
+                    break;
+                }
+            }
             // Cancel-safe: a timer.
             () = sleep_until(deadline) => {
                 if let Some(d) = heartbeat.fire(&session) {
