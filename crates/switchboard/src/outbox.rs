@@ -4,10 +4,11 @@
 //! An empty outbox owns no allocation (a channel allocates its first block up front),
 //! which matters for tens of thousands of idle connections; the queue grows with a
 //! burst and gives the memory back once drained. A queue that saw a little traffic keeps
-//! a little capacity (reallocating on every delivery would cost CPU under fan-out), until
-//! the connection's periodic ping asks for it back ([`Outbox::release_when_drained`]):
-//! after at most one ping interval of quiet, an idle connection's queue and its
-//! writer's batch hold no memory.
+//! a little capacity (reallocating on every burst would cost CPU under fan-out, where
+//! queues refill as fast as they drain), until the connection's periodic ping asks for
+//! it back ([`Outbox::release_when_drained`]): after at most one ping interval of quiet,
+//! an idle connection's queue holds no memory. (The writer gives its batch back after
+//! every write.)
 //!
 //! It is bounded in items and in bytes, and all outboxes of a node share a byte budget
 //! (`limits.outbox_total_bytes`), so slow readers of large messages can not grow the
