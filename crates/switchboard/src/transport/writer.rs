@@ -151,9 +151,7 @@ pub(crate) fn write_loop_with(
             // connections are the common case, and under fan-out every connection's
             // writer would otherwise keep one, and the process's peak memory with it.
             // An allocation per burst is what that costs.
-            if batch.capacity() > 0 {
-                batch = Vec::new();
-            }
+            batch = Vec::new();
         }
         let reason = session.disconnect_reason();
         // What was queued before the close (an error reply, say) still goes out, unless the

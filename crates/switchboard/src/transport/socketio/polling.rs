@@ -150,16 +150,17 @@ impl Drop for PollGuard<'_> {
 
 /// A long-poll: waits for packets, then answers with all that are queued.
 async fn poll(conn: &Conn) -> Result<Response, EngineError> {
-    match (conn.transport(), &conn.polling) {
-        (POLLING, Some(_)) => {}
-        // A poll the client sent just before it saw `3probe`: it waits for this one to
-        // end before it completes the upgrade.
-        (UPGRADING, _) => return Ok(text(NOOP.to_owned())),
-        _ => return Err(EngineError::BadRequest),
-    }
+    // Only a connection that started on long-polling is found by its sid.
     let Some(polling) = &conn.polling else {
         return Err(EngineError::BadRequest);
     };
+    match conn.transport() {
+        POLLING => {}
+        // A poll the client sent just before it saw `3probe`: it waits for this one to
+        // end before it completes the upgrade.
+        UPGRADING => return Ok(text(NOOP.to_owned())),
+        _ => return Err(EngineError::BadRequest),
+    }
     let session = &conn.session;
     if polling.pending_poll.swap(true, Ordering::AcqRel) {
         // Engine.IO closes a session that polls twice at once.
