@@ -1,14 +1,15 @@
 //! An upgraded WebSocket connection's socket, shared by its two users: the frame reader
 //! ([`super::frame_reader`]), which reads the client's frames (and answers its pings and
-//! closes), and the connection's frame writer ([`FrameWriter`]), which writes the frames
-//! switchboard sends straight from their shared buffers: frame headers and payloads go
-//! out in one vectored write, so a fanned-out event is never copied into a
-//! per-connection write buffer.
+//! closes), and the connection's frame writer ([`FrameWriter`]), which writes a batch of
+//! frames in one system call. Small frames (most events) are first copied into one
+//! buffer of the worker thread, since the kernel's cost per slice of a vectored write
+//! outweighs the copy (docs/benchmarks.md); large ones go out vectored, straight from
+//! their shared buffers. No connection holds a write buffer of its own.
 //!
 //! Two writers on one byte stream must never interleave inside a frame. Both write whole
 //! frames, and what the socket does not take of a write is kept aside and written before
-//! anything else: the only copy, made only when the client reads slower than it is sent
-//! to.
+//! anything else: the only copy a connection holds, made only when the client reads
+//! slower than it is sent to.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -23,6 +24,25 @@ use super::websocket::CLOSE;
 /// Most bytes kept aside for the reader's writes (its pongs and close replies) while the
 /// socket takes nothing: a client that sends pings but does not read is not given more.
 const MAX_PENDING_REPLIES: usize = 64 * 1024;
+
+/// Slices averaging under this many bytes are copied into one buffer and written with
+/// one plain write: the kernel's cost per slice of a vectored write outweighs the copy
+/// (a fanned-out event of a few hundred bytes, with its header and separator, is three
+/// slices; docs/benchmarks.md).
+const JOIN_BELOW: usize = 1024;
+/// Largest write joined into the worker thread's buffer, and the most it keeps.
+const MAX_SCRATCH: usize = 256 * 1024;
+
+thread_local! {
+    /// Where a write of small slices is joined: one per worker thread, none per
+    /// connection. Filled and written within one poll, never across an await.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether a write of `slices` slices and `total` bytes is joined before it is written.
+fn joins(slices: usize, total: usize) -> bool {
+    total <= MAX_SCRATCH && total < slices * JOIN_BELOW
+}
 
 /// What both users share.
 struct Shared<S> {
@@ -114,13 +134,26 @@ impl<S: AsyncWrite + Unpin> State<S> {
             return Poll::Ready(Ok(()));
         }
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        let n = if self.io.is_write_vectored() || bufs.len() == 1 {
-            ready!(Pin::new(&mut self.io).poll_write_vectored(cx, bufs))?
-        } else {
-            // A socket without vectored writes (TLS) would write the first buffer only:
-            // one write of them all instead.
-            let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
-            ready!(Pin::new(&mut self.io).poll_write(cx, &joined))?
+        let n = match bufs {
+            [one] => ready!(Pin::new(&mut self.io).poll_write(cx, one))?,
+            _ if joins(bufs.len(), total) || !self.io.is_write_vectored() => {
+                // A socket without vectored writes (TLS) would write the first buffer
+                // only: it gets them all in one buffer too.
+                let io = &mut self.io;
+                ready!(SCRATCH.with_borrow_mut(|joined| {
+                    joined.clear();
+                    joined.reserve(total);
+                    for b in bufs {
+                        joined.extend_from_slice(b);
+                    }
+                    let n = Pin::new(io).poll_write(cx, joined);
+                    if joined.capacity() > MAX_SCRATCH {
+                        *joined = Vec::new();
+                    }
+                    n
+                }))?
+            }
+            _ => ready!(Pin::new(&mut self.io).poll_write_vectored(cx, bufs))?,
         };
         if n == 0 && total > 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -354,6 +387,45 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(got, b"12345678PONGabcdefghijklmnopqrstuvwxyz0123");
+    }
+
+    /// Writes of small slices (joined into one buffer first) and of large ones (written
+    /// vectored) reach a real socket whole and in order, also when the socket takes
+    /// only part of one.
+    #[tokio::test]
+    async fn joined_and_vectored_writes_arrive_in_order() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (accepted, client) = tokio::join!(
+            listener.accept(),
+            tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        );
+        let (socket, mut client) = (SharedSocket::new(accepted.unwrap().0), client.unwrap());
+        let writer = socket.writer();
+        let small: Vec<Vec<u8>> = (0..300).map(|i| format!("{i};").into_bytes()).collect();
+        let large: Vec<Vec<u8>> = (0..4u8).map(|i| vec![b'a' + i; 200 * 1024]).collect();
+        let sizes = |s: &[Vec<u8>]| (s.len(), s.iter().map(Vec::len).sum::<usize>());
+        assert!(joins(sizes(&small).0, sizes(&small).1));
+        assert!(!joins(sizes(&large).0, sizes(&large).1));
+        assert!(!joins(2, 2 * 100 * 1024), "large slices are not copied");
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut expected: Vec<u8> = Vec::new();
+        for round in [&small, &large, &small] {
+            let slices: Vec<IoSlice<'_>> = round.iter().map(|s| IoSlice::new(s)).collect();
+            poll_fn(|cx| writer.poll_put(cx, &slices)).await.unwrap();
+            expected.extend(round.iter().flatten());
+        }
+        poll_fn(|cx| writer.poll_flush(cx)).await.unwrap();
+        drop((socket, writer));
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), reader)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "bytes arrive in the order written");
     }
 
     #[tokio::test]

@@ -3,10 +3,10 @@
 //! protocol allows it, or compressed where permessage-deflate was negotiated), and the
 //! frames a server writes. The handshake is [`super::upgrade`]'s.
 //!
-//! Frames are written by switchboard: a batch goes out as one vectored write of frame
-//! headers and the shared payloads themselves ([`super::socket`]), so fanning an event
-//! out copies nothing per connection. What the client sends is read by
-//! [`FrameReader`].
+//! Frames are written by switchboard: a batch goes out in one write system call of frame
+//! headers and payloads ([`super::socket`]: small ones joined in the worker thread's
+//! buffer, large ones straight from their shared buffers), so no connection holds a
+//! write buffer. What the client sends is read by [`FrameReader`].
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
