@@ -30,6 +30,10 @@ struct Subscriber {
     delivery: Option<Arc<Delivery>>,
 }
 
+/// How many subscribers ahead a fan-out warms the next recipient's session (see
+/// [`Session::warm`]).
+const WARM_AHEAD: usize = 2;
+
 /// A channel's local subscribers.
 #[derive(Default)]
 struct Channel {
@@ -286,7 +290,10 @@ impl Hub {
                         d.note(event);
                     }
                     let mut delivered = 0;
-                    for s in &channel.subs {
+                    for (i, s) in channel.subs.iter().enumerate() {
+                        if let Some(ahead) = channel.subs.get(i + WARM_AHEAD) {
+                            ahead.session.warm();
+                        }
                         if let Some(d) = &s.delivery {
                             if !d.admits(event) {
                                 s.session.filtered_out(event);
