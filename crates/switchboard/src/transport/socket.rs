@@ -39,9 +39,23 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Whether a write of `slices` slices and `total` bytes is joined before it is written.
-fn joins(slices: usize, total: usize) -> bool {
+/// Whether a write of `slices` slices and `total` bytes is better joined into one buffer
+/// (see [`FrameWriter::poll_put_joined`]) than written vectored.
+pub(crate) fn joins(slices: usize, total: usize) -> bool {
     total <= MAX_SCRATCH && total < slices * JOIN_BELOW
+}
+
+/// Runs `f` on the worker thread's buffer, emptied; keeps its room unless it grew past
+/// [`MAX_SCRATCH`].
+fn with_scratch<T>(f: impl FnOnce(&mut Vec<u8>) -> T) -> T {
+    SCRATCH.with_borrow_mut(|buf| {
+        buf.clear();
+        let out = f(buf);
+        if buf.capacity() > MAX_SCRATCH {
+            *buf = Vec::new();
+        }
+        out
+    })
 }
 
 /// What both users share.
@@ -140,17 +154,12 @@ impl<S: AsyncWrite + Unpin> State<S> {
                 // A socket without vectored writes (TLS) would write the first buffer
                 // only: it gets them all in one buffer too.
                 let io = &mut self.io;
-                ready!(SCRATCH.with_borrow_mut(|joined| {
-                    joined.clear();
+                ready!(with_scratch(|joined| {
                     joined.reserve(total);
                     for b in bufs {
                         joined.extend_from_slice(b);
                     }
-                    let n = Pin::new(io).poll_write(cx, joined);
-                    if joined.capacity() > MAX_SCRATCH {
-                        *joined = Vec::new();
-                    }
-                    n
+                    Pin::new(io).poll_write(cx, joined)
                 }))?
             }
             _ => ready!(Pin::new(&mut self.io).poll_write_vectored(cx, bufs))?,
@@ -295,6 +304,24 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
         let shared = &*self.0;
         shared.poll_drained(&shared.wakers.writer, cx, |state, cx| {
             state.poll_put(cx, bufs)
+        })
+    }
+
+    /// As [`FrameWriter::poll_put`], with the whole frames that `fill` writes into the
+    /// worker thread's buffer (emptied first) instead of slices: small frames are
+    /// joined there without a list of slices first (see [`joins`]). Ready with what
+    /// `fill` returned once the socket took the frames (some may be kept aside).
+    pub(crate) fn poll_put_joined<T>(
+        &self,
+        cx: &mut Context<'_>,
+        fill: impl FnOnce(&mut Vec<u8>) -> T,
+    ) -> Poll<io::Result<T>> {
+        let shared = &*self.0;
+        shared.poll_drained(&shared.wakers.writer, cx, |state, cx| {
+            with_scratch(|buf| {
+                let filled = fill(buf);
+                state.poll_put(cx, &[IoSlice::new(buf)]).map_ok(|()| filled)
+            })
         })
     }
 

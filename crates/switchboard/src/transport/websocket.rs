@@ -19,7 +19,7 @@ pub(crate) use tungstenite::Message;
 
 use super::deflate;
 pub(crate) use super::frame_reader::FrameReader;
-use super::socket::FrameWriter;
+use super::socket::{self, FrameWriter};
 use super::upgrade::Socket;
 pub(crate) use super::upgrade::{Deflate, WebSocket, WsUpgrade};
 use super::writer::{FrameSink, SinkClosed};
@@ -34,6 +34,9 @@ const MAX_JOINED: usize = 64 * 1024;
 /// twice as many writes (docs/benchmarks.md). The slices live on the stack, not in a
 /// connection.
 const SLICES: usize = 2 * super::writer::BATCH;
+/// Bytes of messages one joined write holds at most (a message started below it is
+/// finished): within what the worker thread's buffer keeps.
+const JOINED_WRITE: usize = 128 * 1024;
 /// Frames a sink keeps room for between batches: a lone one, what a quiet connection
 /// writes most (its pings, a reply, a delivery). A burst's room goes back after its
 /// write, as the writer's batch does.
@@ -150,13 +153,16 @@ fn close_frame(code: u16, reason: &str) -> Vec<u8> {
     control_frame(CLOSE, &payload[..2 + end])
 }
 
-/// A message of a vectored write: the frames up to `end` (from the previous message's
-/// end), joined with `sep`, after a header of `header` bytes.
+/// A message of a write: the frames up to `end` (from the previous message's end),
+/// `len` bytes joined with `sep`, taking `slices` slices of a vectored write with its
+/// header of `header` bytes.
 #[derive(Clone, Copy, Default)]
 struct Planned {
     end: usize,
-    header: usize,
+    len: usize,
     sep: &'static str,
+    slices: usize,
+    header: usize,
 }
 
 /// What separates `frame` from `before` when a protocol joins frames with `sep`: `sep`
@@ -216,65 +222,114 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> WsSink<S> {
         (len + sep.len() + frame.len() <= MAX_JOINED).then_some(sep)
     }
 
-    /// Writes the frames not yet taken, a vectored write at a time.
-    fn poll_write_frames(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.sent < self.frames.len() {
-            // The messages of this write and their headers, then the slices: the
-            // slices borrow the headers.
-            let mut headers = [[0u8; 10]; SLICES / 2];
-            let mut messages = [Planned::default(); SLICES / 2];
-            let (mut count, mut slices_needed) = (0, 0);
-            let mut at = self.sent;
-            while at < self.frames.len() && count < messages.len() {
-                let first = &self.frames[at];
-                let (mut len, mut end, mut slices) = (first.len(), at + 1, 2);
-                // Frames join only their own kind, so one message has one separator.
-                let mut joined_with = "";
-                while let Some(next) = self.frames.get(end) {
-                    let Some(sep) = self.joins(&self.frames[end - 1], next, len) else {
-                        break;
-                    };
-                    joined_with = sep;
-                    let more = if sep.is_empty() { 1 } else { 2 };
-                    if slices_needed + slices + more > SLICES {
-                        break;
-                    }
-                    len += sep.len() + next.len();
-                    slices += more;
-                    end += 1;
-                }
-                if count > 0 && slices_needed + slices > SLICES {
-                    break;
-                }
-                let (opcode, rsv1) = kind(first);
-                let header_len = header(opcode, rsv1, len, &mut headers[count]);
-                messages[count] = Planned {
-                    end,
-                    header: header_len,
-                    sep: joined_with,
-                };
-                slices_needed += slices;
-                count += 1;
-                at = end;
+    /// The message that starts at frame `at`: as many frames as join it, within `room`
+    /// slices of a vectored write (its first frame whatever the room).
+    fn message_at(&self, at: usize, room: usize) -> Planned {
+        let mut m = Planned {
+            end: at + 1,
+            len: self.frames[at].len(),
+            sep: "",
+            slices: 2,
+            header: 0,
+        };
+        // Frames join only their own kind, so one message has one separator.
+        while let Some(next) = self.frames.get(m.end) {
+            let Some(sep) = self.joins(&self.frames[m.end - 1], next, m.len) else {
+                break;
+            };
+            let more = if sep.is_empty() { 1 } else { 2 };
+            if m.slices + more > room {
+                break;
             }
-            let mut slices = [IoSlice::new(&[]); SLICES];
-            let mut n = 0;
-            let mut from = self.sent;
-            for (m, h) in messages[..count].iter().zip(&headers) {
-                slices[n] = IoSlice::new(&h[..m.header]);
-                n += 1;
-                for i in from..m.end {
-                    if i > from && !m.sep.is_empty() {
-                        slices[n] = IoSlice::new(m.sep.as_bytes());
-                        n += 1;
-                    }
-                    slices[n] = IoSlice::new(self.frames[i].as_bytes());
+            m.sep = sep;
+            m.len += sep.len() + next.len();
+            m.slices += more;
+            m.end += 1;
+        }
+        m
+    }
+
+    /// Whether the next write joins its frames in the worker thread's buffer: frames
+    /// of a few hundred bytes, as most events are, cost the kernel more as slices of a
+    /// vectored write than the copy costs (two slices a frame: header or separator,
+    /// and payload).
+    fn joined_write(&self) -> bool {
+        let next = &self.frames[self.sent..];
+        let next = &next[..next.len().min(SLICES / 2)];
+        socket::joins(2 * next.len(), next.iter().map(Frame::len).sum())
+    }
+
+    /// Writes the messages from the first frame not yet taken into `buf`, until it
+    /// holds [`JOINED_WRITE`] bytes; returns where they end.
+    fn fill(&self, buf: &mut Vec<u8>) -> usize {
+        let mut at = self.sent;
+        while at < self.frames.len() && buf.len() < JOINED_WRITE {
+            let m = self.message_at(at, usize::MAX);
+            let (opcode, rsv1) = kind(&self.frames[at]);
+            let mut head = [0u8; 10];
+            let head_len = header(opcode, rsv1, m.len, &mut head);
+            buf.reserve(head_len + m.len);
+            buf.extend_from_slice(&head[..head_len]);
+            for i in at..m.end {
+                if i > at {
+                    buf.extend_from_slice(m.sep.as_bytes());
+                }
+                buf.extend_from_slice(self.frames[i].as_bytes());
+            }
+            at = m.end;
+        }
+        at
+    }
+
+    /// Writes the frames from the first not yet taken as one vectored write, straight
+    /// from their buffers; ready with where the frames it took end.
+    fn poll_write_vectored(&self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        // The messages of this write and their headers, then the slices: the slices
+        // borrow the headers.
+        let mut headers = [[0u8; 10]; SLICES / 2];
+        let mut messages = [Planned::default(); SLICES / 2];
+        let (mut count, mut slices_needed) = (0, 0);
+        let mut at = self.sent;
+        while at < self.frames.len() && count < messages.len() {
+            let mut m = self.message_at(at, SLICES - slices_needed);
+            if count > 0 && slices_needed + m.slices > SLICES {
+                break;
+            }
+            let (opcode, rsv1) = kind(&self.frames[at]);
+            m.header = header(opcode, rsv1, m.len, &mut headers[count]);
+            messages[count] = m;
+            slices_needed += m.slices;
+            count += 1;
+            at = m.end;
+        }
+        let mut slices = [IoSlice::new(&[]); SLICES];
+        let mut n = 0;
+        let mut from = self.sent;
+        for (m, h) in messages[..count].iter().zip(&headers) {
+            slices[n] = IoSlice::new(&h[..m.header]);
+            n += 1;
+            for i in from..m.end {
+                if i > from && !m.sep.is_empty() {
+                    slices[n] = IoSlice::new(m.sep.as_bytes());
                     n += 1;
                 }
-                from = m.end;
+                slices[n] = IoSlice::new(self.frames[i].as_bytes());
+                n += 1;
             }
-            ready!(self.writer.poll_put(cx, &slices[..n]))?;
-            self.sent = from;
+            from = m.end;
+        }
+        ready!(self.writer.poll_put(cx, &slices[..n]))?;
+        Poll::Ready(Ok(from))
+    }
+
+    /// Writes the frames not yet taken, a write at a time.
+    fn poll_write_frames(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.frames.len() {
+            self.sent = if self.joined_write() {
+                ready!(self.writer.poll_put_joined(cx, |buf| self.fill(buf)))?
+            } else {
+                ready!(self.poll_write_vectored(cx))?
+            };
         }
         self.frames.clear();
         self.sent = 0;
@@ -413,5 +468,58 @@ mod tests {
         let close = close.expect("a close frame");
         assert_eq!(u16::from(close.code), Disconnect::SHUTDOWN.code);
         assert_eq!(close.reason.as_str(), Disconnect::SHUTDOWN.reason);
+    }
+
+    /// Frames of a few KiB go out vectored (not copied), in more than one write, and a
+    /// client reads them whole and in order, joined text beside binary.
+    #[tokio::test]
+    async fn a_client_reads_large_frames_written_vectored() {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::WebSocketStream;
+        use tungstenite::protocol::Role;
+
+        let (server, client) = tokio::io::duplex(4096);
+        let (half, _reader) = split(WebSocket::new(server, false, usize::MAX));
+        let mut sink = WsSink::new(half, Some("\n"), None);
+        let texts: Vec<String> = (0..SLICES).map(|i| format!("{i:04}").repeat(750)).collect();
+        let blobs: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 5000]).collect();
+        let read = tokio::spawn(async move {
+            let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+            let mut got = Vec::new();
+            while let Some(Ok(m)) = client.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+                got.push(m);
+            }
+            got
+        });
+        for t in &texts {
+            sink.feed(Frame::from(t.clone())).await.unwrap();
+        }
+        for b in &blobs {
+            sink.feed(Frame::Binary(b.clone().into())).await.unwrap();
+        }
+        assert!(!sink.joined_write(), "frames of 3,000 bytes are not copied");
+        sink.flush().await.unwrap();
+        sink.close(Disconnect::SHUTDOWN).await;
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), read)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut lines = Vec::new();
+        let mut binary = Vec::new();
+        for m in got {
+            match m {
+                Message::Text(t) => {
+                    assert!(t.len() <= MAX_JOINED, "joined messages stay within bounds");
+                    lines.extend(t.as_str().split('\n').map(str::to_owned));
+                }
+                Message::Binary(b) => binary.extend_from_slice(&b),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(lines, texts);
+        assert_eq!(binary, blobs.concat());
     }
 }
