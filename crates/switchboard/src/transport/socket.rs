@@ -320,6 +320,7 @@ impl<S: AsyncWrite + Unpin> FrameWriter<S> {
         shared.poll_drained(&shared.wakers.writer, cx, |state, cx| {
             with_scratch(|buf| {
                 let filled = fill(buf);
+                // One slice: written as it is, without the scratch buffer (borrowed here).
                 state.poll_put(cx, &[IoSlice::new(buf)]).map_ok(|()| filled)
             })
         })
