@@ -405,34 +405,49 @@ mod tests {
         assert_eq!(h[..10], [0x88, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
     }
 
+    /// What a WebSocket client reads over `client` until a close frame: text split into
+    /// lines, binary payloads concatenated, and the close frame, each message no longer
+    /// than a joined message may be.
+    async fn client_reads(
+        client: tokio::io::DuplexStream,
+    ) -> (
+        Vec<String>,
+        Vec<u8>,
+        Option<tungstenite::protocol::CloseFrame>,
+    ) {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::WebSocketStream;
+        use tungstenite::protocol::Role;
+
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let (mut lines, mut binary) = (Vec::new(), Vec::new());
+        while let Some(Ok(m)) = client.next().await {
+            match m {
+                Message::Text(t) => {
+                    assert!(t.len() <= MAX_JOINED, "joined messages stay within bounds");
+                    lines.extend(t.as_str().split('\n').map(str::to_owned));
+                }
+                Message::Binary(b) => binary.extend_from_slice(&b),
+                Message::Close(c) => return (lines, binary, c),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (lines, binary, None)
+    }
+
     /// What a WebSocket client reads of a batch written through a socket that takes
     /// 16 bytes at a time: text frames joined by lines, binary ones as they are, the
     /// kinds in order, then the close frame with its code and reason. Both kinds come
     /// in more than one vectored write holds.
     #[tokio::test]
     async fn a_client_reads_joined_messages_and_the_close_of_a_batch() {
-        use futures_util::StreamExt;
-        use tokio_tungstenite::WebSocketStream;
-        use tungstenite::protocol::Role;
-
         let (server, client) = tokio::io::duplex(16);
         let (half, _reader) = split(WebSocket::new(server, false, usize::MAX));
         let mut sink = WsSink::new(half, Some("\n"), None);
         let long = "x".repeat(300);
         let texts: Vec<String> = (0..SLICES + 100).map(|i| format!("{i}")).collect();
         let bytes: Vec<u8> = (0..SLICES).map(|i| i as u8).collect();
-        let read = tokio::spawn(async move {
-            let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
-            let mut got = Vec::new();
-            while let Some(Ok(m)) = client.next().await {
-                let end = matches!(m, Message::Close(_));
-                got.push(m);
-                if end {
-                    break;
-                }
-            }
-            got
-        });
+        let read = tokio::spawn(client_reads(client));
         for t in &texts[..SLICES] {
             sink.feed(Frame::from(t.clone())).await.unwrap();
         }
@@ -445,21 +460,10 @@ mod tests {
             sink.feed(Frame::from(t.clone())).await.unwrap();
         }
         sink.close(Disconnect::SHUTDOWN).await;
-        let got = tokio::time::timeout(std::time::Duration::from_secs(5), read)
+        let (lines, binary, close) = tokio::time::timeout(std::time::Duration::from_secs(5), read)
             .await
             .unwrap()
             .unwrap();
-        let mut lines = Vec::new();
-        let mut binary = Vec::new();
-        let mut close = None;
-        for m in got {
-            match m {
-                Message::Text(t) => lines.extend(t.as_str().split('\n').map(str::to_owned)),
-                Message::Binary(b) => binary.extend_from_slice(&b),
-                Message::Close(c) => close = c,
-                other => panic!("unexpected {other:?}"),
-            }
-        }
         let mut want = texts[..SLICES].to_vec();
         want.push(long);
         want.extend_from_slice(&texts[SLICES..]);
@@ -474,26 +478,12 @@ mod tests {
     /// client reads them whole and in order, joined text beside binary.
     #[tokio::test]
     async fn a_client_reads_large_frames_written_vectored() {
-        use futures_util::StreamExt;
-        use tokio_tungstenite::WebSocketStream;
-        use tungstenite::protocol::Role;
-
         let (server, client) = tokio::io::duplex(4096);
         let (half, _reader) = split(WebSocket::new(server, false, usize::MAX));
         let mut sink = WsSink::new(half, Some("\n"), None);
         let texts: Vec<String> = (0..SLICES).map(|i| format!("{i:04}").repeat(750)).collect();
         let blobs: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 5000]).collect();
-        let read = tokio::spawn(async move {
-            let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
-            let mut got = Vec::new();
-            while let Some(Ok(m)) = client.next().await {
-                if matches!(m, Message::Close(_)) {
-                    break;
-                }
-                got.push(m);
-            }
-            got
-        });
+        let read = tokio::spawn(client_reads(client));
         for t in &texts {
             sink.feed(Frame::from(t.clone())).await.unwrap();
         }
@@ -503,23 +493,12 @@ mod tests {
         assert!(!sink.joined_write(), "frames of 3,000 bytes are not copied");
         sink.flush().await.unwrap();
         sink.close(Disconnect::SHUTDOWN).await;
-        let got = tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        let (lines, binary, close) = tokio::time::timeout(std::time::Duration::from_secs(10), read)
             .await
             .unwrap()
             .unwrap();
-        let mut lines = Vec::new();
-        let mut binary = Vec::new();
-        for m in got {
-            match m {
-                Message::Text(t) => {
-                    assert!(t.len() <= MAX_JOINED, "joined messages stay within bounds");
-                    lines.extend(t.as_str().split('\n').map(str::to_owned));
-                }
-                Message::Binary(b) => binary.extend_from_slice(&b),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
         assert_eq!(lines, texts);
         assert_eq!(binary, blobs.concat());
+        assert!(close.is_some(), "the close frame comes last");
     }
 }
