@@ -429,15 +429,17 @@ impl Session {
         self.wake.notify_one();
     }
 
-    /// Completes when a deadline of this session moved or the session is closing
-    /// ([`Session::is_closing`]); the transport's driver then recomputes its timers, or
-    /// ends. One waiter: the driver (others take a [`Session::stop_token`]). The
-    /// driver also ends at the node's shutdown, which it waits for itself.
+    /// Completes when a deadline of this session moved or the session is closing, and
+    /// says whether it is closing ([`Session::is_closing`]): the transport's driver
+    /// then ends, or recomputes its timers. One waiter: the driver (others take a
+    /// [`Session::stop_token`]). The driver also ends at the node's shutdown, which it
+    /// waits for itself.
     ///
     /// # Cancel safety
     /// Cancel-safe: a wake-up that comes while nobody waits is kept.
-    pub async fn woken(&self) {
+    pub async fn woken(&self) -> bool {
         self.wake.notified().await;
+        self.is_closing()
     }
 
     /// Whether `connect` succeeded.

@@ -309,8 +309,8 @@ async fn read_loop<E: Encoding>(
             // Cancel-safe: polled by reference.
             () = &mut shutdown => return,
             // Cancel-safe (see `woken`): the session closed, or a deadline moved.
-            () = session.woken() => {
-                if session.is_closing() {
+            closing = session.woken() => {
+                if closing {
                     return;
                 }
                 continue;

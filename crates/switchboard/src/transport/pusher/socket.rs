@@ -206,8 +206,8 @@ async fn read_loop(mut stream: FrameReader, session: &Arc<Session>, served: &Ser
             // Cancel-safe: polled by reference.
             () = &mut shutdown => return,
             // Cancel-safe (see `woken`): the session closed, or a deadline moved.
-            () = session.woken() => {
-                if session.is_closing() {
+            closing = session.woken() => {
+                if closing {
                     return;
                 }
             }

@@ -242,8 +242,8 @@ async fn run(
             // Cancel-safe: polled by reference.
             () = &mut shutdown => break,
             // Cancel-safe (see `woken`): the session closed, or a deadline moved.
-            () = session.woken() => {
-                if session.is_closing() {
+            closing = session.woken() => {
+                if closing {
                     break;
                 }
             }
