@@ -279,19 +279,27 @@ impl ChannelEvent {
     /// The event encoded with `codec` (and compressed, for a compressed codec),
     /// encoding it on first use only.
     pub fn encoded(&self, codec: &Codec, config: &crate::Config) -> Arc<EventFrame> {
-        let plain = || match codec.slot {
-            Some(slot) => self.encoded[slot]
-                .get_or_init(|| self.shared((codec.encode_event)(self, config)))
-                .clone(),
-            None => self.shared((codec.encode_event)(self, config)),
-        };
-        match (codec.compress, codec.slot) {
-            (None, _) => plain(),
-            (Some(compress), Some(slot)) => self.compressed.get_or_init(Default::default)[slot]
-                .get_or_init(|| self.shared(compress(&plain().frame, config)))
-                .clone(),
-            (Some(compress), None) => self.shared(compress(&plain().frame, config)),
+        if let Some(frame) = self.cached(codec, config) {
+            return frame.clone();
         }
+        let plain = || self.shared((codec.encode_event)(self, config));
+        match codec.compress {
+            None => plain(),
+            Some(compress) => self.shared(compress(&plain().frame, config)),
+        }
+    }
+
+    /// As [`ChannelEvent::encoded`], borrowed from the event's cache: `None` for a
+    /// codec without a cache slot, whose frames are not kept.
+    pub fn cached(&self, codec: &Codec, config: &crate::Config) -> Option<&Arc<EventFrame>> {
+        let slot = codec.slot?;
+        let plain =
+            || self.encoded[slot].get_or_init(|| self.shared((codec.encode_event)(self, config)));
+        Some(match codec.compress {
+            None => plain(),
+            Some(compress) => self.compressed.get_or_init(Default::default)[slot]
+                .get_or_init(|| self.shared(compress(&plain().frame, config))),
+        })
     }
 
     /// `frame`, as this event's frame shared by its recipients.

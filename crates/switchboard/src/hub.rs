@@ -13,6 +13,7 @@ use switchboard_protocol::{Disconnect, SharedJson};
 use crate::delivery::Delivery;
 use crate::engine::EventHandler;
 use crate::event::{ChannelEvent, EventKind};
+use crate::feed::{Feed, Place, RUN_MIN};
 use crate::metrics::Metrics;
 use crate::session::Session;
 
@@ -30,9 +31,11 @@ struct Subscriber {
     delivery: Option<Arc<Delivery>>,
 }
 
-/// How many subscribers ahead a fan-out warms the next recipient's session (see
-/// [`Session::warm`]).
-const WARM_AHEAD: usize = 2;
+/// How many subscribers ahead a fan-out asks for the recipient's session (see
+/// [`Session::warm`]): a delivery that grows a run costs little more than the wait for
+/// its lines, so they are asked for well ahead (6 spent less CPU per delivery than 3,
+/// and 3 less than the 2 that suited the reads used before).
+const WARM_AHEAD: usize = 6;
 
 /// A channel's local subscribers.
 #[derive(Default)]
@@ -44,6 +47,8 @@ struct Channel {
     upstream: bool,
     /// While some subscriber takes deltas: what the next publication is a delta of.
     deltas: Option<Box<DeltaBase>>,
+    /// Its recent events, once it has [`RUN_MIN`] subscribers.
+    feed: Feed,
 }
 
 /// The channel's last publication, kept while some local subscriber takes deltas.
@@ -89,6 +94,9 @@ impl Channel {
             return false;
         };
         let gone = self.subs.swap_remove(at);
+        if self.subs.len() < RUN_MIN {
+            self.feed.clear();
+        }
         if gone.delivery.as_deref().is_some_and(Delivery::takes_deltas) {
             if let Some(d) = &mut self.deltas {
                 d.takers -= 1;
@@ -289,6 +297,11 @@ impl Hub {
                     if let Some(d) = &channel.deltas {
                         d.note(event);
                     }
+                    // A busy channel's plain subscribers queue runs of its feed.
+                    let placed = (channel.subs.len() >= RUN_MIN)
+                        .then(|| channel.feed.append(event))
+                        .flatten();
+                    let place = placed.as_ref().map(|(chunk, at)| Place { chunk, at: *at });
                     let mut delivered = 0;
                     for (i, s) in channel.subs.iter().enumerate() {
                         if let Some(ahead) = channel.subs.get(i + WARM_AHEAD) {
@@ -300,7 +313,7 @@ impl Hub {
                                 continue;
                             }
                         }
-                        s.session.deliver(event, s.delivery.as_deref());
+                        s.session.deliver(event, s.delivery.as_deref(), place);
                         delivered += 1;
                     }
                     if let Some(m) = &self.metrics {
@@ -313,7 +326,7 @@ impl Hub {
         };
         if self.watched.load(Ordering::Acquire) > 0 {
             for s in self.watchers_of(&event.channel) {
-                s.deliver(event, None);
+                s.deliver(event, None, None);
             }
         }
         delivered

@@ -50,6 +50,7 @@ pub mod config;
 pub mod delivery;
 pub mod engine;
 pub mod event;
+pub mod feed;
 pub mod front_door;
 pub mod history;
 pub mod hooks;

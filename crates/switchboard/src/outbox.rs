@@ -10,7 +10,10 @@
 //! an idle connection's queue holds no memory. (The writer gives its batch back after
 //! every write.)
 //!
-//! It is bounded in items and in bytes, and all outboxes of a node share a byte budget
+//! A fan-out to a busy channel queues runs of the channel's feed rather than one item
+//! per event ([`crate::feed`]); the writer receives a run as one item per event.
+//!
+//! It is bounded in items (each event of a run counted) and in bytes, and all outboxes of a node share a byte budget
 //! (`limits.outbox_total_bytes`), so slow readers of large messages can not grow the
 //! process without bound.
 
@@ -22,7 +25,8 @@ use std::task::Poll;
 use futures_util::task::AtomicWaker;
 
 use crate::config::LimitsConfig;
-use crate::event::{Frame, Outgoing};
+use crate::event::{ChannelEvent, Control, EventFrame, Frame, Outgoing};
+use crate::feed::{Chunk, Place};
 use crate::metrics::Metrics;
 
 /// Capacity kept by an emptied queue; a larger one is released.
@@ -30,54 +34,130 @@ const KEEP: usize = 64;
 /// Bytes counted for a control push (its frame is encoded by the writer).
 const CONTROL_BYTES: usize = 128;
 
-/// The queue and the bytes it holds: what a push and a drain touch, laid out first
-/// (see [`Outbox`]).
+/// The queue, the bytes it holds and how many items: what a push and a drain touch,
+/// laid out first (see [`Outbox`]).
 #[derive(Debug, Default)]
 #[repr(C)]
 struct Queue {
     items: Items,
     bytes: usize,
+    /// Items queued, each event of a run counted.
+    count: usize,
 }
 
-/// A FIFO whose first item lives inline: a connection that gets one push at a time
-/// (most of them) never allocates for its queue.
+/// An item as queued: an [`Outgoing`], or a run of a channel's events (see
+/// [`crate::feed`]), which the consumer receives as one item per event. As small as an
+/// item.
+#[derive(Debug)]
+enum Slot {
+    Event(Arc<EventFrame>),
+    Frame(Box<Frame>),
+    Control(Box<Control>),
+    /// Events `at..at + len` of `chunk`.
+    Run {
+        chunk: Arc<Chunk>,
+        at: u16,
+        len: u16,
+    },
+}
+
+const _: () = assert!(std::mem::size_of::<Option<Slot>>() == 16);
+
+impl From<Outgoing> for Slot {
+    fn from(item: Outgoing) -> Self {
+        match item {
+            Outgoing::Event(e) => Self::Event(e),
+            Outgoing::Frame(f) => Self::Frame(f),
+            Outgoing::Control(c) => Self::Control(c),
+        }
+    }
+}
+
+/// Turns a run's event into the item the consumer receives (the session's encoding).
+pub type Expand<'a> = &'a (dyn Fn(&ChannelEvent) -> Outgoing + Sync);
+
+impl Slot {
+    /// The item it holds, when not a run.
+    fn into_item(self) -> Option<Outgoing> {
+        match self {
+            Self::Event(e) => Some(Outgoing::Event(e)),
+            Self::Frame(f) => Some(Outgoing::Frame(f)),
+            Self::Control(c) => Some(Outgoing::Control(c)),
+            Self::Run { .. } => None,
+        }
+    }
+}
+
+/// A FIFO whose newest item lives inline: a connection that gets one push at a time
+/// (most of them) never allocates for its queue, and a run of a channel's events grows
+/// there, in the outbox's own cache lines, without touching the queue's buffer.
 #[derive(Debug, Default)]
 #[repr(C)]
 struct Items {
-    /// The oldest item, when `rest` was empty as it came. `None` with a non-empty
-    /// `rest` after a partial drain: `rest` then holds the order alone.
-    head: Option<Outgoing>,
-    rest: VecDeque<Outgoing>,
+    /// The newest item; `None` only when `rest` is empty too.
+    last: Option<Slot>,
+    /// The older items, oldest first.
+    rest: VecDeque<Slot>,
 }
 
 impl Items {
-    fn len(&self) -> usize {
-        usize::from(self.head.is_some()) + self.rest.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.head.is_none() && self.rest.is_empty()
-    }
-
-    fn push_back(&mut self, item: Outgoing) {
-        if self.is_empty() {
-            self.head = Some(item);
-        } else {
+    fn push_back(&mut self, slot: Slot) {
+        if let Some(older) = self.last.replace(slot) {
             if self.rest.capacity() == 0 {
                 // Room for one: the burst an idle connection sees most is its connect's
                 // replies, two or three items, which a first push would make room for 4
                 // (64 bytes kept until the next ping). A longer burst grows it as usual.
                 self.rest.reserve_exact(1);
             }
-            self.rest.push_back(item);
+            self.rest.push_back(older);
         }
     }
 
-    fn pop_front(&mut self) -> Option<Outgoing> {
-        self.head.take().or_else(|| self.rest.pop_front())
+    /// The oldest item.
+    fn front_mut(&mut self) -> Option<&mut Slot> {
+        match self.rest.front_mut() {
+            Some(front) => Some(front),
+            None => self.last.as_mut(),
+        }
     }
 
-    /// Heap capacity held (the inline head aside).
+    fn pop_front(&mut self) -> Option<Slot> {
+        self.rest.pop_front().or_else(|| self.last.take())
+    }
+
+    /// Moves up to `max` of the oldest items into `out`, a run's events one by one (a
+    /// run cut short keeps the rest). Returns how many.
+    fn drain_into(&mut self, max: usize, expand: Expand<'_>, out: &mut Vec<Outgoing>) -> usize {
+        let mut moved = 0;
+        while moved < max {
+            let Some(front) = self.front_mut() else {
+                break;
+            };
+            if let Slot::Run { chunk, at, len } = front {
+                let n = (*len).min(u16::try_from(max - moved).unwrap_or(u16::MAX));
+                for i in *at..*at + n {
+                    // Always set: a run is made only of events already in their chunk.
+                    // Were one missing, it would go unsent, its bytes still counted.
+                    if let Some(event) = chunk.get(i) {
+                        out.push(expand(event));
+                    }
+                }
+                *at += n;
+                *len -= n;
+                moved += usize::from(n);
+                if *len > 0 {
+                    break;
+                }
+                self.pop_front();
+            } else if let Some(item) = self.pop_front().and_then(Slot::into_item) {
+                out.push(item);
+                moved += 1;
+            }
+        }
+        moved
+    }
+
+    /// Heap capacity held (the inline item aside).
     fn capacity(&self) -> usize {
         self.rest.capacity()
     }
@@ -121,9 +201,10 @@ impl Budget {
 /// A bounded multi-producer queue with one consumer.
 ///
 /// A fan-out touches one outbox per recipient, each most likely out of the CPU's
-/// caches, so what a push reads and writes fills two whole cache lines: the lock and
-/// the inline head in the first, the rest of the queue, the byte count and the
-/// consumer's waker in the second. The limits are the node's one shared copy.
+/// caches, so what a push reads and writes fills two whole cache lines: the lock, the
+/// newest item (where a run grows) and the queue's buffer pointer in the first, the
+/// counts and the consumer's waker in the second. The limits are the node's one
+/// shared copy.
 #[derive(Debug)]
 #[repr(C, align(64))]
 pub struct Outbox {
@@ -163,11 +244,11 @@ impl Outbox {
         self.release.store(true, Ordering::Relaxed);
     }
 
-    /// Reads both cache lines of a push, without taking the lock (see
-    /// [`crate::session::Session::warm`]): what is read goes nowhere.
+    /// Asks for both cache lines of a push, without taking the lock (see
+    /// [`crate::session::Session::warm`]).
     pub fn warm(&self) {
-        std::hint::black_box(self.queue.is_poisoned());
-        std::hint::black_box(self.release.load(Ordering::Relaxed));
+        prefetch(&self.queue);
+        prefetch(&self.consumer);
     }
 
     fn queue(&self) -> MutexGuard<'_, Queue> {
@@ -177,34 +258,75 @@ impl Outbox {
     /// Queues an item without waiting.
     ///
     /// # Errors
-    /// Gives the item back when the outbox is full: `outbox_size` items, or
-    /// `outbox_max_bytes` (an empty outbox takes one item of any size), or, while all
-    /// outboxes together hold over `outbox_total_bytes`, when this one holds more than
-    /// 1/16 of `outbox_max_bytes`: the largest backlogs are refused first.
+    /// Gives the item back when the outbox is full (see [`Outbox::admits`]).
     pub fn push(&self, item: Outgoing) -> Result<(), Outgoing> {
         let size = size_of(&item);
-        let budget = &*self.budget;
         let mut queue = self.queue();
-        let was_empty = queue.items.is_empty();
-        let bytes = queue.bytes + size;
-        if queue.items.len() >= budget.items || (!was_empty && bytes > budget.bytes) {
+        let was_empty = queue.count == 0;
+        if !self.admits(&queue, size) {
             return Err(item);
+        }
+        queue.items.push_back(Slot::from(item));
+        self.queued(queue, size, was_empty);
+        Ok(())
+    }
+
+    /// Queues the event at `place` (whose frame for this outbox's session is `size`
+    /// bytes) without waiting: the newest queued item grows by it when it is the run
+    /// of the same chunk up to just before it, else a run of it alone is queued.
+    /// Returns false when the outbox is full (see [`Outbox::admits`]).
+    pub fn push_at(&self, place: Place<'_>, size: usize) -> bool {
+        let mut queue = self.queue();
+        let was_empty = queue.count == 0;
+        if !self.admits(&queue, size) {
+            return false;
+        }
+        match &mut queue.items.last {
+            Some(Slot::Run { chunk, at, len })
+                if Arc::ptr_eq(chunk, place.chunk)
+                    && u32::from(*at) + u32::from(*len) == u32::from(place.at) =>
+            {
+                *len += 1;
+            }
+            _ => queue.items.push_back(Slot::Run {
+                chunk: place.chunk.clone(),
+                at: place.at,
+                len: 1,
+            }),
+        }
+        self.queued(queue, size, was_empty);
+        true
+    }
+
+    /// Whether an item of `size` bytes fits: under `outbox_size` items and
+    /// `outbox_max_bytes` (an empty outbox takes one item of any size), and, while all
+    /// outboxes together hold over `outbox_total_bytes`, only if this one holds no more
+    /// than 1/16 of `outbox_max_bytes`: the largest backlogs are refused first.
+    fn admits(&self, queue: &Queue, size: usize) -> bool {
+        let budget = &*self.budget;
+        let bytes = queue.bytes + size;
+        if queue.count >= budget.items || (queue.count != 0 && bytes > budget.bytes) {
+            return false;
         }
         if budget.total != 0 && bytes > budget.bytes / 16 {
             let total = usize::try_from(budget.metrics.outbox_bytes.get()).unwrap_or(0);
             if total + size > budget.total {
-                return Err(item);
+                return false;
             }
         }
-        queue.items.push_back(item);
-        queue.bytes = bytes;
+        true
+    }
+
+    /// Counts an item of `size` bytes just queued, releases the lock, and wakes the
+    /// consumer for the first item: it drains all it finds.
+    fn queued(&self, mut queue: MutexGuard<'_, Queue>, size: usize, was_empty: bool) {
+        queue.bytes += size;
+        queue.count += 1;
         drop(queue);
-        budget.metrics.outbox_bytes.add(signed(size));
-        // Only the first item needs a wake-up: the consumer drains all it finds.
+        self.budget.metrics.outbox_bytes.add(signed(size));
         if was_empty {
             self.consumer.wake();
         }
-        Ok(())
     }
 
     /// Wakes the consumer with no item: what it waits for besides items changed (its
@@ -220,14 +342,19 @@ impl Outbox {
         self.consumer.register(waker);
     }
 
-    /// Moves up to `max` items into `buf`, waiting while the outbox is empty.
-    /// Returns how many were moved.
+    /// Moves up to `max` items into `buf`, waiting while the outbox is empty; a run's
+    /// events become items through `expand`. Returns how many were moved.
     ///
     /// # Cancel safety
     /// Cancel-safe: nothing is taken out before it is returned. Only one task may
     /// receive (the connection's writer).
-    pub async fn recv_many(&self, buf: &mut Vec<Outgoing>, max: usize) -> usize {
-        match self.recv_batch(buf, max).await {
+    pub async fn recv_many(
+        &self,
+        buf: &mut Vec<Outgoing>,
+        max: usize,
+        expand: Expand<'_>,
+    ) -> usize {
+        match self.recv_batch(buf, max, expand).await {
             Taken::One(item) => {
                 buf.push(item);
                 1
@@ -241,14 +368,19 @@ impl Outbox {
     ///
     /// # Cancel safety
     /// As [`Outbox::recv_many`].
-    pub async fn recv_batch(&self, buf: &mut Vec<Outgoing>, max: usize) -> Taken {
+    pub async fn recv_batch(
+        &self,
+        buf: &mut Vec<Outgoing>,
+        max: usize,
+        expand: Expand<'_>,
+    ) -> Taken {
         std::future::poll_fn(|cx| {
-            if let Some(t) = self.take(buf, max) {
+            if let Some(t) = self.take(buf, max, expand) {
                 return Poll::Ready(t);
             }
             self.consumer.register(cx.waker());
             // A push between the check and the registration found no waker: look again.
-            match self.take(buf, max) {
+            match self.take(buf, max, expand) {
                 Some(t) => Poll::Ready(t),
                 None => Poll::Pending,
             }
@@ -256,18 +388,22 @@ impl Outbox {
         .await
     }
 
-    fn take(&self, buf: &mut Vec<Outgoing>, max: usize) -> Option<Taken> {
+    fn take(&self, buf: &mut Vec<Outgoing>, max: usize, expand: Expand<'_>) -> Option<Taken> {
         let mut queue = self.queue();
-        let taken = match queue.items.len() {
+        let taken = match queue.count {
             0 => return None,
-            1 => {
-                let item = queue.items.pop_front()?;
-                let size = size_of(&item);
-                queue.bytes -= size;
-                (Taken::One(item), size)
-            }
-            len => {
-                let n = len.min(max);
+            1 => match Self::take_one(&mut queue, expand) {
+                Some(item) => {
+                    let size = size_of(&item);
+                    (Taken::One(item), 1, size)
+                }
+                None => {
+                    queue.count = 0;
+                    return None;
+                }
+            },
+            count => {
+                let n = count.min(max);
                 if buf.capacity() == 0 {
                     // Exactly, like the queue's first room: a first burst is short.
                     buf.reserve_exact(n);
@@ -275,15 +411,14 @@ impl Outbox {
                     buf.reserve(n);
                 }
                 let start = buf.len();
-                buf.extend(queue.items.head.take());
-                let from_rest = n - (buf.len() - start);
-                buf.extend(queue.items.rest.drain(..from_rest));
+                let moved = queue.items.drain_into(n, expand, buf);
                 let size = buf[start..].iter().map(size_of).sum();
-                queue.bytes -= size;
-                (Taken::Many(n), size)
+                (Taken::Many(buf.len() - start), moved, size)
             }
         };
-        if queue.items.is_empty() {
+        queue.count -= taken.1;
+        queue.bytes = queue.bytes.saturating_sub(taken.2);
+        if queue.count == 0 {
             if self.release.load(Ordering::Relaxed) {
                 // Under the lock, with one consumer: a request made meanwhile is at
                 // worst lost to the next ping.
@@ -294,24 +429,45 @@ impl Outbox {
             }
         }
         drop(queue);
-        self.budget.metrics.outbox_bytes.add(-signed(taken.1));
+        self.budget.metrics.outbox_bytes.add(-signed(taken.2));
         Some(taken.0)
     }
 
-    /// Takes one item if any is queued.
-    pub fn try_recv(&self) -> Option<Outgoing> {
+    /// The oldest item (a run's first event), leaving the count to the caller.
+    fn take_one(queue: &mut Queue, expand: Expand<'_>) -> Option<Outgoing> {
+        match queue.items.front_mut()? {
+            Slot::Run { chunk, at, len } => {
+                // Always set (see `Items::drain_into`).
+                let item = chunk.get(*at).map(|e| expand(e));
+                *at += 1;
+                *len -= 1;
+                if *len == 0 {
+                    queue.items.pop_front();
+                }
+                item
+            }
+            _ => queue.items.pop_front().and_then(Slot::into_item),
+        }
+    }
+
+    /// Takes one item if any is queued (a run's first event, through `expand`).
+    pub fn try_recv(&self, expand: Expand<'_>) -> Option<Outgoing> {
         let mut queue = self.queue();
-        let item = queue.items.pop_front()?;
-        let size = size_of(&item);
-        queue.bytes -= size;
+        if queue.count == 0 {
+            return None;
+        }
+        let item = Self::take_one(&mut queue, expand);
+        queue.count -= 1;
+        let size = item.as_ref().map_or(0, size_of);
+        queue.bytes = queue.bytes.saturating_sub(size);
         drop(queue);
         self.budget.metrics.outbox_bytes.add(-signed(size));
-        Some(item)
+        item
     }
 
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.queue().items.is_empty()
+        self.queue().count == 0
     }
 
     /// Bytes queued.
@@ -325,6 +481,17 @@ impl Drop for Outbox {
         let bytes = self.queue().bytes;
         self.budget.metrics.outbox_bytes.add(-signed(bytes));
     }
+}
+
+/// Asks the CPU for the cache line holding `value`, without waiting for it: unlike a
+/// read, the instruction retires at once, so a fan-out can ask for the lines of
+/// recipients further ahead than its reads could reach.
+#[inline(always)]
+pub fn prefetch<T>(value: &T) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse"))]
+    safe_arch::prefetch_t0(value);
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse")))]
+    let _ = value;
 }
 
 fn signed(n: usize) -> i64 {
@@ -350,6 +517,11 @@ mod tests {
         Outbox::new(Budget::new(&limits, metrics.clone()))
     }
 
+    /// How the tests' sessions encode a run's event: its offset, as text.
+    fn plain(event: &ChannelEvent) -> Outgoing {
+        Outgoing::frame(event.offset().to_string())
+    }
+
     fn sized(n: usize) -> Outgoing {
         Outgoing::frame("x".repeat(n))
     }
@@ -362,7 +534,7 @@ mod tests {
         assert!(a.push(sized(1500)).is_ok());
         assert!(a.push(sized(1)).is_err());
         let mut buf = Vec::new();
-        while a.try_recv().is_some() {}
+        while a.try_recv(&plain).is_some() {}
         assert_eq!(metrics.outbox_bytes.get(), 0);
         assert!(a.push(sized(600)).is_ok());
         assert!(a.push(sized(300)).is_ok());
@@ -379,7 +551,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        rt.block_on(a.recv_many(&mut buf, 10));
+        rt.block_on(a.recv_many(&mut buf, 10, &plain));
         drop(b);
         drop(small);
         assert_eq!(metrics.outbox_bytes.get(), 0);
@@ -393,8 +565,8 @@ mod tests {
         assert!(outbox.push(frame("c")).is_ok());
         assert!(outbox.push(frame("d")).is_err(), "full");
         let mut buf = Vec::new();
-        assert_eq!(outbox.recv_many(&mut buf, 2).await, 2);
-        assert_eq!(outbox.recv_many(&mut buf, 10).await, 1);
+        assert_eq!(outbox.recv_many(&mut buf, 2, &plain).await, 2);
+        assert_eq!(outbox.recv_many(&mut buf, 10, &plain).await, 1);
         let texts: Vec<_> = buf
             .iter()
             .map(|o| match o {
@@ -407,7 +579,7 @@ mod tests {
         let o = outbox.clone();
         let waiter = tokio::spawn(async move {
             let mut buf = Vec::new();
-            o.recv_many(&mut buf, 10).await
+            o.recv_many(&mut buf, 10, &plain).await
         });
         tokio::task::yield_now().await;
         outbox.push(frame("e")).unwrap();
@@ -423,7 +595,7 @@ mod tests {
         outbox.push(frame("x")).unwrap();
         assert_eq!(outbox.queue().items.capacity(), 0);
         outbox.push(frame("y")).unwrap();
-        outbox.recv_many(&mut buf, 10).await;
+        outbox.recv_many(&mut buf, 10, &plain).await;
         assert_eq!(buf.len(), 2);
         assert!(
             outbox.queue().items.capacity() > 0,
@@ -431,15 +603,96 @@ mod tests {
         );
         outbox.release_when_drained();
         outbox.push(frame("ping")).unwrap();
-        outbox.recv_many(&mut buf, 10).await;
+        outbox.recv_many(&mut buf, 10, &plain).await;
         assert_eq!(outbox.queue().items.capacity(), 0);
         // Once: the next burst keeps its room again.
         outbox.push(frame("x")).unwrap();
         outbox.push(frame("y")).unwrap();
         buf.clear();
-        outbox.recv_many(&mut buf, 10).await;
+        outbox.recv_many(&mut buf, 10, &plain).await;
         assert_eq!(buf.len(), 2);
         assert!(outbox.queue().items.capacity() > 0);
+    }
+
+    fn texts(items: &[Outgoing]) -> Vec<String> {
+        items
+            .iter()
+            .map(|o| match o {
+                Outgoing::Frame(f) => String::from_utf8_lossy(f.as_bytes()).into_owned(),
+                Outgoing::Event(_) | Outgoing::Control(_) => String::new(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_run_grows_in_place_and_comes_out_one_item_per_event() {
+        use crate::event::EventKind;
+        use crate::feed::{Feed, CHUNK};
+        let event = |n: u64| {
+            let data = serde_json::value::RawValue::from_string(n.to_string()).unwrap();
+            ChannelEvent::new(
+                "news".into(),
+                EventKind::Publication(switchboard_protocol::Publication {
+                    data: data.into(),
+                    info: None,
+                    offset: n,
+                    tags: None,
+                    exclude_client: None,
+                }),
+            )
+        };
+        let feed = Feed::default();
+        let placed: Vec<_> = (1..=CHUNK as u64 + 2)
+            .map(|n| feed.append(&event(n)).unwrap())
+            .collect();
+        // What `plain` makes of the event: its offset as text.
+        let push = |o: &Outbox, i: usize| {
+            let (chunk, at) = &placed[i];
+            o.push_at(Place { chunk, at: *at }, (i + 1).to_string().len())
+        };
+        let metrics = Arc::new(Metrics::default());
+        let outbox = outbox(5, usize::MAX, 0, &metrics);
+        for i in 0..3 {
+            assert!(push(&outbox, i));
+        }
+        assert_eq!(
+            outbox.queue().items.capacity(),
+            0,
+            "consecutive events make one run, held inline"
+        );
+        outbox.push(frame("reply")).unwrap();
+        assert!(push(&outbox, 3), "a new run after another item");
+        assert!(!push(&outbox, 4), "outbox_size counts events, not runs");
+        assert_eq!(outbox.bytes(), 3 + 5 + 1);
+        let mut buf = Vec::new();
+        assert_eq!(
+            outbox.recv_many(&mut buf, 2, &plain).await,
+            2,
+            "a run cut short"
+        );
+        assert_eq!(
+            outbox.try_recv(&plain).map(|o| texts(&[o])),
+            Some(vec!["3".to_owned()])
+        );
+        assert_eq!(outbox.recv_many(&mut buf, 10, &plain).await, 2);
+        assert_eq!(texts(&buf), ["1", "2", "reply", "4"]);
+        assert!(outbox.is_empty());
+        assert_eq!(metrics.outbox_bytes.get(), 0);
+
+        // A run ends with its chunk; the next chunk's events start another.
+        let outbox = self::outbox(100, usize::MAX, 0, &metrics);
+        for i in CHUNK - 2..CHUNK + 2 {
+            assert!(push(&outbox, i));
+        }
+        assert!(push(&outbox, 0), "an earlier event: no run grows backwards");
+        assert!(
+            push(&outbox, 2),
+            "an event skipped (not for this session): no run either"
+        );
+        buf.clear();
+        assert_eq!(outbox.recv_many(&mut buf, 256, &plain).await, 6);
+        assert_eq!(texts(&buf), ["63", "64", "65", "66", "1", "3"]);
+        assert_eq!(metrics.outbox_bytes.get(), 0);
     }
 
     #[test]
@@ -453,7 +706,7 @@ mod tests {
             .unwrap();
         let mut buf = Vec::new();
         while !outbox.is_empty() {
-            rt.block_on(outbox.recv_many(&mut buf, 256));
+            rt.block_on(outbox.recv_many(&mut buf, 256, &plain));
         }
         assert!(outbox.queue().items.capacity() <= KEEP);
     }

@@ -616,3 +616,108 @@ async fn a_recovering_delta_subscriber_gets_a_chain_that_the_live_stream_continu
     }
     server.stop().await;
 }
+
+/// Publishes `{"n": n}` to each `(channel, n)` in one server API batch, which the
+/// node fans out back to back: the subscribers' queues fill faster than they drain.
+async fn publish_batch(server: &TestServer, publications: impl IntoIterator<Item = (&str, u64)>) {
+    let commands: Vec<Value> = publications
+        .into_iter()
+        .map(|(channel, n)| json!({"publish": {"channel": channel, "data": {"n": n}}}))
+        .collect();
+    let count = commands.len();
+    let r = api_call(server, "batch", json!({"commands": commands})).await;
+    let replies = r["replies"].as_array().expect("replies");
+    assert_eq!(replies.len(), count);
+    assert!(replies.iter().all(|r| r.get("error").is_none()), "{r}");
+}
+
+/// A channel with many subscribers has its events queued as runs of its feed (see
+/// `feed.rs`), cut by chunk ends, by other channels' events and by replies: every
+/// subscriber still gets every publication once, in order, in JSON and in Protobuf,
+/// and one who joins late gets the rest.
+#[tokio::test]
+async fn a_busy_channel_reaches_every_subscriber_once_and_in_order() {
+    const BURST: u64 = 300;
+    const MIXED: u64 = 30;
+    let server = start(config()).await;
+    let mut json = Vec::new();
+    for i in 0..18 {
+        let mut c = Client::connect(&server, &token(&format!("j{i}"))).await;
+        for ch in ["news:a", "news:b"] {
+            assert!(c.subscribe(ch).await.get("error").is_none());
+        }
+        json.push(c);
+    }
+    let mut proto = Vec::new();
+    for i in 0..2 {
+        let (mut c, _) = ProtoClient::connect(&server, &token(&format!("p{i}"))).await;
+        for ch in ["news:a", "news:b"] {
+            let r = c
+                .request(wire::Command {
+                    subscribe: Some(wire::SubscribeRequest {
+                        channel: ch.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await;
+            assert!(r.subscribe.is_some(), "{r:?}");
+        }
+        proto.push(c);
+    }
+    // A burst to one channel: over chunk ends (64 events) and over what a writer
+    // takes at once (256)...
+    publish_batch(&server, (1..=MIXED).map(|n| ("news:a", n))).await;
+    let mut late = Client::connect(&server, &token("late")).await;
+    assert!(late.subscribe("news:a").await.get("error").is_none());
+    json.push(late);
+    publish_batch(&server, (MIXED + 1..=BURST).map(|n| ("news:a", n))).await;
+    // ...a reply in the middle of every queue...
+    for c in &mut json {
+        let r = c.request(json!({"presence": {"channel": "news:a"}})).await;
+        assert!(r.get("error").is_some(), "news keeps no presence: {r}");
+    }
+    // ...then two channels in turn, each event cutting the other's run.
+    publish_batch(
+        &server,
+        (1..=MIXED).flat_map(|n| [("news:a", BURST + n), ("news:b", n)]),
+    )
+    .await;
+    let upto = |from: u64, to: u64| (from..=to).map(|n| json!(n)).collect::<Vec<_>>();
+    let late = json.len() - 1;
+    for (i, c) in json.iter_mut().enumerate() {
+        let (first, b) = if i == late {
+            (MIXED + 1, 0)
+        } else {
+            (1, MIXED)
+        };
+        let mut seen = (Vec::new(), Vec::new());
+        while seen.0.len() < (BURST + MIXED + 1 - first) as usize || seen.1.len() < b as usize {
+            let push = c.next_push().await;
+            let n = push["pub"]["data"]["n"].clone();
+            match push["channel"].as_str() {
+                Some("news:a") => seen.0.push(n),
+                Some("news:b") => seen.1.push(n),
+                _ => panic!("client {i}: {push}"),
+            }
+        }
+        assert_eq!(seen.0, upto(first, BURST + MIXED), "client {i}");
+        assert_eq!(seen.1, upto(1, b), "client {i}");
+        c.assert_quiet(Duration::from_millis(50)).await;
+    }
+    for c in &mut proto {
+        let mut seen = (Vec::new(), Vec::new());
+        while seen.0.len() < (BURST + MIXED) as usize || seen.1.len() < MIXED as usize {
+            let push = c.next_push().await;
+            let n = push.r#pub.map(|p| json_of(&p.data)["n"].clone());
+            match push.channel.as_str() {
+                "news:a" => seen.0.extend(n),
+                "news:b" => seen.1.extend(n),
+                other => panic!("a push in {other}"),
+            }
+        }
+        assert_eq!(seen.0, upto(1, BURST + MIXED));
+        assert_eq!(seen.1, upto(1, MIXED));
+    }
+    server.stop().await;
+}

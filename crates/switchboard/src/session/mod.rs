@@ -37,9 +37,10 @@ use crate::auth::{now_secs, AuthError, Identity};
 use crate::config::NamespaceConfig;
 use crate::engine::HistoryQuery;
 use crate::event::{ChannelEvent, Codec, Control, Outgoing};
+use crate::feed::Place;
 use crate::limiter::TokenBucket;
 use crate::node::{Node, NodeError};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Taken};
 use crate::rules::RuleError;
 
 /// What a failed command turns into for the client: an error reply, or a disconnect.
@@ -363,22 +364,50 @@ impl Session {
             .unwrap_or_else(|| Arc::from(""))
     }
 
-    /// Reads what a delivery to this session touches, so that its cache lines are on
-    /// their way while the fan-out delivers to the recipients before it: a delivery
+    /// Asks for the cache lines a delivery to this session touches, so that they are
+    /// on their way while the fan-out delivers to the recipients before it: a delivery
     /// then finds them near instead of waiting for each in turn.
     pub(crate) fn warm(&self) {
         self.outbox.warm();
-        std::hint::black_box(self.pending_count.load(Ordering::Relaxed));
+        crate::outbox::prefetch(&self.pending_count);
     }
 
     /// Queues an item. A full outbox means a slow client: it is disconnected.
     pub fn enqueue(&self, item: Outgoing) {
         if self.outbox.push(item).is_err() {
-            self.node.metrics.outbox_drops.inc();
-            if self.close(Disconnect::SLOW) {
-                self.node.metrics.slow_disconnects.inc();
-            }
+            self.overflowed();
         }
+    }
+
+    /// Queues a plain subscriber's event by its place in the channel's feed (see
+    /// [`crate::feed`]), as [`Session::enqueue`] does an item.
+    fn enqueue_at(&self, event: &ChannelEvent, place: Place<'_>) {
+        let Some(frame) = event.cached(self.codec, &self.node.config) else {
+            self.enqueue(self.encode(event, None));
+            return;
+        };
+        if !self.outbox.push_at(place, frame.frame.len()) {
+            self.overflowed();
+        }
+    }
+
+    fn overflowed(&self) {
+        self.node.metrics.outbox_drops.inc();
+        if self.close(Disconnect::SLOW) {
+            self.node.metrics.slow_disconnects.inc();
+        }
+    }
+
+    /// The writer's next items (see [`Outbox::recv_batch`]): a run of a channel's
+    /// events comes as one item per event, encoded for this session.
+    pub async fn recv_batch(&self, buf: &mut Vec<Outgoing>, max: usize) -> Taken {
+        let expand = |e: &ChannelEvent| self.encode(e, None);
+        self.outbox.recv_batch(buf, max, &expand).await
+    }
+
+    /// One item if any is queued (see [`Session::recv_batch`]).
+    pub fn try_recv(&self) -> Option<Outgoing> {
+        self.outbox.try_recv(&|e| self.encode(e, None))
     }
 
     /// Counts one command against the rate limit.

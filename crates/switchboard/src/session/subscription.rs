@@ -62,8 +62,15 @@ pub const EXCLUDE_CLIENT_TAG: &str = "exclude_client";
 
 impl Session {
     /// Delivers a channel event (called by the hub; never blocks), as `delivery` (how
-    /// the subscription wants its events, if it asked for anything) says.
-    pub fn deliver(&self, event: &Arc<ChannelEvent>, delivery: Option<&Delivery>) {
+    /// the subscription wants its events, if it asked for anything) says; `place`, the
+    /// event's place in its channel's feed, lets a plain subscriber's outbox queue it
+    /// as part of a run ([`crate::feed`]).
+    pub fn deliver(
+        &self,
+        event: &Arc<ChannelEvent>,
+        delivery: Option<&Delivery>,
+        place: Option<Place<'_>>,
+    ) {
         match &event.kind {
             EventKind::Publication(p) => {
                 if p.exclude_client.as_deref() == Some(&*self.id) {
@@ -97,7 +104,10 @@ impl Session {
             self.enqueue(self.encode(event, delivery));
             return;
         }
-        self.enqueue(self.encode(event, delivery));
+        match (place, delivery) {
+            (Some(place), None) => self.enqueue_at(event, place),
+            _ => self.enqueue(self.encode(event, delivery)),
+        }
     }
 
     /// Queues a transport's own push about `channel` (no channel event: a Pusher
@@ -120,7 +130,7 @@ impl Session {
     /// An event as an outbox item: one reference-count increment on the shared frame
     /// (a delta subscriber's publication: on the shared delta or full frame). Called as
     /// the item is queued, in order.
-    fn encode(&self, event: &ChannelEvent, delivery: Option<&Delivery>) -> Outgoing {
+    pub(super) fn encode(&self, event: &ChannelEvent, delivery: Option<&Delivery>) -> Outgoing {
         let frame = delivery
             .and_then(|d| d.frame(event, self.codec))
             .unwrap_or_else(|| event.encoded(self.codec, &self.node.config));

@@ -113,7 +113,7 @@ pub(crate) fn write_loop_with(
             let taken = tokio::select! {
                 biased;
                 // Cancel-safe: `recv_batch` loses nothing when dropped.
-                t = session.outbox().recv_batch(&mut batch, BATCH) => t,
+                t = session.recv_batch(&mut batch, BATCH) => t,
                 // Cancel-safe: holds no state.
                 () = closed(false) => break,
             };
@@ -160,7 +160,7 @@ pub(crate) fn write_loop_with(
             if reason != Disconnect::SLOW && reason != Disconnect::WRITE_ERROR {
                 batch.clear();
                 let rest = async {
-                    while let Some(item) = session.outbox().try_recv() {
+                    while let Some(item) = session.try_recv() {
                         sink.feed(encode(session, item)).await?;
                     }
                     for frame in (wire.farewell)(session, reason) {
