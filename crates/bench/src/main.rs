@@ -309,10 +309,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         targets: targets.iter().map(|t| t.name.to_owned()).collect(),
         runs: Vec::new(),
     };
-    // Targets interleave within each run, so the machine's noise hits them alike.
+    // Targets interleave within each run, so the machine's noise hits them alike, and
+    // each run starts one target later: no target always follows the same one (the
+    // teardown of a peer's 15,000 connections, say).
     for run in 1..=runs {
         for &kind in &args.scenarios {
-            for &t in &targets {
+            for k in 0..targets.len() {
+                let t = targets[(k + run - 1) % targets.len()];
                 let r = coordinator::run_once(t, kind, run, &setup).await;
                 eprintln!("{}", one_line(&r));
                 let path = args
