@@ -78,11 +78,6 @@ impl Feed {
         *current = Some((chunk.clone(), next + 1));
         Some((chunk, next))
     }
-
-    /// Lets the current chunk go (the channel no longer has enough subscribers).
-    pub fn clear(&self) {
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
 }
 
 #[cfg(test)]
@@ -122,8 +117,5 @@ mod tests {
         assert_eq!(chunks.len(), 2);
         assert!(!Arc::ptr_eq(&chunks[0], &chunks[1]));
         assert!(chunks[1].get(3).is_none(), "not yet appended");
-        feed.clear();
-        let (_, at) = feed.append(&event(99)).expect("placed");
-        assert_eq!(at, 0, "a cleared feed starts a new chunk");
     }
 }

@@ -47,8 +47,9 @@ struct Channel {
     upstream: bool,
     /// While some subscriber takes deltas: what the next publication is a delta of.
     deltas: Option<Box<DeltaBase>>,
-    /// Its recent events, once it has [`RUN_MIN`] subscribers.
-    feed: Feed,
+    /// Its recent events, while it has [`RUN_MIN`] subscribers or more (boxed: most
+    /// channels have fewer, and every channel entry would carry it).
+    feed: Option<Box<Feed>>,
 }
 
 /// The channel's last publication, kept while some local subscriber takes deltas.
@@ -82,6 +83,9 @@ impl Channel {
             session: session.clone(),
             delivery,
         });
+        if self.subs.len() >= RUN_MIN && self.feed.is_none() {
+            self.feed = Some(Box::default());
+        }
     }
 
     /// Removes `session`; false when it was not a subscriber.
@@ -95,7 +99,7 @@ impl Channel {
         };
         let gone = self.subs.swap_remove(at);
         if self.subs.len() < RUN_MIN {
-            self.feed.clear();
+            self.feed = None;
         }
         if gone.delivery.as_deref().is_some_and(Delivery::takes_deltas) {
             if let Some(d) = &mut self.deltas {
@@ -298,9 +302,7 @@ impl Hub {
                         d.note(event);
                     }
                     // A busy channel's plain subscribers queue runs of its feed.
-                    let placed = (channel.subs.len() >= RUN_MIN)
-                        .then(|| channel.feed.append(event))
-                        .flatten();
+                    let placed = channel.feed.as_ref().and_then(|f| f.append(event));
                     let place = placed.as_ref().map(|(chunk, at)| Place { chunk, at: *at });
                     let mut delivered = 0;
                     for (i, s) in channel.subs.iter().enumerate() {

@@ -352,7 +352,7 @@ impl Outbox {
         &self,
         buf: &mut Vec<Outgoing>,
         max: usize,
-        expand: Expand<'_>,
+        expand: impl Fn(&ChannelEvent) -> Outgoing + Sync,
     ) -> usize {
         match self.recv_batch(buf, max, expand).await {
             Taken::One(item) => {
@@ -366,26 +366,28 @@ impl Outbox {
     /// As [`Outbox::recv_many`], but a lone item comes back as it is, without touching
     /// `buf`: a connection that gets one push at a time needs no batch buffer.
     ///
+    /// Not an `async fn`: its future, which every idle connection's writer holds, is
+    /// then only what the poll needs (an `async fn` would keep its arguments twice).
+    ///
     /// # Cancel safety
     /// As [`Outbox::recv_many`].
-    pub async fn recv_batch(
-        &self,
-        buf: &mut Vec<Outgoing>,
+    pub fn recv_batch<'a>(
+        &'a self,
+        buf: &'a mut Vec<Outgoing>,
         max: usize,
-        expand: Expand<'_>,
-    ) -> Taken {
-        std::future::poll_fn(|cx| {
-            if let Some(t) = self.take(buf, max, expand) {
+        expand: impl Fn(&ChannelEvent) -> Outgoing + Sync + 'a,
+    ) -> impl std::future::Future<Output = Taken> + 'a {
+        std::future::poll_fn(move |cx| {
+            if let Some(t) = self.take(buf, max, &expand) {
                 return Poll::Ready(t);
             }
             self.consumer.register(cx.waker());
             // A push between the check and the registration found no waker: look again.
-            match self.take(buf, max, expand) {
+            match self.take(buf, max, &expand) {
                 Some(t) => Poll::Ready(t),
                 None => Poll::Pending,
             }
         })
-        .await
     }
 
     fn take(&self, buf: &mut Vec<Outgoing>, max: usize, expand: Expand<'_>) -> Option<Taken> {
@@ -551,7 +553,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        rt.block_on(a.recv_many(&mut buf, 10, &plain));
+        rt.block_on(a.recv_many(&mut buf, 10, plain));
         drop(b);
         drop(small);
         assert_eq!(metrics.outbox_bytes.get(), 0);
@@ -565,8 +567,8 @@ mod tests {
         assert!(outbox.push(frame("c")).is_ok());
         assert!(outbox.push(frame("d")).is_err(), "full");
         let mut buf = Vec::new();
-        assert_eq!(outbox.recv_many(&mut buf, 2, &plain).await, 2);
-        assert_eq!(outbox.recv_many(&mut buf, 10, &plain).await, 1);
+        assert_eq!(outbox.recv_many(&mut buf, 2, plain).await, 2);
+        assert_eq!(outbox.recv_many(&mut buf, 10, plain).await, 1);
         let texts: Vec<_> = buf
             .iter()
             .map(|o| match o {
@@ -579,7 +581,7 @@ mod tests {
         let o = outbox.clone();
         let waiter = tokio::spawn(async move {
             let mut buf = Vec::new();
-            o.recv_many(&mut buf, 10, &plain).await
+            o.recv_many(&mut buf, 10, plain).await
         });
         tokio::task::yield_now().await;
         outbox.push(frame("e")).unwrap();
@@ -595,7 +597,7 @@ mod tests {
         outbox.push(frame("x")).unwrap();
         assert_eq!(outbox.queue().items.capacity(), 0);
         outbox.push(frame("y")).unwrap();
-        outbox.recv_many(&mut buf, 10, &plain).await;
+        outbox.recv_many(&mut buf, 10, plain).await;
         assert_eq!(buf.len(), 2);
         assert!(
             outbox.queue().items.capacity() > 0,
@@ -603,13 +605,13 @@ mod tests {
         );
         outbox.release_when_drained();
         outbox.push(frame("ping")).unwrap();
-        outbox.recv_many(&mut buf, 10, &plain).await;
+        outbox.recv_many(&mut buf, 10, plain).await;
         assert_eq!(outbox.queue().items.capacity(), 0);
         // Once: the next burst keeps its room again.
         outbox.push(frame("x")).unwrap();
         outbox.push(frame("y")).unwrap();
         buf.clear();
-        outbox.recv_many(&mut buf, 10, &plain).await;
+        outbox.recv_many(&mut buf, 10, plain).await;
         assert_eq!(buf.len(), 2);
         assert!(outbox.queue().items.capacity() > 0);
     }
@@ -666,7 +668,7 @@ mod tests {
         assert_eq!(outbox.bytes(), 3 + 5 + 1);
         let mut buf = Vec::new();
         assert_eq!(
-            outbox.recv_many(&mut buf, 2, &plain).await,
+            outbox.recv_many(&mut buf, 2, plain).await,
             2,
             "a run cut short"
         );
@@ -674,7 +676,7 @@ mod tests {
             outbox.try_recv(&plain).map(|o| texts(&[o])),
             Some(vec!["3".to_owned()])
         );
-        assert_eq!(outbox.recv_many(&mut buf, 10, &plain).await, 2);
+        assert_eq!(outbox.recv_many(&mut buf, 10, plain).await, 2);
         assert_eq!(texts(&buf), ["1", "2", "reply", "4"]);
         assert!(outbox.is_empty());
         assert_eq!(metrics.outbox_bytes.get(), 0);
@@ -690,7 +692,7 @@ mod tests {
             "an event skipped (not for this session): no run either"
         );
         buf.clear();
-        assert_eq!(outbox.recv_many(&mut buf, 256, &plain).await, 6);
+        assert_eq!(outbox.recv_many(&mut buf, 256, plain).await, 6);
         assert_eq!(texts(&buf), ["63", "64", "65", "66", "1", "3"]);
         assert_eq!(metrics.outbox_bytes.get(), 0);
     }
@@ -706,7 +708,7 @@ mod tests {
             .unwrap();
         let mut buf = Vec::new();
         while !outbox.is_empty() {
-            rt.block_on(outbox.recv_many(&mut buf, 256, &plain));
+            rt.block_on(outbox.recv_many(&mut buf, 256, plain));
         }
         assert!(outbox.queue().items.capacity() <= KEEP);
     }

@@ -400,9 +400,13 @@ impl Session {
 
     /// The writer's next items (see [`Outbox::recv_batch`]): a run of a channel's
     /// events comes as one item per event, encoded for this session.
-    pub async fn recv_batch(&self, buf: &mut Vec<Outgoing>, max: usize) -> Taken {
-        let expand = |e: &ChannelEvent| self.encode(e, None);
-        self.outbox.recv_batch(buf, max, &expand).await
+    pub fn recv_batch<'a>(
+        &'a self,
+        buf: &'a mut Vec<Outgoing>,
+        max: usize,
+    ) -> impl std::future::Future<Output = Taken> + Send + 'a {
+        self.outbox
+            .recv_batch(buf, max, move |e: &ChannelEvent| self.encode(e, None))
     }
 
     /// One item if any is queued (see [`Session::recv_batch`]).
