@@ -81,11 +81,12 @@ impl Feed {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::event::EventKind;
 
-    fn event(n: u64) -> Arc<ChannelEvent> {
+    /// A publication in `news` with offset `n` and payload `n`.
+    pub(crate) fn event(n: u64) -> Arc<ChannelEvent> {
         let data = serde_json::value::RawValue::from_string(n.to_string()).expect("json");
         ChannelEvent::new(
             "news".into(),

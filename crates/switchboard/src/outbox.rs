@@ -628,21 +628,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_run_grows_in_place_and_comes_out_one_item_per_event() {
-        use crate::event::EventKind;
+        use crate::feed::tests::event;
         use crate::feed::{Feed, CHUNK};
-        let event = |n: u64| {
-            let data = serde_json::value::RawValue::from_string(n.to_string()).unwrap();
-            ChannelEvent::new(
-                "news".into(),
-                EventKind::Publication(switchboard_protocol::Publication {
-                    data: data.into(),
-                    info: None,
-                    offset: n,
-                    tags: None,
-                    exclude_client: None,
-                }),
-            )
-        };
         let feed = Feed::default();
         let placed: Vec<_> = (1..=CHUNK as u64 + 2)
             .map(|n| feed.append(&event(n)).unwrap())
