@@ -13,9 +13,9 @@
 //! A fan-out to a busy channel queues runs of the channel's feed rather than one item
 //! per event ([`crate::feed`]); the writer receives a run as one item per event.
 //!
-//! It is bounded in items (each event of a run counted) and in bytes, and all outboxes of a node share a byte budget
-//! (`limits.outbox_total_bytes`), so slow readers of large messages can not grow the
-//! process without bound.
+//! It is bounded in items (each event of a run counted) and in bytes, and all outboxes
+//! of a node share a byte budget (`limits.outbox_total_bytes`), so slow readers of large
+//! messages can not grow the process without bound.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,7 +74,7 @@ impl From<Outgoing> for Slot {
 }
 
 /// Turns a run's event into the item the consumer receives (the session's encoding).
-pub type Expand<'a> = &'a (dyn Fn(&ChannelEvent) -> Outgoing + Sync);
+type Expand<'a> = &'a (dyn Fn(&ChannelEvent) -> Outgoing + Sync);
 
 impl Slot {
     /// The item it holds, when not a run.
