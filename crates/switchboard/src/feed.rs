@@ -10,9 +10,10 @@
 //! writer turns a run back into one item per event as it drains the outbox.
 //!
 //! A chunk holds [`CHUNK`] events and lives as long as some outbox still holds a run
-//! of it: a slow reader keeps at most that many events alive beyond what its queue
-//! holds anyway. Only channels with [`RUN_MIN`] local subscribers or more keep a
-//! chunk: a channel of a few (a user's own) would gain nothing and hold events longer.
+//! of it: beyond the events its queue holds anyway, a slow reader keeps alive the rest
+//! of the chunks its runs are in, less than a chunk before its oldest queued event and
+//! one after its newest. Only channels with [`RUN_MIN`] local subscribers or more keep
+//! a feed: a channel of a few (a user's own) would gain nothing and hold events longer.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
