@@ -6,7 +6,7 @@
 //! ahead can bring in (it lies behind the queue's lock), and that the lock's release
 //! waits for. A recipient whose newest queued item is a run of this channel's chunk,
 //! ending just before the event, only has that run grow by one, in the outbox's own
-//! lines, which the fan-out does read ahead ([`crate::session::Session::warm`]). The
+//! lines, which the fan-out asks for ahead ([`crate::session::Session::warm`]). The
 //! writer turns a run back into one item per event as it drains the outbox.
 //!
 //! A chunk holds [`CHUNK`] events and lives as long as some outbox still holds a run
