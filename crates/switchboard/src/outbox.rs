@@ -125,9 +125,14 @@ impl Items {
         self.rest.pop_front().or_else(|| self.last.take())
     }
 
-    /// Moves up to `max` of the oldest items into `out`, a run's events one by one (a
-    /// run cut short keeps the rest). Returns how many.
-    fn drain_into(&mut self, max: usize, expand: Expand<'_>, out: &mut Vec<Outgoing>) -> usize {
+    /// Hands up to `max` of the oldest items to `out`, a run's events one by one (a run
+    /// cut short keeps the rest). Returns how many.
+    fn drain_into(
+        &mut self,
+        max: usize,
+        expand: Expand<'_>,
+        out: &mut impl FnMut(Outgoing),
+    ) -> usize {
         let mut moved = 0;
         while moved < max {
             let Some(front) = self.front_mut() else {
@@ -139,7 +144,7 @@ impl Items {
                     // Always set: a run is made only of events already in their chunk.
                     // Were one missing, it would go unsent, its bytes still counted.
                     if let Some(event) = chunk.get(i) {
-                        out.push(expand(event));
+                        out(expand(event));
                     }
                 }
                 *at += n;
@@ -150,7 +155,7 @@ impl Items {
                 }
                 self.pop_front();
             } else if let Some(item) = self.pop_front().and_then(Slot::into_item) {
-                out.push(item);
+                out(item);
                 moved += 1;
             }
         }
@@ -413,7 +418,9 @@ impl Outbox {
                     buf.reserve(n);
                 }
                 let start = buf.len();
-                let moved = queue.items.drain_into(n, expand, buf);
+                let moved = queue
+                    .items
+                    .drain_into(n, expand, &mut |item| buf.push(item));
                 let size = buf[start..].iter().map(size_of).sum();
                 (Taken::Many(buf.len() - start), moved, size)
             }
@@ -437,19 +444,11 @@ impl Outbox {
 
     /// The oldest item (a run's first event), leaving the count to the caller.
     fn take_one(queue: &mut Queue, expand: Expand<'_>) -> Option<Outgoing> {
-        match queue.items.front_mut()? {
-            Slot::Run { chunk, at, len } => {
-                // Always set (see `Items::drain_into`).
-                let item = chunk.get(*at).map(|e| expand(e));
-                *at += 1;
-                *len -= 1;
-                if *len == 0 {
-                    queue.items.pop_front();
-                }
-                item
-            }
-            _ => queue.items.pop_front().and_then(Slot::into_item),
-        }
+        let mut one = None;
+        queue
+            .items
+            .drain_into(1, expand, &mut |item| one = Some(item));
+        one
     }
 
     /// Takes one item if any is queued (a run's first event, through `expand`).
@@ -569,14 +568,7 @@ mod tests {
         let mut buf = Vec::new();
         assert_eq!(outbox.recv_many(&mut buf, 2, plain).await, 2);
         assert_eq!(outbox.recv_many(&mut buf, 10, plain).await, 1);
-        let texts: Vec<_> = buf
-            .iter()
-            .map(|o| match o {
-                Outgoing::Frame(f) => String::from_utf8_lossy(f.as_bytes()).into_owned(),
-                Outgoing::Event(_) | Outgoing::Control(_) => String::new(),
-            })
-            .collect();
-        assert_eq!(texts, ["a", "b", "c"]);
+        assert_eq!(texts(&buf), ["a", "b", "c"]);
         // A consumer waiting on an empty outbox is woken by a push from elsewhere.
         let o = outbox.clone();
         let waiter = tokio::spawn(async move {
